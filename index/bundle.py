@@ -1,0 +1,235 @@
+"""The bundle contract (schema_version 1): layout, manifest, atomic writes, verified reads.
+
+A bundle is a directory of plain ``.npy``/``.npz`` arrays plus ``manifest.json``, which
+records the sha256 and size of every file. Writers stage everything under
+``<root>/.staging-<id>/`` and rename the finished directory into place, so a reader never
+sees half a bundle. Readers verify sizes and checksums before trusting a file. Nothing is
+ever pickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+logger = logging.getLogger(__name__)
+
+BUNDLE_FORMAT = "recall-bundle"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+ITEM_IDS = "item_ids.npy"
+ITEM_VECTORS = "item_vectors.npy"
+USER_IDS = "user_ids.npy"
+USER_VECTORS = "user_vectors.npy"
+USER_SEEN = "user_seen.npz"
+USER_TOWER = "user_tower.npz"
+ITEM_POPULARITY = "item_popularity.npy"
+INDEX = "index.faiss"
+
+TRAINER_FILES = (
+    ITEM_IDS,
+    ITEM_VECTORS,
+    USER_IDS,
+    USER_VECTORS,
+    USER_SEEN,
+    USER_TOWER,
+    ITEM_POPULARITY,
+)
+
+_HASH_CHUNK = 1 << 20
+
+
+class BundleError(Exception):
+    """A bundle is missing, incomplete, damaged or inconsistent."""
+
+
+class FileEntry(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sha256: str
+    bytes: int = Field(ge=0)
+
+
+class Counts(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    users: int = Field(ge=0)
+    items: int = Field(ge=1)
+    interactions: int = Field(ge=0)
+
+
+class Manifest(BaseModel):
+    """``manifest.json``: what a bundle holds and how it was made."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: Literal["recall-bundle"] = BUNDLE_FORMAT
+    schema_version: Literal[1] = SCHEMA_VERSION
+    id: str
+    created_at: datetime
+    dim: int = Field(ge=2, description="vector width, bias coordinate included")
+    metric: Literal["inner_product"] = "inner_product"
+    counts: Counts
+    files: dict[str, FileEntry]
+    trainer: dict[str, Any] = Field(default_factory=dict)
+    index: dict[str, Any] | None = None
+
+
+def new_bundle_id(now: datetime | None = None) -> str:
+    """A sortable, unique bundle id such as ``20261127T094641Z-3f9a2c``."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{secrets.token_hex(3)}"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_entry(path: Path) -> FileEntry:
+    return FileEntry(sha256=sha256_of(path), bytes=path.stat().st_size)
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (so a rename inside it is durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, payload: str) -> None:
+    """Write text to ``path`` via a temp file + fsync + ``os.replace``."""
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_array(path: Path, array: np.ndarray | Mapping[str, np.ndarray]) -> None:
+    """Save one array as ``.npy`` or a mapping of arrays as ``.npz``; refuse object dtypes."""
+    arrays = array if isinstance(array, Mapping) else {"": array}
+    for name, a in arrays.items():
+        if a.dtype.hasobject:
+            raise BundleError(f"{path.name}{':' + name if name else ''}: object arrays are not allowed")
+    with path.open("wb") as f:
+        if isinstance(array, Mapping):
+            np.savez(f, allow_pickle=False, **array)
+        else:
+            np.save(f, array, allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_bundle(
+    root: Path,
+    bundle_id: str,
+    arrays: Mapping[str, np.ndarray | Mapping[str, np.ndarray]],
+    *,
+    dim: int,
+    counts: Counts,
+    trainer: Mapping[str, Any],
+) -> Path:
+    """Write a new bundle atomically and return its final directory ``root/bundle_id``.
+
+    ``arrays`` maps file names (``*.npy`` or ``*.npz``) to an array or a mapping of arrays.
+    Files are written and fsynced under ``root/.staging-<id>/``, the manifest last, then
+    the directory is renamed into place. On any failure the staging directory is removed
+    and nothing appears under ``root/<id>``.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / bundle_id
+    if final.exists():
+        raise BundleError(f"bundle {bundle_id} already exists in {root}")
+    staging = root / f".staging-{bundle_id}"
+    staging.mkdir()
+    try:
+        for name, array in arrays.items():
+            save_array(staging / name, array)
+        manifest = Manifest(
+            id=bundle_id,
+            created_at=datetime.now(UTC),
+            dim=dim,
+            counts=counts,
+            files={name: file_entry(staging / name) for name in sorted(arrays)},
+            trainer=dict(trainer),
+        )
+        write_json_atomic(staging / MANIFEST, manifest.model_dump_json(indent=2))
+        fsync_path(staging)
+        os.rename(staging, final)
+        fsync_path(root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("wrote bundle %s", final)
+    return final
+
+
+def read_manifest(bundle: Path) -> Manifest:
+    path = bundle / MANIFEST
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BundleError(f"{bundle}: no {MANIFEST} (not a bundle, or not finished)") from None
+    try:
+        return Manifest.model_validate(json.loads(text))
+    except (ValueError, TypeError) as e:
+        raise BundleError(f"{path}: invalid manifest: {e}") from None
+
+
+def verify_file(bundle: Path, manifest: Manifest, name: str) -> Path:
+    """Return the path of ``name`` after checking its size and sha256 against the manifest."""
+    entry = manifest.files.get(name)
+    if entry is None:
+        raise BundleError(f"{bundle}: {name} is not listed in the manifest")
+    path = bundle / name
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise BundleError(f"{bundle}: {name} is missing") from None
+    if size != entry.bytes:
+        raise BundleError(f"{bundle}: {name} has {size} bytes, manifest says {entry.bytes}")
+    if sha256_of(path) != entry.sha256:
+        raise BundleError(f"{bundle}: {name} fails its sha256 check (damaged or modified)")
+    return path
+
+
+def load_array(bundle: Path, manifest: Manifest, name: str, *, mmap: bool = False) -> np.ndarray:
+    """Load a verified ``.npy`` file (memory-mapped read-only when ``mmap``)."""
+    path = verify_file(bundle, manifest, name)
+    try:
+        array: np.ndarray = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except ValueError as e:
+        raise BundleError(f"{bundle}: {name} is not a plain numpy array: {e}") from None
+    return array
+
+
+def load_arrays(bundle: Path, manifest: Manifest, name: str) -> dict[str, np.ndarray]:
+    """Load every array of a verified ``.npz`` file into memory."""
+    path = verify_file(bundle, manifest, name)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except ValueError as e:
+        raise BundleError(f"{bundle}: {name} is not a plain numpy archive: {e}") from None

@@ -1,0 +1,258 @@
+"""The user tower in numpy: a history (and optional features) -> a bias-folded user vector.
+
+The trainer's PyTorch model and this module compute the same function; the trainer saves
+the weights and a :class:`TowerSpec` into ``user_tower.npz`` and the service runs this
+forward pass online for users the bundle does not know. Inputs, in order, concatenated:
+
+- mean of the input embeddings of the last ``history_length`` items watched,
+- mean of the genre embeddings of those items' genres (when the catalog has genres),
+- one embedding per categorical user feature (row 0 = unknown / out of vocabulary),
+- standardized numeric user features (0 when missing),
+- example age ``(x, x^2, sqrt x)``, which is 0 at serving time.
+
+Then a ReLU tower; its last layer is the user vector ``u``. The folded vector is
+``[u, 1]`` so that ``dot([u, 1], [W_i, b_i])`` is the model's logit for item ``i``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+AGE_FEATURES = 3
+SPEC_KEY = "spec"
+
+FeatureValue = str | int | float | None
+
+
+class CategoricalFeature(BaseModel):
+    """A categorical user feature; value ``vocabulary[j]`` maps to embedding row ``j + 1``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    vocabulary: list[str]
+    dim: int = Field(ge=1)
+
+
+class NumericFeature(BaseModel):
+    """A numeric user feature, fed to the tower as ``(x - mean) / std`` (0 when missing)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    mean: float
+    std: float = Field(gt=0)
+
+
+class TowerSpec(BaseModel):
+    """Shapes and vocabularies of the user tower."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    n_items: int = Field(ge=1)
+    item_dim: int = Field(ge=1)
+    genre_vocab: list[str] = Field(default_factory=list)
+    genre_dim: int = Field(ge=1, default=16)
+    max_genres_per_item: int = Field(ge=0, default=0)
+    categorical: list[CategoricalFeature] = Field(default_factory=list)
+    numeric: list[NumericFeature] = Field(default_factory=list)
+    hidden: list[int] = Field(min_length=1, description="layer widths; the last is dim(u)")
+    history_length: int = Field(ge=1, default=50)
+
+    @property
+    def has_genres(self) -> bool:
+        return bool(self.genre_vocab) and self.max_genres_per_item > 0
+
+    @property
+    def input_width(self) -> int:
+        return (
+            self.item_dim
+            + (self.genre_dim if self.has_genres else 0)
+            + sum(c.dim for c in self.categorical)
+            + len(self.numeric)
+            + AGE_FEATURES
+        )
+
+    @property
+    def dim(self) -> int:
+        """Width of the user vector ``u`` (the folded vector has one more)."""
+        return self.hidden[-1]
+
+    def encode_features(
+        self, features: Mapping[str, FeatureValue] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Map raw feature values to ``(categorical rows (n_cat,) int64, numeric (n_num,) float32)``.
+
+        Unknown names are ignored; missing, unknown or non-finite values become the
+        out-of-vocabulary row 0 / the mean (0 after standardization).
+        """
+        features = features or {}
+        rows = np.zeros(len(self.categorical), dtype=np.int64)
+        for j, cat in enumerate(self.categorical):
+            value = features.get(cat.name)
+            if value is not None:
+                rows[j] = _vocab_row(cat.vocabulary, _category_key(value))
+        numeric = np.zeros(len(self.numeric), dtype=np.float32)
+        for j, num in enumerate(self.numeric):
+            value = features.get(num.name)
+            x = _as_float(value)
+            if x is not None:
+                numeric[j] = (x - num.mean) / num.std
+        return rows, numeric
+
+
+def _category_key(value: str | int | float) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _vocab_row(vocabulary: list[str], value: str) -> int:
+    try:
+        return vocabulary.index(value) + 1
+    except ValueError:
+        return 0
+
+
+def _as_float(value: FeatureValue) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        x = float(value)
+    except ValueError:
+        return None
+    return x if math.isfinite(x) else None
+
+
+def age_features(age: np.ndarray) -> np.ndarray:
+    """Example age ``x`` in [0, 1], shape (B,) -> ``(x, x^2, sqrt x)``, shape (B, 3) float32."""
+    x = np.asarray(age, dtype=np.float32)
+    return np.stack([x, x * x, np.sqrt(x)], axis=1)
+
+
+def pad_histories(histories: Sequence[np.ndarray], length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the last ``length`` item rows of each history, right-aligned.
+
+    Returns ``(rows (B, length) int64, mask (B, length) bool)``; padded slots hold row 0
+    and mask False.
+    """
+    rows = np.zeros((len(histories), length), dtype=np.int64)
+    mask = np.zeros((len(histories), length), dtype=bool)
+    for b, history in enumerate(histories):
+        tail = np.asarray(history, dtype=np.int64)[-length:]
+        if tail.size:
+            rows[b, length - tail.size :] = tail
+            mask[b, length - tail.size :] = True
+    return rows, mask
+
+
+class UserTower:
+    """Numpy forward pass of the trained user tower (float32 throughout)."""
+
+    def __init__(self, spec: TowerSpec, weights: Mapping[str, np.ndarray]) -> None:
+        self.spec = spec
+        self.item_embedding = _matrix(weights, "item_embedding", (spec.n_items, spec.item_dim))
+        self.genre_embedding: np.ndarray | None = None
+        self.item_genres: np.ndarray | None = None
+        if spec.has_genres:
+            n_genre_rows = len(spec.genre_vocab) + 1
+            self.genre_embedding = _matrix(
+                weights, "genre_embedding", (n_genre_rows, spec.genre_dim)
+            )
+            item_genres = np.asarray(weights["item_genres"])
+            if item_genres.shape != (spec.n_items, spec.max_genres_per_item):
+                raise ValueError(f"item_genres has shape {item_genres.shape}")
+            if item_genres.size and (item_genres.min() < 0 or item_genres.max() >= n_genre_rows):
+                raise ValueError("item_genres holds genre rows out of range")
+            self.item_genres = item_genres.astype(np.int64)
+        self.categorical = [
+            _matrix(weights, f"categorical.{j}", (len(c.vocabulary) + 1, c.dim))
+            for j, c in enumerate(spec.categorical)
+        ]
+        self.layers: list[tuple[np.ndarray, np.ndarray]] = []
+        width = spec.input_width
+        for j, out in enumerate(spec.hidden):
+            w = _matrix(weights, f"layers.{j}.weight", (out, width))
+            b = np.asarray(weights[f"layers.{j}.bias"], dtype=np.float32).reshape(out)
+            self.layers.append((np.ascontiguousarray(w.T), b))
+            width = out
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> UserTower:
+        """Build from the contents of ``user_tower.npz`` (weights + ``spec`` JSON)."""
+        spec = TowerSpec.model_validate(json.loads(str(arrays[SPEC_KEY])))
+        return cls(spec, arrays)
+
+    def forward(
+        self,
+        history: np.ndarray,
+        mask: np.ndarray,
+        categorical: np.ndarray,
+        numeric: np.ndarray,
+        age: np.ndarray,
+    ) -> np.ndarray:
+        """User vectors ``u``, shape (B, dim) float32.
+
+        history: (B, L) int64 item rows; mask: (B, L) bool; categorical: (B, n_cat) int64
+        rows; numeric: (B, n_num) float32 standardized; age: (B,) example age in [0, 1].
+        """
+        weights = mask.astype(np.float32)[..., None]
+        count = np.maximum(weights.sum(axis=1), 1.0)
+        parts = [(self.item_embedding[history] * weights).sum(axis=1) / count]
+        if self.genre_embedding is not None and self.item_genres is not None:
+            tokens = self.item_genres[history]  # (B, L, G)
+            token_weights = ((tokens > 0) & mask[..., None]).astype(np.float32)[..., None]
+            token_count = np.maximum(token_weights.sum(axis=(1, 2)), 1.0)
+            bag = (self.genre_embedding[tokens] * token_weights).sum(axis=(1, 2))
+            parts.append(bag / token_count)
+        parts.extend(table[categorical[:, j]] for j, table in enumerate(self.categorical))
+        parts.append(np.asarray(numeric, dtype=np.float32).reshape(len(history), -1))
+        parts.append(age_features(age))
+        h = np.concatenate(parts, axis=1).astype(np.float32, copy=False)
+        for w_t, b in self.layers:
+            h = np.maximum(h @ w_t + b, 0.0)
+        return h
+
+    def encode(
+        self,
+        histories: Sequence[np.ndarray],
+        features: Sequence[Mapping[str, FeatureValue] | None] | None = None,
+    ) -> np.ndarray:
+        """Folded serving vectors ``[u, 1]`` for item-row histories, shape (B, dim + 1).
+
+        Each history is a 1-D array of item rows in time order (oldest first); only the
+        last ``history_length`` count. Example age is 0, as at serving time.
+        """
+        n = len(histories)
+        if features is not None and len(features) != n:
+            raise ValueError("features must have one entry per history")
+        for history in histories:
+            h = np.asarray(history)
+            if h.size and (h.min() < 0 or h.max() >= self.spec.n_items):
+                raise ValueError("history holds item rows out of range")
+        history, mask = pad_histories(histories, self.spec.history_length)
+        encoded = [self.spec.encode_features(f) for f in (features or [None] * n)]
+        categorical = np.stack([c for c, _ in encoded]) if n else np.zeros((0, 0), np.int64)
+        numeric = np.stack([x for _, x in encoded]) if n else np.zeros((0, 0), np.float32)
+        u = self.forward(history, mask, categorical, numeric, np.zeros(n, dtype=np.float32))
+        return fold_user(u)
+
+
+def fold_user(u: np.ndarray) -> np.ndarray:
+    """``[u, 1]``: (B, d) -> (B, d + 1) float32."""
+    return np.concatenate([u, np.ones((len(u), 1), dtype=np.float32)], axis=1).astype(np.float32)
+
+
+def _matrix(weights: Mapping[str, np.ndarray], key: str, shape: tuple[int, int]) -> np.ndarray:
+    try:
+        array = np.asarray(weights[key], dtype=np.float32)
+    except KeyError:
+        raise ValueError(f"user tower weights lack {key!r}") from None
+    if array.shape != shape:
+        raise ValueError(f"user tower weight {key!r} has shape {array.shape}, expected {shape}")
+    return array

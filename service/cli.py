@@ -1,0 +1,174 @@
+"""The ``recall`` command line: one entry point, one subcommand per job.
+
+Each subcommand imports its implementation only when it runs, so the service's image
+(no torch, no pyarrow) can run ``recall serve`` while ``recall train`` lives in the
+trainer's image. Logging is configured here, once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+logger = logging.getLogger("recall")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from trainer.synth import SynthConfig, write_synthetic
+
+    summary = write_synthetic(
+        args.out,
+        SynthConfig(
+            n_users=args.users,
+            n_items=args.items,
+            n_clusters=args.clusters,
+            mean_history=args.mean_history,
+            seed=args.seed,
+        ),
+    )
+    logger.info(
+        "wrote %d users, %d items, %d interactions to %s in %.1f s",
+        summary.n_users,
+        summary.n_items,
+        summary.n_interactions,
+        args.out,
+        summary.seconds,
+    )
+    return 0
+
+
+def _train_overrides(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "seed": args.seed,
+        "device": args.device,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "loss": args.loss,
+        "hidden": args.hidden,
+        "max_examples_per_user": args.max_examples_per_user,
+    }
+
+
+def _train(args: argparse.Namespace) -> int:
+    bundle = _run_training(
+        args.data, args.out, args.config, _train_overrides(args), progress=not args.no_progress
+    )
+    sys.stdout.write(f"{bundle}\n")
+    return 0
+
+
+def _run_training(
+    data: Path, out: Path, config_file: Path | None, overrides: dict[str, object], progress: bool
+) -> Path:
+    from trainer.config import load_config
+    from trainer.data import load_dataset
+    from trainer.export import export_bundle
+    from trainer.train import train
+
+    config = load_config(config_file, overrides)
+    dataset = load_dataset(data)
+    trained = train(dataset, config, progress=progress)
+    return export_bundle(trained, dataset, config, out)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    _run_eval(args.bundle, args.data, args.out, args.max_users)
+    return 0
+
+
+def _run_eval(bundle: Path, data: Path, out: Path | None, max_users: int | None) -> None:
+    from trainer.data import load_dataset
+    from trainer.evaluate import evaluate_bundle, format_table
+
+    results = evaluate_bundle(bundle, load_dataset(data), max_users)
+    sys.stdout.write(format_table(results) + "\n")
+    report = out or Path(f"eval-{bundle.resolve().name}.json")
+    report.write_text(
+        json.dumps({"bundle": str(bundle), "data": str(data), "results": results}, indent=2)
+    )
+    logger.info("wrote %s", report)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from trainer.synth import SynthConfig, write_synthetic
+
+    work: Path = args.workdir
+    data = work / "data"
+    if not (data / "interactions.csv").exists():
+        logger.info("demo: synthesizing %d users x %d items into %s", args.users, args.items, data)
+        write_synthetic(data, SynthConfig(n_users=args.users, n_items=args.items, seed=args.seed))
+    logger.info("demo: training on %s", data)
+    bundle = _run_training(data, work / "bundles", None, {"seed": args.seed}, progress=True)
+    logger.info("demo: evaluating %s", bundle)
+    _run_eval(bundle, data, work / f"eval-{bundle.name}.json", None)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recall", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(handler=handler)
+        return p
+
+    demo = command("demo", _demo, "the whole pipeline on built-in synthetic data")
+    demo.add_argument("--workdir", type=Path, default=Path("runs/demo"))
+    demo.add_argument("--users", type=int, default=5_000)
+    demo.add_argument("--items", type=int, default=2_000)
+    demo.add_argument("--seed", type=int, default=0)
+
+    synth = command("synth", _synth, "generate a synthetic data set in the input format")
+    synth.add_argument("--out", type=Path, required=True)
+    synth.add_argument("--users", type=int, default=5_000)
+    synth.add_argument("--items", type=int, default=2_000)
+    synth.add_argument("--clusters", type=int, default=20)
+    synth.add_argument("--mean-history", type=float, default=30.0)
+    synth.add_argument("--seed", type=int, default=0)
+
+    tr = command("train", _train, "train the model and write a bundle (prints its path)")
+    tr.add_argument("--data", type=Path, required=True, help="input data directory")
+    tr.add_argument("--out", type=Path, required=True, help="bundle root")
+    tr.add_argument("--config", type=Path, help="TOML file with TrainConfig fields")
+    tr.add_argument("--device", choices=["cpu", "cuda"])
+    tr.add_argument("--seed", type=int)
+    tr.add_argument("--epochs", type=int, help="upper bound (early stopping)")
+    tr.add_argument("--batch-size", type=int)
+    tr.add_argument("--lr", type=float)
+    tr.add_argument("--loss", choices=["auto", "full", "sampled"])
+    tr.add_argument("--hidden", type=int, nargs="+", help="tower widths; the last is dim(u)")
+    tr.add_argument("--max-examples-per-user", type=int)
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    ev = command("eval", _eval, "offline quality report (leave-last-out) vs popularity")
+    ev.add_argument("bundle", type=Path)
+    ev.add_argument("--data", type=Path, required=True)
+    ev.add_argument("--out", type=Path, help="JSON report (default eval-<bundle-id>.json)")
+    ev.add_argument("--max-users", type=int, help="evaluate a random sample of users")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        code: int = args.handler(args)
+    except (ValueError, OSError) as e:
+        logger.error("%s", e)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Export a trained model as a bundle (DESIGN.md, schema_version 1; no index yet)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from index import bundle as b
+from index.tower import fold_user
+from trainer.config import TrainConfig
+from trainer.data import Dataset
+from trainer.train import Trained, _DeviceData, user_vectors
+
+logger = logging.getLogger(__name__)
+
+
+def bundle_arrays(trained: Trained, dataset: Dataset) -> dict[str, np.ndarray | dict[str, np.ndarray]]:
+    """Every trainer-written file of the bundle, by file name."""
+    model, prepared = trained.model, trained.prepared
+    device = next(model.parameters()).device
+    data = _DeviceData(prepared, device)
+    users = np.arange(dataset.n_users)
+    u = user_vectors(model, data, prepared.split, users).cpu().numpy()
+    seen_indptr, seen_items = prepared.split.seen()
+    return {
+        b.ITEM_IDS: dataset.item_ids,
+        b.ITEM_VECTORS: model.folded_items(),
+        b.USER_IDS: dataset.user_ids,
+        b.USER_VECTORS: fold_user(u),
+        b.USER_SEEN: {"indptr": seen_indptr, "indices": seen_items},
+        b.USER_TOWER: model.tower_arrays(),
+        b.ITEM_POPULARITY: prepared.item_counts,
+    }
+
+
+def export_bundle(
+    trained: Trained, dataset: Dataset, config: TrainConfig, root: Path, bundle_id: str | None = None
+) -> Path:
+    """Write the bundle atomically under ``root`` and return its directory."""
+    arrays = bundle_arrays(trained, dataset)
+    return b.write_bundle(
+        root,
+        bundle_id or b.new_bundle_id(),
+        arrays,
+        dim=trained.prepared.spec.dim + 1,
+        counts=b.Counts(
+            users=dataset.n_users,
+            items=dataset.n_items,
+            interactions=len(trained.prepared.split.train_items),
+        ),
+        trainer={
+            "config": config.model_dump(),
+            "metrics": trained.metrics,
+            "data": str(dataset.source),
+            "torch": torch.__version__,
+        },
+    )
