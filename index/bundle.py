@@ -25,8 +25,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 logger = logging.getLogger(__name__)
 
-BUNDLE_FORMAT = "recall-bundle"
-SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 
 ITEM_IDS = "item_ids.npy"
@@ -75,8 +73,8 @@ class Manifest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    format: Literal["recall-bundle"] = BUNDLE_FORMAT
-    schema_version: Literal[1] = SCHEMA_VERSION
+    format: Literal["recall-bundle"] = "recall-bundle"
+    schema_version: Literal[1] = 1
     id: str
     created_at: datetime
     dim: int = Field(ge=2, description="vector width, bias coordinate included")
@@ -132,7 +130,9 @@ def save_array(path: Path, array: np.ndarray | Mapping[str, np.ndarray]) -> None
     arrays = array if isinstance(array, Mapping) else {"": array}
     for name, a in arrays.items():
         if a.dtype.hasobject:
-            raise BundleError(f"{path.name}{':' + name if name else ''}: object arrays are not allowed")
+            raise BundleError(
+                f"{path.name}{':' + name if name else ''}: object arrays are not allowed"
+            )
     with path.open("wb") as f:
         if isinstance(array, Mapping):
             np.savez(f, allow_pickle=False, **array)

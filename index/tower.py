@@ -86,7 +86,7 @@ class TowerSpec(BaseModel):
     def encode_features(
         self, features: Mapping[str, FeatureValue] | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Map raw feature values to ``(categorical rows (n_cat,) int64, numeric (n_num,) float32)``.
+        """Raw feature values -> (categorical rows (n_cat,) int64, numeric (n_num,) float32).
 
         Unknown names are ignored; missing, unknown or non-finite values become the
         out-of-vocabulary row 0 / the mean (0 after standardization).

@@ -48,8 +48,10 @@ def ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     target_scores = scores[np.arange(len(targets)), targets][:, None]
     rows = np.arange(scores.shape[1])
     better = (scores > target_scores) | ((scores == target_scores) & (rows < targets[:, None]))
-    rank = better.sum(axis=1)
-    return np.where(np.isfinite(target_scores[:, 0]), rank, scores.shape[1])
+    rank: np.ndarray = np.where(
+        np.isfinite(target_scores[:, 0]), better.sum(axis=1), scores.shape[1]
+    )
+    return rank
 
 
 def evaluate(score: ScoreFn, task: EvalTask, batch: int = 1024) -> dict[str, float]:

@@ -12,16 +12,18 @@ from index import bundle as b
 from index.tower import fold_user
 from trainer.config import TrainConfig
 from trainer.data import Dataset
-from trainer.train import Trained, _DeviceData, user_vectors
+from trainer.train import DeviceData, Trained, user_vectors
 
 logger = logging.getLogger(__name__)
 
 
-def bundle_arrays(trained: Trained, dataset: Dataset) -> dict[str, np.ndarray | dict[str, np.ndarray]]:
+def bundle_arrays(
+    trained: Trained, dataset: Dataset
+) -> dict[str, np.ndarray | dict[str, np.ndarray]]:
     """Every trainer-written file of the bundle, by file name."""
     model, prepared = trained.model, trained.prepared
     device = next(model.parameters()).device
-    data = _DeviceData(prepared, device)
+    data = DeviceData(prepared, device)
     users = np.arange(dataset.n_users)
     u = user_vectors(model, data, prepared.split, users).cpu().numpy()
     seen_indptr, seen_items = prepared.split.seen()
@@ -37,7 +39,11 @@ def bundle_arrays(trained: Trained, dataset: Dataset) -> dict[str, np.ndarray | 
 
 
 def export_bundle(
-    trained: Trained, dataset: Dataset, config: TrainConfig, root: Path, bundle_id: str | None = None
+    trained: Trained,
+    dataset: Dataset,
+    config: TrainConfig,
+    root: Path,
+    bundle_id: str | None = None,
 ) -> Path:
     """Write the bundle atomically under ``root`` and return its directory."""
     arrays = bundle_arrays(trained, dataset)

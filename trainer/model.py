@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from index.tower import AGE_FEATURES, SPEC_KEY, TowerSpec
+from index.tower import SPEC_KEY, TowerSpec
 
 
 class UserBatch:
@@ -33,6 +33,8 @@ class UserBatch:
 
 class CandidateModel(nn.Module):
     """User tower + output softmax layer."""
+
+    item_genres: Tensor  # buffer (n_items, max_genres_per_item) int64
 
     def __init__(
         self,
@@ -60,11 +62,10 @@ class CandidateModel(nn.Module):
             with torch.no_grad():
                 self.genre_embedding.weight[0].zero_()
         self.register_buffer("item_genres", torch.as_tensor(item_genres, dtype=torch.int64))
-        self.categorical = nn.ModuleList(
-            nn.Embedding(len(c.vocabulary) + 1, c.dim) for c in spec.categorical
-        )
-        for table in self.categorical:
+        tables = [nn.Embedding(len(c.vocabulary) + 1, c.dim) for c in spec.categorical]
+        for table in tables:
             nn.init.normal_(table.weight, std=0.05)
+        self.categorical = nn.ModuleList(tables)
         layers: list[nn.Module] = []
         width = spec.input_width
         for out in spec.hidden:
@@ -94,14 +95,14 @@ class CandidateModel(nn.Module):
         age = batch.age
         parts.append(torch.stack([age, age * age, age.sqrt()], dim=1))
         h = torch.cat(parts, dim=1)
-        out: Tensor = self.tower(h)
-        return out
+        return self.tower(h)  # type: ignore[no-any-return]
 
     def logits(self, u: Tensor, items: Tensor | None = None) -> Tensor:
         """``u . W_i + b_i`` for all items (B, n_items), or for ``items`` (B,) -> (B,)."""
         if items is None:
             return u @ self.output.weight.T + self.output_bias.weight.T
-        return (u * self.output(items)).sum(dim=1) + self.output_bias(items).squeeze(1)
+        picked: Tensor = (u * self.output(items)).sum(dim=1) + self.output_bias(items).squeeze(1)
+        return picked
 
     def folded_items(self) -> np.ndarray:
         """Item vectors ``[W_i, b_i]``: (n_items, dim + 1) float32."""
@@ -123,7 +124,7 @@ class CandidateModel(nn.Module):
         if self.genre_embedding is not None:
             arrays["genre_embedding"] = arr(self.genre_embedding.weight)
         for j, table in enumerate(self.categorical):
-            arrays[f"categorical.{j}"] = arr(table.weight)
+            arrays[f"categorical.{j}"] = arr(table.weight)  # type: ignore[arg-type]
         linears = [m for m in self.tower if isinstance(m, nn.Linear)]
         for j, linear in enumerate(linears):
             arrays[f"layers.{j}.weight"] = arr(linear.weight)
@@ -159,12 +160,3 @@ def sampled_softmax_loss(
 def full_softmax_loss(model: CandidateModel, u: Tensor, labels: Tensor) -> Tensor:
     """Cross entropy over the whole catalog: u (B, dim), labels (B,)."""
     return nn.functional.cross_entropy(model.logits(u), labels)
-
-
-__all__ = [
-    "AGE_FEATURES",
-    "CandidateModel",
-    "UserBatch",
-    "full_softmax_loss",
-    "sampled_softmax_loss",
-]

@@ -63,15 +63,13 @@ def prepare(dataset: Dataset, config: TrainConfig) -> Prepared:
     )
 
 
-class _DeviceData:
+class DeviceData:
     """The arrays a step needs, moved to the device once."""
 
     def __init__(self, prepared: Prepared, device: torch.device) -> None:
         ex = prepared.examples
         self.device = device
-        self.train_items = torch.as_tensor(prepared.split.train_items, dtype=torch.int64).to(
-            device
-        )
+        self.train_items = torch.as_tensor(prepared.split.train_items, dtype=torch.int64).to(device)
         self.categorical = torch.as_tensor(prepared.users.categorical).to(device)
         self.numeric = torch.as_tensor(prepared.users.numeric).to(device)
         self.users = torch.as_tensor(ex.users).to(device)
@@ -90,7 +88,7 @@ class _DeviceData:
 
 
 def user_vectors(
-    model: CandidateModel, data: _DeviceData, split: Split, users: np.ndarray, batch: int = 4096
+    model: CandidateModel, data: DeviceData, split: Split, users: np.ndarray, batch: int = 4096
 ) -> Tensor:
     """Tower output from each listed user's full training history at age 0: (len(users), dim)."""
     hist = full_histories(split, model.spec.history_length)
@@ -109,7 +107,7 @@ def user_vectors(
 
 def hit_rate(
     model: CandidateModel,
-    data: _DeviceData,
+    data: DeviceData,
     split: Split,
     users: np.ndarray,
     targets: np.ndarray,
@@ -151,10 +149,10 @@ def _optimizers(model: CandidateModel, config: TrainConfig, sparse: bool) -> lis
     ]
 
 
-def _sampling_log_q(item_counts: np.ndarray, alpha: float, negatives: int) -> np.ndarray:
-    """Sampling distribution q ~ (count + 1)^alpha and log expected counts ``log(S q)``."""
-    weights = (item_counts.astype(np.float64) + 1.0) ** alpha
-    q = weights / weights.sum()
+def sampling_distribution(item_counts: np.ndarray, alpha: float) -> np.ndarray:
+    """Negative sampling probabilities q ~ (count + 1)^alpha: (n_items,) float64."""
+    weights: np.ndarray = (item_counts.astype(np.float64) + 1.0) ** alpha
+    q: np.ndarray = weights / weights.sum()
     return q
 
 
@@ -180,7 +178,7 @@ def train(dataset: Dataset, config: TrainConfig, *, progress: bool = True) -> Tr
         model = CandidateModel(
             prepared.spec, prepared.item_genres, sparse=sparse, dropout=config.dropout
         ).to(device)
-        data = _DeviceData(prepared, device)
+        data = DeviceData(prepared, device)
         metrics = _fit(model, data, prepared, config, loss_kind, generator, progress)
     metrics["seconds_total"] = round(time.perf_counter() - started, 3)
     metrics["loss"] = loss_kind
@@ -190,7 +188,7 @@ def train(dataset: Dataset, config: TrainConfig, *, progress: bool = True) -> Tr
 
 def _fit(
     model: CandidateModel,
-    data: _DeviceData,
+    data: DeviceData,
     prepared: Prepared,
     config: TrainConfig,
     loss_kind: str,
@@ -205,7 +203,7 @@ def _fit(
         steps = min(steps, config.max_steps_per_epoch)
 
     q = torch.as_tensor(
-        _sampling_log_q(prepared.item_counts, config.sampling_alpha, config.negatives),
+        sampling_distribution(prepared.item_counts, config.sampling_alpha),
         dtype=torch.float32,
         device=data.device,
     )
@@ -242,14 +240,15 @@ def _fit(
                 loss = sampled_softmax_loss(model, u, labels, negatives, log_q)
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             for opt in optimizers:
                 opt.step()
-            total_loss += float(loss) * len(idx)
+            batch_loss = float(loss.detach())
+            total_loss += batch_loss * len(idx)
             seen_examples += len(idx)
             if step % 20 == 0:
                 elapsed = time.perf_counter() - t0
-                bar.set_postfix(loss=f"{float(loss):.3f}", ex_s=f"{seen_examples / elapsed:,.0f}")
+                bar.set_postfix(loss=f"{batch_loss:.3f}", ex_s=f"{seen_examples / elapsed:,.0f}")
         bar.close()
         train_seconds = time.perf_counter() - t0
         valid_hr = hit_rate(model, data, split, valid_users, valid_targets, config.validation_k)

@@ -1,0 +1,96 @@
+"""The bundle contract: atomic writes, verified reads, nothing pickled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index import bundle as b
+
+
+def _write(root: Path, arrays: dict[str, object] | None = None, bundle_id: str = "b1") -> Path:
+    return b.write_bundle(
+        root,
+        bundle_id,
+        arrays  # type: ignore[arg-type]
+        if arrays is not None
+        else {
+            b.ITEM_IDS: np.arange(3, dtype=np.int64),
+            b.ITEM_VECTORS: np.ones((3, 4), dtype=np.float32),
+            b.USER_SEEN: {"indptr": np.array([0, 1]), "indices": np.array([2], dtype=np.int32)},
+        },
+        dim=4,
+        counts=b.Counts(users=1, items=3, interactions=1),
+        trainer={"config": {"seed": 0}},
+    )
+
+
+def test_written_bundle_verifies_and_round_trips(tmp_path: Path) -> None:
+    bundle = _write(tmp_path)
+    manifest = b.read_manifest(bundle)
+    assert manifest.id == "b1" and manifest.dim == 4 and manifest.schema_version == 1
+    assert set(manifest.files) == {b.ITEM_IDS, b.ITEM_VECTORS, b.USER_SEEN}
+    np.testing.assert_array_equal(b.load_array(bundle, manifest, b.ITEM_IDS), [0, 1, 2])
+    seen = b.load_arrays(bundle, manifest, b.USER_SEEN)
+    np.testing.assert_array_equal(seen["indices"], [2])
+    assert [p.name for p in tmp_path.iterdir()] == ["b1"]
+
+
+def test_failure_half_way_leaves_no_bundle_directory(tmp_path: Path) -> None:
+    class Exploding(dict[str, np.ndarray]):
+        def items(self):  # type: ignore[no-untyped-def,override]
+            yield b.ITEM_IDS, np.arange(3)
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        _write(tmp_path, Exploding())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_object_arrays_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(b.BundleError, match="object arrays"):
+        _write(tmp_path, {b.ITEM_IDS: np.array(["a", 1], dtype=object)})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_bundle_is_never_overwritten(tmp_path: Path) -> None:
+    _write(tmp_path)
+    with pytest.raises(b.BundleError, match="already exists"):
+        _write(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda p: p.unlink(), "missing"),
+        (lambda p: p.write_bytes(p.read_bytes()[:-1]), "bytes"),
+        (lambda p: p.write_bytes(p.read_bytes()[:-1] + b"\x00"), "sha256"),
+    ],
+)
+def test_damaged_file_is_refused(tmp_path: Path, damage, message: str) -> None:  # type: ignore[no-untyped-def]
+    bundle = _write(tmp_path)
+    manifest = b.read_manifest(bundle)
+    damage(bundle / b.ITEM_VECTORS)
+    with pytest.raises(b.BundleError, match=message):
+        b.load_array(bundle, manifest, b.ITEM_VECTORS)
+
+
+def test_unfinished_or_invalid_manifest_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(b.BundleError, match=r"no manifest\.json"):
+        b.read_manifest(tmp_path)
+    (tmp_path / b.MANIFEST).write_text('{"format": "recall-bundle", "schema_version": 2}')
+    with pytest.raises(b.BundleError, match="invalid manifest"):
+        b.read_manifest(tmp_path)
+
+
+def test_pickled_npy_is_refused(tmp_path: Path) -> None:
+    bundle = _write(tmp_path)
+    path = bundle / b.ITEM_IDS
+    np.save(path, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    forged = b.Manifest.model_validate(
+        {**b.read_manifest(bundle).model_dump(), "files": {b.ITEM_IDS: b.file_entry(path)}}
+    )
+    with pytest.raises(b.BundleError, match="not a plain numpy array"):
+        b.load_array(bundle, forged, b.ITEM_IDS)

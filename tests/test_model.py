@@ -1,0 +1,173 @@
+"""The trained model, its numpy twin and its export: the invariants of DESIGN.md."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from index import bundle as b
+from index.tower import UserTower, pad_histories
+from trainer.config import TrainConfig
+from trainer.data import Dataset
+from trainer.evaluate import dot_scorer, evaluate, popularity_scorer, task_from_data
+from trainer.export import bundle_arrays, export_bundle
+from trainer.model import UserBatch, sampled_softmax_loss
+from trainer.train import Trained, train
+
+
+def _user_features(dataset: Dataset, user: int) -> dict[str, str | float | None]:
+    return {name: values[user].item() for name, values in dataset.user_features.items()}
+
+
+def test_numpy_tower_equals_torch_tower(trained: Trained, synthetic: Dataset) -> None:
+    model, spec = trained.model, trained.prepared.spec
+    tower = UserTower.from_arrays(model.tower_arrays())
+    rng = np.random.default_rng(0)
+    histories = [rng.integers(0, spec.n_items, size=n) for n in (0, 1, 7, 50, 80)]
+    features = [
+        None,
+        _user_features(synthetic, 3),
+        {"age": 200, "gender": "never-seen", "country": None},
+        {"unknown-feature": "x"},
+        _user_features(synthetic, 10),
+    ]
+    ours = tower.encode(histories, features)
+
+    rows, mask = pad_histories(histories, spec.history_length)
+    encoded = [spec.encode_features(f) for f in features]
+    batch = UserBatch(
+        torch.as_tensor(rows),
+        torch.as_tensor(mask),
+        torch.as_tensor(np.stack([c for c, _ in encoded])),
+        torch.as_tensor(np.stack([x for _, x in encoded])),
+        torch.zeros(len(histories)),
+    )
+    with torch.no_grad():
+        theirs = model(batch).numpy()
+    assert ours.shape == (len(histories), spec.dim + 1)
+    np.testing.assert_allclose(ours[:, :-1], theirs, atol=1e-5)
+    np.testing.assert_array_equal(ours[:, -1], 1.0)
+
+
+def test_dot_product_equals_model_logit(trained: Trained, synthetic: Dataset) -> None:
+    arrays = bundle_arrays(trained, synthetic)
+    users, items = arrays[b.USER_VECTORS], arrays[b.ITEM_VECTORS]
+    assert isinstance(users, np.ndarray) and isinstance(items, np.ndarray)
+    assert users.dtype == items.dtype == np.float32
+    with torch.no_grad():
+        logits = trained.model.logits(torch.as_tensor(users[:, :-1])).numpy()
+    np.testing.assert_allclose(users @ items.T, logits, rtol=1e-5, atol=1e-5)
+
+
+def test_user_vector_equals_tower_on_full_training_history(
+    trained: Trained, synthetic: Dataset
+) -> None:
+    arrays = bundle_arrays(trained, synthetic)
+    tower = UserTower.from_arrays(arrays[b.USER_TOWER])  # type: ignore[arg-type]
+    split = trained.prepared.split
+    users = [0, 5, 123, synthetic.n_users - 1]
+    online = tower.encode(
+        [split.history(u) for u in users], [_user_features(synthetic, u) for u in users]
+    )
+    np.testing.assert_allclose(online, arrays[b.USER_VECTORS][users], atol=1e-5)  # type: ignore[index]
+
+
+def test_same_seed_same_vectors_other_seed_different(
+    synthetic: Dataset, small_config: TrainConfig
+) -> None:
+    config = small_config.model_copy(update={"epochs": 2})
+    first = train(synthetic, config, progress=False).model.folded_items()
+    again = train(synthetic, config, progress=False).model.folded_items()
+    other = train(synthetic, config.model_copy(update={"seed": 1}), progress=False)
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, other.model.folded_items())
+
+
+def test_planted_structure_is_learned_far_above_popularity(
+    trained: Trained, synthetic: Dataset
+) -> None:
+    arrays = bundle_arrays(trained, synthetic)
+    seen = arrays[b.USER_SEEN]
+    assert isinstance(seen, dict)
+    task = task_from_data(
+        synthetic, synthetic.user_ids, synthetic.item_ids, seen["indptr"], seen["indices"]
+    )
+    model = evaluate(dot_scorer(arrays[b.USER_VECTORS], arrays[b.ITEM_VECTORS]), task)  # type: ignore[arg-type]
+    popular = evaluate(popularity_scorer(trained.prepared.item_counts), task)
+    assert model["hr@10"] > 4 * popular["hr@10"]
+    assert model["hr@10"] > 0.25
+
+
+def test_sampled_softmax_runs_with_sparse_updates(
+    synthetic: Dataset, small_config: TrainConfig
+) -> None:
+    config = small_config.model_copy(update={"loss": "sampled", "negatives": 64, "epochs": 2})
+    trained = train(synthetic, config, progress=False)
+    assert trained.metrics["loss"] == "sampled"
+    assert np.isfinite(trained.model.folded_items()).all()
+    assert all(math.isfinite(e["train_loss"]) for e in trained.metrics["epochs"])
+
+
+def test_sampled_softmax_removes_accidental_hits(trained: Trained) -> None:
+    model = trained.model
+    u = torch.randn(3, model.spec.dim)
+    labels = torch.tensor([1, 2, 3])
+    log_q = torch.zeros(model.spec.n_items)
+    with torch.no_grad():
+        with_hit = sampled_softmax_loss(model, u, labels, torch.tensor([1, 7, 9]), log_q)
+        # row 0's label 1 is also drawn as a negative: it must count once, as the positive
+        masked = sampled_softmax_loss(model, u[1:], labels[1:], torch.tensor([1, 7, 9]), log_q)
+        manual = []
+        for row in range(3):
+            negs = [n for n in (1, 7, 9) if n != int(labels[row])]
+            logits = model.logits(
+                u[row : row + 1], torch.tensor([int(labels[row]), *negs]).view(-1)[:1]
+            )
+            all_items = torch.tensor([int(labels[row]), *negs])
+            scores = model.logits(u[row].expand(len(all_items), -1), all_items)
+            manual.append(-torch.log_softmax(scores, 0)[0])
+            assert logits.shape == (1,)
+    assert torch.isclose(with_hit, torch.stack(manual).mean(), atol=1e-6)
+    assert torch.isclose(masked, torch.stack(manual[1:]).mean(), atol=1e-6)
+
+
+def test_export_writes_a_verified_bundle(
+    trained: Trained, synthetic: Dataset, small_config: TrainConfig, tmp_path: Path
+) -> None:
+    bundle = export_bundle(trained, synthetic, small_config, tmp_path, "bundle-1")
+    manifest = b.read_manifest(bundle)
+    assert set(manifest.files) == set(b.TRAINER_FILES)
+    assert manifest.dim == small_config.hidden[-1] + 1
+    assert manifest.counts.users == synthetic.n_users
+    assert manifest.trainer["config"]["hidden"] == small_config.hidden
+    assert manifest.trainer["metrics"]["best_epoch"] >= 1
+    for name in b.TRAINER_FILES:
+        b.verify_file(bundle, manifest, name)
+    np.testing.assert_array_equal(b.load_array(bundle, manifest, b.ITEM_IDS), synthetic.item_ids)
+
+
+def test_export_failing_half_way_leaves_nothing(
+    trained: Trained,
+    synthetic: Dataset,
+    small_config: TrainConfig,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_save = b.save_array
+    written: list[str] = []
+
+    def save_then_fail(path: Path, array: object) -> None:
+        if len(written) == 3:
+            raise OSError("no space left on device")
+        written.append(path.name)
+        real_save(path, array)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(b, "save_array", save_then_fail)
+    with pytest.raises(OSError, match="no space left"):
+        export_bundle(trained, synthetic, small_config, tmp_path, "bundle-1")
+    assert len(written) == 3
+    assert list(tmp_path.iterdir()) == []
