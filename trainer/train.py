@@ -226,7 +226,13 @@ def _fit(
         order = torch.randperm(n, generator=generator, device=data.device)
         total_loss = 0.0
         seen_examples = 0
-        bar = tqdm(range(steps), desc=f"epoch {epoch}", unit="step", disable=not progress)
+        bar = tqdm(
+            range(steps),
+            desc=f"epoch {epoch}",
+            unit="step",
+            mininterval=1.0,
+            disable=None if progress else True,  # None: only on a terminal
+        )
         for step in bar:
             idx = order[step * config.batch_size : (step + 1) * config.batch_size]
             batch = data.batch(data.users[idx], data.ends[idx], data.hist_lens[idx], data.ages[idx])
