@@ -248,6 +248,11 @@ def test_blank_id(tmp_path: Path, column: str, line: int) -> None:
     assert msg.endswith(f"interactions.csv: line {line}, column '{column}': blank id")
 
 
+def test_first_bad_id_column_is_reported_first(tmp_path: Path) -> None:
+    msg = error(tmp_path, "user_id,item_id,timestamp\n1,2,3\n,,3\n")
+    assert msg.endswith("line 3, column 'user_id': blank id")
+
+
 @pytest.mark.parametrize(
     ("column", "value", "what"),
     [

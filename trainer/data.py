@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import logging
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -484,8 +485,11 @@ def load_dataset(directory: Path) -> Dataset:
     if path is None:
         raise DataError(f"{directory / 'interactions.csv'}: missing file (no .csv or .parquet)")
     t = _read(path, [USER_ID, ITEM_ID, TIMESTAMP], [RATING], everything=False, side=False)
-    user_ids, user_keys, user_rows = _encode(t, USER_ID)
-    item_ids, item_keys, item_rows = _encode(t, ITEM_ID)
+    # pyarrow.compute releases the GIL: encode both id columns at once.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        users, items = pool.submit(_encode, t, USER_ID), pool.submit(_encode, t, ITEM_ID)
+        user_ids, user_keys, user_rows = users.result()  # a user_id error is reported first
+        item_ids, item_keys, item_rows = items.result()
     timestamps = _numbers(t, TIMESTAMP, np.float64)
     ratings = _numbers(t, RATING, np.float32) if RATING in t.table.column_names else None
     del t
