@@ -105,17 +105,36 @@ def user_vectors(
     return torch.cat(out) if out else torch.zeros((0, model.spec.dim), device=data.device)
 
 
+@dataclass(frozen=True)
+class Validation:
+    """Early-stopping data: users (m,) int64, their validation item rows (m,) int64 and
+    every user's training items as CSR (seen_indptr (n_users+1,), seen_items)."""
+
+    users: np.ndarray
+    targets: np.ndarray
+    seen_indptr: np.ndarray
+    seen_items: np.ndarray
+
+    @classmethod
+    def sample(cls, split: Split, max_users: int, rng: np.random.Generator) -> Validation:
+        users = np.flatnonzero(split.valid_items != NO_ITEM)
+        if len(users) > max_users:
+            users = np.sort(rng.choice(users, max_users, replace=False))
+        seen_indptr, seen_items = split.seen()
+        return cls(users, split.valid_items[users].astype(np.int64), seen_indptr, seen_items)
+
+
+SCORE_BUDGET = 1 << 25
+"""Most logits held at once while validating (floats): bounds memory on huge catalogs."""
+
+
 def hit_rate(
-    model: CandidateModel,
-    data: DeviceData,
-    split: Split,
-    users: np.ndarray,
-    targets: np.ndarray,
-    k: int,
-    batch: int = 512,
+    model: CandidateModel, data: DeviceData, split: Split, validation: Validation, k: int
 ) -> float:
-    """HR@k of ``targets`` (one item row per user) over all items, training items excluded."""
-    seen_indptr, seen_items = split.seen()
+    """HR@k of the validation items over all items, training items excluded."""
+    users, targets = validation.users, validation.targets
+    seen_indptr, seen_items = validation.seen_indptr, validation.seen_items
+    batch = max(1, min(512, SCORE_BUDGET // model.spec.n_items))
     hits = 0
     for start in range(0, len(users), batch):
         rows = users[start : start + batch]
@@ -210,11 +229,9 @@ def _fit(
     cdf = torch.cumsum(q.double(), 0).float()
     log_q = torch.log(q * config.negatives)
 
-    rng = np.random.default_rng(config.seed + 1)
-    valid_users = np.flatnonzero(split.valid_items != NO_ITEM)
-    if len(valid_users) > config.validation_users:
-        valid_users = np.sort(rng.choice(valid_users, config.validation_users, replace=False))
-    valid_targets = split.valid_items[valid_users].astype(np.int64)
+    validation = Validation.sample(
+        split, config.validation_users, np.random.default_rng(config.seed + 1)
+    )
 
     best: dict[str, Any] = {"valid_hr": -1.0, "epoch": 0}
     best_state: dict[str, Tensor] | None = None
@@ -257,7 +274,7 @@ def _fit(
                 bar.set_postfix(loss=f"{batch_loss:.3f}", ex_s=f"{seen_examples / elapsed:,.0f}")
         bar.close()
         train_seconds = time.perf_counter() - t0
-        valid_hr = hit_rate(model, data, split, valid_users, valid_targets, config.validation_k)
+        valid_hr = hit_rate(model, data, split, validation, config.validation_k)
         record = {
             "epoch": epoch,
             "train_loss": round(total_loss / max(seen_examples, 1), 5),
@@ -290,7 +307,7 @@ def _fit(
     return {
         "best_epoch": best["epoch"],
         f"valid_hr@{config.validation_k}": round(best["valid_hr"], 5),
-        "validation_users": len(valid_users),
+        "validation_users": len(validation.users),
         "examples_per_second": round(
             float(np.mean([h["examples_per_second"] for h in history])), 1
         ),
