@@ -114,6 +114,15 @@ def fsync_path(path: Path) -> None:
 
 def write_json_atomic(path: Path, payload: str) -> None:
     """Write text to ``path`` via a temp file + fsync + ``os.replace``."""
+    write_text_atomic(path, payload)
+
+
+def write_text_atomic(path: Path, payload: str) -> None:
+    """Write text to ``path`` via a temp file in the same directory + fsync + ``os.replace``.
+
+    Readers see the old content or the new one, never a mix. fsync the directory
+    (:func:`fsync_path`) afterwards to make the rename itself durable.
+    """
     tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
     try:
         with tmp.open("w", encoding="utf-8") as f:

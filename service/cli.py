@@ -18,6 +18,10 @@ logger = logging.getLogger("recall")
 
 Handler = Callable[[argparse.Namespace], int]
 
+# The index kinds, spelled out here so the parser needs no faiss import
+# (tests/test_index_cli.py checks they match index.faiss_index.KIND_CHOICES).
+KIND_CHOICES = ("auto", "flat", "hnsw", "ivf-flat", "ivf-sq8", "ivf-pq")
+
 
 def _synth(args: argparse.Namespace) -> int:
     from trainer.synth import SynthConfig, write_synthetic
@@ -96,6 +100,45 @@ def _run_eval(bundle: Path, data: Path, out: Path | None, max_users: int | None)
     logger.info("wrote %s", report)
 
 
+def _build_index(args: argparse.Namespace) -> int:
+    from index.build import BuildOptions, build_index
+    from index.bundle import BundleError
+    from index.publish import publish
+
+    options = BuildOptions(
+        kind=args.kind,
+        target_recall=args.target_recall,
+        recall_k=args.recall_k,
+        sample_queries=args.sample_queries,
+        seed=args.seed,
+        hnsw_m=args.hnsw_m,
+        ef_construction=args.ef_construction,
+        nlist=args.nlist,
+        pq_m=args.pq_m,
+    )
+    try:
+        build_index(args.bundle, options)
+        if args.publish:
+            publish(args.bundle, keep=args.keep)
+    except BundleError as e:
+        logger.error("%s", e)
+        return 2
+    sys.stdout.write(f"{args.bundle}\n")
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from index.bundle import BundleError
+    from index.publish import publish
+
+    try:
+        publish(args.bundle, keep=args.keep)
+    except BundleError as e:
+        logger.error("%s", e)
+        return 2
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from trainer.synth import SynthConfig, write_synthetic
 
@@ -108,6 +151,13 @@ def _demo(args: argparse.Namespace) -> int:
     bundle = _run_training(data, work / "bundles", None, {"seed": args.seed}, progress=True)
     logger.info("demo: evaluating %s", bundle)
     _run_eval(bundle, data, work / f"eval-{bundle.name}.json", None)
+    from index.build import build_index
+    from index.publish import publish
+
+    logger.info("demo: building the index of %s", bundle)
+    build_index(bundle)
+    publish(bundle)
+    logger.info("demo: published %s as %s", bundle.name, bundle.parent / "CURRENT")
     return 0
 
 
@@ -154,6 +204,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", type=Path, required=True)
     ev.add_argument("--out", type=Path, help="JSON report (default eval-<bundle-id>.json)")
     ev.add_argument("--max-users", type=int, help="evaluate a random sample of users")
+
+    bi = command("build-index", _build_index, "build, tune and measure the FAISS index of a bundle")
+    bi.add_argument("bundle", type=Path, help="ROOT/<bundle-id>")
+    bi.add_argument("--kind", default="auto", choices=KIND_CHOICES)
+    bi.add_argument("--target-recall", type=float, default=0.95, help="recall@k to reach")
+    bi.add_argument("--recall-k", type=int, default=100, help="k of the recall target")
+    bi.add_argument("--sample-queries", type=int, default=1000, help="user vectors per sample")
+    bi.add_argument("--seed", type=int, default=0)
+    bi.add_argument("--hnsw-m", type=int, default=32, help="HNSW neighbours per node")
+    bi.add_argument("--ef-construction", type=int, default=64, help="HNSW build beam")
+    bi.add_argument("--nlist", type=int, help="IVF lists (default ~4 sqrt(n))")
+    bi.add_argument("--pq-m", type=int, help="PQ sub-quantizers (default (dim+1)/2)")
+    bi.add_argument("--publish", action="store_true", help="then make it CURRENT")
+    bi.add_argument("--keep", type=int, default=3, help="bundles to keep when publishing")
+
+    pub = command("publish", _publish, "verify a bundle and make it CURRENT (also rollback)")
+    pub.add_argument("bundle", type=Path, help="ROOT/<bundle-id>")
+    pub.add_argument("--keep", type=int, default=3, help="bundles to keep (CURRENT always)")
     return parser
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from index.build import BuildOptions, build_index
+from index.publish import publish as publish_bundle
 from trainer.config import TrainConfig
 from trainer.data import Dataset, load_dataset
+from trainer.export import export_bundle
 from trainer.synth import SynthConfig, write_synthetic
 from trainer.train import Trained, train
 
@@ -56,3 +60,29 @@ def small_config() -> TrainConfig:
 @pytest.fixture(scope="session")
 def trained(synthetic: Dataset) -> Trained:
     return train(synthetic, SMALL, progress=False)
+
+
+BundleFactory = Callable[..., str]
+
+
+@pytest.fixture(scope="session")
+def make_bundle(trained: Trained, synthetic: Dataset, small_config: TrainConfig) -> BundleFactory:
+    """``make_bundle(root, bundle_id, publish=False) -> bundle_id``: export the trained
+    model as a bundle, build its exact index, and optionally publish it."""
+
+    def make(root: Path, bundle_id: str, publish: bool = False) -> str:
+        bundle = export_bundle(trained, synthetic, small_config, root, bundle_id)
+        build_index(bundle, BuildOptions(kind="flat", sample_queries=50, latency_queries=5))
+        if publish:
+            publish_bundle(bundle)
+        return bundle_id
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def published_root(make_bundle: BundleFactory, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle root whose CURRENT names a bundle of the trained model (read only!)."""
+    root = tmp_path_factory.mktemp("published")
+    make_bundle(root, "20260101T000000Z-aaaaaa", publish=True)
+    return root

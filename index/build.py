@@ -1,0 +1,252 @@
+"""The index builder: bundle -> ``index.faiss`` + the manifest's ``index`` section.
+
+``build_index(bundle)`` reads the verified item vectors, builds the FAISS index chosen by
+:mod:`index.faiss_index`, tunes its search parameter (efSearch / nprobe, and the re-rank
+``k_factor`` of quantized kinds) on a sample of the bundle's real user vectors against
+exact brute force, measures recall@10 / recall@k and single-query latency on a *disjoint*
+sample with the chosen setting, and writes ``index.faiss`` and the updated manifest
+atomically (temp file + ``os.replace``, fsync). A build that dies half-way never touches
+``CURRENT``; at worst it leaves the bundle unpublishable until it is rebuilt (the manifest's
+checksums no longer match), which :func:`index.publish.verify_bundle` refuses.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+
+from index import bundle as b
+from index import faiss_index as fi
+from index.exact import exact_topk, recall_at_k
+from index.publish import bundle_lock, read_current
+from index.search import ItemIndex, check_vectors
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BuildOptions", "build_index", "measure_latency", "sample_query_rows"]
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to build: kind (``auto`` or one of :data:`index.faiss_index.KINDS`), recall
+    target at ``recall_k``, query samples for tuning and for measuring, and the build
+    parameters of each kind (None = the default of :func:`index.faiss_index.make_spec`)."""
+
+    kind: str = "auto"
+    target_recall: float = 0.95
+    recall_k: int = 100
+    sample_queries: int = 1000
+    latency_queries: int = 200
+    seed: int = 0
+    hnsw_m: int = 32
+    ef_construction: int = 64
+    nlist: int | None = None
+    pq_m: int | None = None
+
+    def check(self) -> None:
+        if not 0.0 < self.target_recall <= 1.0:
+            raise ValueError(f"target recall must be in (0, 1], got {self.target_recall}")
+        if self.recall_k < 1 or self.sample_queries < 1 or self.latency_queries < 1:
+            raise ValueError("recall_k, sample_queries and latency_queries must be >= 1")
+
+
+def sample_query_rows(
+    n_users: int, sample: int, seed: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Two disjoint seeded samples of user rows: ``(tune, measure)``, each up to ``sample``.
+
+    With fewer than two users both samples are the same (all users).
+    """
+    if n_users < 1:
+        raise ValueError("no user vectors to tune and measure on")
+    if n_users == 1:
+        one = np.zeros(1, dtype=np.int64)
+        return one, one
+    take = min(2 * sample, n_users)
+    rows = np.random.default_rng(seed).choice(n_users, size=take, replace=False)
+    half = take // 2
+    return np.sort(rows[:half]).astype(np.int64), np.sort(rows[half:]).astype(np.int64)
+
+
+def measure_latency(
+    searcher: ItemIndex, queries: npt.NDArray[np.float32], k: int
+) -> tuple[float, float]:
+    """Single-query latency of ``searcher.search`` on one OpenMP thread: (p50, p99) ms."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        searcher.search(queries[:1], k)  # warm-up
+        times = []
+        for i in range(queries.shape[0]):
+            t0 = time.perf_counter()
+            searcher.search(queries[i : i + 1], k)
+            times.append(time.perf_counter() - t0)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    p50, p99 = np.percentile(np.asarray(times) * 1e3, [50, 99])
+    return float(p50), float(p99)
+
+
+def _tune(
+    searcher: ItemIndex,
+    ladders: list[list[fi.SearchSettings]],
+    queries: npt.NDArray[np.float32],
+    exact: npt.NDArray[np.int64],
+    k: int,
+    target: float,
+) -> tuple[fi.SearchSettings, list[dict[str, Any]]]:
+    """Climb each ladder until recall@k >= target; pick the fastest setting that met it
+    (else the one with the best recall). Returns the choice and every measured step."""
+    trials: list[tuple[fi.SearchSettings, float, float]] = []
+    for ladder in ladders:
+        for settings in ladder:
+            t0 = time.perf_counter()
+            _, rows = searcher.search_index(queries, k, settings=settings)
+            seconds = time.perf_counter() - t0
+            recall = recall_at_k(rows, exact, k)
+            trials.append((settings, recall, seconds))
+            logger.debug("tune %s: recall@%d %.4f in %.3f s", settings, k, recall, seconds)
+            if recall >= target:
+                break
+    met = [t for t in trials if t[1] >= target]
+    # a setting that needs no more probes/ef and no larger k_factor than another wins
+    # without a timing contest (batch timings on a shared machine are noisy)
+    frontier = [t for t in met if not any(_dominates(o[0], t[0]) for o in met if o is not t)]
+    if frontier:
+        best = min(frontier, key=lambda t: t[2])
+    else:
+        best = max(trials, key=lambda t: (t[1], -t[2]))
+    log = [
+        {**s.to_manifest(), f"recall_at_{k}": round(r, 4), "batch_seconds": round(sec, 4)}
+        for s, r, sec in trials
+    ]
+    return best[0], log
+
+
+def _dominates(a: fi.SearchSettings, b: fi.SearchSettings) -> bool:
+    """``a`` costs no more than ``b`` on every knob, and is a different setting."""
+    return a != b and all(
+        (x or 0) <= (y or 0)
+        for x, y in ((a.nprobe, b.nprobe), (a.ef_search, b.ef_search), (a.k_factor, b.k_factor))
+    )
+
+
+def build_index(bundle: Path, options: BuildOptions | None = None) -> dict[str, Any]:
+    """Build, tune, measure and write the index of ``bundle``; return the index section.
+
+    Raises :class:`~index.bundle.BundleError` for a damaged or inconsistent bundle, or one
+    that is ``CURRENT`` (published bundles are immutable), ValueError for bad options.
+    """
+    opts = options or BuildOptions()
+    opts.check()
+    with bundle_lock(bundle):
+        if read_current(bundle.parent) == bundle.name:
+            raise b.BundleError(
+                f"{bundle} is the CURRENT bundle; published bundles are immutable "
+                "(build into a new bundle, or publish another one first)"
+            )
+        manifest = b.read_manifest(bundle)
+        if manifest.id != bundle.name:
+            raise b.BundleError(f"{bundle}: directory name differs from manifest id {manifest.id}")
+        items = b.load_array(bundle, manifest, b.ITEM_VECTORS)
+        check_vectors(bundle, b.ITEM_VECTORS, items, manifest.counts.items, manifest.dim)
+        users = b.load_array(bundle, manifest, b.USER_VECTORS, mmap=True)
+        check_vectors(bundle, b.USER_VECTORS, users, manifest.counts.users, manifest.dim)
+        section = _build(items, users, opts)
+        path = bundle / b.INDEX
+        fi.write_index(section.pop("_index"), path)
+        section["index_bytes"] = path.stat().st_size
+        files = {**manifest.files, b.INDEX: b.file_entry(path)}
+        updated = b.Manifest.model_validate(
+            {**manifest.model_dump(), "files": files, "index": section}
+        )
+        b.write_json_atomic(bundle / b.MANIFEST, updated.model_dump_json(indent=2))
+        b.fsync_path(bundle)
+    recall = section["recall"]
+    logger.info(
+        "built %s index of %s: recall@%d %.4f (target %.2f%s), p50 %.2f ms, %.1f s, %d bytes",
+        section["kind"],
+        bundle,
+        recall["k"],
+        recall[f"at_{recall['k']}"],
+        recall["target"],
+        "" if recall["target_met"] else ", NOT met",
+        section["latency_ms"]["p50"],
+        section["build_seconds"],
+        section["index_bytes"],
+    )
+    return section
+
+
+def _build(
+    items: npt.NDArray[np.float32], users: npt.NDArray[np.float32], opts: BuildOptions
+) -> dict[str, Any]:
+    n_items, dim = items.shape
+    kind = fi.resolve_kind(opts.kind, n_items)
+    spec = fi.make_spec(
+        kind,
+        n_items,
+        dim,
+        hnsw_m=opts.hnsw_m,
+        ef_construction=opts.ef_construction,
+        nlist=opts.nlist,
+        pq_m=opts.pq_m,
+    )
+    t0 = time.perf_counter()
+    vectors, max_norm = fi.to_index_space(items, spec)
+    index = fi.create_index(spec, vectors, seed=opts.seed)
+    build_seconds = time.perf_counter() - t0
+    del vectors
+    logger.info("built %s (%s) over %d items in %.1f s", kind, spec.factory, n_items, build_seconds)
+
+    k = min(opts.recall_k, n_items)
+    k10 = min(10, n_items)
+    tune_rows, measure_rows = sample_query_rows(users.shape[0], opts.sample_queries, opts.seed)
+    tune_q = np.ascontiguousarray(users[tune_rows])
+    measure_q = np.ascontiguousarray(users[measure_rows])
+    searcher = ItemIndex(index, items, kind)
+    _, tune_exact = exact_topk(tune_q, items, k)
+    settings, trials = _tune(
+        searcher, fi.tuning_ladders(kind, spec, k), tune_q, tune_exact, k, opts.target_recall
+    )
+    _, measure_exact = exact_topk(measure_q, items, k)
+    _, found = searcher.search_index(measure_q, k, settings=settings)
+    recall_k = recall_at_k(found, measure_exact, k)
+    _, found10 = searcher.search_index(measure_q, k10, settings=settings)
+    recall_10 = recall_at_k(found10, measure_exact, k10)
+    timed = ItemIndex(index, items, kind, settings)
+    p50, p99 = measure_latency(timed, measure_q[: opts.latency_queries], k)
+    return {
+        "_index": index,
+        "kind": kind,
+        "factory": spec.factory,
+        "metric": spec.metric,
+        "transform": spec.transform,
+        "index_dim": spec.index_dim,
+        "max_norm": max_norm,
+        "build_params": spec.build,
+        "search_params": settings.to_manifest(),
+        "build_seconds": round(build_seconds, 3),
+        "recall": {
+            "k": k,
+            "at_10": round(recall_10, 4),
+            f"at_{k}": round(recall_k, 4),
+            "target": opts.target_recall,
+            "target_met": recall_k >= opts.target_recall,
+            "queries": int(measure_rows.size),
+            "tune_queries": int(tune_rows.size),
+            "seed": opts.seed,
+        },
+        "latency_ms": {"p50": round(p50, 4), "p99": round(p99, 4), "threads": 1, "k": k},
+        "tuning": trials,
+        "faiss_version": fi.faiss_version(),
+        "built_at": datetime.now(UTC).isoformat(),
+    }

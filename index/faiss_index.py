@@ -1,0 +1,321 @@
+"""Every FAISS choice of the project in one place: kinds, factory strings, the MIPS
+transform, search parameters and selectors, reading and writing index files.
+
+Kinds (all rank by inner product; the scores callers see are recomputed exactly from the
+item vectors, see :mod:`index.search`):
+
+- ``flat``: ``IndexFlatIP``, exact.
+- ``hnsw``: ``HNSW<M>,Flat`` in L2 over the transformed vectors (below).
+- ``ivf-flat`` / ``ivf-sq8`` / ``ivf-pq``: ``IVF<nlist>,{Flat,SQ8,PQ<m>}`` in L2 over the
+  transformed vectors. Measured on clustered vectors of unequal norm (docs/index.md), the
+  transform beats ``METRIC_INNER_PRODUCT`` for IVF too (IVF1024,Flat at 100k items,
+  nprobe=64: recall@100 0.998 vs 0.913), because inner-product k-means lets a few
+  large-norm centroids attract most queries.
+- ``auto``: ``flat`` up to :data:`AUTO_FLAT_MAX_ITEMS` items, ``hnsw`` above.
+
+MIPS -> L2 transform (Bachrach et al., RecSys 2014): with ``M = max_i |x_i|`` an item
+``x`` becomes ``[x, sqrt(M^2 - |x|^2)]`` and a query ``q`` becomes ``[q, 0]``. Every item
+then has norm ``M`` and ``|q' - x'|^2 = |q|^2 + M^2 - 2 q.x``: the L2 order is the inner
+product order. Queries only need zero padding, so a loaded index needs nothing but its
+width. Product quantization also pads with zero columns to a multiple of the number of
+sub-quantizers; zeros change neither inner products nor distances.
+
+Reading uses ``IO_FLAG_MMAP_IFC`` (faiss >= 1.10): in faiss 1.15.1 it maps the file
+read-only and shared (``r--s``) for Flat, HNSW (vectors and graph) and IVF lists, so
+service workers share the pages; ``IO_FLAG_MMAP`` alone maps only IVF lists and copies
+Flat/HNSW into anonymous memory. A mapped index must not be modified.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+
+logger = logging.getLogger(__name__)
+
+# The type stubs shipped with faiss-cpu 1.15.1 lack SearchParametersHNSW and give
+# IDSelectorBitmap a (n, bitmap) signature its Python wrapper does not accept: call those
+# through an untyped alias.
+_faiss: Any = faiss
+
+Kind = Literal["flat", "hnsw", "ivf-flat", "ivf-sq8", "ivf-pq"]
+KINDS: tuple[Kind, ...] = get_args(Kind)
+KIND_CHOICES: tuple[str, ...] = ("auto", *KINDS)
+Transform = Literal["none", "mips-l2"]
+
+#: ``auto`` builds an exact index up to this many items: 50k x 65 floats is a ~13 MB scan,
+#: about 1 ms a query on one core (PERF-NOTES), and needs no tuning.
+AUTO_FLAT_MAX_ITEMS = 50_000
+
+#: Above this share of excluded items, a query's exclusions go in a bitmap (n/8 bytes)
+#: rather than a hash set (IDSelectorBatch).
+_BITMAP_SHARE = 1 / 64
+
+_HNSW_EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024)
+_NPROBE_LADDER = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+_K_FACTORS = {"ivf-flat": (1,), "ivf-sq8": (1, 2), "ivf-pq": (1, 2, 4, 8)}
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """What to build: the FAISS index over item vectors of width ``dim``.
+
+    ``index_dim`` is the FAISS width: ``dim``, plus one for the ``mips-l2`` transform,
+    plus zero padding for product quantization. ``build`` holds the build parameters
+    (``M``, ``efConstruction``, ``nlist``, ``pq_m``, ``train_size``), FAISS names.
+    """
+
+    kind: Kind
+    factory: str
+    metric: Literal["inner_product", "l2"]
+    transform: Transform
+    dim: int
+    index_dim: int
+    build: dict[str, int]
+
+    @property
+    def faiss_metric(self) -> int:
+        ip = self.metric == "inner_product"
+        return int(faiss.METRIC_INNER_PRODUCT if ip else faiss.METRIC_L2)
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Search-time parameters: ``efSearch`` (hnsw), ``nprobe`` (ivf-*), ``k_factor``.
+
+    ``k_factor`` > 1 fetches ``k * k_factor`` candidates and keeps the ``k`` with the best
+    exact inner product (a re-rank from the item vectors, for quantized kinds).
+    """
+
+    ef_search: int | None = None
+    nprobe: int | None = None
+    k_factor: int = 1
+
+    def to_manifest(self) -> dict[str, int]:
+        out: dict[str, int] = {"k_factor": self.k_factor}
+        if self.ef_search is not None:
+            out["efSearch"] = self.ef_search
+        if self.nprobe is not None:
+            out["nprobe"] = self.nprobe
+        return out
+
+    @classmethod
+    def from_manifest(cls, params: dict[str, Any]) -> SearchSettings:
+        """Parse the ``search_params`` of a manifest's index section (raise ValueError)."""
+        unknown = set(params) - {"efSearch", "nprobe", "k_factor"}
+        if unknown:
+            raise ValueError(f"unknown search parameter(s) {sorted(unknown)}")
+        values = {k: params.get(k) for k in ("efSearch", "nprobe", "k_factor")}
+        for name, value in values.items():
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"search parameter {name} must be an int >= 1, got {value!r}")
+        return cls(
+            ef_search=values["efSearch"],
+            nprobe=values["nprobe"],
+            k_factor=values["k_factor"] or 1,
+        )
+
+
+def resolve_kind(kind: str, n_items: int) -> Kind:
+    """The concrete kind for ``kind`` (one of :data:`KIND_CHOICES`) and a catalog size."""
+    if kind == "auto":
+        return "flat" if n_items <= AUTO_FLAT_MAX_ITEMS else "hnsw"
+    return check_kind(kind)
+
+
+def default_nlist(n_items: int) -> int:
+    """IVF list count: a power of two near ``4 sqrt(n)``, at most ``n / 39`` (k-means needs
+    about 39 training points per centroid)."""
+    target = max(1.0, min(4.0 * math.sqrt(n_items), n_items / 39.0))
+    return 1 << math.floor(math.log2(target))
+
+
+def make_spec(
+    kind: Kind,
+    n_items: int,
+    dim: int,
+    *,
+    hnsw_m: int = 32,
+    ef_construction: int = 64,
+    nlist: int | None = None,
+    pq_m: int | None = None,
+) -> IndexSpec:
+    """The :class:`IndexSpec` of ``kind`` for ``n_items`` vectors of width ``dim``."""
+    if kind == "flat":
+        return IndexSpec(kind, "Flat", "inner_product", "none", dim, dim, {})
+    d = dim + 1  # the mips-l2 coordinate
+    if kind == "hnsw":
+        if hnsw_m < 2 or ef_construction < 1:
+            raise ValueError("hnsw needs M >= 2 and efConstruction >= 1")
+        build = {"M": hnsw_m, "efConstruction": ef_construction}
+        return IndexSpec(kind, f"HNSW{hnsw_m},Flat", "l2", "mips-l2", dim, d, build)
+    lists = nlist if nlist is not None else default_nlist(n_items)
+    if not 1 <= lists <= n_items:
+        raise ValueError(f"nlist must be in [1, {n_items}], got {lists}")
+    if kind == "ivf-flat":
+        code = "Flat"
+    elif kind == "ivf-sq8":
+        code = "SQ8"
+    else:
+        m = pq_m if pq_m is not None else math.ceil(d / 2)
+        if m < 1:
+            raise ValueError(f"pq_m must be >= 1, got {m}")
+        if n_items < 256:
+            raise ValueError(f"ivf-pq needs >= 256 items to train its codebooks, got {n_items}")
+        d = math.ceil(d / m) * m
+        code = f"PQ{m}x8"
+    train = min(n_items, max(64 * lists, 65_536 if kind == "ivf-pq" else 0))
+    build = {"nlist": lists, "train_size": train}
+    if kind == "ivf-pq":
+        build["pq_m"] = int(code[2:-2])
+    return IndexSpec(kind, f"IVF{lists},{code}", "l2", "mips-l2", dim, d, build)
+
+
+def to_index_space(
+    items: npt.NDArray[np.float32], spec: IndexSpec
+) -> tuple[npt.NDArray[np.float32], float]:
+    """Item vectors (n, dim) -> FAISS input (n, index_dim) float32, and the max norm ``M``.
+
+    Applies the ``mips-l2`` coordinate ``sqrt(M^2 - |x|^2)`` (computed in float64) when the
+    spec asks for it, then zero padding.
+    """
+    n = items.shape[0]
+    out = np.zeros((n, spec.index_dim), dtype=np.float32)
+    out[:, : spec.dim] = items
+    max_norm = 0.0
+    if spec.transform == "mips-l2":
+        sq = np.einsum("ij,ij->i", items, items, dtype=np.float64)
+        max_norm = float(np.sqrt(sq.max())) if n else 0.0
+        out[:, spec.dim] = np.sqrt(np.maximum(max_norm * max_norm - sq, 0.0))
+    return out, max_norm
+
+
+def pad_queries(queries: npt.NDArray[np.float32], index_dim: int) -> npt.NDArray[np.float32]:
+    """Queries (B, dim) -> (B, index_dim) float32, C-contiguous, zero-padded."""
+    if queries.shape[1] == index_dim:
+        return np.ascontiguousarray(queries, dtype=np.float32)
+    out = np.zeros((queries.shape[0], index_dim), dtype=np.float32)
+    out[:, : queries.shape[1]] = queries
+    return out
+
+
+def create_index(spec: IndexSpec, vectors: npt.NDArray[np.float32], *, seed: int = 0) -> Any:
+    """Train (on a seeded sample) and fill a FAISS index; ``vectors`` are (n, index_dim).
+
+    Row ``i`` of ``vectors`` gets FAISS label ``i``.
+    """
+    index: Any = faiss.index_factory(spec.index_dim, spec.factory, spec.faiss_metric)
+    if spec.kind == "hnsw":
+        index.hnsw.efConstruction = spec.build["efConstruction"]
+    if not index.is_trained:
+        ivf: Any = faiss.extract_index_ivf(index)
+        ivf.cp.seed = seed
+        if spec.kind == "ivf-pq":
+            # on by default from the factory, unused by our search, and slow to train
+            index.do_polysemous_training = False
+        rng = np.random.default_rng(seed)
+        n_train = spec.build["train_size"]
+        sample = vectors
+        if n_train < vectors.shape[0]:
+            sample = vectors[np.sort(rng.choice(vectors.shape[0], n_train, replace=False))]
+        index.train(np.ascontiguousarray(sample))
+    index.add(np.ascontiguousarray(vectors))
+    return index
+
+
+def search_parameters(kind: Kind, settings: SearchSettings, selector: Any | None) -> Any:
+    """A fresh ``faiss.SearchParameters*`` for one call (never mutate a shared index)."""
+    if kind == "hnsw":
+        params = _faiss.SearchParametersHNSW()
+        if settings.ef_search is not None:
+            params.efSearch = settings.ef_search
+    elif kind.startswith("ivf"):
+        params = faiss.SearchParametersIVF()
+        if settings.nprobe is not None:
+            params.nprobe = settings.nprobe
+    else:
+        params = faiss.SearchParameters()
+    if selector is not None:
+        params.sel = selector
+    return params
+
+
+class ExclusionSelector:
+    """``IDSelectorNot`` over the rows to exclude: a hash set (``IDSelectorBatch``) for a few
+    rows, a bitmap (``IDSelectorBitmap``, n/8 bytes) for many. Keeps its buffers alive."""
+
+    def __init__(self, rows: npt.NDArray[np.int64], n_items: int) -> None:
+        """``rows``: unique int64 item rows in ``[0, n_items)``."""
+        self._bitmap: npt.NDArray[np.uint8] | None = None
+        if rows.size > n_items * _BITMAP_SHARE:
+            mask = np.zeros(n_items, dtype=bool)
+            mask[rows] = True
+            self._bitmap = np.packbits(mask, bitorder="little")
+            # one-argument form: n = len(bitmap) bytes; the wrapper keeps the array alive
+            self._inner: Any = _faiss.IDSelectorBitmap(self._bitmap)
+        else:
+            self._inner = _faiss.IDSelectorBatch(np.ascontiguousarray(rows, dtype=np.int64))
+        self.selector = faiss.IDSelectorNot(self._inner)
+
+
+def index_bytes(index: Any) -> int:
+    """Serialized size of a FAISS index, bytes."""
+    return int(faiss.serialize_index(index).size)
+
+
+def write_index(index: Any, path: Path) -> None:
+    """Write ``index`` to ``path`` atomically: temp file in the same directory, fsync,
+    ``os.replace``."""
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+    try:
+        faiss.write_index(index, str(tmp))
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_index(path: Path, *, mmap: bool = True) -> Any:
+    """Read an index file, memory-mapped read-only and shared when ``mmap``.
+
+    Call only on a file whose size and sha256 were verified (:func:`index.bundle.verify_file`).
+    """
+    flags = faiss.IO_FLAG_MMAP_IFC if mmap else 0
+    return faiss.read_index(str(path), flags)
+
+
+def tuning_ladders(kind: Kind, spec: IndexSpec, k: int) -> list[list[SearchSettings]]:
+    """Search settings to try for results of size ``k``: one ladder per ``k_factor``, each
+    cheapest first (the builder climbs each until the recall target is met)."""
+    if kind == "flat":
+        return [[SearchSettings()]]
+    if kind == "hnsw":
+        efs = sorted({max(ef, k) for ef in (*_HNSW_EF_LADDER, 1536, 2048)})
+        return [[SearchSettings(ef_search=ef) for ef in efs]]
+    nlist = spec.build["nlist"]
+    probes = sorted({min(p, nlist) for p in _NPROBE_LADDER} | {nlist})
+    return [[SearchSettings(nprobe=p, k_factor=f) for p in probes] for f in _K_FACTORS[kind]]
+
+
+def faiss_version() -> str:
+    return str(faiss.__version__)
+
+
+def check_kind(value: str) -> Kind:
+    """Raise ValueError unless ``value`` is a concrete kind."""
+    if value not in KINDS:
+        raise ValueError(f"unknown index kind {value!r}; choose one of {', '.join(KIND_CHOICES)}")
+    return value

@@ -1,0 +1,272 @@
+"""Top-k item search over a bundle's index: numpy in, numpy out, no HTTP.
+
+:class:`ItemIndex` wraps a FAISS index (from :mod:`index.faiss_index`) and the bundle's
+item vectors. ``search`` returns ``(scores, rows)``: rows are item rows (= FAISS labels,
+``item_ids[row]`` is the external id), scores the exact inner products ``items[row] . q``
+recomputed in float32 from the item vectors and sorted by them, whatever the index kind.
+
+Exclusions are pushed into FAISS as a per-query ``IDSelectorNot`` (``SearchParameters``),
+so the index itself skips excluded items. When exclusions leave at most 4096 items, those
+are scanned exactly instead; when an approximate index still comes back with fewer than
+the needed candidates (possible for HNSW/IVF under heavy exclusion, or IVF with few
+probes), that query is answered by exact brute force. Result width: ``k' = min(k, eligible)``, where
+``eligible`` is the smallest number of non-excluded items over the batch's queries; so the
+result is ``k`` wide unless the catalog is smaller than ``k`` plus the exclusions. Labels
+are never -1.
+
+Thread safety: ``search`` never mutates shared state (search parameters are built per call)
+and FAISS releases the GIL while it searches, so one :class:`ItemIndex` serves concurrent
+callers. OpenMP threads are a process-wide FAISS setting left to the caller (the service
+wants ``faiss.omp_set_num_threads(1)`` for single queries).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from index import bundle as b
+from index import faiss_index as fi
+from index.exact import exact_topk, topk_by_score
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ItemIndex", "check_vectors"]
+
+Exclude = Sequence[npt.ArrayLike | None] | None
+_NO_ROW = np.iinfo(np.int64).max
+
+
+def _check_k(k: object) -> int:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    return int(k)
+
+
+def check_vectors(bundle: Path, name: str, vectors: npt.NDArray[Any], rows: int, dim: int) -> None:
+    """Raise :class:`~index.bundle.BundleError` unless ``vectors`` is float32 (rows, dim)
+    with only finite values."""
+    if vectors.dtype != np.float32 or vectors.ndim != 2:
+        raise b.BundleError(
+            f"{bundle}: {name} must be float32 (n, dim), got {vectors.dtype} {vectors.shape}"
+        )
+    if vectors.shape != (rows, dim):
+        raise b.BundleError(
+            f"{bundle}: {name} has shape {vectors.shape}, manifest says ({rows}, {dim})"
+        )
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise b.BundleError(
+            f"{bundle}: {name} has {int(bad.sum())} row(s) with NaN/Inf (first: row {first})"
+        )
+
+
+class ItemIndex:
+    """A searchable item index: a FAISS index plus the item vectors it was built from.
+
+    ``item_vectors`` float32 (n_items, dim) are the bias-folded item rows (possibly a
+    read-only memory map); ``index`` holds them (transformed, padded to ``index.d``) under
+    labels ``0..n_items-1``.
+    """
+
+    #: When exclusions leave at most this many items, a query scans them exactly (cheaper
+    #: and better than a filtered graph/IVF search that steps over nearly everything).
+    scan_eligible: int = 4096
+
+    def __init__(
+        self,
+        index: Any,
+        item_vectors: npt.NDArray[np.float32],
+        kind: fi.Kind,
+        settings: fi.SearchSettings | None = None,
+    ) -> None:
+        if item_vectors.ndim != 2 or item_vectors.dtype != np.float32:
+            raise ValueError("item_vectors must be float32 (n_items, dim)")
+        if int(index.ntotal) != item_vectors.shape[0]:
+            raise ValueError(
+                f"index holds {index.ntotal} vectors, item_vectors has {item_vectors.shape[0]}"
+            )
+        if int(index.d) < item_vectors.shape[1]:
+            raise ValueError(f"index width {index.d} < item vector width {item_vectors.shape[1]}")
+        self.index = index
+        self.items = item_vectors
+        self.kind = kind
+        self.settings = settings or fi.SearchSettings()
+
+    @classmethod
+    def load(
+        cls, bundle: Path, manifest: b.Manifest | None = None, *, mmap: bool = True
+    ) -> ItemIndex:
+        """Load a bundle's index after verifying it (raise :class:`~index.bundle.BundleError`).
+
+        Checks sizes and sha256 of ``item_vectors.npy`` and ``index.faiss`` before reading
+        them, refuses NaN/Inf item rows, a width other than the manifest's ``dim``, an index
+        of the wrong width or size, or a missing index section. With ``mmap`` the vectors
+        and the index are memory-mapped read-only (pages shared between processes).
+        ``manifest``: the bundle's manifest when the caller has already read it.
+        """
+        manifest = manifest or b.read_manifest(bundle)
+        section = manifest.index
+        if section is None:
+            raise b.BundleError(f"{bundle}: no index (run `recall build-index {bundle}`)")
+        try:
+            kind = fi.check_kind(str(section.get("kind")))
+            settings = fi.SearchSettings.from_manifest(dict(section.get("search_params", {})))
+            index_dim = int(section["index_dim"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise b.BundleError(f"{bundle}: invalid index section in the manifest: {e}") from None
+        items = b.load_array(bundle, manifest, b.ITEM_VECTORS, mmap=mmap)
+        check_vectors(bundle, b.ITEM_VECTORS, items, manifest.counts.items, manifest.dim)
+        path = b.verify_file(bundle, manifest, b.INDEX)
+        try:
+            index = fi.read_index(path, mmap=mmap)
+        except RuntimeError as e:
+            raise b.BundleError(f"{bundle}: {b.INDEX} cannot be read: {e}") from None
+        if int(index.d) != index_dim:
+            raise b.BundleError(f"{bundle}: {b.INDEX} has width {index.d}, expected {index_dim}")
+        if int(index.ntotal) != manifest.counts.items:
+            raise b.BundleError(
+                f"{bundle}: {b.INDEX} holds {index.ntotal} vectors, "
+                f"the bundle has {manifest.counts.items} items"
+            )
+        if index_dim < manifest.dim:
+            raise b.BundleError(f"{bundle}: index width {index_dim} < dim {manifest.dim}")
+        logger.info("loaded %s index of %s (%d items)", kind, bundle, index.ntotal)
+        return cls(index, items, kind, settings)
+
+    @property
+    def n_items(self) -> int:
+        return int(self.items.shape[0])
+
+    @property
+    def dim(self) -> int:
+        """Query width (bias coordinate included)."""
+        return int(self.items.shape[1])
+
+    def search(
+        self,
+        queries: npt.ArrayLike,
+        k: int,
+        exclude: Exclude = None,
+        *,
+        settings: fi.SearchSettings | None = None,
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """Top-``k`` items by inner product for each query, best first.
+
+        ``queries``: (B, dim) (or (dim,) for one query), finite. ``exclude``: None or one
+        entry per query, each None or a 1-D array of item rows in ``[0, n_items)`` that must
+        not be returned. ``settings`` override the tuned ones (efSearch/nprobe/k_factor).
+        Returns ``(scores (B, k') float32, rows (B, k') int64)`` with
+        ``k' = min(k, fewest non-excluded items of any query)``; ties go to the lower row.
+        Raises ValueError on bad input.
+        """
+        q = self._check_queries(queries)
+        k = _check_k(k)
+        excluded = self._check_exclude(exclude, q.shape[0])
+        eligible = min((self.n_items - e.size for e in excluded if e is not None), default=None)
+        k_out = min(k, self.n_items if eligible is None else eligible)
+        if k_out == 0 or q.shape[0] == 0:
+            return np.empty((q.shape[0], 0), np.float32), np.empty((q.shape[0], 0), np.int64)
+        scores, rows = self._index_topk(q, k_out, excluded, settings or self.settings)
+        for i in np.flatnonzero(rows[:, -1] < 0):
+            logger.debug("query %d: the index found fewer than %d items; exact fallback", i, k_out)
+            mask = None
+            e = excluded[i]
+            if e is not None:
+                mask = np.zeros((1, self.n_items), dtype=bool)
+                mask[0, e] = True
+            s, r = exact_topk(q[i : i + 1], self.items, k_out, mask)
+            scores[i], rows[i] = s[0], r[0]
+        return scores, rows
+
+    def search_index(
+        self, queries: npt.ArrayLike, k: int, *, settings: fi.SearchSettings | None = None
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """What the index alone finds, for measuring it: like :meth:`search` without
+        exclusions and without the exact fallback, so rows may end in -1 (score -inf)
+        where the index came back short. Returns (B, min(k, n_items)) arrays."""
+        q = self._check_queries(queries)
+        k_out = min(_check_k(k), self.n_items)
+        return self._index_topk(q, k_out, [None] * q.shape[0], settings or self.settings)
+
+    def _index_topk(
+        self,
+        q: npt.NDArray[np.float32],
+        k_out: int,
+        excluded: list[npt.NDArray[np.int64] | None],
+        use: fi.SearchSettings,
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """Ask FAISS for ``k_out * k_factor`` candidates per query (exclusions as a
+        selector), re-score them exactly, keep the best ``k_out``; -1 rows sort last."""
+        n = self.n_items
+        fetch = min(k_out * use.k_factor, n)
+        rows = np.full((q.shape[0], fetch), -1, dtype=np.int64)
+        padded = fi.pad_queries(q, int(self.index.d))
+        plain = [i for i, e in enumerate(excluded) if e is None]
+        if plain:
+            params = fi.search_parameters(self.kind, use, None)
+            _, labels = self.index.search(padded[plain], fetch, params=params)
+            rows[plain] = labels
+        for i, e in enumerate(excluded):
+            if e is None:
+                continue
+            if n - e.size <= self.scan_eligible:  # few items left: scanning them is cheap, exact
+                eligible = np.setdiff1d(np.arange(n), e, assume_unique=True)
+                _, r = exact_topk(q[i : i + 1], self.items[eligible], min(fetch, eligible.size))
+                rows[i, : r.shape[1]] = eligible[r[0]]
+                continue
+            sel = fi.ExclusionSelector(e, n)
+            params = fi.search_parameters(self.kind, use, sel.selector)
+            want = min(fetch, n - e.size)
+            _, labels = self.index.search(padded[i : i + 1], want, params=params)
+            rows[i, :want] = labels[0]
+        valid = rows >= 0
+        safe = np.where(valid, rows, 0)
+        scores = np.einsum("bkd,bd->bk", self.items[safe], q, dtype=np.float32)
+        scores[~valid] = -np.inf
+        safe[~valid] = _NO_ROW  # sorts after every real row among equal (-inf) scores
+        top_s, top_r = topk_by_score(scores, safe, k_out)
+        top_r[top_r == _NO_ROW] = -1
+        return top_s, top_r
+
+    def _check_queries(self, queries: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        try:
+            q = np.asarray(queries, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"queries must be a float array: {e}") from None
+        if q.ndim == 1:
+            q = q[None, :]
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"queries must have shape (B, {self.dim}), got {q.shape}")
+        if not np.isfinite(q).all():
+            raise ValueError("queries contain NaN or Inf")
+        return np.ascontiguousarray(q)
+
+    def _check_exclude(
+        self, exclude: Exclude, n_queries: int
+    ) -> list[npt.NDArray[np.int64] | None]:
+        if exclude is None:
+            return [None] * n_queries
+        if len(exclude) != n_queries:
+            raise ValueError(f"exclude has {len(exclude)} entries for {n_queries} queries")
+        out: list[npt.NDArray[np.int64] | None] = []
+        for rows in exclude:
+            if rows is None:
+                out.append(None)
+                continue
+            arr = np.asarray(rows)
+            if arr.size == 0:
+                out.append(None)
+                continue
+            if arr.ndim != 1 or arr.dtype.kind not in "iu":
+                raise ValueError(f"exclude entries must be 1-D integer rows, got {arr.dtype}")
+            if int(arr.min()) < 0 or int(arr.max()) >= self.n_items:
+                raise ValueError(f"exclude rows must be in [0, {self.n_items})")
+            out.append(np.unique(arr.astype(np.int64)))
+        return out

@@ -1,0 +1,284 @@
+"""The core of the service, without HTTP: a loaded bundle and the answers it gives.
+
+:class:`ServingBundle` holds one verified bundle (vectors memory-mapped, the FAISS index,
+id maps, seen lists, the numpy user tower). :func:`recall` and the lookup functions answer
+one request against one bundle, so a response never mixes two bundles. They raise the
+domain errors of :mod:`service.errors`; the HTTP layer only translates.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+from index.search import ItemIndex
+
+from index import bundle as b
+from index.ids import IdMap
+from index.tower import FeatureValue, UserTower
+from service.errors import InvalidInput, UnknownId
+
+logger = logging.getLogger(__name__)
+
+ExternalId = int | str
+
+
+class Source(StrEnum):
+    """Where a recall's query vector came from."""
+
+    USER = "user"
+    HISTORY = "history"
+    VECTOR = "vector"
+    ITEM = "item"
+    POPULAR = "popular"
+
+
+@dataclass(frozen=True)
+class RecallQuery:
+    """One recall request: exactly one of ``user_id``, ``history``, ``vector``."""
+
+    user_id: ExternalId | None = None
+    history: Sequence[ExternalId] | None = None
+    features: Mapping[str, FeatureValue] | None = None
+    vector: Sequence[float] | None = None
+    k: int = 100
+    exclude_seen: bool | None = None
+    exclude: Sequence[ExternalId] = ()
+    fallback: str | None = None
+
+
+@dataclass(frozen=True)
+class RecallResult:
+    """Top-k items, best first: external ids (k,) and scores (k,) float32."""
+
+    bundle_id: str
+    source: Source
+    item_ids: list[ExternalId]
+    scores: list[float]
+
+
+@dataclass(frozen=True)
+class ServingBundle:
+    """A verified, loaded bundle; immutable, shared by every request that started on it."""
+
+    id: str
+    path: Path
+    manifest: b.Manifest
+    item_ids: IdMap
+    user_ids: IdMap
+    item_vectors: np.ndarray  # (n_items, dim) float32, memory-mapped
+    user_vectors: np.ndarray  # (n_users, dim) float32, memory-mapped
+    seen_indptr: np.ndarray  # (n_users + 1,) int64
+    seen_items: np.ndarray  # int32 item rows
+    tower: UserTower
+    popular_rows: np.ndarray  # (n_items,) item rows, most popular first
+    popularity: np.ndarray  # (n_items,) float32 training interactions per item
+    index: ItemIndex
+
+    @property
+    def dim(self) -> int:
+        return self.manifest.dim
+
+    @classmethod
+    def load(cls, path: Path) -> ServingBundle:
+        """Verify every file (sizes, sha256, shapes, finiteness), load, and warm up."""
+        started = time.perf_counter()
+        manifest = b.read_manifest(path)
+        item_ids = b.load_array(path, manifest, b.ITEM_IDS)
+        user_ids = b.load_array(path, manifest, b.USER_IDS)
+        item_vectors = b.load_array(path, manifest, b.ITEM_VECTORS, mmap=True)
+        user_vectors = b.load_array(path, manifest, b.USER_VECTORS, mmap=True)
+        seen = b.load_arrays(path, manifest, b.USER_SEEN)
+        popularity = b.load_array(path, manifest, b.ITEM_POPULARITY).astype(np.float32)
+        try:
+            tower = UserTower.from_arrays(b.load_arrays(path, manifest, b.USER_TOWER))
+        except (KeyError, ValueError) as e:
+            raise b.BundleError(f"{path}: invalid user tower: {e}") from None
+        _check_shapes(path, manifest, item_ids, user_ids, item_vectors, user_vectors, seen)
+        if tower.spec.dim + 1 != manifest.dim or tower.spec.n_items != len(item_ids):
+            raise b.BundleError(f"{path}: the user tower does not match the vectors")
+        index = ItemIndex.load(path, manifest)
+        bundle = cls(
+            id=manifest.id,
+            path=path,
+            manifest=manifest,
+            item_ids=_id_map(path, item_ids, "item"),
+            user_ids=_id_map(path, user_ids, "user"),
+            item_vectors=item_vectors,
+            user_vectors=user_vectors,
+            seen_indptr=seen["indptr"],
+            seen_items=seen["indices"],
+            tower=tower,
+            popular_rows=np.argsort(-popularity, kind="stable"),
+            popularity=popularity,
+            index=index,
+        )
+        bundle.warm_up()
+        logger.info(
+            "loaded bundle %s (%d items, %d users) in %.2f s",
+            bundle.id,
+            len(item_ids),
+            len(user_ids),
+            time.perf_counter() - started,
+        )
+        return bundle
+
+    def warm_up(self) -> None:
+        """Run one search of each kind so the first real request pays no first-touch cost."""
+        if len(self.user_ids):
+            self.index.search(np.asarray(self.user_vectors[:1]), 10)
+        self.tower.encode([np.zeros(1, dtype=np.int64)])
+
+    def seen(self, user_row: int) -> np.ndarray:
+        return self.seen_items[self.seen_indptr[user_row] : self.seen_indptr[user_row + 1]]
+
+
+def _check_shapes(
+    path: Path,
+    manifest: b.Manifest,
+    item_ids: np.ndarray,
+    user_ids: np.ndarray,
+    item_vectors: np.ndarray,
+    user_vectors: np.ndarray,
+    seen: Mapping[str, np.ndarray],
+) -> None:
+    problems = []
+    if item_vectors.shape != (len(item_ids), manifest.dim):
+        problems.append(
+            f"item_vectors {item_vectors.shape} vs {len(item_ids)} ids, dim {manifest.dim}"
+        )
+    if user_vectors.shape != (len(user_ids), manifest.dim):
+        problems.append(
+            f"user_vectors {user_vectors.shape} vs {len(user_ids)} ids, dim {manifest.dim}"
+        )
+    if item_vectors.dtype != np.float32 or user_vectors.dtype != np.float32:
+        problems.append("vectors must be float32")
+    if set(seen) != {"indptr", "indices"} or len(seen["indptr"]) != len(user_ids) + 1:
+        problems.append("user_seen does not match the users")
+    elif len(seen["indices"]) and (
+        seen["indices"].min() < 0 or seen["indices"].max() >= len(item_ids)
+    ):
+        problems.append("user_seen holds item rows out of range")
+    if problems:
+        raise b.BundleError(f"{path}: " + "; ".join(problems))
+
+
+def _id_map(path: Path, ids: np.ndarray, kind: str) -> IdMap:
+    try:
+        return IdMap(ids)
+    except ValueError as e:
+        raise b.BundleError(f"{path}: invalid {kind} ids: {e}") from None
+
+
+def check_k(k: int, max_k: int) -> None:
+    if not 1 <= k <= max_k:
+        raise InvalidInput(f"k must be between 1 and {max_k}, got {k}")
+
+
+def _rows(ids: IdMap, values: Sequence[ExternalId]) -> np.ndarray:
+    rows = ids.rows(list(values)) if len(values) else np.zeros(0, dtype=np.int64)
+    return rows[rows >= 0]
+
+
+def _query_vector(bundle: ServingBundle, vector: Sequence[float]) -> np.ndarray:
+    if len(vector) != bundle.dim:
+        raise InvalidInput(f"vector must have {bundle.dim} values, got {len(vector)}")
+    q = np.asarray(vector, dtype=np.float32)
+    if not np.isfinite(q).all():
+        raise InvalidInput("vector must hold finite numbers (no NaN or Inf)")
+    return q
+
+
+def _query(
+    bundle: ServingBundle, query: RecallQuery
+) -> tuple[Source, np.ndarray | None, np.ndarray]:
+    """(source, query vector (dim,) or None for the popular fallback, excluded item rows)."""
+    given = [query.user_id is not None, query.history is not None, query.vector is not None]
+    if sum(given) != 1:
+        raise InvalidInput("give exactly one of user_id, history, vector")
+    exclude = _rows(bundle.item_ids, query.exclude)
+    if query.user_id is not None:
+        row = bundle.user_ids.row(query.user_id)
+        if row is None:
+            if query.fallback == "popular":
+                return Source.POPULAR, None, exclude
+            raise UnknownId(f"unknown user_id {query.user_id!r}")
+        if query.exclude_seen is not False:
+            exclude = np.concatenate([exclude, bundle.seen(row)])
+        return Source.USER, np.asarray(bundle.user_vectors[row]), exclude
+    if query.history is not None:
+        history = _rows(bundle.item_ids, query.history)
+        vector = bundle.tower.encode([history], [query.features])[0]
+        if query.exclude_seen is not False:
+            exclude = np.concatenate([exclude, history])
+        return Source.HISTORY, vector, exclude
+    return Source.VECTOR, _query_vector(bundle, query.vector or ()), exclude
+
+
+def recall(bundle: ServingBundle, query: RecallQuery, max_k: int) -> RecallResult:
+    """Top-k items by inner product for one query, exclusions applied (still k items)."""
+    check_k(query.k, max_k)
+    source, vector, exclude = _query(bundle, query)
+    if vector is None:
+        rows, scores = popular(bundle, query.k, exclude)
+    else:
+        score_matrix, row_matrix = bundle.index.search(vector[None, :], query.k, exclude=[exclude])
+        rows, scores = row_matrix[0], score_matrix[0]
+    return RecallResult(bundle.id, source, bundle.item_ids.ids[rows].tolist(), scores.tolist())
+
+
+def popular(bundle: ServingBundle, k: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The k most popular items not excluded: (rows (k,), training counts (k,))."""
+    order = bundle.popular_rows
+    if len(exclude):
+        head = order[: k + len(exclude)]
+        order = head[~np.isin(head, exclude)]
+    rows = order[:k]
+    return rows, bundle.popularity[rows]
+
+
+def similar(bundle: ServingBundle, item_id: ExternalId, k: int, max_k: int) -> RecallResult:
+    """Item-to-item neighbours by ``W_i . W_j`` (the query's bias slot is 0), item excluded."""
+    check_k(k, max_k)
+    row = bundle.item_ids.row(item_id)
+    if row is None:
+        raise UnknownId(f"unknown item id {item_id!r}")
+    query = np.array(bundle.item_vectors[row], dtype=np.float32)
+    query[-1] = 0.0
+    scores, rows = bundle.index.search(query[None, :], k, exclude=[np.array([row])])
+    return RecallResult(
+        bundle.id, Source.ITEM, bundle.item_ids.ids[rows[0]].tolist(), scores[0].tolist()
+    )
+
+
+def vector_of(bundle: ServingBundle, kind: str, id_: ExternalId) -> np.ndarray:
+    """One user's or item's stored row, (dim,) float32."""
+    ids, vectors = _table(bundle, kind)
+    row = ids.row(id_)
+    if row is None:
+        raise UnknownId(f"unknown {kind} id {id_!r}")
+    return np.asarray(vectors[row])
+
+
+def vectors_of(
+    bundle: ServingBundle, kind: str, ids_: Sequence[ExternalId]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows for ``ids_`` in request order: (vectors (n, dim) float32 with NaN rows where
+    the id is unknown, found mask (n,) bool). Duplicates are allowed."""
+    ids, vectors = _table(bundle, kind)
+    rows = ids.rows(list(ids_)) if len(ids_) else np.zeros(0, dtype=np.int64)
+    found = rows >= 0
+    out = np.full((len(rows), bundle.dim), np.nan, dtype=np.float32)
+    out[found] = vectors[rows[found]]
+    return out, found
+
+
+def _table(bundle: ServingBundle, kind: str) -> tuple[IdMap, np.ndarray]:
+    if kind == "users":
+        return bundle.user_ids, bundle.user_vectors
+    return bundle.item_ids, bundle.item_vectors

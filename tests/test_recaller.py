@@ -1,0 +1,159 @@
+"""The service core without HTTP: recall and lookups against a real bundle and FAISS."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.errors import InvalidInput, UnknownId
+from service.recaller import (
+    RecallQuery,
+    ServingBundle,
+    Source,
+    recall,
+    similar,
+    vector_of,
+    vectors_of,
+)
+from trainer.data import Dataset
+
+MAX_K = 1000
+
+
+@pytest.fixture(scope="module")
+def bundle(published_root: Path) -> ServingBundle:
+    return ServingBundle.load(published_root / (published_root / "CURRENT").read_text().strip())
+
+
+def exact_top_k(
+    bundle: ServingBundle, query: np.ndarray, k: int, exclude: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(bundle.item_vectors) @ query
+    if exclude is not None and len(exclude):
+        scores[exclude] = -np.inf
+    order = np.argsort(-scores, kind="stable")[:k]
+    return order, scores[order]
+
+
+@pytest.mark.parametrize("exclude_seen", [True, False])
+def test_recall_by_user_equals_exact_ranking(bundle: ServingBundle, exclude_seen: bool) -> None:
+    for row in (0, 7, len(bundle.user_ids) - 1):
+        user_id = bundle.user_ids.ids[row].item()
+        result = recall(
+            bundle, RecallQuery(user_id=user_id, k=20, exclude_seen=exclude_seen), MAX_K
+        )
+        rows, scores = exact_top_k(
+            bundle,
+            np.asarray(bundle.user_vectors[row]),
+            20,
+            bundle.seen(row) if exclude_seen else None,
+        )
+        assert result.source is Source.USER
+        assert result.item_ids == bundle.item_ids.ids[rows].tolist()
+        np.testing.assert_allclose(result.scores, scores, rtol=1e-5, atol=1e-5)
+        if exclude_seen:
+            seen_ids = set(bundle.item_ids.ids[bundle.seen(row)].tolist())
+            assert not seen_ids & set(result.item_ids)
+
+
+def test_recall_by_full_training_history_equals_recall_by_user(
+    bundle: ServingBundle, synthetic: Dataset
+) -> None:
+    for row in (3, 50):
+        user_id = bundle.user_ids.ids[row].item()
+        history = bundle.item_ids.ids[_history(synthetic, row)].tolist()
+        features = {n: v[row].item() for n, v in synthetic.user_features.items()}
+        by_user = recall(bundle, RecallQuery(user_id=user_id, k=30), MAX_K)
+        by_history = recall(bundle, RecallQuery(history=history, features=features, k=30), MAX_K)
+        assert by_history.source is Source.HISTORY
+        assert by_history.item_ids == by_user.item_ids
+        np.testing.assert_allclose(by_history.scores, by_user.scores, atol=1e-4)
+
+
+def _history(dataset: Dataset, user_row: int) -> np.ndarray:
+    """The user's training items in time order (everything but the last two)."""
+    from trainer.split import leave_last_out
+
+    split = leave_last_out(
+        dataset.user_rows, dataset.item_rows, dataset.timestamps, dataset.n_users
+    )
+    return split.history(user_row)
+
+
+def test_exclusions_still_return_k_items(bundle: ServingBundle) -> None:
+    user_id = bundle.user_ids.ids[0].item()
+    first = recall(bundle, RecallQuery(user_id=user_id, k=10), MAX_K)
+    again = recall(bundle, RecallQuery(user_id=user_id, k=10, exclude=first.item_ids[:5]), MAX_K)
+    assert len(again.item_ids) == 10
+    assert not set(first.item_ids[:5]) & set(again.item_ids)
+    assert again.item_ids[:5] == first.item_ids[5:]
+
+
+def test_unknown_user_gets_404_or_the_popular_fallback(bundle: ServingBundle) -> None:
+    with pytest.raises(UnknownId):
+        recall(bundle, RecallQuery(user_id="nobody", k=5), MAX_K)
+    result = recall(bundle, RecallQuery(user_id="nobody", k=5, fallback="popular"), MAX_K)
+    assert result.source is Source.POPULAR
+    expected = bundle.item_ids.ids[np.argsort(-bundle.popularity, kind="stable")[:5]].tolist()
+    assert result.item_ids == expected
+    excluded = recall(
+        bundle,
+        RecallQuery(user_id="nobody", k=5, fallback="popular", exclude=expected[:2]),
+        MAX_K,
+    )
+    assert excluded.item_ids[:3] == expected[2:]
+
+
+@pytest.mark.parametrize("k", [0, -1, MAX_K + 1])
+def test_k_out_of_range_is_invalid(bundle: ServingBundle, k: int) -> None:
+    with pytest.raises(InvalidInput, match="k must be"):
+        recall(bundle, RecallQuery(vector=[0.0] * bundle.dim, k=k), MAX_K)
+
+
+@pytest.mark.parametrize(
+    ("fill", "size_change", "message"),
+    [(0.0, -1, "must have"), (0.0, 1, "must have"), (np.nan, 0, "finite"), (np.inf, 0, "finite")],
+)
+def test_bad_vectors_are_invalid(
+    bundle: ServingBundle, fill: float, size_change: int, message: str
+) -> None:
+    vector = [fill] * (bundle.dim + size_change)
+    with pytest.raises(InvalidInput, match=message):
+        recall(bundle, RecallQuery(vector=vector, k=5), MAX_K)
+
+
+def test_raw_vector_recall_equals_exact(bundle: ServingBundle) -> None:
+    query = np.random.default_rng(0).normal(size=bundle.dim).astype(np.float32)
+    result = recall(bundle, RecallQuery(vector=query.tolist(), k=15), MAX_K)
+    rows, scores = exact_top_k(bundle, query, 15)
+    assert result.item_ids == bundle.item_ids.ids[rows].tolist()
+    np.testing.assert_allclose(result.scores, scores, rtol=1e-5, atol=1e-5)
+
+
+def test_similar_items_exclude_the_item_itself(bundle: ServingBundle) -> None:
+    item_id = bundle.item_ids.ids[4].item()
+    result = similar(bundle, item_id, 10, MAX_K)
+    assert result.source is Source.ITEM and len(result.item_ids) == 10
+    assert item_id not in result.item_ids
+    query = np.array(bundle.item_vectors[4])
+    query[-1] = 0
+    rows, _ = exact_top_k(bundle, query, 10, np.array([4]))
+    assert result.item_ids == bundle.item_ids.ids[rows].tolist()
+    with pytest.raises(UnknownId):
+        similar(bundle, "no-such-item", 10, MAX_K)
+
+
+def test_vector_lookup_in_request_order_with_missing(bundle: ServingBundle) -> None:
+    ids = bundle.item_ids.ids
+    request = [ids[3].item(), "missing", ids[0].item(), ids[3].item()]
+    vectors, found = vectors_of(bundle, "items", request)
+    np.testing.assert_array_equal(found, [True, False, True, True])
+    np.testing.assert_array_equal(vectors[[0, 2, 3]], np.asarray(bundle.item_vectors)[[3, 0, 3]])
+    assert np.isnan(vectors[1]).all()
+    np.testing.assert_array_equal(
+        vector_of(bundle, "users", bundle.user_ids.ids[2].item()), bundle.user_vectors[2]
+    )
+    with pytest.raises(UnknownId):
+        vector_of(bundle, "users", "nobody")
