@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -139,6 +140,42 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    _run_server(args.root, args.host, args.port, args.workers)
+    return 0
+
+
+def _run_server(root: Path | None, host: str | None, port: int | None, workers: int | None) -> None:
+    """Run uvicorn with the app factory; flags override ``RECALL_*`` variables, which the
+    workers read (they are separate processes when ``workers > 1``)."""
+    import uvicorn
+
+    from service.settings import Settings
+
+    for name, value in (("ROOT", root), ("HOST", host), ("PORT", port), ("WORKERS", workers)):
+        if value is not None:
+            os.environ[f"RECALL_{name}"] = str(value)
+    settings = Settings()  # type: ignore[call-arg]  # fail fast, before any worker starts
+    logger.info(
+        "serving %s on http://%s:%d (API docs at /docs), %d worker(s)",
+        settings.root,
+        settings.host,
+        settings.port,
+        settings.workers,
+    )
+    uvicorn.run(
+        "service.app:create_app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+    )
+
+
 def _demo(args: argparse.Namespace) -> int:
     from trainer.synth import SynthConfig, write_synthetic
 
@@ -158,6 +195,8 @@ def _demo(args: argparse.Namespace) -> int:
     build_index(bundle)
     publish(bundle)
     logger.info("demo: published %s as %s", bundle.name, bundle.parent / "CURRENT")
+    if not args.no_serve:
+        _run_server(bundle.parent, "127.0.0.1", args.port, 1)
     return 0
 
 
@@ -176,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--users", type=int, default=5_000)
     demo.add_argument("--items", type=int, default=2_000)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--no-serve", action="store_true", help="stop after publishing")
 
     synth = command("synth", _synth, "generate a synthetic data set in the input format")
     synth.add_argument("--out", type=Path, required=True)
@@ -218,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     bi.add_argument("--pq-m", type=int, help="PQ sub-quantizers (default (dim+1)/2)")
     bi.add_argument("--publish", action="store_true", help="then make it CURRENT")
     bi.add_argument("--keep", type=int, default=3, help="bundles to keep when publishing")
+
+    serve = command("serve", _serve, "serve the published bundle over HTTP (API v1)")
+    serve.add_argument("--root", type=Path, help="bundle root (RECALL_ROOT)")
+    serve.add_argument("--host", help="bind address (RECALL_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (RECALL_PORT, default 8000)")
+    serve.add_argument("--workers", type=int, help="worker processes (RECALL_WORKERS)")
 
     pub = command("publish", _publish, "verify a bundle and make it CURRENT (also rollback)")
     pub.add_argument("bundle", type=Path, help="ROOT/<bundle-id>")

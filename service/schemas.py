@@ -6,9 +6,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-ExternalId = Annotated[int | str, Field(description="an id as the input data gave it")]
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+ExternalId = Annotated[Int64 | str, Field(description="an id as the input data gave it")]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-FeatureValue = Annotated[str | int | float | None, Field(allow_inf_nan=False)]
+FeatureValue = str | int | FiniteFloat | None
 
 
 class RecallRequest(BaseModel):

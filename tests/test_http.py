@@ -78,6 +78,7 @@ def test_batch_answers_in_order_with_inline_errors(
 ) -> None:
     client, bundle = served
     user_id = bundle.user_ids.ids[1].item()
+    first_item = bundle.item_ids.ids[0].item()
     response = client.post(
         "/v1/recall/batch",
         json={
@@ -86,16 +87,18 @@ def test_batch_answers_in_order_with_inline_errors(
                 {"user_id": "nobody"},
                 {"user_id": user_id, "history": [1]},
                 {"vector": [0.5] * bundle.dim, "k": 2},
+                {"history": [first_item], "features": {"gender": "F", "age": 30.5}},
+                {"history": [], "features": {"age": "NaN"}},
                 {"user_id": "nobody", "fallback": "popular", "k": 4},
             ]
         },
     )
     assert response.status_code == 200
     results = response.json()["results"]
-    assert [r["status"] for r in results] == [200, 404, 422, 200, 200]
+    assert [r["status"] for r in results] == [200, 404, 422, 200, 200, 200, 200]
     assert results[1]["error"]["code"] == "not_found"
-    assert [len(r["items"]) for r in results if r["status"] == 200] == [3, 2, 4]
-    assert results[4]["source"] == "popular"
+    assert [len(r["items"]) for r in results if r["status"] == 200] == [3, 2, 100, 100, 4]
+    assert [r["source"] for r in results[4:]] == ["history", "history", "popular"]
 
 
 def test_similar_and_single_vectors(served: tuple[httpx.Client, ServingBundle]) -> None:
