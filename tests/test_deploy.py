@@ -1,0 +1,412 @@
+"""The docker-compose deployment, run as local processes (no Docker engine runs here).
+
+The slow test runs what the compose services run: the trainer job's script
+(docker/train-and-publish.sh) into a temp bundle root, two ``recall serve`` replicas on
+127.0.0.1, and a real nginx with docker/nginx.conf (only its upstream servers, listen
+address and /tmp paths replaced). Then it retrains and publishes while clients drive
+POST /v1/recall through nginx: no request may fail and both replicas must end on the new
+bundle; then a rollback (``recall publish ROOT/<old id>``) brings both back. Its numbers
+go to the log and to ``deploy.json`` in the test's tmp dir.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from service.client import Query, RecallClient, RecallError
+
+logger = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+DOCKER = REPO / "docker"
+COMPOSE = DOCKER / "docker-compose.yml"
+TRAIN_SCRIPT = DOCKER / "train-and-publish.sh"
+NGINX_CONF = DOCKER / "nginx.conf"
+HEALTHCHECK = DOCKER / "healthcheck.py"
+VENV_BIN = Path(sys.executable).parent  # where the `recall` console script is
+TOKEN = "deploy-test-admin-token-0123"
+
+# Small enough for a shared 2-core machine: a few seconds per training run.
+TRAIN_TOML = """\
+item_dim = 16
+genre_dim = 4
+hidden = [32, 16]
+epochs = 1
+max_examples_per_user = 8
+validation_users = 200
+"""
+SYNTH_ARGS = "--users 2000 --items 500"
+RELOAD_INTERVAL_S = 0.5
+CLIENT_THREADS = 2
+MAX_TRAFFIC_S = 300.0  # request loops stop by themselves after this, whatever happens
+
+
+def _compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return loaded
+
+
+def _nginx_binary() -> str:
+    found = shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
+    )
+    if found is None:
+        pytest.fail(
+            "nginx is not installed: the deployment test runs a real nginx. Install it "
+            "with `apt-get install -y nginx-light` (.ci/run does this in CI)."
+        )
+    return found
+
+
+def render_nginx_conf(upstreams: list[str], listen: str, prefix: Path) -> str:
+    """docker/nginx.conf with other upstream servers, listen address and temp dir."""
+    text = NGINX_CONF.read_text()
+    server = re.compile(r"^(\s*)server service:8000( [^;]*)?;$", re.MULTILINE)
+    match = server.search(text)
+    if match is None:
+        raise AssertionError("docker/nginx.conf has no `server service:8000 ...;` line")
+    indent, params = match.group(1), match.group(2) or ""
+    lines = "\n".join(f"{indent}server {u}{params};" for u in upstreams)
+    text = server.sub(lambda _: lines, text, count=1)
+    text, listens = re.subn(r"listen 8080;", f"listen {listen};", text)
+    if listens != 1:
+        raise AssertionError("docker/nginx.conf should listen on 8080 exactly once")
+    return text.replace("/tmp/", f"{prefix}/")
+
+
+def test_compose_runs_what_this_test_runs() -> None:
+    """The compose file's commands and wiring are the ones the slow test exercises."""
+    services = _compose()["services"]
+    trainer, service, nginx = services["trainer"], services["service"], services["nginx"]
+    assert trainer["command"] == ["recall-train-and-publish"]
+    dockerfile = (DOCKER / "Dockerfile.trainer").read_text()
+    assert "COPY docker/train-and-publish.sh /usr/local/bin/recall-train-and-publish" in dockerfile
+    assert "bundles:/bundles" in trainer["volumes"]
+    assert service["command"] == ["recall", "serve"]
+    assert "bundles:/bundles:ro" in service["volumes"]
+    assert service["depends_on"]["trainer"]["condition"] == "service_completed_successfully"
+    assert service["deploy"]["replicas"] == "${SERVICE_REPLICAS:-2}"
+    assert service["environment"]["RECALL_HOST"] == "0.0.0.0"
+    assert "ports" not in service  # nginx is the single entry point
+    assert "./nginx.conf:/etc/nginx/nginx.conf:ro" in nginx["volumes"]
+    assert nginx["depends_on"]["service"]["condition"] == "service_healthy"
+    for name, spec in services.items():
+        assert spec["read_only"] is True, name
+        assert spec["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in spec["security_opt"], name
+        assert spec["deploy"]["resources"]["limits"]["memory"], name
+        assert any(t.startswith("/tmp:") for t in spec["tmpfs"]), name
+    assert "USER 10001:10001" in (DOCKER / "Dockerfile.service").read_text()
+    service_image = (DOCKER / "Dockerfile.service").read_text()
+    assert not re.search(r"pip install[^\n]*(torch|\[train)", service_image)
+
+
+def test_rendered_nginx_conf_is_valid(tmp_path: Path) -> None:
+    nginx = _nginx_binary()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(render_nginx_conf(["127.0.0.1:1", "127.0.0.1:2"], "127.0.0.1:3", tmp_path))
+    assert "server 127.0.0.1:2 max_fails=2 fail_timeout=5s;" in conf.read_text()
+    done = subprocess.run(
+        [nginx, "-t", "-q", "-c", str(conf), "-p", f"{tmp_path}/"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+# -- the slow test: trainer job, two replicas, nginx, a retrain under traffic ------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_until(what: str, check: Any, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{what}: process exited with {proc.returncode}")
+        try:
+            if check():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{what}: not ready after {timeout} s")
+
+
+class Processes:
+    """Started processes, stopped (SIGTERM, then SIGKILL) when the test ends."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.started: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = (self.logs / f"{name}.log").open("wb")
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        log.close()
+        self.started.append((name, proc))
+        return proc
+
+    def stop_all(self) -> None:
+        for _, proc in self.started:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in self.started:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                logger.warning("%s did not stop on SIGTERM; killing it", name)
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    procs = Processes(tmp_path)
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+
+
+def _trainer_env(tmp_path: Path, root: Path, seed: int) -> dict[str, str]:
+    """The trainer service's environment (docker-compose.yml), with local paths."""
+    config = tmp_path / "train.toml"
+    config.write_text(TRAIN_TOML)
+    return {
+        **os.environ,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "RECALL_ROOT": str(root),
+        "TRAINER_DATA": str(tmp_path / "data"),  # empty, as without TRAINER_DATA_DIR
+        "TRAINER_WORK": str(tmp_path / "synth"),
+        "TRAINER_SYNTH_ARGS": SYNTH_ARGS,
+        "TRAINER_TRAIN_ARGS": f"--config {config} --seed {seed}",
+        "TRAINER_KEEP": "3",
+    }
+
+
+def _run_trainer(tmp_path: Path, root: Path, seed: int) -> float:
+    started = time.perf_counter()
+    done = subprocess.run(
+        ["sh", str(TRAIN_SCRIPT)],
+        env=_trainer_env(tmp_path, root, seed),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return time.perf_counter() - started
+
+
+def _service_env(root: Path, port: int) -> dict[str, str]:
+    """The service's environment (docker-compose.yml), on 127.0.0.1 and a short poll."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECALL_")}
+    env.update(
+        {
+            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "RECALL_ROOT": str(root),
+            "RECALL_HOST": "127.0.0.1",
+            "RECALL_PORT": str(port),
+            "RECALL_WORKERS": "1",
+            "RECALL_RELOAD_INTERVAL_S": str(RELOAD_INTERVAL_S),
+            "RECALL_SEARCH_THREADS": "2",
+            "RECALL_ADMIN_TOKEN": TOKEN,
+        }
+    )
+    return env
+
+
+def _ready_id(url: str) -> str | None:
+    response = httpx.get(f"{url}/readyz", timeout=2)
+    return str(response.json()["bundle_id"]) if response.status_code == 200 else None
+
+
+@dataclass
+class Traffic:
+    """What the client threads saw: (send time, bundle id or None) and the failures."""
+
+    sent: list[tuple[float, str | None]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def drive(self, url: str, user_ids: list[int], item_ids: list[int], seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        deadline = time.monotonic() + MAX_TRAFFIC_S
+        with RecallClient(url, timeout=30) as client:
+            while not self.stop.is_set() and time.monotonic() < deadline:
+                sent = time.time()
+                try:
+                    if rng.random() < 0.8:
+                        user = int(rng.choice(user_ids))
+                        result = client.recall(user_id=user, k=50, fallback="popular")
+                    else:
+                        history = [int(i) for i in rng.choice(item_ids, 5)]
+                        result = client.recall_query(Query(history=history, k=50))
+                    bundle_id: str | None = result.bundle_id
+                    if len(result.items) != 50:
+                        raise AssertionError(f"{len(result.items)} items instead of 50")
+                except (RecallError, AssertionError) as e:
+                    bundle_id = None
+                    with self.lock:
+                        self.failures.append(f"{type(e).__name__}: {e}")
+                with self.lock:
+                    self.sent.append((sent, bundle_id))
+
+
+@pytest.mark.slow
+def test_retrain_under_traffic_through_nginx(tmp_path: Path, processes: Processes) -> None:
+    nginx = _nginx_binary()
+    root = tmp_path / "bundles"
+
+    first_train_s = _run_trainer(tmp_path, root, seed=0)
+    old_id = (root / "CURRENT").read_text().strip()
+    logger.info("trainer job: published %s in %.1f s", old_id, first_train_s)
+
+    ports = [_free_port(), _free_port()]
+    replicas = [f"http://127.0.0.1:{p}" for p in ports]
+    for i, port in enumerate(ports):
+        proc = processes.start(f"service-{i + 1}", ["recall", "serve"], _service_env(root, port))
+        url = replicas[i]
+        _wait_until(f"replica {url}", lambda url=url: _ready_id(url) == old_id, 120, proc)
+        healthcheck = subprocess.run(
+            [sys.executable, str(HEALTHCHECK)],
+            env={**os.environ, "RECALL_PORT": str(port)},
+            timeout=30,
+        )
+        assert healthcheck.returncode == 0  # the image's HEALTHCHECK command
+
+    prefix = tmp_path / "nginx"
+    prefix.mkdir()
+    lb_port = _free_port()
+    conf = prefix / "nginx.conf"
+    conf.write_text(
+        render_nginx_conf([f"127.0.0.1:{p}" for p in ports], f"127.0.0.1:{lb_port}", prefix)
+    )
+    lb = f"http://127.0.0.1:{lb_port}"
+    nginx_proc = processes.start("nginx", [nginx, "-c", str(conf), "-p", f"{prefix}/"], {})
+    _wait_until("nginx", lambda: _ready_id(lb) == old_id, 60, nginx_proc)
+
+    with RecallClient(lb, admin_token=TOKEN) as client:
+        assert client.reload().bundle_id == old_id  # the admin API passes through nginx
+        with pytest.raises(RecallError) as too_large:
+            client.recall(history=list(range(600_000)), k=5)  # ~4.5 MB: nginx refuses it
+        assert (too_large.value.status, too_large.value.code) == (413, "payload_too_large")
+
+    users = np.load(root / old_id / "user_ids.npy", allow_pickle=False)
+    items = np.load(root / old_id / "item_ids.npy", allow_pickle=False)
+    traffic = Traffic()
+    threads = [
+        threading.Thread(
+            target=traffic.drive,
+            args=(lb, users[:500].tolist(), items.tolist(), seed),
+            daemon=True,
+        )
+        for seed in range(CLIENT_THREADS)
+    ]
+    switched: dict[str, float] = {}
+
+    def watch_replicas() -> None:
+        deadline = time.monotonic() + MAX_TRAFFIC_S
+        while len(switched) < len(replicas) and time.monotonic() < deadline:
+            for url in replicas:
+                if url not in switched:
+                    try:
+                        if _ready_id(url) not in (None, old_id):
+                            switched[url] = time.time()
+                    except httpx.HTTPError:
+                        pass
+            time.sleep(0.02)
+
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1.0)  # traffic on the old bundle first
+        retrain_started = time.time()
+        watcher = threading.Thread(target=watch_replicas, daemon=True)
+        watcher.start()
+        retrain_s = _run_trainer(tmp_path, root, seed=1)
+        new_id = (root / "CURRENT").read_text().strip()
+        published_at = (root / "CURRENT").stat().st_mtime  # os.replace of the new CURRENT
+        watcher.join(timeout=120)
+        both_at = max(switched.values()) if len(switched) == len(replicas) else None
+        time.sleep(1.0)  # traffic on the new bundle after the swap
+    finally:
+        traffic.stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+
+    assert new_id != old_id
+    assert both_at is not None, f"replicas switched: {switched}"
+    during = [s for s in traffic.sent if retrain_started <= s[0] <= both_at]
+    access_log = (tmp_path / "nginx.log").read_text()
+    per_replica = {
+        u: access_log.count(f"upstream=127.0.0.1:{p} ")
+        for u, p in zip(replicas, ports, strict=True)
+    }
+    report = {
+        "retrain_seconds": round(retrain_s, 2),
+        "requests_total": len(traffic.sent),
+        "requests_during_retrain": len(during),
+        "failures": len(traffic.failures),
+        "publish_to_both_replicas_s": round(both_at - published_at, 3),
+        "publish_to_replica_s": {u: round(t - published_at, 3) for u, t in switched.items()},
+        "requests_per_replica": per_replica,
+        "reload_interval_s": RELOAD_INTERVAL_S,
+        "old_bundle": old_id,
+        "new_bundle": new_id,
+    }
+    (tmp_path / "deploy.json").write_text(json.dumps(report, indent=2))
+    logger.info("deployment test: %s", json.dumps(report))
+
+    assert traffic.failures == [], traffic.failures[:5]
+    assert len(during) > 0
+    assert min(per_replica.values()) > len(traffic.sent) / 10, per_replica  # both balanced
+    assert {bundle for _, bundle in traffic.sent} <= {old_id, new_id}
+    assert traffic.sent[-1][1] == new_id
+    for url in replicas:
+        with RecallClient(url) as replica:
+            assert replica.ready() == new_id
+            assert replica.model().bundle_id == new_id
+    with RecallClient(lb) as client:
+        assert {client.ready() for _ in range(4)} == {new_id}
+
+    # Rollback, as the README says: publish the older bundle again; replicas follow.
+    rollback = subprocess.run(
+        ["recall", "publish", str(root / old_id)],
+        env=_trainer_env(tmp_path, root, seed=0),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert rollback.returncode == 0, rollback.stderr
+    deadline = time.monotonic() + 30
+    while {_ready_id(url) for url in replicas} != {old_id}:
+        assert time.monotonic() < deadline, "replicas did not roll back"
+        time.sleep(0.05)
