@@ -1,0 +1,299 @@
+"""Offline quality on MovieLens 100K: our model against popularity, item-kNN and ALS.
+
+The DESIGN.md protocol (leave-last-out on time, rank all items, training items
+excluded), the same EvalTask for every method, mean +- std over seeds. Baselines are
+tuned on the validation item only; the test item is scored once. Prints a table and
+writes JSON (per-seed numbers, chosen hyper-parameters, machine, date, versions) for
+docs/quality.md to quote.
+
+    .venv/bin/python bench/quality.py
+    .venv/bin/python bench/quality.py --seeds 0 --out /tmp/quality.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):
+    sys.path.insert(0, str(REPO))
+
+from bench import baselines  # noqa: E402
+from index import bundle as b  # noqa: E402
+from trainer.config import TrainConfig  # noqa: E402
+from trainer.data import Dataset, load_dataset  # noqa: E402
+from trainer.evaluate import (  # noqa: E402
+    COVERAGE_K,
+    HIT_RATE_KS,
+    NDCG_K,
+    EvalTask,
+    dot_scorer,
+    evaluate,
+    popularity_scorer,
+    task_from_data,
+)
+from trainer.export import bundle_arrays  # noqa: E402
+from trainer.split import leave_last_out  # noqa: E402
+from trainer.train import train  # noqa: E402
+
+logger = logging.getLogger("bench.quality")
+
+METRICS = [*(f"hr@{k}" for k in HIT_RATE_KS), f"ndcg@{NDCG_K}", f"coverage@{COVERAGE_K}"]
+METHODS = ("model", "popularity", "item-knn", "als")
+
+
+def run_model(dataset: Dataset, seed: int, task: EvalTask) -> dict[str, Any]:
+    """Train with the default config and ``seed``; evaluate the exported vectors."""
+    started = time.perf_counter()
+    config = TrainConfig.model_validate({"seed": seed})  # = TrainConfig(seed=seed)
+    trained = train(dataset, config, progress=False)
+    seconds = time.perf_counter() - started
+    arrays = bundle_arrays(trained, dataset)
+    seen = arrays[b.USER_SEEN]
+    assert isinstance(seen, dict)
+    if not (
+        np.array_equal(seen["indptr"], task.seen_indptr)
+        and np.array_equal(seen["indices"], task.seen_indices)
+    ):
+        raise RuntimeError("the trainer's training items differ from the benchmark's split")
+    user_vectors, item_vectors = arrays[b.USER_VECTORS], arrays[b.ITEM_VECTORS]
+    assert isinstance(user_vectors, np.ndarray) and isinstance(item_vectors, np.ndarray)
+    metrics = evaluate(dot_scorer(user_vectors, item_vectors), task)
+    m = trained.metrics
+    return {
+        "metrics": metrics,
+        "fit_seconds": round(seconds, 2),
+        "trainer": {
+            "best_epoch": m["best_epoch"],
+            "epochs_run": len(m["epochs"]),
+            "valid_hr@50": m["valid_hr@50"],
+            "examples_per_second": m["examples_per_second"],
+            "epoch_seconds": [e["seconds"] for e in m["epochs"]],
+            "examples": m["examples"],
+            "loss": m["loss"],
+        },
+        "item_counts": trained.prepared.item_counts,
+    }
+
+
+def _top(tuned: baselines.Tuned, n: int) -> list[dict[str, Any]]:
+    """The ``n`` best validation grid points: hyper-parameters, HR@10 and HR@50."""
+    rows = sorted(tuned.grid, key=lambda row: -row[baselines.TUNE_METRIC])[:n]
+    keep = (*tuned.params, "hr@10", "hr@50")
+    return [
+        {k: round(v, 5) if k.startswith("hr@") else v for k, v in r.items() if k in keep}
+        for r in rows
+    ]
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+def summarize(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """method -> metric (and fit_seconds) -> {mean, std} over seeds."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for method in METHODS:
+        out[method] = {}
+        for metric in [*METRICS, "fit_seconds"]:
+            mean, std = _mean_std([run[method][metric] for run in per_seed])
+            out[method][metric] = {"mean": round(mean, 5), "std": round(std, 5)}
+    return out
+
+
+def format_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
+    """Plain-text table: method x metric as ``mean ± std``, plus fit seconds."""
+    columns = [*METRICS, "fit_seconds"]
+    width = max(len(m) for m in summary) + 2
+    lines = ["method".ljust(width) + "".join(c.rjust(18) for c in columns)]
+    for method, metrics in summary.items():
+        cells = []
+        for c in columns:
+            digits = 1 if c == "fit_seconds" else 4
+            cell = f"{metrics[c]['mean']:.{digits}f} ± {metrics[c]['std']:.{digits}f}"
+            cells.append(cell.rjust(18))
+        lines.append(method.ljust(width) + "".join(cells))
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    """Platform, CPU count and model, load average, thread settings."""
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": None,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in lscpu.splitlines():
+            if line.startswith("Model name:"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+    except (OSError, subprocess.SubprocessError):
+        pass
+    import torch
+
+    info["torch_threads"] = torch.get_num_threads()
+    return info
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of the packages the numbers depend on."""
+    out: dict[str, str | None] = {}
+    for name in ("torch", "numpy", "scipy", "implicit"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/ml-100k")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, default=REPO / "bench/results/quality.json")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every grid point")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not args.verbose:
+        logging.getLogger("implicit").setLevel(logging.WARNING)
+    started = time.perf_counter()
+    date = datetime.now(UTC).isoformat(timespec="seconds")
+
+    dataset = load_dataset(args.data)
+    split = leave_last_out(
+        dataset.user_rows, dataset.item_rows, dataset.timestamps, dataset.n_users
+    )
+    seen_indptr, seen_indices = split.seen()
+    test = task_from_data(dataset, dataset.user_ids, dataset.item_ids, seen_indptr, seen_indices)
+    valid = baselines.validation_task(split, dataset.n_items)
+    matrix = baselines.training_matrix(split, dataset.n_items)
+    logger.info(
+        "%d test users, %d validation users, %d training interactions",
+        len(test.users),
+        len(valid.users),
+        matrix.nnz,
+    )
+
+    # Item-kNN and popularity are deterministic: tune / build once, score every seed.
+    knn_tuned = baselines.tune_itemknn(matrix, valid)
+    t0 = time.perf_counter()
+    knn = baselines.fit_itemknn(matrix, **knn_tuned.params)
+    knn_seconds = time.perf_counter() - t0
+    knn_test = evaluate(knn, test)
+
+    per_seed: list[dict[str, Any]] = []
+    als_tuned: dict[int, baselines.Tuned] = {}
+    for seed in args.seeds:
+        logger.info("seed %d: training the model", seed)
+        model = run_model(dataset, seed, test)
+        logger.info("seed %d: model %s", seed, model["metrics"])
+        popularity = evaluate(popularity_scorer(model.pop("item_counts")), test)
+
+        tuned = baselines.tune_als(matrix, valid, seed)
+        als_tuned[seed] = tuned
+        t0 = time.perf_counter()
+        als = baselines.fit_als(matrix, seed=seed, **tuned.params)
+        als_seconds = time.perf_counter() - t0
+        als_test = evaluate(als, test)
+        logger.info("seed %d: ALS %s", seed, als_test)
+        per_seed.append(
+            {
+                "seed": seed,
+                "model": {
+                    **model["metrics"],
+                    "fit_seconds": model["fit_seconds"],
+                    "trainer": model["trainer"],
+                },
+                "popularity": {**popularity, "fit_seconds": 0.0},
+                "item-knn": {**knn_test, "fit_seconds": round(knn_seconds, 3)},
+                "als": {
+                    **als_test,
+                    "fit_seconds": round(als_seconds, 3),
+                    "params": tuned.params,
+                    "valid": tuned.valid,
+                    "tuning_seconds": tuned.seconds,
+                },
+            }
+        )
+
+    summary = summarize(per_seed)
+    table = format_table(summary)
+    sys.stdout.write(
+        f"MovieLens 100K, leave-last-out, {len(test.users)} test users, "
+        f"seeds {args.seeds} (mean ± sample std)\n{table}\n"
+    )
+
+    result = {
+        "benchmark": "quality",
+        "date": date,
+        "data": str(args.data.resolve()),
+        "protocol": "DESIGN.md quality protocol: leave-last-out on (timestamp, item_id); "
+        "rank all items, training items excluded; baselines tuned on the validation item "
+        f"by {baselines.TUNE_METRIC}",
+        "test_users": len(test.users),
+        "validation_users": len(valid.users),
+        "training_interactions": int(matrix.nnz),
+        "n_items": dataset.n_items,
+        "seeds": args.seeds,
+        "summary": summary,
+        "per_seed": per_seed,
+        "baselines": {
+            "item-knn": {
+                "params": knn_tuned.params,
+                "valid": knn_tuned.valid,
+                "tuning_seconds": knn_tuned.seconds,
+                "grid": _top(knn_tuned, len(knn_tuned.grid)),
+            },
+            "als": {
+                "search_space": {
+                    "factors": list(baselines.ALS_FACTORS),
+                    "regularization": list(baselines.ALS_REGULARIZATION),
+                    "alpha": list(baselines.ALS_ALPHA),
+                    "iterations": list(baselines.ALS_ITERATIONS),
+                    "confidence": "1 + alpha * r on a binary matrix",
+                },
+                "params_by_seed": {str(s): t.params for s, t in als_tuned.items()},
+                "valid_by_seed": {str(s): t.valid for s, t in als_tuned.items()},
+                "tuning_seconds_by_seed": {str(s): t.seconds for s, t in als_tuned.items()},
+                "grid_points": len(next(iter(als_tuned.values())).grid) if als_tuned else 0,
+                "top_by_seed": {str(s): _top(t, 10) for s, t in als_tuned.items()},
+            },
+        },
+        "machine": machine(),
+        "versions": versions(),
+        "seconds_total": round(time.perf_counter() - started, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    logger.info("wrote %s in %.0f s", args.out, result["seconds_total"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
