@@ -155,7 +155,7 @@ def _run_server(root: Path | None, host: str | None, port: int | None, workers: 
     for name, value in (("ROOT", root), ("HOST", host), ("PORT", port), ("WORKERS", workers)):
         if value is not None:
             os.environ[f"RECALL_{name}"] = str(value)
-    settings = Settings()  # type: ignore[call-arg]  # fail fast, before any worker starts
+    settings = Settings()  # fail fast, before any worker starts
     logger.info(
         "serving %s on http://%s:%d (API docs at /docs), %d worker(s)",
         settings.root,
@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     bi.add_argument("--sample-queries", type=int, default=1000, help="user vectors per sample")
     bi.add_argument("--seed", type=int, default=0)
     bi.add_argument("--hnsw-m", type=int, default=32, help="HNSW neighbours per node")
-    bi.add_argument("--ef-construction", type=int, default=64, help="HNSW build beam")
+    bi.add_argument("--ef-construction", type=int, default=40, help="HNSW build beam")
     bi.add_argument("--nlist", type=int, help="IVF lists (default ~4 sqrt(n))")
     bi.add_argument("--pq-m", type=int, help="PQ sub-quantizers (default (dim+1)/2)")
     bi.add_argument("--publish", action="store_true", help="then make it CURRENT")

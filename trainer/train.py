@@ -149,7 +149,9 @@ def hit_rate(
         ] = float("-inf")
         target = torch.as_tensor(targets[start : start + batch], device=data.device)
         target_score = scores.gather(1, target.unsqueeze(1))
-        rank = (scores > target_score).sum(dim=1)
+        # ties go to the lower item row, as in trainer.evaluate.ranks
+        rows_before = torch.arange(scores.shape[1], device=data.device) < target.unsqueeze(1)
+        rank = ((scores > target_score) | ((scores == target_score) & rows_before)).sum(dim=1)
         hits += int(((rank < k) & torch.isfinite(target_score.squeeze(1))).sum())
     return hits / max(len(users), 1)
 
