@@ -1,13 +1,15 @@
 """The index builder: bundle -> ``index.faiss`` + the manifest's ``index`` section.
 
-``build_index(bundle)`` reads the verified item vectors, builds the FAISS index chosen by
-:mod:`index.faiss_index`, tunes its search parameter (efSearch / nprobe, and the re-rank
-``k_factor`` of quantized kinds) on a sample of the bundle's real user vectors against
-exact brute force, measures recall@10 / recall@k and single-query latency on a *disjoint*
-sample with the chosen setting, and writes ``index.faiss`` and the updated manifest
-atomically (temp file + ``os.replace``, fsync). A build that dies half-way never touches
-``CURRENT``; at worst it leaves the bundle unpublishable until it is rebuilt (the manifest's
-checksums no longer match), which :func:`index.publish.verify_bundle` refuses.
+``build_index(bundle)`` reads the verified item vectors and builds the FAISS index chosen
+by :mod:`index.faiss_index` (``auto``: exact up to 50k items; above, both ``ivf-flat``
+and ``hnsw`` are built and the faster one at the recall target is kept). It tunes the
+search parameter (efSearch / nprobe, HNSW landmark entry points, the re-rank ``k_factor``
+of quantized kinds) on a sample of the bundle's real user vectors against exact brute
+force, measures recall@10 / recall@k and single-query latency on a *disjoint* sample
+with the chosen setting, and writes ``index.faiss`` and the updated manifest atomically
+(temp file + ``os.replace``, fsync). A build that dies half-way never touches
+``CURRENT``; at worst it leaves the bundle unpublishable until it is rebuilt (the
+manifest's checksums no longer match), which :func:`index.publish.verify_bundle` refuses.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ class BuildOptions:
     latency_queries: int = 200
     seed: int = 0
     hnsw_m: int = 32
-    ef_construction: int = 64
+    ef_construction: int = 40
     nlist: int | None = None
     pq_m: int | None = None
 
@@ -135,7 +137,12 @@ def _dominates(a: fi.SearchSettings, b: fi.SearchSettings) -> bool:
     """``a`` costs no more than ``b`` on every knob, and is a different setting."""
     return a != b and all(
         (x or 0) <= (y or 0)
-        for x, y in ((a.nprobe, b.nprobe), (a.ef_search, b.ef_search), (a.k_factor, b.k_factor))
+        for x, y in (
+            (a.nprobe, b.nprobe),
+            (a.ef_search, b.ef_search),
+            (a.k_factor, b.k_factor),
+            (a.entry_probe, b.entry_probe),
+        )
     )
 
 
@@ -153,6 +160,8 @@ def build_index(bundle: Path, options: BuildOptions | None = None) -> dict[str, 
                 f"{bundle} is the CURRENT bundle; published bundles are immutable "
                 "(build into a new bundle, or publish another one first)"
             )
+        for leftover in bundle.glob(f".{b.INDEX}.tmp-*"):  # from a build that was killed
+            leftover.unlink()
         manifest = b.read_manifest(bundle)
         if manifest.id != bundle.name:
             raise b.BundleError(f"{bundle}: directory name differs from manifest id {manifest.id}")
@@ -171,7 +180,8 @@ def build_index(bundle: Path, options: BuildOptions | None = None) -> dict[str, 
         b.write_json_atomic(bundle / b.MANIFEST, updated.model_dump_json(indent=2))
         b.fsync_path(bundle)
     recall = section["recall"]
-    logger.info(
+    logger.log(
+        logging.INFO if recall["target_met"] else logging.WARNING,
         "built %s index of %s: recall@%d %.4f (target %.2f%s), p50 %.2f ms, %.1f s, %d bytes",
         section["kind"],
         bundle,
@@ -186,11 +196,73 @@ def build_index(bundle: Path, options: BuildOptions | None = None) -> dict[str, 
     return section
 
 
+@dataclass(frozen=True)
+class _Sample:
+    """Query samples and their exact answers, shared by every candidate kind."""
+
+    k: int
+    tune_rows: npt.NDArray[np.int64]
+    measure_rows: npt.NDArray[np.int64]
+    tune_q: npt.NDArray[np.float32]
+    measure_q: npt.NDArray[np.float32]
+    tune_exact: npt.NDArray[np.int64]
+    measure_exact: npt.NDArray[np.int64]
+
+
+def _sample(
+    items: npt.NDArray[np.float32], users: npt.NDArray[np.float32], opts: BuildOptions
+) -> _Sample:
+    k = min(opts.recall_k, items.shape[0])
+    tune_rows, measure_rows = sample_query_rows(users.shape[0], opts.sample_queries, opts.seed)
+    tune_q = np.ascontiguousarray(users[tune_rows])
+    measure_q = np.ascontiguousarray(users[measure_rows])
+    _, tune_exact = exact_topk(tune_q, items, k)
+    _, measure_exact = exact_topk(measure_q, items, k)
+    return _Sample(k, tune_rows, measure_rows, tune_q, measure_q, tune_exact, measure_exact)
+
+
 def _build(
     items: npt.NDArray[np.float32], users: npt.NDArray[np.float32], opts: BuildOptions
 ) -> dict[str, Any]:
+    """Build the chosen kind; for ``auto`` above the exact threshold, build each of
+    :data:`index.faiss_index.AUTO_CANDIDATES` and keep the one with the lowest measured
+    single-query p50 among those that met the recall target (else the best recall)."""
+    sample = _sample(items, users, opts)
+    if opts.kind != "auto" or items.shape[0] <= fi.AUTO_FLAT_MAX_ITEMS:
+        return _build_one(fi.resolve_kind(opts.kind, items.shape[0]), items, opts, sample)
+    built = [_build_one(kind, items, opts, sample) for kind in fi.AUTO_CANDIDATES]
+
+    def rank(section: dict[str, Any]) -> tuple[bool, float]:
+        recall = section["recall"]
+        if recall["target_met"]:
+            return (False, section["latency_ms"]["p50"])
+        return (True, -recall[f"at_{recall['k']}"])
+
+    chosen = min(built, key=rank)
+    chosen["auto"] = {
+        "candidates": [
+            {
+                "kind": c["kind"],
+                "factory": c["factory"],
+                "search_params": c["search_params"],
+                f"recall_at_{sample.k}": c["recall"][f"at_{sample.k}"],
+                "target_met": c["recall"]["target_met"],
+                "latency_ms_p50": c["latency_ms"]["p50"],
+                "build_seconds": c["build_seconds"],
+            }
+            for c in built
+        ],
+        "rule": "lowest single-query p50 among candidates meeting the recall target",
+    }
+    logger.info("auto: chose %s out of %s", chosen["kind"], [c["kind"] for c in built])
+    return chosen
+
+
+def _build_one(
+    kind: fi.Kind, items: npt.NDArray[np.float32], opts: BuildOptions, sample: _Sample
+) -> dict[str, Any]:
+    """Build, tune and measure one kind; the section has the index under ``_index``."""
     n_items, dim = items.shape
-    kind = fi.resolve_kind(opts.kind, n_items)
     spec = fi.make_spec(
         kind,
         n_items,
@@ -203,27 +275,25 @@ def _build(
     t0 = time.perf_counter()
     vectors, max_norm = fi.to_index_space(items, spec)
     index = fi.create_index(spec, vectors, seed=opts.seed)
+    entry_rows = None
+    if spec.entry_points:
+        entry_rows = fi.choose_entry_points(spec, vectors, seed=opts.seed)
     build_seconds = time.perf_counter() - t0
     del vectors
     logger.info("built %s (%s) over %d items in %.1f s", kind, spec.factory, n_items, build_seconds)
 
-    k = min(opts.recall_k, n_items)
-    k10 = min(10, n_items)
-    tune_rows, measure_rows = sample_query_rows(users.shape[0], opts.sample_queries, opts.seed)
-    tune_q = np.ascontiguousarray(users[tune_rows])
-    measure_q = np.ascontiguousarray(users[measure_rows])
-    searcher = ItemIndex(index, items, kind)
-    _, tune_exact = exact_topk(tune_q, items, k)
+    k, k10 = sample.k, min(10, n_items)
+    searcher = ItemIndex(index, items, kind, entry_rows=entry_rows)
+    ladders = fi.tuning_ladders(kind, spec, k)
     settings, trials = _tune(
-        searcher, fi.tuning_ladders(kind, spec, k), tune_q, tune_exact, k, opts.target_recall
+        searcher, ladders, sample.tune_q, sample.tune_exact, k, opts.target_recall
     )
-    _, measure_exact = exact_topk(measure_q, items, k)
-    _, found = searcher.search_index(measure_q, k, settings=settings)
-    recall_k = recall_at_k(found, measure_exact, k)
-    _, found10 = searcher.search_index(measure_q, k10, settings=settings)
-    recall_10 = recall_at_k(found10, measure_exact, k10)
-    timed = ItemIndex(index, items, kind, settings)
-    p50, p99 = measure_latency(timed, measure_q[: opts.latency_queries], k)
+    _, found = searcher.search_index(sample.measure_q, k, settings=settings)
+    recall_k = recall_at_k(found, sample.measure_exact, k)
+    _, found10 = searcher.search_index(sample.measure_q, k10, settings=settings)
+    recall_10 = recall_at_k(found10, sample.measure_exact, k10)
+    timed = ItemIndex(index, items, kind, settings, entry_rows)
+    p50, p99 = measure_latency(timed, sample.measure_q[: opts.latency_queries], k)
     return {
         "_index": index,
         "kind": kind,
@@ -234,6 +304,7 @@ def _build(
         "max_norm": max_norm,
         "build_params": spec.build,
         "search_params": settings.to_manifest(),
+        "entry_rows": None if entry_rows is None else entry_rows.tolist(),
         "build_seconds": round(build_seconds, 3),
         "recall": {
             "k": k,
@@ -241,8 +312,8 @@ def _build(
             f"at_{k}": round(recall_k, 4),
             "target": opts.target_recall,
             "target_met": recall_k >= opts.target_recall,
-            "queries": int(measure_rows.size),
-            "tune_queries": int(tune_rows.size),
+            "queries": int(sample.measure_rows.size),
+            "tune_queries": int(sample.tune_rows.size),
             "seed": opts.seed,
         },
         "latency_ms": {"p50": round(p50, 4), "p99": round(p99, 4), "threads": 1, "k": k},

@@ -9,10 +9,14 @@ Exclusions are pushed into FAISS as a per-query ``IDSelectorNot`` (``SearchParam
 so the index itself skips excluded items. When exclusions leave at most 4096 items, those
 are scanned exactly instead; when an approximate index still comes back with fewer than
 the needed candidates (possible for HNSW/IVF under heavy exclusion, or IVF with few
-probes), that query is answered by exact brute force. Result width: ``k' = min(k, eligible)``, where
-``eligible`` is the smallest number of non-excluded items over the batch's queries; so the
-result is ``k`` wide unless the catalog is smaller than ``k`` plus the exclusions. Labels
-are never -1.
+probes), that query is answered by exact brute force. Result width:
+``k' = min(k, eligible)``, where ``eligible`` is the smallest number of non-excluded items
+over the batch's queries; so the result is ``k`` wide unless the catalog is smaller than
+``k`` plus the exclusions. Labels are never -1.
+
+HNSW indexes may carry landmark entry points (``entry_rows`` in the manifest): settings
+with ``entry_probe`` start the level-0 search from the landmarks nearest each query
+(:func:`index.faiss_index.search_hnsw_from`) instead of FAISS's single greedy entry.
 
 Thread safety: ``search`` never mutates shared state (search parameters are built per call)
 and FAISS releases the GIL while it searches, so one :class:`ItemIndex` serves concurrent
@@ -85,7 +89,10 @@ class ItemIndex:
         item_vectors: npt.NDArray[np.float32],
         kind: fi.Kind,
         settings: fi.SearchSettings | None = None,
+        entry_rows: npt.NDArray[np.int64] | None = None,
     ) -> None:
+        """``entry_rows``: HNSW landmark rows (:func:`index.faiss_index.choose_entry_points`),
+        needed by settings with ``entry_probe``."""
         if item_vectors.ndim != 2 or item_vectors.dtype != np.float32:
             raise ValueError("item_vectors must be float32 (n_items, dim)")
         if int(index.ntotal) != item_vectors.shape[0]:
@@ -98,6 +105,16 @@ class ItemIndex:
         self.items = item_vectors
         self.kind = kind
         self.settings = settings or fi.SearchSettings()
+        self.entries: fi.EntryPoints | None = None
+        if entry_rows is not None and len(entry_rows):
+            rows = np.asarray(entry_rows)
+            if rows.ndim != 1 or rows.dtype.kind not in "iu":
+                raise ValueError("entry_rows must be 1-D integer rows")
+            if int(rows.min()) < 0 or int(rows.max()) >= int(index.ntotal):
+                raise ValueError(f"entry_rows must be in [0, {index.ntotal})")
+            self.entries = fi.EntryPoints(index, np.unique(rows.astype(np.int64)))
+        if self.settings.entry_probe and self.entries is None:
+            raise ValueError("settings use entry_probe but the index has no entry points")
 
     @classmethod
     def load(
@@ -119,6 +136,8 @@ class ItemIndex:
             kind = fi.check_kind(str(section.get("kind")))
             settings = fi.SearchSettings.from_manifest(dict(section.get("search_params", {})))
             index_dim = int(section["index_dim"])
+            entry = section.get("entry_rows")
+            entry_rows = None if entry is None else np.asarray(entry, dtype=np.int64)
         except (KeyError, TypeError, ValueError) as e:
             raise b.BundleError(f"{bundle}: invalid index section in the manifest: {e}") from None
         items = b.load_array(bundle, manifest, b.ITEM_VECTORS, mmap=mmap)
@@ -137,8 +156,12 @@ class ItemIndex:
             )
         if index_dim < manifest.dim:
             raise b.BundleError(f"{bundle}: index width {index_dim} < dim {manifest.dim}")
+        try:
+            loaded = cls(index, items, kind, settings, entry_rows)
+        except ValueError as e:
+            raise b.BundleError(f"{bundle}: invalid index section in the manifest: {e}") from None
         logger.info("loaded %s index of %s (%d items)", kind, bundle, index.ntotal)
-        return cls(index, items, kind, settings)
+        return loaded
 
     @property
     def n_items(self) -> int:
@@ -210,9 +233,7 @@ class ItemIndex:
         padded = fi.pad_queries(q, int(self.index.d))
         plain = [i for i, e in enumerate(excluded) if e is None]
         if plain:
-            params = fi.search_parameters(self.kind, use, None)
-            _, labels = self.index.search(padded[plain], fetch, params=params)
-            rows[plain] = labels
+            rows[plain] = self._faiss_search(padded[plain], fetch, use, None)
         for i, e in enumerate(excluded):
             if e is None:
                 continue
@@ -222,10 +243,8 @@ class ItemIndex:
                 rows[i, : r.shape[1]] = eligible[r[0]]
                 continue
             sel = fi.ExclusionSelector(e, n)
-            params = fi.search_parameters(self.kind, use, sel.selector)
             want = min(fetch, n - e.size)
-            _, labels = self.index.search(padded[i : i + 1], want, params=params)
-            rows[i, :want] = labels[0]
+            rows[i, :want] = self._faiss_search(padded[i : i + 1], want, use, sel.selector)[0]
         valid = rows >= 0
         safe = np.where(valid, rows, 0)
         scores = np.einsum("bkd,bd->bk", self.items[safe], q, dtype=np.float32)
@@ -234,6 +253,20 @@ class ItemIndex:
         top_s, top_r = topk_by_score(scores, safe, k_out)
         top_r[top_r == _NO_ROW] = -1
         return top_s, top_r
+
+    def _faiss_search(
+        self,
+        padded: npt.NDArray[np.float32],
+        k: int,
+        use: fi.SearchSettings,
+        selector: Any | None,
+    ) -> npt.NDArray[np.int64]:
+        """FAISS labels (B, k) int64 for padded queries, -1 where the index came back short."""
+        if use.entry_probe and self.entries is not None:
+            return fi.search_hnsw_from(self.index, padded, k, self.entries, use, selector)
+        params = fi.search_parameters(self.kind, use, selector)
+        _, labels = self.index.search(padded, k, params=params)
+        return np.asarray(labels, dtype=np.int64)
 
     def _check_queries(self, queries: npt.ArrayLike) -> npt.NDArray[np.float32]:
         try:
