@@ -85,8 +85,11 @@ def _recall_body(result: RecallResult) -> dict[str, Any]:
     }
 
 
-def current_bundle(request: Request) -> ServingBundle:
-    """The bundle this request runs on, taken once: it cannot change under the request."""
+async def current_bundle(request: Request) -> ServingBundle:
+    """The bundle this request runs on, taken once: it cannot change under the request.
+
+    ``async`` on purpose: FastAPI runs a plain ``def`` dependency in a worker thread, a
+    thread hop per request for one attribute read."""
     holder: BundleHolder = request.app.state.holder
     return holder.require()
 
@@ -102,7 +105,14 @@ def create_app(settings: Settings) -> FastAPI:
     """The app for one bundle root; loads CURRENT at startup and polls it after."""
     metrics = Metrics()
     holder = BundleHolder(settings.root, metrics)
-    executor = ThreadPoolExecutor(settings.search_threads, thread_name_prefix="recall-search")
+    # omp_set_num_threads is per calling thread (libgomp): each search thread sets its own,
+    # the call in the lifespan alone leaves the pool on the default (one per core)
+    executor = ThreadPoolExecutor(
+        settings.search_threads,
+        thread_name_prefix="recall-search",
+        initializer=faiss.omp_set_num_threads,
+        initargs=(1,),
+    )
 
     async def in_pool(fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
@@ -237,7 +247,11 @@ def create_app(settings: Settings) -> FastAPI:
             if len(body.ids) > settings.max_vector_ids:
                 raise PayloadTooLarge(f"at most {settings.max_vector_ids} ids per request")
             vectors, found = await in_pool(core.vectors_of, bundle, kind, body.ids)
-            missing = [i for i, ok in zip(body.ids, found.tolist(), strict=True) if not ok]
+            missing = (
+                []
+                if found.all()
+                else [i for i, ok in zip(body.ids, found.tolist(), strict=True) if not ok]
+            )
             if accept and NPY_MEDIA_TYPE in accept:
                 buffer = io.BytesIO()
                 np.save(buffer, vectors, allow_pickle=False)
@@ -302,4 +316,4 @@ def create_app(settings: Settings) -> FastAPI:
 
 def create_app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory`` (and ``recall serve``): settings from RECALL_*."""
-    return create_app(Settings())  # type: ignore[call-arg]
+    return create_app(Settings())

@@ -14,9 +14,8 @@ import logging
 from contextlib import suppress
 from pathlib import Path
 
-from index.publish import read_current
-
 from index.bundle import BundleError
+from index.publish import read_current
 from service.errors import NotReady, ReloadFailed
 from service.metrics import Metrics
 from service.recaller import ServingBundle
