@@ -27,6 +27,7 @@ from service import recaller as core
 from service.errors import (
     ApiError,
     Forbidden,
+    InvalidInput,
     NotReady,
     PayloadTooLarge,
     ReloadFailed,
@@ -97,7 +98,9 @@ async def current_bundle(request: Request) -> ServingBundle:
 BundleDep = Annotated[ServingBundle, Depends(current_bundle)]
 
 
-def _query(request: RecallRequest) -> RecallQuery:
+def _query(request: RecallRequest, settings: Settings) -> RecallQuery:
+    if request.history is not None and len(request.history) > settings.max_history:
+        raise InvalidInput(f"history may hold at most {settings.max_history} items")
     return RecallQuery(**request.model_dump())
 
 
@@ -190,14 +193,14 @@ def create_app(settings: Settings) -> FastAPI:
     @app.post("/v1/recall", response_model=RecallResponse, responses=ERRORS, tags=["recall"])
     async def recall(body: RecallRequest, bundle: BundleDep) -> Response:
         """Top-k items for a known user, a fresh history, or a raw vector."""
-        result = await in_pool(core.recall, bundle, _query(body), settings.max_k)
+        result = await in_pool(core.recall, bundle, _query(body, settings), settings.max_k)
         return _model_response(bundle, _recall_body(result))
 
     def _answer_batch(bundle: ServingBundle, raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for item in raw:
             try:
-                query = _query(RecallRequest.model_validate(item))
+                query = _query(RecallRequest.model_validate(item), settings)
                 body = _recall_body(core.recall(bundle, query, settings.max_k))
                 out.append({"status": 200, "source": body["source"], "items": body["items"]})
             except ValidationError as e:
@@ -232,8 +235,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     def _one_vector(kind: str) -> Callable[..., Any]:
         async def one_vector(id: str, bundle: BundleDep) -> Response:
-            vector = core.vector_of(bundle, kind, id)
-            return _model_response(bundle, {"bundle_id": bundle.id, "id": id, "vector": vector})
+            typed_id, vector = core.vector_of(bundle, kind, id)
+            body = {"bundle_id": bundle.id, "id": typed_id, "vector": vector}
+            return _model_response(bundle, body)
 
         one_vector.__doc__ = f"The stored vector of one {kind[:-1]}."
         return one_vector

@@ -281,13 +281,14 @@ def similar(bundle: ServingBundle, item_id: ExternalId, k: int, max_k: int) -> R
     )
 
 
-def vector_of(bundle: ServingBundle, kind: str, id_: ExternalId) -> np.ndarray:
-    """One user's or item's stored row, (dim,) float32."""
+def vector_of(bundle: ServingBundle, kind: str, id_: ExternalId) -> tuple[ExternalId, np.ndarray]:
+    """One user's or item's id as the bundle types it, and its stored row (dim,) float32."""
     ids, vectors = _table(bundle, kind)
     row = ids.row(id_)
     if row is None:
         raise UnknownId(f"unknown {kind} id {id_!r}")
-    return np.asarray(vectors[row])
+    external: ExternalId = ids.ids[row].item()
+    return external, np.asarray(vectors[row])
 
 
 def vectors_of(

@@ -29,6 +29,7 @@ def settings(root: Path, **overrides: object) -> Settings:
         "max_batch": 8,
         "max_vector_ids": 50,
         "max_body_bytes": 8192,
+        "max_history": 300,
         "reload_interval_s": 0,
         "admin_token": TOKEN,
     }
@@ -110,8 +111,9 @@ def test_similar_and_single_vectors(served: tuple[httpx.Client, ServingBundle]) 
     vector = client.get(f"/v1/items/{item_id}/vector").json()["vector"]
     np.testing.assert_array_equal(np.float32(vector), bundle.item_vectors[2])
     user_id = bundle.user_ids.ids[3].item()
-    vector = client.get(f"/v1/users/{user_id}/vector").json()["vector"]
-    np.testing.assert_array_equal(np.float32(vector), bundle.user_vectors[3])
+    body = client.get(f"/v1/users/{user_id}/vector").json()
+    assert body["id"] == user_id
+    np.testing.assert_array_equal(np.float32(body["vector"]), bundle.user_vectors[3])
 
 
 def test_batch_vectors_json_and_npy(served: tuple[httpx.Client, ServingBundle]) -> None:
@@ -157,6 +159,7 @@ def _vector(bundle: ServingBundle, fill: str) -> str:
         ("POST", "/v1/recall", "Infinity", 422, "invalid_input"),
         ("POST", "/v1/recall", "{not json", 422, "invalid_input"),
         ("POST", "/v1/recall", {"user_id": 1, "surprise": True}, 422, "invalid_input"),
+        ("POST", "/v1/recall", {"history": [1] * 301, "k": 5}, 422, "invalid_input"),
         ("POST", "/v1/recall/batch", {"requests": [{}] * 9}, 413, "payload_too_large"),
         ("POST", "/v1/items/vectors", {"ids": list(range(51))}, 413, "payload_too_large"),
         ("POST", "/v1/items/vectors", {"ids": ["x" * 9000]}, 413, "payload_too_large"),

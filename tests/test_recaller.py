@@ -152,8 +152,8 @@ def test_vector_lookup_in_request_order_with_missing(bundle: ServingBundle) -> N
     np.testing.assert_array_equal(found, [True, False, True, True])
     np.testing.assert_array_equal(vectors[[0, 2, 3]], np.asarray(bundle.item_vectors)[[3, 0, 3]])
     assert np.isnan(vectors[1]).all()
-    np.testing.assert_array_equal(
-        vector_of(bundle, "users", bundle.user_ids.ids[2].item()), bundle.user_vectors[2]
-    )
+    user_id = bundle.user_ids.ids[2].item()
+    assert vector_of(bundle, "users", str(user_id))[0] == user_id  # typed as the bundle has it
+    np.testing.assert_array_equal(vector_of(bundle, "users", user_id)[1], bundle.user_vectors[2])
     with pytest.raises(UnknownId):
         vector_of(bundle, "users", "nobody")
