@@ -28,6 +28,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+from _machine import cpu_model
 
 from index import bundle as b
 from index import faiss_index as fi
@@ -174,16 +175,8 @@ def bench_kind(
 
 
 def _machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "omp_threads": faiss.omp_get_max_threads(),
         "load_average_at_start": os.getloadavg(),

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -32,6 +31,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(REPO))
 
 from bench import baselines  # noqa: E402
+from bench._machine import cpu_model  # noqa: E402
 from index import bundle as b  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.data import Dataset, load_dataset  # noqa: E402
@@ -137,17 +137,9 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
-        "cpu_model": None,
+        "cpu_model": cpu_model(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in lscpu.splitlines():
-            if line.startswith("Model name:"):
-                info["cpu_model"] = line.split(":", 1)[1].strip()
-                break
-    except (OSError, subprocess.SubprocessError):
-        pass
     import torch
 
     info["torch_threads"] = torch.get_num_threads()

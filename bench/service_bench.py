@@ -52,6 +52,7 @@ import numpy as np
 import orjson
 import uvicorn
 from _bundles import BenchBundle, ensure_bundle, summary
+from _machine import cpu_model
 from _server import Server, serve
 from _wrk import WrkResult, run_wrk
 
@@ -274,11 +275,7 @@ def vector_fetch(server: Server, item_ids: np.ndarray, sizes: list[int], repeats
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
+    cpu = cpu_model()
     mem = next(
         (x.split()[1] for x in Path("/proc/meminfo").read_text().splitlines() if "MemTotal" in x),
         "0",

@@ -23,6 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from _machine import cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
 ML_100K = REPO.parent / "shared" / "data" / "ml-100k"
 SYNTH_1M = Path("/tmp/recall-synth-1m")
@@ -106,16 +108,8 @@ def machine() -> dict[str, Any]:
     import numpy
     import torch
 
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "cpu": model,
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
