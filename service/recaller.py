@@ -91,7 +91,8 @@ class ServingBundle:
         manifest = b.read_manifest(path)
         item_ids = b.load_array(path, manifest, b.ITEM_IDS)
         user_ids = b.load_array(path, manifest, b.USER_IDS)
-        item_vectors = b.load_array(path, manifest, b.ITEM_VECTORS, mmap=True)
+        index = ItemIndex.load(path, manifest)  # verifies and maps item_vectors.npy too
+        item_vectors = index.items
         user_vectors = b.load_array(path, manifest, b.USER_VECTORS, mmap=True)
         seen = b.load_arrays(path, manifest, b.USER_SEEN)
         popularity = b.load_array(path, manifest, b.ITEM_POPULARITY).astype(np.float32)
@@ -102,7 +103,6 @@ class ServingBundle:
         _check_shapes(path, manifest, item_ids, user_ids, item_vectors, user_vectors, seen)
         if tower.spec.dim + 1 != manifest.dim or tower.spec.n_items != len(item_ids):
             raise b.BundleError(f"{path}: the user tower does not match the vectors")
-        index = ItemIndex.load(path, manifest)
         bundle = cls(
             id=manifest.id,
             path=path,
