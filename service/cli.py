@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from index.bundle import BundleError
+
 logger = logging.getLogger("recall")
 
 Handler = Callable[[argparse.Namespace], int]
@@ -103,7 +105,6 @@ def _run_eval(bundle: Path, data: Path, out: Path | None, max_users: int | None)
 
 def _build_index(args: argparse.Namespace) -> int:
     from index.build import BuildOptions, build_index
-    from index.bundle import BundleError
     from index.publish import publish
 
     options = BuildOptions(
@@ -117,26 +118,17 @@ def _build_index(args: argparse.Namespace) -> int:
         nlist=args.nlist,
         pq_m=args.pq_m,
     )
-    try:
-        build_index(args.bundle, options)
-        if args.publish:
-            publish(args.bundle, keep=args.keep)
-    except BundleError as e:
-        logger.error("%s", e)
-        return 2
+    build_index(args.bundle, options)
+    if args.publish:
+        publish(args.bundle, keep=args.keep)
     sys.stdout.write(f"{args.bundle}\n")
     return 0
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from index.bundle import BundleError
     from index.publish import publish
 
-    try:
-        publish(args.bundle, keep=args.keep)
-    except BundleError as e:
-        logger.error("%s", e)
-        return 2
+    publish(args.bundle, keep=args.keep)
     return 0
 
 
@@ -177,6 +169,8 @@ def _run_server(root: Path | None, host: str | None, port: int | None, workers: 
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from index.build import build_index
+    from index.publish import publish
     from trainer.synth import SynthConfig, write_synthetic
 
     work: Path = args.workdir
@@ -188,9 +182,6 @@ def _demo(args: argparse.Namespace) -> int:
     bundle = _run_training(data, work / "bundles", None, {"seed": args.seed}, progress=True)
     logger.info("demo: evaluating %s", bundle)
     _run_eval(bundle, data, work / f"eval-{bundle.name}.json", None)
-    from index.build import build_index
-    from index.publish import publish
-
     logger.info("demo: building the index of %s", bundle)
     build_index(bundle)
     publish(bundle)
@@ -279,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         code: int = args.handler(args)
-    except (ValueError, OSError) as e:
+    except (BundleError, ValueError, OSError) as e:  # bad input: one line, no traceback
         logger.error("%s", e)
         return 2
     return code
