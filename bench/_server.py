@@ -87,6 +87,7 @@ def serve(
     with the settings ``recall serve`` uses (uvloop, httptools, no access log) instead.
     """
     port = free_port()
+    listen = ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     if app_factory is None:
         cmd = [
             _recall_cli(),
@@ -95,12 +96,7 @@ def serve(
             "serve",
             "--root",
             str(root),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
+            *listen,
         ]
     else:
         cmd = [
@@ -111,12 +107,7 @@ def serve(
             "--factory",
             "--app-dir",
             str(Path(__file__).parent),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
+            *listen,
             "--loop",
             "uvloop",
             "--http",

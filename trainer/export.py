@@ -25,7 +25,7 @@ def bundle_arrays(
     device = next(model.parameters()).device
     data = DeviceData(prepared, device)
     users = np.arange(dataset.n_users)
-    u = user_vectors(model, data, prepared.split, users).cpu().numpy()
+    u = user_vectors(model, data, prepared.histories, users).cpu().numpy()
     seen_indptr, seen_items = prepared.split.seen()
     return {
         b.ITEM_IDS: dataset.item_ids,

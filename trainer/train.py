@@ -17,7 +17,7 @@ from tqdm import tqdm
 from index.tower import TowerSpec
 from trainer.config import TrainConfig
 from trainer.data import Dataset
-from trainer.examples import Examples, full_histories, make_examples
+from trainer.examples import Examples, Histories, full_histories, make_examples
 from trainer.features import UserInputs, build_spec, encode_users, item_genre_rows
 from trainer.model import CandidateModel, UserBatch, full_softmax_loss, sampled_softmax_loss
 from trainer.split import NO_ITEM, Split, leave_last_out
@@ -34,6 +34,7 @@ class Prepared:
     users: UserInputs
     item_genres: np.ndarray
     examples: Examples
+    histories: Histories  # each user's whole training history, for user vectors
     item_counts: np.ndarray  # (n_items,) int64 training interactions per item
 
 
@@ -59,6 +60,7 @@ def prepare(dataset: Dataset, config: TrainConfig) -> Prepared:
         users=encode_users(spec, dataset),
         item_genres=item_genre_rows(spec, dataset),
         examples=examples,
+        histories=full_histories(split, config.history_length),
         item_counts=np.bincount(split.train_items, minlength=dataset.n_items).astype(np.int64),
     )
 
@@ -88,10 +90,13 @@ class DeviceData:
 
 
 def user_vectors(
-    model: CandidateModel, data: DeviceData, split: Split, users: np.ndarray, batch: int = 4096
+    model: CandidateModel,
+    data: DeviceData,
+    hist: Histories,
+    users: np.ndarray,
+    batch: int = 4096,
 ) -> Tensor:
     """Tower output from each listed user's full training history at age 0: (len(users), dim)."""
-    hist = full_histories(split, model.spec.history_length)
     out = []
     model.eval()
     with torch.no_grad():
@@ -129,7 +134,7 @@ SCORE_BUDGET = 1 << 25
 
 
 def hit_rate(
-    model: CandidateModel, data: DeviceData, split: Split, validation: Validation, k: int
+    model: CandidateModel, data: DeviceData, hist: Histories, validation: Validation, k: int
 ) -> float:
     """HR@k of the validation items over all items, training items excluded."""
     users, targets = validation.users, validation.targets
@@ -138,7 +143,7 @@ def hit_rate(
     hits = 0
     for start in range(0, len(users), batch):
         rows = users[start : start + batch]
-        u = user_vectors(model, data, split, rows)
+        u = user_vectors(model, data, hist, rows)
         with torch.no_grad():
             scores = model.logits(u)
         lengths = seen_indptr[rows + 1] - seen_indptr[rows]
@@ -276,7 +281,7 @@ def _fit(
                 bar.set_postfix(loss=f"{batch_loss:.3f}", ex_s=f"{seen_examples / elapsed:,.0f}")
         bar.close()
         train_seconds = time.perf_counter() - t0
-        valid_hr = hit_rate(model, data, split, validation, config.validation_k)
+        valid_hr = hit_rate(model, data, prepared.histories, validation, config.validation_k)
         record = {
             "epoch": epoch,
             "train_loss": round(total_loss / max(seen_examples, 1), 5),
