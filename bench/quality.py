@@ -8,6 +8,9 @@ docs/quality.md to quote.
 
     .venv/bin/python bench/quality.py
     .venv/bin/python bench/quality.py --seeds 0 --out /tmp/quality.json
+
+MovieLens 100K is read from ``--data``, else ``$RECALL_ML100K_DIR``, else
+``../shared/data/ml-100k`` beside the repository.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(REPO))
 
 from bench import baselines  # noqa: E402
+from bench._data import ML100K_ENV, ml100k_dir  # noqa: E402
 from bench._machine import cpu_model  # noqa: E402
 from index import bundle as b  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
@@ -159,7 +163,9 @@ def versions() -> dict[str, str | None]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/ml-100k")
+    parser.add_argument(
+        "--data", type=Path, help=f"MovieLens 100K directory (default: ${ML100K_ENV})"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/quality.json")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every grid point")
@@ -177,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     date = datetime.now(UTC).isoformat(timespec="seconds")
 
-    dataset = load_dataset(args.data)
+    data: Path = args.data or ml100k_dir()
+    dataset = load_dataset(data)
     split = leave_last_out(
         dataset.user_rows, dataset.item_rows, dataset.timestamps, dataset.n_users
     )
@@ -244,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "quality",
         "date": date,
-        "data": str(args.data.resolve()),
+        "data": str(data.resolve()),
         "protocol": "DESIGN.md quality protocol: leave-last-out on (timestamp, item_id); "
         "rank all items, training items excluded; baselines tuned on the validation item "
         f"by {baselines.TUNE_METRIC}",

@@ -6,6 +6,8 @@ JSON (machine, date, load average) for docs/training.md to quote.
 
     .venv/bin/python bench/train_speed.py                  # both cases
     .venv/bin/python bench/train_speed.py --cases ml-100k  # one
+
+MovieLens 100K is read from ``$RECALL_ML100K_DIR`` (default ``../shared/data/ml-100k``).
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from _data import ml100k_dir
 from _machine import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
-ML_100K = REPO.parent / "shared" / "data" / "ml-100k"
 SYNTH_1M = Path("/tmp/recall-synth-1m")
 
 logger = logging.getLogger("bench.train_speed")
@@ -43,7 +45,7 @@ def run_ml100k(device: str) -> dict[str, Any]:
     from trainer.train import train
 
     t0 = time.perf_counter()
-    dataset = load_dataset(ML_100K)
+    dataset = load_dataset(ml100k_dir())
     load_s = time.perf_counter() - t0
     trained = train(dataset, TrainConfig(device=device), progress=False)
     m = trained.metrics
@@ -139,6 +141,8 @@ def main() -> None:
         sys.stdout.write(json.dumps(result) + "\n")
         return
 
+    if "ml-100k" in args.cases:
+        ml100k_dir()  # fail now, naming RECALL_ML100K_DIR, not after the other cases
     env_machine = machine()
     results = []
     for case in args.cases:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +16,9 @@ from trainer.export import export_bundle
 from trainer.synth import SynthConfig, write_synthetic
 from trainer.train import Trained, train
 
-ML_100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
+ML100K_ENV = "RECALL_ML100K_DIR"
+"""Where MovieLens 100K lies (it may not be redistributed, so the repository has no copy)."""
+ML100K_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
 
 SMALL = TrainConfig(
     item_dim=16,
@@ -28,6 +31,21 @@ SMALL = TrainConfig(
     lr=1e-2,
     validation_users=300,
 )
+
+
+@pytest.fixture(scope="session")
+def ml100k_dir() -> Path:
+    """The MovieLens 100K directory: ``$RECALL_ML100K_DIR``, else ``../shared/data/ml-100k``
+    beside the repository. Skips when the default is absent; fails when the variable is set
+    and wrong (CI sets it, so a moved data set fails there instead of skipping)."""
+    configured = os.environ.get(ML100K_ENV)
+    path = Path(configured) if configured else ML100K_DEFAULT
+    if not path.is_dir():
+        message = f"MovieLens 100K not found at {path}: set {ML100K_ENV} to its directory"
+        if configured:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
 
 
 @pytest.fixture(scope="session")

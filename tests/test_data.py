@@ -14,8 +14,6 @@ pq = pytest.importorskip("pyarrow.parquet")
 from index.ids import IdMap  # noqa: E402
 from trainer.data import DataError, Dataset, load_dataset  # noqa: E402
 
-ML_100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
-
 INTERACTIONS = """user_id,item_id,timestamp,rating,note
 u2,i1,100,4,x
 u1,i2,200,5,y
@@ -311,8 +309,8 @@ def test_invalid_utf8_names_the_file(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ ml-100k
 
 
-def test_ml_100k() -> None:
-    ds = load_dataset(ML_100K)
+def test_ml_100k(ml100k_dir: Path) -> None:
+    ds = load_dataset(ml100k_dir)
     assert (ds.n_users, ds.n_items, ds.n_interactions) == (943, 1682, 100_000)
     assert ds.user_ids.dtype == np.int64 and ds.item_ids.dtype == np.int64
     assert ds.user_ids.tolist() == list(range(1, 944))
