@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from service import recaller as core
+from service.docs import install_docs
 from service.errors import (
     ApiError,
     Forbidden,
@@ -141,7 +142,10 @@ def create_app(settings: Settings) -> FastAPI:
         version="1",
         lifespan=lifespan,
         default_response_class=JsonResponse,
+        docs_url=None,  # service.docs serves /docs from the package, not from a CDN
+        redoc_url=None,
     )
+    install_docs(app)
     app.state.holder = holder
     app.state.metrics = metrics
     install_error_handlers(app)
