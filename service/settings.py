@@ -8,12 +8,17 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIN_ADMIN_TOKEN_LENGTH = 16
+PLACEHOLDER_PREFIXES = ("changeme", "replaceme", "yourtoken", "yoursecret", "placeholder")
+"""Tokens that start like these (case, ``-`` and ``_`` ignored) are examples, not secrets."""
 
 
 class Settings(BaseSettings):
     """Everything an operator can set; created by the caller, never at import time."""
 
-    model_config = SettingsConfigDict(env_prefix="RECALL_", frozen=True, extra="forbid")
+    # hide_input_in_errors: a refused admin token is still a secret (no echo in logs).
+    model_config = SettingsConfigDict(
+        env_prefix="RECALL_", frozen=True, extra="forbid", hide_input_in_errors=True
+    )
 
     root: Path = Field(description="bundle root: holds CURRENT and the bundles")
     host: str = "127.0.0.1"
@@ -33,6 +38,17 @@ class Settings(BaseSettings):
     def _strong_token(cls, token: SecretStr | None) -> SecretStr | None:
         if token is None or token.get_secret_value() == "":
             return None
-        if len(token.get_secret_value()) < MIN_ADMIN_TOKEN_LENGTH:
-            raise ValueError(f"admin token must have at least {MIN_ADMIN_TOKEN_LENGTH} chars")
+        check_admin_token(token.get_secret_value())
         return token
+
+
+def check_admin_token(token: str) -> None:
+    """Raise ValueError (never quoting the token) unless ``token`` may guard the admin API:
+    at least 16 characters, no surrounding whitespace, not a placeholder from an example."""
+    if token != token.strip():
+        raise ValueError("admin token must not be blank or start or end with whitespace")
+    if len(token) < MIN_ADMIN_TOKEN_LENGTH:
+        raise ValueError(f"admin token must have at least {MIN_ADMIN_TOKEN_LENGTH} chars")
+    normalized = token.lower().replace("-", "").replace("_", "")
+    if normalized.startswith(PLACEHOLDER_PREFIXES) or len(set(token)) == 1:
+        raise ValueError("admin token is a placeholder: generate one, e.g. `openssl rand -hex 24`")
