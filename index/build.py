@@ -9,7 +9,9 @@ force, measures recall@10 / recall@k and single-query latency on a *disjoint* sa
 with the chosen setting, and writes ``index.faiss`` and the updated manifest atomically
 (temp file + ``os.replace``, fsync). A build that dies half-way never touches
 ``CURRENT``; at worst it leaves the bundle unpublishable until it is rebuilt (the
-manifest's checksums no longer match), which :func:`index.publish.verify_bundle` refuses.
+manifest's checksums no longer match), which :func:`index.verify.verify_bundle` refuses.
+The next build removes the temp files (``.index.faiss.tmp-*``, ``.manifest.json.tmp-*``)
+such a build leaves behind.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ import numpy.typing as npt
 
 from index import bundle as b
 from index import faiss_index as fi
+from index.current import inspect_current
 from index.exact import exact_topk, recall_at_k
-from index.publish import bundle_lock, read_current
+from index.publish import bundle_lock
 from index.search import ItemIndex, check_vectors
 
 logger = logging.getLogger(__name__)
@@ -155,13 +158,17 @@ def build_index(bundle: Path, options: BuildOptions | None = None) -> dict[str, 
     opts = options or BuildOptions()
     opts.check()
     with bundle_lock(bundle):
-        if read_current(bundle.parent) == bundle.name:
+        if inspect_current(bundle.parent).bundle_id == bundle.name:
             raise b.BundleError(
                 f"{bundle} is the CURRENT bundle; published bundles are immutable "
                 "(build into a new bundle, or publish another one first)"
             )
-        for leftover in bundle.glob(f".{b.INDEX}.tmp-*"):  # from a build that was killed
-            leftover.unlink()
+        # temp files of a build or export that was killed: under the bundle's lock no
+        # live writer can own one (only builds write into a bundle directory, holding it)
+        for pattern in (f".{b.INDEX}.tmp-*", f".{b.MANIFEST}.tmp-*"):
+            for leftover in bundle.glob(pattern):
+                leftover.unlink()
+                logger.info("removed %s, left by a build that died", leftover)
         manifest = b.read_manifest(bundle)
         if manifest.id != bundle.name:
             raise b.BundleError(f"{bundle}: directory name differs from manifest id {manifest.id}")

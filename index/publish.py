@@ -5,11 +5,17 @@ the whole bundle (every file's size and sha256, shapes, finite vectors, the inde
 then replaces ``CURRENT`` via a temp file + fsync + ``os.replace`` + fsync of ``root``, and
 finally applies retention: the newest ``keep`` bundles (by ``created_at``, then id) stay,
 ``CURRENT`` always stays, the others are renamed to ``.trash-*`` and removed; leftover
-``.staging-*`` directories older than ``stale_hours`` go too.
+``.staging-*`` directories older than ``stale_hours`` go too, and so do ``.CURRENT.tmp-*``
+files left by a publish that died between writing its temp file and ``os.replace``.
+
+What "verifies" means is :func:`index.verify.verify_bundle`, the same function the service
+loads bundles with: a bundle that publishes is one every replica serves.
 
 Locks (``flock`` on directories, no lock files): a build holds its bundle's lock, a publish
 holds the bundle's lock and the root's; so a bundle cannot be published mid-build, nor
-rebuilt once it is ``CURRENT``, and retention skips bundles being built.
+rebuilt once it is ``CURRENT``, and retention skips bundles being built. The only writer
+of ``.CURRENT.tmp-*`` is a publish, under the root's lock; so whoever holds that lock
+knows every such file is a dead writer's and may remove it (both publish and retain do).
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import re
 import secrets
 import shutil
 import time
@@ -26,7 +31,8 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from index import bundle as b
-from index.search import ItemIndex, check_vectors
+from index.current import BUNDLE_ID, CURRENT, inspect_current, read_current
+from index.verify import verify_bundle
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +44,6 @@ __all__ = [
     "retain",
     "verify_bundle",
 ]
-
-CURRENT = "CURRENT"
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
 @contextmanager
@@ -67,48 +70,6 @@ def bundle_lock(bundle: Path) -> AbstractContextManager[None]:
     return _dir_lock(bundle, "a build or publish of this bundle")
 
 
-def read_current(root: Path) -> str | None:
-    """The bundle id named by ``root/CURRENT``, or None when there is none yet."""
-    try:
-        text = (root / CURRENT).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    value = text.strip()
-    if not _ID.fullmatch(value):
-        raise b.BundleError(f"{root / CURRENT}: not a bundle id: {text[:80]!r}")
-    return value
-
-
-def verify_bundle(bundle: Path) -> b.Manifest:
-    """Check a whole bundle before it may be published; return its manifest.
-
-    Every trainer file and ``index.faiss`` must be listed and pass its size + sha256
-    check; vectors must be finite float32 of width ``dim`` with the manifest's counts;
-    id arrays and popularity must match the counts; the index must load with the right
-    width and size. Raises :class:`~index.bundle.BundleError` with the first problem.
-    """
-    manifest = b.read_manifest(bundle)
-    if manifest.id != bundle.name:
-        raise b.BundleError(f"{bundle}: directory name differs from manifest id {manifest.id}")
-    if manifest.index is None or b.INDEX not in manifest.files:
-        raise b.BundleError(f"{bundle}: no index (run `recall build-index {bundle}`)")
-    n_items, n_users = manifest.counts.items, manifest.counts.users
-    for name in (b.ITEM_IDS, b.USER_IDS, b.ITEM_POPULARITY):
-        array = b.load_array(bundle, manifest, name, mmap=True)
-        rows = n_users if name == b.USER_IDS else n_items
-        if array.ndim != 1 or array.shape[0] != rows:
-            raise b.BundleError(f"{bundle}: {name} has shape {array.shape}, expected ({rows},)")
-    users = b.load_array(bundle, manifest, b.USER_VECTORS, mmap=True)
-    check_vectors(bundle, b.USER_VECTORS, users, n_users, manifest.dim)
-    seen = b.load_arrays(bundle, manifest, b.USER_SEEN)
-    indptr = seen.get("indptr")
-    if indptr is None or indptr.shape != (n_users + 1,):
-        raise b.BundleError(f"{bundle}: {b.USER_SEEN} indptr must have {n_users + 1} entries")
-    b.load_arrays(bundle, manifest, b.USER_TOWER)
-    ItemIndex.load(bundle)  # item vectors + index.faiss: checksums, shapes, NaN, width
-    return manifest
-
-
 def _write_current(root: Path, bundle_id: str) -> None:
     b.write_text_atomic(root / CURRENT, f"{bundle_id}\n")
     b.fsync_path(root)
@@ -125,30 +86,45 @@ def publish(bundle: Path, *, keep: int = 3, stale_hours: float = 24.0) -> list[P
         raise ValueError(f"keep must be >= 1, got {keep}")
     bundle = Path(os.path.abspath(bundle))
     root = bundle.parent
-    if not _ID.fullmatch(bundle.name):
+    if not BUNDLE_ID.fullmatch(bundle.name):
         raise b.BundleError(f"{bundle}: not a bundle directory name")
     with bundle_lock(bundle), _dir_lock(root, "a publish to this root"):
         verify_bundle(bundle)
-        previous = read_current(root)
+        previous = inspect_current(root)  # may be unreadable: publishing repairs that
         _write_current(root, bundle.name)
-        logger.info("published %s (CURRENT was %s)", bundle, previous)
+        was = previous.bundle_id or previous.problem or "absent"
+        logger.info("published %s (CURRENT was %s)", bundle, was)
         return _retain(root, keep, stale_hours)
 
 
 def retain(root: Path, keep: int = 3, *, stale_hours: float = 24.0) -> list[Path]:
     """Remove all but the newest ``keep`` bundles of ``root``, never ``CURRENT`` nor a
-    bundle being built; also stale ``.staging-*`` directories. Returns what it removed."""
+    bundle being built; also stale ``.staging-*`` directories and leftover
+    ``.CURRENT.tmp-*`` files. Returns what it removed. Raises
+    :class:`~index.bundle.BundleError` (removing nothing) when CURRENT names no bundle id."""
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
     with _dir_lock(root, "a publish to this root"):
         return _retain(root, keep, stale_hours)
 
 
+def _remove_current_temps(root: Path) -> list[Path]:
+    """Remove ``.CURRENT.tmp-*`` files; call only under the root's lock (see the module
+    docstring: no live writer can be using one then)."""
+    removed = []
+    for path in root.glob(f".{CURRENT}.tmp-*"):
+        if path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+            logger.info("removed %s, left by a publish that died", path)
+    return removed
+
+
 def _retain(root: Path, keep: int, stale_hours: float) -> list[Path]:
     current = read_current(root)
     bundles: list[tuple[str, str, Path]] = []
     for path in root.iterdir():
-        if path.name.startswith(".") or not path.is_dir() or not _ID.fullmatch(path.name):
+        if path.name.startswith(".") or not path.is_dir() or not BUNDLE_ID.fullmatch(path.name):
             continue
         try:
             manifest = b.read_manifest(path)
@@ -174,6 +150,7 @@ def _retain(root: Path, keep: int, stale_hours: float) -> list[Path]:
         shutil.rmtree(trash, ignore_errors=True)
         removed.append(path)
         logger.info("retention: removed %s", path)
+    removed.extend(_remove_current_temps(root))
     cutoff = time.time() - stale_hours * 3600
     for path in root.iterdir():
         stale = path.name.startswith(".trash-") or (

@@ -21,6 +21,7 @@ from index import bundle as b
 from index.ids import IdMap
 from index.search import ItemIndex
 from index.tower import FeatureValue, UserTower
+from index.verify import verify_bundle
 from service.errors import InvalidInput, UnknownId
 
 logger = logging.getLogger(__name__)
@@ -86,44 +87,32 @@ class ServingBundle:
 
     @classmethod
     def load(cls, path: Path) -> ServingBundle:
-        """Verify every file (sizes, sha256, shapes, finiteness), load, and warm up."""
+        """Verify (:func:`index.verify.verify_bundle`: the rules publish applies), load,
+        and warm up. Raises :class:`~index.bundle.BundleError` for a bundle that is not
+        servable."""
         started = time.perf_counter()
-        manifest = b.read_manifest(path)
-        item_ids = b.load_array(path, manifest, b.ITEM_IDS)
-        user_ids = b.load_array(path, manifest, b.USER_IDS)
-        index = ItemIndex.load(path, manifest)  # verifies and maps item_vectors.npy too
-        item_vectors = index.items
-        user_vectors = b.load_array(path, manifest, b.USER_VECTORS, mmap=True)
-        seen = b.load_arrays(path, manifest, b.USER_SEEN)
-        popularity = b.load_array(path, manifest, b.ITEM_POPULARITY).astype(np.float32)
-        try:
-            tower = UserTower.from_arrays(b.load_arrays(path, manifest, b.USER_TOWER))
-        except (KeyError, ValueError) as e:
-            raise b.BundleError(f"{path}: invalid user tower: {e}") from None
-        _check_shapes(path, manifest, item_ids, user_ids, item_vectors, user_vectors, seen)
-        if tower.spec.dim + 1 != manifest.dim or tower.spec.n_items != len(item_ids):
-            raise b.BundleError(f"{path}: the user tower does not match the vectors")
+        v = verify_bundle(path)
         bundle = cls(
-            id=manifest.id,
+            id=v.manifest.id,
             path=path,
-            manifest=manifest,
-            item_ids=_id_map(path, item_ids, "item"),
-            user_ids=_id_map(path, user_ids, "user"),
-            item_vectors=item_vectors,
-            user_vectors=user_vectors,
-            seen_indptr=seen["indptr"],
-            seen_items=seen["indices"],
-            tower=tower,
-            popular_rows=np.argsort(-popularity, kind="stable"),
-            popularity=popularity,
-            index=index,
+            manifest=v.manifest,
+            item_ids=v.item_ids,
+            user_ids=v.user_ids,
+            item_vectors=v.index.items,
+            user_vectors=v.user_vectors,
+            seen_indptr=v.seen_indptr,
+            seen_items=v.seen_items,
+            tower=v.tower,
+            popular_rows=np.argsort(-v.popularity, kind="stable"),
+            popularity=v.popularity,
+            index=v.index,
         )
         bundle.warm_up()
         logger.info(
             "loaded bundle %s (%d items, %d users) in %.2f s",
             bundle.id,
-            len(item_ids),
-            len(user_ids),
+            len(bundle.item_ids),
+            len(bundle.user_ids),
             time.perf_counter() - started,
         )
         return bundle
@@ -136,43 +125,6 @@ class ServingBundle:
 
     def seen(self, user_row: int) -> np.ndarray:
         return self.seen_items[self.seen_indptr[user_row] : self.seen_indptr[user_row + 1]]
-
-
-def _check_shapes(
-    path: Path,
-    manifest: b.Manifest,
-    item_ids: np.ndarray,
-    user_ids: np.ndarray,
-    item_vectors: np.ndarray,
-    user_vectors: np.ndarray,
-    seen: Mapping[str, np.ndarray],
-) -> None:
-    problems = []
-    if item_vectors.shape != (len(item_ids), manifest.dim):
-        problems.append(
-            f"item_vectors {item_vectors.shape} vs {len(item_ids)} ids, dim {manifest.dim}"
-        )
-    if user_vectors.shape != (len(user_ids), manifest.dim):
-        problems.append(
-            f"user_vectors {user_vectors.shape} vs {len(user_ids)} ids, dim {manifest.dim}"
-        )
-    if item_vectors.dtype != np.float32 or user_vectors.dtype != np.float32:
-        problems.append("vectors must be float32")
-    if set(seen) != {"indptr", "indices"} or len(seen["indptr"]) != len(user_ids) + 1:
-        problems.append("user_seen does not match the users")
-    elif len(seen["indices"]) and (
-        seen["indices"].min() < 0 or seen["indices"].max() >= len(item_ids)
-    ):
-        problems.append("user_seen holds item rows out of range")
-    if problems:
-        raise b.BundleError(f"{path}: " + "; ".join(problems))
-
-
-def _id_map(path: Path, ids: np.ndarray, kind: str) -> IdMap:
-    try:
-        return IdMap(ids)
-    except ValueError as e:
-        raise b.BundleError(f"{path}: invalid {kind} ids: {e}") from None
 
 
 def check_k(k: int, max_k: int) -> None:

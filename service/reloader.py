@@ -1,21 +1,29 @@
 """Hot reload: load, verify and warm up the bundle CURRENT names, then swap one reference.
 
 Requests take :attr:`BundleHolder.current` once and use that bundle to the end, so a
-request in flight finishes on the bundle it started with and no response mixes two. A
-failed load keeps the old bundle serving, logs why and counts a failure; the same
-bad bundle id is not retried by the poller until CURRENT changes (an admin reload
-retries at once).
+request in flight finishes on the bundle it started with and no response mixes two.
+
+Nothing CURRENT holds can stop the service: a CURRENT that cannot be read or names no
+bundle id (undecodable bytes, a directory, a symlink, no permission), a missing or
+unservable bundle (:func:`index.verify.verify_bundle`, the rules publish applies), or any
+unexpected exception while loading, is logged, counted once in
+``recall_reloads_total{result="failure"}`` and leaves the old bundle serving. The poller
+remembers the refused state of CURRENT (:attr:`index.current.CurrentState.key`: its
+inode, mtime and raw bytes) and does not retry until CURRENT changes; an admin reload
+retries at once. A missing CURRENT (nothing published yet) is logged once, not counted.
+
+What a client sees (:class:`ReloadFailed`, :class:`NotReady`) names bundle ids only;
+paths and what CURRENT holds go to the server log.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import suppress
 from pathlib import Path
 
 from index.bundle import BundleError
-from index.publish import read_current
+from index.current import CURRENT, CurrentState, Key, inspect_current
 from service.errors import NotReady, ReloadFailed
 from service.metrics import Metrics
 from service.recaller import ServingBundle
@@ -30,7 +38,8 @@ class BundleHolder:
         self.root = root
         self.metrics = metrics
         self._current: ServingBundle | None = None
-        self._failed_id: str | None = None
+        self._failed_key: Key | None = None  # the state of CURRENT whose load failed
+        self._said_missing = False
         self._lock = asyncio.Lock()
 
     @property
@@ -47,43 +56,74 @@ class BundleHolder:
         """Load the bundle CURRENT names unless it is already served.
 
         Returns ``(bundle served now, whether it changed)``; raises :class:`ReloadFailed`
-        (old bundle still served) or :class:`NotReady` (nothing published yet).
+        (old bundle still served) or :class:`NotReady` (nothing published yet), nothing
+        else. ``retry_failed=False`` (the poller): a state of CURRENT that failed before
+        raises :class:`ReloadFailed` again without loading, logging or counting.
         """
         async with self._lock:
             try:
-                target = read_current(self.root)
-            except (BundleError, OSError) as e:
-                raise self._failure(None, f"cannot read CURRENT: {e}") from None
-            if target is None:
-                raise NotReady(f"nothing published under {self.root} yet")
+                state = await asyncio.to_thread(inspect_current, self.root)
+            except Exception as e:  # inspect_current reports problems, it should not raise
+                logger.exception("reading %s failed", self.root / CURRENT)
+                state = CurrentState(("error", repr(e)), problem=f"unexpected error: {e!r}")
+            if state.key is None:
+                self._say_missing()
+                raise NotReady("nothing published yet")
+            self._said_missing = False
             current = self._current
-            if current is not None and current.id == target:
+            if current is not None and current.id == state.bundle_id:
+                self._failed_key = None
                 return current, False
-            if target == self._failed_id and not retry_failed:
-                raise ReloadFailed(f"bundle {target} failed to load before; not retrying")
+            if state.key == self._failed_key and not retry_failed:
+                raise ReloadFailed(self._refusal(state.bundle_id))
+            if state.bundle_id is None:
+                raise self._failure(state, state.problem or "names no bundle")
             try:
-                bundle = await asyncio.to_thread(ServingBundle.load, self.root / target)
-            except (BundleError, OSError, ValueError) as e:
-                raise self._failure(target, str(e)) from None
+                bundle = await asyncio.to_thread(ServingBundle.load, self.root / state.bundle_id)
+            except (BundleError, OSError) as e:
+                raise self._failure(state, str(e)) from None
+            except Exception as e:
+                raise self._failure(state, f"unexpected error: {e!r}", trace=True) from None
             self._current = bundle
-            self._failed_id = None
+            self._failed_key = None
             self.metrics.reloads.labels("success").inc()
-            self.metrics.bundle.info({"bundle_id": bundle.id})
-            self.metrics.items.set(len(bundle.item_ids))
-            self.metrics.users.set(len(bundle.user_ids))
+            self.metrics.bundle_loaded(bundle.id, len(bundle.item_ids), len(bundle.user_ids))
             logger.info("serving bundle %s", bundle.id)
             return bundle, True
 
-    def _failure(self, target: str | None, why: str) -> ReloadFailed:
-        self._failed_id = target
+    def _say_missing(self) -> None:
+        if not self._said_missing:
+            serving = self._current.id if self._current else "nothing"
+            logger.warning(
+                "no %s (still serving %s): not ready until a bundle is published",
+                self.root / CURRENT,
+                serving,
+            )
+            self._said_missing = True
+
+    def _refusal(self, bundle_id: str | None) -> str:
+        """The client's message: bundle ids only, no paths, nothing CURRENT holds."""
+        serving = f"still serving {self._current.id}" if self._current else "no bundle loaded"
+        what = f"bundle {bundle_id}" if bundle_id else "CURRENT (it names no bundle id)"
+        return f"{what} was refused; {serving}; the server log says why"
+
+    def _failure(self, state: CurrentState, why: str, *, trace: bool = False) -> ReloadFailed:
+        self._failed_key = state.key
         self.metrics.reloads.labels("failure").inc()
         serving = self._current.id if self._current else "nothing"
-        logger.error("reload of %s failed (still serving %s): %s", target, serving, why)
-        return ReloadFailed(f"bundle {target} refused: {why}")
+        target = state.bundle_id or CURRENT
+        logger.error(
+            "reload of %s failed (still serving %s): %s", target, serving, why, exc_info=trace
+        )
+        return ReloadFailed(self._refusal(state.bundle_id))
 
     async def poll_forever(self, interval_s: float) -> None:
-        """Check CURRENT every ``interval_s`` seconds until cancelled."""
+        """Check CURRENT every ``interval_s`` seconds until cancelled; survives anything."""
         while True:
             await asyncio.sleep(interval_s)
-            with suppress(ReloadFailed, NotReady):
+            try:
                 await self.reload(retry_failed=False)
+            except (ReloadFailed, NotReady):
+                pass  # logged and counted by reload, once per state of CURRENT
+            except Exception:
+                logger.exception("reload poll failed unexpectedly; polling goes on")

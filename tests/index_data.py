@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from index import bundle as b
+from index.tower import SPEC_KEY, TowerSpec
 
 
 def clustered(
@@ -32,6 +33,17 @@ def clustered(
     return items, users
 
 
+def tower_arrays(n_items: int, width: int, item_dim: int = 2) -> dict[str, np.ndarray]:
+    """A valid one-layer user tower (zero weights) over ``n_items`` with output ``width``."""
+    spec = TowerSpec(n_items=n_items, item_dim=item_dim, hidden=[width])
+    return {
+        SPEC_KEY: np.asarray(spec.model_dump_json()),
+        "item_embedding": np.zeros((n_items, item_dim), dtype=np.float32),
+        "layers.0.weight": np.zeros((width, spec.input_width), dtype=np.float32),
+        "layers.0.bias": np.zeros(width, dtype=np.float32),
+    }
+
+
 def write_vectors_bundle(
     root: Path,
     items: np.ndarray,
@@ -49,7 +61,7 @@ def write_vectors_bundle(
         b.USER_IDS: np.arange(n_users, dtype=np.int64),
         b.USER_VECTORS: users,
         b.USER_SEEN: {"indptr": seen_indptr, "indices": seen_items},
-        b.USER_TOWER: {"w0": np.zeros((2, 2), dtype=np.float32)},
+        b.USER_TOWER: tower_arrays(n_items, dim - 1),
         b.ITEM_POPULARITY: np.ones(n_items, dtype=np.int64),
     }
     return b.write_bundle(

@@ -1,0 +1,159 @@
+"""The one decision whether a bundle is servable, shared by ``recall publish`` and the service.
+
+:func:`verify_bundle` checks everything a replica needs and returns what it loaded as a
+:class:`VerifiedBundle`, so the service uses the very arrays that were checked (each file
+is hashed and read once). Publishing calls it too: a bundle that publishes is a bundle
+every replica loads, and the other way round. The rules:
+
+- the directory resolves inside its parent (the bundle root): no symlink out of the root;
+- its name is a bundle id and equals the manifest's ``id``; the manifest has an index;
+- every file is listed and passes its size + sha256 check before it is parsed;
+- ``item_ids``/``user_ids``: 1-D, int64 or unicode, the manifest's counts, no duplicates;
+- ``user_vectors``/``item_vectors``: float32 (count, dim), every value finite;
+- ``item_popularity``: 1-D (n_items,), finite;
+- ``user_seen``: exactly ``indptr`` and ``indices``, integer; ``indptr`` (n_users + 1,)
+  starts at 0, never decreases, ends at ``len(indices)``; indices are item rows in
+  ``[0, n_items)``;
+- ``user_tower``: a valid tower whose width is ``dim - 1`` and whose catalog is n_items;
+- ``index.faiss`` loads with the manifest's width and holds n_items vectors.
+
+Any failure raises :class:`~index.bundle.BundleError` naming the first problem. Its text
+names paths: fit for logs and operators' terminals, not for HTTP clients.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from index import bundle as b
+from index.current import BUNDLE_ID
+from index.ids import IdMap
+from index.search import ItemIndex, check_vectors
+from index.tower import UserTower
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["VerifiedBundle", "verify_bundle"]
+
+
+@dataclass(frozen=True)
+class VerifiedBundle:
+    """Everything of one bundle, checked. Vectors and the index are memory-mapped."""
+
+    path: Path
+    manifest: b.Manifest
+    item_ids: IdMap
+    user_ids: IdMap
+    user_vectors: npt.NDArray[np.float32]  # (n_users, dim)
+    seen_indptr: npt.NDArray[np.integer]  # (n_users + 1,)
+    seen_items: npt.NDArray[np.integer]  # (nnz,) item rows
+    tower: UserTower
+    popularity: npt.NDArray[np.float32]  # (n_items,) training interactions per item
+    index: ItemIndex  # holds item_vectors (n_items, dim) float32 as ``index.items``
+
+
+def verify_bundle(bundle: Path) -> VerifiedBundle:
+    """Verify the bundle directory ``bundle`` (whose parent is its root) and load it."""
+    _check_location(bundle)
+    manifest = b.read_manifest(bundle)
+    if manifest.id != bundle.name:
+        raise b.BundleError(f"{bundle}: directory name differs from manifest id {manifest.id!r}")
+    if manifest.index is None or b.INDEX not in manifest.files:
+        raise b.BundleError(f"{bundle}: no index (run `recall build-index {bundle}`)")
+    n_items, n_users, dim = manifest.counts.items, manifest.counts.users, manifest.dim
+    item_ids = _ids(bundle, manifest, b.ITEM_IDS, n_items)
+    user_ids = _ids(bundle, manifest, b.USER_IDS, n_users)
+    popularity = b.load_array(bundle, manifest, b.ITEM_POPULARITY)
+    if popularity.ndim != 1 or popularity.shape[0] != n_items or popularity.dtype.kind not in "iuf":
+        raise b.BundleError(
+            f"{bundle}: {b.ITEM_POPULARITY} must be numbers of shape ({n_items},), "
+            f"got {popularity.dtype} {popularity.shape}"
+        )
+    popularity = popularity.astype(np.float32)
+    if not np.isfinite(popularity).all():
+        raise b.BundleError(f"{bundle}: {b.ITEM_POPULARITY} holds NaN/Inf")
+    user_vectors = b.load_array(bundle, manifest, b.USER_VECTORS, mmap=True)
+    check_vectors(bundle, b.USER_VECTORS, user_vectors, n_users, dim)
+    indptr, indices = _seen(bundle, manifest, n_users, n_items)
+    tower = _tower(bundle, manifest)
+    index = ItemIndex.load(bundle, manifest)  # item vectors + index.faiss, all checked
+    return VerifiedBundle(
+        path=bundle,
+        manifest=manifest,
+        item_ids=item_ids,
+        user_ids=user_ids,
+        user_vectors=user_vectors,
+        seen_indptr=indptr,
+        seen_items=indices,
+        tower=tower,
+        popularity=popularity,
+        index=index,
+    )
+
+
+def _check_location(bundle: Path) -> None:
+    if not BUNDLE_ID.fullmatch(bundle.name):
+        raise b.BundleError(f"{bundle}: not a bundle directory name")
+    root = Path(os.path.realpath(bundle.parent))
+    resolved = Path(os.path.realpath(bundle))
+    if resolved.parent != root:
+        raise b.BundleError(f"{bundle}: resolves to {resolved}, outside its root {root}")
+    if not resolved.is_dir():
+        raise b.BundleError(f"{bundle}: no such bundle directory")
+
+
+def _ids(bundle: Path, manifest: b.Manifest, name: str, rows: int) -> IdMap:
+    ids = b.load_array(bundle, manifest, name)
+    if ids.ndim != 1 or ids.shape[0] != rows:
+        raise b.BundleError(f"{bundle}: {name} has shape {ids.shape}, expected ({rows},)")
+    try:
+        return IdMap(ids)
+    except ValueError as e:
+        raise b.BundleError(f"{bundle}: {name}: {e}") from None
+
+
+def _seen(
+    bundle: Path, manifest: b.Manifest, n_users: int, n_items: int
+) -> tuple[npt.NDArray[np.integer], npt.NDArray[np.integer]]:
+    """``user_seen.npz`` as CSR (indptr, indices), checked against the counts."""
+    seen = b.load_arrays(bundle, manifest, b.USER_SEEN)
+    where = f"{bundle}: {b.USER_SEEN}"
+    if set(seen) != {"indptr", "indices"}:
+        raise b.BundleError(f"{where} must hold exactly indptr and indices, has {sorted(seen)}")
+    indptr, indices = seen["indptr"], seen["indices"]
+    for key, array in (("indptr", indptr), ("indices", indices)):
+        if array.ndim != 1 or array.dtype.kind not in "iu":
+            raise b.BundleError(f"{where}: {key} must be 1-D integers, got {array.dtype}")
+    if indptr.shape != (n_users + 1,):
+        raise b.BundleError(f"{where}: indptr has {indptr.shape[0]} entries, needs {n_users + 1}")
+    if int(indptr[0]) != 0 or int(indptr[-1]) != indices.shape[0]:
+        raise b.BundleError(
+            f"{where}: indptr must run from 0 to {indices.shape[0]}, "
+            f"runs from {int(indptr[0])} to {int(indptr[-1])}"
+        )
+    if (np.diff(indptr) < 0).any():
+        raise b.BundleError(f"{where}: indptr decreases (not a CSR)")
+    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= n_items):
+        raise b.BundleError(f"{where}: item rows out of range [0, {n_items})")
+    return indptr, indices
+
+
+def _tower(bundle: Path, manifest: b.Manifest) -> UserTower:
+    arrays = b.load_arrays(bundle, manifest, b.USER_TOWER)
+    try:
+        tower = UserTower.from_arrays(arrays)
+    except (KeyError, TypeError, ValueError) as e:
+        raise b.BundleError(f"{bundle}: invalid user tower: {e}") from None
+    if tower.spec.dim + 1 != manifest.dim or tower.spec.n_items != manifest.counts.items:
+        raise b.BundleError(
+            f"{bundle}: the user tower (width {tower.spec.dim}, {tower.spec.n_items} items) "
+            f"does not match the vectors (width {manifest.dim - 1}, "
+            f"{manifest.counts.items} items)"
+        )
+    return tower
