@@ -96,11 +96,10 @@ def _run_eval(bundle: Path, data: Path, out: Path | None, max_users: int | None)
 
     results = evaluate_bundle(bundle, load_dataset(data), max_users)
     sys.stdout.write(format_table(results) + "\n")
-    report = out or Path(f"eval-{bundle.resolve().name}.json")
-    report.write_text(
-        json.dumps({"bundle": str(bundle), "data": str(data), "results": results}, indent=2)
-    )
-    logger.info("wrote %s", report)
+    if out is not None:  # strict JSON: a NaN raises instead of writing a bare NaN
+        report = {"bundle": str(bundle), "data": str(data), "results": results}
+        out.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+        logger.info("wrote %s", out)
 
 
 def _build_index(args: argparse.Namespace) -> int:
@@ -234,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = command("eval", _eval, "offline quality report (leave-last-out) vs popularity")
     ev.add_argument("bundle", type=Path)
     ev.add_argument("--data", type=Path, required=True)
-    ev.add_argument("--out", type=Path, help="JSON report (default eval-<bundle-id>.json)")
+    ev.add_argument("--out", type=Path, help="also write the results as JSON to this file")
     ev.add_argument("--max-users", type=int, help="evaluate a random sample of users")
 
     bi = command("build-index", _build_index, "build, tune and measure the FAISS index of a bundle")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,31 @@ import pytest
 from index import bundle as b
 from index.publish import read_current
 from service.cli import main
+from tests.conftest import BundleFactory
+
+REPO = Path(__file__).resolve().parents[1]
+RECALL = Path(sys.executable).with_name("recall")  # the console script of this venv
+
+
+def recall(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real ``recall`` console script on this checkout, no RECALL_* settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECALL_")}
+    env["PYTHONPATH"] = str(REPO)
+    return subprocess.run(
+        [str(RECALL), *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def strict_json(text: str) -> object:
+    def refuse(constant: str) -> object:
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
 
 
 def test_synth_train_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -39,6 +67,50 @@ def test_bad_input_is_one_error_line_and_exit_2(
     assert "no manifest.json" in errors[0]
     assert "interactions" in errors[1]
     assert not (tmp_path / "out").exists()
+
+
+def test_eval_writes_json_only_where_out_says(
+    tmp_path: Path,
+    make_bundle: BundleFactory,
+    synthetic_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bundle = tmp_path / "root" / make_bundle(tmp_path / "root", "20260101T000000Z-e0a1b2")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    assert main(["eval", str(bundle), "--data", str(synthetic_dir)]) == 0
+    assert capsys.readouterr().out.startswith("method")
+    assert list(cwd.iterdir()) == []  # the table only: nothing written into the cwd
+
+    report = tmp_path / "reports" / "eval.json"
+    report.parent.mkdir()
+    assert main(["eval", str(bundle), "--data", str(synthetic_dir), "--out", str(report)]) == 0
+    written = strict_json(report.read_text())
+    assert isinstance(written, dict)
+    assert written["results"]["model"]["users"] == 400
+    assert list(cwd.iterdir()) == []
+
+
+def test_eval_on_data_the_bundle_does_not_know_exits_2(
+    tmp_path: Path, make_bundle: BundleFactory
+) -> None:
+    bundle = tmp_path / "root" / make_bundle(tmp_path / "root", "20260101T000000Z-e0c3d4")
+    other = tmp_path / "other"  # string ids: no user or item in common with the bundle
+    other.mkdir()
+    rows = [f"u{u},i{(u + t) % 7},{100 * t}" for u in range(20) for t in range(4)]
+    (other / "interactions.csv").write_text("\n".join(["user_id,item_id,timestamp", *rows]))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+
+    result = recall("eval", bundle, "--data", other, "--out", cwd / "eval.json", cwd=cwd)
+    assert result.returncode == 2, result.stderr
+    assert "the data and the bundle have no test user in common" in result.stderr
+    assert "of 20 test users, 0 are in the bundle" in result.stderr
+    assert "Warning" not in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == ""  # no table of NaN
+    assert list(cwd.iterdir()) == []
 
 
 @pytest.mark.slow

@@ -27,6 +27,10 @@ ScoreFn = Callable[[np.ndarray], np.ndarray]
 """Scores for a batch of user rows (b,) -> (b, n_items) float32; higher is better."""
 
 
+class EvalError(ValueError):
+    """Nothing to evaluate: the data set and the bundle share no test user and item."""
+
+
 @dataclass(frozen=True)
 class EvalTask:
     """Who is evaluated on what: users (m,) and their test item rows (m,), plus the
@@ -55,7 +59,12 @@ def ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def evaluate(score: ScoreFn, task: EvalTask, batch: int = 1024) -> dict[str, float]:
-    """HR@10/50/100, NDCG@10 and coverage@50 of a scorer on ``task``."""
+    """HR@10/50/100, NDCG@10 and coverage@50 of a scorer on ``task``.
+
+    Raises EvalError when the task has no user (every metric would be a mean of nothing).
+    """
+    if len(task.users) == 0:
+        raise EvalError("no user to evaluate")
     all_ranks = []
     recommended = np.zeros(task.n_items, dtype=bool)
     for start in range(0, len(task.users), batch):
@@ -114,8 +123,19 @@ def task_from_data(
     users = IdMap(user_ids).rows(dataset.user_ids[data_users])
     targets = IdMap(item_ids).rows(dataset.item_ids[split.test_items[data_users]])
     known = (users >= 0) & (targets >= 0)
+    if not known.any():
+        raise EvalError(
+            f"the data and the bundle have no test user in common: of {len(known)} test "
+            f"users, {int((users >= 0).sum())} are in the bundle and "
+            f"{int((targets >= 0).sum())} have a test item the bundle knows "
+            "(is this the data set the bundle was trained on?)"
+        )
     if not known.all():
-        logger.warning("%d test users or items are unknown to the bundle", int((~known).sum()))
+        logger.warning(
+            "%d of %d test users are skipped: the user or their test item is unknown to the bundle",
+            int((~known).sum()),
+            len(known),
+        )
     users, targets = users[known], targets[known]
     if max_users is not None and len(users) > max_users:
         pick = np.sort(np.random.default_rng(seed).choice(len(users), max_users, replace=False))
