@@ -1,0 +1,369 @@
+"""One verification: every bundle ``recall publish`` refuses, the service refuses, and the
+other way round (both call :func:`index.verify.verify_bundle`).
+
+Each corruption below is applied to a copy of a real trained bundle (re-signed in the
+manifest where the point is that checksums alone do not catch it), then handed to both
+callers: :func:`index.publish.publish` and :meth:`service.recaller.ServingBundle.load`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pytest
+
+from index import bundle as b
+from index.current import CURRENT, read_current
+from index.publish import publish
+from index.tower import SPEC_KEY
+from index.verify import verify_bundle
+from service.recaller import ServingBundle
+from tests.index_data import tower_arrays
+
+OTHER_ID = "20260101T000000Z-bbbbbb"
+
+
+def copy_bundle(published_root: Path, root: Path, bundle_id: str | None = None) -> Path:
+    """A copy of the published test bundle under ``root`` (as ``bundle_id`` when given:
+    the manifest id is rewritten to match; files and checksums are unchanged)."""
+    source = published_root / (published_root / CURRENT).read_text().strip()
+    target = root / (bundle_id or source.name)
+    shutil.copytree(source, target)
+    if bundle_id is not None:
+        edit_manifest(target, id=bundle_id)
+    return target
+
+
+def edit_manifest(bundle: Path, **changes: Any) -> None:
+    manifest = b.read_manifest(bundle)
+    forged = b.Manifest.model_validate({**manifest.model_dump(), **changes})
+    b.write_json_atomic(bundle / b.MANIFEST, forged.model_dump_json())
+
+
+def resign(bundle: Path, name: str, value: np.ndarray | dict[str, np.ndarray]) -> None:
+    """Replace file ``name`` with ``value`` and record its new size and sha256."""
+    (bundle / name).unlink()
+    b.save_array(bundle / name, value)
+    files = {**b.read_manifest(bundle).files, name: b.file_entry(bundle / name)}
+    edit_manifest(bundle, files=files)
+
+
+def _array(bundle: Path, name: str) -> np.ndarray:
+    return np.array(np.load(bundle / name, allow_pickle=False))
+
+
+def _arrays(bundle: Path, name: str) -> dict[str, np.ndarray]:
+    with np.load(bundle / name, allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def _set(name: str, edit: Callable[[np.ndarray], np.ndarray | None]) -> Callable[[Path], Path]:
+    def damage(bundle: Path) -> Path:
+        array = _array(bundle, name)
+        resign(bundle, name, _or(edit(array), array))
+        return bundle
+
+    return damage
+
+
+def _seen(edit: Callable[[dict[str, np.ndarray]], None]) -> Callable[[Path], Path]:
+    def damage(bundle: Path) -> Path:
+        seen = _arrays(bundle, b.USER_SEEN)
+        edit(seen)
+        resign(bundle, b.USER_SEEN, seen)
+        return bundle
+
+    return damage
+
+
+def _or(new: np.ndarray | None, old: np.ndarray) -> np.ndarray:
+    return old if new is None else new
+
+
+def _put(index: tuple[int, ...] | int, value: float) -> Callable[[np.ndarray], None]:
+    def edit(array: np.ndarray) -> None:
+        array[index] = value
+
+    return edit
+
+
+def _rename(bundle: Path) -> Path:
+    return bundle.rename(bundle.with_name(OTHER_ID))
+
+
+def _symlink_outside(bundle: Path) -> Path:
+    outside = bundle.parent.parent / "outside"
+    outside.mkdir()
+    moved = bundle.rename(outside / bundle.name)
+    bundle.symlink_to(moved, target_is_directory=True)
+    return bundle
+
+
+def _decreasing(seen: dict[str, np.ndarray]) -> None:
+    indptr = seen["indptr"]
+    i = int(np.flatnonzero(indptr[1:-1] > 0)[0]) + 1
+    indptr[i] = indptr[i + 1] + 1  # up, then down again
+
+
+def _end_short(seen: dict[str, np.ndarray]) -> None:
+    seen["indptr"][-1] -= 1
+
+
+def _wrong_tower(bundle: Path) -> Path:
+    manifest = b.read_manifest(bundle)
+    resign(bundle, b.USER_TOWER, tower_arrays(manifest.counts.items + 1, manifest.dim - 1))
+    return bundle
+
+
+def _tower_without_bias(bundle: Path) -> Path:
+    arrays = _arrays(bundle, b.USER_TOWER)
+    del arrays["layers.0.bias"]
+    resign(bundle, b.USER_TOWER, arrays)
+    return bundle
+
+
+def _tower_bad_spec(bundle: Path) -> Path:
+    arrays = _arrays(bundle, b.USER_TOWER)
+    arrays[SPEC_KEY] = np.asarray(json.dumps({"n_items": 1}))
+    resign(bundle, b.USER_TOWER, arrays)
+    return bundle
+
+
+def _short_index(bundle: Path) -> Path:
+    items = _array(bundle, b.ITEM_VECTORS)
+    index = faiss.IndexFlatIP(items.shape[1])
+    index.add(items[:-1])
+    faiss.write_index(index, str(bundle / b.INDEX))
+    edit_manifest(
+        bundle, files={**b.read_manifest(bundle).files, b.INDEX: b.file_entry(bundle / b.INDEX)}
+    )
+    return bundle
+
+
+def _flip(name: str) -> Callable[[Path], Path]:
+    def damage(bundle: Path) -> Path:
+        data = bytearray((bundle / name).read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (bundle / name).write_bytes(bytes(data))
+        return bundle
+
+    return damage
+
+
+def _truncate(name: str) -> Callable[[Path], Path]:
+    def damage(bundle: Path) -> Path:
+        (bundle / name).write_bytes((bundle / name).read_bytes()[:-8])
+        return bundle
+
+    return damage
+
+
+def _unlink(name: str) -> Callable[[Path], Path]:
+    def damage(bundle: Path) -> Path:
+        (bundle / name).unlink()
+        return bundle
+
+    return damage
+
+
+def _manifest(**changes: Any) -> Callable[[Path], Path]:
+    def damage(bundle: Path) -> Path:
+        edit_manifest(bundle, **changes)
+        return bundle
+
+    return damage
+
+
+def _wider(bundle: Path) -> Path:
+    edit_manifest(bundle, dim=b.read_manifest(bundle).dim + 1)
+    return bundle
+
+
+#: (name, damage(bundle) -> the path to hand to publish / the service, message regex)
+CORRUPTIONS: list[tuple[str, Callable[[Path], Path], str]] = [
+    # the service accepted these before
+    (
+        "user-vector-nan",
+        _set(b.USER_VECTORS, _put((5, 0), np.nan)),
+        r"user_vectors\.npy has 1 row\(s\) with NaN/Inf \(first: row 5\)",
+    ),
+    (
+        "user-vector-inf",
+        _set(b.USER_VECTORS, _put((9, 2), -np.inf)),
+        r"user_vectors\.npy has 1 row\(s\) with NaN/Inf \(first: row 9\)",
+    ),
+    ("name-is-not-the-id", _rename, "directory name differs from manifest id"),
+    ("symlink-out-of-root", _symlink_outside, "outside its root"),
+    # publish accepted these before
+    (
+        "duplicate-item-ids",
+        _set(b.ITEM_IDS, lambda a: np.r_[a[1], a[1:]]),
+        r"item_ids\.npy: ids must be unique",
+    ),
+    (
+        "duplicate-user-ids",
+        _set(b.USER_IDS, lambda a: np.r_[a[1], a[1:]]),
+        r"user_ids\.npy: ids must be unique",
+    ),
+    (
+        "seen-item-row-too-large",
+        _seen(lambda s: _put(0, 10**6)(s["indices"])),
+        r"item rows out of range \[0, 300\)",
+    ),
+    (
+        "seen-item-row-negative",
+        _seen(lambda s: _put(-1, -1)(s["indices"])),
+        r"item rows out of range",
+    ),
+    ("seen-indptr-decreasing", _seen(_decreasing), "indptr decreases"),
+    (
+        "seen-indptr-not-from-0",
+        _seen(lambda s: _put(0, 1)(s["indptr"])),
+        "indptr must run from 0 to",
+    ),
+    ("seen-indptr-wrong-end", _seen(_end_short), "indptr must run from 0 to"),
+    (
+        "seen-indptr-too-short",
+        _seen(lambda s: s.update(indptr=s["indptr"][:-1])),
+        "indptr has 400 entries, needs 401",
+    ),
+    (
+        "seen-extra-array",
+        _seen(lambda s: s.update(extra=s["indptr"])),
+        "must hold exactly indptr and indices",
+    ),
+    ("tower-of-another-catalog", _wrong_tower, "the user tower .* does not match"),
+    ("tower-without-a-weight", _tower_without_bias, "invalid user tower"),
+    ("tower-spec-invalid", _tower_bad_spec, "invalid user tower"),
+    (
+        "popularity-short",
+        _set(b.ITEM_POPULARITY, lambda a: a[:-1]),
+        r"item_popularity\.npy must be numbers of shape \(300,\)",
+    ),
+    (
+        "popularity-nan",
+        _set(b.ITEM_POPULARITY, lambda a: np.r_[np.nan, a[1:]]),
+        "item_popularity.npy holds NaN/Inf",
+    ),
+    (
+        "item-ids-short",
+        _set(b.ITEM_IDS, lambda a: a[:-1]),
+        r"item_ids\.npy has shape \(299,\), expected \(300,\)",
+    ),
+    # both refused these before (kept refused)
+    (
+        "item-vector-nan",
+        _set(b.ITEM_VECTORS, _put((7, 1), np.nan)),
+        r"item_vectors\.npy has 1 row\(s\) with NaN/Inf",
+    ),
+    (
+        "user-vectors-float64",
+        _set(b.USER_VECTORS, lambda a: a.astype(np.float64)),
+        "user_vectors.npy must be float32",
+    ),
+    ("index-one-vector-short", _short_index, r"index\.faiss holds 299 vectors"),
+    ("index-flipped", _flip(b.INDEX), r"index\.faiss fails its sha256"),
+    ("seen-flipped", _flip(b.USER_SEEN), r"user_seen\.npz fails its sha256"),
+    (
+        "user-vectors-truncated",
+        _truncate(b.USER_VECTORS),
+        r"user_vectors\.npy has \d+ bytes, manifest says",
+    ),
+    ("tower-missing", _unlink(b.USER_TOWER), r"user_tower\.npz is missing"),
+    ("manifest-missing", _unlink(b.MANIFEST), r"no manifest\.json"),
+    ("no-index-section", _manifest(index=None), "no index"),
+    ("dim-off-by-one", _wider, r"has shape \(\d+, \d+\), manifest says"),
+]
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    root.mkdir()
+    return root
+
+
+@pytest.mark.parametrize("caller", ["publish", "service"])
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [pytest.param(d, m, id=name) for name, d, m in CORRUPTIONS],
+)
+def test_publish_and_the_service_refuse_the_same_bundles(
+    published_root: Path,
+    root: Path,
+    caller: str,
+    damage: Callable[[Path], Path],
+    message: str,
+) -> None:
+    bundle = damage(copy_bundle(published_root, root))
+    with pytest.raises(b.BundleError, match=message):
+        if caller == "publish":
+            publish(bundle)
+        else:
+            ServingBundle.load(bundle)
+    assert read_current(root) is None
+
+
+@pytest.mark.parametrize("caller", ["publish", "service"])
+def test_an_intact_copy_passes_both(published_root: Path, root: Path, caller: str) -> None:
+    bundle = copy_bundle(published_root, root, OTHER_ID)
+    if caller == "publish":
+        publish(bundle)
+        assert read_current(root) == OTHER_ID
+    else:
+        assert ServingBundle.load(bundle).id == OTHER_ID
+
+
+def test_a_symlink_inside_the_root_under_its_own_name_is_served(
+    published_root: Path, root: Path
+) -> None:
+    """Only symlinks that leave the root are refused (the root itself may be a link)."""
+    real = root / "real"
+    real.mkdir()
+    bundle = copy_bundle(published_root, real)
+    link = root / "link"
+    link.symlink_to(real, target_is_directory=True)
+    verified = verify_bundle(link / bundle.name)
+    assert verified.manifest.id == bundle.name
+    publish(link / bundle.name)
+    assert read_current(real) == bundle.name
+
+
+def test_the_service_uses_the_verified_arrays(published_root: Path) -> None:
+    path = published_root / (published_root / CURRENT).read_text().strip()
+    loaded = ServingBundle.load(path)
+    manifest = b.read_manifest(path)
+    np.testing.assert_array_equal(loaded.user_vectors, b.load_array(path, manifest, b.USER_VECTORS))
+    seen = b.load_arrays(path, manifest, b.USER_SEEN)
+    np.testing.assert_array_equal(loaded.seen_indptr, seen["indptr"])
+    np.testing.assert_array_equal(loaded.seen_items, seen["indices"])
+    assert loaded.index.n_items == manifest.counts.items == len(loaded.item_ids)
+
+
+def test_the_service_hashes_each_file_once(
+    published_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hashed: list[str] = []
+    real = b.sha256_of
+
+    def counting(path: Path) -> str:
+        hashed.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(b, "sha256_of", counting)
+    ServingBundle.load(published_root / (published_root / CURRENT).read_text().strip())
+    assert sorted(hashed) == sorted(set(b.TRAINER_FILES) | {b.INDEX})
+
+
+def test_cli_publish_refuses_what_the_service_refuses(published_root: Path, root: Path) -> None:
+    from service import cli
+
+    bundle = _set(b.USER_VECTORS, _put((0, 0), np.nan))(copy_bundle(published_root, root))
+    assert cli.main(["publish", str(bundle)]) == 2
+    assert not (root / CURRENT).exists()
