@@ -19,7 +19,6 @@ import faiss
 import numpy as np
 import orjson
 from fastapi import Depends, FastAPI, Header, Query, Request
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.responses import Response
 
@@ -37,7 +36,7 @@ from service.errors import (
     install_error_handlers,
 )
 from service.limits import BodyLimitMiddleware
-from service.metrics import Metrics, MetricsMiddleware
+from service.metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
 from service.recaller import RecallQuery, RecallResult, ServingBundle
 from service.reloader import BundleHolder
 from service.schemas import (
@@ -176,7 +175,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/metrics", tags=["operations"], response_class=Response)
     async def prometheus_metrics() -> Response:
         """Prometheus text format."""
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/model", response_model=ModelInfo, responses=ERRORS, tags=["model"])
     async def model_info(bundle: BundleDep) -> Response:

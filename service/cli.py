@@ -141,6 +141,7 @@ def _run_server(root: Path | None, host: str | None, port: int | None, workers: 
     workers read (they are separate processes when ``workers > 1``)."""
     import uvicorn
 
+    from service.metrics_dir import multiprocess_metrics_dir
     from service.settings import Settings
 
     for name, value in (("ROOT", root), ("HOST", host), ("PORT", port), ("WORKERS", workers)):
@@ -154,17 +155,18 @@ def _run_server(root: Path | None, host: str | None, port: int | None, workers: 
         settings.port,
         settings.workers,
     )
-    uvicorn.run(
-        "service.app:create_app_from_env",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level="warning",
-    )
+    with multiprocess_metrics_dir():  # /metrics sums all workers (service/metrics.py)
+        uvicorn.run(
+            "service.app:create_app_from_env",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            log_level="warning",
+        )
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -1,13 +1,73 @@
-"""Prometheus metrics (prometheus-client), one registry per app so tests stay isolated."""
+"""Prometheus metrics (prometheus-client) for one app, and for a whole replica.
+
+Single process (tests, an app run in-process): one registry per app, so apps stay
+isolated. Multiprocess (``recall serve``, any ``RECALL_WORKERS``): ``recall serve`` sets
+``PROMETHEUS_MULTIPROC_DIR`` to a fresh directory before any worker imports
+prometheus-client; every worker writes its values there and a scrape, whichever worker
+answers it, sums the replica (prometheus-client's multiprocess mode):
+
+- counters and histograms: summed over every worker the replica ever ran (they only grow);
+- ``recall_bundle_info{bundle_id}``: how many live workers serve that bundle (livesum;
+  during a hot swap the old and the new id can both be > 0; 1 in a single process);
+- ``recall_items_loaded`` / ``recall_users_loaded``: of the bundle a live worker loaded
+  last (livemostrecent).
+
+A worker that exited (or was killed) is dropped from the live gauges at the next scrape.
+"""
 
 from __future__ import annotations
 
+import os
+import re
 import time
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.metrics_dir import MULTIPROC_ENV
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware"]
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_LIVE_GAUGE_FILE = re.compile(r"^gauge_live\w+?_(\d+)\.db$")
+
+
+def multiprocess_dir() -> Path | None:
+    """The directory of multiprocess mode, or None in single-process mode."""
+    path = os.environ.get(MULTIPROC_ENV)
+    if not path:
+        return None
+    if values.ValueClass is values.MutexValue:  # the variable came after the import
+        raise RuntimeError(f"{MULTIPROC_ENV} was set after prometheus_client was imported")
+    return Path(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _forget_dead_workers(path: Path) -> None:
+    """Drop the live gauges of worker processes that are gone (exited or killed)."""
+    pids = {int(m.group(1)) for f in os.listdir(path) if (m := _LIVE_GAUGE_FILE.match(f))}
+    for pid in pids:
+        if not _alive(pid):
+            multiprocess.mark_process_dead(pid, str(path))  # type: ignore[no-untyped-call]
 
 
 class Metrics:
@@ -15,6 +75,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.multiprocess_dir = multiprocess_dir()
         self.requests = Counter(
             "recall_http_requests",
             "HTTP requests by route template, method and status",
@@ -31,15 +92,46 @@ class Metrics:
         self.reloads = Counter(
             "recall_reloads", "bundle loads by result", ["result"], registry=self.registry
         )
-        self.bundle = Info("recall_bundle", "the bundle being served", registry=self.registry)
+        self.bundle = Gauge(
+            "recall_bundle_info",
+            "worker processes serving the bundle (1 per process)",
+            ["bundle_id"],
+            multiprocess_mode="livesum",
+            registry=self.registry,
+        )
         self.items = Gauge(
-            "recall_items_loaded", "items in the served bundle", registry=self.registry
+            "recall_items_loaded",
+            "items in the served bundle",
+            multiprocess_mode="livemostrecent",
+            registry=self.registry,
         )
         self.users = Gauge(
-            "recall_users_loaded", "users in the served bundle", registry=self.registry
+            "recall_users_loaded",
+            "users in the served bundle",
+            multiprocess_mode="livemostrecent",
+            registry=self.registry,
         )
         self.reloads.labels("success")
         self.reloads.labels("failure")
+        self._bundle_id: str | None = None
+
+    def bundle_loaded(self, bundle_id: str, n_items: int, n_users: int) -> None:
+        """Record that this process now serves ``bundle_id``."""
+        if self._bundle_id is not None and self._bundle_id != bundle_id:
+            self.bundle.labels(self._bundle_id).set(0)
+        self._bundle_id = bundle_id
+        self.bundle.labels(bundle_id).set(1)
+        self.items.set(n_items)
+        self.users.set(n_users)
+
+    def render(self) -> bytes:
+        """The Prometheus text of this app, or of every worker in multiprocess mode."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        _forget_dead_workers(self.multiprocess_dir)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(self.multiprocess_dir))  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
 
 
 class MetricsMiddleware:
