@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from index.bundle import BundleError
@@ -24,6 +25,9 @@ Handler = Callable[[argparse.Namespace], int]
 # The index kinds, spelled out here so the parser needs no faiss import
 # (tests/test_index_cli.py checks they match index.faiss_index.KIND_CHOICES).
 KIND_CHOICES = ("auto", "flat", "hnsw", "ivf-flat", "ivf-sq8", "ivf-pq")
+
+# The flags of `recall serve` and the settings they set, for errors that name both.
+SERVE_FLAGS = {"root": "--root", "host": "--host", "port": "--port", "workers": "--workers"}
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -142,12 +146,12 @@ def _run_server(root: Path | None, host: str | None, port: int | None, workers: 
     import uvicorn
 
     from service.metrics_dir import multiprocess_metrics_dir
-    from service.settings import Settings
+    from service.settings import load_settings
 
     for name, value in (("ROOT", root), ("HOST", host), ("PORT", port), ("WORKERS", workers)):
         if value is not None:
             os.environ[f"RECALL_{name}"] = str(value)
-    settings = Settings()  # fail fast, before any worker starts
+    settings = load_settings(SERVE_FLAGS)  # fail fast, before any worker starts
     logger.info(
         "serving %s on http://%s:%d (API docs at /docs), %d worker(s)",
         settings.root,
@@ -192,10 +196,29 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    try:
+        return version("recall")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recall", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    """Every subcommand and flag, each with a help line (tests/test_cli.py checks)."""
+    parser = argparse.ArgumentParser(
+        prog="recall",
+        description="Train, index and serve embeddings for candidate generation.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING"],
+        help="log level on stderr (default %(default)s; DEBUG also shows faiss's loader)",
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="the job to run"
+    )
 
     def command(name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
@@ -203,48 +226,60 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     demo = command("demo", _demo, "the whole pipeline on built-in synthetic data")
-    demo.add_argument("--workdir", type=Path, default=Path("runs/demo"))
-    demo.add_argument("--users", type=int, default=5_000)
-    demo.add_argument("--items", type=int, default=2_000)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument(
+        "--workdir", type=Path, default=Path("runs/demo"), help="where it all goes (%(default)s)"
+    )
+    demo.add_argument("--users", type=int, default=5_000, help="users to synthesize (%(default)s)")
+    demo.add_argument("--items", type=int, default=2_000, help="items to synthesize (%(default)s)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of data and training")
+    demo.add_argument("--port", type=int, default=8000, help="port to serve on (%(default)s)")
     demo.add_argument("--no-serve", action="store_true", help="stop after publishing")
 
     synth = command("synth", _synth, "generate a synthetic data set in the input format")
-    synth.add_argument("--out", type=Path, required=True)
-    synth.add_argument("--users", type=int, default=5_000)
-    synth.add_argument("--items", type=int, default=2_000)
-    synth.add_argument("--clusters", type=int, default=20)
-    synth.add_argument("--mean-history", type=float, default=30.0)
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--out", type=Path, required=True, help="output data directory")
+    synth.add_argument("--users", type=int, default=5_000, help="users (%(default)s)")
+    synth.add_argument("--items", type=int, default=2_000, help="items (%(default)s)")
+    synth.add_argument(
+        "--clusters", type=int, default=20, help="planted taste clusters (%(default)s)"
+    )
+    synth.add_argument(
+        "--mean-history", type=float, default=30.0, help="mean interactions per user"
+    )
+    synth.add_argument("--seed", type=int, default=0, help="random seed (%(default)s)")
 
     tr = command("train", _train, "train the model and write a bundle (prints its path)")
     tr.add_argument("--data", type=Path, required=True, help="input data directory")
     tr.add_argument("--out", type=Path, required=True, help="bundle root")
     tr.add_argument("--config", type=Path, help="TOML file with TrainConfig fields")
-    tr.add_argument("--device", choices=["cpu", "cuda"])
-    tr.add_argument("--seed", type=int)
+    tr.add_argument("--device", choices=["cpu", "cuda"], help="where torch trains")
+    tr.add_argument("--seed", type=int, help="random seed of the run")
     tr.add_argument("--epochs", type=int, help="upper bound (early stopping)")
-    tr.add_argument("--batch-size", type=int)
-    tr.add_argument("--lr", type=float)
-    tr.add_argument("--loss", choices=["auto", "full", "sampled"])
+    tr.add_argument("--batch-size", type=int, help="examples per step")
+    tr.add_argument("--lr", type=float, help="learning rate (Adam)")
+    tr.add_argument(
+        "--loss",
+        choices=["auto", "full", "sampled"],
+        help="softmax: full, sampled (log-Q), or auto by catalog size",
+    )
     tr.add_argument("--hidden", type=int, nargs="+", help="tower widths; the last is dim(u)")
-    tr.add_argument("--max-examples-per-user", type=int)
+    tr.add_argument("--max-examples-per-user", type=int, help="cap on training examples")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     ev = command("eval", _eval, "offline quality report (leave-last-out) vs popularity")
-    ev.add_argument("bundle", type=Path)
-    ev.add_argument("--data", type=Path, required=True)
+    ev.add_argument("bundle", type=Path, help="ROOT/<bundle-id>")
+    ev.add_argument("--data", type=Path, required=True, help="the data set it was trained on")
     ev.add_argument("--out", type=Path, help="also write the results as JSON to this file")
     ev.add_argument("--max-users", type=int, help="evaluate a random sample of users")
 
     bi = command("build-index", _build_index, "build, tune and measure the FAISS index of a bundle")
     bi.add_argument("bundle", type=Path, help="ROOT/<bundle-id>")
-    bi.add_argument("--kind", default="auto", choices=KIND_CHOICES)
+    bi.add_argument(
+        "--kind", default="auto", choices=KIND_CHOICES, help="index kind (auto: by catalog size)"
+    )
     bi.add_argument("--target-recall", type=float, default=0.95, help="recall@k to reach")
     bi.add_argument("--recall-k", type=int, default=100, help="k of the recall target")
     bi.add_argument("--sample-queries", type=int, default=1000, help="user vectors per sample")
-    bi.add_argument("--seed", type=int, default=0)
+    bi.add_argument("--seed", type=int, default=0, help="seed of the query sample")
     bi.add_argument("--hnsw-m", type=int, default=32, help="HNSW neighbours per node")
     bi.add_argument("--ef-construction", type=int, default=40, help="HNSW build beam")
     bi.add_argument("--nlist", type=int, help="IVF lists (default ~4 sqrt(n))")
@@ -269,10 +304,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.log_level != "DEBUG":  # its INFO lines list each CPU-specific module it tries
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         code: int = args.handler(args)
     except (BundleError, ValueError, OSError) as e:  # bad input: one line, no traceback
-        logger.error("%s", e)
+        logger.error("recall %s: %s", args.command, e)
         return 2
     return code
 

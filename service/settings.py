@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIN_ADMIN_TOKEN_LENGTH = 16
@@ -40,6 +41,36 @@ class Settings(BaseSettings):
             return None
         check_admin_token(token.get_secret_value())
         return token
+
+
+class SettingsError(ValueError):
+    """Invalid ``RECALL_*`` settings; the message names each variable (and its flag)."""
+
+
+def load_settings(flags: Mapping[str, str] | None = None) -> Settings:
+    """``Settings()`` from the environment, or SettingsError naming what to fix.
+
+    ``flags`` maps field names to the command-line flags that set them (``root`` ->
+    ``--root``), so the message names both. Values are never quoted (one is a secret).
+    """
+    try:
+        return Settings()
+    except ValidationError as e:
+        raise SettingsError(describe_errors(e, flags or {})) from None
+
+
+def describe_errors(error: ValidationError, flags: Mapping[str, str]) -> str:
+    """One line: ``set --root or RECALL_ROOT; --port or RECALL_PORT: <why>``."""
+    parts = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else ""
+        variable = f"RECALL_{field.upper()}"
+        name = f"{flags[field]} or {variable}" if field in flags else variable
+        if item["type"] == "missing":
+            parts.append(f"set {name}")
+        else:
+            parts.append(f"{name}: {str(item['msg']).removeprefix('Value error, ')}")
+    return "; ".join(parts)
 
 
 def check_admin_token(token: str) -> None:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 
 from index import bundle as b
 from index.publish import read_current
-from service.cli import main
+from service.cli import build_parser, main
 from tests.conftest import BundleFactory
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,6 +113,81 @@ def test_eval_on_data_the_bundle_does_not_know_exits_2(
     assert "Warning" not in result.stderr and "Traceback" not in result.stderr
     assert result.stdout == ""  # no table of NaN
     assert list(cwd.iterdir()) == []
+
+
+def all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parser and every subcommand's parser, depth first."""
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found += all_parsers(sub)
+    return found
+
+
+def test_every_flag_has_a_help_line_without_rest_markup() -> None:
+    parsers = all_parsers(build_parser())
+    assert len(parsers) == 8  # recall + 7 subcommands
+    for parser in parsers:
+        for action in parser._actions:
+            where = f"{parser.prog} {'/'.join(action.option_strings) or action.dest}"
+            assert action.help and action.help != argparse.SUPPRESS, f"{where}: no help"
+        text = parser.format_help()
+        assert "``" not in text, f"{parser.prog}: reST markup in its help"
+        assert parser.description, f"{parser.prog}: no description"
+
+
+def test_version() -> None:
+    result = recall("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"recall {version('recall')}"
+
+
+def test_serve_without_a_root_names_the_flag_and_variable(tmp_path: Path) -> None:
+    result = recall("serve", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.rstrip().endswith("recall serve: set --root or RECALL_ROOT")
+    assert "Traceback" not in result.stderr and "Field required" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--port", "70000"], "--port or RECALL_PORT: Input should be less than or equal"),
+        (["--workers", "0"], "--workers or RECALL_WORKERS: Input should be greater than"),
+    ],
+)
+def test_invalid_serve_flags_name_flag_and_variable(
+    tmp_path: Path, args: list[str], expected: str
+) -> None:
+    result = recall("serve", "--root", tmp_path, *args)
+    assert result.returncode == 2
+    assert f"recall serve: {expected}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_invalid_variables_name_the_variable(tmp_path: Path) -> None:
+    """Settings without a flag name their RECALL_* variable; a refused token is not echoed."""
+    token = "change-me-to-a-long-random-string"
+    env = {**os.environ, "RECALL_MAX_K": "0", "RECALL_ADMIN_TOKEN": token}
+    env["PYTHONPATH"] = str(REPO)
+    command = [str(RECALL), "serve", "--root", str(tmp_path)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert "RECALL_MAX_K: Input should be greater than or equal to 1" in line
+    assert "RECALL_ADMIN_TOKEN: admin token is a placeholder" in line
+    assert token not in result.stderr
+
+
+def test_faiss_loader_lines_only_at_debug(tmp_path: Path) -> None:
+    """``recall publish`` imports faiss; its loader logs each module it tries at INFO."""
+    quiet = recall("publish", tmp_path / "nothing")
+    assert quiet.returncode == 2
+    assert "recall publish:" in quiet.stderr  # the error itself still shows
+    assert "faiss.loader" not in quiet.stderr and "AVX" not in quiet.stderr
+    loud = recall("--log-level", "DEBUG", "publish", tmp_path / "nothing")
+    assert "faiss.loader" in loud.stderr  # the lines exist: hidden, not absent
 
 
 @pytest.mark.slow

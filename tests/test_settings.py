@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.settings import Settings
+from service.settings import Settings, SettingsError, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = "9f2c4e1ab7d05e3c88a1f6b2d4e0c7a9"
@@ -86,3 +86,14 @@ def test_env_example_leaves_the_admin_api_off(monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("RECALL_ROOT", "/bundles")
     assert Settings().admin_token is None
+
+
+def test_load_settings_names_variables_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RECALL_ROOT", raising=False)
+    monkeypatch.setenv("RECALL_SEARCH_THREADS", "many")
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"root": "--root"})
+    assert str(caught.value) == (
+        "set --root or RECALL_ROOT; RECALL_SEARCH_THREADS: Input should be a valid integer, "
+        "unable to parse string as an integer"
+    )
