@@ -78,15 +78,21 @@ def _nginx_binary() -> str:
 
 
 def render_nginx_conf(upstreams: list[str], listen: str, prefix: Path) -> str:
-    """docker/nginx.conf with other upstream servers, listen address and temp dir."""
+    """docker/nginx.conf with other upstream servers, listen address and temp dir.
+
+    The local servers are IP addresses, so nothing is left to re-resolve: their lines lose
+    the `resolve` parameter and the upstream its `resolver` (neither exists before nginx
+    1.27.3, and Debian's is 1.22); the `zone` and every other parameter stay."""
     text = NGINX_CONF.read_text()
     server = re.compile(r"^(\s*)server service:8000( [^;]*)?;$", re.MULTILINE)
     match = server.search(text)
     if match is None:
         raise AssertionError("docker/nginx.conf has no `server service:8000 ...;` line")
     indent, params = match.group(1), match.group(2) or ""
+    params = "".join(f" {p}" for p in params.split() if p != "resolve")
     lines = "\n".join(f"{indent}server {u}{params};" for u in upstreams)
     text = server.sub(lambda _: lines, text, count=1)
+    text = re.sub(r"^\s*resolver [^;]*;\n", "", text, flags=re.MULTILINE)
     text, listens = re.subn(r"listen 8080;", f"listen {listen};", text)
     if listens != 1:
         raise AssertionError("docker/nginx.conf should listen on 8080 exactly once")
@@ -120,11 +126,38 @@ def test_compose_runs_what_this_test_runs() -> None:
     assert not re.search(r"pip install[^\n]*(torch|\[train)", service_image)
 
 
+def test_nginx_re_resolves_the_replicas() -> None:
+    """Scaling needs no `nginx -s reload`: the upstream re-resolves `service` through
+    Docker's DNS (`resolve`, nginx >= 1.27.3, with a `zone`), and the pinned image has it.
+    Debian's nginx 1.22 cannot run these lines (the tests below drop them), so this checks
+    the file and the pin; the re-resolution itself runs only under Docker."""
+    upstream = re.search(r"upstream recall \{(.*?)\n\s*\}", NGINX_CONF.read_text(), re.DOTALL)
+    assert upstream is not None
+    directives = [
+        line.split("#")[0].strip() for line in upstream.group(1).splitlines() if line.strip()
+    ]
+    directives = [d for d in directives if d]
+    assert any(re.fullmatch(r"zone recall \d+k;", d) for d in directives), directives
+    assert any(re.fullmatch(r"resolver 127\.0\.0\.11 valid=\d+s;", d) for d in directives)
+    (server,) = [d for d in directives if d.startswith("server ")]
+    assert server.startswith("server service:8000 ") and " resolve" in server, server
+    image = _compose()["services"]["nginx"]["image"]
+    tag = re.fullmatch(r"nginxinc/nginx-unprivileged:(\d+)\.(\d+)(?:\.(\d+))?-alpine", image)
+    assert tag is not None, image
+    major, minor, patch = (int(v) if v else 0 for v in tag.groups())
+    # a `1.27` tag would float to 1.27.x; require a line whose every release has `resolve`
+    assert (major, minor) >= (1, 28) or (major, minor, patch) >= (1, 27, 3), image
+
+
 def test_rendered_nginx_conf_is_valid(tmp_path: Path) -> None:
     nginx = _nginx_binary()
     conf = tmp_path / "nginx.conf"
     conf.write_text(render_nginx_conf(["127.0.0.1:1", "127.0.0.1:2"], "127.0.0.1:3", tmp_path))
-    assert "server 127.0.0.1:2 max_fails=2 fail_timeout=5s;" in conf.read_text()
+    rendered = conf.read_text()
+    assert "server 127.0.0.1:2 max_fails=2 fail_timeout=5s;" in rendered
+    directives = [line.split("#")[0] for line in rendered.splitlines()]
+    assert "zone recall 64k;" in rendered
+    assert not [d for d in directives if "resolve" in d]  # neither `resolve` nor `resolver`
     done = subprocess.run(
         [nginx, "-t", "-q", "-c", str(conf), "-p", f"{tmp_path}/"],
         capture_output=True,
