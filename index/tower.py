@@ -12,6 +12,14 @@ forward pass online for users the bundle does not know. Inputs, in order, concat
 
 Then a ReLU tower; its last layer is the user vector ``u``. The folded vector is
 ``[u, 1]`` so that ``dot([u, 1], [W_i, b_i])`` is the model's logit for item ``i``.
+
+Feature values from outside (the service) go through :meth:`TowerSpec.check_features`
+first, the strict contract: only features the spec knows; a categorical value is a string
+(one not in the vocabulary is legitimate and takes the out-of-vocabulary row 0), a numeric
+value is an int or float (not bool) within float32; ``None`` means missing. Anything else
+raises :class:`FeatureError`. :meth:`TowerSpec.encode_features` itself stays lenient for
+the trainer's own values (NaN = missing), but never lets a value overflow float32, and
+:meth:`UserTower.encode` raises :class:`FeatureError` rather than return a non-finite vector.
 """
 
 from __future__ import annotations
@@ -27,6 +35,13 @@ AGE_FEATURES = 3
 SPEC_KEY = "spec"
 
 FeatureValue = str | int | float | None
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+_NAME_LIMIT = 64
+
+
+class FeatureError(ValueError):
+    """Feature values the tower cannot take: an unknown name, a value of the wrong type, a
+    number beyond float32, or features that drive the user vector out of float32 range."""
 
 
 class CategoricalFeature(BaseModel):
@@ -88,8 +103,10 @@ class TowerSpec(BaseModel):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Raw feature values -> (categorical rows (n_cat,) int64, numeric (n_num,) float32).
 
-        Unknown names are ignored; missing, unknown or non-finite values become the
-        out-of-vocabulary row 0 / the mean (0 after standardization).
+        Lenient (the trainer's convention): unknown names are ignored; missing, unknown or
+        NaN values become the out-of-vocabulary row 0 / the mean (0 after standardization).
+        A numeric value that does not fit float32 once standardized raises
+        :class:`FeatureError`.
         """
         features = features or {}
         rows = np.zeros(len(self.categorical), dtype=np.int64)
@@ -99,11 +116,70 @@ class TowerSpec(BaseModel):
                 rows[j] = _vocab_row(cat.vocabulary, _category_key(value))
         numeric = np.zeros(len(self.numeric), dtype=np.float32)
         for j, num in enumerate(self.numeric):
-            value = features.get(num.name)
-            x = _as_float(value)
-            if x is not None:
-                numeric[j] = (x - num.mean) / num.std
+            x = _as_float(features.get(num.name))
+            if x is not None and not math.isnan(x):
+                numeric[j] = _standardize(num, x)
         return rows, numeric
+
+    def describe_features(self) -> str:
+        """The features the tower knows, for error messages: ``"age (numeric), ..."``."""
+        known = [f"{c.name} (categorical)" for c in self.categorical]
+        known += [f"{n.name} (numeric)" for n in self.numeric]
+        return ", ".join(known) if known else "none"
+
+    def check_features(self, features: Mapping[str, object] | None) -> None:
+        """Raise :class:`FeatureError` unless every entry of ``features`` is a feature this
+        tower knows with a value of its kind (see the module docstring); ``None`` = missing."""
+        if not features:
+            return
+        kinds = {c.name: "categorical" for c in self.categorical}
+        numeric = {n.name: n for n in self.numeric}
+        kinds.update(dict.fromkeys(numeric, "numeric"))
+        unknown = [name for name in features if name not in kinds]
+        if unknown:
+            names = ", ".join(_clip(name) for name in unknown[:5])
+            raise FeatureError(
+                f"unknown feature(s) {names}; this model knows: {self.describe_features()}"
+            )
+        for name, value in features.items():
+            if value is None:
+                continue
+            if kinds[name] == "categorical":
+                if not isinstance(value, str):
+                    raise FeatureError(
+                        f"feature {_clip(name)} is categorical: give a string (one its "
+                        f"vocabulary does not know counts as unknown), got "
+                        f"{type(value).__name__}; this model knows: {self.describe_features()}"
+                    )
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise FeatureError(
+                    f"feature {_clip(name)} is numeric: give a number, got "
+                    f"{type(value).__name__}; this model knows: {self.describe_features()}"
+                )
+            x = _as_float(value)
+            if x is None or math.isnan(x):
+                raise FeatureError(f"feature {_clip(name)} must be a number, not NaN")
+            if not abs(x) <= FLOAT32_MAX:
+                raise FeatureError(
+                    f"feature {_clip(name)} is {x:.3g}, beyond float32 (|x| <= {FLOAT32_MAX:.3g})"
+                )
+            _standardize(numeric[name], x)
+
+
+def _clip(name: str) -> str:
+    """A client-given name for a message: repr, cut to a short prefix."""
+    text = repr(name)
+    return text if len(text) <= _NAME_LIMIT else text[:_NAME_LIMIT] + "…"
+
+
+def _standardize(feature: NumericFeature, x: float) -> float:
+    """``(x - mean) / std``; raise :class:`FeatureError` if ``x`` or that is not finite
+    in float32 (infinite ``x`` included: only NaN means missing)."""
+    z = (x - feature.mean) / feature.std
+    if not (abs(x) <= FLOAT32_MAX and abs(z) <= FLOAT32_MAX):
+        raise FeatureError(f"feature {_clip(feature.name)} is {x:.3g}, out of float32 range")
+    return z
 
 
 def _category_key(value: str | int | float) -> str:
@@ -120,13 +196,15 @@ def _vocab_row(vocabulary: list[str], value: str) -> int:
 
 
 def _as_float(value: FeatureValue) -> float | None:
+    """A feature value as a float (NaN and inf kept); None if missing or not a number."""
     if value is None or isinstance(value, bool):
         return None
+    if isinstance(value, int) and abs(value) > 2**1023:  # float() would overflow
+        return math.inf if value > 0 else -math.inf
     try:
-        x = float(value)
+        return float(value)
     except ValueError:
         return None
-    return x if math.isfinite(x) else None
 
 
 def age_features(age: np.ndarray) -> np.ndarray:
@@ -226,7 +304,9 @@ class UserTower:
         """Folded serving vectors ``[u, 1]`` for item-row histories, shape (B, dim + 1).
 
         Each history is a 1-D array of item rows in time order (oldest first); only the
-        last ``history_length`` count. Example age is 0, as at serving time.
+        last ``history_length`` count. Example age is 0, as at serving time. Raises
+        :class:`FeatureError` if a feature value leaves float32, or the features drive a
+        vector out of float32 range (it is never NaN or Inf).
         """
         n = len(histories)
         if features is not None and len(features) != n:
@@ -239,7 +319,10 @@ class UserTower:
         encoded = [self.spec.encode_features(f) for f in (features or [None] * n)]
         categorical = np.stack([c for c, _ in encoded]) if n else np.zeros((0, 0), np.int64)
         numeric = np.stack([x for _, x in encoded]) if n else np.zeros((0, 0), np.float32)
-        u = self.forward(history, mask, categorical, numeric, np.zeros(n, dtype=np.float32))
+        with np.errstate(over="ignore", invalid="ignore"):  # checked just below
+            u = self.forward(history, mask, categorical, numeric, np.zeros(n, dtype=np.float32))
+        if not np.isfinite(u).all():
+            raise FeatureError("the features drive the user vector out of float32 range")
         return fold_user(u)
 
 

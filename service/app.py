@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from service import recaller as core
+from service.accept import NPY_MEDIA_TYPE, wants_npy
 from service.docs import install_docs
 from service.errors import (
     ApiError,
@@ -35,6 +36,7 @@ from service.errors import (
     envelope,
     install_error_handlers,
 )
+from service.head import HeadAsGetMiddleware
 from service.limits import BodyLimitMiddleware
 from service.metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
 from service.recaller import RecallQuery, RecallResult, ServingBundle
@@ -55,7 +57,6 @@ from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-NPY_MEDIA_TYPE = "application/x-npy"
 T = TypeVar("T")
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -148,6 +149,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.holder = holder
     app.state.metrics = metrics
     install_error_handlers(app)
+    app.add_middleware(HeadAsGetMiddleware)  # inside metrics: counted as HEAD
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
@@ -211,6 +213,9 @@ def create_app(settings: Settings) -> FastAPI:
                 out.append({"status": 422, **envelope("invalid_input", message)})
             except ApiError as e:
                 out.append({"status": e.status, **envelope(e.code, e.message)})
+            except Exception:  # one entry's bug must not fail the others
+                logger.exception("unhandled error in a batch entry")
+                out.append({"status": 500, **envelope("internal", "internal error")})
         return out
 
     @app.post(
@@ -259,7 +264,7 @@ def create_app(settings: Settings) -> FastAPI:
                 if found.all()
                 else [i for i, ok in zip(body.ids, found.tolist(), strict=True) if not ok]
             )
-            if accept and NPY_MEDIA_TYPE in accept:
+            if wants_npy(accept):
                 buffer = io.BytesIO()
                 np.save(buffer, vectors, allow_pickle=False)
                 return Response(
@@ -279,7 +284,8 @@ def create_app(settings: Settings) -> FastAPI:
 
         many_vectors.__doc__ = (
             f"Stored {kind[:-1]} vectors in request order; unknown ids listed in `missing` "
-            f"(null rows). With `Accept: {NPY_MEDIA_TYPE}` the body is a float32 .npy of "
+            f"(null rows). With `Accept: {NPY_MEDIA_TYPE}` (named, with a q-value above 0 "
+            "and at least JSON's; `*/*` means JSON) the body is a float32 .npy of "
             "shape (len(ids), dim) whose rows for unknown ids are NaN; X-Missing-Count says "
             "how many."
         )

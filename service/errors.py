@@ -25,6 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +77,24 @@ _HTTP_CODES = {
 }
 
 
+ECHO_LIMIT = 64  # characters of a client's id or name echoed in a message
+
+
+def clip(value: object, limit: int = ECHO_LIMIT) -> str:
+    """``repr(value)`` for a message, cut to ``limit`` characters + "…" (a 1 MB id must not
+    make a 1 MB message)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def safe_text(text: str) -> str:
+    """``text`` with anything UTF-8 cannot encode (lone surrogates) replaced by "?", so
+    the envelope always serializes."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def envelope(code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message}}
+    return {"error": {"code": code, "message": safe_text(message)}}
 
 
 def error_response(
@@ -94,13 +111,54 @@ def error_response(
 def _describe(errors: list[Any]) -> str:
     parts = []
     for e in errors[:5]:
-        where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+        where = ".".join(
+            p if isinstance(p, str) and len(p) <= ECHO_LIMIT else clip(p)
+            for p in e.get("loc", ())
+            if p != "body"
+        )
         parts.append(f"{where}: {e.get('msg', 'invalid')}" if where else str(e.get("msg")))
     return "; ".join(parts) or "invalid request"
 
 
+class UnexpectedErrorMiddleware:
+    """An unexpected exception -> the 500 envelope, logged, and the connection kept.
+
+    Starlette's own last resort (``ServerErrorMiddleware``) sends the 500 and then
+    re-raises, so uvicorn closes the keep-alive connection and the client's next request
+    on it fails too. This pure ASGI middleware sits inside it and does not re-raise. If
+    the response had already started, nothing honest can be sent: it re-raises.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            if started:
+                raise
+            logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            await error_response(500, "internal", "internal error")(scope, receive, send)
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Every error leaves the app as the envelope, with the status of DESIGN.md."""
+    """Every error leaves the app as the envelope, with the status of DESIGN.md.
+
+    Call it before adding other middleware: the catch-all then sits innermost, so the
+    metrics middleware still sees (and counts) the 500."""
+    app.add_middleware(UnexpectedErrorMiddleware)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:
@@ -115,7 +173,7 @@ def install_error_handlers(app: FastAPI) -> None:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail), exc.headers)
 
-    @app.exception_handler(Exception)
+    @app.exception_handler(Exception)  # only reached from outer middleware now
     async def _unexpected(request: Request, exc: Exception) -> Response:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(500, "internal", "internal error")

@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,9 @@ import numpy as np
 from index import bundle as b
 from index.ids import IdMap
 from index.search import ItemIndex
-from index.tower import FeatureValue, UserTower
+from index.tower import FLOAT32_MAX, FeatureError, FeatureValue, UserTower
 from index.verify import verify_bundle
-from service.errors import InvalidInput, UnknownId
+from service.errors import InvalidInput, UnknownId, clip
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,11 @@ class ServingBundle:
     def dim(self) -> int:
         return self.manifest.dim
 
+    @cached_property
+    def max_item_norm(self) -> float:
+        """The largest L2 norm of an item vector (float64; computed once, in warm-up)."""
+        return max_row_norm(self.item_vectors)
+
     @classmethod
     def load(cls, path: Path) -> ServingBundle:
         """Verify (:func:`index.verify.verify_bundle`: the rules publish applies), load,
@@ -122,6 +128,7 @@ class ServingBundle:
         if len(self.user_ids):
             self.index.search(np.asarray(self.user_vectors[:1]), 10)
         self.tower.encode([np.zeros(1, dtype=np.int64)])
+        _ = self.max_item_norm
 
     def seen(self, user_row: int) -> np.ndarray:
         return self.seen_items[self.seen_indptr[user_row] : self.seen_indptr[user_row + 1]]
@@ -140,10 +147,10 @@ def _rows(ids: IdMap, values: Sequence[ExternalId]) -> np.ndarray:
 def _query_vector(bundle: ServingBundle, vector: Sequence[float]) -> np.ndarray:
     if len(vector) != bundle.dim:
         raise InvalidInput(f"vector must have {bundle.dim} values, got {len(vector)}")
-    q = np.asarray(vector, dtype=np.float32)
-    if not np.isfinite(q).all():
-        raise InvalidInput("vector must hold finite numbers (no NaN or Inf)")
-    return q
+    q = np.asarray(vector, dtype=np.float64)
+    if not (np.abs(q) <= FLOAT32_MAX).all():  # NaN fails this too
+        raise InvalidInput("vector must hold finite float32 numbers (no NaN or Inf)")
+    return q.astype(np.float32)
 
 
 def _query(
@@ -159,13 +166,21 @@ def _query(
         if row is None:
             if query.fallback == "popular":
                 return Source.POPULAR, None, exclude
-            raise UnknownId(f"unknown user_id {query.user_id!r}")
+            raise UnknownId(f"unknown user_id {clip(query.user_id)}")
         if query.exclude_seen is not False:
             exclude = np.concatenate([exclude, bundle.seen(row)])
         return Source.USER, np.asarray(bundle.user_vectors[row]), exclude
     if query.history is not None:
         history = _rows(bundle.item_ids, query.history)
-        vector = bundle.tower.encode([history], [query.features])[0]
+        try:
+            bundle.tower.spec.check_features(query.features)
+            if not len(history):  # like an unknown user (the tower never saw an empty one)
+                if query.fallback == "popular":
+                    return Source.POPULAR, None, exclude
+                raise UnknownId("no item of the history is known")
+            vector = bundle.tower.encode([history], [query.features])[0]
+        except FeatureError as e:
+            raise InvalidInput(str(e)) from None
         if query.exclude_seen is not False:
             exclude = np.concatenate([exclude, history])
         return Source.HISTORY, vector, exclude
@@ -179,9 +194,42 @@ def recall(bundle: ServingBundle, query: RecallQuery, max_k: int) -> RecallResul
     if vector is None:
         rows, scores = popular(bundle, query.k, exclude)
     else:
-        score_matrix, row_matrix = bundle.index.search(vector[None, :], query.k, exclude=[exclude])
-        rows, scores = row_matrix[0], score_matrix[0]
+        query_vector = _check_range(bundle, vector)[None, :]
+        score_matrix, row_matrix = bundle.index.search(query_vector, query.k, exclude=[exclude])
+        rows, scores = row_matrix[0], _finite(score_matrix[0])
     return RecallResult(bundle.id, source, bundle.item_ids.ids[rows].tolist(), scores.tolist())
+
+
+def max_row_norm(vectors: np.ndarray, chunk: int = 1 << 16) -> float:
+    """Largest L2 norm of the rows of ``vectors`` (n, d), in float64, read in chunks
+    (the array may be a large memory map)."""
+    best = 0.0
+    for start in range(0, len(vectors), chunk):
+        block = np.asarray(vectors[start : start + chunk], dtype=np.float64)
+        best = max(best, float(np.sqrt(np.einsum("ij,ij->i", block, block).max(initial=0.0))))
+    return best
+
+
+def _check_range(bundle: ServingBundle, query: np.ndarray) -> np.ndarray:
+    """``query`` (dim,) float32, or :class:`InvalidInput` if a score could overflow
+    float32: ``|q . x| <= |q| |x|`` (Cauchy-Schwarz, partial sums included), so a query
+    whose norm times the largest item norm stays under half of float32's maximum can
+    overflow no score, whatever ``k`` and the ranking."""
+    norm = float(np.linalg.norm(query.astype(np.float64)))
+    if not norm * bundle.max_item_norm <= FLOAT32_MAX / 2:
+        raise InvalidInput(
+            f"the query vector is too large (norm {norm:.3g}): its scores would overflow "
+            "float32; scale it down"
+        )
+    return query
+
+
+def _finite(scores: np.ndarray) -> np.ndarray:
+    """``scores`` (k,) float32, or :class:`InvalidInput` if one overflowed to Inf/NaN (a
+    query vector too large for float32 dot products)."""
+    if not np.isfinite(scores).all():
+        raise InvalidInput("the query's scores overflow float32: scale the vector down")
+    return scores
 
 
 def popular(bundle: ServingBundle, k: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -199,12 +247,12 @@ def similar(bundle: ServingBundle, item_id: ExternalId, k: int, max_k: int) -> R
     check_k(k, max_k)
     row = bundle.item_ids.row(item_id)
     if row is None:
-        raise UnknownId(f"unknown item id {item_id!r}")
+        raise UnknownId(f"unknown item id {clip(item_id)}")
     query = np.array(bundle.item_vectors[row], dtype=np.float32)
     query[-1] = 0.0
     scores, rows = bundle.index.search(query[None, :], k, exclude=[np.array([row])])
     return RecallResult(
-        bundle.id, Source.ITEM, bundle.item_ids.ids[rows[0]].tolist(), scores[0].tolist()
+        bundle.id, Source.ITEM, bundle.item_ids.ids[rows[0]].tolist(), _finite(scores[0]).tolist()
     )
 
 
@@ -213,7 +261,7 @@ def vector_of(bundle: ServingBundle, kind: str, id_: ExternalId) -> tuple[Extern
     ids, vectors = _table(bundle, kind)
     row = ids.row(id_)
     if row is None:
-        raise UnknownId(f"unknown {kind} id {id_!r}")
+        raise UnknownId(f"unknown {kind} id {clip(id_)}")
     external: ExternalId = ids.ids[row].item()
     return external, np.asarray(vectors[row])
 

@@ -89,17 +89,19 @@ def test_batch_answers_in_order_with_inline_errors(
                 {"user_id": user_id, "history": [1]},
                 {"vector": [0.5] * bundle.dim, "k": 2},
                 {"history": [first_item], "features": {"gender": "F", "age": 30.5}},
-                {"history": [], "features": {"age": "NaN"}},
+                {"history": [first_item], "features": {"age": 1e308}},
                 {"user_id": "nobody", "fallback": "popular", "k": 4},
+                {"history": ["ghost"], "fallback": "popular", "k": 2},
             ]
         },
     )
     assert response.status_code == 200
     results = response.json()["results"]
-    assert [r["status"] for r in results] == [200, 404, 422, 200, 200, 200, 200]
+    assert [r["status"] for r in results] == [200, 404, 422, 200, 200, 422, 200, 200]
     assert results[1]["error"]["code"] == "not_found"
-    assert [len(r["items"]) for r in results if r["status"] == 200] == [3, 2, 100, 100, 4]
-    assert [r["source"] for r in results[4:]] == ["history", "history", "popular"]
+    assert "'age'" in results[5]["error"]["message"]  # an overflowing feature: inline 422
+    assert [len(r["items"]) for r in results if r["status"] == 200] == [3, 2, 100, 4, 2]
+    assert [r.get("source") for r in results[4:]] == ["history", None, "popular", "popular"]
 
 
 def test_similar_and_single_vectors(served: tuple[httpx.Client, ServingBundle]) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from index.tower import AGE_FEATURES, FeatureError
 from service.errors import InvalidInput, UnknownId
 from service.recaller import (
     RecallQuery,
@@ -157,3 +159,97 @@ def test_vector_lookup_in_request_order_with_missing(bundle: ServingBundle) -> N
     np.testing.assert_array_equal(vector_of(bundle, "users", user_id)[1], bundle.user_vectors[2])
     with pytest.raises(UnknownId):
         vector_of(bundle, "users", "nobody")
+
+
+# --- no input may produce a 500 (issue 8 §4): every bad input is a domain error ---
+
+
+@pytest.mark.parametrize("age", [1e308, -1e308, 10**40, 10**400, 3.5e38])
+def test_numeric_feature_beyond_float32_is_invalid_naming_it(
+    bundle: ServingBundle, age: float
+) -> None:
+    history = bundle.item_ids.ids[:2].tolist()
+    with pytest.raises(InvalidInput, match="feature 'age'"):
+        recall(bundle, RecallQuery(history=history, features={"age": age}, k=3), MAX_K)
+
+
+def test_tower_never_returns_a_non_finite_vector(bundle: ServingBundle) -> None:
+    history = [np.arange(2)]
+    assert np.isfinite(bundle.tower.encode(history, [{"age": 3e30}])).all()
+    with pytest.raises(FeatureError, match="'age'"):
+        bundle.tower.encode(history, [{"age": 1e308}])
+    # a tower whose first layer weighs age by 1e10: a float32 age overflows inside it
+    tower = copy.copy(bundle.tower)
+    spec = tower.spec
+    age_column = spec.input_width - AGE_FEATURES - len(spec.numeric)
+    assert spec.numeric[0].name == "age"
+    w_t, bias = tower.layers[0]
+    w_t = w_t.copy()
+    w_t[age_column] = 1e10
+    tower.layers = [(w_t, bias), *tower.layers[1:]]
+    assert np.isfinite(tower.encode(history, [{"age": 40.0}])).all()
+    with pytest.raises(FeatureError, match="out of float32 range"):
+        tower.encode(history, [{"age": 1e30}])
+
+
+@pytest.mark.parametrize(
+    ("features", "message"),
+    [
+        ({"shoe": 3}, "unknown feature"),
+        ({"gender": 5}, "'gender' is categorical"),
+        ({"gender": 1.5}, "'gender' is categorical"),
+        ({"age": "old"}, "'age' is numeric"),
+        ({"age": "30"}, "'age' is numeric"),
+        ({"age": True}, "'age' is numeric"),
+    ],
+)
+def test_unknown_or_mistyped_features_are_invalid_listing_the_known_ones(
+    bundle: ServingBundle, features: dict[str, object], message: str
+) -> None:
+    query = RecallQuery(history=bundle.item_ids.ids[:2].tolist(), features=features, k=3)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match=message) as caught:
+        recall(bundle, query, MAX_K)
+    for known in ("gender (categorical)", "country (categorical)", "age (numeric)"):
+        assert known in caught.value.message
+
+
+def test_a_category_the_vocabulary_lacks_is_out_of_vocabulary(bundle: ServingBundle) -> None:
+    history = bundle.item_ids.ids[:3].tolist()
+    unknown = recall(bundle, RecallQuery(history=history, features={"gender": "X"}, k=20), MAX_K)
+    missing = recall(bundle, RecallQuery(history=history, features={"gender": None}, k=20), MAX_K)
+    known = recall(bundle, RecallQuery(history=history, features={"gender": "F"}, k=20), MAX_K)
+    assert unknown.item_ids == missing.item_ids and unknown.scores == missing.scores
+    assert known.scores != missing.scores
+
+
+@pytest.mark.parametrize("history", [[], ["ghost", -7]])
+def test_history_without_a_known_item_is_like_an_unknown_user(
+    bundle: ServingBundle, history: list[int | str]
+) -> None:
+    with pytest.raises(UnknownId, match="no item of the history"):
+        recall(bundle, RecallQuery(history=history, k=5), MAX_K)
+    fallback = recall(bundle, RecallQuery(history=history, k=5, fallback="popular"), MAX_K)
+    by_unknown_user = recall(bundle, RecallQuery(user_id="ghost", k=5, fallback="popular"), MAX_K)
+    assert fallback.source is Source.POPULAR
+    assert fallback.item_ids == by_unknown_user.item_ids
+
+
+@pytest.mark.parametrize("fill", [3e38, 3e37, 1e39])
+def test_vector_whose_scores_could_overflow_is_invalid(bundle: ServingBundle, fill: float) -> None:
+    with pytest.raises(InvalidInput, match="float32"):
+        recall(bundle, RecallQuery(vector=[fill] * bundle.dim, k=5), MAX_K)
+    # far inside the bound: still served, with finite scores
+    ok = recall(bundle, RecallQuery(vector=[1e6] * bundle.dim, k=5), MAX_K)
+    assert np.isfinite(ok.scores).all()
+
+
+def test_unknown_ids_are_echoed_as_a_short_prefix(bundle: ServingBundle) -> None:
+    long_id = "x" * 1_000_000
+    for call in (
+        lambda: recall(bundle, RecallQuery(user_id=long_id, k=5), MAX_K),
+        lambda: similar(bundle, long_id, 5, MAX_K),
+        lambda: vector_of(bundle, "items", long_id),
+    ):
+        with pytest.raises(UnknownId) as caught:
+            call()
+        assert len(caught.value.message) < 120 and caught.value.message.endswith("…")
