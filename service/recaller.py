@@ -136,7 +136,7 @@ class ServingBundle:
 
 def check_k(k: int, max_k: int) -> None:
     if not 1 <= k <= max_k:
-        raise InvalidInput(f"k must be between 1 and {max_k}, got {k}")
+        raise InvalidInput(f"k must be between 1 and {max_k}, got {clip(k)}")
 
 
 def _rows(ids: IdMap, values: Sequence[ExternalId]) -> np.ndarray:
@@ -261,7 +261,7 @@ def vector_of(bundle: ServingBundle, kind: str, id_: ExternalId) -> tuple[Extern
     ids, vectors = _table(bundle, kind)
     row = ids.row(id_)
     if row is None:
-        raise UnknownId(f"unknown {kind} id {clip(id_)}")
+        raise UnknownId(f"unknown {kind[:-1]} id {clip(id_)}")
     external: ExternalId = ids.ids[row].item()
     return external, np.asarray(vectors[row])
 

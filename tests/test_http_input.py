@@ -285,3 +285,5 @@ def test_long_ids_are_cut_in_error_messages(served: tuple[httpx.Client, ServingB
         assert len(message) < 120 and message.endswith("…")
     response = client.post("/v1/recall", json={"history": [1], "features": {long_id: 1}})
     assert len(_error(response, 422, "invalid_input")) < 400
+    response = client.post("/v1/recall", json={"user_id": 1, "k": 10**4000})
+    assert len(_error(response, 422, "invalid_input")) < 200
