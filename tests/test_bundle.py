@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -94,3 +95,52 @@ def test_pickled_npy_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(b.BundleError, match="not a plain numpy array"):
         b.load_array(bundle, forged, b.ITEM_IDS)
+
+
+def test_current_names_a_bundle_id_or_says_why_not(tmp_path: Path) -> None:
+    from index.current import CURRENT, inspect_current, read_current
+
+    assert inspect_current(tmp_path).key is None and read_current(tmp_path) is None
+    current = tmp_path / CURRENT
+    current.write_text("20260101T000000Z-aaaaaa\n")
+    assert read_current(tmp_path) == "20260101T000000Z-aaaaaa"
+    for raw, why in [
+        (b"\xff\n", "not UTF-8"),
+        (b"a/b\n", "not a bundle id"),
+        (b"", "not a bundle id"),
+        (b"a" * 5000, "longer than 4096 bytes"),
+    ]:
+        current.write_bytes(raw)
+        state = inspect_current(tmp_path)
+        assert state.bundle_id is None and state.problem is not None and why in state.problem
+        with pytest.raises(b.BundleError, match=why):
+            read_current(tmp_path)
+
+
+def test_current_must_be_a_regular_file(tmp_path: Path) -> None:
+    from index.current import CURRENT, inspect_current
+
+    target = tmp_path / "elsewhere"
+    target.write_text("20260101T000000Z-aaaaaa\n")
+    current = tmp_path / CURRENT
+    current.symlink_to(target)
+    assert "is a symlink" in (inspect_current(tmp_path).problem or "")
+    current.unlink()
+    os.mkfifo(current)  # opening a FIFO for reading would block without O_NONBLOCK
+    assert "not a regular file" in (inspect_current(tmp_path).problem or "")
+    current.unlink()
+    current.mkdir()
+    assert "not a regular file" in (inspect_current(tmp_path).problem or "")
+
+
+def test_current_key_changes_when_current_is_replaced_even_with_the_same_text(
+    tmp_path: Path,
+) -> None:
+    from index.current import CURRENT, inspect_current
+
+    b.write_text_atomic(tmp_path / CURRENT, "x1\n")
+    first = inspect_current(tmp_path)
+    assert inspect_current(tmp_path) == first  # unchanged file, same key
+    b.write_text_atomic(tmp_path / CURRENT, "x1\n")  # a re-publish of the same id
+    again = inspect_current(tmp_path)
+    assert again.bundle_id == first.bundle_id == "x1" and again.key != first.key

@@ -251,3 +251,102 @@ def test_a_trained_bundle_builds_publishes_and_serves(
     items = b.load_array(bundle, manifest, b.ITEM_VECTORS)
     scores, _ = index.search(users[:5], 10)
     np.testing.assert_allclose(scores[:, 0], (users[:5] @ items.T).max(axis=1), rtol=1e-5)
+
+
+_DIE_AT_REPLACE = """
+import os, signal, sys
+from pathlib import Path
+from index.build import BuildOptions, build_index
+from index.publish import publish
+
+real_replace = os.replace
+def replace_or_die(src, dst, *args, **kwargs):
+    if Path(dst).name == sys.argv[3]:  # the temp file is written and fsynced: die now
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_replace(src, dst, *args, **kwargs)
+os.replace = replace_or_die
+if sys.argv[1] == "publish":
+    publish(Path(sys.argv[2]))
+else:
+    build_index(Path(sys.argv[2]), BuildOptions(kind="flat", sample_queries=20))
+"""
+
+
+def _die_at_replace(what: str, bundle: Path, target: str) -> None:
+    """Run a publish or a build of ``bundle`` in a child killed (SIGKILL) just before it
+    renames its temp file onto ``target``."""
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_DIE_AT_REPLACE), what, str(bundle), target],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+
+
+def _temps(directory: Path, name: str) -> list[str]:
+    return sorted(p.name for p in directory.glob(f".{name}.tmp-*"))
+
+
+@pytest.mark.parametrize("cleaner", ["publish", "retain"])
+def test_current_temp_files_of_a_killed_publish_are_removed_by_the_next(
+    tmp_path: Path, cleaner: str
+) -> None:
+    first, second = _bundle(tmp_path, 1), _bundle(tmp_path, 2)
+    publish(first)
+    _die_at_replace("publish", second, CURRENT)
+    _die_at_replace("publish", second, CURRENT)
+    leftovers = _temps(tmp_path, CURRENT)
+    assert len(leftovers) == 2  # what the crashes left behind
+    assert read_current(tmp_path) == first.name
+    if cleaner == "publish":
+        removed = publish(second)
+        assert read_current(tmp_path) == second.name
+    else:
+        removed = retain(tmp_path)
+    assert _temps(tmp_path, CURRENT) == []
+    assert sorted(p.name for p in removed) == leftovers
+
+
+def test_current_temp_files_are_left_alone_while_another_holds_the_root_lock(
+    tmp_path: Path,
+) -> None:
+    """Only the holder of the root's lock writes ``.CURRENT.tmp-*``: anyone else waits."""
+    import fcntl
+
+    bundle = _bundle(tmp_path, 1)
+    live = tmp_path / f".{CURRENT}.tmp-0123abcd"  # a publish in another process, mid-write
+    live.write_text("being written")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        for attempt in (lambda: publish(bundle), lambda: retain(tmp_path)):
+            with pytest.raises(b.BundleError, match="in progress elsewhere"):
+                attempt()
+            assert live.read_text() == "being written"
+    finally:
+        os.close(fd)
+    publish(bundle)
+    assert not live.exists()
+
+
+def test_publish_repairs_an_unreadable_current(tmp_path: Path) -> None:
+    bundle = _bundle(tmp_path, 1)
+    (tmp_path / CURRENT).write_bytes(b"\xff\n")
+    with pytest.raises(b.BundleError, match="not UTF-8"):
+        read_current(tmp_path)
+    publish(bundle)
+    assert read_current(tmp_path) == bundle.name
+
+
+def test_manifest_temp_files_of_a_killed_build_are_removed_by_the_next(tmp_path: Path) -> None:
+    bundle = _bundle(tmp_path, 1, built=False)
+    _die_at_replace("build", bundle, b.MANIFEST)
+    assert len(_temps(bundle, b.MANIFEST)) == 1
+    with pytest.raises(b.BundleError, match="no index"):
+        publish(bundle)  # index.faiss written, the manifest not: not publishable
+    build_index(bundle, FAST)
+    assert not [p.name for p in bundle.iterdir() if p.name.startswith(".")]
+    publish(bundle)
+    assert read_current(tmp_path) == bundle.name
