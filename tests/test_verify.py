@@ -367,3 +367,17 @@ def test_cli_publish_refuses_what_the_service_refuses(published_root: Path, root
     bundle = _set(b.USER_VECTORS, _put((0, 0), np.nan))(copy_bundle(published_root, root))
     assert cli.main(["publish", str(bundle)]) == 2
     assert not (root / CURRENT).exists()
+
+
+def test_cli_build_index_publish_refuses_what_the_service_refuses(
+    published_root: Path, root: Path
+) -> None:
+    """The build itself does not check ids; its --publish step does (duplicates here)."""
+    from service import cli
+
+    bundle = _set(b.ITEM_IDS, lambda a: np.r_[a[1], a[1:]])(copy_bundle(published_root, root))
+    assert cli.main(["build-index", str(bundle), "--kind", "flat", "--publish"]) == 2
+    assert b.read_manifest(bundle).index is not None  # built, but not published
+    assert not (root / CURRENT).exists()
+    with pytest.raises(b.BundleError, match="ids must be unique"):
+        ServingBundle.load(bundle)
