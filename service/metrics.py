@@ -34,7 +34,7 @@ from prometheus_client import (
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.metrics_dir import MULTIPROC_ENV
+from service.metrics_dir import MULTIPROC_ENV, process_alive
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware"]
 
@@ -52,21 +52,11 @@ def multiprocess_dir() -> Path | None:
     return Path(path)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _forget_dead_workers(path: Path) -> None:
     """Drop the live gauges of worker processes that are gone (exited or killed)."""
     pids = {int(m.group(1)) for f in os.listdir(path) if (m := _LIVE_GAUGE_FILE.match(f))}
     for pid in pids:
-        if not _alive(pid):
+        if not process_alive(pid):
             multiprocess.mark_process_dead(pid, str(path))  # type: ignore[no-untyped-call]
 
 

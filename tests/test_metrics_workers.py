@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,7 +26,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.metrics_dir import MULTIPROC_ENV, multiprocess_metrics_dir
+from service.metrics_dir import MULTIPROC_ENV, PREFIX, multiprocess_metrics_dir
 
 RECALL = Path(sys.executable).parent / "recall"  # the console script of this venv
 ROUTE = "/v1/model"
@@ -205,3 +206,36 @@ def test_without_a_dir_a_fresh_one_is_made_and_removed(
         assert os.environ[MULTIPROC_ENV] == str(path)
     assert not path.exists()
     assert MULTIPROC_ENV not in os.environ
+
+
+@pytest.mark.slow
+def test_sigterm_removes_the_dir_of_a_single_worker_server(
+    published_root: Path, tmp_path: Path
+) -> None:
+    """With one worker uvicorn re-raises SIGTERM after its shutdown, which skips
+    ``finally``: the directory must still go, and the process still die of SIGTERM."""
+    with recall_serve(published_root, tmp_path, workers=1) as (url, proc):
+        assert len(_metrics_dirs(tmp_path)) == 1
+        assert _bundle_workers(_scrape(url)) == 1
+    assert proc.returncode == -signal.SIGTERM
+    assert _metrics_dirs(tmp_path) == []
+
+
+def test_dirs_of_killed_servers_are_removed_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], **_OUT)
+    dead_dir = tmp_path / f"{PREFIX}{int(dead.stdout)}-abc"
+    live_dir = tmp_path / f"{PREFIX}{os.getpid()}-def"  # a server still running
+    for path in (dead_dir, live_dir):
+        path.mkdir()
+        (path / "counter_1.db").write_bytes(b"")
+    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    with multiprocess_metrics_dir() as path:
+        assert not dead_dir.exists() and live_dir.is_dir()
+        assert path.name.startswith(f"{PREFIX}{os.getpid()}-")
+
+
+_OUT: dict[str, Any] = {"capture_output": True, "text": True, "check": True, "timeout": 60}
