@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from index.build import BuildOptions, build_index
 from index.publish import publish as publish_bundle
+from service.app import create_app
+from service.recaller import ServingBundle
+from tests.live import live_server, settings
 from trainer.config import TrainConfig
 from trainer.data import Dataset, load_dataset
 from trainer.export import export_bundle
@@ -104,3 +108,15 @@ def published_root(make_bundle: BundleFactory, tmp_path_factory: pytest.TempPath
     root = tmp_path_factory.mktemp("published")
     make_bundle(root, "20260101T000000Z-aaaaaa", publish=True)
     return root
+
+
+@pytest.fixture(scope="module")
+def served(published_root: Path) -> Iterator[tuple[httpx.Client, ServingBundle]]:
+    """A live server on ``published_root`` (:func:`tests.live.settings`), a client of it,
+    and the bundle it serves (loaded here too, for expected values); one per test module."""
+    bundle = ServingBundle.load(published_root / (published_root / "CURRENT").read_text().strip())
+    with (
+        live_server(create_app(settings(published_root))) as url,
+        httpx.Client(base_url=url) as client,
+    ):
+        yield client, bundle

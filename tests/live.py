@@ -1,4 +1,5 @@
-"""A real uvicorn server on 127.0.0.1 for HTTP tests (an ephemeral port, in a thread)."""
+"""A real uvicorn server on 127.0.0.1 for HTTP tests (an ephemeral port, in a thread), and
+the service settings those tests use."""
 
 from __future__ import annotations
 
@@ -7,9 +8,30 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
+
+from service.settings import Settings
+
+TOKEN = "s3cret-admin-token-for-tests"
+
+
+def settings(root: Path, **overrides: object) -> Settings:
+    """Small limits (so tests reach them cheaply), no polling, admin token :data:`TOKEN`."""
+    values: dict[str, object] = {
+        "root": root,
+        "max_k": 200,
+        "max_batch": 8,
+        "max_vector_ids": 50,
+        "max_body_bytes": 8192,
+        "max_history": 300,
+        "reload_interval_s": 0,
+        "admin_token": TOKEN,
+    }
+    values.update(overrides)
+    return Settings.model_validate(values)
 
 
 @contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -15,36 +15,8 @@ import pytest
 from index import bundle as b
 from service.app import create_app
 from service.recaller import RecallQuery, ServingBundle, recall
-from service.settings import Settings
 from tests.conftest import BundleFactory
-from tests.live import live_server
-
-TOKEN = "s3cret-admin-token-for-tests"
-
-
-def settings(root: Path, **overrides: object) -> Settings:
-    values: dict[str, object] = {
-        "root": root,
-        "max_k": 200,
-        "max_batch": 8,
-        "max_vector_ids": 50,
-        "max_body_bytes": 8192,
-        "max_history": 300,
-        "reload_interval_s": 0,
-        "admin_token": TOKEN,
-    }
-    values.update(overrides)
-    return Settings.model_validate(values)
-
-
-@pytest.fixture(scope="module")
-def served(published_root: Path) -> Iterator[tuple[httpx.Client, ServingBundle]]:
-    bundle = ServingBundle.load(published_root / (published_root / "CURRENT").read_text().strip())
-    with (
-        live_server(create_app(settings(published_root))) as url,
-        httpx.Client(base_url=url) as client,
-    ):
-        yield client, bundle
+from tests.live import TOKEN, live_server, settings
 
 
 def test_health_ready_model_and_metrics(served: tuple[httpx.Client, ServingBundle]) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +14,10 @@ import pytest
 from service import recaller as core
 from service.app import create_app
 from service.recaller import ServingBundle
-from tests.live import live_server
-from tests.test_http import settings
+from tests.live import live_server, settings
 
 JSON = {"content-type": "application/json"}
 KNOWN = ("gender (categorical)", "country (categorical)", "age (numeric)")
-
-
-@pytest.fixture(scope="module")
-def served(published_root: Path) -> Iterator[tuple[httpx.Client, ServingBundle]]:
-    bundle = ServingBundle.load(published_root / (published_root / "CURRENT").read_text().strip())
-    with (
-        live_server(create_app(settings(published_root))) as url,
-        httpx.Client(base_url=url) as client,
-    ):
-        yield client, bundle
 
 
 def _error(response: httpx.Response, status: int, code: str) -> str:

@@ -24,10 +24,9 @@ from index.current import CURRENT
 from service.app import create_app
 from service.recaller import ServingBundle
 from service.settings import Settings
-from tests.live import live_server
+from tests.live import TOKEN, live_server
 from tests.test_verify import OTHER_ID, copy_bundle, resign
 
-TOKEN = "s3cret-admin-token-for-tests"
 GOOD = "20260101T000000Z-aaaaaa"  # the id of the published test bundle
 POLL_S = 0.05
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
