@@ -10,7 +10,7 @@ generator; ~13 ms, barely faster than Flat). The fast-ANN regime is the one wher
 layer's cost shows, so it is the honest test of the service.
 
 Around the vectors this module writes every trainer file of the bundle contract
-(:data:`index.bundle.TRAINER_FILES`):
+(:data:`index.bundle.TRAINER_FILES_V1`: a schema_version 1 bundle):
 
 - ``user_seen``: each user has seen ~30 items (log-normal count, 5..200), drawn by
   popularity, so ``exclude_seen`` (on by default) removes items that do rank high;

@@ -1,10 +1,12 @@
-"""The bundle contract (schema_version 1): layout, manifest, atomic writes, verified reads.
+"""The bundle contract (schema_version 1 and 2): layout, manifest, atomic writes, verified reads.
 
 A bundle is a directory of plain ``.npy``/``.npz`` arrays plus ``manifest.json``, which
-records the sha256 and size of every file. Writers stage everything under
-``<root>/.staging-<id>/`` and rename the finished directory into place, so a reader never
-sees half a bundle. Readers verify sizes and checksums before trusting a file. Nothing is
-ever pickled.
+records the sha256 and size of every file. schema_version 2 adds ``user_history.npz``
+(each user's training window and encoded features, :mod:`index.history`) and the
+manifest's ``trained_until``; a bundle is version 2 exactly when it has that file.
+Writers stage everything under ``<root>/.staging-<id>/`` and rename the finished
+directory into place, so a reader never sees half a bundle. Readers verify sizes and
+checksums before trusting a file. Nothing is ever pickled.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +36,10 @@ USER_VECTORS = "user_vectors.npy"
 USER_SEEN = "user_seen.npz"
 USER_TOWER = "user_tower.npz"
 ITEM_POPULARITY = "item_popularity.npy"
+USER_HISTORY = "user_history.npz"
 INDEX = "index.faiss"
 
-TRAINER_FILES = (
+TRAINER_FILES_V1 = (
     ITEM_IDS,
     ITEM_VECTORS,
     USER_IDS,
@@ -45,6 +48,10 @@ TRAINER_FILES = (
     USER_TOWER,
     ITEM_POPULARITY,
 )
+"""Every file the trainer writes into a schema_version 1 bundle."""
+
+TRAINER_FILES = (*TRAINER_FILES_V1, USER_HISTORY)
+"""Every file the trainer writes (schema_version 2)."""
 
 _HASH_CHUNK = 1 << 20
 
@@ -74,7 +81,7 @@ class Manifest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     format: Literal["recall-bundle"] = "recall-bundle"
-    schema_version: Literal[1] = 1
+    schema_version: Literal[1, 2] = 1
     id: str
     created_at: datetime
     dim: int = Field(ge=2, description="vector width, bias coordinate included")
@@ -83,6 +90,24 @@ class Manifest(BaseModel):
     files: dict[str, FileEntry]
     trainer: dict[str, Any] = Field(default_factory=dict)
     index: dict[str, Any] | None = None
+    trained_until: float | None = Field(
+        default=None,
+        allow_inf_nan=False,
+        description="unix seconds: the largest timestamp of the training input data "
+        "(schema_version 2; events after it are fresh)",
+    )
+
+    @model_validator(mode="after")
+    def _version_fields(self) -> Manifest:
+        """Version 2 has ``trained_until`` and ``user_history.npz``; version 1 neither."""
+        v2 = self.trained_until is not None or USER_HISTORY in self.files
+        if self.schema_version == 2 and not (
+            self.trained_until is not None and USER_HISTORY in self.files
+        ):
+            raise ValueError(f"schema_version 2 needs trained_until and {USER_HISTORY}")
+        if self.schema_version == 1 and v2:
+            raise ValueError(f"schema_version 1 has neither trained_until nor {USER_HISTORY}")
+        return self
 
 
 def new_bundle_id(now: datetime | None = None) -> str:
@@ -159,10 +184,13 @@ def write_bundle(
     dim: int,
     counts: Counts,
     trainer: Mapping[str, Any],
+    trained_until: float | None = None,
 ) -> Path:
     """Write a new bundle atomically and return its final directory ``root/bundle_id``.
 
     ``arrays`` maps file names (``*.npy`` or ``*.npz``) to an array or a mapping of arrays.
+    With :data:`USER_HISTORY` among them (and ``trained_until``, unix seconds) the bundle is
+    schema_version 2, else 1.
     Files are written and fsynced under ``root/.staging-<id>/``, the manifest last, then
     the directory is renamed into place. On any failure the staging directory is removed
     and nothing appears under ``root/<id>``.
@@ -183,6 +211,8 @@ def write_bundle(
             counts=counts,
             files={name: file_entry(staging / name) for name in sorted(arrays)},
             trainer=dict(trainer),
+            schema_version=2 if USER_HISTORY in arrays else 1,
+            trained_until=trained_until,
         )
         write_json_atomic(staging / MANIFEST, manifest.model_dump_json(indent=2))
         fsync_path(staging)

@@ -304,23 +304,60 @@ class UserTower:
         """Folded serving vectors ``[u, 1]`` for item-row histories, shape (B, dim + 1).
 
         Each history is a 1-D array of item rows in time order (oldest first); only the
-        last ``history_length`` count. Example age is 0, as at serving time. Raises
+        last ``history_length`` count. Raw feature values go through
+        :meth:`TowerSpec.encode_features`; then as :meth:`encode_encoded`. Raises
         :class:`FeatureError` if a feature value leaves float32, or the features drive a
         vector out of float32 range (it is never NaN or Inf).
         """
         n = len(histories)
         if features is not None and len(features) != n:
             raise ValueError("features must have one entry per history")
+        categorical = np.zeros((n, len(self.spec.categorical)), dtype=np.int64)
+        numeric = np.zeros((n, len(self.spec.numeric)), dtype=np.float32)
+        for row, values in enumerate(features or ()):
+            categorical[row], numeric[row] = self.spec.encode_features(values)
+        return self.encode_encoded(histories, categorical, numeric)
+
+    def encode_encoded(
+        self, histories: Sequence[np.ndarray], categorical: np.ndarray, numeric: np.ndarray
+    ) -> np.ndarray:
+        """Folded serving vectors ``[u, 1]`` (B, dim + 1) from already-encoded features.
+
+        histories: B 1-D arrays of item rows, oldest first (the last ``history_length``
+        count); categorical: (B, n_categorical) int64 embedding rows (0 = unknown);
+        numeric: (B, n_numeric) float32, standardized (0 = missing) -- the arrays of
+        :class:`~index.history.UserHistory`. Example age is 0, as at serving time. Raises
+        :class:`ValueError` for item or category rows out of range or wrong shapes, and
+        :class:`FeatureError` if the result would not be finite.
+        """
+        n = len(histories)
+        categorical = np.asarray(categorical)
+        numeric = np.asarray(numeric, dtype=np.float32)
+        if (
+            categorical.shape != (n, len(self.spec.categorical))
+            or categorical.dtype.kind not in "iu"
+        ):
+            raise ValueError(
+                f"categorical must be integer rows of shape {(n, len(self.spec.categorical))}, "
+                f"got {categorical.dtype} {categorical.shape}"
+            )
+        if numeric.shape != (n, len(self.spec.numeric)):
+            raise ValueError(
+                f"numeric must have shape {(n, len(self.spec.numeric))}, got {numeric.shape}"
+            )
+        for j, table in enumerate(self.categorical):
+            column = categorical[:, j]
+            if column.size and (column.min() < 0 or column.max() >= len(table)):
+                raise ValueError(f"categorical rows of feature {j} out of range [0, {len(table)})")
         for history in histories:
             h = np.asarray(history)
             if h.size and (h.min() < 0 or h.max() >= self.spec.n_items):
                 raise ValueError("history holds item rows out of range")
         history, mask = pad_histories(histories, self.spec.history_length)
-        encoded = [self.spec.encode_features(f) for f in (features or [None] * n)]
-        categorical = np.stack([c for c, _ in encoded]) if n else np.zeros((0, 0), np.int64)
-        numeric = np.stack([x for _, x in encoded]) if n else np.zeros((0, 0), np.float32)
         with np.errstate(over="ignore", invalid="ignore"):  # checked just below
-            u = self.forward(history, mask, categorical, numeric, np.zeros(n, dtype=np.float32))
+            u = self.forward(
+                history, mask, categorical.astype(np.int64), numeric, np.zeros(n, np.float32)
+            )
         if not np.isfinite(u).all():
             raise FeatureError("the features drive the user vector out of float32 range")
         return fold_user(u)

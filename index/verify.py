@@ -15,6 +15,10 @@ every replica loads, and the other way round. The rules:
   starts at 0, never decreases, ends at ``len(indices)``; indices are item rows in
   ``[0, n_items)``;
 - ``user_tower``: a valid tower whose width is ``dim - 1`` and whose catalog is n_items;
+- ``user_history`` (schema_version 2, which has it and ``trained_until``; version 1 has
+  neither): :meth:`index.history.UserHistory.from_arrays` (shapes vs counts, CSR, windows
+  no longer than the tower's ``history_length``, item rows in range, timestamps finite,
+  in time order and <= ``trained_until``, features within the tower's vocabularies);
 - ``index.faiss`` loads with the manifest's width and holds n_items vectors.
 
 Any failure raises :class:`~index.bundle.BundleError` naming the first problem. Its text
@@ -33,6 +37,7 @@ import numpy.typing as npt
 
 from index import bundle as b
 from index.current import BUNDLE_ID
+from index.history import UserHistory
 from index.ids import IdMap
 from index.search import ItemIndex, check_vectors
 from index.tower import UserTower
@@ -56,6 +61,8 @@ class VerifiedBundle:
     tower: UserTower
     popularity: npt.NDArray[np.float32]  # (n_items,) training interactions per item
     index: ItemIndex  # holds item_vectors (n_items, dim) float32 as ``index.items``
+    history: UserHistory | None  # schema_version 2: each user's training window + features
+    trained_until: float | None  # schema_version 2: unix seconds, the training data's last
 
 
 def verify_bundle(bundle: Path) -> VerifiedBundle:
@@ -82,6 +89,7 @@ def verify_bundle(bundle: Path) -> VerifiedBundle:
     check_vectors(bundle, b.USER_VECTORS, user_vectors, n_users, dim)
     indptr, indices = _seen(bundle, manifest, n_users, n_items)
     tower = _tower(bundle, manifest)
+    history = _history(bundle, manifest, tower)
     index = ItemIndex.load(bundle, manifest)  # item vectors + index.faiss, all checked
     return VerifiedBundle(
         path=bundle,
@@ -94,6 +102,8 @@ def verify_bundle(bundle: Path) -> VerifiedBundle:
         tower=tower,
         popularity=popularity,
         index=index,
+        history=history,
+        trained_until=manifest.trained_until,
     )
 
 
@@ -157,3 +167,22 @@ def _tower(bundle: Path, manifest: b.Manifest) -> UserTower:
             f"{manifest.counts.items} items)"
         )
     return tower
+
+
+def _history(bundle: Path, manifest: b.Manifest, tower: UserTower) -> UserHistory | None:
+    """``user_history.npz`` of a schema_version 2 bundle, checked; None for version 1."""
+    if manifest.schema_version == 1:
+        return None
+    if manifest.trained_until is None:  # the manifest model refuses this already
+        raise b.BundleError(f"{bundle}: schema_version 2 without trained_until")
+    arrays = b.load_arrays(bundle, manifest, b.USER_HISTORY)
+    try:
+        return UserHistory.from_arrays(
+            arrays,
+            n_users=manifest.counts.users,
+            n_items=manifest.counts.items,
+            spec=tower.spec,
+            trained_until=manifest.trained_until,
+        )
+    except ValueError as e:
+        raise b.BundleError(f"{bundle}: {b.USER_HISTORY}: {e}") from None

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from index import bundle as b
+from index.history import UserHistory
 from index.ids import IdMap
 from index.search import ItemIndex
 from index.tower import FLOAT32_MAX, FeatureError, FeatureValue, UserTower
@@ -81,6 +82,8 @@ class ServingBundle:
     popular_rows: np.ndarray  # (n_items,) item rows, most popular first
     popularity: np.ndarray  # (n_items,) float32 training interactions per item
     index: ItemIndex
+    history: UserHistory | None = None  # schema_version 2: training windows + features
+    trained_until: float | None = None  # schema_version 2: unix seconds; later events are fresh
 
     @property
     def dim(self) -> int:
@@ -112,6 +115,8 @@ class ServingBundle:
             popular_rows=np.argsort(-v.popularity, kind="stable"),
             popularity=v.popularity,
             index=v.index,
+            history=v.history,
+            trained_until=v.trained_until,
         )
         bundle.warm_up()
         logger.info(

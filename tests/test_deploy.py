@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import redis as redis_py
 import yaml
 
 from service.client import Query, RecallClient, RecallError
@@ -122,6 +123,67 @@ def test_compose_runs_what_this_test_runs() -> None:
         assert spec["deploy"]["resources"]["limits"]["memory"], name
         assert any(t.startswith("/tmp:") for t in spec["tmpfs"]), name
     assert "USER 10001:10001" in (DOCKER / "Dockerfile.service").read_text()
+
+
+def test_compose_redis_state() -> None:
+    """The replicas and the trainer job share one Redis: pinned, AOF everysec on a named
+    volume, healthy before they start, non-root, unpublished."""
+    compose = _compose()
+    services = compose["services"]
+    redis = services["redis"]
+    assert re.fullmatch(r"redis:\d+\.\d+(\.\d+)?-alpine", redis["image"]), redis["image"]
+    assert redis["user"] == "999:1000"  # the image's `redis` user, owner of /data
+    command = redis["command"]
+    assert command[0] == "redis-server"
+    flags = dict(zip(command[1::2], command[2::2], strict=True))
+    assert flags["--appendonly"] == "yes" and flags["--appendfsync"] == "everysec"
+    assert flags["--dir"] == "/data" and flags["--maxmemory-policy"] == "noeviction"
+    assert "redis:/data" in redis["volumes"] and "redis" in compose["volumes"]
+    assert "ports" not in redis
+    assert "redis-cli ping" in " ".join(redis["healthcheck"]["test"])
+    for name in ("service", "trainer"):
+        spec = services[name]
+        assert spec["environment"]["RECALL_STATE_URL"] == "redis://redis:6379/0", name
+        assert spec["depends_on"]["redis"]["condition"] == "service_healthy", name
+
+
+def test_redis_runs_the_compose_command(tmp_path: Path) -> None:
+    """The compose `redis` command line runs (Debian's redis-server) and writes its AOF
+    into --dir."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.fail("redis-server is not installed: apt-get install -y redis-server (.ci/run)")
+    command = [
+        str(a).replace("${REDIS_MAXMEMORY:-768mb}", "64mb")
+        for a in _compose()["services"]["redis"]["command"]
+    ]
+    flags = dict(zip(command[1::2], command[2::2], strict=True))
+    data = tmp_path / "data"
+    data.mkdir()
+    flags.update({"--dir": str(data), "--port": str(_free_port()), "--bind": "127.0.0.1"})
+    argv = [server, *[x for kv in flags.items() for x in kv], "--save", ""]
+    log_path = tmp_path / "redis.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        client = redis_py.Redis(port=int(flags["--port"]), socket_timeout=5)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client.ping()
+                break
+            except redis_py.ConnectionError:
+                assert proc.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+        assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        client.set("k", "v")
+        client.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert any(p.name.startswith("appendonly") for p in data.iterdir()), list(data.iterdir())
     service_image = (DOCKER / "Dockerfile.service").read_text()
     assert not re.search(r"pip install[^\n]*(torch|\[train)", service_image)
 
@@ -165,6 +227,118 @@ def test_rendered_nginx_conf_is_valid(tmp_path: Path) -> None:
         timeout=30,
     )
     assert done.returncode == 0, done.stderr
+
+
+class _Upstream:
+    """A stand-in replica for the retry test, on an ephemeral 127.0.0.1 port, in a thread.
+
+    ``answer=False``: it reads each request whole and closes the connection without an
+    answer, as a replica that dies while handling it (it may have stored the events).
+    ``answer=True``: it answers 200 ``{}``. Either way it records each request's path."""
+
+    def __init__(self, answer: bool) -> None:
+        self.answer = answer
+        self.paths: list[str] = []
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(10)
+            buf = b""
+            try:
+                while True:  # keep-alive: one request after another
+                    while b"\r\n\r\n" not in buf:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            return
+                        buf += chunk
+                    head, _, buf = buf.partition(b"\r\n\r\n")
+                    lines = head.decode("latin-1").split("\r\n")
+                    length = next(
+                        (
+                            int(h.split(":", 1)[1])
+                            for h in lines
+                            if h.lower().startswith("content-length:")
+                        ),
+                        0,
+                    )
+                    while len(buf) < length:
+                        buf += conn.recv(65536)
+                    buf = buf[length:]
+                    self.paths.append(lines[0].split(" ")[1])
+                    if not self.answer:
+                        return  # closed without an answer
+                    conn.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 2\r\n\r\n{}"
+                    )
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_nginx_never_replays_an_event_batch(tmp_path: Path, processes: Processes) -> None:
+    """A replica that fails after it got POST /v1/events may have stored the batch: nginx
+    must not send it to another replica (the client gets 503 and decides), while reads
+    (POST /v1/recall) that fail on one replica are retried on the other."""
+    nginx = _nginx_binary()
+    dying, healthy = _Upstream(answer=False), _Upstream(answer=True)
+    try:
+        prefix = tmp_path / "nginx"
+        prefix.mkdir()
+        lb_port = _free_port()
+        conf = prefix / "nginx.conf"
+        conf.write_text(
+            render_nginx_conf([dying.address, healthy.address], f"127.0.0.1:{lb_port}", prefix)
+        )
+        lb = f"http://127.0.0.1:{lb_port}"
+        proc = processes.start("nginx", [nginx, "-c", str(conf), "-p", f"{prefix}/"], {})
+        body = {"events": [{"user_id": 1, "item_id": 2}]}
+        deadline = time.monotonic() + 30
+        statuses: list[int] = []
+        # Until the dying replica got one batch (round robin: within the first two).
+        while "/v1/events" not in dying.paths:
+            assert time.monotonic() < deadline, "nginx sent no batch to the dying replica"
+            assert proc.poll() is None, "nginx exited"
+            try:
+                statuses.append(httpx.post(f"{lb}/v1/events", json=body, timeout=10).status_code)
+            except httpx.TransportError:
+                time.sleep(0.05)  # nginx still starting
+        answered = [s for s in statuses if s == 200]
+        assert healthy.paths.count("/v1/events") == len(answered)
+        # each batch reached exactly one replica: none was stored twice
+        assert dying.paths.count("/v1/events") + len(answered) == len(statuses)
+        assert statuses.count(503) == dying.paths.count("/v1/events") == 1, statuses
+        failed = httpx.post(f"{lb}/v1/events", json=body, timeout=10)
+        assert failed.status_code in (200, 503)
+        if failed.status_code == 503:
+            assert failed.json()["error"]["code"] == "no_replica"
+
+        # Reads: the dying replica gets one (its 2nd failure; max_fails=2), nginx retries it.
+        before = dying.paths.count("/v1/recall")
+        for _ in range(4):
+            response = httpx.post(f"{lb}/v1/recall", json={"user_id": 1, "k": 5}, timeout=10)
+            assert response.status_code == 200, response.text
+        assert dying.paths.count("/v1/recall") > before
+    finally:
+        dying.close()
+        healthy.close()
 
 
 # -- the slow test: trainer job, two replicas, nginx, a retrain under traffic ------------

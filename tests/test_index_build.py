@@ -98,7 +98,7 @@ def test_index_section_records_build_facts(
     assert entry.sha256 == b.sha256_of(bundle / b.INDEX)
     # the trainer's files and metadata are untouched
     assert {n: e for n, e in manifest.files.items() if n != b.INDEX} == {
-        n: b.file_entry(bundle / n) for n in b.TRAINER_FILES
+        n: b.file_entry(bundle / n) for n in b.TRAINER_FILES_V1
     }
     assert manifest.trainer == {"source": "tests.index_data"}
     assert not [p.name for p in bundle.iterdir() if p.name.startswith(".")]

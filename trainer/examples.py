@@ -78,3 +78,16 @@ def full_histories(split: Split, history_length: int) -> Histories:
         ends=split.train_indptr[1:].copy(),
         hist_lens=np.minimum(lengths, history_length),
     )
+
+
+def window_positions(hist: Histories) -> tuple[np.ndarray, np.ndarray]:
+    """The windows of :func:`full_histories` as CSR over positions in ``Split.train_items``:
+    ``(indptr (n_users + 1,) int64, positions (nnz,) int64)``, each user's oldest first."""
+    lengths = hist.hist_lens.astype(np.int64)
+    indptr = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    starts = hist.ends.astype(np.int64) - lengths
+    positions = np.arange(int(indptr[-1]), dtype=np.int64) + np.repeat(
+        starts - indptr[:-1], lengths
+    )
+    return indptr, positions

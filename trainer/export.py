@@ -1,4 +1,4 @@
-"""Export a trained model as a bundle (DESIGN.md, schema_version 1; no index yet)."""
+"""Export a trained model as a bundle (schema_version 2; no index yet)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import numpy as np
 import torch
 
 from index import bundle as b
+from index.history import UserHistory
 from index.tower import fold_user
 from trainer.config import TrainConfig
 from trainer.data import Dataset
-from trainer.train import DeviceData, Trained, user_vectors
+from trainer.examples import window_positions
+from trainer.train import DeviceData, Prepared, Trained, user_vectors
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +37,27 @@ def bundle_arrays(
         b.USER_SEEN: {"indptr": seen_indptr, "indices": seen_items},
         b.USER_TOWER: model.tower_arrays(),
         b.ITEM_POPULARITY: prepared.item_counts,
+        b.USER_HISTORY: user_history(prepared).arrays(),
     }
+
+
+def user_history(prepared: Prepared) -> UserHistory:
+    """Each user's window (the training items the user vector is computed from, with their
+    timestamps) and encoded features: the contents of ``user_history.npz``."""
+    split = prepared.split
+    indptr, positions = window_positions(prepared.histories)
+    return UserHistory(
+        indptr=indptr,
+        items=split.train_items[positions].astype(np.int32),
+        timestamps=split.train_times[positions].astype(np.float64),
+        categorical=prepared.users.categorical.astype(np.int64),
+        numeric=prepared.users.numeric.astype(np.float32),
+    )
+
+
+def trained_until(dataset: Dataset) -> float:
+    """The largest timestamp of the training input (unix seconds): later events are fresh."""
+    return float(dataset.timestamps.max(initial=-np.inf))
 
 
 def export_bundle(
@@ -63,4 +85,5 @@ def export_bundle(
             "data": str(dataset.source),
             "torch": torch.__version__,
         },
+        trained_until=trained_until(dataset),
     )
