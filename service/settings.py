@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.state import check_url, sqlite_url
 
 MIN_ADMIN_TOKEN_LENGTH = 16
 PLACEHOLDER_PREFIXES = ("changeme", "replaceme", "yourtoken", "yoursecret", "placeholder")
 """Tokens that start like these (case, ``-`` and ``_`` ignored) are examples, not secrets."""
+STATE_FILE = Path(".state/events.sqlite")
+"""The default state store, under the bundle root."""
 
 
 class Settings(BaseSettings):
@@ -33,6 +38,16 @@ class Settings(BaseSettings):
     reload_interval_s: float = Field(5.0, ge=0, description="CURRENT poll period; 0 = off")
     search_threads: int = Field(4, ge=1, le=256, description="threads running FAISS")
     admin_token: SecretStr | None = Field(None, description="unset = admin API disabled")
+    # Online state (service/state, docs/state.md). The default lives beside the bundles, in
+    # a dot directory that bundle retention ignores.
+    state_url: str = Field(
+        "", description="sqlite:///path or redis://host:port/db; default <root>/.state/"
+    )
+    state_timeout_s: float = Field(0.05, gt=0, le=10, description="bound on a store read")
+    state_window: int = Field(50, ge=1, le=10_000, description="interactions kept per user")
+    shown_ttl_s: float = Field(3600, gt=0, description="impressions excluded this long")
+    events_retention_s: float = Field(30 * 86400, gt=0, description="retraining log kept")
+    max_events: int = Field(1000, ge=1, le=100_000, description="most events per POST")
 
     @field_validator("admin_token")
     @classmethod
@@ -41,6 +56,21 @@ class Settings(BaseSettings):
             return None
         check_admin_token(token.get_secret_value())
         return token
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_state_url(cls, data: Any) -> Any:
+        """Unset (or empty) ``state_url``: the SQLite file ``<root>/.state/events.sqlite``."""
+        if isinstance(data, dict) and not data.get("state_url") and data.get("root"):
+            data = {**data, "state_url": sqlite_url(Path(data["root"]) / STATE_FILE)}
+        return data
+
+    @field_validator("state_url")
+    @classmethod
+    def _known_state_url(cls, url: str) -> str:
+        if url:  # empty only when root is missing too, which is reported on its own
+            check_url(url)  # ValueError naming the URLs that work, never quoting this one
+        return url
 
 
 class SettingsError(ValueError):

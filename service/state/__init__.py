@@ -1,0 +1,97 @@
+"""Online state: events since the bundle, behind one interface chosen by URL.
+
+    sqlite:///abs/path/events.sqlite   embedded (stdlib sqlite3, WAL): one replica's workers
+    sqlite:relative/path.sqlite        the same, relative to the working directory
+    redis://host:port/db               Redis (``rediss://`` with TLS): several replicas
+
+``open_store`` connects lazily: nothing is opened until the first call (``ping`` at
+startup surfaces a bad path or an unreachable server).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from service.state.base import (
+    DEFAULT_WRITE_TIMEOUT_S,
+    Event,
+    EventType,
+    Id,
+    StateStore,
+    StateUnavailable,
+)
+
+__all__ = [
+    "Event",
+    "EventType",
+    "Id",
+    "StateStore",
+    "StateUnavailable",
+    "check_url",
+    "open_store",
+    "sqlite_url",
+]
+
+SCHEMES = ("sqlite", "redis", "rediss")
+
+
+def check_url(url: str) -> str:
+    """The backend of ``url`` (``"sqlite"`` or ``"redis"``), or ValueError saying which URLs
+    work. The message never quotes the URL (a Redis URL may hold a password)."""
+    scheme, sep, rest = url.partition(":")
+    if not sep or scheme.lower() not in SCHEMES:
+        raise ValueError(
+            "unsupported state URL scheme: use sqlite:///abs/path/events.sqlite, "
+            "sqlite:relative/path.sqlite or redis://host:port/db"
+        )
+    if scheme.lower() == "sqlite":
+        _sqlite_path(url)
+        return "sqlite"
+    if not rest.startswith("//") or len(rest) <= 2:
+        raise ValueError("a Redis state URL looks like redis://host:port/db")
+    return "redis"
+
+
+def sqlite_url(path: Path) -> str:
+    """The ``sqlite://`` URL of ``path`` (made absolute)."""
+    return "sqlite://" + str(path.absolute())
+
+
+def _sqlite_path(url: str) -> Path:
+    rest = url.partition(":")[2]
+    if rest.startswith("//"):  # sqlite:///abs/path: an empty host, then the path
+        rest = rest[2:]
+        if not rest.startswith("/"):
+            raise ValueError("a SQLite state URL is sqlite:///abs/path or sqlite:relative/path")
+    if not rest or rest.endswith("/") or "?" in rest:
+        raise ValueError("a SQLite state URL names a file: sqlite:///abs/path/events.sqlite")
+    return Path(rest)
+
+
+def open_store(
+    url: str,
+    *,
+    window: int = 50,
+    shown_ttl_s: float = 3600,
+    retention_s: float = 30 * 86400,
+    timeout_s: float = 0.05,
+    write_timeout_s: float = DEFAULT_WRITE_TIMEOUT_S,
+) -> StateStore:
+    """The store at ``url``: per user the last ``window`` interactions, impressions for
+    ``shown_ttl_s`` and the retraining log for ``retention_s`` (seconds, wall clock). Reads
+    are bounded by ``timeout_s``, writes by ``write_timeout_s``."""
+    if window < 1 or shown_ttl_s <= 0 or retention_s <= 0 or timeout_s <= 0:
+        raise ValueError("window, shown_ttl_s, retention_s and timeout_s must be positive")
+    write_timeout_s = max(write_timeout_s, timeout_s)
+    if check_url(url) == "sqlite":
+        from service.state.sqlite import SQLiteStore
+
+        return SQLiteStore(
+            _sqlite_path(url),
+            window=window,
+            shown_ttl_s=shown_ttl_s,
+            retention_s=retention_s,
+            timeout_s=timeout_s,
+            write_timeout_s=write_timeout_s,
+        )
+    raise ValueError("the Redis state store is not implemented yet")

@@ -1,0 +1,105 @@
+"""The state store's contract: what happened since the bundle was trained.
+
+One small interface (:class:`StateStore`), two backends chosen by URL (``sqlite:`` embedded,
+``redis://`` shared by replicas). Every call is a batch; the only error a caller must handle
+for store trouble (down, slow, locked, full disk) is :class:`StateUnavailable`. Bad
+arguments (an id that is neither int nor str, a non-finite timestamp) raise
+``TypeError``/``ValueError``: those are bugs of the caller, not store trouble.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, SupportsIndex
+
+Id = int | str
+"""An external id exactly as the bundle types it (int64 or str); kept across the store."""
+
+EventType = Literal["interaction", "impression"]
+EVENT_TYPES: tuple[EventType, ...] = ("interaction", "impression")
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+DEFAULT_WRITE_TIMEOUT_S = 1.0
+"""Bound on a write (``add``), ``ping`` and each page of ``export``: a write waits for the
+disk (SQLite's fsync, another worker's write lock) and a refused write costs the client a
+retry, so it gets longer than the read bound ``timeout_s`` that guards recall latency."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One thing a user did: ``timestamp`` in unix seconds."""
+
+    user_id: Id
+    item_id: Id
+    timestamp: float
+    type: EventType = "interaction"
+
+
+class StateUnavailable(Exception):
+    """The store is down, slow (past its timeout) or refused the call: the one store error."""
+
+
+class StateStore(Protocol):
+    """Events since the bundle: per-user recent interactions, impressions, a retraining log."""
+
+    async def add(self, events: Sequence[Event]) -> None:
+        """Store ``events``; durable when this returns (SQLite: committed and fsynced; Redis:
+        per the server's AOF policy). Bounded by the write timeout. A call that raised may
+        still have stored its events (the write finished after the deadline)."""
+        ...
+
+    async def recent(self, user_ids: Sequence[Id], after: float) -> list[list[tuple[Id, float]]]:
+        """Per user (same order): interactions with timestamp > ``after`` (``-math.inf``: all),
+        oldest first, at most the last ``window`` of them, as ``(item_id, timestamp)``.
+        Exact duplicates (same user, item and timestamp) count once. Bounded by ``timeout_s``."""
+        ...
+
+    async def shown(self, user_ids: Sequence[Id], since: float) -> list[list[Id]]:
+        """Per user (same order): distinct item ids of impressions with timestamp >= ``since``,
+        oldest first (an item's latest impression counts). Bounded by ``timeout_s``.
+        Impressions older than ``shown_ttl_s`` (wall clock) are dropped by the store."""
+        ...
+
+    def export(self, since: float | None = None) -> AsyncIterator[Event]:
+        """The retraining log (interactions and impressions, every event, duplicates too) in
+        the order the store received them (time order for live events; a replay keeps its
+        arrival order), only events with timestamp >= ``since`` when given. Holds what
+        arrived within ``retention_s`` (wall clock)."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise StateUnavailable unless the store answers (SQLite: creates the file)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and threads; later calls raise StateUnavailable."""
+        ...
+
+
+def check_id(value: object) -> Id:
+    """``value`` as a store id: str as is, an integer (numpy's too) as a Python int64."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        raise TypeError("an id is an int or a str, not a bool")
+    if not isinstance(value, SupportsIndex):  # int, numpy's ints; not float
+        raise TypeError(f"an id is an int or a str, not {type(value).__name__}")
+    number = operator.index(value)
+    if not INT64_MIN <= number <= INT64_MAX:
+        raise ValueError(f"int id {number} is outside int64")
+    return number
+
+
+def check_event(event: Event) -> tuple[Id, Id, float, EventType]:
+    """``(user_id, item_id, timestamp, type)`` checked: ids by :func:`check_id`, a finite
+    float timestamp, a known type."""
+    timestamp = float(event.timestamp)
+    if not math.isfinite(timestamp):
+        raise ValueError(f"timestamp {timestamp} is not finite")
+    if event.type not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {event.type!r}")
+    return check_id(event.user_id), check_id(event.item_id), timestamp, event.type

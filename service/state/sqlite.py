@@ -1,0 +1,271 @@
+"""The embedded state store: one SQLite file (stdlib ``sqlite3``), shared by the workers of
+one replica.
+
+WAL (readers never wait for the writer) and ``synchronous=FULL``: ``add`` returns after the
+commit is fsynced, so an acknowledged event survives a crash of the process or the machine.
+Calls run on a small thread pool with one connection per thread; each waits at most its
+bound (``asyncio.wait_for``), and a write waits for another process's write lock at most
+``write_timeout_s`` (``busy_timeout``). Ids are stored in columns without a declared type,
+so SQLite keeps each value's storage class: an int comes back an int, ``"7"`` a str.
+
+Tables::
+
+    recent(user, ts, item)                 interactions, the last `window` per user
+    shown(user, item, ts)                  impressions, one row per (user, item): latest ts
+    log(seq, received, ts, kind, user, item)   every event, `retention_s` after arrival
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
+
+from service.state.base import Event, EventType, Id, StateUnavailable, check_event, check_id
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+THREADS = 4
+TRIM_EVERY_S = 10.0
+"""How often (per process) a write also drops expired log rows and impressions."""
+TRIM_CHUNK = 10_000
+"""Most log rows one write drops: a trim never holds the write lock for long."""
+EXPORT_PAGE = 5_000
+IN_CHUNK = 500
+"""Most ids in one ``IN (...)`` (SQLite allows 32766 variables; keeps statements small)."""
+
+KINDS: tuple[EventType, ...] = ("interaction", "impression")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS recent (user NOT NULL, ts REAL NOT NULL, item NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS recent_user_ts ON recent (user, ts, item);
+CREATE TABLE IF NOT EXISTS shown (
+    user NOT NULL, item NOT NULL, ts REAL NOT NULL, PRIMARY KEY (user, item)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS shown_ts ON shown (ts);
+CREATE TABLE IF NOT EXISTS log (
+    seq INTEGER PRIMARY KEY, received REAL NOT NULL, ts REAL NOT NULL,
+    kind INTEGER NOT NULL, user NOT NULL, item NOT NULL
+);
+"""
+
+
+class SQLiteStore:
+    """:class:`~service.state.base.StateStore` on the SQLite file ``path`` (created, with its
+    directory, on first use)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        window: int,
+        shown_ttl_s: float,
+        retention_s: float,
+        timeout_s: float,
+        write_timeout_s: float,
+    ) -> None:
+        self.path = path
+        self.window = window
+        self.shown_ttl_s = shown_ttl_s
+        self.retention_s = retention_s
+        self.timeout_s = timeout_s
+        self.write_timeout_s = write_timeout_s
+        self._executor = ThreadPoolExecutor(THREADS, thread_name_prefix="recall-state")
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._trim_at = 0.0  # time.monotonic() of the next trim
+        self._closed = False
+
+    # -- the thread side -------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: no implicit transactions; writes use BEGIN IMMEDIATE, so a
+        # writer takes the lock up front and busy_timeout applies (no deadlocked upgrade).
+        conn = sqlite3.connect(
+            self.path, timeout=self.write_timeout_s, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.write_timeout_s * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.executescript(SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
+        self._local.conn = conn
+        with self._lock:
+            self._connections.append(conn)
+        return conn
+
+    def _add(self, rows: list[tuple[Id, Id, float, EventType]]) -> None:
+        conn = self._conn()
+        now = time.time()
+        interactions = [(u, ts, i) for u, i, ts, kind in rows if kind == "interaction"]
+        impressions = [(u, i, ts) for u, i, ts, kind in rows if kind == "impression"]
+        users = list(dict.fromkeys(u for u, _, _ in interactions))
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT INTO log (received, ts, kind, user, item) VALUES (?, ?, ?, ?, ?)",
+                [(now, ts, KINDS.index(kind), u, i) for u, i, ts, kind in rows],
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO recent (user, ts, item) VALUES (?, ?, ?)", interactions
+            )
+            conn.executemany(
+                "INSERT INTO shown (user, item, ts) VALUES (?, ?, ?) ON CONFLICT (user, item) "
+                "DO UPDATE SET ts = max(ts, excluded.ts)",
+                impressions,
+            )
+            conn.executemany(  # keep each user's newest `window` (ties: the later arrival)
+                "DELETE FROM recent WHERE rowid IN (SELECT rowid FROM recent WHERE user = ? "
+                "ORDER BY ts DESC, rowid DESC LIMIT -1 OFFSET ?)",
+                [(u, self.window) for u in users],
+            )
+            if time.monotonic() >= self._trim_at:
+                self._trim(conn, now)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _trim(self, conn: sqlite3.Connection, now: float) -> None:
+        """Drop impressions past the TTL and up to TRIM_CHUNK log rows past retention (the
+        oldest rowids: arrival order, so no index on ``received`` is needed)."""
+        conn.execute("DELETE FROM shown WHERE ts < ?", (now - self.shown_ttl_s,))
+        deleted = conn.execute(
+            "DELETE FROM log WHERE seq IN (SELECT seq FROM (SELECT seq, received FROM log "
+            "ORDER BY seq LIMIT ?) WHERE received < ?)",
+            (TRIM_CHUNK, now - self.retention_s),
+        ).rowcount
+        more = deleted == TRIM_CHUNK  # more expired rows wait: trim again at the next write
+        self._trim_at = time.monotonic() + (0.0 if more else TRIM_EVERY_S)
+
+    def _select_by_user(
+        self, sql: str, user_ids: list[Id], bound: float
+    ) -> list[tuple[Id, Id, float]]:
+        """``sql`` (with ``{ids}`` for the placeholders and one ``?`` for ``bound``) over
+        ``user_ids`` in chunks: rows ``(user, item, ts)`` ordered by ``ts, rowid``."""
+        conn = self._conn()
+        out: list[tuple[Id, Id, float]] = []
+        for start in range(0, len(user_ids), IN_CHUNK):
+            chunk = user_ids[start : start + IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            out.extend(conn.execute(sql.format(ids=marks), [*chunk, bound]))
+        return out
+
+    def _recent(self, user_ids: list[Id], after: float) -> list[list[tuple[Id, float]]]:
+        rows = self._select_by_user(
+            "SELECT user, item, ts FROM recent WHERE user IN ({ids}) AND ts > ? ORDER BY ts, rowid",
+            user_ids,
+            after,
+        )
+        per_user: dict[Id, list[tuple[Id, float]]] = {}  # 7 and "7" are different keys
+        for user, item, ts in rows:
+            per_user.setdefault(user, []).append((item, ts))
+        # The table is capped on insert; cut again in case `window` shrank since.
+        return [per_user.get(u, [])[-self.window :] for u in user_ids]
+
+    def _shown(self, user_ids: list[Id], since: float) -> list[list[Id]]:
+        rows = self._select_by_user(
+            "SELECT user, item, ts FROM shown WHERE user IN ({ids}) AND ts >= ? ORDER BY ts",
+            user_ids,
+            since,
+        )
+        per_user: dict[Id, list[Id]] = {}
+        for user, item, _ in rows:
+            per_user.setdefault(user, []).append(item)
+        return [per_user.get(u, []) for u in user_ids]
+
+    def _export_page(self, after_seq: int, since: float | None) -> list[tuple[int, Event]]:
+        # Exact retention whenever the rows were trimmed: what arrived before is not exported.
+        sql = "SELECT seq, ts, kind, user, item FROM log WHERE seq > ? AND received >= ?"
+        args: list[float] = [after_seq, time.time() - self.retention_s]
+        if since is not None:
+            sql += " AND ts >= ?"
+            args.append(since)
+        rows = self._conn().execute(sql + " ORDER BY seq LIMIT ?", [*args, EXPORT_PAGE])
+        return [(seq, Event(user, item, ts, KINDS[kind])) for seq, ts, kind, user, item in rows]
+
+    def _ping(self) -> None:
+        self._conn().execute("SELECT 1").fetchone()
+
+    # -- the event-loop side ---------------------------------------------------------
+
+    async def _call(self, fn: Callable[[], T], bound: float, op: str) -> T:
+        if self._closed:
+            raise StateUnavailable("the state store is closed")
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(self._executor, fn), bound)
+        except TimeoutError:
+            raise StateUnavailable(f"SQLite {op} took longer than {bound:g} s") from None
+        except (sqlite3.Error, OSError) as e:
+            raise StateUnavailable(f"SQLite {op} failed: {e}") from e
+        except RuntimeError as e:  # the executor shut down under us
+            raise StateUnavailable(f"SQLite {op} failed: {e}") from e
+
+    async def add(self, events: Sequence[Event]) -> None:
+        rows = [check_event(e) for e in events]
+        if rows:
+            await self._call(lambda: self._add(rows), self.write_timeout_s, "add")
+
+    async def recent(self, user_ids: Sequence[Id], after: float) -> list[list[tuple[Id, float]]]:
+        ids = _ids(user_ids)
+        if not ids:
+            return []
+        return await self._call(lambda: self._recent(ids, float(after)), self.timeout_s, "recent")
+
+    async def shown(self, user_ids: Sequence[Id], since: float) -> list[list[Id]]:
+        ids = _ids(user_ids)
+        if not ids:
+            return []
+        since = max(float(since), time.time() - self.shown_ttl_s)  # exact TTL, trimmed or not
+        return await self._call(lambda: self._shown(ids, since), self.timeout_s, "shown")
+
+    async def export(self, since: float | None = None) -> AsyncIterator[Event]:
+        after_seq = 0
+        while True:
+            page = await self._call(
+                partial(self._export_page, after_seq, since), self.write_timeout_s, "export"
+            )
+            for _, event in page:
+                yield event
+            if len(page) < EXPORT_PAGE:
+                return
+            after_seq = page[-1][0]
+
+    async def ping(self) -> None:
+        await self._call(self._ping, self.write_timeout_s, "ping")
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.get_running_loop().run_in_executor(None, self._shutdown)
+
+    def _shutdown(self) -> None:
+        self._executor.shutdown(wait=True)
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+
+
+def _ids(user_ids: Iterable[object]) -> list[Id]:
+    return [check_id(u) for u in user_ids]

@@ -1,0 +1,371 @@
+"""service.state: one contract suite over both backends (a real SQLite file, a real
+``redis-server`` process), then what each backend promises on its own: SQLite durability and
+concurrent writer processes, Redis down/blackholed/restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.settings import Settings
+from service.state import Event, StateStore, StateUnavailable, check_url, open_store
+
+REPO = Path(__file__).resolve().parents[1]
+T0 = 1_700_000_000.0
+
+
+def run(coro: Awaitable[Any]) -> Any:
+    async def main() -> Any:
+        return await coro
+
+    return asyncio.run(main())
+
+
+@pytest.fixture(params=["sqlite"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty store of each backend."""
+    return f"sqlite://{tmp_path}/state/events.sqlite"
+
+
+def with_store(url: str, body: Callable[[StateStore], Awaitable[Any]], **limits: Any) -> Any:
+    """``body(store)`` in one event loop, the store closed after."""
+
+    async def main() -> Any:
+        store = open_store(url, **limits)
+        try:
+            return await body(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+async def export_all(store: StateStore, since: float | None = None) -> list[Event]:
+    return [e async for e in store.export(since)]
+
+
+# -- the contract, both backends -------------------------------------------------------
+
+
+def test_ids_keep_their_type(url: str) -> None:
+    async def body(store: StateStore) -> None:
+        events = [
+            Event(7, 1, T0 + 1),
+            Event("7", "1", T0 + 2),
+            Event(7, "x y|z", T0 + 3),
+            Event(2**62, -5, T0 + 4),
+            Event("7", 1, time.time(), "impression"),  # within the shown TTL
+        ]
+        await store.add(events)
+        recent = await store.recent([7, "7", 2**62, 8, "8"], after=-math.inf)
+        assert recent == [[(1, T0 + 1), ("x y|z", T0 + 3)], [("1", T0 + 2)], [(-5, T0 + 4)], [], []]
+        assert [type(item) for item, _ in recent[0]] == [int, str]
+        assert await store.shown(["7", 7], since=-math.inf) == [[1], []]
+        exported = await export_all(store)
+        assert exported == events
+        assert [(type(e.user_id), type(e.item_id)) for e in exported] == [
+            (int, int),
+            (str, str),
+            (int, str),
+            (int, int),
+            (str, int),
+        ]
+
+    with_store(url, body)
+
+
+def test_recent_is_time_ordered_capped_and_filtered(url: str) -> None:
+    async def body(store: StateStore) -> None:
+        # Out of order across two batches; item 10 twice at different times; one exact repeat.
+        await store.add([Event(1, 10, T0 + 5), Event(1, 11, T0 + 1), Event(2, 20, T0 + 3)])
+        await store.add(
+            [Event(1, 12, T0 + 3), Event(1, 10, T0 + 2), Event(1, 12, T0 + 3), Event(1, 13, T0)]
+        )
+        everything = [(11, T0 + 1), (10, T0 + 2), (12, T0 + 3), (10, T0 + 5)]
+        assert await store.recent([1, 2], after=-math.inf) == [everything, [(20, T0 + 3)]]
+        assert await store.recent([1], after=T0 + 2) == [everything[2:]]  # strictly after
+        assert await store.recent([2, 1, 2], after=T0 + 5) == [[], [], []]
+        assert await store.recent([], after=0) == []
+        # An event older than the whole window does not enter it; a newer one pushes out.
+        await store.add([Event(1, 14, T0 - 10), Event(1, 15, T0 + 9)])
+        assert await store.recent([1], after=-math.inf) == [[*everything[1:], (15, T0 + 9)]]
+
+    with_store(url, body, window=4)
+
+
+def test_impressions_are_kept_apart_for_the_ttl(url: str) -> None:
+    now = time.time()
+
+    async def body(store: StateStore) -> None:
+        await store.add(
+            [
+                Event(1, 10, now - 30, "impression"),
+                Event(1, 11, now - 20, "impression"),
+                Event(1, 10, now - 10, "impression"),  # shown again: counts once, latest time
+                Event(1, 12, now - 5),  # an interaction is not an impression
+                Event(1, 13, now - 120, "impression"),  # past the TTL (60 s)
+                Event(2, 13, now, "impression"),
+            ]
+        )
+        assert await store.shown([1, 2, 3], since=-math.inf) == [[11, 10], [13], []]
+        assert await store.shown([1], since=now - 15) == [[10]]
+        assert await store.shown([1], since=now - 10) == [[10]]  # since is inclusive
+        assert await store.recent([1], after=-math.inf) == [[(12, now - 5)]]
+
+    with_store(url, body, shown_ttl_s=60)
+
+
+def test_export_is_the_whole_log_in_arrival_order(url: str) -> None:
+    first = [Event(1, 10, T0 + 5), Event(2, 20, T0 + 1, "impression"), Event(1, 10, T0 + 5)]
+    second = [Event(3, 30, T0 + 3), Event("a", "b", T0 - 100)]
+
+    async def body(store: StateStore) -> None:
+        await store.add(first)
+        await store.add([])
+        await store.add(second)
+        assert await export_all(store) == first + second  # duplicates and impressions too
+        assert await export_all(store, since=T0 + 3) == [first[0], first[2], second[0]]
+        assert await export_all(store, since=T0 + 6) == []
+
+    with_store(url, body, window=1)
+
+
+def test_export_pages_through_a_long_log(url: str) -> None:
+    events = [Event(u % 97, u, T0 + u) for u in range(12_345)]
+
+    async def body(store: StateStore) -> None:
+        for start in range(0, len(events), 1000):
+            await store.add(events[start : start + 1000])
+        assert await export_all(store) == events
+
+    with_store(url, body)
+
+
+def test_the_log_keeps_what_arrived_within_retention(url: str) -> None:
+    async def body(store: StateStore) -> None:
+        await store.add([Event(1, 10, T0), Event(1, 11, T0 + 1, "impression")])
+        await asyncio.sleep(1.2)
+        await store.add([Event(2, 20, T0 - 50)])  # old timestamp, new arrival: kept
+        assert await export_all(store) == [Event(2, 20, T0 - 50)]
+        # Retention bounds the retraining log, not what serving needs.
+        assert await store.recent([1], after=-math.inf) == [[(10, T0)]]
+
+    with_store(url, body, retention_s=1.0)
+
+
+def test_bad_arguments_are_the_callers_bug(url: str) -> None:
+    async def body(store: StateStore) -> None:
+        with pytest.raises(TypeError):
+            await store.add([Event(1.5, 1, T0)])  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            await store.add([Event(True, 1, T0)])
+        with pytest.raises(ValueError, match="int64"):
+            await store.add([Event(2**63, 1, T0)])
+        with pytest.raises(ValueError, match="finite"):
+            await store.add([Event(1, 1, math.nan)])
+        with pytest.raises(ValueError, match="type"):
+            await store.add([Event(1, 1, T0, "click")])  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            await store.recent([None], after=0)  # type: ignore[list-item]
+        assert await export_all(store) == []  # a refused batch stores nothing
+
+    with_store(url, body)
+
+
+def test_ping_and_close(url: str) -> None:
+    async def body() -> None:
+        store = open_store(url)
+        await store.ping()
+        await store.close()
+        await store.close()  # twice is fine
+        with pytest.raises(StateUnavailable):
+            await store.recent([1], after=0)
+
+    run(body())
+
+
+# -- SQLite ------------------------------------------------------------------------------
+
+WRITER = """
+import asyncio, os, sys
+from service.state import Event, open_store
+url, user, n, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+
+async def main():
+    store = open_store(url, window=10_000, write_timeout_s=10)
+    for b in range(n):
+        await store.add([Event(user, b * batch + i, 1e9 + b * batch + i) for i in range(batch)])
+    print("acked", flush=True)
+    os._exit(0)  # no close(): what add() acknowledged must already be on disk
+
+asyncio.run(main())
+"""
+
+
+def run_writers(url: str, users: list[str], batches: int, batch: int) -> None:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(WRITER), url, u, str(batches), str(batch)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for u in users
+    ]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0 and out == "acked\n", err
+
+
+def test_sqlite_creates_its_directory_and_durable_wal_file(tmp_path: Path) -> None:
+    path = tmp_path / "root" / ".state" / "events.sqlite"
+
+    async def body(store: StateStore) -> None:
+        await store.add([Event(1, 2, T0)])
+
+    with_store(f"sqlite://{path}", body)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert conn.execute("SELECT user, item, ts FROM recent").fetchall() == [(1, 2, T0)]
+
+
+def test_sqlite_writers_in_several_processes_lose_nothing(tmp_path: Path) -> None:
+    """Two processes write at once (as a replica's workers do) and exit without closing:
+    every acknowledged event is there, seen by a store opened afterwards."""
+    url = f"sqlite://{tmp_path}/events.sqlite"
+    run_writers(url, ["a", "b"], batches=60, batch=50)
+
+    async def body(store: StateStore) -> None:
+        recent = await store.recent(["a", "b"], after=-math.inf)
+        for items in recent:
+            assert [item for item, _ in items] == list(range(3000))
+        exported = await export_all(store)
+        assert len(exported) == 6000
+        for user in ("a", "b"):
+            assert [e.item_id for e in exported if e.user_id == user] == list(range(3000))
+
+    with_store(url, body, window=10_000)
+
+
+def test_sqlite_relative_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    async def body(store: StateStore) -> None:
+        await store.add([Event(1, 2, T0)])
+
+    with_store("sqlite:rel/events.sqlite", body)
+    assert (tmp_path / "rel" / "events.sqlite").is_file()
+
+
+def test_sqlite_write_waits_for_a_locked_file_at_most_its_bound(tmp_path: Path) -> None:
+    """Another process holding the write lock: add() gives up after write_timeout_s with
+    StateUnavailable, reads still answer (WAL), and writes go through once it lets go."""
+    path = tmp_path / "events.sqlite"
+    url = f"sqlite://{path}"
+    with_store(url, lambda s: s.add([Event(1, 1, T0)]))
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+
+    async def body(store: StateStore) -> None:
+        start = time.monotonic()
+        with pytest.raises(StateUnavailable, match="add"):
+            await store.add([Event(1, 2, T0 + 1)])
+        assert 0.2 <= time.monotonic() - start < 1.0
+        assert await store.recent([1], after=-math.inf) == [[(1, T0)]]
+        holder.execute("ROLLBACK")
+        await store.add([Event(1, 3, T0 + 2)])
+        assert await store.recent([1], after=-math.inf) == [[(1, T0), (3, T0 + 2)]]
+
+    with_store(url, body, write_timeout_s=0.3)
+
+
+def test_sqlite_unusable_path_is_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+
+    async def body(store: StateStore) -> None:
+        with pytest.raises(StateUnavailable):
+            await store.ping()
+        with pytest.raises(StateUnavailable):
+            await store.add([Event(1, 1, T0)])
+
+    with_store(f"sqlite://{tmp_path}/file/events.sqlite", body)
+
+
+def test_sqlite_trims_the_log_on_disk(tmp_path: Path) -> None:
+    path = tmp_path / "events.sqlite"
+
+    async def body(store: StateStore) -> None:
+        await store.add([Event(u, u, T0) for u in range(100)])
+
+    with_store(f"sqlite://{path}", body, retention_s=0.5)
+    time.sleep(0.6)
+    with_store(f"sqlite://{path}", lambda s: s.add([Event(1, 1, T0)]), retention_s=0.5)
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT count(*) FROM log").fetchone() == (1,)
+
+
+# -- URLs and settings -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url, backend",
+    [
+        ("sqlite:///abs/events.sqlite", "sqlite"),
+        ("sqlite:rel/events.sqlite", "sqlite"),
+        ("redis://localhost:6379/0", "redis"),
+        ("rediss://:pw@cache.internal:6380/2", "redis"),
+    ],
+)
+def test_urls(url: str, backend: str) -> None:
+    assert check_url(url) == backend
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["", "postgres://u:hunter2@db/x", "sqlite://", "sqlite://host/x", "sqlite:///dir/", "redis:x"],
+)
+def test_bad_urls_are_refused_without_quoting_them(url: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        check_url(url)
+    assert "hunter2" not in str(caught.value)
+    with pytest.raises(ValueError):
+        open_store(url)
+
+
+def test_settings_default_to_a_sqlite_file_under_the_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RECALL_ROOT", "bundles")
+    settings = Settings()
+    assert settings.state_url == f"sqlite://{tmp_path}/bundles/.state/events.sqlite"
+    assert (settings.state_timeout_s, settings.state_window, settings.max_events) == (
+        0.05,
+        50,
+        1000,
+    )
+    assert (settings.shown_ttl_s, settings.events_retention_s) == (3600, 30 * 86400)
+    monkeypatch.setenv("RECALL_STATE_URL", "redis://redis:6379/0")
+    assert Settings().state_url == "redis://redis:6379/0"
+
+
+def test_settings_name_a_bad_state_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.settings import SettingsError, load_settings
+
+    monkeypatch.setenv("RECALL_ROOT", "/bundles")
+    monkeypatch.setenv("RECALL_STATE_URL", "postgres://u:hunter2@db/x")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert str(caught.value).startswith("RECALL_STATE_URL: unsupported state URL scheme")
+    assert "hunter2" not in str(caught.value)
