@@ -123,7 +123,8 @@ class UserHistory:
                 raise ValueError(f"categorical feature {feature.name!r}: rows out of [0, {rows})")
         if numeric.shape != (n_users, n_num):
             raise ValueError(f"numeric has shape {numeric.shape}, needs {(n_users, n_num)}")
-        numeric32 = numeric.astype(np.float32)
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes Inf: refused next
+            numeric32 = numeric.astype(np.float32)
         if not np.isfinite(numeric32).all():
             raise ValueError("numeric holds NaN/Inf (in float32)")
         return cls(

@@ -353,6 +353,8 @@ class UserTower:
             h = np.asarray(history)
             if h.size and (h.min() < 0 or h.max() >= self.spec.n_items):
                 raise ValueError("history holds item rows out of range")
+        if n == 0:
+            return np.zeros((0, self.spec.dim + 1), dtype=np.float32)
         history, mask = pad_histories(histories, self.spec.history_length)
         with np.errstate(over="ignore", invalid="ignore"):  # checked just below
             u = self.forward(

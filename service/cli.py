@@ -135,6 +135,26 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _events_export(args: argparse.Namespace) -> int:
+    from service.state import StateUnavailable
+    from service.state.export import DEFAULT_RETENTION_S, export_events
+
+    retention = float(os.environ.get("RECALL_EVENTS_RETENTION_S") or DEFAULT_RETENTION_S)
+    try:
+        result = export_events(
+            args.state_url,
+            args.out,
+            since=args.since,
+            with_data=args.with_data,
+            retention_s=retention,
+        )
+    except StateUnavailable as e:  # exit 3: the store, not the input (train-and-publish.sh)
+        logger.error("recall events export: state store unavailable: %s", e)
+        return 3
+    print(result.path)
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     _run_server(args.root, args.host, args.port, args.workers)
     return 0
@@ -296,6 +316,28 @@ def build_parser() -> argparse.ArgumentParser:
     pub = command("publish", _publish, "verify a bundle and make it CURRENT (also rollback)")
     pub.add_argument("bundle", type=Path, help="ROOT/<bundle-id>")
     pub.add_argument("--keep", type=int, default=3, help="bundles to keep (CURRENT always)")
+
+    events = sub.add_parser(
+        "events", help="the live events of the state store", description="live events"
+    )
+    events_sub = events.add_subparsers(
+        dest="events_command", required=True, metavar="ACTION", help="what to do"
+    )
+    exp = events_sub.add_parser(
+        "export",
+        help="write the stored interactions as DIR/interactions.csv (the trainer's input)",
+        description="write the stored interactions as DIR/interactions.csv (the trainer's "
+        "input); impressions are skipped; exit 3 when the store is unavailable",
+    )
+    exp.set_defaults(handler=_events_export)
+    exp.add_argument("--state-url", required=True, help="sqlite:///path or redis://host:port/db")
+    exp.add_argument("--out", type=Path, required=True, help="output directory")
+    exp.add_argument("--since", type=float, help="only events at or after this unix time")
+    exp.add_argument(
+        "--with-data",
+        type=Path,
+        help="data directory to merge: its interactions first, its users/items copied",
+    )
     return parser
 
 

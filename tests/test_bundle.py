@@ -144,3 +144,25 @@ def test_current_key_changes_when_current_is_replaced_even_with_the_same_text(
     b.write_text_atomic(tmp_path / CURRENT, "x1\n")  # a re-publish of the same id
     again = inspect_current(tmp_path)
     assert again.bundle_id == first.bundle_id == "x1" and again.key != first.key
+
+
+def test_a_bundle_with_user_history_is_schema_version_2_and_needs_trained_until(
+    tmp_path: Path,
+) -> None:
+    history = {"indptr": np.array([0, 1]), "items": np.array([2], dtype=np.int32)}
+    arrays = {b.ITEM_IDS: np.arange(3, dtype=np.int64), b.USER_HISTORY: history}
+    with pytest.raises(ValueError, match="schema_version 2 needs trained_until"):
+        _write(tmp_path, arrays)
+    assert list(tmp_path.iterdir()) == []
+    bundle = b.write_bundle(
+        tmp_path,
+        "b2",
+        arrays,
+        dim=4,
+        counts=b.Counts(users=1, items=3, interactions=1),
+        trainer={},
+        trained_until=1.5e9,
+    )
+    manifest = b.read_manifest(bundle)
+    assert manifest.schema_version == 2 and manifest.trained_until == 1.5e9
+    assert b.USER_HISTORY in manifest.files

@@ -82,6 +82,61 @@ def _seen(edit: Callable[[dict[str, np.ndarray]], None]) -> Callable[[Path], Pat
     return damage
 
 
+def _history(edit: Callable[[dict[str, np.ndarray]], None]) -> Callable[[Path], Path]:
+    def damage(bundle: Path) -> Path:
+        history = _arrays(bundle, b.USER_HISTORY)
+        edit(history)
+        resign(bundle, b.USER_HISTORY, history)
+        return bundle
+
+    return damage
+
+
+def _window_too_long(history: dict[str, np.ndarray]) -> None:
+    """User 0's window gets items until it is one longer than the tower's history_length
+    (50 in the test config), copies of its first item at its first timestamp."""
+    indptr = history["indptr"]
+    extra = 51 - int(indptr[1])
+    for key in ("items", "timestamps"):
+        history[key] = np.r_[np.repeat(history[key][:1], extra), history[key]]
+    history["indptr"] = np.r_[0, indptr[1:] + extra]
+
+
+def _out_of_time_order(history: dict[str, np.ndarray]) -> None:
+    times = history["timestamps"]
+    times[0], times[1] = times[1], times[0] - 1  # user 0: later first
+
+
+def _later_than_trained_until(bundle: Path) -> Path:
+    times = _arrays(bundle, b.USER_HISTORY)["timestamps"]
+    edit_manifest(bundle, trained_until=float(times.max()) - 1)
+    return bundle
+
+
+def _unlisted(name: str) -> Callable[[Path], Path]:
+    """Drop ``name`` from the manifest's files (editing manifest.json as text)."""
+
+    def damage(bundle: Path) -> Path:
+        path = bundle / b.MANIFEST
+        manifest = json.loads(path.read_text())
+        del manifest["files"][name]
+        path.write_text(json.dumps(manifest))
+        return bundle
+
+    return damage
+
+
+def _manifest_json(**changes: Any) -> Callable[[Path], Path]:
+    """Edit manifest.json as text (past the model's own validation)."""
+
+    def damage(bundle: Path) -> Path:
+        path = bundle / b.MANIFEST
+        path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+        return bundle
+
+    return damage
+
+
 def _or(new: np.ndarray | None, old: np.ndarray) -> np.ndarray:
     return old if new is None else new
 
@@ -278,6 +333,107 @@ CORRUPTIONS: list[tuple[str, Callable[[Path], Path], str]] = [
     ("tower-missing", _unlink(b.USER_TOWER), r"user_tower\.npz is missing"),
     ("manifest-missing", _unlink(b.MANIFEST), r"no manifest\.json"),
     ("no-index-section", _manifest(index=None), "no index"),
+    # schema_version 2: user_history.npz and trained_until
+    (
+        "history-item-row-too-large",
+        _history(lambda h: _put(-1, 300)(h["items"])),
+        r"user_history\.npz: item rows out of range \[0, 300\)",
+    ),
+    (
+        "history-item-row-negative",
+        _history(lambda h: _put(0, -1)(h["items"])),
+        r"user_history\.npz: item rows out of range",
+    ),
+    ("history-indptr-decreasing", _history(_decreasing), "indptr decreases"),
+    ("history-indptr-wrong-end", _history(_end_short), "indptr must run from 0 to"),
+    (
+        "history-indptr-too-short",
+        _history(lambda h: h.update(indptr=h["indptr"][:-1])),
+        "indptr has 400 entries, needs 401",
+    ),
+    (
+        "history-window-too-long",
+        _history(_window_too_long),
+        "a window holds 51 items, more than the tower's history_length 50",
+    ),
+    (
+        "history-timestamps-short",
+        _history(lambda h: h.update(timestamps=h["timestamps"][:-1])),
+        r"timestamps has shape \(\d+,\), items \(\d+,\)",
+    ),
+    (
+        "history-timestamp-nan",
+        _history(lambda h: _put(3, np.nan)(h["timestamps"])),
+        "timestamps hold NaN/Inf",
+    ),
+    (
+        "history-out-of-time-order",
+        _history(_out_of_time_order),
+        "not in time order within a user's window",
+    ),
+    ("history-after-trained-until", _later_than_trained_until, "is after trained_until"),
+    (
+        "history-items-float",
+        _history(lambda h: h.update(items=h["items"].astype(np.float32))),
+        "items must be 1-D integers",
+    ),
+    (
+        "history-category-beyond-vocabulary",
+        _history(lambda h: _put((0, 0), 10**6)(h["categorical"])),
+        r"categorical feature '\w+': rows out of \[0, \d+\)",
+    ),
+    (
+        "history-category-negative",
+        _history(lambda h: _put((5, 1), -1)(h["categorical"])),
+        r"categorical feature '\w+': rows out of",
+    ),
+    (
+        "history-categorical-a-column-short",
+        _history(lambda h: h.update(categorical=h["categorical"][:, :-1])),
+        r"categorical has shape \(400, \d\), needs \(400, \d\)",
+    ),
+    (
+        "history-numeric-inf",
+        _history(lambda h: _put((2, 0), np.inf)(h["numeric"])),
+        r"numeric holds NaN/Inf",
+    ),
+    (
+        "history-numeric-beyond-float32",
+        _history(lambda h: h.update(numeric=np.full(h["numeric"].shape, 1e300))),
+        r"numeric holds NaN/Inf \(in float32\)",
+    ),
+    (
+        "history-users-short",
+        _history(lambda h: h.update(numeric=h["numeric"][:-1])),
+        r"numeric has shape \(399, \d\), needs \(400, \d\)",
+    ),
+    (
+        "history-extra-array",
+        _history(lambda h: h.update(extra=h["indptr"])),
+        "must hold exactly indptr, items, timestamps, categorical, numeric",
+    ),
+    ("history-missing", _unlink(b.USER_HISTORY), r"user_history\.npz is missing"),
+    ("history-flipped", _flip(b.USER_HISTORY), r"user_history\.npz fails its sha256"),
+    (
+        "v2-manifest-without-history",
+        _unlisted(b.USER_HISTORY),
+        "schema_version 2 needs trained_until and user_history.npz",
+    ),
+    (
+        "v2-manifest-without-trained-until",
+        _manifest_json(trained_until=None),
+        "schema_version 2 needs trained_until and user_history.npz",
+    ),
+    (
+        "v1-manifest-with-history",
+        _manifest_json(schema_version=1),
+        "schema_version 1 has neither trained_until nor user_history.npz",
+    ),
+    (
+        "trained-until-infinite",
+        _manifest_json(trained_until=float("inf")),
+        "invalid manifest",
+    ),
     ("dim-off-by-one", _wider, r"has shape \(\d+, \d+\), manifest says"),
 ]
 

@@ -1,0 +1,127 @@
+"""``recall events export``: events in through the state store, out as the trainer's input."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.cli import main
+from service.state import Event, open_store, sqlite_url
+from trainer.data import load_dataset
+from trainer.synth import SynthConfig, write_synthetic
+
+EVENTS = [
+    Event(7, 100, 1_700_000_000.0),
+    Event(7, 101, 1_700_000_010.5),
+    Event("ab,c", 'x"y', 1_700_000_020.25),  # a comma and a quote survive the CSV
+    Event(8, 102, 1_700_000_030.0, "impression"),  # not an interaction: skipped
+    Event(9, 100, 1_700_000_040.0),
+]
+
+
+def _store_events(url: str, events: list[Event]) -> None:
+    async def run() -> None:
+        store = open_store(url)
+        try:
+            await store.add(events)
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+
+
+def _rows(path: Path) -> list[list[str]]:
+    with path.open(newline="") as f:
+        return list(csv.reader(f))
+
+
+def test_export_writes_the_interactions_in_the_trainers_format(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "state" / "events.sqlite")
+    _store_events(url, EVENTS)
+    out = tmp_path / "out"
+    assert main(["events", "export", "--state-url", url, "--out", str(out)]) == 0
+    assert _rows(out / "interactions.csv") == [
+        ["user_id", "item_id", "timestamp"],
+        ["7", "100", "1700000000"],
+        ["7", "101", "1700000010.5"],
+        ["ab,c", 'x"y', "1700000020.25"],
+        ["9", "100", "1700000040"],
+    ]
+    assert sorted(p.name for p in out.iterdir()) == ["interactions.csv"]  # no temp file left
+    ds = load_dataset(out)
+    assert ds.n_interactions == 4
+    assert sorted(ds.user_ids.tolist()) == ["7", "9", "ab,c"]  # one str id: all str
+    assert ds.timestamps.tolist() == [
+        1_700_000_000.0,
+        1_700_000_010.5,
+        1_700_000_020.25,
+        1.70000004e9,
+    ]
+
+
+def test_export_since_and_int_ids_round_trip(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "events.sqlite")
+    _store_events(url, [e for e in EVENTS if isinstance(e.user_id, int)])
+    out = tmp_path / "out"
+    since = ["--since", "1700000010.5"]
+    assert main(["events", "export", "--state-url", url, "--out", str(out), *since]) == 0
+    ds = load_dataset(out)
+    assert ds.user_ids.dtype == np.int64 and ds.item_ids.dtype == np.int64
+    rows = zip(ds.user_rows, ds.item_rows, strict=True)
+    pairs = {(int(ds.user_ids[u]), int(ds.item_ids[i])) for u, i in rows}
+    assert pairs == {(7, 101), (9, 100)}
+
+
+def test_export_merges_a_data_directory(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_synthetic(data, SynthConfig(n_users=60, n_items=40, seed=3))
+    before = load_dataset(data)
+    url = sqlite_url(tmp_path / "events.sqlite")
+    known_user, known_item = int(before.user_ids[0]), int(before.item_ids[0])
+    new_user = int(before.user_ids.max()) + 1
+    late = float(before.timestamps.max()) + 60
+    _store_events(url, [Event(known_user, known_item, late), Event(new_user, known_item, late + 1)])
+    out = tmp_path / "merged"
+    argv = ["events", "export", "--state-url", url, "--out", str(out), "--with-data", str(data)]
+    assert main(argv) == 0
+    merged = load_dataset(out)
+    assert merged.n_interactions == before.n_interactions + 2
+    assert merged.n_users == before.n_users + 1
+    assert merged.timestamps.max() == late + 1
+    for side in ("users.csv", "items.csv"):  # synth writes both
+        assert (out / side).read_bytes() == (data / side).read_bytes()
+    assert merged.user_features and len(merged.genre_vocab) > 0
+    assert merged.user_features.keys() == before.user_features.keys()
+    assert merged.genre_vocab.tolist() == before.genre_vocab.tolist()
+
+
+def test_store_unavailable_exits_3_and_writes_nothing(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    url = sqlite_url(blocker / "events.sqlite")  # its directory cannot be created
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "interactions.csv").write_text("user_id,item_id,timestamp\n1,2,3\n")
+    assert main(["events", "export", "--state-url", url, "--out", str(out)]) == 3
+    # the previous file is untouched, no temp file is left behind
+    assert sorted(p.name for p in out.iterdir()) == ["interactions.csv"]
+    assert (out / "interactions.csv").read_text() == "user_id,item_id,timestamp\n1,2,3\n"
+
+
+def test_bad_arguments_exit_2(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "events.sqlite")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    argv = ["events", "export", "--state-url", url, "--out", str(tmp_path / "o")]
+    assert main([*argv, "--with-data", str(empty)]) == 2  # no interactions to merge
+    assert main(["events", "export", "--state-url", "ftp://x", "--out", str(tmp_path)]) == 2
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "interactions.parquet").write_bytes(b"")  # the trainer would read this one
+    assert main(["events", "export", "--state-url", url, "--out", str(shadow)]) == 2
+    with pytest.raises(SystemExit):
+        main(["events", "export", "--out", str(tmp_path)])  # --state-url is required
