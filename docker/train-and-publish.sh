@@ -3,8 +3,14 @@
 # local process): train on TRAINER_DATA, or on `recall synth` data when that directory has
 # no interactions file, then build the index and publish the bundle into RECALL_ROOT.
 # Running replicas see the new CURRENT within RECALL_RELOAD_INTERVAL_S and hot-swap.
+# With RECALL_STATE_URL set, the events the service received (POST /v1/events) are
+# exported and trained on too: a temp data directory holds the input interactions plus
+# the exported ones (and a copy of users/items). A state store that does not answer is
+# logged and skipped (the events stay there for the next run); bad data fails the job.
 #
 #   RECALL_ROOT          bundle root (a volume shared with the service, read-only there)
+#   RECALL_STATE_URL     the service's state store (redis://... or sqlite:///...); unset:
+#                        train on the data alone
 #   TRAINER_DATA         input data directory (default /data)
 #   TRAINER_WORK         where synthetic data is written (default /tmp/recall-synth)
 #   TRAINER_SYNTH_ARGS   `recall synth` flags (default: --users 5000 --items 2000)
@@ -32,6 +38,22 @@ if ! has_interactions "$data"; then
         recall synth --out "$work" $synth_args
     fi
     data="$work"
+fi
+
+if [ -n "${RECALL_STATE_URL:-}" ]; then
+    merged="$(mktemp -d "${TMPDIR:-/tmp}/recall-data.XXXXXX")"
+    trap 'rm -rf "$merged"' EXIT
+    status=0
+    recall events export --state-url "$RECALL_STATE_URL" --out "$merged" \
+        --with-data "$data" >/dev/null || status=$?
+    if [ "$status" -eq 0 ]; then
+        echo "train-and-publish: training on $data plus the exported events" >&2
+        data="$merged"
+    elif [ "$status" -eq 3 ]; then
+        echo "train-and-publish: state store unavailable; training on $data alone" >&2
+    else
+        exit "$status"
+    fi
 fi
 
 mkdir -p "$root"

@@ -11,6 +11,8 @@ go to the log and to ``deploy.json`` in the test's tmp dir.
 
 from __future__ import annotations
 
+import asyncio
+import csv
 import json
 import logging
 import os
@@ -34,6 +36,7 @@ import redis as redis_py
 import yaml
 
 from service.client import Query, RecallClient, RecallError
+from service.state import Event, open_store, sqlite_url
 
 logger = logging.getLogger(__name__)
 
@@ -405,6 +408,8 @@ def _trainer_env(tmp_path: Path, root: Path, seed: int) -> dict[str, str]:
     """The trainer service's environment (docker-compose.yml), with local paths."""
     config = tmp_path / "train.toml"
     config.write_text(TRAIN_TOML)
+    tmp = tmp_path / "tmp"  # the job's temp files (a merged data copy), checked for leftovers
+    tmp.mkdir(exist_ok=True)
     return {
         **os.environ,
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -414,6 +419,7 @@ def _trainer_env(tmp_path: Path, root: Path, seed: int) -> dict[str, str]:
         "TRAINER_SYNTH_ARGS": SYNTH_ARGS,
         "TRAINER_TRAIN_ARGS": f"--config {config} --seed {seed}",
         "TRAINER_KEEP": "3",
+        "TMPDIR": str(tmp),
     }
 
 
@@ -429,6 +435,71 @@ def _run_trainer(tmp_path: Path, root: Path, seed: int) -> float:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return time.perf_counter() - started
+
+
+@pytest.mark.slow
+def test_trainer_job_trains_on_the_exported_events(tmp_path: Path) -> None:
+    """The job script with RECALL_STATE_URL (a real SQLite state store): a user known only
+    from events posted to the service is in the new bundle; impressions are not trained
+    on. With the store unavailable the job still publishes, from the data alone."""
+    root = tmp_path / "bundles"
+    env = _trainer_env(tmp_path, root, seed=0)
+    env["TRAINER_SYNTH_ARGS"] = "--users 300 --items 100"
+    subprocess.run(  # the synthetic data the job will find (as its first run writes it)
+        ["recall", "synth", "--out", env["TRAINER_WORK"], "--users", "300", "--items", "100"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    with (Path(env["TRAINER_WORK"]) / "interactions.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    last = max(float(r["timestamp"]) for r in rows)
+    items = sorted({int(r["item_id"]) for r in rows})
+    new_user, shown_user = 10_000_001, 10_000_002
+    url = sqlite_url(tmp_path / "state" / "events.sqlite")
+
+    async def post() -> None:
+        store = open_store(url)
+        try:
+            await store.add(
+                [Event(new_user, items[i], last + 10 + i) for i in range(5)]
+                + [Event(shown_user, items[0], last + 20, "impression")]
+            )
+        finally:
+            await store.close()
+
+    asyncio.run(post())
+
+    def run_job(state_url: str) -> tuple[Path, str]:
+        done = subprocess.run(
+            ["sh", str(TRAIN_SCRIPT)],
+            env={**env, "RECALL_STATE_URL": state_url},
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=tmp_path,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        bundle = root / (root / "CURRENT").read_text().strip()
+        return bundle, done.stderr
+
+    bundle, log = run_job(url)
+    assert "plus the exported events" in log
+    users = np.load(bundle / "user_ids.npy", allow_pickle=False).tolist()
+    assert new_user in users and shown_user not in users
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["counts"]["users"] == 301, manifest["counts"]
+    if manifest.get("trained_until") is not None:  # bundle schema v2: the events' last time
+        assert manifest["trained_until"] == last + 14
+    assert not list(Path(env["TMPDIR"]).glob("recall-data.*"))  # the merged copy is removed
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    bundle, log = run_job(sqlite_url(blocker / "events.sqlite"))
+    assert "state store unavailable; training on" in log
+    assert new_user not in np.load(bundle / "user_ids.npy", allow_pickle=False).tolist()
+    assert json.loads((bundle / "manifest.json").read_text())["counts"]["users"] == 300
 
 
 def _service_env(root: Path, port: int) -> dict[str, str]:
