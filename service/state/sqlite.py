@@ -100,7 +100,7 @@ class SQLiteStore:
         )
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.write_timeout_s * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            self._wal(conn)
             conn.execute("PRAGMA synchronous = FULL")
             conn.executescript(SCHEMA)
         except BaseException:
@@ -110,6 +110,20 @@ class SQLiteStore:
         with self._lock:
             self._connections.append(conn)
         return conn
+
+    def _wal(self, conn: sqlite3.Connection) -> None:
+        """Switch the file to WAL (once per file). Two processes opening a new file race for
+        this and the loser gets "database is locked" without the busy handler: retry it."""
+        deadline = time.monotonic() + self.write_timeout_s
+        while True:
+            try:
+                if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal":
+                    return
+                raise sqlite3.OperationalError("the file refused WAL mode")
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def _add(self, rows: list[tuple[Id, Id, float, EventType]]) -> None:
         conn = self._conn()

@@ -1,0 +1,183 @@
+"""The shared state store: Redis through redis-py's asyncio client, for several replicas.
+
+Keys (ids JSON-encoded, so ``7`` and ``"7"`` stay apart and come back typed)::
+
+    recall:r:<user>   sorted set, score = timestamp, member = <item json>@<timestamp>:
+                      the user's last `window` interactions (the same item at another time
+                      is another member; an exact repeat is one); expires `retention_s`
+                      after the user's last interaction
+    recall:s:<user>   sorted set, score = latest timestamp, member = <item json>: impressions
+                      newer than `shown_ttl_s` (trimmed on write, the key expires after it)
+    recall:log        stream, one entry per `add` (field ``e``: the batch as JSON
+                      ``[[kind, user, item, ts], ...]``), trimmed to `retention_s` by entry id
+                      (arrival time, ``XADD MINID ~``)
+
+``add`` is one pipelined MULTI/EXEC (one round trip, applied whole or not at all); reads are
+one pipelined round trip. Every call is bounded (``asyncio.wait_for``): reads by
+``timeout_s``, writes, ``ping`` and each page of ``export`` by ``write_timeout_s``; a
+timeout or a connection error raises StateUnavailable. The connection pool reconnects by
+itself once the server is back. Durability is the server's: with ``appendonly yes`` and
+``appendfsync everysec`` a crash of Redis loses at most about the last second of writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from typing import TypeVar, cast
+
+import orjson
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from service.state.base import Event, EventType, Id, StateUnavailable, check_event, check_id
+
+T = TypeVar("T")
+
+PREFIX = b"recall:"
+LOG = PREFIX + b"log"
+EXPORT_PAGE = 500  # stream entries (batches) per XRANGE
+KINDS: tuple[EventType, ...] = ("interaction", "impression")
+
+
+def _enc(value: Id) -> bytes:
+    return orjson.dumps(value)
+
+
+def _recent_key(user: Id) -> bytes:
+    return PREFIX + b"r:" + _enc(user)
+
+
+def _shown_key(user: Id) -> bytes:
+    return PREFIX + b"s:" + _enc(user)
+
+
+class RedisStore:
+    """:class:`~service.state.base.StateStore` on the Redis server at ``url``."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        window: int,
+        shown_ttl_s: float,
+        retention_s: float,
+        timeout_s: float,
+        write_timeout_s: float,
+    ) -> None:
+        self.window = window
+        self.shown_ttl_s = shown_ttl_s
+        self.retention_s = retention_s
+        self.timeout_s = timeout_s
+        self.write_timeout_s = write_timeout_s
+        # One retry, at once: a pooled connection that died with a restarted server is
+        # replaced within the same call. wait_for bounds the whole call either way.
+        self._client: Redis = Redis.from_url(
+            url,
+            socket_timeout=write_timeout_s,
+            socket_connect_timeout=write_timeout_s,
+            retry=Retry(NoBackoff(), 1),
+            decode_responses=False,
+        )
+        self._closed = False
+
+    async def _bounded(self, call: Awaitable[T], bound: float, op: str) -> T:
+        if self._closed:
+            if asyncio.iscoroutine(call):
+                call.close()
+            raise StateUnavailable("the state store is closed")
+        try:
+            return await asyncio.wait_for(call, bound)
+        except TimeoutError:
+            raise StateUnavailable(f"Redis {op} took longer than {bound:g} s") from None
+        except (RedisError, OSError) as e:
+            raise StateUnavailable(f"Redis {op} failed: {e}") from e
+
+    async def add(self, events: Sequence[Event]) -> None:
+        rows = [check_event(e) for e in events]
+        if not rows:
+            return
+        now = time.time()
+        recent: dict[bytes, dict[bytes, float]] = {}
+        shown: dict[bytes, dict[bytes, float]] = {}
+        for user, item, ts, kind in rows:
+            if kind == "interaction":
+                member = _enc(item) + b"@" + repr(ts).encode()
+                recent.setdefault(_recent_key(user), {})[member] = ts
+            else:
+                items = shown.setdefault(_shown_key(user), {})
+                member = _enc(item)
+                items[member] = max(ts, items.get(member, -math.inf))
+        batch = orjson.dumps([[KINDS.index(k), u, i, ts] for u, i, ts, k in rows])
+        pipe = self._client.pipeline(transaction=True)
+        min_id = max(0, int((now - self.retention_s) * 1000))
+        pipe.xadd(LOG, {b"e": batch}, minid=min_id, approximate=True)
+        keep_s = math.ceil(self.retention_s)
+        for key, members in recent.items():
+            pipe.zadd(key, members)
+            pipe.zremrangebyrank(key, 0, -self.window - 1)
+            pipe.expire(key, keep_s)
+        ttl_s = math.ceil(self.shown_ttl_s)
+        for key, members in shown.items():
+            pipe.zadd(key, members, gt=True)
+            pipe.zremrangebyscore(key, "-inf", f"({now - self.shown_ttl_s!r}")
+            pipe.expire(key, ttl_s)
+        await self._bounded(pipe.execute(), self.write_timeout_s, "add")
+
+    async def recent(self, user_ids: Sequence[Id], after: float) -> list[list[tuple[Id, float]]]:
+        ids = [check_id(u) for u in user_ids]
+        if not ids:
+            return []
+        low = "-inf" if after == -math.inf else f"({float(after)!r}"
+        pipe = self._client.pipeline(transaction=False)
+        for user in ids:
+            pipe.zrangebyscore(_recent_key(user), low, "+inf", withscores=True)
+        replies: list[list[tuple[bytes, float]]] = await self._bounded(
+            pipe.execute(), self.timeout_s, "recent"
+        )
+        return [
+            [(orjson.loads(member.rpartition(b"@")[0]), ts) for member, ts in reply][-self.window :]
+            for reply in replies
+        ]
+
+    async def shown(self, user_ids: Sequence[Id], since: float) -> list[list[Id]]:
+        ids = [check_id(u) for u in user_ids]
+        if not ids:
+            return []
+        since = max(float(since), time.time() - self.shown_ttl_s)  # exact TTL, trimmed or not
+        pipe = self._client.pipeline(transaction=False)
+        for user in ids:
+            pipe.zrangebyscore(_shown_key(user), repr(since), "+inf")
+        replies: list[list[bytes]] = await self._bounded(pipe.execute(), self.timeout_s, "shown")
+        return [[orjson.loads(member) for member in reply] for reply in replies]
+
+    async def export(self, since: float | None = None) -> AsyncIterator[Event]:
+        # Exact retention whenever the stream was trimmed: entry ids are arrival times (ms).
+        start = str(max(0, int((time.time() - self.retention_s) * 1000)))
+        while True:
+            reply = await self._bounded(
+                self._client.xrange(LOG, min=start, max="+", count=EXPORT_PAGE),
+                self.write_timeout_s,
+                "export",
+            )
+            page = cast(list[tuple[bytes, dict[bytes, bytes]]], reply or [])
+            for _, fields in page:
+                for kind, user, item, ts in orjson.loads(fields[b"e"]):
+                    if since is None or ts >= since:
+                        yield Event(user, item, ts, KINDS[kind])
+            if len(page) < EXPORT_PAGE:
+                return
+            start = "(" + page[-1][0].decode()
+
+    async def ping(self) -> None:
+        await self._bounded(self._client.ping(), self.write_timeout_s, "ping")
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._client.aclose()

@@ -1,0 +1,91 @@
+"""A real ``redis-server`` process on 127.0.0.1 for tests (Debian's ``redis-server`` package;
+``.ci/run`` installs it). Fails, never skips, when the binary is missing."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+    )
+    if found is None:
+        pytest.fail(
+            "redis-server is not installed: the state store tests run a real Redis. Install "
+            "it with `apt-get install -y --no-install-recommends redis-server` (.ci/run does "
+            "this in CI)."
+        )
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """One ``redis-server`` with its data in ``directory``; ``kill`` and ``start`` again keep
+    the port (and, with ``appendonly``, the data: AOF fsynced on every write)."""
+
+    def __init__(self, directory: Path, *, appendonly: bool = False) -> None:
+        self.directory = directory
+        self.appendonly = appendonly
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else []
+        command = [
+            redis_binary(),
+            *("--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.directory)),
+            *("--save", "", "--appendonly", "no", *aof, "--protected-mode", "yes"),
+            *("--daemonize", "no", "--logfile", str(self.directory / "redis.log")),
+        ]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not self._pong():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                log = self.directory / "redis.log"
+                raise RuntimeError(f"redis-server did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.02)
+
+    def _pong(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL (a crash: no shutdown save, no goodbye to clients)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+@contextmanager
+def redis_server(directory: Path, *, appendonly: bool = False) -> Iterator[RedisServer]:
+    server = RedisServer(directory, appendonly=appendonly)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
