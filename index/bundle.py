@@ -17,6 +17,8 @@ import logging
 import os
 import secrets
 import shutil
+import struct
+import zipfile
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -272,3 +274,61 @@ def load_arrays(bundle: Path, manifest: Manifest, name: str) -> dict[str, np.nda
             return {key: npz[key] for key in npz.files}
     except ValueError as e:
         raise BundleError(f"{bundle}: {name} is not a plain numpy archive: {e}") from None
+
+
+_LOCAL_HEADER = 30  # bytes of a zip local file header before the name and extra field
+_NPY_READERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+
+
+def map_arrays(bundle: Path, manifest: Manifest, name: str) -> dict[str, np.ndarray]:
+    """Every array of a verified ``.npz`` file, memory-mapped read-only (not copied: the
+    workers of a replica share the pages, like the vectors').
+
+    ``np.savez`` stores each array uncompressed as a ``.npy`` member, so each one is a
+    plain array at an offset of the file. A compressed member, an object dtype or a
+    member that does not fit its zip entry is a :class:`BundleError`.
+    """
+    path = verify_file(bundle, manifest, name)
+    where = f"{bundle}: {name}"
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        with zipfile.ZipFile(path) as archive, path.open("rb") as f:
+            for info in archive.infolist():
+                if info.compress_type != zipfile.ZIP_STORED or not info.filename.endswith(".npy"):
+                    raise BundleError(f"{where}: {info.filename} is not a stored .npy member")
+                f.seek(info.header_offset)
+                local = f.read(_LOCAL_HEADER)
+                if len(local) != _LOCAL_HEADER or local[:4] != b"PK\x03\x04":
+                    raise BundleError(f"{where}: {info.filename} has no local zip header")
+                name_length, extra_length = struct.unpack("<HH", local[26:30])
+                start = info.header_offset + _LOCAL_HEADER + name_length + extra_length
+                f.seek(start)
+                reader = _NPY_READERS.get(np.lib.format.read_magic(f))
+                if reader is None:
+                    raise BundleError(f"{where}: {info.filename} has an unknown .npy version")
+                shape, fortran, dtype = reader(f)
+                if dtype.hasobject:
+                    raise BundleError(f"{where}: {info.filename}: object arrays are not allowed")
+                offset = f.tell()
+                size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                if offset + size > start + info.file_size:
+                    raise BundleError(f"{where}: {info.filename} is shorter than its header says")
+                key = info.filename.removesuffix(".npy")
+                if size == 0:
+                    arrays[key] = np.zeros(shape, dtype=dtype)
+                    continue
+                mapped = np.memmap(
+                    path,
+                    dtype=dtype,
+                    mode="r",
+                    offset=offset,
+                    shape=shape,
+                    order="F" if fortran else "C",
+                )
+                arrays[key] = np.asarray(mapped)  # a plain ndarray view of the map
+    except (zipfile.BadZipFile, ValueError, OSError, struct.error) as e:
+        raise BundleError(f"{where} is not a plain numpy archive: {e}") from None
+    return arrays

@@ -124,12 +124,12 @@ class UserHistory:
         if numeric.shape != (n_users, n_num):
             raise ValueError(f"numeric has shape {numeric.shape}, needs {(n_users, n_num)}")
         with np.errstate(over="ignore"):  # a value beyond float32 becomes Inf: refused next
-            numeric32 = numeric.astype(np.float32)
+            numeric32 = numeric.astype(np.float32, copy=False)
         if not np.isfinite(numeric32).all():
             raise ValueError("numeric holds NaN/Inf (in float32)")
         return cls(
             indptr=indptr,
-            items=items.astype(np.int32),
+            items=items.astype(np.int32, copy=False),
             timestamps=timestamps,
             categorical=categorical,
             numeric=numeric32,

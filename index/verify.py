@@ -175,7 +175,7 @@ def _history(bundle: Path, manifest: b.Manifest, tower: UserTower) -> UserHistor
         return None
     if manifest.trained_until is None:  # the manifest model refuses this already
         raise b.BundleError(f"{bundle}: schema_version 2 without trained_until")
-    arrays = b.load_arrays(bundle, manifest, b.USER_HISTORY)
+    arrays = b.map_arrays(bundle, manifest, b.USER_HISTORY)  # shared pages, not copies
     try:
         return UserHistory.from_arrays(
             arrays,

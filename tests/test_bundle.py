@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +168,62 @@ def test_a_bundle_with_user_history_is_schema_version_2_and_needs_trained_until(
     manifest = b.read_manifest(bundle)
     assert manifest.schema_version == 2 and manifest.trained_until == 1.5e9
     assert b.USER_HISTORY in manifest.files
+
+
+def _resigned_npz(bundle: Path, name: str, write: object) -> b.Manifest:
+    """Write ``name`` with ``write(file)`` and record it in the manifest."""
+    path = bundle / name
+    with path.open("wb") as f:
+        write(f)  # type: ignore[operator]
+    manifest = b.read_manifest(bundle)
+    return b.Manifest.model_validate(
+        {**manifest.model_dump(), "files": {**manifest.files, name: b.file_entry(path)}}
+    )
+
+
+def _short_member(f: io.BufferedWriter) -> None:
+    """A stored member whose .npy header promises 100 int64 but holds 1."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<i8", "fortran_order": False, "shape": (100,)}
+    )
+    with zipfile.ZipFile(f, "w") as archive:
+        archive.writestr("a.npy", header.getvalue() + bytes(8))
+
+
+def test_map_arrays_memory_maps_each_member_of_an_npz(tmp_path: Path) -> None:
+    arrays = {
+        "indptr": np.array([0, 2, 2, 5], dtype=np.int64),
+        "items": np.array([4, 1, 0, 2, 3], dtype=np.int32),
+        "matrix": np.asfortranarray(np.arange(12, dtype=np.float32).reshape(3, 4)),
+        "empty": np.zeros((0, 3), dtype=np.int64),
+        "names": np.array(["a", "bc"]),
+    }
+    bundle = _write(tmp_path, {b.ITEM_IDS: np.arange(3, dtype=np.int64), "h.npz": arrays})
+    mapped = b.map_arrays(bundle, b.read_manifest(bundle), "h.npz")
+    assert set(mapped) == set(arrays)
+    for key, array in arrays.items():
+        np.testing.assert_array_equal(mapped[key], array)
+        assert mapped[key].dtype == array.dtype and mapped[key].shape == array.shape
+        if array.size:
+            assert isinstance(mapped[key].base, np.memmap) and not mapped[key].flags.writeable
+    assert type(mapped["items"]) is np.ndarray  # not the memmap subclass (orjson refuses it)
+
+
+@pytest.mark.parametrize(
+    ("write", "message"),
+    [
+        (lambda f: np.savez_compressed(f, a=np.arange(3)), "a.npy is not a stored .npy member"),
+        (
+            lambda f: np.savez(f, a=np.array([{"x": 1}], dtype=object), allow_pickle=True),
+            "object arrays are not allowed",
+        ),
+        (lambda f: f.write(b"PK\x03\x04 not a zip at all"), "is not a plain numpy archive"),
+        (_short_member, "a.npy is shorter than its header says"),
+    ],
+)
+def test_map_arrays_refuses_what_it_cannot_map(tmp_path: Path, write: object, message: str) -> None:
+    bundle = _write(tmp_path)
+    manifest = _resigned_npz(bundle, "h.npz", write)
+    with pytest.raises(b.BundleError, match=message):
+        b.map_arrays(bundle, manifest, "h.npz")

@@ -51,7 +51,10 @@ def test_a_trained_bundle_is_schema_version_2(bundle: ServingBundle) -> None:
     assert bundle.manifest.schema_version == 2
     assert b.USER_HISTORY in bundle.manifest.files
     assert set(bundle.manifest.files) == {*b.TRAINER_FILES, b.INDEX}
-    assert history_of(bundle).n_users == len(bundle.user_ids)
+    history = history_of(bundle)
+    assert history.n_users == len(bundle.user_ids)
+    for array in history.arrays().values():  # shared pages of the file, not per-worker copies
+        assert isinstance(array.base, np.memmap) and not array.flags.writeable
 
 
 def test_windows_are_the_last_training_items_in_time_order(

@@ -92,6 +92,21 @@ def _history(edit: Callable[[dict[str, np.ndarray]], None]) -> Callable[[Path], 
     return damage
 
 
+def _compressed(name: str) -> Callable[[Path], Path]:
+    """The same arrays, written with np.savez_compressed (which cannot be memory-mapped)."""
+
+    def damage(bundle: Path) -> Path:
+        arrays = _arrays(bundle, name)
+        with (bundle / name).open("wb") as f:
+            np.savez_compressed(f, **arrays)
+        edit_manifest(
+            bundle, files={**b.read_manifest(bundle).files, name: b.file_entry(bundle / name)}
+        )
+        return bundle
+
+    return damage
+
+
 def _window_too_long(history: dict[str, np.ndarray]) -> None:
     """User 0's window gets items until it is one longer than the tower's history_length
     (50 in the test config), copies of its first item at its first timestamp."""
@@ -413,6 +428,11 @@ CORRUPTIONS: list[tuple[str, Callable[[Path], Path], str]] = [
         "must hold exactly indptr, items, timestamps, categorical, numeric",
     ),
     ("history-missing", _unlink(b.USER_HISTORY), r"user_history\.npz is missing"),
+    (
+        "history-compressed",
+        _compressed(b.USER_HISTORY),
+        r"indptr\.npy is not a stored \.npy member",
+    ),
     ("history-flipped", _flip(b.USER_HISTORY), r"user_history\.npz fails its sha256"),
     (
         "v2-manifest-without-history",
