@@ -10,9 +10,12 @@ import asyncio
 import hmac
 import io
 import logging
+import math
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
+from dataclasses import replace
 from typing import Annotated, Any, TypeVar
 
 import faiss
@@ -33,9 +36,13 @@ from service.errors import (
     PayloadTooLarge,
     ReloadFailed,
     Unauthorized,
+    UnknownId,
+    clip,
     envelope,
     install_error_handlers,
 )
+from service.events import parse_events
+from service.fresh import UserVector, canonical_id, recall_user, user_vectors
 from service.head import HeadAsGetMiddleware
 from service.limits import BodyLimitMiddleware
 from service.metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
@@ -45,6 +52,8 @@ from service.schemas import (
     BatchRecallRequest,
     BatchRecallResponse,
     ErrorResponse,
+    EventsRequest,
+    EventsResponse,
     IdsRequest,
     ModelInfo,
     RecallRequest,
@@ -54,6 +63,8 @@ from service.schemas import (
     VectorsResponse,
 )
 from service.settings import Settings
+from service.state import Id, StateUnavailable, open_store
+from service.state_access import StateAccess, UserState
 
 logger = logging.getLogger(__name__)
 
@@ -77,13 +88,15 @@ def _model_response(bundle: ServingBundle, content: Any, **kwargs: Any) -> JsonR
     return JsonResponse(content, headers={"X-Bundle-Id": bundle.id}, **kwargs)
 
 
-def _recall_body(result: RecallResult) -> dict[str, Any]:
+def _recall_body(result: RecallResult, fresh_events: int = 0, fresh: bool = True) -> dict[str, Any]:
     return {
         "bundle_id": result.bundle_id,
         "source": result.source.value,
         "items": [
             {"item_id": i, "score": s} for i, s in zip(result.item_ids, result.scores, strict=True)
         ],
+        "fresh_events": fresh_events,
+        "fresh": fresh,
     }
 
 
@@ -99,10 +112,36 @@ async def current_bundle(request: Request) -> ServingBundle:
 BundleDep = Annotated[ServingBundle, Depends(current_bundle)]
 
 
+async def state_access(request: Request) -> StateAccess:
+    """The state store of this app (opened by the lifespan)."""
+    access: StateAccess = request.app.state.state
+    return access
+
+
+StateDep = Annotated[StateAccess, Depends(state_access)]
+
+
+def _after(bundle: ServingBundle, user_ids: list[Id]) -> float:
+    """Events to read: those after the training data (``trained_until``) when every user is
+    known to a v2 bundle; else all the store keeps (a new user's events all count, and a v1
+    bundle cannot tell fresh from trained). :mod:`service.fresh` filters per user."""
+    if bundle.trained_until is None or bundle.history is None:
+        return -math.inf
+    if (bundle.user_ids.rows(user_ids) < 0).any():
+        return -math.inf
+    return bundle.trained_until
+
+
+async def _read_state(
+    state: StateAccess, bundle: ServingBundle, user_ids: list[Id], with_shown: bool
+) -> UserState:
+    return await state.read(user_ids, after=_after(bundle, user_ids), with_shown=with_shown)
+
+
 def _query(request: RecallRequest, settings: Settings) -> RecallQuery:
     if request.history is not None and len(request.history) > settings.max_history:
         raise InvalidInput(f"history may hold at most {settings.max_history} items")
-    return RecallQuery(**request.model_dump())
+    return RecallQuery(**request.model_dump(exclude={"exclude_shown"}))
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -124,6 +163,21 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         faiss.omp_set_num_threads(1)  # one thread per search; concurrency comes from requests
+        store = open_store(
+            settings.state_url,
+            window=settings.state_window,
+            shown_ttl_s=settings.shown_ttl_s,
+            retention_s=settings.events_retention_s,
+            timeout_s=settings.state_timeout_s,
+        )
+        app.state.store = store
+        app.state.state = StateAccess(
+            store, metrics, timeout_s=settings.state_timeout_s, shown_ttl_s=settings.shown_ttl_s
+        )
+        try:
+            await store.ping()
+        except StateUnavailable as e:  # recall still answers from the bundle
+            logger.warning("state store unavailable at startup: %s", e)
         with suppress(ReloadFailed, NotReady):
             await holder.reload()
         poller = None
@@ -135,6 +189,8 @@ def create_app(settings: Settings) -> FastAPI:
             with suppress(asyncio.CancelledError):
                 await poller
         executor.shutdown(wait=False, cancel_futures=True)
+        with suppress(StateUnavailable):
+            await store.close()
 
     app = FastAPI(
         title="recall",
@@ -195,22 +251,72 @@ def create_app(settings: Settings) -> FastAPI:
             },
         )
 
-    @app.post("/v1/recall", response_model=RecallResponse, responses=ERRORS, tags=["recall"])
-    async def recall(body: RecallRequest, bundle: BundleDep) -> Response:
-        """Top-k items for a known user, a fresh history, or a raw vector."""
-        result = await in_pool(core.recall, bundle, _query(body, settings), settings.max_k)
-        return _model_response(bundle, _recall_body(result))
+    def _recall_one(
+        bundle: ServingBundle, query: RecallQuery, user_id: Id, state: UserState
+    ) -> tuple[RecallResult, int]:
+        user = user_vectors(bundle, [user_id], state.events)[0]
+        answer = recall_user(bundle, query, user, state.shown[0], settings.max_k)
+        return answer.result, answer.fresh_events
 
-    def _answer_batch(bundle: ServingBundle, raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
+    @app.post("/v1/recall", response_model=RecallResponse, responses=ERRORS, tags=["recall"])
+    async def recall(body: RecallRequest, bundle: BundleDep, state: StateDep) -> Response:
+        """Top-k items for a user (the bundle's vector, or their training history followed by
+        their newer events), a history, or a raw vector."""
+        query = _query(body, settings)
+        if query.user_id is None:
+            result = await in_pool(core.recall, bundle, query, settings.max_k)
+            return _model_response(bundle, _recall_body(result))
+        user_id = canonical_id(bundle.user_ids, query.user_id)
+        query = replace(query, user_id=user_id)
+        read = await _read_state(state, bundle, [user_id], body.exclude_shown)
+        result, fresh_events = await in_pool(_recall_one, bundle, query, user_id, read)
+        return _model_response(bundle, _recall_body(result, fresh_events, read.fresh))
+
+    def _parse_batch(
+        bundle: ServingBundle, raw: list[dict[str, Any]]
+    ) -> list[tuple[RecallQuery, bool] | dict[str, Any]]:
+        """Each entry as (query with a canonical user id, exclude_shown), or its error."""
+        out: list[tuple[RecallQuery, bool] | dict[str, Any]] = []
         for item in raw:
             try:
-                query = _query(RecallRequest.model_validate(item), settings)
-                body = _recall_body(core.recall(bundle, query, settings.max_k))
-                out.append({"status": 200, "source": body["source"], "items": body["items"]})
+                request = RecallRequest.model_validate(item)
+                query = _query(request, settings)
+                if query.user_id is not None:
+                    query = replace(query, user_id=canonical_id(bundle.user_ids, query.user_id))
+                out.append((query, request.exclude_shown))
             except ValidationError as e:
                 message = "; ".join(err["msg"] for err in e.errors()[:3])
                 out.append({"status": 422, **envelope("invalid_input", message)})
+            except ApiError as e:
+                out.append({"status": e.status, **envelope(e.code, e.message)})
+        return out
+
+    def _answer_batch(
+        bundle: ServingBundle,
+        entries: list[tuple[RecallQuery, bool] | dict[str, Any]],
+        users: list[Id],
+        state: UserState,
+    ) -> list[dict[str, Any]]:
+        position = {user: j for j, user in enumerate(users)}
+        vectors: list[UserVector | None] = []
+        if users:
+            vectors = user_vectors(bundle, users, state.events)
+        out: list[dict[str, Any]] = []
+        for entry in entries:
+            if isinstance(entry, dict):
+                out.append(entry)
+                continue
+            query, exclude_shown = entry
+            try:
+                if query.user_id is None:
+                    result, fresh_events = core.recall(bundle, query, settings.max_k), 0
+                else:
+                    j = position[query.user_id]
+                    shown = state.shown[j] if exclude_shown else []
+                    answer = recall_user(bundle, query, vectors[j], shown, settings.max_k)
+                    result, fresh_events = answer.result, answer.fresh_events
+                body = _recall_body(result, fresh_events, state.fresh)
+                out.append({"status": 200, **{k: v for k, v in body.items() if k != "bundle_id"}})
             except ApiError as e:
                 out.append({"status": e.status, **envelope(e.code, e.message)})
             except Exception:  # one entry's bug must not fail the others
@@ -221,12 +327,47 @@ def create_app(settings: Settings) -> FastAPI:
     @app.post(
         "/v1/recall/batch", response_model=BatchRecallResponse, responses=ERRORS, tags=["recall"]
     )
-    async def recall_batch(body: BatchRecallRequest, bundle: BundleDep) -> Response:
-        """Many recalls on one bundle; results in request order, errors inline."""
+    async def recall_batch(
+        body: BatchRecallRequest, bundle: BundleDep, state: StateDep
+    ) -> Response:
+        """Many recalls on one bundle; results in request order, errors inline. The state
+        store is read once for every user_id entry."""
         if len(body.requests) > settings.max_batch:
             raise PayloadTooLarge(f"at most {settings.max_batch} requests per batch")
-        results = await in_pool(_answer_batch, bundle, body.requests)
+        entries = await in_pool(_parse_batch, bundle, body.requests)
+        users = list(
+            dict.fromkeys(
+                e[0].user_id for e in entries if isinstance(e, tuple) and e[0].user_id is not None
+            )
+        )
+        with_shown = any(isinstance(e, tuple) and e[1] for e in entries)
+        read = await _read_state(state, bundle, users, with_shown)
+        results = await in_pool(_answer_batch, bundle, entries, users, read)
         return _model_response(bundle, {"bundle_id": bundle.id, "results": results})
+
+    @app.post(
+        "/v1/events",
+        response_model=EventsResponse,
+        responses={code: {"model": ErrorResponse} for code in (413, 422, 503)},
+        tags=["events"],
+    )
+    async def post_events(body: EventsRequest, bundle: BundleDep, state: StateDep) -> Response:
+        """Store what users did (interactions move their vectors at the next recall;
+        impressions feed exclude_shown). Bad events are rejected inline, the rest stored
+        (durably when this answers); 503 state_unavailable when the store cannot take them."""
+        if len(body.events) > settings.max_events:
+            raise PayloadTooLarge(f"at most {settings.max_events} events per request")
+        parsed = await in_pool(parse_events, body.events, bundle, time.time())
+        if parsed.events:
+            await state.add(parsed.events)
+        return _model_response(
+            bundle,
+            {
+                "accepted": len(parsed.events),
+                "rejected": parsed.rejected,
+                "unknown_items": parsed.unknown_items,
+            },
+        )
 
     @app.get(
         "/v1/items/{item_id}/similar",
@@ -291,6 +432,95 @@ def create_app(settings: Settings) -> FastAPI:
         )
         return many_vectors
 
+    async def one_user_vector(id: str, bundle: BundleDep, state: StateDep) -> Response:
+        """One user's vector, as a recall by user_id uses it: the stored one, or from the
+        user's training history followed by newer events (`source`, `fresh_events`)."""
+        user_id = canonical_id(bundle.user_ids, id)
+        read = await _read_state(state, bundle, [user_id], False)
+        user = (await in_pool(user_vectors, bundle, [user_id], read.events))[0]
+        if user is None:
+            raise UnknownId(f"unknown user id {clip(id)}")
+        row = bundle.user_ids.row(user_id)
+        typed_id = user_id if row is None else bundle.user_ids.ids[row].item()
+        body = {
+            "bundle_id": bundle.id,
+            "id": typed_id,
+            "vector": user.vector,
+            "source": user.source.value,
+            "fresh_events": user.fresh_events,
+            "fresh": read.fresh,
+        }
+        return _model_response(bundle, body)
+
+    def _fresh_user_rows(
+        bundle: ServingBundle, ids: list[Id], events: list[list[tuple[Id, float]]]
+    ) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """(vectors (n, dim) float32, NaN rows where unknown; found (n,) bool; fresh events
+        per id): stored rows, replaced by :func:`user_vectors` for ids with events."""
+        vectors, found = core.vectors_of(bundle, "users", ids)
+        fresh_events = [0] * len(ids)
+        touched = [j for j, e in enumerate(events) if e]
+        if touched:
+            made = user_vectors(bundle, [ids[j] for j in touched], [events[j] for j in touched])
+            vectors = np.array(vectors)  # writable, not the memory map
+            for j, user in zip(touched, made, strict=True):
+                if user is not None:
+                    vectors[j], found[j], fresh_events[j] = user.vector, True, user.fresh_events
+        return vectors, found, fresh_events
+
+    async def many_user_vectors(
+        body: IdsRequest,
+        bundle: BundleDep,
+        state: StateDep,
+        accept: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        if len(body.ids) > settings.max_vector_ids:
+            raise PayloadTooLarge(f"at most {settings.max_vector_ids} ids per request")
+        ids = [canonical_id(bundle.user_ids, i) for i in body.ids]
+        read = await _read_state(state, bundle, list(dict.fromkeys(ids)), False)
+        by_user = dict(zip(dict.fromkeys(ids), read.events, strict=True))
+        events = [by_user[i] for i in ids]
+        vectors, found, fresh_events = await in_pool(_fresh_user_rows, bundle, ids, events)
+        missing = [i for i, ok in zip(body.ids, found.tolist(), strict=True) if not ok]
+        if wants_npy(accept):
+            buffer = io.BytesIO()
+            np.save(buffer, vectors, allow_pickle=False)
+            return Response(
+                buffer.getvalue(),
+                media_type=NPY_MEDIA_TYPE,
+                headers={
+                    "X-Bundle-Id": bundle.id,
+                    "X-Missing-Count": str(len(missing)),
+                    "X-Fresh-Count": str(sum(n > 0 for n in fresh_events)),
+                    "X-Fresh": "true" if read.fresh else "false",
+                },
+            )
+        rows: Any = (
+            vectors
+            if not missing
+            else [v if ok else None for v, ok in zip(vectors, found.tolist(), strict=True)]
+        )
+        return _model_response(
+            bundle,
+            {
+                "bundle_id": bundle.id,
+                "dim": bundle.dim,
+                "vectors": rows,
+                "missing": missing,
+                "fresh_events": fresh_events,
+                "fresh": read.fresh,
+            },
+        )
+
+    many_user_vectors.__doc__ = (
+        "User vectors in request order, as a recall by user_id uses them (`fresh_events` "
+        "per id: > 0 when newer events went into the vector; a user known only from "
+        "events has one); unknown ids listed in `missing` (null rows). With `Accept: "
+        f"{NPY_MEDIA_TYPE}` the body is a float32 .npy (len(ids), dim), NaN rows for "
+        "unknown ids; X-Missing-Count, X-Fresh-Count (vectors from events) and X-Fresh "
+        "(false: the state store was not read) say the rest."
+    )
+
     for kind in ("users", "items"):
         singular = kind[:-1]
         app.get(
@@ -299,14 +529,14 @@ def create_app(settings: Settings) -> FastAPI:
             responses=ERRORS,
             tags=["vectors"],
             name=f"{singular}_vector",
-        )(_one_vector(kind))
+        )(one_user_vector if kind == "users" else _one_vector(kind))
         app.post(
             f"/v1/{kind}/vectors",
             response_model=VectorsResponse,
             responses={**ERRORS, 200: {"content": {NPY_MEDIA_TYPE: {}}}},
             tags=["vectors"],
             name=f"{singular}_vectors",
-        )(_many_vectors(kind))
+        )(many_user_vectors if kind == "users" else _many_vectors(kind))
 
     @app.post(
         "/v1/admin/reload",

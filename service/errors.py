@@ -11,6 +11,7 @@ unexpected onto the envelope in one place::
     ├── Unauthorized      401  unauthorized
     ├── Forbidden         403  forbidden
     ├── NotReady          503  not_ready
+    ├── StateDown         503  state_unavailable
     └── ReloadFailed      409  reload_failed
 """
 
@@ -65,6 +66,12 @@ class NotReady(ApiError):
 
 class ReloadFailed(ApiError):
     status, code = 409, "reload_failed"
+
+
+class StateDown(ApiError):
+    """The state store could not take a write (``POST /v1/events``): the client retries."""
+
+    status, code = 503, "state_unavailable"
 
 
 _HTTP_CODES = {

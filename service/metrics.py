@@ -38,6 +38,8 @@ from service.metrics_dir import MULTIPROC_ENV, process_alive
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware"]
 
+STATE_OPS = ("recent", "shown", "add")
+"""The ``op`` label values of ``recall_state_errors_total``."""
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _LIVE_GAUGE_FILE = re.compile(r"^gauge_live\w+?_(\d+)\.db$")
 
@@ -101,8 +103,17 @@ class Metrics:
             multiprocess_mode="livemostrecent",
             registry=self.registry,
         )
+        self.state_errors = Counter(
+            "recall_state_errors",
+            "state store calls that failed or timed out, by operation (recall then "
+            "answers from the bundle alone; events get 503)",
+            ["op"],
+            registry=self.registry,
+        )
         self.reloads.labels("success")
         self.reloads.labels("failure")
+        for op in STATE_OPS:
+            self.state_errors.labels(op)
         self._bundle_id: str | None = None
 
     def bundle_loaded(self, bundle_id: str, n_items: int, n_users: int) -> None:

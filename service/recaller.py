@@ -35,6 +35,8 @@ class Source(StrEnum):
     """Where a recall's query vector came from."""
 
     USER = "user"
+    USER_EVENTS = "user+events"  # the user's training window + newer events (service.fresh)
+    EVENTS = "events"  # a user known only from events (service.fresh)
     HISTORY = "history"
     VECTOR = "vector"
     ITEM = "item"
@@ -196,11 +198,23 @@ def recall(bundle: ServingBundle, query: RecallQuery, max_k: int) -> RecallResul
     """Top-k items by inner product for one query, exclusions applied (still k items)."""
     check_k(query.k, max_k)
     source, vector, exclude = _query(bundle, query)
+    return answer(bundle, query.k, source, vector, exclude)
+
+
+def answer(
+    bundle: ServingBundle,
+    k: int,
+    source: Source,
+    vector: np.ndarray | None,
+    exclude: np.ndarray,
+) -> RecallResult:
+    """Top-k for a query vector (dim,) float32, or the popular items when it is None,
+    without the ``exclude`` item rows."""
     if vector is None:
-        rows, scores = popular(bundle, query.k, exclude)
+        rows, scores = popular(bundle, k, exclude)
     else:
         query_vector = _check_range(bundle, vector)[None, :]
-        score_matrix, row_matrix = bundle.index.search(query_vector, query.k, exclude=[exclude])
+        score_matrix, row_matrix = bundle.index.search(query_vector, k, exclude=[exclude])
         rows, scores = row_matrix[0], _finite(score_matrix[0])
     return RecallResult(bundle.id, source, bundle.item_ids.ids[rows].tolist(), scores.tolist())
 

@@ -15,6 +15,7 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -89,6 +90,11 @@ class RecallRequest(BaseModel):
         description="'popular': answer an unknown user_id, or a history with no known "
         "item, with popular items (source 'popular') instead of a 404",
     )
+    exclude_shown: StrictBool = Field(
+        False,
+        description="drop the items of the user's impressions (POST /v1/events, type "
+        "'impression') of the last RECALL_SHOWN_TTL_S seconds; needs user_id",
+    )
 
     @model_validator(mode="after")
     def _exactly_one_query(self) -> RecallRequest:
@@ -97,6 +103,8 @@ class RecallRequest(BaseModel):
             raise ValueError("give exactly one of user_id, history, vector")
         if self.features is not None and self.history is None:
             raise ValueError("features go with history")
+        if self.exclude_shown and self.user_id is None:
+            raise ValueError("exclude_shown goes with user_id (impressions are per user)")
         return self
 
 
@@ -105,10 +113,31 @@ class ScoredItem(BaseModel):
     score: float
 
 
+Source = Literal["user", "user+events", "events", "history", "vector", "item", "popular"]
+UserSource = Literal["user", "user+events", "events"]
+
+FRESH_EVENTS = Field(
+    0,
+    description="the user's events newer than the bundle's training data that went into "
+    "the query vector (events on items the bundle knows, at most the tower's window)",
+)
+FRESH = Field(
+    True,
+    description="false when the state store could not be read in time: the answer then "
+    "comes from the bundle alone (no fresh events, no exclude_shown)",
+)
+
+
 class RecallResponse(BaseModel):
     bundle_id: str
-    source: Literal["user", "history", "vector", "item", "popular"]
+    source: Source = Field(
+        description="user: the bundle's vector; user+events: the user's training history "
+        "followed by newer events through the tower; events: a user known only from "
+        "events; history, vector, item, popular: as asked or the fallback"
+    )
     items: list[ScoredItem]
+    fresh_events: int = FRESH_EVENTS
+    fresh: bool = FRESH
 
 
 class BatchRecallRequest(BaseModel):
@@ -130,8 +159,10 @@ class ErrorResponse(BaseModel):
 
 class BatchItemResult(BaseModel):
     status: int
-    source: str | None = None
+    source: Source | None = None
     items: list[ScoredItem] | None = None
+    fresh_events: int | None = None
+    fresh: bool | None = None
     error: ErrorBody | None = None
 
 
@@ -150,13 +181,26 @@ class VectorResponse(BaseModel):
     bundle_id: str
     id: ExternalId
     vector: list[float]
+    source: UserSource | None = Field(
+        None, description="users only: where the vector came from (as in a recall)"
+    )
+    fresh_events: int | None = Field(None, description="users only: as in a recall")
+    fresh: bool | None = Field(None, description="users only: as in a recall")
 
 
 class VectorsResponse(BaseModel):
     bundle_id: str
     dim: int
     vectors: list[list[float] | None] = Field(description="in request order; null if missing")
-    missing: list[ExternalId] = Field(description="requested ids the bundle does not know")
+    missing: list[ExternalId] = Field(
+        description="requested ids the bundle does not know (users: nor the events)"
+    )
+    fresh_events: list[int] | None = Field(
+        None,
+        description="users only, in request order: fresh events in each vector (0 = the "
+        "bundle's vector; a user known only from events has a vector from them)",
+    )
+    fresh: bool | None = Field(None, description="users only: as in a recall")
 
 
 class ModelInfo(BaseModel):
@@ -171,3 +215,65 @@ class ModelInfo(BaseModel):
 class ReloadResponse(BaseModel):
     bundle_id: str
     changed: bool
+
+
+MAX_FUTURE_S = 86_400.0
+"""An event may be at most this far in the future (clock skew), else it is rejected."""
+
+
+def _timestamp(value: object) -> object:
+    """Unix seconds as a float: a JSON number (not bool), finite, >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("timestamp is a number of unix seconds")
+    try:
+        seconds = float(value)
+    except OverflowError:
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        raise ValueError("timestamp must be finite (no NaN or Infinity)")
+    if seconds < 0:
+        raise ValueError("timestamp must be >= 0 (unix seconds)")
+    return seconds
+
+
+Timestamp = Annotated[
+    float, BeforeValidator(_timestamp), Field(description="unix seconds; default: now")
+]
+
+
+class EventIn(BaseModel):
+    """One event of ``POST /v1/events``; validated on its own (a bad one is rejected inline)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: ExternalId
+    item_id: ExternalId
+    timestamp: Timestamp | None = None
+    type: Literal["interaction", "impression"] = Field(
+        "interaction",
+        description="interaction (watched, clicked...: moves the user's vector) or "
+        "impression (shown: dropped by exclude_shown within RECALL_SHOWN_TTL_S)",
+    )
+
+
+class EventsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Any per entry, so that one bad event is rejected inline instead of the whole body.
+    events: list[Annotated[Any, WithJsonSchema(EventIn.model_json_schema())]] = Field(
+        description="at most RECALL_MAX_EVENTS events; each validated on its own"
+    )
+
+
+class RejectedEvent(BaseModel):
+    index: int = Field(description="position in the request's events")
+    error: ErrorBody
+
+
+class EventsResponse(BaseModel):
+    accepted: int = Field(description="events stored (durable when this answer is sent)")
+    rejected: list[RejectedEvent]
+    unknown_items: int = Field(
+        description="accepted events on items the bundle does not know: kept for "
+        "retraining, but they cannot move a vector yet"
+    )

@@ -4,6 +4,7 @@ the service settings those tests use."""
 from __future__ import annotations
 
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -14,13 +15,25 @@ import uvicorn
 from fastapi import FastAPI
 
 from service.settings import Settings
+from service.state import sqlite_url
 
 TOKEN = "s3cret-admin-token-for-tests"
 
+_STATE_DIRS = tempfile.TemporaryDirectory(prefix="recall-test-state-")
+"""Parent of the state stores of :func:`settings` (removed when the test process exits)."""
+
+
+def fresh_state_url() -> str:
+    """A SQLite state store of its own, outside any bundle root (``published_root`` is
+    shared by the test modules: events there would change other modules' answers)."""
+    return sqlite_url(Path(tempfile.mkdtemp(dir=_STATE_DIRS.name)) / "events.sqlite")
+
 
 def settings(root: Path, **overrides: object) -> Settings:
-    """Small limits (so tests reach them cheaply), no polling, admin token :data:`TOKEN`."""
+    """Small limits (so tests reach them cheaply), no polling, admin token :data:`TOKEN`,
+    an empty state store of its own (:func:`fresh_state_url`)."""
     values: dict[str, object] = {
+        "state_url": fresh_state_url(),
         "root": root,
         "max_k": 200,
         "max_batch": 8,

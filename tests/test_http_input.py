@@ -91,7 +91,7 @@ def test_unexpected_error_is_the_500_envelope_and_keeps_the_connection(
     def broken(*args: Any) -> Any:
         raise RuntimeError("a bug in the core")
 
-    monkeypatch.setattr(core, "recall", broken)
+    monkeypatch.setattr(core, "answer", broken)  # every recall path ends there
     with (
         live_server(create_app(settings(published_root))) as url,
         httpx.Client(base_url=url) as client,

@@ -33,10 +33,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from index.publish import publish
 from service.app import create_app
 from service.recaller import ServingBundle
-from service.settings import Settings
+from service.settings import STATE_FILE, Settings
+from service.state import sqlite_url
 from tests.live import live_server
+from tests.test_verify import copy_bundle
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 DEMO_URL = "http://127.0.0.1:8000"
@@ -118,10 +121,22 @@ def token() -> str:
 
 
 @pytest.fixture(scope="module")
-def base_url(published_root: Path, token: str) -> Iterator[str]:
-    settings = Settings(root=published_root, admin_token=token, reload_interval_s=0)
+def demo_root(published_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A root of its own with the test bundle published, so the server gets the default
+    state store (``<root>/.state/events.sqlite``) as ``make demo`` does, without writing
+    events into the shared ``published_root``."""
+    root = tmp_path_factory.mktemp("readme-root")
+    publish(copy_bundle(published_root, root))
+    return root
+
+
+@pytest.fixture(scope="module")
+def base_url(demo_root: Path, token: str) -> Iterator[str]:
+    settings = Settings(root=demo_root, admin_token=token, reload_interval_s=0)
+    assert settings.state_url == sqlite_url(demo_root / STATE_FILE)  # the default
     with live_server(create_app(settings)) as url:
         yield url
+    assert (demo_root / STATE_FILE).is_file()  # the examples' events went there
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,173 @@
+"""User vectors from the bundle plus the user's newer events (pure functions, no I/O).
+
+The HTTP layer reads each user's recent events from the state store (``(item_id,
+timestamp)`` pairs, oldest first) and hands them here with the bundle:
+
+- a user the bundle knows, with events after the bundle's ``trained_until`` on items it
+  knows: the user's training window (``user_history.npz``) followed by those events, cut
+  to the tower's ``history_length``, through :meth:`UserTower.encode_encoded` with the
+  user's stored features -- source ``user+events``;
+- a user the bundle knows, with no such event (or a v1 bundle, which has no window): the
+  stored vector -- source ``user``;
+- a user the bundle never saw, with events on known items: the tower on those events,
+  without features -- source ``events``;
+- otherwise: no vector (404, or the popular fallback).
+
+Ids from clients and from the store go through :func:`canonical_id` first, so ``"7"`` and
+``7`` name the same user or item of an int-typed bundle (as :class:`IdMap` matches them).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from index.ids import CANONICAL_INT_PATTERN, IdMap
+from service import recaller as core
+from service.errors import UnknownId, clip
+from service.recaller import ExternalId, RecallQuery, RecallResult, ServingBundle, Source
+
+__all__ = [
+    "FreshRecall",
+    "UserVector",
+    "canonical_id",
+    "recall_user",
+    "user_vectors",
+]
+
+Events = Sequence[tuple[ExternalId, float]]
+"""One user's events from the store: (item_id, unix seconds), oldest first."""
+
+_INT64 = (-(2**63), 2**63 - 1)
+_CANONICAL_INT_LEN = 20
+_CANONICAL_INT = re.compile(CANONICAL_INT_PATTERN)
+
+
+def canonical_id(ids: IdMap, value: ExternalId) -> ExternalId:
+    """``value`` typed as ``ids`` types its ids when it can be: a canonical decimal string
+    ("42", not "042") becomes an int for an int64 map, an int becomes its decimal string
+    for a string map; anything else is returned unchanged (a new user's own id)."""
+    if ids.is_int:
+        if (
+            isinstance(value, str)
+            and len(value) <= _CANONICAL_INT_LEN
+            and _matches_int(value)
+            and _INT64[0] <= int(value) <= _INT64[1]
+        ):
+            return int(value)
+        return value
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _matches_int(value: str) -> bool:
+    return _CANONICAL_INT.fullmatch(value) is not None
+
+
+@dataclass(frozen=True)
+class UserVector:
+    """One user's query vector and what it came from.
+
+    ``vector`` (dim,) float32; ``seen`` item rows the user interacted with (training set
+    and events, for ``exclude_seen``); ``fresh_events``: events in the vector that the
+    bundle did not (0 for source ``user``)."""
+
+    source: Source
+    vector: np.ndarray
+    seen: np.ndarray
+    fresh_events: int
+
+
+def _event_rows(bundle: ServingBundle, events: Events, after: float | None) -> np.ndarray:
+    """Item rows (int64) of the events on known items with timestamp > ``after`` (all when
+    ``after`` is None), oldest first."""
+    items = [item for item, ts in events if after is None or ts > after]
+    if not items:
+        return np.zeros(0, dtype=np.int64)
+    rows = bundle.item_ids.rows(items)
+    return rows[rows >= 0]
+
+
+def user_vectors(
+    bundle: ServingBundle, user_ids: Sequence[ExternalId], events: Sequence[Events]
+) -> list[UserVector | None]:
+    """The query vector of each user (see the module docstring), None where neither the
+    bundle nor usable events know the user. ``events[j]`` are ``user_ids[j]``'s, from the
+    store (empty when the store was not read). The tower runs once per kind of user."""
+    if len(user_ids) != len(events):
+        raise ValueError("events must have one entry per user")
+    length = bundle.tower.spec.history_length
+    rows = bundle.user_ids.rows(list(user_ids)) if len(user_ids) else np.zeros(0, np.int64)
+    history, trained_until = bundle.history, bundle.trained_until
+    out: list[UserVector | None] = [None] * len(user_ids)
+    refresh: list[tuple[int, int, np.ndarray]] = []  # (position, user row, fresh rows)
+    new: list[tuple[int, np.ndarray]] = []  # (position, event rows)
+    for j, (row, user_events) in enumerate(zip(rows.tolist(), events, strict=True)):
+        if row < 0:
+            event_rows = _event_rows(bundle, user_events, None)
+            if len(event_rows):
+                new.append((j, event_rows))
+            continue
+        stored = np.asarray(bundle.user_vectors[row])
+        if history is None or trained_until is None:  # v1: no window to extend
+            seen = np.concatenate([bundle.seen(row), _event_rows(bundle, user_events, None)])
+            out[j] = UserVector(Source.USER, stored, seen, 0)
+            continue
+        fresh = _event_rows(bundle, user_events, trained_until)
+        if not len(fresh):
+            out[j] = UserVector(Source.USER, stored, bundle.seen(row), 0)
+        else:
+            refresh.append((j, row, fresh))
+    if refresh and history is not None:
+        windows = [
+            np.concatenate([history.window(row)[0], fresh])[-length:] for _, row, fresh in refresh
+        ]
+        user_rows = np.array([row for _, row, _ in refresh], dtype=np.int64)
+        vectors = bundle.tower.encode_encoded(
+            windows, history.categorical[user_rows], history.numeric[user_rows]
+        )
+        for (j, row, fresh), vector in zip(refresh, vectors, strict=True):
+            seen = np.concatenate([bundle.seen(row), fresh])
+            out[j] = UserVector(Source.USER_EVENTS, vector, seen, min(len(fresh), length))
+    if new:
+        vectors = bundle.tower.encode([event_rows for _, event_rows in new])
+        for (j, event_rows), vector in zip(new, vectors, strict=True):
+            out[j] = UserVector(Source.EVENTS, vector, event_rows, min(len(event_rows), length))
+    return out
+
+
+@dataclass(frozen=True)
+class FreshRecall:
+    """A recall answer and how many fresh events its query vector used."""
+
+    result: RecallResult
+    fresh_events: int
+
+
+def recall_user(
+    bundle: ServingBundle,
+    query: RecallQuery,
+    user: UserVector | None,
+    shown: Sequence[ExternalId],
+    max_k: int,
+) -> FreshRecall:
+    """Top-k for a ``user_id`` query whose vector :func:`user_vectors` made (``user``),
+    minus ``shown`` (item ids of recent impressions, when the request asked) and, unless
+    ``exclude_seen`` is false, the items the user has seen. Other queries: the plain
+    :func:`service.recaller.recall`."""
+    if query.user_id is None:
+        return FreshRecall(core.recall(bundle, query, max_k), 0)
+    core.check_k(query.k, max_k)
+    dropped = [*query.exclude, *shown]
+    exclude = bundle.item_ids.rows(dropped) if dropped else np.zeros(0, np.int64)
+    exclude = exclude[exclude >= 0]
+    if user is None:
+        if query.fallback != "popular":
+            raise UnknownId(f"unknown user_id {clip(query.user_id)}")
+        return FreshRecall(core.answer(bundle, query.k, Source.POPULAR, None, exclude), 0)
+    if query.exclude_seen is not False:
+        exclude = np.concatenate([exclude, user.seen])
+    result = core.answer(bundle, query.k, user.source, user.vector, exclude)
+    return FreshRecall(result, user.fresh_events)

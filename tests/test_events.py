@@ -1,0 +1,438 @@
+"""POST /v1/events and recall from fresh events, over a real uvicorn server and a real
+SQLite state store (and a real redis-server for the store-down cases).
+
+Expected vectors are built here with the tower directly (the bundle's training window
+followed by the new item rows, through ``encode_encoded`` with the user's stored
+features); expected top-k lists by brute force (the test bundle's index is Flat: exact).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from index.current import CURRENT
+from index.publish import publish
+from service.app import create_app
+from service.recaller import ServingBundle
+from service.state import sqlite_url
+from tests.live import live_server, settings
+from tests.test_history import make_v1
+from tests.test_verify import copy_bundle
+
+TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
+
+
+@pytest.fixture(scope="module")
+def bundle(published_root: Path) -> ServingBundle:
+    loaded = ServingBundle.load(published_root / (published_root / CURRENT).read_text().strip())
+    assert loaded.history is not None and loaded.trained_until is not None  # a v2 bundle
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def client(published_root: Path) -> Iterator[httpx.Client]:
+    """One server with its own empty SQLite store; each test uses users of its own."""
+    with (
+        live_server(create_app(settings(published_root))) as url,
+        httpx.Client(base_url=url) as c,
+    ):
+        yield c
+
+
+def user(bundle: ServingBundle, row: int) -> int:
+    user_id: int = bundle.user_ids.ids[row].item()
+    return user_id
+
+
+def unseen_items(bundle: ServingBundle, row: int, n: int, skip: int = 0) -> list[int]:
+    """``n`` item ids the user never interacted with in training."""
+    seen = set(bundle.seen(row).tolist())
+    rows = [r for r in range(len(bundle.item_ids)) if r not in seen][skip : skip + n]
+    return [bundle.item_ids.ids[r].item() for r in rows]
+
+
+def fresh_vector(bundle: ServingBundle, row: int, item_ids: list[Any]) -> np.ndarray:
+    """The user's vector from their training window followed by ``item_ids``."""
+    history = bundle.history
+    assert history is not None
+    rows = bundle.item_ids.rows(item_ids)
+    window = np.concatenate([history.window(row)[0], rows[rows >= 0]])
+    window = window[-bundle.tower.spec.history_length :]
+    vector: np.ndarray = bundle.tower.encode_encoded(
+        [window], history.categorical[row : row + 1], history.numeric[row : row + 1]
+    )[0]
+    return vector
+
+
+def top_k(bundle: ServingBundle, vector: np.ndarray, exclude: np.ndarray, k: int) -> list[Any]:
+    scores = np.asarray(bundle.item_vectors) @ vector
+    scores[exclude] = -np.inf
+    top = np.argsort(-scores, kind="stable")[:k]
+    ids: list[Any] = bundle.item_ids.ids[top].tolist()
+    return ids
+
+
+def post_events(client: httpx.Client, events: list[Any]) -> dict[str, Any]:
+    response = client.post("/v1/events", json={"events": events})
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def recall(client: httpx.Client, **request: Any) -> dict[str, Any]:
+    response = client.post("/v1/recall", json=request)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_events_change_the_next_recall(client: httpx.Client, bundle: ServingBundle) -> None:
+    row = 3
+    user_id = user(bundle, row)
+    assert bundle.trained_until is not None
+    before = recall(client, user_id=user_id, k=20)
+    assert before["source"] == "user" and before["fresh_events"] == 0 and before["fresh"] is True
+    items = unseen_items(bundle, row, 3)
+    t = bundle.trained_until
+    answer = post_events(
+        client,
+        [{"user_id": user_id, "item_id": i, "timestamp": t + 10 + j} for j, i in enumerate(items)],
+    )
+    assert answer == {"accepted": 3, "rejected": [], "unknown_items": 0}
+    after = recall(client, user_id=user_id, k=20)
+    assert after["source"] == "user+events" and after["fresh_events"] == 3 and after["fresh"]
+    expected = fresh_vector(bundle, row, items)
+    exclude = np.concatenate([bundle.seen(row), bundle.item_ids.rows(items)])
+    assert [i["item_id"] for i in after["items"]] == top_k(bundle, expected, exclude, 20)
+    scores = (
+        np.asarray(bundle.item_vectors)[
+            bundle.item_ids.rows([i["item_id"] for i in after["items"]])
+        ]
+        @ expected
+    )
+    np.testing.assert_allclose([i["score"] for i in after["items"]], scores, **TOLERANCE)
+    assert not set(items) & {i["item_id"] for i in after["items"]}  # exclude_seen covers them
+    assert after["items"] != before["items"]
+    # exclude_seen false: the fresh items are candidates again (exact top-20, nothing dropped)
+    unfiltered = recall(client, user_id=user_id, k=20, exclude_seen=False)
+    assert [i["item_id"] for i in unfiltered["items"]] == top_k(
+        bundle, expected, np.zeros(0, np.int64), 20
+    )
+
+
+def test_without_fresh_events_the_vector_is_the_bundles(
+    client: httpx.Client, bundle: ServingBundle
+) -> None:
+    row = 4
+    user_id = user(bundle, row)
+    assert bundle.trained_until is not None
+    # an event at or before trained_until was (or could have been) trained on: not fresh
+    replay = unseen_items(bundle, row, 1)
+    post_events(
+        client, [{"user_id": user_id, "item_id": replay[0], "timestamp": bundle.trained_until}]
+    )
+    for path_id in (user_id, str(user_id)):
+        body = client.get(f"/v1/users/{path_id}/vector").json()
+        assert body["source"] == "user" and body["fresh_events"] == 0 and body["fresh"] is True
+        assert body["id"] == user_id
+        assert np.array_equal(np.asarray(body["vector"], np.float32), bundle.user_vectors[row])
+    assert recall(client, user_id=user_id, k=5)["source"] == "user"
+
+
+def test_fresh_vectors_through_every_route(client: httpx.Client, bundle: ServingBundle) -> None:
+    row, other = 5, 6
+    user_id, other_id = user(bundle, row), user(bundle, other)
+    assert bundle.trained_until is not None
+    items = unseen_items(bundle, row, 2, skip=10)
+    # "7"-style string ids name the same user and items of this int-typed bundle
+    post_events(
+        client,
+        [
+            {
+                "user_id": str(user_id),
+                "item_id": str(items[0]),
+                "timestamp": bundle.trained_until + 1,
+            },
+            {"user_id": user_id, "item_id": items[1], "timestamp": bundle.trained_until + 2},
+        ],
+    )
+    expected = fresh_vector(bundle, row, items)
+    one = client.get(f"/v1/users/{user_id}/vector").json()
+    assert one["source"] == "user+events" and one["fresh_events"] == 2
+    np.testing.assert_allclose(one["vector"], expected, **TOLERANCE)
+
+    ids = [user_id, "nobody", other_id]
+    many = client.post("/v1/users/vectors", json={"ids": ids})
+    assert many.status_code == 200, many.text
+    body = many.json()
+    assert body["fresh_events"] == [2, 0, 0] and body["missing"] == ["nobody"] and body["fresh"]
+    np.testing.assert_allclose(body["vectors"][0], expected, **TOLERANCE)
+    assert body["vectors"][1] is None
+    assert np.array_equal(np.asarray(body["vectors"][2], np.float32), bundle.user_vectors[other])
+
+    npy = client.post(
+        "/v1/users/vectors", json={"ids": ids}, headers={"Accept": "application/x-npy"}
+    )
+    assert npy.status_code == 200
+    assert npy.headers["x-missing-count"] == "1" and npy.headers["x-fresh-count"] == "1"
+    assert npy.headers["x-fresh"] == "true"
+    matrix = np.load(io.BytesIO(npy.content), allow_pickle=False)
+    assert matrix.shape == (3, bundle.dim) and np.isnan(matrix[1]).all()
+    np.testing.assert_allclose(matrix[0], expected, **TOLERANCE)
+    assert np.array_equal(matrix[2], bundle.user_vectors[other])
+
+    batch = client.post(
+        "/v1/recall/batch",
+        json={
+            "requests": [
+                {"user_id": user_id, "k": 5},
+                {"user_id": other_id, "k": 5},
+                {"user_id": "nobody", "k": 5},
+                {"history": [items[0]], "k": 5},
+                {"user_id": user_id, "k": 0},
+            ]
+        },
+    )
+    assert batch.status_code == 200, batch.text
+    results = batch.json()["results"]
+    assert [r["status"] for r in results] == [200, 200, 404, 200, 422]
+    assert [r.get("source") for r in results[:4]] == ["user+events", "user", None, "history"]
+    assert [r.get("fresh_events") for r in results[:4]] == [2, 0, None, 0]
+    exclude = np.concatenate([bundle.seen(row), bundle.item_ids.rows(items)])
+    assert [i["item_id"] for i in results[0]["items"]] == top_k(bundle, expected, exclude, 5)
+
+
+def test_a_user_known_only_from_events(client: httpx.Client, bundle: ServingBundle) -> None:
+    items = [bundle.item_ids.ids[r].item() for r in (11, 12, 13)]
+    missing = client.post("/v1/recall", json={"user_id": "newcomer-1", "k": 5})
+    assert missing.status_code == 404
+    assert client.get("/v1/users/newcomer-1/vector").status_code == 404
+    answer = post_events(
+        client,
+        [{"user_id": "newcomer-1", "item_id": i} for i in items]  # timestamp: now
+        + [{"user_id": "newcomer-1", "item_id": "never-heard-of-it"}],
+    )
+    assert answer == {"accepted": 4, "rejected": [], "unknown_items": 1}
+    body = recall(client, user_id="newcomer-1", k=10)
+    assert body["source"] == "events" and body["fresh_events"] == 3
+    expected = bundle.tower.encode([bundle.item_ids.rows(items)])[0]
+    assert [i["item_id"] for i in body["items"]] == top_k(
+        bundle, expected, bundle.item_ids.rows(items), 10
+    )
+    vector = client.get("/v1/users/newcomer-1/vector").json()
+    assert vector["source"] == "events" and vector["id"] == "newcomer-1"
+    np.testing.assert_allclose(vector["vector"], expected, **TOLERANCE)
+    # an int id the bundle does not know, posted as an int, recalled as a string
+    unknown = int(bundle.user_ids.ids.max()) + 1000
+    post_events(client, [{"user_id": unknown, "item_id": items[0]}])
+    assert recall(client, user_id=str(unknown), k=3)["source"] == "events"
+
+
+def test_exclude_shown_drops_recent_impressions(
+    client: httpx.Client, bundle: ServingBundle
+) -> None:
+    row = 8
+    user_id = user(bundle, row)
+    top = [i["item_id"] for i in recall(client, user_id=user_id, k=10)["items"]]
+    now = time.time()
+    post_events(
+        client,
+        [
+            {"user_id": user_id, "item_id": top[0], "type": "impression"},
+            {"user_id": user_id, "item_id": top[1], "type": "impression", "timestamp": now - 60},
+            # older than RECALL_SHOWN_TTL_S (3600 s): no longer excluded
+            {"user_id": user_id, "item_id": top[2], "type": "impression", "timestamp": now - 7200},
+        ],
+    )
+    shown = recall(client, user_id=user_id, k=10, exclude_shown=True)
+    assert shown["fresh"] is True and shown["source"] == "user"  # impressions move no vector
+    ids = [i["item_id"] for i in shown["items"]]
+    assert top[0] not in ids and top[1] not in ids and ids[0] == top[2]
+    assert ids == top_k(
+        bundle,
+        np.asarray(bundle.user_vectors[row]),
+        np.concatenate([bundle.seen(row), bundle.item_ids.rows(top[:2])]),
+        10,
+    )
+    assert [i["item_id"] for i in recall(client, user_id=user_id, k=10)["items"]] == top
+    batch = client.post(
+        "/v1/recall/batch",
+        json={
+            "requests": [
+                {"user_id": user_id, "k": 10, "exclude_shown": True},
+                {"user_id": user_id, "k": 10},
+            ]
+        },
+    ).json()["results"]
+    assert [i["item_id"] for i in batch[0]["items"]] == ids
+    assert [i["item_id"] for i in batch[1]["items"]] == top
+    no_user = client.post("/v1/recall", json={"history": [top[0]], "exclude_shown": True})
+    assert no_user.status_code == 422 and "exclude_shown" in no_user.json()["error"]["message"]
+
+
+def test_bad_events_are_rejected_inline(client: httpx.Client, bundle: ServingBundle) -> None:
+    row = 9
+    user_id = user(bundle, row)
+    item = unseen_items(bundle, row, 1)[0]
+    now = time.time()
+    good = {"user_id": user_id, "item_id": item}
+    events: list[Any] = [
+        good,
+        {**good, "timestamp": now + 2 * 86400},  # more than a day ahead
+        {**good, "timestamp": "yesterday"},
+        {**good, "user_id": True},
+        {**good, "item_id": 1.5},
+        {**good, "type": "click"},
+        {**good, "color": "red"},
+        {"item_id": item},
+        7,
+        {**good, "timestamp": -1},
+        {**good, "timestamp": now + 3600},  # within the day: accepted
+    ]
+    body = post_events(client, events)
+    assert body["accepted"] == 2 and body["unknown_items"] == 0
+    assert [r["index"] for r in body["rejected"]] == list(range(1, 10))
+    assert {r["error"]["code"] for r in body["rejected"]} == {"invalid_input"}
+    messages = [r["error"]["message"] for r in body["rejected"]]
+    assert "server's clock" in messages[0] and "timestamp" in messages[1]
+    assert "user_id" in messages[2] and "item_id" in messages[3] and "type" in messages[4]
+    # raw JSON: NaN, Infinity and 1e999 (a float overflow) are not finite timestamps
+    pair = f'"user_id": {user_id}, "item_id": {item}'
+    raw = (
+        f'{{"events": [{{{pair}, "timestamp": NaN}}, {{{pair}, "timestamp": 1e999}}, '
+        f'{{{pair}, "timestamp": -Infinity}}]}}'
+    )
+    response = client.post("/v1/events", content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == 200, response.text
+    nonfinite = response.json()
+    assert nonfinite["accepted"] == 0 and [r["index"] for r in nonfinite["rejected"]] == [0, 1, 2]
+    assert all("finite" in r["error"]["message"] for r in nonfinite["rejected"])
+    # the two accepted events are the only ones in the user's vector
+    assert recall(client, user_id=user_id, k=3)["fresh_events"] == 2
+    for body_ in ({"events": "no"}, {"events": [good], "extra": 1}, {}):
+        bad = client.post("/v1/events", json=body_)
+        assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_input"
+
+
+def test_too_many_events_is_413(published_root: Path, bundle: ServingBundle) -> None:
+    events = [{"user_id": user(bundle, 1), "item_id": bundle.item_ids.ids[0].item()}] * 6
+    with (
+        live_server(create_app(settings(published_root, max_events=5))) as url,
+        httpx.Client(base_url=url) as c,
+    ):
+        too_many = c.post("/v1/events", json={"events": events})
+        assert too_many.status_code == 413
+        assert too_many.json()["error"]["code"] == "payload_too_large"
+        assert "5" in too_many.json()["error"]["message"]
+        assert c.post("/v1/events", json={"events": events[:5]}).json()["accepted"] == 5
+
+
+def _store_down_checks(c: httpx.Client, bundle: ServingBundle, budget_s: float) -> None:
+    """Recall answers from the bundle, marked not fresh, within ``budget_s``; events 503."""
+    user_id = user(bundle, 2)
+    for _ in range(3):
+        started = time.perf_counter()
+        body = recall(c, user_id=user_id, k=5, exclude_shown=True)
+        assert time.perf_counter() - started < budget_s
+        assert body["fresh"] is False and body["source"] == "user" and body["fresh_events"] == 0
+        assert [i["item_id"] for i in body["items"]] == top_k(
+            bundle, np.asarray(bundle.user_vectors[2]), bundle.seen(2), 5
+        )
+    vector = c.get(f"/v1/users/{user_id}/vector").json()
+    assert vector["fresh"] is False and vector["source"] == "user"
+    many = c.post("/v1/users/vectors", json={"ids": [user_id]}).json()
+    assert many["fresh"] is False and many["fresh_events"] == [0]
+    batch = c.post("/v1/recall/batch", json={"requests": [{"user_id": user_id, "k": 2}]})
+    assert batch.json()["results"][0]["fresh"] is False
+    assert c.post("/v1/recall", json={"user_id": "nobody-at-all"}).status_code == 404
+    down = c.post("/v1/events", json={"events": [{"user_id": user_id, "item_id": 1}]})
+    assert down.status_code == 503
+    assert down.json()["error"]["code"] == "state_unavailable"
+    metrics = c.get("/metrics").text
+    for op in ("recent", "shown", "add"):
+        line = next(
+            x
+            for x in metrics.splitlines()
+            if x.startswith(f'recall_state_errors_total{{op="{op}"}}')
+        )
+        assert float(line.split()[-1]) >= 1
+
+
+def test_store_down_sqlite_recall_from_the_bundle_events_503(
+    published_root: Path, bundle: ServingBundle, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    url = sqlite_url(blocker / "events.sqlite")  # cannot be created: every call fails
+    with (
+        caplog.at_level(logging.WARNING, logger="service.state_access"),
+        live_server(create_app(settings(published_root, state_url=url))) as base,
+        httpx.Client(base_url=base) as c,
+    ):
+        _store_down_checks(c, bundle, budget_s=1.0)
+    logged = [r for r in caplog.records if r.name == "service.state_access"]
+    assert len(logged) == 1  # at most one line per 10 s, however many failures
+
+
+def test_a_v1_bundle_serves_known_users_from_their_stored_vector(
+    published_root: Path, bundle: ServingBundle, tmp_path: Path
+) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    publish(make_v1(copy_bundle(published_root, root)))
+    row = 3
+    user_id = user(bundle, row)
+    items = unseen_items(bundle, row, 2)
+    with (
+        live_server(create_app(settings(root))) as url,
+        httpx.Client(base_url=url) as c,
+    ):
+        post_events(c, [{"user_id": user_id, "item_id": i} for i in items])
+        post_events(c, [{"user_id": "v1-newcomer", "item_id": i} for i in items])
+        body = recall(c, user_id=user_id, k=10)
+        assert body["source"] == "user" and body["fresh_events"] == 0 and body["fresh"]
+        exclude = np.concatenate([bundle.seen(row), bundle.item_ids.rows(items)])
+        assert [i["item_id"] for i in body["items"]] == top_k(
+            bundle, np.asarray(bundle.user_vectors[row]), exclude, 10
+        )
+        vector = c.get(f"/v1/users/{user_id}/vector").json()
+        assert np.array_equal(np.asarray(vector["vector"], np.float32), bundle.user_vectors[row])
+        assert recall(c, user_id="v1-newcomer", k=3)["source"] == "events"
+
+
+def test_events_survive_a_restart(
+    published_root: Path, bundle: ServingBundle, tmp_path: Path
+) -> None:
+    """A 200 means stored: a new server on the same SQLite file sees the events."""
+    url = sqlite_url(tmp_path / "state" / "events.sqlite")
+    user_id = user(bundle, 10)
+    items = unseen_items(bundle, 10, 2)
+    with (
+        live_server(create_app(settings(published_root, state_url=url))) as base,
+        httpx.Client(base_url=base) as c,
+    ):
+        post_events(c, [{"user_id": user_id, "item_id": i} for i in items])
+    with (
+        live_server(create_app(settings(published_root, state_url=url))) as base,
+        httpx.Client(base_url=base) as c,
+    ):
+        body = recall(c, user_id=user_id, k=3)
+        assert body["source"] == "user+events" and body["fresh_events"] == 2
+
+
+def test_openapi_documents_the_event_fields(client: httpx.Client) -> None:
+    schema = client.get("/openapi.json").json()
+    event = schema["paths"]["/v1/events"]["post"]
+    assert set(event["responses"]) >= {"200", "413", "422", "503"}
+    text = json.dumps(schema)
+    assert "user+events" in text and "exclude_shown" in text and "unknown_items" in text
