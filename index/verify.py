@@ -49,7 +49,7 @@ __all__ = ["VerifiedBundle", "verify_bundle"]
 
 @dataclass(frozen=True)
 class VerifiedBundle:
-    """Everything of one bundle, checked. Vectors and the index are memory-mapped."""
+    """Everything of one bundle, checked. Vectors, the index and the history are memory-mapped."""
 
     path: Path
     manifest: b.Manifest
