@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from service.app import create_app
 from service.recaller import ServingBundle
 from service.state import sqlite_url
 from tests.live import live_server, settings
+from tests.redis_server import redis_server
 from tests.test_history import make_v1
 from tests.test_verify import copy_bundle
 
@@ -337,16 +339,18 @@ def test_too_many_events_is_413(published_root: Path, bundle: ServingBundle) -> 
         assert c.post("/v1/events", json={"events": events[:5]}).json()["accepted"] == 5
 
 
-def _store_down_checks(c: httpx.Client, bundle: ServingBundle, budget_s: float) -> None:
+def _store_down_checks(
+    c: httpx.Client, bundle: ServingBundle, budget_s: float, user_row: int = 2
+) -> None:
     """Recall answers from the bundle, marked not fresh, within ``budget_s``; events 503."""
-    user_id = user(bundle, 2)
+    user_id = user(bundle, user_row)
     for _ in range(3):
         started = time.perf_counter()
         body = recall(c, user_id=user_id, k=5, exclude_shown=True)
         assert time.perf_counter() - started < budget_s
         assert body["fresh"] is False and body["source"] == "user" and body["fresh_events"] == 0
         assert [i["item_id"] for i in body["items"]] == top_k(
-            bundle, np.asarray(bundle.user_vectors[2]), bundle.seen(2), 5
+            bundle, np.asarray(bundle.user_vectors[user_row]), bundle.seen(user_row), 5
         )
     vector = c.get(f"/v1/users/{user_id}/vector").json()
     assert vector["fresh"] is False and vector["source"] == "user"
@@ -436,3 +440,38 @@ def test_openapi_documents_the_event_fields(client: httpx.Client) -> None:
     assert set(event["responses"]) >= {"200", "413", "422", "503"}
     text = json.dumps(schema)
     assert "user+events" in text and "exclude_shown" in text and "unknown_items" in text
+
+
+def test_redis_store_paused_then_killed_then_back(
+    published_root: Path, bundle: ServingBundle, tmp_path: Path
+) -> None:
+    """A real redis-server: events work through it; stopped (SIGSTOP: connections open, no
+    answers) or killed, recall still answers from the bundle within the read bound and
+    events get 503; back, everything acknowledged before is still there."""
+    row = 12
+    user_id = user(bundle, row)
+    items = unseen_items(bundle, row, 2)
+    with (
+        redis_server(tmp_path / "redis", appendonly=True) as redis,
+        live_server(create_app(settings(published_root, state_url=redis.url()))) as base,
+        httpx.Client(base_url=base, timeout=10) as c,
+    ):
+        post_events(c, [{"user_id": user_id, "item_id": i} for i in items])
+        assert recall(c, user_id=user_id, k=3)["fresh_events"] == 2
+        assert redis.process is not None
+        redis.process.send_signal(signal.SIGSTOP)
+        try:
+            _store_down_checks(c, bundle, user_row=2, budget_s=0.5)
+        finally:
+            redis.process.send_signal(signal.SIGCONT)
+        assert recall(c, user_id=user_id, k=3)["fresh"] is True
+        redis.kill()
+        _store_down_checks(c, bundle, user_row=2, budget_s=0.5)
+        redis.start()
+        deadline = time.monotonic() + 10
+        while c.post("/v1/recall", json={"user_id": user_id}).json()["fresh"] is False:
+            assert time.monotonic() < deadline, "the service did not reconnect to Redis"
+            time.sleep(0.05)
+        body = recall(c, user_id=user_id, k=3)
+        assert body["source"] == "user+events" and body["fresh_events"] == 2
+        assert post_events(c, [{"user_id": user_id, "item_id": items[0]}])["accepted"] == 1
