@@ -22,8 +22,10 @@ import numpy as np
 import pytest
 
 from index.current import CURRENT
+from index.ids import IdMap
 from index.publish import publish
 from service.app import create_app
+from service.fresh import canonical_id, user_vectors
 from service.recaller import ServingBundle
 from service.state import sqlite_url
 from tests.live import live_server, settings
@@ -475,3 +477,51 @@ def test_redis_store_paused_then_killed_then_back(
         body = recall(c, user_id=user_id, k=3)
         assert body["source"] == "user+events" and body["fresh_events"] == 2
         assert post_events(c, [{"user_id": user_id, "item_id": items[0]}])["accepted"] == 1
+
+
+def test_canonical_ids_follow_the_bundles_id_type() -> None:
+    ints = IdMap(np.array([3, 7, 42], dtype=np.int64))
+    strs = IdMap(np.array(["a", "7"]))
+    assert [canonical_id(ints, v) for v in ("7", 7, "007", "-5", "x", "9" * 25)] == [
+        7,
+        7,
+        "007",
+        -5,
+        "x",
+        "9" * 25,
+    ]
+    assert [canonical_id(strs, v) for v in (7, "7", "a", -1)] == ["7", "7", "a", "-1"]
+
+
+def test_user_vectors_of_a_batch_equal_one_by_one(bundle: ServingBundle) -> None:
+    """The batched tower calls give each user what a call of its own gives."""
+    assert bundle.trained_until is not None
+    t = bundle.trained_until
+    item = [bundle.item_ids.ids[r].item() for r in range(6)]
+    users: list[Any] = [user(bundle, 20), user(bundle, 21), "fresh-face", user(bundle, 22), "ghost"]
+    events: list[list[tuple[Any, float]]] = [
+        [(item[0], t + 1), (item[1], t + 2)],
+        [(item[2], t - 5)],  # trained on already: not fresh
+        [(item[3], t - 100), ("unknown-item", t + 1)],
+        [(item[4], t + 1), (item[5], t + 9)],
+        [("unknown-item", t + 1)],  # no known item: no vector
+    ]
+    batch = user_vectors(bundle, users, events)
+    assert [v.source.value if v else None for v in batch] == [
+        "user+events",
+        "user",
+        "events",
+        "user+events",
+        None,
+    ]
+    assert [v.fresh_events if v else None for v in batch] == [2, 0, 1, 2, None]
+    for j, made in enumerate(batch):
+        alone = user_vectors(bundle, [users[j]], [events[j]])[0]
+        assert (made is None) == (alone is None)
+        if made is not None and alone is not None:
+            np.testing.assert_allclose(made.vector, alone.vector, **TOLERANCE)
+            assert np.array_equal(np.sort(made.seen), np.sort(alone.seen))
+    first = batch[0]
+    assert first is not None
+    np.testing.assert_allclose(first.vector, fresh_vector(bundle, 20, item[:2]), **TOLERANCE)
+    assert np.array_equal(batch[1].vector if batch[1] else None, bundle.user_vectors[21])
