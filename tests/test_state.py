@@ -177,6 +177,23 @@ def test_the_log_keeps_what_arrived_within_retention(url: str) -> None:
     with_store(url, body, retention_s=1.0)
 
 
+def test_concurrent_adds_all_land(url: str) -> None:
+    """Many adds in flight at once (SQLite commits them in groups, Redis on several
+    connections): every event is stored once, each user's window is right."""
+    batches = [[Event(b % 4, b * 100 + i, T0 + b * 100 + i) for i in range(25)] for b in range(40)]
+
+    async def body(store: StateStore) -> None:
+        await asyncio.gather(*(store.add(batch) for batch in batches))
+        exported = await export_all(store)
+        assert sorted(exported, key=lambda e: e.timestamp) == [e for b in batches for e in b]
+        recent = await store.recent([0, 1, 2, 3], after=-math.inf)
+        for user, items in enumerate(recent):
+            mine = [(e.item_id, e.timestamp) for b in batches for e in b if e.user_id == user]
+            assert items == mine[-30:]
+
+    with_store(url, body, window=30)
+
+
 def test_bad_arguments_are_the_callers_bug(url: str) -> None:
     async def body(store: StateStore) -> None:
         with pytest.raises(TypeError):

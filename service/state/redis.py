@@ -43,6 +43,29 @@ LOG = PREFIX + b"log"
 EXPORT_PAGE = 500  # stream entries (batches) per XRANGE
 KINDS: tuple[EventType, ...] = ("interaction", "impression")
 
+ADD_SCRIPT = """
+-- One add, atomically, in one round trip. KEYS[1] the log stream, then the recent keys,
+-- then the shown keys. ARGV: batch, minid, window, keep_s, ttl_s, shown cutoff,
+-- number of recent keys, then per key: n, then n (score, member) pairs.
+redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[2], '*', 'e', ARGV[1])
+local window, n_recent, pos = tonumber(ARGV[3]), tonumber(ARGV[7]), 8
+for k = 2, #KEYS do
+    local n = tonumber(ARGV[pos])
+    local first, last = pos + 1, pos + 2 * n
+    if k - 1 <= n_recent then
+        redis.call('ZADD', KEYS[k], unpack(ARGV, first, last))
+        redis.call('ZREMRANGEBYRANK', KEYS[k], 0, -window - 1)
+        redis.call('EXPIRE', KEYS[k], ARGV[4])
+    else
+        redis.call('ZADD', KEYS[k], 'GT', unpack(ARGV, first, last))
+        redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', '(' .. ARGV[6])
+        redis.call('EXPIRE', KEYS[k], ARGV[5])
+    end
+    pos = last + 1
+end
+return #KEYS
+"""
+
 
 def _enc(value: Id) -> bytes:
     return orjson.dumps(value)
@@ -83,6 +106,7 @@ class RedisStore:
             retry=Retry(NoBackoff(), 1),
             decode_responses=False,
         )
+        self._add_script = self._client.register_script(ADD_SCRIPT)
         self._closed = False
 
     async def _bounded(self, call: Awaitable[T], bound: float, op: str) -> T:
@@ -113,20 +137,24 @@ class RedisStore:
                 member = _enc(item)
                 items[member] = max(ts, items.get(member, -math.inf))
         batch = orjson.dumps([[KINDS.index(k), u, i, ts] for u, i, ts, k in rows])
-        pipe = self._client.pipeline(transaction=True)
         min_id = max(0, int((now - self.retention_s) * 1000))
-        pipe.xadd(LOG, {b"e": batch}, minid=min_id, approximate=True)
-        keep_s = math.ceil(self.retention_s)
-        for key, members in recent.items():
-            pipe.zadd(key, members)
-            pipe.zremrangebyrank(key, 0, -self.window - 1)
-            pipe.expire(key, keep_s)
-        ttl_s = math.ceil(self.shown_ttl_s)
-        for key, members in shown.items():
-            pipe.zadd(key, members, gt=True)
-            pipe.zremrangebyscore(key, "-inf", f"({now - self.shown_ttl_s!r}")
-            pipe.expire(key, ttl_s)
-        await self._bounded(pipe.execute(), self.write_timeout_s, "add")
+        keys: list[bytes] = [LOG]
+        args: list[bytes | str | int] = [
+            batch,
+            min_id,
+            self.window,
+            math.ceil(self.retention_s),
+            math.ceil(self.shown_ttl_s),
+            repr(now - self.shown_ttl_s),
+            len(recent),
+        ]
+        for groups in (recent, shown):
+            for key, members in groups.items():
+                keys.append(key)
+                args.append(len(members))
+                for member, ts in members.items():
+                    args += (repr(ts), member)
+        await self._bounded(self._add_script(keys, args), self.write_timeout_s, "add")
 
     async def recent(self, user_ids: Sequence[Id], after: float) -> list[list[tuple[Id, float]]]:
         ids = [check_id(u) for u in user_ids]

@@ -22,6 +22,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -33,6 +34,9 @@ from service.state.base import Event, EventType, Id, StateUnavailable, check_eve
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Row = tuple[Id, Id, float, EventType]
+Pending = tuple[list[Row], asyncio.Future[None], float]
+"""An add waiting for its group commit: rows, its future, its deadline (loop time)."""
 
 THREADS = 4
 TRIM_EVERY_S = 10.0
@@ -40,6 +44,8 @@ TRIM_EVERY_S = 10.0
 TRIM_CHUNK = 10_000
 """Most log rows one write drops: a trim never holds the write lock for long."""
 EXPORT_PAGE = 5_000
+GROUP = 20_000
+"""Most events one group commit writes."""
 IN_CHUNK = 500
 """Most ids in one ``IN (...)`` (SQLite allows 32766 variables; keeps statements small)."""
 
@@ -80,6 +86,10 @@ class SQLiteStore:
         self.timeout_s = timeout_s
         self.write_timeout_s = write_timeout_s
         self._executor = ThreadPoolExecutor(THREADS, thread_name_prefix="recall-state")
+        # Writes go through one thread: they never wait for each other's lock in-process.
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="recall-state-write")
+        self._pending: deque[Pending] = deque()
+        self._committer: asyncio.Task[None] | None = None
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -125,8 +135,11 @@ class SQLiteStore:
                     raise
                 time.sleep(0.01)
 
-    def _add(self, rows: list[tuple[Id, Id, float, EventType]]) -> None:
+    def _add(self, rows: list[Row], wait_s: float | None = None) -> None:
+        """One transaction; waits at most ``wait_s`` for another process's write lock."""
         conn = self._conn()
+        if wait_s is not None:  # the group's earliest deadline, not the connection's default
+            conn.execute(f"PRAGMA busy_timeout = {max(1, int(wait_s * 1000))}")
         now = time.time()
         interactions = [(u, ts, i) for u, i, ts, kind in rows if kind == "interaction"]
         impressions = [(u, i, ts) for u, i, ts, kind in rows if kind == "impression"]
@@ -235,9 +248,60 @@ class SQLiteStore:
             raise StateUnavailable(f"SQLite {op} failed: {e}") from e
 
     async def add(self, events: Sequence[Event]) -> None:
+        """Group commit: batches that arrive while a commit runs wait for the next one, which
+        writes them all in one transaction (one fsync for many concurrent requests)."""
         rows = [check_event(e) for e in events]
-        if rows:
-            await self._call(lambda: self._add(rows), self.write_timeout_s, "add")
+        if not rows:
+            return
+        if self._closed:
+            raise StateUnavailable("the state store is closed")
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        done.add_done_callback(_retrieve)  # a caller that timed out never reads it
+        self._pending.append((rows, done, loop.time() + self.write_timeout_s))
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit_pending())
+        try:
+            await asyncio.wait_for(asyncio.shield(done), self.write_timeout_s)
+        except TimeoutError:
+            done.cancel()  # not written unless its group's commit already began
+            raise StateUnavailable(
+                f"SQLite add took longer than {self.write_timeout_s:g} s"
+            ) from None
+
+    async def _commit_pending(self) -> None:
+        """Commit what is pending, in arrival order, until nothing is; then exit. Adds whose
+        caller already gave up are dropped unwritten; a group waits for the write lock only
+        until its earliest deadline, so an add that raised was (almost always) not stored."""
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                group: list[Pending] = []
+                size = 0
+                while self._pending and (not group or size + len(self._pending[0][0]) <= GROUP):
+                    entry = self._pending.popleft()
+                    if not entry[1].done():
+                        group.append(entry)
+                        size += len(entry[0])
+                if not group:
+                    continue
+                rows = [row for batch, _, _ in group for row in batch]
+                # Give up on the lock a little before the earliest caller does.
+                wait_s = min(deadline for _, _, deadline in group) - loop.time() - 0.02
+                error: BaseException | None = None
+                try:
+                    await loop.run_in_executor(self._writer, self._add, rows, wait_s)
+                except (sqlite3.Error, OSError, RuntimeError) as e:
+                    error = StateUnavailable(f"SQLite add failed: {e}")
+                    error.__cause__ = e
+                for _, done, _ in group:
+                    if not done.done():
+                        if error is None:
+                            done.set_result(None)
+                        else:
+                            done.set_exception(error)
+        finally:
+            self._committer = None
 
     async def recent(self, user_ids: Sequence[Id], after: float) -> list[list[tuple[Id, float]]]:
         ids = _ids(user_ids)
@@ -271,14 +335,22 @@ class SQLiteStore:
         if self._closed:
             return
         self._closed = True
+        if self._committer is not None:
+            await asyncio.wait([self._committer], timeout=self.write_timeout_s)
         await asyncio.get_running_loop().run_in_executor(None, self._shutdown)
 
     def _shutdown(self) -> None:
         self._executor.shutdown(wait=True)
+        self._writer.shutdown(wait=True)
         with self._lock:
             for conn in self._connections:
                 conn.close()
             self._connections.clear()
+
+
+def _retrieve(done: asyncio.Future[None]) -> None:
+    if not done.cancelled():
+        done.exception()
 
 
 def _ids(user_ids: Iterable[object]) -> list[Id]:
