@@ -19,6 +19,7 @@ answer came), ``code`` the envelope's machine-readable code, ``message`` its tex
     ├── Forbidden             403  forbidden (wrong admin token, admin API disabled)
     ├── ReloadFailed          409  reload_failed (the new bundle was refused; old one serves)
     ├── NotReady              503  not_ready / no_replica (no bundle loaded, no replica up)
+    ├── StateUnavailable      503  state_unavailable (events not stored: retry later)
     └── TransportError        -    no HTTP answer: connection refused, timeout, ...
 
 A batch does not raise for its items: each answer is a :class:`RecallResult` or the
@@ -40,6 +41,7 @@ import numpy as np
 
 __all__ = [
     "BatchResult",
+    "EventsResult",
     "Forbidden",
     "InvalidInput",
     "ModelInfo",
@@ -53,6 +55,7 @@ __all__ = [
     "ReloadFailed",
     "ReloadResult",
     "ScoredItem",
+    "StateUnavailable",
     "TransportError",
     "Unauthorized",
 ]
@@ -100,6 +103,10 @@ class NotReady(RecallError):
     """503: no bundle loaded yet (or, behind nginx, no replica answered)."""
 
 
+class StateUnavailable(RecallError):
+    """503 state_unavailable: the state store could not take the events; none was stored."""
+
+
 class TransportError(RecallError):
     """No HTTP answer: connection refused or reset, timeout, DNS failure."""
 
@@ -121,6 +128,8 @@ def error_from(status: int, body: Any) -> RecallError:
     if isinstance(body, Mapping) and isinstance(body.get("error"), Mapping):
         code = str(body["error"].get("code", code))
         message = str(body["error"].get("message", ""))
+    if code == "state_unavailable":
+        return StateUnavailable(status, code, message)
     return _ERRORS.get(status, RecallError)(status, code, message)
 
 
@@ -136,6 +145,7 @@ class Query:
     exclude_seen: bool | None = None
     exclude: Sequence[ExternalId] = ()
     fallback: Literal["popular"] | None = None
+    exclude_shown: bool = False
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"k": self.k}
@@ -153,6 +163,8 @@ class Query:
             body["exclude"] = list(self.exclude)
         if self.fallback is not None:
             body["fallback"] = self.fallback
+        if self.exclude_shown:
+            body["exclude_shown"] = True
         return body
 
 
@@ -164,11 +176,15 @@ class ScoredItem:
 
 @dataclass(frozen=True)
 class RecallResult:
-    """Items best first; ``source``: user, history, vector, item or popular."""
+    """Items best first; ``source``: user, user+events, events, history, vector, item or
+    popular; ``fresh_events``: the user's newer events in the query vector; ``fresh``
+    False when the service answered without its state store."""
 
     bundle_id: str
     source: str
     items: list[ScoredItem]
+    fresh_events: int = 0
+    fresh: bool = True
 
     @property
     def item_ids(self) -> list[ExternalId]:
@@ -203,18 +219,34 @@ class ReloadResult:
     changed: bool
 
 
+@dataclass(frozen=True)
+class EventsResult:
+    """``accepted`` events stored; ``rejected``: (index in the request, error) of the bad
+    ones; ``unknown_items``: accepted events on items the bundle does not know."""
+
+    accepted: int
+    rejected: list[tuple[int, RecallError]]
+    unknown_items: int
+
+
 def _items(raw: Iterable[Mapping[str, Any]]) -> list[ScoredItem]:
     return [ScoredItem(item["item_id"], float(item["score"])) for item in raw]
 
 
-def _recall_result(body: Mapping[str, Any]) -> RecallResult:
-    return RecallResult(str(body["bundle_id"]), str(body["source"]), _items(body["items"]))
+def _recall_result(body: Mapping[str, Any], bundle_id: str | None = None) -> RecallResult:
+    return RecallResult(
+        bundle_id or str(body["bundle_id"]),
+        str(body["source"]),
+        _items(body["items"]),
+        int(body.get("fresh_events") or 0),
+        bool(body.get("fresh", True)),
+    )
 
 
 def _batch_item(bundle_id: str, raw: Mapping[str, Any]) -> RecallResult | RecallError:
     status = int(raw["status"])
     if status == 200:
-        return RecallResult(bundle_id, str(raw["source"]), _items(raw["items"]))
+        return _recall_result(raw, bundle_id)
     return error_from(status, raw)
 
 
@@ -327,9 +359,13 @@ class RecallClient:
         exclude_seen: bool | None = None,
         exclude: Sequence[ExternalId] = (),
         fallback: Literal["popular"] | None = None,
+        exclude_shown: bool = False,
     ) -> RecallResult:
-        """Top-``k`` items for a known user, a fresh history, or a raw vector (one of them)."""
-        query = Query(user_id, history, features, vector, k, exclude_seen, exclude, fallback)
+        """Top-``k`` items for a user (with their newer events), a history, or a raw
+        vector (one of them)."""
+        query = Query(
+            user_id, history, features, vector, k, exclude_seen, exclude, fallback, exclude_shown
+        )
         return self.recall_query(query)
 
     def recall_query(self, query: Query) -> RecallResult:
@@ -343,6 +379,13 @@ class RecallClient:
         bundle_id = str(body["bundle_id"])
         return BatchResult(bundle_id, [_batch_item(bundle_id, r) for r in body["results"]])
 
+    def events(self, events: Iterable[Mapping[str, Any]]) -> EventsResult:
+        """Store events (``{"user_id", "item_id", "timestamp"?, "type"?}`` each); bad ones
+        come back in ``rejected``. Raises :class:`StateUnavailable` (nothing stored)."""
+        body = self._json("POST", "/v1/events", json={"events": [dict(e) for e in events]})
+        rejected = [(int(r["index"]), error_from(422, r)) for r in body["rejected"]]
+        return EventsResult(int(body["accepted"]), rejected, int(body["unknown_items"]))
+
     def similar(self, item_id: ExternalId, k: int = 100) -> RecallResult:
         """Item-to-item neighbours (the item itself excluded)."""
         path = f"/v1/items/{quote(str(item_id), safe='')}/similar"
@@ -351,7 +394,8 @@ class RecallClient:
     # -- vectors ---------------------------------------------------------------------------
 
     def user_vector(self, user_id: ExternalId) -> np.ndarray:
-        """The stored vector of one user: float32 (dim,)."""
+        """One user's vector as a recall by user_id uses it (newer events included):
+        float32 (dim,)."""
         return self._one_vector("users", user_id)
 
     def item_vector(self, item_id: ExternalId) -> np.ndarray:

@@ -25,6 +25,7 @@ from index.current import CURRENT
 from index.ids import IdMap
 from index.publish import publish
 from service.app import create_app
+from service.client import Query, RecallClient, RecallResult, StateUnavailable
 from service.fresh import canonical_id, user_vectors
 from service.recaller import ServingBundle
 from service.state import sqlite_url
@@ -525,3 +526,50 @@ def test_user_vectors_of_a_batch_equal_one_by_one(bundle: ServingBundle) -> None
     assert first is not None
     np.testing.assert_allclose(first.vector, fresh_vector(bundle, 20, item[:2]), **TOLERANCE)
     assert np.array_equal(batch[1].vector if batch[1] else None, bundle.user_vectors[21])
+
+
+def test_the_python_client_posts_events_and_sees_fresh_answers(
+    client: httpx.Client, bundle: ServingBundle
+) -> None:
+    row = 14
+    user_id = user(bundle, row)
+    items = unseen_items(bundle, row, 2, skip=5)
+    with RecallClient(str(client.base_url)) as rc:
+        answer = rc.events(
+            [{"user_id": user_id, "item_id": i} for i in items]
+            + [{"user_id": user_id, "item_id": items[0], "type": "click"}]
+        )
+        assert answer.accepted == 2 and answer.unknown_items == 0
+        [(index, error)] = answer.rejected
+        assert index == 2 and error.code == "invalid_input" and "type" in error.message
+        result = rc.recall(user_id=user_id, k=5)
+        assert result.source == "user+events" and result.fresh_events == 2 and result.fresh
+        np.testing.assert_allclose(
+            rc.user_vector(user_id), fresh_vector(bundle, row, items), **TOLERANCE
+        )
+        shown = rc.events(
+            [{"user_id": user_id, "item_id": result.item_ids[0], "type": "impression"}]
+        )
+        assert shown.accepted == 1
+        without = rc.recall(user_id=user_id, k=5, exclude_shown=True)
+        assert result.item_ids[0] not in without.item_ids
+        batch = rc.recall_batch([Query(user_id=user_id, k=5, exclude_shown=True)])
+        first = batch.results[0]
+        assert isinstance(first, RecallResult) and first.item_ids == without.item_ids
+        assert first.fresh_events == 2
+
+
+def test_the_python_client_raises_state_unavailable(
+    published_root: Path, bundle: ServingBundle, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    url = sqlite_url(blocker / "events.sqlite")
+    with (
+        live_server(create_app(settings(published_root, state_url=url))) as base,
+        RecallClient(base) as rc,
+    ):
+        with pytest.raises(StateUnavailable) as raised:
+            rc.events([{"user_id": user(bundle, 1), "item_id": 1}])
+        assert raised.value.status == 503 and raised.value.code == "state_unavailable"
+        assert rc.recall(user_id=user(bundle, 1), k=2).fresh is False
