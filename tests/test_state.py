@@ -155,6 +155,21 @@ def test_export_is_the_whole_log_in_arrival_order(url: str) -> None:
     with_store(url, body, window=1)
 
 
+def test_a_large_batch_for_one_user(url: str) -> None:
+    events = [Event("heavy", i, T0 + i) for i in range(5000)]
+    now = time.time()
+    shown = [Event("heavy", i, now - i / 1000, "impression") for i in range(5000)]
+
+    async def body(store: StateStore) -> None:
+        await store.add(events + shown)
+        assert await store.recent(["heavy"], after=-math.inf) == [
+            [(e.item_id, e.timestamp) for e in events[-3000:]]
+        ]
+        assert await store.shown(["heavy"], since=-math.inf) == [list(range(4999, -1, -1))]
+
+    with_store(url, body, window=3000)
+
+
 def test_export_pages_through_a_long_log(url: str) -> None:
     events = [Event(u % 97, u, T0 + u) for u in range(12_345)]
 
