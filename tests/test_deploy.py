@@ -688,3 +688,188 @@ def test_retrain_under_traffic_through_nginx(tmp_path: Path, processes: Processe
     while {_ready_id(url) for url in replicas} != {old_id}:
         assert time.monotonic() < deadline, "replicas did not roll back"
         time.sleep(0.05)
+
+
+# -- the slow Redis test: two replicas, one Redis, nginx; Redis killed and restarted -----
+
+
+@dataclass
+class EventTraffic:
+    """Recalls and event batches through nginx while Redis comes and goes."""
+
+    recalls: list[tuple[int, bool]] = field(default_factory=list)  # (status, fresh)
+    posts: list[tuple[int, str | None]] = field(default_factory=list)  # (status, error code)
+    acked: list[tuple[int, int, float]] = field(default_factory=list)  # 200: (user, item, ts)
+    failures: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def recall_loop(self, url: str, users: list[int]) -> None:
+        deadline = time.monotonic() + MAX_TRAFFIC_S
+        with httpx.Client(base_url=url, timeout=30) as client:
+            i = 0
+            while not self.stop.is_set() and time.monotonic() < deadline:
+                body = {"user_id": users[i % len(users)], "k": 20, "fallback": "popular"}
+                i += 1
+                try:
+                    r = client.post("/v1/recall", json=body)
+                    fresh = bool(r.json().get("fresh", True)) if r.status_code == 200 else True
+                    with self.lock:
+                        self.recalls.append((r.status_code, fresh))
+                except httpx.HTTPError as e:
+                    with self.lock:
+                        self.failures.append(f"recall: {type(e).__name__}: {e}")
+
+    def post_loop(self, url: str, user: int, items: list[int]) -> None:
+        deadline = time.monotonic() + MAX_TRAFFIC_S
+        base = float(int(time.time()))
+        with httpx.Client(base_url=url, timeout=30) as client:
+            n = 0
+            while not self.stop.is_set() and time.monotonic() < deadline:
+                ts = base + n / 1000  # unique per event: each one can be found again
+                event = (user, items[n % len(items)], ts)
+                n += 1
+                body = {"events": [{"user_id": user, "item_id": event[1], "timestamp": ts}]}
+                try:
+                    r = client.post("/v1/events", json=body)
+                except httpx.HTTPError as e:
+                    with self.lock:
+                        self.failures.append(f"events: {type(e).__name__}: {e}")
+                    continue
+                code = r.json()["error"]["code"] if r.status_code != 200 else None
+                with self.lock:
+                    self.posts.append((r.status_code, code))
+                    if r.status_code == 200 and r.json()["accepted"] == 1:
+                        self.acked.append(event)
+                time.sleep(0.005)
+
+
+def _exported(url: str) -> list[tuple[int, int, float]]:
+    async def read() -> list[tuple[int, int, float]]:
+        store = open_store(url)
+        try:
+            return [(int(e.user_id), int(e.item_id), e.timestamp) async for e in store.export()]
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
+@pytest.mark.slow
+def test_two_replicas_share_events_through_redis(tmp_path: Path, processes: Processes) -> None:
+    """Two ``recall serve`` replicas with RECALL_STATE_URL on one real redis-server, behind
+    the real nginx: an event posted through nginx moves the next recall on both replicas.
+    Then Redis is SIGKILLed under traffic: every recall still answers 200 (from the bundle,
+    ``"fresh": false``), events answer 503 state_unavailable; Redis restarted on its AOF:
+    events are accepted again and every event that got a 200 is still there. (The AOF here
+    is fsynced on every write, so the check is exact; compose's ``everysec`` may lose the
+    last second, as README.md says.)"""
+    from tests.redis_server import RedisServer
+
+    nginx = _nginx_binary()
+    root = tmp_path / "bundles"
+    _run_trainer(tmp_path, root, seed=0)
+    bundle_id = (root / "CURRENT").read_text().strip()
+    users = np.load(root / bundle_id / "user_ids.npy", allow_pickle=False).tolist()
+    items = np.load(root / bundle_id / "item_ids.npy", allow_pickle=False).tolist()
+
+    redis = RedisServer(tmp_path / "redis", appendonly=True)
+    redis.start()
+    try:
+        ports = [_free_port(), _free_port()]
+        replicas = [f"http://127.0.0.1:{p}" for p in ports]
+        for i, port in enumerate(ports):
+            env = {**_service_env(root, port), "RECALL_STATE_URL": redis.url()}
+            proc = processes.start(f"service-{i + 1}", ["recall", "serve"], env)
+            _wait_until(replicas[i], lambda u=replicas[i]: _ready_id(u) == bundle_id, 120, proc)
+        prefix = tmp_path / "nginx"
+        prefix.mkdir()
+        lb_port = _free_port()
+        conf = prefix / "nginx.conf"
+        conf.write_text(
+            render_nginx_conf([f"127.0.0.1:{p}" for p in ports], f"127.0.0.1:{lb_port}", prefix)
+        )
+        lb = f"http://127.0.0.1:{lb_port}"
+        nginx_proc = processes.start("nginx", [nginx, "-c", str(conf), "-p", f"{prefix}/"], {})
+        _wait_until("nginx", lambda: _ready_id(lb) == bundle_id, 60, nginx_proc)
+
+        # One event through nginx moves the next recall on both replicas.
+        known, new = int(users[0]), int(max(users)) + 1
+        before = [httpx.post(f"{u}/v1/recall", json={"user_id": known, "k": 20}) for u in replicas]
+        assert {b.json()["source"] for b in before} == {"user"}
+        assert httpx.post(f"{lb}/v1/recall", json={"user_id": new, "k": 20}).status_code == 404
+        now = time.time()
+        posted = httpx.post(
+            f"{lb}/v1/events",
+            json={
+                "events": [
+                    {"user_id": known, "item_id": items[1], "timestamp": now},
+                    {"user_id": new, "item_id": items[2], "timestamp": now},
+                ]
+            },
+        )
+        assert posted.status_code == 200 and posted.json()["accepted"] == 2, posted.text
+        for url, old in zip(replicas, before, strict=True):
+            mine = httpx.post(f"{url}/v1/recall", json={"user_id": known, "k": 20}).json()
+            assert (mine["source"], mine["fresh_events"]) == ("user+events", 1), url
+            assert mine["items"] != old.json()["items"]
+            theirs = httpx.post(f"{url}/v1/recall", json={"user_id": new, "k": 20}).json()
+            assert (theirs["source"], theirs["fresh_events"]) == ("events", 1), url
+        via_lb = [httpx.post(f"{lb}/v1/recall", json={"user_id": new, "k": 20}) for _ in range(4)]
+        assert {r.json()["source"] for r in via_lb} == {"events"}
+
+        # Redis killed under traffic, then restarted.
+        traffic = EventTraffic()
+        threads = [
+            threading.Thread(target=traffic.recall_loop, args=(lb, [known, new]), daemon=True),
+            threading.Thread(target=traffic.post_loop, args=(lb, new + 1, items[:50]), daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            time.sleep(1.0)
+            redis.kill()
+            with traffic.lock:
+                killed_at = (len(traffic.recalls), len(traffic.posts))
+            time.sleep(2.0)
+            with traffic.lock:
+                down = (traffic.recalls[killed_at[0] :], traffic.posts[killed_at[1] :])
+            redis.start()
+            with traffic.lock:
+                restarted_at = len(traffic.posts)
+            deadline = time.monotonic() + 30
+            while True:  # the replicas reconnect by themselves
+                with traffic.lock:
+                    after = traffic.posts[restarted_at:]
+                if any(status == 200 for status, _ in after):
+                    break
+                assert time.monotonic() < deadline, f"no event accepted after restart: {after[-5:]}"
+                time.sleep(0.1)
+            time.sleep(1.0)
+        finally:
+            traffic.stop.set()
+            for thread in threads:
+                thread.join(timeout=60)
+
+        down_recalls, down_posts = down
+        assert traffic.failures == [], traffic.failures[:5]
+        assert {status for status, _ in traffic.recalls} == {200}  # every recall answered
+        assert down_recalls and any(not fresh for _, fresh in down_recalls)  # marked not fresh
+        assert {status for status, _ in traffic.posts} <= {200, 503}
+        assert (503, "state_unavailable") in down_posts
+        assert all(code == "state_unavailable" for status, code in traffic.posts if status == 503)
+        stored = set(_exported(redis.url()))
+        lost = [e for e in traffic.acked if e not in stored]
+        assert lost == [], f"{len(lost)} acknowledged events lost, e.g. {lost[:3]}"
+        assert len(traffic.acked) > 10
+        logger.info(
+            "redis test: %d recalls, %d posts (%d acked, %d 503) while redis was down %d/%d",
+            len(traffic.recalls),
+            len(traffic.posts),
+            len(traffic.acked),
+            sum(1 for s, _ in traffic.posts if s == 503),
+            len(down_recalls),
+            len(down_posts),
+        )
+    finally:
+        redis.kill()
