@@ -25,7 +25,7 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for package in ("trainer", "index", "service"):
         shutil.copytree(REPO / package, copy / package, ignore=ignore)
     (copy / "tests").mkdir()
-    for name in ("pyproject.toml", "tests/conftest.py", "tests/test_data.py"):
+    for name in ("pyproject.toml", "tests/conftest.py", "tests/live.py", "tests/test_data.py"):
         shutil.copy(REPO / name, copy / name)
     assert not (copy.parent / "shared").exists()
     return copy
