@@ -255,7 +255,7 @@ def create_app(settings: Settings) -> FastAPI:
         bundle: ServingBundle, query: RecallQuery, user_id: Id, state: UserState
     ) -> tuple[RecallResult, int]:
         user = user_vectors(bundle, [user_id], state.events)[0]
-        answer = recall_user(bundle, query, user, state.shown[0], settings.max_k)
+        answer = recall_user(bundle, query, user, state.shown[0], settings.max_k, state.fresh)
         return answer.result, answer.fresh_events
 
     @app.post("/v1/recall", response_model=RecallResponse, responses=ERRORS, tags=["recall"])
@@ -313,9 +313,13 @@ def create_app(settings: Settings) -> FastAPI:
                 else:
                     j = position[query.user_id]
                     shown = state.shown[j] if exclude_shown else []
-                    answer = recall_user(bundle, query, vectors[j], shown, settings.max_k)
+                    answer = recall_user(
+                        bundle, query, vectors[j], shown, settings.max_k, state.fresh
+                    )
                     result, fresh_events = answer.result, answer.fresh_events
-                body = _recall_body(result, fresh_events, state.fresh)
+                # only user_id entries read the store
+                fresh = state.fresh or query.user_id is None
+                body = _recall_body(result, fresh_events, fresh)
                 out.append({"status": 200, **{k: v for k, v in body.items() if k != "bundle_id"}})
             except ApiError as e:
                 out.append({"status": e.status, **envelope(e.code, e.message)})

@@ -152,11 +152,13 @@ def recall_user(
     user: UserVector | None,
     shown: Sequence[ExternalId],
     max_k: int,
+    store_read: bool = True,
 ) -> FreshRecall:
     """Top-k for a ``user_id`` query whose vector :func:`user_vectors` made (``user``),
     minus ``shown`` (item ids of recent impressions, when the request asked) and, unless
     ``exclude_seen`` is false, the items the user has seen. Other queries: the plain
-    :func:`service.recaller.recall`."""
+    :func:`service.recaller.recall`. ``store_read`` False (the store could not be read):
+    a 404 says that the user's events were not consulted."""
     if query.user_id is None:
         return FreshRecall(core.recall(bundle, query, max_k), 0)
     core.check_k(query.k, max_k)
@@ -165,7 +167,8 @@ def recall_user(
     exclude = exclude[exclude >= 0]
     if user is None:
         if query.fallback != "popular":
-            raise UnknownId(f"unknown user_id {clip(query.user_id)}")
+            unread = "" if store_read else " (the state store is unavailable: events not read)"
+            raise UnknownId(f"unknown user_id {clip(query.user_id)}{unread}")
         return FreshRecall(core.answer(bundle, query.k, Source.POPULAR, None, exclude), 0)
     if query.exclude_seen is not False:
         exclude = np.concatenate([exclude, user.seen])

@@ -359,9 +359,13 @@ def _store_down_checks(
     assert vector["fresh"] is False and vector["source"] == "user"
     many = c.post("/v1/users/vectors", json={"ids": [user_id]}).json()
     assert many["fresh"] is False and many["fresh_events"] == [0]
-    batch = c.post("/v1/recall/batch", json={"requests": [{"user_id": user_id, "k": 2}]})
-    assert batch.json()["results"][0]["fresh"] is False
-    assert c.post("/v1/recall", json={"user_id": "nobody-at-all"}).status_code == 404
+    batch = c.post(
+        "/v1/recall/batch",
+        json={"requests": [{"user_id": user_id, "k": 2}, {"vector": [0.1] * bundle.dim}]},
+    )
+    assert [r["fresh"] for r in batch.json()["results"]] == [False, True]  # vector: no store
+    unknown = c.post("/v1/recall", json={"user_id": "nobody-at-all"})
+    assert unknown.status_code == 404 and "events not read" in unknown.json()["error"]["message"]
     down = c.post("/v1/events", json={"events": [{"user_id": user_id, "item_id": 1}]})
     assert down.status_code == 503
     assert down.json()["error"]["code"] == "state_unavailable"
