@@ -28,10 +28,12 @@ from service.app import create_app
 from service.client import Query, RecallClient, RecallResult, StateUnavailable
 from service.fresh import canonical_id, user_vectors
 from service.recaller import ServingBundle
+from service.settings import STATE_FILE
 from service.state import sqlite_url
 from tests.live import live_server, settings
 from tests.redis_server import redis_server
 from tests.test_history import make_v1
+from tests.test_metrics_workers import recall_serve
 from tests.test_verify import copy_bundle
 
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
@@ -577,3 +579,28 @@ def test_the_python_client_raises_state_unavailable(
             rc.events([{"user_id": user(bundle, 1), "item_id": 1}])
         assert raised.value.status == 503 and raised.value.code == "state_unavailable"
         assert rc.recall(user_id=user(bundle, 1), k=2).fresh is False
+
+
+@pytest.mark.slow
+def test_the_workers_of_a_replica_share_the_default_sqlite_store(
+    published_root: Path, bundle: ServingBundle, tmp_path: Path
+) -> None:
+    """``recall serve --workers 2`` with the default store (``<root>/.state/``): an event
+    posted to one worker moves the recall of whichever worker answers next."""
+    root = tmp_path / "root"
+    root.mkdir()
+    publish(copy_bundle(published_root, root))
+    row = 16
+    user_id = user(bundle, row)
+    items = unseen_items(bundle, row, 3)
+    with recall_serve(root, tmp_path, workers=2) as (url, _):
+        answer = httpx.post(
+            f"{url}/v1/events",
+            json={"events": [{"user_id": user_id, "item_id": i} for i in items]},
+            timeout=10,
+        )
+        assert answer.status_code == 200 and answer.json()["accepted"] == 3
+        for _ in range(20):  # fresh connections: either worker answers
+            body = httpx.post(f"{url}/v1/recall", json={"user_id": user_id}, timeout=10).json()
+            assert body["source"] == "user+events" and body["fresh_events"] == 3, body
+    assert (root / STATE_FILE).is_file()
