@@ -125,3 +125,24 @@ def test_bad_arguments_exit_2(tmp_path: Path) -> None:
     assert main(["events", "export", "--state-url", url, "--out", str(shadow)]) == 2
     with pytest.raises(SystemExit):
         main(["events", "export", "--out", str(tmp_path)])  # --state-url is required
+
+
+def test_export_from_redis(tmp_path: Path) -> None:
+    """The compose trainer job's case: the replicas' Redis, exported the same way."""
+    from tests.redis_server import redis_server
+
+    with redis_server(tmp_path / "redis") as server:
+        _store_events(server.url(), EVENTS)
+        out = tmp_path / "out"
+        assert main(["events", "export", "--state-url", server.url(), "--out", str(out)]) == 0
+        assert _rows(out / "interactions.csv")[1:] == [
+            ["7", "100", "1700000000"],
+            ["7", "101", "1700000010.5"],
+            ["ab,c", 'x"y', "1700000020.25"],
+            ["9", "100", "1700000040"],
+        ]
+        server.kill()
+        # Redis gone: exit 3 (train-and-publish.sh then trains on its data alone)
+        again = tmp_path / "again"
+        assert main(["events", "export", "--state-url", server.url(), "--out", str(again)]) == 3
+        assert list(again.iterdir()) == []  # no file, no temp file
