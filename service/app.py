@@ -35,6 +35,7 @@ from service.errors import (
     NotReady,
     PayloadTooLarge,
     ReloadFailed,
+    StateDown,
     Unauthorized,
     UnknownId,
     clip,
@@ -362,8 +363,14 @@ def create_app(settings: Settings) -> FastAPI:
         if len(body.events) > settings.max_events:
             raise PayloadTooLarge(f"at most {settings.max_events} events per request")
         parsed = await in_pool(parse_events, body.events, bundle, time.time())
+        metrics.events.labels("rejected").inc(len(parsed.rejected))
         if parsed.events:
-            await state.add(parsed.events)
+            try:
+                await state.add(parsed.events)
+            except StateDown:
+                metrics.events.labels("unavailable").inc(len(parsed.events))
+                raise
+            metrics.events.labels("stored").inc(len(parsed.events))
         return _model_response(
             bundle,
             {

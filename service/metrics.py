@@ -110,10 +110,19 @@ class Metrics:
             ["op"],
             registry=self.registry,
         )
+        self.events = Counter(
+            "recall_events",
+            "events of POST /v1/events by result: stored, rejected (invalid), unavailable "
+            "(the store could not take them: 503)",
+            ["result"],
+            registry=self.registry,
+        )
         self.reloads.labels("success")
         self.reloads.labels("failure")
         for op in STATE_OPS:
             self.state_errors.labels(op)
+        for result in ("stored", "rejected", "unavailable"):
+            self.events.labels(result)
         self._bundle_id: str | None = None
 
     def bundle_loaded(self, bundle_id: str, n_items: int, n_users: int) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -87,6 +88,13 @@ def top_k(bundle: ServingBundle, vector: np.ndarray, exclude: np.ndarray, k: int
     top = np.argsort(-scores, kind="stable")[:k]
     ids: list[Any] = bundle.item_ids.ids[top].tolist()
     return ids
+
+
+def metric(text: str, sample: str) -> float:
+    """The value of one sample (name and labels as written) of a Prometheus text."""
+    found = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.MULTILINE)
+    assert found is not None, sample
+    return float(found.group(1))
 
 
 def post_events(client: httpx.Client, events: list[Any]) -> dict[str, Any]:
@@ -324,6 +332,9 @@ def test_bad_events_are_rejected_inline(client: httpx.Client, bundle: ServingBun
     nonfinite = response.json()
     assert nonfinite["accepted"] == 0 and [r["index"] for r in nonfinite["rejected"]] == [0, 1, 2]
     assert all("finite" in r["error"]["message"] for r in nonfinite["rejected"])
+    metrics = client.get("/metrics").text
+    assert metric(metrics, 'recall_events_total{result="rejected"}') >= 12
+    assert metric(metrics, 'recall_events_total{result="stored"}') >= 2
     # the two accepted events are the only ones in the user's vector
     assert recall(client, user_id=user_id, k=3)["fresh_events"] == 2
     for body_ in ({"events": "no"}, {"events": [good], "extra": 1}, {}):
@@ -372,13 +383,9 @@ def _store_down_checks(
     assert down.status_code == 503
     assert down.json()["error"]["code"] == "state_unavailable"
     metrics = c.get("/metrics").text
+    assert metric(metrics, 'recall_events_total{result="unavailable"}') >= 1
     for op in ("recent", "shown", "add"):
-        line = next(
-            x
-            for x in metrics.splitlines()
-            if x.startswith(f'recall_state_errors_total{{op="{op}"}}')
-        )
-        assert float(line.split()[-1]) >= 1
+        assert metric(metrics, f'recall_state_errors_total{{op="{op}"}}') >= 1
 
 
 def test_store_down_sqlite_recall_from_the_bundle_events_503(
