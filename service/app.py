@@ -1,7 +1,10 @@
 """The HTTP API v1 (DESIGN.md): ``create_app(settings)`` builds the FastAPI app.
 
-Routes only translate HTTP to :mod:`service.recaller` and back. Everything that touches
-vectors or FAISS runs in a thread pool (FAISS releases the GIL), never on the event loop.
+Routes only translate HTTP to :mod:`service.recaller` (and :mod:`service.fresh` for
+users with newer events, :mod:`service.events` for ``POST /v1/events``) and back. The
+state store is opened by the lifespan and used through :mod:`service.state_access`
+(bounded reads that never fail a recall). Everything that touches vectors or FAISS runs
+in a thread pool (FAISS releases the GIL), never on the event loop.
 """
 
 from __future__ import annotations
