@@ -223,6 +223,10 @@ def test_bad_arguments_are_the_callers_bug(url: str) -> None:
             await store.add([Event(1, 1, T0, "click")])  # type: ignore[arg-type]
         with pytest.raises(TypeError):
             await store.recent([None], after=0)  # type: ignore[list-item]
+        with pytest.raises(ValueError, match="NaN"):
+            await store.recent([1], after=math.nan)
+        with pytest.raises(ValueError, match="NaN"):
+            await store.shown([1], since=math.nan)
         assert await export_all(store) == []  # a refused batch stores nothing
 
     with_store(url, body)

@@ -100,6 +100,14 @@ def check_id(value: object) -> Id:
     return number
 
 
+def check_time(value: float) -> float:
+    """``value`` as a float bound of a read: ``-inf``/``inf`` allowed, NaN refused."""
+    bound = float(value)
+    if math.isnan(bound):
+        raise ValueError("a time bound is not a number (NaN)")
+    return bound
+
+
 def check_event(event: Event) -> tuple[Id, Id, float, EventType]:
     """``(user_id, item_id, timestamp, type)`` checked: ids by :func:`check_id`, a finite
     float timestamp, a known type."""

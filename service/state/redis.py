@@ -37,7 +37,15 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from service.state.base import Event, EventType, Id, StateUnavailable, check_event, check_id
+from service.state.base import (
+    Event,
+    EventType,
+    Id,
+    StateUnavailable,
+    check_event,
+    check_id,
+    check_time,
+)
 
 T = TypeVar("T")
 
@@ -180,7 +188,8 @@ class RedisStore:
         ids = [check_id(u) for u in user_ids]
         if not ids:
             return []
-        low = "-inf" if after == -math.inf else f"({float(after)!r}"
+        after = check_time(after)
+        low = "-inf" if after == -math.inf else f"({after!r}"
         replies = await self._read([_recent_key(u) for u in ids], low, "recent")
         out = []
         for reply in replies:
@@ -195,7 +204,7 @@ class RedisStore:
         ids = [check_id(u) for u in user_ids]
         if not ids:
             return []
-        since = max(float(since), time.time() - self.shown_ttl_s)  # exact TTL, trimmed or not
+        since = max(check_time(since), time.time() - self.shown_ttl_s)  # exact TTL, trimmed or not
         replies = await self._read([_shown_key(u) for u in ids], repr(since), "shown")
         return [[orjson.loads(member) for member in reply] for reply in replies]
 

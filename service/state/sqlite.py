@@ -31,7 +31,15 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
-from service.state.base import Event, EventType, Id, StateUnavailable, check_event, check_id
+from service.state.base import (
+    Event,
+    EventType,
+    Id,
+    StateUnavailable,
+    check_event,
+    check_id,
+    check_time,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -316,13 +324,14 @@ class SQLiteStore:
         ids = _ids(user_ids)
         if not ids:
             return []
-        return await self._call(lambda: self._recent(ids, float(after)), self.timeout_s, "recent")
+        after = check_time(after)
+        return await self._call(lambda: self._recent(ids, after), self.timeout_s, "recent")
 
     async def shown(self, user_ids: Sequence[Id], since: float) -> list[list[Id]]:
         ids = _ids(user_ids)
         if not ids:
             return []
-        since = max(float(since), time.time() - self.shown_ttl_s)  # exact TTL, trimmed or not
+        since = max(check_time(since), time.time() - self.shown_ttl_s)  # exact TTL, trimmed or not
         return await self._call(lambda: self._shown(ids, since), self.timeout_s, "shown")
 
     async def export(self, since: float | None = None) -> AsyncIterator[Event]:
