@@ -14,6 +14,13 @@ single users, one call at a time, and what the store holds. SQLite runs on a fil
 service); Redis is a ``redis-server`` started here with the
 compose file's persistence (AOF, ``appendfsync everysec``) unless ``--redis-url`` names one.
 The service's HTTP path adds parsing and validation on top: this is the store's ceiling.
+
+``--http`` measures that path instead: ``POST /v1/events`` on one ``recall serve`` replica
+(``workers x concurrency`` configurations, ``--http-configs``) over a small synthetic
+bundle, SQLite and Redis, batches of 100 (bench/_http_ingest.py); results go to
+``bench/results/ingest_http.json`` unless ``--out`` says otherwise.
+
+    .venv/bin/python bench/ingest.py --http
 """
 
 from __future__ import annotations
@@ -222,6 +229,70 @@ def machine() -> dict[str, Any]:
     }
 
 
+def http_main(args: argparse.Namespace) -> None:
+    """``--http``: events/s through ``POST /v1/events`` per replica, SQLite and Redis."""
+    repo = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(repo))
+    from bench._bundles import ITEM_ID_OFFSET, BenchBundle, ensure_bundle
+    from bench._http_ingest import http_ingest
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    spec = BenchBundle(n_items=10_000, n_users=args.users, kind="flat")
+    root = ensure_bundle(args.workdir / "bench-bundles", spec).parent
+    item_ids = [ITEM_ID_OFFSET + i for i in range(spec.n_items)]
+    configs = [tuple(int(x) for x in c.split("x")) for c in args.http_configs.split(",")]
+    report: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "path": "POST /v1/events through recall serve on 127.0.0.1, one Python asyncio client "
+        "on the same machine",
+        "batch": BATCH,
+        "users": args.users,
+        "seconds": args.seconds,
+        "repeats": args.repeats,
+        "results": [],
+    }
+    with tempfile.TemporaryDirectory(dir=args.workdir, prefix="ingest-http-") as tmp:
+        (Path(tmp) / "redis").mkdir()
+        redis_proc, redis_url = start_redis(Path(tmp) / "redis")
+        try:
+            for backend in ("sqlite", "redis"):
+                for workers, concurrency in configs:
+                    if backend == "redis":
+                        url = redis_url
+                        with redis.Redis.from_url(url) as client:
+                            client.flushdb()
+                    else:
+                        url = sqlite_url(Path(tmp) / f"events-{workers}x{concurrency}.sqlite")
+                    row = {"backend": backend} | http_ingest(
+                        root,
+                        url,
+                        workers=workers,
+                        seconds=args.seconds,
+                        concurrency=concurrency,
+                        users=args.users,
+                        item_ids=item_ids,
+                        repeats=args.repeats,
+                    )
+                    report["results"].append(row)
+                    logger.info("%s", json.dumps(row))
+        finally:
+            redis_proc.terminate()
+            redis_proc.wait(timeout=30)
+    lines = ["| replica | SQLite events/s | Redis events/s |", "| --- | --- | --- |"]
+    cells: dict[str, dict[str, str]] = {}
+    for r in report["results"]:
+        line = f"{r['workers']} worker(s), {r['concurrency']} batches in flight"
+        cells.setdefault(line, {})[r["backend"]] = (
+            f"{r['events_per_s']:,.0f} (p50 {r['batch_p50_ms']} ms)"
+        )
+    lines += [f"| {k} | {v.get('sqlite', '-')} | {v.get('redis', '-')} |" for k, v in cells.items()]
+    sys.stdout.write("\n".join(lines) + "\n")
+    out = args.out or Path("bench/results/ingest_http.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         url, seconds, in_flight, users, seed, start_at = sys.argv[2:8]
@@ -237,9 +308,18 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="runs per configuration (median)")
     p.add_argument("--workdir", type=Path, default=Path("runs"), help="SQLite/AOF files go here")
     p.add_argument("--redis-url", help="an existing Redis (its db is flushed first)")
-    p.add_argument("--out", type=Path, default=Path("bench/results/ingest.json"))
+    p.add_argument("--out", type=Path, help="default bench/results/ingest[_http].json")
+    p.add_argument("--http", action="store_true", help="through POST /v1/events instead")
+    p.add_argument(
+        "--http-configs", default="1x16,2x16", help="--http: workers x batches in flight, ..."
+    )
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.http:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        http_main(args)
+        return
+    args.out = args.out or Path("bench/results/ingest.json")
     configs = [tuple(int(x) for x in c.split("x")) for c in args.configs.split(",")]
     report: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
