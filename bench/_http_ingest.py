@@ -109,10 +109,16 @@ def http_ingest(
     median run's events/s and batch latency, and every run's events/s."""
     bodies = make_bodies(users, item_ids, seed)
     env = {"RECALL_STATE_URL": state_url, "RECALL_WORKERS": str(workers)}
+    runs = []
     with serve(root, workers=workers, env=env) as server:
-        runs = [
-            asyncio.run(_drive(server.url, bodies, seconds, concurrency)) for _ in range(repeats)
-        ]
+        for _ in range(repeats):
+            cpu, wall = server.cpu_seconds(), time.perf_counter()
+            run = asyncio.run(_drive(server.url, bodies, seconds, concurrency))
+            # cores the replica's processes used (warm-up included; not redis-server's)
+            run["server_cores"] = round(
+                (server.cpu_seconds() - cpu) / (time.perf_counter() - wall), 2
+            )
+            runs.append(run)
     runs.sort(key=lambda r: r["events_per_s"])
     result = dict(runs[len(runs) // 2])
     result.update(
