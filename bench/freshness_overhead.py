@@ -40,8 +40,10 @@ from index.history import UserHistory
 from index.publish import publish
 from index.tower import UserTower
 from service.app import create_app
+from service.fresh import user_vectors
+from service.recaller import answer as search
 from service.settings import Settings
-from service.state import sqlite_url
+from service.state import open_store, sqlite_url
 
 logger = logging.getLogger("bench.freshness_overhead")
 
@@ -176,11 +178,28 @@ async def measure(root: Path, state_dir: Path, args: argparse.Namespace) -> dict
                         assert body["source"] == "user" and body["fresh"], body
                         stale_lat.append(elapsed)
         store = app.state.store
-        store_lat = []
+        store_lat, store_empty_lat = [], []
         for j in range(args.requests):
             started = time.perf_counter()
             await store.recent([fresh_users[j % len(fresh_users)]], TRAINED_UNTIL)
             store_lat.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            await store.recent([stale_users[j % len(stale_users)]], TRAINED_UNTIL)
+            store_empty_lat.append(time.perf_counter() - started)
+        # the search alone (no HTTP, no store) on the vectors each kind of user gets
+        setup = open_store(settings.state_url, timeout_s=10)  # not timed: no tight bound
+        fresh_events = await setup.recent(fresh_users, TRAINED_UNTIL)
+        await setup.close()
+        made = user_vectors(bundle, fresh_users, fresh_events)
+        stored = user_vectors(bundle, stale_users, [[] for _ in stale_users])
+        search_fresh, search_stale = [], []
+        for j in range(args.requests):
+            for user, lat in ((made, search_fresh), (stored, search_stale)):
+                vector = user[j % len(user)]
+                assert vector is not None
+                started = time.perf_counter()
+                search(bundle, 100, vector.source, vector.vector, vector.seen)
+                lat.append(time.perf_counter() - started)
         tower_lat = []
         history = bundle.history
         assert history is not None
@@ -211,7 +230,10 @@ async def measure(root: Path, state_dir: Path, args: argparse.Namespace) -> dict
         "overhead_p50_ms_median_of_rounds": round(float(np.median(rounds)), 4),
         "rounds": len(rounds),
         "store_recent_one_user": _stats(store_lat),
+        "store_recent_one_user_without_events": _stats(store_empty_lat),
         "tower_encode_one_user": _stats(tower_lat),
+        "search_only_fresh_vectors": _stats(search_fresh),
+        "search_only_stored_vectors": _stats(search_stale),
     }
 
 
