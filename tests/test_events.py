@@ -611,3 +611,45 @@ def test_the_workers_of_a_replica_share_the_default_sqlite_store(
             body = httpx.post(f"{url}/v1/recall", json={"user_id": user_id}, timeout=10).json()
             assert body["source"] == "user+events" and body["fresh_events"] == 3, body
     assert (root / STATE_FILE).is_file()
+
+
+class CountingStore:
+    """The real store, with its read calls counted (a spy, not a stand-in)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.calls: list[tuple[str, int]] = []
+
+    async def recent(self, user_ids: list[Any], after: float) -> Any:
+        self.calls.append(("recent", len(user_ids)))
+        return await self.store.recent(user_ids, after)
+
+    async def shown(self, user_ids: list[Any], since: float) -> Any:
+        self.calls.append(("shown", len(user_ids)))
+        return await self.store.shown(user_ids, since)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def test_a_batch_reads_the_store_once_for_all_its_users(
+    published_root: Path, bundle: ServingBundle
+) -> None:
+    app = create_app(settings(published_root))
+    users = [user(bundle, r) for r in (30, 31, 32)]
+    with live_server(app) as url, httpx.Client(base_url=url) as c:
+        post_events(c, [{"user_id": u, "item_id": bundle.item_ids.ids[0].item()} for u in users])
+        spy = CountingStore(app.state.state.store)
+        app.state.state.store = spy
+        requests = [{"user_id": u, "k": 3} for u in users] + [
+            {"user_id": users[0], "k": 2, "exclude_shown": True},
+            {"user_id": "new-in-batch", "k": 2, "fallback": "popular"},
+            {"history": [bundle.item_ids.ids[1].item()], "k": 2},
+        ]
+        results = c.post("/v1/recall/batch", json={"requests": requests}).json()["results"]
+        assert [r["status"] for r in results] == [200] * 6
+        assert [r["source"] for r in results] == ["user+events"] * 4 + ["popular", "history"]
+        assert sorted(spy.calls) == [("recent", 4), ("shown", 4)]  # distinct users, once
+        spy.calls.clear()
+        c.post("/v1/users/vectors", json={"ids": [*users, users[0]]})
+        assert spy.calls == [("recent", 3)]
