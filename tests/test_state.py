@@ -244,6 +244,59 @@ def test_ping_and_close(url: str) -> None:
     run(body())
 
 
+def test_availability_is_versioned_typed_and_atomic(url: str) -> None:
+    async def body(store: StateStore) -> None:
+        assert await store.availability_version() == 0
+        assert await store.availability() == (0, [])
+        assert await store.set_availability([], []) == 0  # nothing to change: no bump
+        assert await store.set_availability([7, "7", "x|y", 7, -3], []) == 1
+        assert await store.availability() == (1, [-3, 7, "7", "x|y"])  # typed, deduplicated
+        assert await store.set_availability(["new"], ["7", 12345]) == 2  # unknown enable: no-op
+        version, disabled = await store.availability()
+        assert (version, disabled) == (2, [-3, 7, "new", "x|y"])
+        assert [type(i) for i in disabled] == [int, int, str, str]
+        assert await store.availability_version() == 2
+        with pytest.raises(ValueError, match="both"):
+            await store.set_availability([1, 2], [2])
+        with pytest.raises(TypeError):
+            await store.set_availability([1.5], [])  # type: ignore[list-item]
+        with pytest.raises(ValueError, match="int64"):
+            await store.set_availability([], [2**63])
+        assert await store.availability() == (2, [-3, 7, "new", "x|y"])  # refused: unchanged
+        # A large change in one call (past Lua's unpack limit), then all enabled again.
+        many = [*range(20_000), *(f"s{i}" for i in range(5_000))]
+        assert await store.set_availability(many, [-3]) == 3
+        version, disabled = await store.availability()
+        assert version == 3 and len(disabled) == 25_000 + 2 and -3 not in disabled  # + "new", "x|y"
+        assert await store.set_availability([], disabled) == 4
+        assert await store.availability() == (4, [])
+
+    with_store(url, body)
+
+
+def test_availability_changes_from_many_writers_all_count(url: str) -> None:
+    """Concurrent changes each bump the version once: the versions they return are
+    distinct and the last read sees every disabled id (a store shared by replicas)."""
+
+    async def body(store: StateStore) -> None:
+        versions = await asyncio.gather(*(store.set_availability([i], []) for i in range(30)))
+        assert sorted(versions) == list(range(1, 31))
+        assert await store.availability() == (30, list(range(30)))
+
+    with_store(url, body)
+
+
+def test_availability_survives_reopening(url: str) -> None:
+    async def first(store: StateStore) -> None:
+        await store.set_availability([1, "b"], [])
+
+    async def second(store: StateStore) -> None:
+        assert await store.availability() == (1, [1, "b"])
+
+    with_store(url, first)
+    with_store(url, second)
+
+
 # -- SQLite ------------------------------------------------------------------------------
 
 WRITER = """

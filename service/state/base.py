@@ -44,7 +44,8 @@ class StateUnavailable(Exception):
 
 
 class StateStore(Protocol):
-    """Events since the bundle: per-user recent interactions, impressions, a retraining log."""
+    """Events since the bundle: per-user recent interactions, impressions, a retraining log;
+    and which items are disabled (availability, keyed by external id, versioned)."""
 
     async def add(self, events: Sequence[Event]) -> None:
         """Store ``events``; durable when this returns (SQLite: committed and fsynced; Redis:
@@ -73,6 +74,24 @@ class StateStore(Protocol):
         arrived within ``retention_s`` (wall clock)."""
         ...
 
+    async def set_availability(self, disable: Sequence[Id], enable: Sequence[Id]) -> int:
+        """Mark the items ``disable`` unavailable and ``enable`` available again (ids as
+        given, kept typed; an id in both lists is a ValueError), atomically with a bump of
+        the availability version; returns the new version (the current one, unchanged, when
+        both lists are empty). Bounded by the write timeout."""
+        ...
+
+    async def availability(self) -> tuple[int, list[Id]]:
+        """``(version, disabled item ids)`` read together (one snapshot); ids in a stable
+        order (ints ascending, then strs). Bounded by the write timeout (not on a recall's
+        path: replicas read it when the version changed)."""
+        ...
+
+    async def availability_version(self) -> int:
+        """The availability version alone (0 before any change): cheap, polled by every
+        replica. Bounded by the write timeout."""
+        ...
+
     async def ping(self) -> None:
         """Raise StateUnavailable unless the store answers (SQLite: creates the file)."""
         ...
@@ -98,6 +117,26 @@ def check_id(value: object) -> Id:
     if not INT64_MIN <= number <= INT64_MAX:
         raise ValueError(f"int id {number} is outside int64")
     return number
+
+
+def check_availability(
+    disable: Sequence[object], enable: Sequence[object]
+) -> tuple[list[Id], list[Id]]:
+    """``(disable, enable)`` as store ids (:func:`check_id`), duplicates dropped; ValueError
+    naming an id that is in both lists."""
+    off = list(dict.fromkeys(check_id(i) for i in disable))
+    on = list(dict.fromkeys(check_id(i) for i in enable))
+    both = set(off).intersection(on)  # 7 and "7" are different ids
+    if both:
+        raise ValueError(f"id {sorted(both, key=id_order)[0]!r} is both disabled and enabled")
+    return off, on
+
+
+def id_order(value: Id) -> tuple[int, int, str]:
+    """A sort key over mixed ids: ints ascending, then strs."""
+    if isinstance(value, int):
+        return (0, value, "")
+    return (1, 0, value)
 
 
 def check_time(value: float) -> float:

@@ -11,6 +11,8 @@ Keys (ids JSON-encoded, so ``7`` and ``"7"`` stay apart and come back typed)::
     recall:log        stream, one entry per `add` (field ``e``: the batch as JSON
                       ``[[kind, user, item, ts], ...]``), trimmed to `retention_s` by entry id
                       (arrival time, ``XADD MINID ~``)
+    recall:avail      set of <item json>: the disabled items (availability)
+    recall:avail:v    integer, INCR'd in the script call of each change (0: never set)
 
 ``add`` is one Lua script call (one round trip, applied whole; a MULTI pipeline of ~3
 commands per user cost ~4x the client CPU: redis-py packs and parses every command); a
@@ -42,15 +44,19 @@ from service.state.base import (
     EventType,
     Id,
     StateUnavailable,
+    check_availability,
     check_event,
     check_id,
     check_time,
+    id_order,
 )
 
 T = TypeVar("T")
 
 PREFIX = b"recall:"
 LOG = PREFIX + b"log"
+DISABLED = PREFIX + b"avail"
+VERSION = PREFIX + b"avail:v"
 EXPORT_PAGE = 500  # stream entries (batches) per XRANGE
 KINDS: tuple[EventType, ...] = ("interaction", "impression")
 UNPACK = 1000
@@ -77,6 +83,23 @@ for k = 2, #KEYS do
     pos = last + 1
 end
 return #KEYS
+"""
+
+AVAILABILITY_SCRIPT = """
+-- One availability change, atomically: KEYS[1] the disabled set, KEYS[2] the version.
+-- ARGV: number of ids to disable, then those ids, then the ids to enable.
+local n_off, chunk = tonumber(ARGV[1]), 1000
+for first = 2, n_off + 1, chunk do
+    redis.call('SADD', KEYS[1], unpack(ARGV, first, math.min(first + chunk - 1, n_off + 1)))
+end
+for first = n_off + 2, #ARGV, chunk do
+    redis.call('SREM', KEYS[1], unpack(ARGV, first, math.min(first + chunk - 1, #ARGV)))
+end
+return redis.call('INCR', KEYS[2])
+"""
+
+READ_AVAILABILITY_SCRIPT = """
+return {redis.call('GET', KEYS[2]) or '0', redis.call('SMEMBERS', KEYS[1])}
 """
 
 READ_SCRIPT = """
@@ -129,6 +152,8 @@ class RedisStore:
         )
         self._add_script = self._client.register_script(ADD_SCRIPT)
         self._read_script = self._client.register_script(READ_SCRIPT)
+        self._availability_script = self._client.register_script(AVAILABILITY_SCRIPT)
+        self._read_availability_script = self._client.register_script(READ_AVAILABILITY_SCRIPT)
         self._closed = False
 
     async def _bounded(self, call: Awaitable[T], bound: float, op: str) -> T:
@@ -231,6 +256,34 @@ class RedisStore:
             if len(page) < EXPORT_PAGE:
                 return
             start = "(" + page[-1][0].decode()
+
+    async def set_availability(self, disable: Sequence[Id], enable: Sequence[Id]) -> int:
+        off, on = check_availability(disable, enable)
+        if not off and not on:
+            return await self.availability_version()
+        args: list[bytes | int] = [len(off), *map(_enc, off), *map(_enc, on)]
+        reply = await self._bounded(
+            self._availability_script([DISABLED, VERSION], args),
+            self.write_timeout_s,
+            "set_availability",
+        )
+        return int(cast(int, reply))
+
+    async def availability(self) -> tuple[int, list[Id]]:
+        reply = await self._bounded(
+            self._read_availability_script([DISABLED, VERSION], []),
+            self.write_timeout_s,
+            "availability",
+        )
+        version, members = cast(tuple[bytes, list[bytes]], reply)
+        items: list[Id] = [orjson.loads(m) for m in members]
+        return int(version), sorted(items, key=id_order)
+
+    async def availability_version(self) -> int:
+        reply = await self._bounded(
+            self._client.get(VERSION), self.write_timeout_s, "availability_version"
+        )
+        return 0 if reply is None else int(cast(bytes, reply))
 
     async def ping(self) -> None:
         await self._bounded(self._client.ping(), self.write_timeout_s, "ping")

@@ -15,6 +15,8 @@ Tables::
                                            insert and its trim touch one page)
     shown(user, item, ts)                  impressions, one row per (user, item): latest ts
     log(seq, received, ts, kind, user, item)   every event, `retention_s` after arrival
+    disabled(item)                         items made unavailable (availability)
+    availability(one, version)             one row: bumped in the transaction of a change
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ from service.state.base import (
     EventType,
     Id,
     StateUnavailable,
+    check_availability,
     check_event,
     check_id,
     check_time,
+    id_order,
 )
 
 logger = logging.getLogger(__name__)
@@ -75,6 +79,10 @@ CREATE INDEX IF NOT EXISTS shown_ts ON shown (ts);
 CREATE TABLE IF NOT EXISTS log (
     seq INTEGER PRIMARY KEY, received REAL NOT NULL, ts REAL NOT NULL,
     kind INTEGER NOT NULL, user NOT NULL, item NOT NULL
+);
+CREATE TABLE IF NOT EXISTS disabled (item NOT NULL PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS availability (
+    one INTEGER PRIMARY KEY CHECK (one = 0), version INTEGER NOT NULL
 );
 """
 
@@ -249,14 +257,58 @@ class SQLiteStore:
     def _ping(self) -> None:
         self._conn().execute("SELECT 1").fetchone()
 
+    def _set_availability(self, disable: list[Id], enable: list[Id]) -> int:
+        """One transaction on the writer thread: the rows and the version bump together."""
+        conn = self._conn()
+        conn.execute(f"PRAGMA busy_timeout = {int(self.write_timeout_s * 1000)}")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT OR IGNORE INTO disabled (item) VALUES (?)", [(i,) for i in disable]
+            )
+            conn.executemany("DELETE FROM disabled WHERE item = ?", [(i,) for i in enable])
+            conn.execute(
+                "INSERT INTO availability (one, version) VALUES (0, 1) "
+                "ON CONFLICT (one) DO UPDATE SET version = version + 1"
+            )
+            version: int = conn.execute("SELECT version FROM availability").fetchone()[0]
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return version
+
+    def _version(self, conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT version FROM availability").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _availability(self) -> tuple[int, list[Id]]:
+        conn = self._conn()
+        conn.execute("BEGIN")  # one read snapshot for the version and the rows
+        try:
+            version = self._version(conn)
+            items: list[Id] = [item for (item,) in conn.execute("SELECT item FROM disabled")]
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+        return version, sorted(items, key=id_order)
+
     # -- the event-loop side ---------------------------------------------------------
 
-    async def _call(self, fn: Callable[[], T], bound: float, op: str) -> T:
+    async def _call(
+        self,
+        fn: Callable[[], T],
+        bound: float,
+        op: str,
+        executor: ThreadPoolExecutor | None = None,
+    ) -> T:
         if self._closed:
             raise StateUnavailable("the state store is closed")
         loop = asyncio.get_running_loop()
+        pool = executor or self._executor
         try:
-            return await asyncio.wait_for(loop.run_in_executor(self._executor, fn), bound)
+            return await asyncio.wait_for(loop.run_in_executor(pool, fn), bound)
         except TimeoutError:
             raise StateUnavailable(f"SQLite {op} took longer than {bound:g} s") from None
         except (sqlite3.Error, OSError) as e:
@@ -345,6 +397,25 @@ class SQLiteStore:
             if len(page) < EXPORT_PAGE:
                 return
             after_seq = page[-1][0]
+
+    async def set_availability(self, disable: Sequence[Id], enable: Sequence[Id]) -> int:
+        off, on = check_availability(disable, enable)
+        if not off and not on:
+            return await self.availability_version()
+        return await self._call(
+            partial(self._set_availability, off, on),
+            self.write_timeout_s,
+            "set_availability",
+            self._writer,
+        )
+
+    async def availability(self) -> tuple[int, list[Id]]:
+        return await self._call(self._availability, self.write_timeout_s, "availability")
+
+    async def availability_version(self) -> int:
+        return await self._call(
+            lambda: self._version(self._conn()), self.write_timeout_s, "availability_version"
+        )
 
     async def ping(self) -> None:
         await self._call(self._ping, self.write_timeout_s, "ping")
