@@ -38,7 +38,7 @@ from service.metrics_dir import MULTIPROC_ENV, process_alive
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware"]
 
-STATE_OPS = ("recent", "shown", "add")
+STATE_OPS = ("recent", "shown", "add", "availability")
 """The ``op`` label values of ``recall_state_errors_total``."""
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _LIVE_GAUGE_FILE = re.compile(r"^gauge_live\w+?_(\d+)\.db$")

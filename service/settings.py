@@ -48,6 +48,13 @@ class Settings(BaseSettings):
     shown_ttl_s: float = Field(3600, gt=0, description="impressions excluded this long")
     events_retention_s: float = Field(30 * 86400, gt=0, description="retraining log kept")
     max_events: int = Field(1000, ge=1, le=100_000, description="most events per POST")
+    # Item availability (service/availability.py): every replica polls the store's version.
+    availability_poll_s: float = Field(
+        0.25, gt=0, le=60, description="availability version poll period (seconds)"
+    )
+    max_availability_ids: int = Field(
+        10_000, ge=1, le=1_000_000, description="most ids in one availability change"
+    )
 
     @field_validator("admin_token")
     @classmethod

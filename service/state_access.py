@@ -88,7 +88,7 @@ class StateAccess:
             async with asyncio.timeout(WRITE_GUARD_S):
                 await self.store.add(events)
         except (StateUnavailable, TimeoutError) as e:
-            self._failed("add", e)
+            self.failed("add", e)
             raise StateDown(
                 "the state store is unavailable: the events were not stored; retry later"
             ) from None
@@ -100,20 +100,44 @@ class StateAccess:
             async with asyncio.timeout(2 * self.timeout_s):
                 return await call
         except (StateUnavailable, TimeoutError) as e:
-            self._failed(op, e)
+            self.failed(op, e)
             return None
 
-    def _failed(self, op: str, error: BaseException) -> None:
+    async def set_availability(self, disable: Sequence[Id], enable: Sequence[Id]) -> int:
+        """Disable/enable items (new availability version), or raise :class:`StateDown`."""
+        try:
+            async with asyncio.timeout(WRITE_GUARD_S):
+                return await self.store.set_availability(disable, enable)
+        except (StateUnavailable, TimeoutError) as e:
+            self.failed("availability", e)
+            raise StateDown(
+                "the state store is unavailable: availability was not changed; retry later"
+            ) from None
+
+    async def availability(self) -> tuple[int, list[Id]]:
+        """``(version, disabled ids)`` from the store, or raise :class:`StateDown`."""
+        try:
+            async with asyncio.timeout(WRITE_GUARD_S):
+                return await self.store.availability()
+        except (StateUnavailable, TimeoutError) as e:
+            self.failed("availability", e)
+            raise StateDown("the state store is unavailable; retry later") from None
+
+    def failed(self, op: str, error: BaseException) -> None:
+        """Count a failed store call (``op``: a ``recall_state_errors_total`` label) and log
+        it, at most one line per ``log_every_s``."""
         self.metrics.state_errors.labels(op).inc()
         now = time.monotonic()
         if now - self._last_log < self.log_every_s:
             self._unlogged += 1
             return
         logger.warning(
-            "state store unavailable (%s: %s); %d more failure(s) since the last message; "
-            "recall answers from the bundle alone",
+            "state store unavailable (%s: %s); %d more failure(s) since the last message; %s",
             op,
             str(error) or type(error).__name__,
             self._unlogged,
+            "recall applies the last known disabled items"
+            if op == "availability"
+            else "recall answers from the bundle alone",
         )
         self._last_log, self._unlogged = now, 0
