@@ -4,6 +4,8 @@ A bundle is a directory of plain ``.npy``/``.npz`` arrays plus ``manifest.json``
 records the sha256 and size of every file. schema_version 2 adds ``user_history.npz``
 (each user's training window and encoded features, :mod:`index.history`) and the
 manifest's ``trained_until``; a bundle is version 2 exactly when it has that file.
+Version 2 may also hold ``item_attributes.npz`` (the items file's columns,
+:mod:`index.attributes`), described by the manifest's ``item_attributes``: both or neither.
 Writers stage everything under ``<root>/.staging-<id>/`` and rename the finished
 directory into place, so a reader never sees half a bundle. Readers verify sizes and
 checksums before trusting a file. Nothing is ever pickled.
@@ -19,7 +21,7 @@ import secrets
 import shutil
 import struct
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +41,7 @@ USER_SEEN = "user_seen.npz"
 USER_TOWER = "user_tower.npz"
 ITEM_POPULARITY = "item_popularity.npy"
 USER_HISTORY = "user_history.npz"
+ITEM_ATTRIBUTES = "item_attributes.npz"
 INDEX = "index.faiss"
 
 TRAINER_FILES_V1 = (
@@ -77,6 +80,15 @@ class Counts(BaseModel):
     interactions: int = Field(ge=0)
 
 
+class AttributeSpec(BaseModel):
+    """One entry of the manifest's ``item_attributes``: a column of ``item_attributes.npz``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    kind: Literal["categorical", "multi", "numeric"]
+
+
 class Manifest(BaseModel):
     """``manifest.json``: what a bundle holds and how it was made."""
 
@@ -98,6 +110,10 @@ class Manifest(BaseModel):
         description="unix seconds: the largest timestamp of the training input data "
         "(schema_version 2; events after it are fresh)",
     )
+    item_attributes: list[AttributeSpec] | None = Field(
+        default=None,
+        description=f"the columns of {ITEM_ATTRIBUTES} (schema_version 2, optional)",
+    )
 
     @model_validator(mode="after")
     def _version_fields(self) -> Manifest:
@@ -109,6 +125,10 @@ class Manifest(BaseModel):
             raise ValueError(f"schema_version 2 needs trained_until and {USER_HISTORY}")
         if self.schema_version == 1 and v2:
             raise ValueError(f"schema_version 1 has neither trained_until nor {USER_HISTORY}")
+        if self.schema_version == 1 and (
+            self.item_attributes is not None or ITEM_ATTRIBUTES in self.files
+        ):
+            raise ValueError(f"schema_version 1 has no item attributes ({ITEM_ATTRIBUTES})")
         return self
 
 
@@ -187,12 +207,14 @@ def write_bundle(
     counts: Counts,
     trainer: Mapping[str, Any],
     trained_until: float | None = None,
+    item_attributes: Sequence[Mapping[str, str]] | None = None,
 ) -> Path:
     """Write a new bundle atomically and return its final directory ``root/bundle_id``.
 
     ``arrays`` maps file names (``*.npy`` or ``*.npz``) to an array or a mapping of arrays.
     With :data:`USER_HISTORY` among them (and ``trained_until``, unix seconds) the bundle is
-    schema_version 2, else 1.
+    schema_version 2, else 1. ``item_attributes`` (``[{"name", "kind"}]``) is the schema of
+    :data:`ITEM_ATTRIBUTES` among ``arrays`` (version 2 only).
     Files are written and fsynced under ``root/.staging-<id>/``, the manifest last, then
     the directory is renamed into place. On any failure the staging directory is removed
     and nothing appears under ``root/<id>``.
@@ -215,6 +237,9 @@ def write_bundle(
             trainer=dict(trainer),
             schema_version=2 if USER_HISTORY in arrays else 1,
             trained_until=trained_until,
+            item_attributes=None
+            if item_attributes is None
+            else [AttributeSpec.model_validate(dict(a)) for a in item_attributes],
         )
         write_json_atomic(staging / MANIFEST, manifest.model_dump_json(indent=2))
         fsync_path(staging)

@@ -19,6 +19,11 @@ every replica loads, and the other way round. The rules:
   neither): :meth:`index.history.UserHistory.from_arrays` (shapes vs counts, CSR, windows
   no longer than the tower's ``history_length``, item rows in range, timestamps finite,
   in time order and <= ``trained_until``, features within the tower's vocabularies);
+- ``item_attributes`` (optional, version 2 only): the file and the manifest's
+  ``item_attributes`` schema come together or not at all;
+  :meth:`index.attributes.ItemAttributes.from_arrays` (keys as the schema says, dtypes and
+  shapes vs n_items, sorted unique unicode vocabularies, codes in range, CSR indptr,
+  numeric values float64 and never infinite, NaN = missing);
 - ``index.faiss`` loads with the manifest's width and holds n_items vectors.
 
 Any failure raises :class:`~index.bundle.BundleError` naming the first problem. Its text
@@ -36,6 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from index import bundle as b
+from index.attributes import ItemAttributes
 from index.current import BUNDLE_ID
 from index.history import UserHistory
 from index.ids import IdMap
@@ -63,6 +69,7 @@ class VerifiedBundle:
     index: ItemIndex  # holds item_vectors (n_items, dim) float32 as ``index.items``
     history: UserHistory | None  # schema_version 2: each user's training window + features
     trained_until: float | None  # schema_version 2: unix seconds, the training data's last
+    attributes: ItemAttributes | None = None  # schema_version 2, optional: items.csv columns
 
 
 def verify_bundle(bundle: Path) -> VerifiedBundle:
@@ -90,6 +97,7 @@ def verify_bundle(bundle: Path) -> VerifiedBundle:
     indptr, indices = _seen(bundle, manifest, n_users, n_items)
     tower = _tower(bundle, manifest)
     history = _history(bundle, manifest, tower)
+    attributes = _attributes(bundle, manifest)
     index = ItemIndex.load(bundle, manifest)  # item vectors + index.faiss, all checked
     return VerifiedBundle(
         path=bundle,
@@ -104,6 +112,7 @@ def verify_bundle(bundle: Path) -> VerifiedBundle:
         index=index,
         history=history,
         trained_until=manifest.trained_until,
+        attributes=attributes,
     )
 
 
@@ -186,3 +195,21 @@ def _history(bundle: Path, manifest: b.Manifest, tower: UserTower) -> UserHistor
         )
     except ValueError as e:
         raise b.BundleError(f"{bundle}: {b.USER_HISTORY}: {e}") from None
+
+
+def _attributes(bundle: Path, manifest: b.Manifest) -> ItemAttributes | None:
+    """``item_attributes.npz`` checked against the manifest's schema; None when neither."""
+    has_file = b.ITEM_ATTRIBUTES in manifest.files
+    if manifest.item_attributes is None and not has_file:
+        return None
+    if manifest.item_attributes is None:
+        raise b.BundleError(
+            f"{bundle}: {b.ITEM_ATTRIBUTES} without item_attributes in the manifest"
+        )
+    if not has_file:
+        raise b.BundleError(f"{bundle}: the manifest's item_attributes without {b.ITEM_ATTRIBUTES}")
+    arrays = b.map_arrays(bundle, manifest, b.ITEM_ATTRIBUTES)  # shared pages, not copies
+    try:
+        return ItemAttributes.from_arrays(arrays, manifest.item_attributes, manifest.counts.items)
+    except ValueError as e:
+        raise b.BundleError(f"{bundle}: {b.ITEM_ATTRIBUTES}: {e}") from None

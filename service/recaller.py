@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from index import bundle as b
+from index.attributes import ItemAttributes
 from index.history import UserHistory
 from index.ids import IdMap
 from index.search import ItemIndex
@@ -86,6 +87,7 @@ class ServingBundle:
     index: ItemIndex
     history: UserHistory | None = None  # schema_version 2: training windows + features
     trained_until: float | None = None  # schema_version 2: unix seconds; later events are fresh
+    attributes: ItemAttributes | None = None  # items.csv columns (v2, optional)
 
     @property
     def dim(self) -> int:
@@ -119,6 +121,7 @@ class ServingBundle:
             index=v.index,
             history=v.history,
             trained_until=v.trained_until,
+            attributes=v.attributes,
         )
         bundle.warm_up()
         logger.info(

@@ -50,7 +50,7 @@ def history_of(bundle: ServingBundle) -> UserHistory:
 def test_a_trained_bundle_is_schema_version_2(bundle: ServingBundle) -> None:
     assert bundle.manifest.schema_version == 2
     assert b.USER_HISTORY in bundle.manifest.files
-    assert set(bundle.manifest.files) == {*b.TRAINER_FILES, b.INDEX}
+    assert set(bundle.manifest.files) == {*b.TRAINER_FILES, b.ITEM_ATTRIBUTES, b.INDEX}
     history = history_of(bundle)
     assert history.n_users == len(bundle.user_ids)
     for array in history.arrays().values():  # shared pages of the file, not per-worker copies
@@ -173,9 +173,11 @@ def test_encode_encoded_refuses_what_the_tower_cannot_take(bundle: ServingBundle
 
 def make_v1(bundle: Path) -> Path:
     """Turn a copy of a v2 bundle into the schema_version 1 bundle an older trainer wrote."""
-    (bundle / b.USER_HISTORY).unlink()
-    files = {n: e for n, e in b.read_manifest(bundle).files.items() if n != b.USER_HISTORY}
-    edit_manifest(bundle, schema_version=1, trained_until=None, files=files)
+    v2_only = (b.USER_HISTORY, b.ITEM_ATTRIBUTES)
+    for name in v2_only:
+        (bundle / name).unlink()
+    files = {n: e for n, e in b.read_manifest(bundle).files.items() if n not in v2_only}
+    edit_manifest(bundle, schema_version=1, trained_until=None, files=files, item_attributes=None)
     return bundle
 
 
@@ -187,6 +189,7 @@ def test_a_v1_bundle_still_loads_publishes_and_serves(published_root: Path, tmp_
     loaded = ServingBundle.load(bundle)
     assert loaded.manifest.schema_version == 1
     assert loaded.history is None and loaded.trained_until is None
+    assert loaded.attributes is None
     publish(bundle)
     assert read_current(root) == bundle.name
     user_id = v2.user_ids.ids[7].item()

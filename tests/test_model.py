@@ -140,7 +140,7 @@ def test_export_writes_a_verified_bundle(
 ) -> None:
     bundle = export_bundle(trained, synthetic, small_config, tmp_path, "bundle-1")
     manifest = b.read_manifest(bundle)
-    assert set(manifest.files) == set(b.TRAINER_FILES)
+    assert set(manifest.files) == {*b.TRAINER_FILES, b.ITEM_ATTRIBUTES}  # items.csv has genres
     assert manifest.dim == small_config.hidden[-1] + 1
     assert manifest.counts.users == synthetic.n_users
     assert manifest.trainer["config"]["hidden"] == small_config.hidden

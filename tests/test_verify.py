@@ -92,6 +92,38 @@ def _history(edit: Callable[[dict[str, np.ndarray]], None]) -> Callable[[Path], 
     return damage
 
 
+def _attributes(edit: Callable[[dict[str, np.ndarray]], None]) -> Callable[[Path], Path]:
+    def damage(bundle: Path) -> Path:
+        attributes = _arrays(bundle, b.ITEM_ATTRIBUTES)
+        edit(attributes)
+        resign(bundle, b.ITEM_ATTRIBUTES, attributes)
+        return bundle
+
+    return damage
+
+
+def _schema(edit: Callable[[list[dict[str, str]]], None]) -> Callable[[Path], Path]:
+    """Edit the manifest's item_attributes as JSON (past the model's own validation)."""
+
+    def damage(bundle: Path) -> Path:
+        path = bundle / b.MANIFEST
+        manifest = json.loads(path.read_text())
+        edit(manifest["item_attributes"])
+        path.write_text(json.dumps(manifest))
+        return bundle
+
+    return damage
+
+
+def _v1_with_attributes(bundle: Path) -> Path:
+    """A version 1 manifest (no history, no trained_until) that lists item attributes."""
+    path = bundle / b.MANIFEST
+    manifest = json.loads(path.read_text())
+    del manifest["files"][b.USER_HISTORY]
+    path.write_text(json.dumps({**manifest, "schema_version": 1, "trained_until": None}))
+    return bundle
+
+
 def _compressed(name: str) -> Callable[[Path], Path]:
     """The same arrays, written with np.savez_compressed (which cannot be memory-mapped)."""
 
@@ -455,6 +487,94 @@ CORRUPTIONS: list[tuple[str, Callable[[Path], Path], str]] = [
         "invalid manifest",
     ),
     ("dim-off-by-one", _wider, r"has shape \(\d+, \d+\), manifest says"),
+    # item_attributes.npz and the manifest's item_attributes
+    (
+        "attributes-file-without-schema",
+        _manifest_json(item_attributes=None),
+        r"item_attributes\.npz without item_attributes in the manifest",
+    ),
+    (
+        "attributes-schema-without-file",
+        _unlisted(b.ITEM_ATTRIBUTES),
+        r"item_attributes without item_attributes\.npz",
+    ),
+    (
+        "attributes-in-v1",
+        _v1_with_attributes,
+        r"schema_version 1 has no item attributes \(item_attributes\.npz\)",
+    ),
+    (
+        "attributes-unknown-kind",
+        _schema(lambda s: s[0].update(kind="date")),
+        "invalid manifest",
+    ),
+    (
+        "attributes-schema-names-a-missing-column",
+        _schema(lambda s: s.append({"name": "nope", "kind": "numeric"})),
+        r"attribute 'nope' \(numeric\): missing nope\.values",
+    ),
+    (
+        "attributes-name-twice",
+        _schema(lambda s: s.append(dict(s[0]))),
+        "appears twice",
+    ),
+    (
+        "attributes-invalid-name",
+        _schema(lambda s: s.append({"name": "a/b", "kind": "numeric"})),
+        r"invalid attribute name 'a/b'",
+    ),
+    (
+        "attributes-extra-array",
+        _attributes(lambda a: a.update(extra=a["genres.indptr"])),
+        "arrays not in the schema: extra",
+    ),
+    (
+        "attributes-multi-code-out-of-range",
+        _attributes(lambda a: _put(0, len(a["genres.vocabulary"]))(a["genres.codes"])),
+        r"genres\.codes out of range \[0, \d+\)",
+    ),
+    (
+        "attributes-multi-code-negative",
+        _attributes(lambda a: _put(0, -1)(a["genres.codes"])),
+        r"genres\.codes out of range",
+    ),
+    (
+        "attributes-indptr-decreasing",
+        _attributes(lambda a: _decreasing({"indptr": a["genres.indptr"]})),
+        r"genres\.indptr decreases",
+    ),
+    (
+        "attributes-indptr-wrong-end",
+        _attributes(lambda a: _end_short({"indptr": a["genres.indptr"]})),
+        r"genres\.indptr must run from 0 to",
+    ),
+    (
+        "attributes-indptr-short",
+        _attributes(lambda a: a.update({"genres.indptr": a["genres.indptr"][:-1]})),
+        r"genres\.indptr must be int64 of shape \(301,\)",
+    ),
+    (
+        "attributes-codes-int64",
+        _attributes(lambda a: a.update({"genres.codes": a["genres.codes"].astype(np.int64)})),
+        r"genres\.codes must be 1-D int32",
+    ),
+    (
+        "attributes-vocabulary-not-unicode",
+        _attributes(lambda a: a.update({"genres.vocabulary": np.arange(3)})),
+        r"genres\.vocabulary must be 1-D unicode",
+    ),
+    (
+        "attributes-vocabulary-unsorted",
+        _attributes(lambda a: a.update({"genres.vocabulary": a["genres.vocabulary"][::-1]})),
+        r"genres\.vocabulary is not sorted and unique",
+    ),
+    (
+        "attributes-compressed",
+        _compressed(b.ITEM_ATTRIBUTES),
+        r"is not a stored \.npy member",
+    ),
+    ("attributes-flipped", _flip(b.ITEM_ATTRIBUTES), r"item_attributes\.npz fails its sha256"),
+    ("attributes-missing", _unlink(b.ITEM_ATTRIBUTES), r"item_attributes\.npz is missing"),
 ]
 
 
@@ -534,7 +654,7 @@ def test_the_service_hashes_each_file_once(
 
     monkeypatch.setattr(b, "sha256_of", counting)
     ServingBundle.load(published_root / (published_root / CURRENT).read_text().strip())
-    assert sorted(hashed) == sorted(set(b.TRAINER_FILES) | {b.INDEX})
+    assert sorted(hashed) == sorted(set(b.TRAINER_FILES) | {b.ITEM_ATTRIBUTES, b.INDEX})
 
 
 def test_cli_publish_refuses_what_the_service_refuses(published_root: Path, root: Path) -> None:

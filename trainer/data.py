@@ -4,10 +4,12 @@ The input is a directory (DESIGN.md, "Input data format")::
 
     interactions.csv   user_id, item_id, timestamp [, rating]   (other columns ignored)
     users.csv          user_id, feature columns...               (optional)
-    items.csv          item_id [, genres "A|B|C"]                (optional, others ignored)
+    items.csv          item_id [, genres "A|B|C"] [, attributes...]  (optional)
 
 Each file may be given as ``<stem>.parquet`` instead (the Parquet file wins when both
-exist). CSV columns are read as strings by pyarrow and validated here, so that every
+exist). Every items column other than the id is kept as it is read (``Dataset.item_attributes``,
+exported into the bundle as item attributes); ``genres`` also feeds the user tower.
+CSV columns are read as strings by pyarrow and validated here, so that every
 problem is reported as a :class:`DataError` naming the file, the line (the header is
 line 1; Parquet files give the 1-based row) and the column. All per-row work runs in
 pyarrow.compute / numpy over whole columns, never in Python loops, and no '<U' array of
@@ -20,7 +22,7 @@ import csv
 import logging
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +81,9 @@ class Dataset:
     item_genre_indptr: npt.NDArray[np.int64]  # (n_items + 1,) CSR over item rows
     item_genre_indices: npt.NDArray[np.int32]  # (nnz,) into genre_vocab, sorted per item
     source: Path  # the input directory
+    # items.csv columns except item_id (genres included), each (n_items,), as read: float64
+    # (NaN = blank / no row) for numeric Parquet columns, else '<U' ("" = blank / no row).
+    item_attributes: dict[str, npt.NDArray[Any]] = field(default_factory=dict)
 
     @property
     def n_users(self) -> int:
@@ -440,13 +445,67 @@ def _load_users(path: Path, ids: npt.NDArray[Any], keys: Any) -> dict[str, npt.N
     return features
 
 
-def _load_genres(
+def _raw_attribute(col: Any) -> npt.NDArray[Any]:
+    """One items-file column as read, shape (n_rows_in_file,): float64 (NaN = null) for
+    numeric / boolean Arrow types, else strings ("" = null; lists joined with ``|``)."""
+    typ = col.type
+    if pa.types.is_dictionary(typ):
+        col, typ = col.cast(typ.value_type), typ.value_type
+    if (
+        pa.types.is_integer(typ)
+        or pa.types.is_floating(typ)
+        or pa.types.is_decimal(typ)
+        or pa.types.is_boolean(typ)
+    ):
+        return np.asarray(pc.fill_null(pc.cast(col, pa.float64()), np.nan).to_numpy())
+    if pa.types.is_list(typ) or pa.types.is_large_list(typ):
+        col = pc.binary_join(pc.cast(col, pa.list_(pa.string())), GENRE_SEPARATOR)
+    text = pc.fill_null(pc.cast(col, pa.string()), "").to_numpy(zero_copy_only=False)
+    return np.asarray(text.astype(str))
+
+
+def _load_attributes(
+    t: _Table, rows: npt.NDArray[np.int64], keep: npt.NDArray[np.int64], n_items: int
+) -> dict[str, npt.NDArray[Any]]:
+    """Every column of the items file except the id, aligned with the dataset's item rows."""
+    out: dict[str, npt.NDArray[Any]] = {}
+    for name in t.table.column_names:
+        if name == ITEM_ID:
+            continue
+        if not name.strip():
+            logger.warning("%s: skipping a column with a blank name", t.path)
+            continue
+        try:
+            values = _raw_attribute(t.table.column(name))
+        except (pa.ArrowException, ValueError) as exc:
+            logger.warning("%s: skipping column %r (not readable as text: %s)", t.path, name, exc)
+            continue
+        if values.dtype == np.float64:
+            column = np.full(n_items, np.nan, dtype=np.float64)
+        else:
+            column = np.zeros(n_items, dtype=values.dtype if values.itemsize else "<U1")
+        column[rows[keep]] = values[keep]
+        out[name] = column
+    return out
+
+
+def _load_items(
     path: Path, ids: npt.NDArray[Any], keys: Any
-) -> tuple[npt.NDArray[np.str_], npt.NDArray[np.int64], npt.NDArray[np.int32]]:
-    """items file -> (genre_vocab, item_genre_indptr, item_genre_indices), a CSR over items."""
-    t = _read(path, [ITEM_ID], [GENRES], everything=False, side=True)
+) -> tuple[
+    npt.NDArray[np.str_], npt.NDArray[np.int64], npt.NDArray[np.int32], dict[str, npt.NDArray[Any]]
+]:
+    """items file -> (genre_vocab, item_genre_indptr, item_genre_indices) a CSR over items,
+    and the raw attribute columns."""
+    t = _read(path, [ITEM_ID], [], everything=True, side=True)
     rows, keep = _match(t, ITEM_ID, ids, keys)
-    n_items = ids.shape[0]
+    attributes = _load_attributes(t, rows, keep, ids.shape[0])
+    return (*_genres(t, rows, keep, ids.shape[0]), attributes)
+
+
+def _genres(
+    t: _Table, rows: npt.NDArray[np.int64], keep: npt.NDArray[np.int64], n_items: int
+) -> tuple[npt.NDArray[np.str_], npt.NDArray[np.int64], npt.NDArray[np.int32]]:
+    """The genres column of the items file as (genre_vocab, indptr, indices)."""
     empty_vocab = np.zeros(0, dtype="<U1")
     if GENRES not in t.table.column_names or keep.size == 0:
         indptr = np.zeros(n_items + 1, dtype=np.int64)
@@ -497,12 +556,13 @@ def load_dataset(directory: Path) -> Dataset:
     users_path = _locate(directory, "users")
     features = {} if users_path is None else _load_users(users_path, user_ids, user_keys)
     items_path = _locate(directory, "items")
+    attributes: dict[str, npt.NDArray[Any]] = {}
     if items_path is None:
         vocab = np.zeros(0, dtype="<U1")
         indptr = np.zeros(len(item_ids) + 1, dtype=np.int64)
         indices = np.zeros(0, dtype=np.int32)
     else:
-        vocab, indptr, indices = _load_genres(items_path, item_ids, item_keys)
+        vocab, indptr, indices, attributes = _load_items(items_path, item_ids, item_keys)
 
     ds = Dataset(
         user_ids=user_ids,
@@ -516,10 +576,11 @@ def load_dataset(directory: Path) -> Dataset:
         item_genre_indptr=indptr,
         item_genre_indices=indices,
         source=directory,
+        item_attributes=attributes,
     )
     logger.info(
         "loaded %s: %d interactions, %d users (%s ids), %d items (%s ids), %d user "
-        "feature(s), %d genre(s)",
+        "feature(s), %d genre(s), %d item attribute(s)",
         directory,
         ds.n_interactions,
         ds.n_users,
@@ -528,5 +589,6 @@ def load_dataset(directory: Path) -> Dataset:
         "int" if ds.item_ids.dtype.kind == "i" else "str",
         len(features),
         len(vocab),
+        len(attributes),
     )
     return ds

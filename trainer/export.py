@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from index import bundle as b
+from index.attributes import ItemAttributes, valid_name
 from index.history import UserHistory
 from index.tower import fold_user
 from trainer.config import TrainConfig
@@ -41,6 +42,22 @@ def bundle_arrays(
     }
 
 
+def item_attributes(dataset: Dataset) -> ItemAttributes | None:
+    """The items file's columns (other than the id) encoded for ``item_attributes.npz``;
+    None when the data has none. Columns whose names cannot be stored are skipped."""
+    raw = {}
+    for name, values in dataset.item_attributes.items():
+        if valid_name(name):
+            raw[name] = values
+        else:
+            logger.warning("not exporting item attribute %r: invalid name", name)
+    if not raw:
+        return None
+    attributes = ItemAttributes.from_raw(raw, dataset.n_items)
+    logger.info("item attributes: %s", attributes.describe())
+    return attributes
+
+
 def user_history(prepared: Prepared) -> UserHistory:
     """Each user's window (the training items the user vector is computed from, with their
     timestamps) and encoded features: the contents of ``user_history.npz``."""
@@ -69,6 +86,9 @@ def export_bundle(
 ) -> Path:
     """Write the bundle atomically under ``root`` and return its directory."""
     arrays = bundle_arrays(trained, dataset)
+    attributes = item_attributes(dataset)
+    if attributes is not None:
+        arrays[b.ITEM_ATTRIBUTES] = attributes.arrays()
     return b.write_bundle(
         root,
         bundle_id or b.new_bundle_id(),
@@ -86,4 +106,5 @@ def export_bundle(
             "torch": torch.__version__,
         },
         trained_until=trained_until(dataset),
+        item_attributes=None if attributes is None else attributes.schema(),
     )
