@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from index.attributes import ItemAttributes
+from trainer.data import load_dataset
 from trainer.synth import BLOCK_USERS, SynthConfig, item_clusters, write_synthetic
 
 FILES = ("interactions.csv", "users.csv", "items.csv")
@@ -53,7 +55,7 @@ def test_files_headers_counts_and_ids(small: Path) -> None:
     users_lines = (small / "users.csv").read_text().splitlines()
     items_lines = (small / "items.csv").read_text().splitlines()
     assert users_lines[0] == "user_id,age,gender,country"
-    assert items_lines[0] == "item_id,genres"
+    assert items_lines[0] == "item_id,genres,title,year,language"
     assert len(users_lines) == SMALL.n_users + 1
     assert len(items_lines) == SMALL.n_items + 1
     assert not list(small.glob(".*")), "temp files left behind"
@@ -80,6 +82,49 @@ def test_users_and_items_fields(small: Path) -> None:
         genres = line.split(",")[1].split("|")
         assert 1 <= len(genres) <= 3 and len(set(genres)) == len(genres)
         assert all(g.startswith("genre") and 1 <= int(g[5:]) <= SMALL.n_genres for g in genres)
+
+
+def test_item_attributes_follow_clusters(small: Path) -> None:
+    """title names the item and its cluster; year (some blank) and language lean per cluster."""
+    clusters = item_clusters(SMALL)
+    rows = [line.split(",") for line in (small / "items.csv").read_text().splitlines()[1:]]
+    titles = [r[2] for r in rows]
+    assert all(t.endswith(f" {i}") for i, t in enumerate(titles, start=1))
+    first_word = np.array([t.split(" ")[0] for t in titles])
+    for k in range(SMALL.n_clusters):  # one title word per cluster
+        assert np.unique(first_word[clusters == k]).size == 1
+    years = np.array([float(r[3]) if r[3] else np.nan for r in rows])
+    known = ~np.isnan(years)
+    assert 0 < (~known).sum() < 0.06 * len(rows)  # ~2% blank: missing values
+    assert years[known].min() >= 1950 and years[known].max() <= 2025
+    spread = np.mean([np.nanstd(years[clusters == k]) for k in range(SMALL.n_clusters)])
+    assert spread < 0.5 * np.nanstd(years)  # an era per cluster
+    languages = np.array([r[4] for r in rows])
+    assert set(languages) <= {"en", "es", "fr", "de", "ja", "ko", "hi", "pt"}
+    values, counts = np.unique(languages, return_counts=True)
+    assert len(values) >= 3 and counts.max() > 0.3 * len(rows)  # skewed
+
+
+def test_the_loader_reads_the_item_attributes(small: Path) -> None:
+    ds = load_dataset(small)
+    assert set(ds.item_attributes) == {"genres", "title", "year", "language"}
+    attributes = ItemAttributes.from_raw(ds.item_attributes, ds.n_items)
+    assert attributes.describe() == (
+        "genres (multi), title (categorical), year (numeric), language (categorical)"
+    )
+    rows = {
+        int(line.split(",")[0]): line for line in (small / "items.csv").read_text().splitlines()[1:]
+    }
+    for row, attrs in enumerate(attributes.rows_as_dicts(range(ds.n_items))):
+        _, genres, title, year, language = rows[int(ds.item_ids[row])].split(",")
+        expected: dict[str, Any] = {
+            "genres": sorted(genres.split("|")),
+            "title": title,
+            "language": language,
+        }
+        if year:
+            expected["year"] = float(year)
+        assert attrs == expected
 
 
 def test_timestamps_non_decreasing_per_user(small: Path) -> None:

@@ -5,7 +5,8 @@ The output directory has the input format of DESIGN.md::
 
     interactions.csv   user_id,item_id,timestamp   (user-major, time-ordered per user)
     users.csv          user_id,age,gender,country
-    items.csv          item_id,genres              (genres ``|``-separated, e.g. genre07|genre12)
+    items.csv          item_id,genres,title,year,language
+                       (genres ``|``-separated, e.g. genre07|genre12)
 
 Ids start at 1; timestamps are integer unix seconds; a user never repeats an item.
 
@@ -13,6 +14,10 @@ Planted structure (what a good model can learn):
 
 - every item belongs to one of ``n_clusters`` taste clusters (:func:`item_clusters`) and has
   1-3 genres drawn mostly from its cluster's three signature genres;
+- item attributes for filtering (:func:`_items_csv`): a title naming the cluster
+  ("Harbor Story 17"), a year around its cluster's era (1950-2025, ~2% blank) and a
+  language, mostly its cluster's (skewed towards "en"); drawn from their own generator
+  (``spawn_key=(2,)``), so they change nothing else;
 - item popularity is Zipf-like (exponent ``popularity_exponent``), globally and within
   each cluster;
 - every user has a home cluster; age, gender and country are correlated with it;
@@ -75,6 +80,16 @@ _GAP_MEDIAN_S = 3_600.0  # lognormal gap between consecutive interactions
 _GAP_SIGMA = 2.0
 _GAP_MAX_S = 30 * 86_400
 _P_TIE = 0.02  # a gap of 0 s: same timestamp as the previous interaction
+_TITLE_WORDS = (
+    "Harbor", "Midnight", "Desert", "Neon", "Garden", "Frontier", "Winter", "Ocean",
+    "Circuit", "Canyon", "Velvet", "Thunder", "Orchard", "Galaxy", "Lantern", "River",
+    "Ember", "Meadow", "Signal", "Summit", "Shadow", "Comet", "Island", "Forest",
+)  # fmt: skip
+_TITLE_NOUNS = ("Story", "Tales", "Nights", "Dreams", "Road", "Song", "Chronicle", "Days")
+_LANGUAGES = ("en", "es", "fr", "de", "ja", "ko", "hi", "pt")
+_YEAR_MIN, _YEAR_MAX, _YEAR_SD = 1950, 2025, 6.0
+_P_HOME_LANGUAGE = 0.7  # an item's language is its cluster's
+_P_NO_YEAR = 0.02  # items without a year (blank: a missing value)
 
 
 @dataclass(frozen=True)
@@ -438,8 +453,34 @@ def _genre_names(n_genres: int) -> list[bytes]:
     return [f"genre{g + 1:0{pad}d}".encode() for g in range(n_genres)]
 
 
+def _item_attributes(world: _World, config: SynthConfig) -> tuple[_Text, _Text, _Text]:
+    """(title, year, language) columns of items.csv, tied to each item's cluster."""
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(config.seed, spawn_key=(2,))))
+    n_items, n_clusters = config.n_items, config.n_clusters
+    noun = rng.integers(0, len(_TITLE_NOUNS), n_items)
+    word = np.arange(n_clusters) % len(_TITLE_WORDS)
+    titles = [
+        f"{_TITLE_WORDS[word[c]]} {_TITLE_NOUNS[n]} {i + 1}".encode()
+        for i, (c, n) in enumerate(zip(world.cluster.tolist(), noun.tolist(), strict=True))
+    ]
+    era = rng.uniform(_YEAR_MIN + 5, _YEAR_MAX - 5, n_clusters)
+    years = np.rint(era[world.cluster] + rng.normal(0.0, _YEAR_SD, n_items)).astype(np.int64)
+    year_codes = np.clip(years, _YEAR_MIN, _YEAR_MAX) - _YEAR_MIN + 1  # 0: blank
+    year_codes[rng.random(n_items) < _P_NO_YEAR] = 0
+    year_vocab = [b""] + [str(y).encode() for y in range(_YEAR_MIN, _YEAR_MAX + 1)]
+    n_lang = len(_LANGUAGES)
+    home = _power_law(rng.random(n_clusters), n_lang, 1.5) - 1
+    anywhere = _power_law(rng.random(n_items), n_lang, 1.5) - 1
+    language = np.where(rng.random(n_items) < _P_HOME_LANGUAGE, home[world.cluster], anywhere)
+    return (
+        _Text(np.arange(n_items, dtype=np.int64), titles),
+        _Text(year_codes, year_vocab),
+        _Text(language.astype(np.int64), [code.encode() for code in _LANGUAGES]),
+    )
+
+
 def _items_csv(world: _World, config: SynthConfig) -> bytes:
-    """items.csv content: header + (item_id, genres) rows."""
+    """items.csv content: header + (item_id, genres, title, year, language) rows."""
     base = config.n_genres + 1  # a genre combination as one int64 key (-1 = none -> 0)
     slots = world.genres + 1
     keys = (slots[:, 0] * base + slots[:, 1]) * base + slots[:, 2]
@@ -449,7 +490,8 @@ def _items_csv(world: _World, config: SynthConfig) -> bytes:
     vocab = [b"|".join(names[g] for g in row if g >= 0) for row in combos.tolist()]
     ids = np.arange(1, config.n_items + 1, dtype=np.int64)
     text = _Text(codes.reshape(-1).astype(np.int64), vocab)
-    return b"item_id,genres\n" + _encode_csv([ids, text])
+    title, year, language = _item_attributes(world, config)
+    return b"item_id,genres,title,year,language\n" + _encode_csv([ids, text, title, year, language])
 
 
 class _AtomicFile:
