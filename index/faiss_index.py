@@ -36,7 +36,7 @@ import logging
 import math
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -365,6 +365,45 @@ class ExclusionSelector:
         else:
             self._inner = _faiss.IDSelectorBatch(np.ascontiguousarray(rows, dtype=np.int64))
         self.selector = faiss.IDSelectorNot(self._inner)
+
+
+class AllowedSelector:
+    """``IDSelectorBitmap`` over the items a query may return (bool mask (n_items,)).
+    Keeps its bitmap alive."""
+
+    def __init__(self, allowed: npt.NDArray[np.bool_]) -> None:
+        self._bitmap = np.packbits(allowed, bitorder="little")
+        self.selector: Any = _faiss.IDSelectorBitmap(self._bitmap)
+
+
+#: Filtered HNSW search: efSearch grows as ``ef / share`` up to this (the graph walk visits
+#: every node but only allowed ones enter the results, so it needs ~1/share more of them).
+FILTER_EF_MAX = 4096
+
+
+def widen_for_filter(
+    kind: Kind, settings: SearchSettings, share: float, nlist: int | None
+) -> SearchSettings:
+    """Search settings for a query restricted to ``share`` (0, 1] of the items by a
+    selector: HNSW efSearch and IVF nprobe scaled by ``1 / share`` (capped at
+    :data:`FILTER_EF_MAX` and ``nlist``), so about as many allowed candidates are met as
+    an unfiltered search meets items. IVF checks the selector before computing a
+    distance, so the wider probe costs mostly list walking."""
+    share = min(1.0, max(share, 1e-9))
+    if kind == "hnsw":
+        ef = settings.ef_search or 16
+        wide = max(ef, min(FILTER_EF_MAX, math.ceil(ef / share)))
+        return replace(settings, ef_search=wide)
+    if kind.startswith("ivf"):
+        probe = settings.nprobe or 1
+        wide = math.ceil(probe / share)
+        return replace(settings, nprobe=max(probe, min(nlist or wide, wide)))
+    return settings
+
+
+def ivf_nlist(index: Any) -> int:
+    """The number of inverted lists of an IVF index."""
+    return int(faiss.extract_index_ivf(index).nlist)
 
 
 def index_bytes(index: Any) -> int:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -40,9 +40,27 @@ from index.exact import exact_topk, topk_by_score
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ItemIndex", "check_vectors"]
+__all__ = ["STRATEGIES", "Found", "ItemIndex", "Strategy", "check_vectors"]
 
 Exclude = Sequence[npt.ArrayLike | None] | None
+
+#: How a query was answered: ``index`` (FAISS, exclusions as an ``IDSelectorNot``),
+#: ``scan`` (exact scan of the few eligible rows), ``selector`` (FAISS restricted to the
+#: allowed items by a bitmap selector, widened search parameters), ``fallback`` (the index
+#: came back short: exact brute force), ``empty`` (nothing eligible).
+Strategy = Literal["index", "scan", "selector", "fallback", "empty"]
+STRATEGIES: tuple[Strategy, ...] = ("index", "scan", "selector", "fallback", "empty")
+
+
+class Found(NamedTuple):
+    """A search answer: ``scores`` (B, k') float32, ``rows`` (B, k') int64, and the
+    :data:`Strategy` of each query."""
+
+    scores: npt.NDArray[np.float32]
+    rows: npt.NDArray[np.int64]
+    strategies: tuple[Strategy, ...]
+
+
 _NO_ROW = np.iinfo(np.int64).max
 
 
@@ -82,6 +100,11 @@ class ItemIndex:
     #: When exclusions leave at most this many items, a query scans them exactly (cheaper
     #: and better than a filtered graph/IVF search that steps over nearly everything).
     scan_eligible: int = 4096
+    #: A filtered query (``allowed``) whose eligible items number at most
+    #: ``max(scan_rows, scan_share * n_items)`` scans them exactly; above, the index
+    #: searches with a bitmap selector. Measured by bench/filter_bench.py (docs/index.md).
+    scan_rows: int = 20_000
+    scan_share: float = 0.0
 
     def __init__(
         self,
@@ -115,6 +138,7 @@ class ItemIndex:
             self.entries = fi.EntryPoints(index, np.unique(rows.astype(np.int64)))
         if self.settings.entry_probe and self.entries is None:
             raise ValueError("settings use entry_probe but the index has no entry points")
+        self._nlist = fi.ivf_nlist(index) if kind.startswith("ivf") else None
 
     @classmethod
     def load(
@@ -178,35 +202,69 @@ class ItemIndex:
         k: int,
         exclude: Exclude = None,
         *,
+        allowed: npt.ArrayLike | None = None,
         settings: fi.SearchSettings | None = None,
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         """Top-``k`` items by inner product for each query, best first.
 
         ``queries``: (B, dim) (or (dim,) for one query), finite. ``exclude``: None or one
         entry per query, each None or a 1-D array of item rows in ``[0, n_items)`` that must
-        not be returned. ``settings`` override the tuned ones (efSearch/nprobe/k_factor).
+        not be returned. ``allowed``: None (every item) or a bool mask of the items that may
+        be returned, (n_items,) shared by every query or (B, n_items) one per query.
+        ``settings`` override the tuned ones (efSearch/nprobe/k_factor).
         Returns ``(scores (B, k') float32, rows (B, k') int64)`` with
-        ``k' = min(k, fewest non-excluded items of any query)``; ties go to the lower row.
-        Raises ValueError on bad input.
+        ``k' = min(k, fewest allowed non-excluded items of any query)``; ties go to the
+        lower row. Raises ValueError on bad input. :meth:`search_detailed` also says which
+        strategy answered each query.
         """
+        found = self.search_detailed(queries, k, exclude, allowed=allowed, settings=settings)
+        return found.scores, found.rows
+
+    def search_detailed(
+        self,
+        queries: npt.ArrayLike,
+        k: int,
+        exclude: Exclude = None,
+        *,
+        allowed: npt.ArrayLike | None = None,
+        settings: fi.SearchSettings | None = None,
+    ) -> Found:
+        """:meth:`search`, plus the strategy of each query (:data:`STRATEGIES`)."""
         q = self._check_queries(queries)
         k = _check_k(k)
         excluded = self._check_exclude(exclude, q.shape[0])
-        eligible = min((self.n_items - e.size for e in excluded if e is not None), default=None)
-        k_out = min(k, self.n_items if eligible is None else eligible)
+        allows = self._check_allowed(allowed, q.shape[0])
+        counts = [self._eligible_count(a, e) for a, e in zip(allows, excluded, strict=True)]
+        k_out = min(k, min(counts, default=self.n_items))
         if k_out == 0 or q.shape[0] == 0:
-            return np.empty((q.shape[0], 0), np.float32), np.empty((q.shape[0], 0), np.int64)
-        scores, rows = self._index_topk(q, k_out, excluded, settings or self.settings)
+            empty = Found(
+                np.empty((q.shape[0], 0), np.float32),
+                np.empty((q.shape[0], 0), np.int64),
+                ("empty",) * q.shape[0],
+            )
+            return empty
+        scores, rows, strategies = self._index_topk(
+            q, k_out, excluded, allows, counts, settings or self.settings
+        )
         for i in np.flatnonzero(rows[:, -1] < 0):
             logger.debug("query %d: the index found fewer than %d items; exact fallback", i, k_out)
-            mask = None
             e = excluded[i]
+            a = allows[i]
+            mask = np.zeros((1, self.n_items), dtype=bool) if a is None else ~a[None, :]
             if e is not None:
-                mask = np.zeros((1, self.n_items), dtype=bool)
                 mask[0, e] = True
             s, r = exact_topk(q[i : i + 1], self.items, k_out, mask)
             scores[i], rows[i] = s[0], r[0]
-        return scores, rows
+            strategies[i] = "fallback"
+        return Found(scores, rows, tuple(strategies))
+
+    def filter_strategy(self, eligible: int) -> Strategy:
+        """The strategy a filtered query with ``eligible`` allowed, non-excluded items
+        gets: ``scan`` (exact, over those rows) up to :attr:`scan_rows` items (or
+        :attr:`scan_share` of the catalog), else ``selector`` (the index with a bitmap
+        selector and widened search parameters, :func:`index.faiss_index.widen_for_filter`)."""
+        limit = max(self.scan_eligible, self.scan_rows, int(self.scan_share * self.n_items))
+        return "scan" if eligible <= limit else "selector"
 
     def search_index(
         self, queries: npt.ArrayLike, k: int, *, settings: fi.SearchSettings | None = None
@@ -216,35 +274,67 @@ class ItemIndex:
         where the index came back short. Returns (B, min(k, n_items)) arrays."""
         q = self._check_queries(queries)
         k_out = min(_check_k(k), self.n_items)
-        return self._index_topk(q, k_out, [None] * q.shape[0], settings or self.settings)
+        use = settings or self.settings
+        b = q.shape[0]
+        scores, rows, _ = self._index_topk(
+            q, k_out, [None] * b, [None] * b, [self.n_items] * b, use
+        )
+        return scores, rows
 
     def _index_topk(
         self,
         q: npt.NDArray[np.float32],
         k_out: int,
         excluded: list[npt.NDArray[np.int64] | None],
+        allows: list[npt.NDArray[np.bool_] | None],
+        counts: list[int],
         use: fi.SearchSettings,
-    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-        """Ask FAISS for ``k_out * k_factor`` candidates per query (exclusions as a
-        selector), re-score them exactly, keep the best ``k_out``; -1 rows sort last."""
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], list[Strategy]]:
+        """Ask FAISS for ``k_out * k_factor`` candidates per query (exclusions and the
+        allowed mask as a selector) or scan the few eligible rows exactly, re-score the
+        candidates exactly, keep the best ``k_out``; -1 rows sort last. ``counts``: the
+        eligible items of each query."""
         n = self.n_items
         fetch = min(k_out * use.k_factor, n)
         rows = np.full((q.shape[0], fetch), -1, dtype=np.int64)
+        strategies: list[Strategy] = ["index"] * q.shape[0]
         padded = fi.pad_queries(q, int(self.index.d))
-        plain = [i for i, e in enumerate(excluded) if e is None]
+        plain = [
+            i
+            for i, (e, a) in enumerate(zip(excluded, allows, strict=True))
+            if e is None and a is None
+        ]
         if plain:
             rows[plain] = self._faiss_search(padded[plain], fetch, use, None)
-        for i, e in enumerate(excluded):
-            if e is None:
+        for i, (e, allow) in enumerate(zip(excluded, allows, strict=True)):
+            if e is None and allow is None:
                 continue
-            if n - e.size <= self.scan_eligible:  # few items left: scanning them is cheap, exact
-                eligible = np.setdiff1d(np.arange(n), e, assume_unique=True)
-                _, r = exact_topk(q[i : i + 1], self.items[eligible], min(fetch, eligible.size))
-                rows[i, : r.shape[1]] = eligible[r[0]]
+            want = min(fetch, counts[i])
+            if allow is None:
+                assert e is not None
+                if counts[i] <= self.scan_eligible:  # few items left: scan them exactly
+                    eligible = np.setdiff1d(np.arange(n), e, assume_unique=True)
+                    rows[i, :want] = self._scan(q[i], eligible, want)
+                    strategies[i] = "scan"
+                    continue
+                sel = fi.ExclusionSelector(e, n)
+                rows[i, :want] = self._faiss_search(padded[i : i + 1], want, use, sel.selector)[0]
                 continue
-            sel = fi.ExclusionSelector(e, n)
-            want = min(fetch, n - e.size)
-            rows[i, :want] = self._faiss_search(padded[i : i + 1], want, use, sel.selector)[0]
+            strategy = self.filter_strategy(counts[i])
+            strategies[i] = strategy
+            if strategy == "scan":
+                eligible = np.flatnonzero(allow)
+                if e is not None:
+                    eligible = np.setdiff1d(eligible, e, assume_unique=True)
+                rows[i, :want] = self._scan(q[i], eligible, want)
+                continue
+            bits = allow.copy() if e is not None else allow
+            if e is not None:
+                bits[e] = False
+            allowed_sel = fi.AllowedSelector(bits)
+            wide = fi.widen_for_filter(self.kind, use, counts[i] / n, self._nlist)
+            found = self._faiss_search(padded[i : i + 1], want, wide, allowed_sel.selector)
+            rows[i, :want] = found[0]
         valid = rows >= 0
         safe = np.where(valid, rows, 0)
         scores = np.einsum("bkd,bd->bk", self.items[safe], q, dtype=np.float32)
@@ -252,7 +342,14 @@ class ItemIndex:
         safe[~valid] = _NO_ROW  # sorts after every real row among equal (-inf) scores
         top_s, top_r = topk_by_score(scores, safe, k_out)
         top_r[top_r == _NO_ROW] = -1
-        return top_s, top_r
+        return top_s, top_r, strategies
+
+    def _scan(
+        self, query: npt.NDArray[np.float32], eligible: npt.NDArray[np.int64], want: int
+    ) -> npt.NDArray[np.int64]:
+        """Exact top-``want`` of one query (dim,) among the sorted ``eligible`` rows."""
+        _, top = exact_topk(query[None, :], self.items[eligible], want)
+        return np.asarray(eligible[top[0]], dtype=np.int64)
 
     def _faiss_search(
         self,
@@ -280,6 +377,36 @@ class ItemIndex:
         if not np.isfinite(q).all():
             raise ValueError("queries contain NaN or Inf")
         return np.ascontiguousarray(q)
+
+    def _check_allowed(
+        self, allowed: npt.ArrayLike | None, n_queries: int
+    ) -> list[npt.NDArray[np.bool_] | None]:
+        """Each query's mask (n_items,), None where every item is allowed (no filter)."""
+        if allowed is None:
+            return [None] * n_queries
+        mask = np.asarray(allowed)
+        if mask.dtype != np.bool_:
+            raise ValueError(f"allowed must be a bool mask, got {mask.dtype}")
+        if mask.ndim == 1 and mask.shape[0] == self.n_items:
+            shared = None if mask.all() else mask
+            return [shared] * n_queries
+        if mask.shape != (n_queries, self.n_items):
+            raise ValueError(
+                f"allowed must have shape ({self.n_items},) or ({n_queries}, {self.n_items}), "
+                f"got {mask.shape}"
+            )
+        return [None if row.all() else row for row in mask]
+
+    def _eligible_count(
+        self, allow: npt.NDArray[np.bool_] | None, excluded: npt.NDArray[np.int64] | None
+    ) -> int:
+        """Items a query may return: allowed and not excluded."""
+        if allow is None:
+            return self.n_items - (0 if excluded is None else excluded.size)
+        count = int(np.count_nonzero(allow))
+        if excluded is not None:
+            count -= int(np.count_nonzero(allow[excluded]))
+        return count
 
     def _check_exclude(
         self, exclude: Exclude, n_queries: int
