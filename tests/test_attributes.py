@@ -321,3 +321,15 @@ def test_movielens_items_come_through_as_they_are(ml100k_dir: Path) -> None:
     np.testing.assert_array_equal(attrs.mask("year", "any", ["1995"]), in_1995)
     with pytest.raises(AttributeFilterError, match="year is categorical"):
         attrs.mask("year", "gte", 1990)
+
+
+def test_columns_that_cannot_be_stored_are_left_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "interactions.csv").write_text("user_id,item_id,timestamp\n1,10,1\n2,11,2\n")
+    (tmp_path / "items.csv").write_text("item_id,a/b,colour\n10,x,red\n11,y,\n")
+    with caplog.at_level("WARNING", logger="trainer.export"):
+        attrs = item_attributes(load_dataset(tmp_path))
+    assert attrs is not None and attrs.names == ("colour",)
+    assert attrs.rows_as_dicts([0, 1]) == [{"colour": "red"}, {}]
+    assert "not exporting item attribute 'a/b'" in caplog.text
