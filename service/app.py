@@ -30,6 +30,7 @@ from starlette.responses import Response
 
 from service import recaller as core
 from service.accept import NPY_MEDIA_TYPE, wants_npy
+from service.availability import Availability, unknown_ids
 from service.docs import install_docs
 from service.errors import (
     ApiError,
@@ -42,6 +43,7 @@ from service.errors import (
     Unauthorized,
     UnknownId,
     clip,
+    describe_errors,
     envelope,
     install_error_handlers,
 )
@@ -53,18 +55,24 @@ from service.metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
 from service.recaller import RecallQuery, RecallResult, ServingBundle
 from service.reloader import BundleHolder
 from service.schemas import (
+    AvailabilityChange,
+    AvailabilityRequest,
+    AvailabilityState,
     BatchRecallRequest,
     BatchRecallResponse,
     ErrorResponse,
     EventsRequest,
     EventsResponse,
     IdsRequest,
+    ItemResponse,
     ModelInfo,
     RecallRequest,
     RecallResponse,
     ReloadResponse,
+    SimilarRequest,
     VectorResponse,
     VectorsResponse,
+    conditions,
 )
 from service.settings import Settings
 from service.state import Id, StateUnavailable, open_store
@@ -92,16 +100,33 @@ def _model_response(bundle: ServingBundle, content: Any, **kwargs: Any) -> JsonR
     return JsonResponse(content, headers={"X-Bundle-Id": bundle.id}, **kwargs)
 
 
-def _recall_body(result: RecallResult, fresh_events: int = 0, fresh: bool = True) -> dict[str, Any]:
+def _recall_body(
+    result: RecallResult,
+    fresh_events: int = 0,
+    fresh: bool = True,
+    attributes: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The JSON of an answer; ``attributes`` (one per item) when the request asked for
+    them and the bundle has them."""
+    items: list[dict[str, Any]] = [
+        {"item_id": i, "score": s} for i, s in zip(result.item_ids, result.scores, strict=True)
+    ]
+    if attributes is not None:
+        for item, attrs in zip(items, attributes, strict=True):
+            item["attributes"] = attrs
     return {
         "bundle_id": result.bundle_id,
         "source": result.source.value,
-        "items": [
-            {"item_id": i, "score": s} for i, s in zip(result.item_ids, result.scores, strict=True)
-        ],
+        "items": items,
         "fresh_events": fresh_events,
         "fresh": fresh,
     }
+
+
+def _attributes(
+    bundle: ServingBundle, result: RecallResult, wanted: bool
+) -> list[dict[str, Any]] | None:
+    return core.attributes_of(bundle, result.item_ids) if wanted else None
 
 
 async def current_bundle(request: Request) -> ServingBundle:
@@ -145,7 +170,8 @@ async def _read_state(
 def _query(request: RecallRequest, settings: Settings) -> RecallQuery:
     if request.history is not None and len(request.history) > settings.max_history:
         raise InvalidInput(f"history may hold at most {settings.max_history} items")
-    return RecallQuery(**request.model_dump(exclude={"exclude_shown"}))
+    fields = request.model_dump(exclude={"exclude_shown", "filter", "with_attributes"})
+    return RecallQuery(**fields, filter=conditions(request.filter))
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -178,12 +204,15 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.state = StateAccess(
             store, metrics, timeout_s=settings.state_timeout_s, shown_ttl_s=settings.shown_ttl_s
         )
+        availability = Availability(app.state.state, settings.availability_poll_s)
+        app.state.availability = availability
         try:
             await store.ping()
         except StateUnavailable as e:  # recall still answers from the bundle
             logger.warning("state store unavailable at startup: %s", e)
         with suppress(ReloadFailed, NotReady):
             await holder.reload()
+        await availability.start()  # the disabled items before the first request
         poller = None
         if settings.reload_interval_s > 0:
             poller = asyncio.create_task(holder.poll_forever(settings.reload_interval_s))
@@ -192,6 +221,7 @@ def create_app(settings: Settings) -> FastAPI:
             poller.cancel()
             with suppress(asyncio.CancelledError):
                 await poller
+        await availability.stop()
         executor.shutdown(wait=False, cancel_futures=True)
         with suppress(StateUnavailable):
             await store.close()
@@ -212,6 +242,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(HeadAsGetMiddleware)  # inside metrics: counted as HEAD
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    def available(bundle: ServingBundle) -> np.ndarray | None:
+        """The items no one disabled, bool (n_items,), None when none is (the app's
+        ``availability``, :mod:`service.availability`); one mask per request."""
+        availability = getattr(app.state, "availability", None)
+        if availability is None:
+            return None
+        mask: np.ndarray | None = availability.allowed(bundle)
+        return mask
 
     def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
         token = settings.admin_token
@@ -252,15 +291,31 @@ def create_app(settings: Settings) -> FastAPI:
                 "counts": m.counts.model_dump(),
                 "index": m.index,
                 "trainer_metrics": m.trainer.get("metrics", {}),
+                "item_attributes": (
+                    None if bundle.attributes is None else bundle.attributes.schema()
+                ),
             },
         )
 
+    def _recall_plain(
+        bundle: ServingBundle, query: RecallQuery, with_attributes: bool
+    ) -> dict[str, Any]:
+        result = core.recall(bundle, query, settings.max_k, available(bundle))
+        return _recall_body(result, attributes=_attributes(bundle, result, with_attributes))
+
     def _recall_one(
-        bundle: ServingBundle, query: RecallQuery, user_id: Id, state: UserState
-    ) -> tuple[RecallResult, int]:
+        bundle: ServingBundle,
+        query: RecallQuery,
+        user_id: Id,
+        state: UserState,
+        with_attributes: bool,
+    ) -> dict[str, Any]:
         user = user_vectors(bundle, [user_id], state.events)[0]
-        answer = recall_user(bundle, query, user, state.shown[0], settings.max_k, state.fresh)
-        return answer.result, answer.fresh_events
+        answer = recall_user(
+            bundle, query, user, state.shown[0], settings.max_k, state.fresh, available(bundle)
+        )
+        attributes = _attributes(bundle, answer.result, with_attributes)
+        return _recall_body(answer.result, answer.fresh_events, state.fresh, attributes)
 
     @app.post("/v1/recall", response_model=RecallResponse, responses=ERRORS, tags=["recall"])
     async def recall(body: RecallRequest, bundle: BundleDep, state: StateDep) -> Response:
@@ -268,28 +323,29 @@ def create_app(settings: Settings) -> FastAPI:
         their newer events), a history, or a raw vector."""
         query = _query(body, settings)
         if query.user_id is None:
-            result = await in_pool(core.recall, bundle, query, settings.max_k)
-            return _model_response(bundle, _recall_body(result))
+            answer = await in_pool(_recall_plain, bundle, query, body.with_attributes)
+            return _model_response(bundle, answer)
         user_id = canonical_id(bundle.user_ids, query.user_id)
         query = replace(query, user_id=user_id)
         read = await _read_state(state, bundle, [user_id], body.exclude_shown)
-        result, fresh_events = await in_pool(_recall_one, bundle, query, user_id, read)
-        return _model_response(bundle, _recall_body(result, fresh_events, read.fresh))
+        answer = await in_pool(_recall_one, bundle, query, user_id, read, body.with_attributes)
+        return _model_response(bundle, answer)
 
     def _parse_batch(
         bundle: ServingBundle, raw: list[dict[str, Any]]
-    ) -> list[tuple[RecallQuery, bool] | dict[str, Any]]:
-        """Each entry as (query with a canonical user id, exclude_shown), or its error."""
-        out: list[tuple[RecallQuery, bool] | dict[str, Any]] = []
+    ) -> list[tuple[RecallQuery, bool, bool] | dict[str, Any]]:
+        """Each entry as (query with a canonical user id, exclude_shown, with_attributes),
+        or its error."""
+        out: list[tuple[RecallQuery, bool, bool] | dict[str, Any]] = []
         for item in raw:
             try:
                 request = RecallRequest.model_validate(item)
                 query = _query(request, settings)
                 if query.user_id is not None:
                     query = replace(query, user_id=canonical_id(bundle.user_ids, query.user_id))
-                out.append((query, request.exclude_shown))
+                out.append((query, request.exclude_shown, request.with_attributes))
             except ValidationError as e:
-                message = "; ".join(err["msg"] for err in e.errors()[:3])
+                message = describe_errors(list(e.errors()))
                 out.append({"status": 422, **envelope("invalid_input", message)})
             except ApiError as e:
                 out.append({"status": e.status, **envelope(e.code, e.message)})
@@ -297,11 +353,12 @@ def create_app(settings: Settings) -> FastAPI:
 
     def _answer_batch(
         bundle: ServingBundle,
-        entries: list[tuple[RecallQuery, bool] | dict[str, Any]],
+        entries: list[tuple[RecallQuery, bool, bool] | dict[str, Any]],
         users: list[Id],
         state: UserState,
     ) -> list[dict[str, Any]]:
         position = {user: j for j, user in enumerate(users)}
+        allowed = available(bundle)  # one availability for the whole batch
         vectors: list[UserVector | None] = []
         if users:
             vectors = user_vectors(bundle, users, state.events)
@@ -310,20 +367,22 @@ def create_app(settings: Settings) -> FastAPI:
             if isinstance(entry, dict):
                 out.append(entry)
                 continue
-            query, exclude_shown = entry
+            query, exclude_shown, with_attributes = entry
             try:
                 if query.user_id is None:
-                    result, fresh_events = core.recall(bundle, query, settings.max_k), 0
+                    result = core.recall(bundle, query, settings.max_k, allowed)
+                    fresh_events = 0
                 else:
                     j = position[query.user_id]
                     shown = state.shown[j] if exclude_shown else []
                     answer = recall_user(
-                        bundle, query, vectors[j], shown, settings.max_k, state.fresh
+                        bundle, query, vectors[j], shown, settings.max_k, state.fresh, allowed
                     )
                     result, fresh_events = answer.result, answer.fresh_events
                 # only user_id entries read the store
                 fresh = state.fresh or query.user_id is None
-                body = _recall_body(result, fresh_events, fresh)
+                attributes = _attributes(bundle, result, with_attributes)
+                body = _recall_body(result, fresh_events, fresh, attributes)
                 out.append({"status": 200, **{k: v for k, v in body.items() if k != "bundle_id"}})
             except ApiError as e:
                 out.append({"status": e.status, **envelope(e.code, e.message)})
@@ -393,8 +452,43 @@ def create_app(settings: Settings) -> FastAPI:
         item_id: str, bundle: BundleDep, k: Annotated[int, Query()] = 100
     ) -> Response:
         """Item-to-item neighbours by inner product of item vectors (the item excluded)."""
-        result = await in_pool(core.similar, bundle, item_id, k, settings.max_k)
-        return _model_response(bundle, _recall_body(result))
+        answer = await in_pool(_similar, bundle, item_id, SimilarRequest(k=k))
+        return _model_response(bundle, answer)
+
+    def _similar(bundle: ServingBundle, item_id: str, body: SimilarRequest) -> dict[str, Any]:
+        result = core.similar(
+            bundle,
+            item_id,
+            body.k,
+            settings.max_k,
+            conditions(body.filter),
+            body.exclude,
+            available(bundle),
+        )
+        return _recall_body(result, attributes=_attributes(bundle, result, body.with_attributes))
+
+    @app.post(
+        "/v1/items/{item_id}/similar",
+        response_model=RecallResponse,
+        responses=ERRORS,
+        tags=["recall"],
+        name="similar_filtered",
+    )
+    async def similar_filtered(item_id: str, body: SimilarRequest, bundle: BundleDep) -> Response:
+        """Item-to-item neighbours among the items a filter allows, with exclusions and
+        attributes on request (the GET form without a body)."""
+        answer = await in_pool(_similar, bundle, item_id, body)
+        return _model_response(bundle, answer)
+
+    @app.get("/v1/items/{id}", response_model=ItemResponse, responses=ERRORS, tags=["items"])
+    async def item(id: str, bundle: BundleDep) -> Response:
+        """One item's attributes as the training data's items table gave them (strings,
+        lists of strings for multi-valued attributes, numbers; missing ones left out; {}
+        for a bundle without item attributes)."""
+        typed_id, attributes = core.item_of(bundle, id)
+        return _model_response(
+            bundle, {"bundle_id": bundle.id, "id": typed_id, "attributes": attributes}
+        )
 
     def _one_vector(kind: str) -> Callable[..., Any]:
         async def one_vector(id: str, bundle: BundleDep) -> Response:
@@ -567,6 +661,52 @@ def create_app(settings: Settings) -> FastAPI:
         """Load the bundle CURRENT names now (Authorization: Bearer <RECALL_ADMIN_TOKEN>)."""
         bundle, changed = await holder.reload()
         return _model_response(bundle, {"bundle_id": bundle.id, "changed": changed})
+
+    admin_errors: dict[int | str, dict[str, Any]] = {
+        code: {"model": ErrorResponse} for code in (401, 403, 413, 422, 503)
+    }
+
+    @app.post(
+        "/v1/admin/items/availability",
+        response_model=AvailabilityChange,
+        responses=admin_errors,
+        tags=["operations"],
+        dependencies=[Depends(require_admin)],
+    )
+    async def set_availability(
+        body: AvailabilityRequest, bundle: BundleDep, state: StateDep
+    ) -> Response:
+        """Disable items (no recall, batch or similar answer contains them, on every replica
+        within about RECALL_AVAILABILITY_POLL_S) or enable them again; kept in the state
+        store by external id, so a new bundle keeps them. Ids the bundle does not know are
+        stored and listed in `unknown`. 503 state_unavailable: nothing changed, retry."""
+        if len(body.disable) + len(body.enable) > settings.max_availability_ids:
+            raise PayloadTooLarge(
+                f"at most {settings.max_availability_ids} ids per availability change"
+            )
+        disable = [canonical_id(bundle.item_ids, i) for i in body.disable]
+        enable = [canonical_id(bundle.item_ids, i) for i in body.enable]
+        both = set(disable).intersection(enable)
+        if both:
+            raise InvalidInput(f"item {clip(next(iter(both)))} is in both disable and enable")
+        version = await state.set_availability(disable, enable)
+        availability: Availability = app.state.availability
+        await availability.refresh()  # this process applies it now, the others at their poll
+        unknown = unknown_ids(bundle, list(dict.fromkeys([*disable, *enable])))
+        answer = {"version": version, "disabled": len(availability.disabled), "unknown": unknown}
+        return _model_response(bundle, answer)
+
+    @app.get(
+        "/v1/admin/items/availability",
+        response_model=AvailabilityState,
+        responses=admin_errors,
+        tags=["operations"],
+        dependencies=[Depends(require_admin)],
+    )
+    async def get_availability(state: StateDep) -> Response:
+        """The disabled item ids as the state store holds them, and their version."""
+        version, disabled = await state.availability()
+        return JsonResponse({"version": version, "disabled": disabled})
 
     return app
 

@@ -6,6 +6,9 @@
         result = client.recall(user_id=42, k=50)          # RecallResult
         result.item_ids, result.scores, result.bundle_id
         client.recall(history=[10, 11, 12], k=20)          # a new user, by what they watched
+        client.recall(user_id=42, filter={"genres": {"any": ["Comedy"]}, "year": {"gte": 1990}},
+                      with_attributes=True)                # items[i].attributes
+        client.item(50).attributes                         # {"title": ..., "genres": [...]}
         vectors, missing = client.item_vectors([1, 2, 3])  # float32 (3, dim), ids not found
 
 Every failure raises one exception tree; ``status`` is the HTTP status (None when no
@@ -44,6 +47,7 @@ __all__ = [
     "EventsResult",
     "Forbidden",
     "InvalidInput",
+    "Item",
     "ModelInfo",
     "NotFound",
     "NotReady",
@@ -62,6 +66,8 @@ __all__ = [
 
 ExternalId = int | str
 FeatureValue = str | int | float | None
+Filter = Mapping[str, Mapping[str, Any]]
+"""Conditions on item attributes, all of which must hold: ``{"year": {"gte": 1990}}``."""
 NPY_MEDIA_TYPE = "application/x-npy"
 
 
@@ -146,6 +152,8 @@ class Query:
     exclude: Sequence[ExternalId] = ()
     fallback: Literal["popular"] | None = None
     exclude_shown: bool = False
+    filter: Filter | None = None
+    with_attributes: bool = False
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"k": self.k}
@@ -165,13 +173,30 @@ class Query:
             body["fallback"] = self.fallback
         if self.exclude_shown:
             body["exclude_shown"] = True
+        if self.filter is not None:
+            body["filter"] = {name: dict(c) for name, c in self.filter.items()}
+        if self.with_attributes:
+            body["with_attributes"] = True
         return body
 
 
 @dataclass(frozen=True)
 class ScoredItem:
+    """``attributes``: with ``with_attributes`` only (None otherwise, and for a bundle
+    without item attributes)."""
+
     item_id: ExternalId
     score: float
+    attributes: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Item:
+    """One item's attributes (``GET /v1/items/{id}``; {} for a bundle without them)."""
+
+    bundle_id: str
+    id: ExternalId
+    attributes: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -211,12 +236,24 @@ class ModelInfo:
     counts: dict[str, int]
     index: dict[str, Any] | None
     trainer_metrics: dict[str, Any] = field(default_factory=dict)
+    # [{"name", "kind"}] of the attributes filters can use; None without item attributes
+    item_attributes: list[dict[str, str]] | None = None
 
 
 @dataclass(frozen=True)
 class ReloadResult:
     bundle_id: str
     changed: bool
+
+
+@dataclass(frozen=True)
+class AvailabilityResult:
+    """After a change: its ``version``, how many items are ``disabled`` in all, and the
+    ``unknown`` ids of the request (the serving bundle lacks them; stored anyway)."""
+
+    version: int
+    disabled: int
+    unknown: list[ExternalId]
 
 
 @dataclass(frozen=True)
@@ -230,7 +267,9 @@ class EventsResult:
 
 
 def _items(raw: Iterable[Mapping[str, Any]]) -> list[ScoredItem]:
-    return [ScoredItem(item["item_id"], float(item["score"])) for item in raw]
+    return [
+        ScoredItem(item["item_id"], float(item["score"]), item.get("attributes")) for item in raw
+    ]
 
 
 def _recall_result(body: Mapping[str, Any], bundle_id: str | None = None) -> RecallResult:
@@ -253,9 +292,9 @@ def _batch_item(bundle_id: str, raw: Mapping[str, Any]) -> RecallResult | Recall
 class RecallClient:
     """Synchronous client of one recall endpoint (a replica, or nginx in front of several).
 
-    ``admin_token`` is only needed for :meth:`reload`. Pass ``client`` to reuse an
-    ``httpx.Client`` of your own (its base URL is then used as is). Thread-safe as
-    httpx.Client is; close it, or use it as a context manager.
+    ``admin_token`` is only needed for :meth:`reload` and the availability calls. Pass
+    ``client`` to reuse an ``httpx.Client`` of your own (its base URL is then used as is).
+    Thread-safe as httpx.Client is; close it, or use it as a context manager.
     """
 
     def __init__(
@@ -337,14 +376,39 @@ class RecallClient:
             counts={str(k): int(v) for k, v in body["counts"].items()},
             index=body.get("index"),
             trainer_metrics=dict(body.get("trainer_metrics") or {}),
+            item_attributes=body.get("item_attributes"),
         )
 
     def reload(self, admin_token: str | None = None) -> ReloadResult:
         """Load the bundle CURRENT names now (behind nginx: on the one replica reached)."""
-        token = admin_token or self._admin_token
-        headers = {"Authorization": f"Bearer {token}"} if token else None
-        body = self._json("POST", "/v1/admin/reload", headers=headers)
+        body = self._json("POST", "/v1/admin/reload", headers=self._admin(admin_token))
         return ReloadResult(str(body["bundle_id"]), bool(body["changed"]))
+
+    def set_availability(
+        self,
+        disable: Sequence[ExternalId] = (),
+        enable: Sequence[ExternalId] = (),
+        admin_token: str | None = None,
+    ) -> AvailabilityResult:
+        """Disable items (in no answer of any replica within about a second) or enable
+        them again; kept across bundles. Raises StateUnavailable (503) when the store
+        could not take the change."""
+        body = self._json(
+            "POST",
+            "/v1/admin/items/availability",
+            json={"disable": list(disable), "enable": list(enable)},
+            headers=self._admin(admin_token),
+        )
+        return AvailabilityResult(int(body["version"]), int(body["disabled"]), body["unknown"])
+
+    def availability(self, admin_token: str | None = None) -> tuple[int, list[ExternalId]]:
+        """``(version, disabled item ids)`` as the state store holds them."""
+        body = self._json("GET", "/v1/admin/items/availability", headers=self._admin(admin_token))
+        return int(body["version"]), list(body["disabled"])
+
+    def _admin(self, admin_token: str | None) -> dict[str, str] | None:
+        token = admin_token or self._admin_token
+        return {"Authorization": f"Bearer {token}"} if token else None
 
     # -- recall ----------------------------------------------------------------------------
 
@@ -360,11 +424,24 @@ class RecallClient:
         exclude: Sequence[ExternalId] = (),
         fallback: Literal["popular"] | None = None,
         exclude_shown: bool = False,
+        filter: Filter | None = None,
+        with_attributes: bool = False,
     ) -> RecallResult:
         """Top-``k`` items for a user (with their newer events), a history, or a raw
-        vector (one of them)."""
+        vector (one of them), among the items ``filter`` matches (exact top-k among them;
+        :class:`InvalidInput` for a filter the bundle cannot apply)."""
         query = Query(
-            user_id, history, features, vector, k, exclude_seen, exclude, fallback, exclude_shown
+            user_id,
+            history,
+            features,
+            vector,
+            k,
+            exclude_seen,
+            exclude,
+            fallback,
+            exclude_shown,
+            filter,
+            with_attributes,
         )
         return self.recall_query(query)
 
@@ -386,10 +463,31 @@ class RecallClient:
         rejected = [(int(r["index"]), error_from(422, r)) for r in body["rejected"]]
         return EventsResult(int(body["accepted"]), rejected, int(body["unknown_items"]))
 
-    def similar(self, item_id: ExternalId, k: int = 100) -> RecallResult:
-        """Item-to-item neighbours (the item itself excluded)."""
+    def similar(
+        self,
+        item_id: ExternalId,
+        k: int = 100,
+        *,
+        filter: Filter | None = None,
+        exclude: Sequence[ExternalId] = (),
+        with_attributes: bool = False,
+    ) -> RecallResult:
+        """Item-to-item neighbours (the item itself and ``exclude`` dropped) among the items
+        ``filter`` matches; the POST form when any of those is given, else the GET one."""
         path = f"/v1/items/{quote(str(item_id), safe='')}/similar"
-        return _recall_result(self._json("GET", path, params={"k": k}))
+        if filter is None and not exclude and not with_attributes:
+            return _recall_result(self._json("GET", path, params={"k": k}))
+        body: dict[str, Any] = {"k": k, "exclude": list(exclude)}
+        if filter is not None:
+            body["filter"] = {name: dict(c) for name, c in filter.items()}
+        if with_attributes:
+            body["with_attributes"] = True
+        return _recall_result(self._json("POST", path, json=body))
+
+    def item(self, item_id: ExternalId) -> Item:
+        """One item's attributes; :class:`NotFound` for an id the bundle does not know."""
+        body = self._json("GET", f"/v1/items/{quote(str(item_id), safe='')}")
+        return Item(str(body["bundle_id"]), body["id"], dict(body["attributes"]))
 
     # -- vectors ---------------------------------------------------------------------------
 

@@ -115,7 +115,8 @@ def error_response(
     )
 
 
-def _describe(errors: list[Any]) -> str:
+def describe_errors(errors: list[Any]) -> str:
+    """Validation errors as one message: ``where: what`` for the first five, joined."""
     parts = []
     for e in errors[:5]:
         where = ".".join(
@@ -173,7 +174,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
-        return error_response(422, "invalid_input", _describe(list(exc.errors())))
+        return error_response(422, "invalid_input", describe_errors(list(exc.errors())))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from index import bundle as b
-from index.attributes import ItemAttributes
+from index.attributes import AttributeFilterError, ItemAttributes
+from index.filters import FilterError, compile_filter
 from index.history import UserHistory
 from index.ids import IdMap
 from index.search import ItemIndex
@@ -56,6 +58,7 @@ class RecallQuery:
     exclude_seen: bool | None = None
     exclude: Sequence[ExternalId] = ()
     fallback: str | None = None
+    filter: Mapping[str, Mapping[str, object]] | None = None  # attribute -> {op: operand}
 
 
 @dataclass(frozen=True)
@@ -197,11 +200,35 @@ def _query(
     return Source.VECTOR, _query_vector(bundle, query.vector or ()), exclude
 
 
-def recall(bundle: ServingBundle, query: RecallQuery, max_k: int) -> RecallResult:
-    """Top-k items by inner product for one query, exclusions applied (still k items)."""
+def allowed_mask(
+    bundle: ServingBundle,
+    spec: Mapping[str, Mapping[str, object]] | None,
+    available: np.ndarray | None = None,
+) -> np.ndarray | None:
+    """The items one request may return, bool (n_items,): the filter's matches AND
+    ``available`` (items not disabled, bool (n_items,)); None when both are None (all).
+    A filter this bundle cannot apply is :class:`InvalidInput` naming the problem."""
+    mask = None
+    if spec is not None:
+        try:
+            mask = compile_filter(spec, bundle.attributes)
+        except (FilterError, AttributeFilterError) as e:
+            raise InvalidInput(str(e)) from None
+    if available is not None:
+        mask = available if mask is None else mask & available
+    return mask
+
+
+def recall(
+    bundle: ServingBundle, query: RecallQuery, max_k: int, available: np.ndarray | None = None
+) -> RecallResult:
+    """Top-k items by inner product for one query among the items its filter and
+    ``available`` allow (:func:`allowed_mask`), exclusions applied (k items unless fewer
+    are left)."""
     check_k(query.k, max_k)
+    allowed = allowed_mask(bundle, query.filter, available)
     source, vector, exclude = _query(bundle, query)
-    return answer(bundle, query.k, source, vector, exclude)
+    return answer(bundle, query.k, source, vector, exclude, allowed)
 
 
 def answer(
@@ -210,16 +237,30 @@ def answer(
     source: Source,
     vector: np.ndarray | None,
     exclude: np.ndarray,
+    allowed: np.ndarray | None = None,
 ) -> RecallResult:
     """Top-k for a query vector (dim,) float32, or the popular items when it is None,
-    without the ``exclude`` item rows."""
+    among the ``allowed`` items (bool (n_items,), None = all) without the ``exclude``
+    item rows."""
     if vector is None:
-        rows, scores = popular(bundle, k, exclude)
+        rows, scores = popular(bundle, k, exclude, allowed)
     else:
         query_vector = _check_range(bundle, vector)[None, :]
-        score_matrix, row_matrix = bundle.index.search(query_vector, k, exclude=[exclude])
+        score_matrix, row_matrix = _search(bundle, query_vector, k, exclude, allowed)
         rows, scores = row_matrix[0], _finite(score_matrix[0])
     return RecallResult(bundle.id, source, bundle.item_ids.ids[rows].tolist(), scores.tolist())
+
+
+def _search(
+    bundle: ServingBundle,
+    query: np.ndarray,
+    k: int,
+    exclude: np.ndarray,
+    allowed: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scores (1, k'), rows (1, k')) of the top-k among allowed, non-excluded items for
+    one query (1, dim); the index picks its strategy by how many items are allowed."""
+    return bundle.index.search(query, k, exclude=[exclude], allowed=allowed)
 
 
 def max_row_norm(vectors: np.ndarray, chunk: int = 1 << 16) -> float:
@@ -254,9 +295,14 @@ def _finite(scores: np.ndarray) -> np.ndarray:
     return scores
 
 
-def popular(bundle: ServingBundle, k: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The k most popular items not excluded: (rows (k,), training counts (k,))."""
+def popular(
+    bundle: ServingBundle, k: int, exclude: np.ndarray, allowed: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k most popular ``allowed`` items (bool (n_items,), None = all) not excluded:
+    (rows (k',), training counts (k',)), k' < k only when fewer items are left."""
     order = bundle.popular_rows
+    if allowed is not None:
+        order = order[allowed[order]]
     if len(exclude):
         head = order[: k + len(exclude)]
         order = head[~np.isin(head, exclude)]
@@ -264,18 +310,52 @@ def popular(bundle: ServingBundle, k: int, exclude: np.ndarray) -> tuple[np.ndar
     return rows, bundle.popularity[rows]
 
 
-def similar(bundle: ServingBundle, item_id: ExternalId, k: int, max_k: int) -> RecallResult:
-    """Item-to-item neighbours by ``W_i . W_j`` (the query's bias slot is 0), item excluded."""
+def similar(
+    bundle: ServingBundle,
+    item_id: ExternalId,
+    k: int,
+    max_k: int,
+    spec: Mapping[str, Mapping[str, object]] | None = None,
+    exclude: Sequence[ExternalId] = (),
+    available: np.ndarray | None = None,
+) -> RecallResult:
+    """Item-to-item neighbours by ``W_i . W_j`` (the query's bias slot is 0) among the
+    items the filter ``spec`` and ``available`` allow, the item and ``exclude`` dropped."""
     check_k(k, max_k)
+    allowed = allowed_mask(bundle, spec, available)
     row = bundle.item_ids.row(item_id)
     if row is None:
         raise UnknownId(f"unknown item id {clip(item_id)}")
     query = np.array(bundle.item_vectors[row], dtype=np.float32)
     query[-1] = 0.0
-    scores, rows = bundle.index.search(query[None, :], k, exclude=[np.array([row])])
+    dropped = np.concatenate([_rows(bundle.item_ids, exclude), [row]]).astype(np.int64)
+    scores, rows = _search(bundle, query[None, :], k, dropped, allowed)
     return RecallResult(
         bundle.id, Source.ITEM, bundle.item_ids.ids[rows[0]].tolist(), _finite(scores[0]).tolist()
     )
+
+
+def attributes_of(
+    bundle: ServingBundle, item_ids: Sequence[ExternalId]
+) -> list[dict[str, Any]] | None:
+    """The attributes of known items (``item_ids`` from an answer), in order; None for a
+    bundle without item attributes."""
+    if bundle.attributes is None:
+        return None
+    rows = bundle.item_ids.rows(list(item_ids)) if len(item_ids) else np.zeros(0, np.int64)
+    return bundle.attributes.rows_as_dicts(rows)
+
+
+def item_of(bundle: ServingBundle, item_id: ExternalId) -> tuple[ExternalId, dict[str, Any]]:
+    """One item's id as the bundle types it and its attributes ({} for a bundle without
+    item attributes)."""
+    row = bundle.item_ids.row(item_id)
+    if row is None:
+        raise UnknownId(f"unknown item id {clip(item_id)}")
+    external: ExternalId = bundle.item_ids.ids[row].item()
+    if bundle.attributes is None:
+        return external, {}
+    return external, bundle.attributes.rows_as_dicts(np.array([row], dtype=np.int64))[0]
 
 
 def vector_of(bundle: ServingBundle, kind: str, id_: ExternalId) -> tuple[ExternalId, np.ndarray]:

@@ -53,6 +53,26 @@ def _feature_type(value: object) -> object:
     return value
 
 
+def _number(value: object) -> object:
+    """A filter operand number: an int64 or a finite float, not a bool (JSON true is not 1)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("a filter bound is a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("a filter number must be finite (no NaN or Infinity)")
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        raise ValueError("an integer in a filter must fit in int64")
+    return value
+
+
+def _filter_value(value: object) -> object:
+    """One value of an ``any``/``none`` list: a string or a number, not a bool or null."""
+    if isinstance(value, str):
+        return _utf8(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("a filter value is a string or a number")
+    return _number(value)
+
+
 Text = Annotated[StrictStr, AfterValidator(_utf8)]
 Int64 = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
 ExternalId = Annotated[
@@ -62,6 +82,56 @@ ExternalId = Annotated[
 ]
 FiniteFloat = Annotated[StrictFloat, Field(allow_inf_nan=False)]
 FeatureValue = Annotated[StrictInt | FiniteFloat | Text | None, BeforeValidator(_feature_type)]
+
+
+FilterNumber = Annotated[Int64 | FiniteFloat, BeforeValidator(_number)]
+FilterValue = Annotated[Int64 | FiniteFloat | Text, BeforeValidator(_filter_value)]
+
+
+class Condition(BaseModel):
+    """What one attribute must satisfy: every op given must hold (at least one op).
+
+    Which ops fit which attribute kind (``GET /v1/model`` lists the bundle's attributes):
+    ``any``/``none`` take a non-empty list of strings (categorical and multi-valued
+    attributes) or numbers (numeric ones); ``gte``/``gt``/``lte``/``lt`` take a number
+    (numeric attributes only). A missing value matches ``none`` and nothing else."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    any: list[FilterValue] | None = Field(
+        None, description="the item has at least one of these values"
+    )
+    none: list[FilterValue] | None = Field(None, description="the item has none of these values")
+    gte: FilterNumber | None = Field(None, description="numeric attribute >= this")
+    gt: FilterNumber | None = Field(None, description="numeric attribute > this")
+    lte: FilterNumber | None = Field(None, description="numeric attribute <= this")
+    lt: FilterNumber | None = Field(None, description="numeric attribute < this")
+
+
+Filter = Annotated[
+    dict[Text, Condition],
+    Field(
+        description="conditions on item attributes, all of which must hold, e.g. "
+        '{"genres": {"any": ["Comedy", "Drama"]}, "year": {"gte": 1990, "lt": 2000}}; '
+        "the answer is the exact top-k among matching items. Unknown attributes, a wrong "
+        "op or value type for the attribute's kind, an empty filter or condition: 422",
+        examples=[{"genres": {"any": ["Comedy"]}, "year": {"gte": 1990}}],
+    ),
+]
+
+
+def conditions(spec: dict[str, Condition] | None) -> dict[str, dict[str, object]] | None:
+    """A validated filter as plain ``{attribute: {op: operand}}`` (ops given only)."""
+    if spec is None:
+        return None
+    return {name: c.model_dump(exclude_none=True) for name, c in spec.items()}
+
+
+WITH_ATTRIBUTES = Field(
+    False,
+    description="add each returned item's attributes (`attributes`); a bundle without "
+    "item attributes answers without that key",
+)
 
 
 class RecallRequest(BaseModel):
@@ -95,6 +165,8 @@ class RecallRequest(BaseModel):
         description="drop the items of the user's impressions (POST /v1/events, type "
         "'impression') of the last RECALL_SHOWN_TTL_S seconds; needs user_id",
     )
+    filter: Filter | None = None
+    with_attributes: StrictBool = WITH_ATTRIBUTES
 
     @model_validator(mode="after")
     def _exactly_one_query(self) -> RecallRequest:
@@ -111,6 +183,9 @@ class RecallRequest(BaseModel):
 class ScoredItem(BaseModel):
     item_id: ExternalId
     score: float
+    attributes: dict[str, Any] | None = Field(
+        None, description="with_attributes only: the item's attributes (missing ones left out)"
+    )
 
 
 Source = Literal["user", "user+events", "events", "history", "vector", "item", "popular"]
@@ -145,6 +220,27 @@ class BatchRecallRequest(BaseModel):
 
     requests: list[dict[str, Any]] = Field(
         description="RecallRequest objects; each is validated and answered on its own"
+    )
+
+
+class SimilarRequest(BaseModel):
+    """``POST /v1/items/{id}/similar``: the GET form's ``k`` plus a filter and exclusions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    k: StrictInt = Field(100, description="how many items; 1..RECALL_MAX_K")
+    filter: Filter | None = None
+    exclude: list[ExternalId] = Field(default_factory=list, description="item ids to drop")
+    with_attributes: StrictBool = WITH_ATTRIBUTES
+
+
+class ItemResponse(BaseModel):
+    bundle_id: str
+    id: ExternalId
+    attributes: dict[str, Any] = Field(
+        description="the item's attributes from the training data's items table: strings "
+        "(categorical), lists of strings (multi-valued), numbers; missing ones left out; "
+        "{} for a bundle without item attributes"
     )
 
 
@@ -208,8 +304,16 @@ class ModelInfo(BaseModel):
     created_at: str
     dim: int
     counts: dict[str, int]
-    index: dict[str, Any] | None
+    index: dict[str, Any] | None = Field(
+        description="the index: kind, search settings, measured recall and latency "
+        "(`filtered`: the same under filters of several selectivities, with the strategy)"
+    )
     trainer_metrics: dict[str, Any]
+    item_attributes: list[dict[str, str]] | None = Field(
+        None,
+        description='the attributes filters can use: [{"name", "kind"}], kind categorical, '
+        "multi or numeric; null for a bundle without item attributes",
+    )
 
 
 class ReloadResponse(BaseModel):
@@ -277,3 +381,30 @@ class EventsResponse(BaseModel):
         description="accepted events on items the bundle does not know: kept for "
         "retraining, but they cannot move a vector yet"
     )
+
+
+class AvailabilityRequest(BaseModel):
+    """``POST /v1/admin/items/availability``: items to disable and to enable again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    disable: list[ExternalId] = Field(
+        default_factory=list, description="item ids no answer may contain until enabled"
+    )
+    enable: list[ExternalId] = Field(
+        default_factory=list, description="item ids to allow again (not disabled: no-op)"
+    )
+
+
+class AvailabilityChange(BaseModel):
+    version: int = Field(description="the availability version this change made")
+    disabled: int = Field(description="items disabled now, in all (this bundle's or not)")
+    unknown: list[ExternalId] = Field(
+        description="ids of the request the serving bundle does not know (stored anyway: "
+        "a later bundle may know them)"
+    )
+
+
+class AvailabilityState(BaseModel):
+    version: int = Field(description="bumped by every change; 0 before the first")
+    disabled: list[ExternalId] = Field(description="disabled item ids, ints first, then strings")

@@ -35,7 +35,9 @@ def test_no_input_produces_a_server_error(api_schema: schemathesis.BaseSchema) -
     operations = [result.ok() for result in api_schema.get_all_operations()]
     assert len(operations) >= 13
     paths = {operation.path for operation in operations}
-    assert {"/v1/events", "/v1/users/vectors", "/v1/recall/batch"} <= paths
+    assert {"/v1/events", "/v1/users/vectors", "/v1/recall/batch", "/v1/items/{id}"} <= paths
+    methods = {(operation.method.upper(), operation.path) for operation in operations}
+    assert ("POST", "/v1/items/{item_id}/similar") in methods
     for operation in operations:
 
         @given(case=operation.as_strategy())
