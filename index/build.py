@@ -6,7 +6,9 @@ and ``hnsw`` are built and the faster one at the recall target is kept). It tune
 search parameter (efSearch / nprobe, HNSW landmark entry points, the re-rank ``k_factor``
 of quantized kinds) on a sample of the bundle's real user vectors against exact brute
 force, measures recall@10 / recall@k and single-query latency on a *disjoint* sample
-with the chosen setting, and writes ``index.faiss`` and the updated manifest atomically
+with the chosen setting, then recall and latency under filters of ~50/10/1/0.1%
+selectivity (``filtered``, :mod:`index.filtered_recall`: the bundle's own attributes where
+one fits, random masks otherwise), and writes ``index.faiss`` and the updated manifest atomically
 (temp file + ``os.replace``, fsync). A build that dies half-way never touches
 ``CURRENT``; at worst it leaves the bundle unpublishable until it is rebuilt (the
 manifest's checksums no longer match), which :func:`index.verify.verify_bundle` refuses.
@@ -31,8 +33,10 @@ from index import bundle as b
 from index import faiss_index as fi
 from index.current import inspect_current
 from index.exact import exact_topk, recall_at_k
+from index.filtered_recall import FilterCase, choose_filters, measure_filtered
 from index.publish import bundle_lock
 from index.search import ItemIndex, check_vectors
+from index.verify import load_attributes
 
 logger = logging.getLogger(__name__)
 
@@ -82,17 +86,21 @@ def sample_query_rows(
 
 
 def measure_latency(
-    searcher: ItemIndex, queries: npt.NDArray[np.float32], k: int
+    searcher: ItemIndex,
+    queries: npt.NDArray[np.float32],
+    k: int,
+    allowed: npt.NDArray[np.bool_] | None = None,
 ) -> tuple[float, float]:
-    """Single-query latency of ``searcher.search`` on one OpenMP thread: (p50, p99) ms."""
+    """Single-query latency of ``searcher.search`` (under the ``allowed`` mask) on one
+    OpenMP thread: (p50, p99) ms."""
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:
-        searcher.search(queries[:1], k)  # warm-up
+        searcher.search(queries[:1], k, allowed=allowed)  # warm-up
         times = []
         for i in range(queries.shape[0]):
             t0 = time.perf_counter()
-            searcher.search(queries[i : i + 1], k)
+            searcher.search(queries[i : i + 1], k, allowed=allowed)
             times.append(time.perf_counter() - t0)
     finally:
         faiss.omp_set_num_threads(threads)
@@ -176,7 +184,9 @@ def build_index(bundle: Path, options: BuildOptions | None = None) -> dict[str, 
         check_vectors(bundle, b.ITEM_VECTORS, items, manifest.counts.items, manifest.dim)
         users = b.load_array(bundle, manifest, b.USER_VECTORS, mmap=True)
         check_vectors(bundle, b.USER_VECTORS, users, manifest.counts.users, manifest.dim)
-        section = _build(items, users, opts)
+        attributes = load_attributes(bundle, manifest)
+        filters = choose_filters(attributes, manifest.counts.items, opts.seed)
+        section = _build(items, users, opts, filters)
         path = bundle / b.INDEX
         fi.write_index(section.pop("_index"), path)
         section["index_bytes"] = path.stat().st_size
@@ -229,15 +239,19 @@ def _sample(
 
 
 def _build(
-    items: npt.NDArray[np.float32], users: npt.NDArray[np.float32], opts: BuildOptions
+    items: npt.NDArray[np.float32],
+    users: npt.NDArray[np.float32],
+    opts: BuildOptions,
+    filters: list[FilterCase],
 ) -> dict[str, Any]:
     """Build the chosen kind; for ``auto`` above the exact threshold, build each of
     :data:`index.faiss_index.AUTO_CANDIDATES` and keep the one with the lowest measured
     single-query p50 among those that met the recall target (else the best recall)."""
     sample = _sample(items, users, opts)
     if opts.kind != "auto" or items.shape[0] <= fi.AUTO_FLAT_MAX_ITEMS:
-        return _build_one(fi.resolve_kind(opts.kind, items.shape[0]), items, opts, sample)
-    built = [_build_one(kind, items, opts, sample) for kind in fi.AUTO_CANDIDATES]
+        kind = fi.resolve_kind(opts.kind, items.shape[0])
+        return _build_one(kind, items, opts, sample, filters)
+    built = [_build_one(kind, items, opts, sample, filters) for kind in fi.AUTO_CANDIDATES]
 
     def rank(section: dict[str, Any]) -> tuple[bool, float]:
         recall = section["recall"]
@@ -266,7 +280,11 @@ def _build(
 
 
 def _build_one(
-    kind: fi.Kind, items: npt.NDArray[np.float32], opts: BuildOptions, sample: _Sample
+    kind: fi.Kind,
+    items: npt.NDArray[np.float32],
+    opts: BuildOptions,
+    sample: _Sample,
+    filters: list[FilterCase],
 ) -> dict[str, Any]:
     """Build, tune and measure one kind; the section has the index under ``_index``."""
     n_items, dim = items.shape
@@ -301,6 +319,8 @@ def _build_one(
     recall_10 = recall_at_k(found10, sample.measure_exact, k10)
     timed = ItemIndex(index, items, kind, settings, entry_rows)
     p50, p99 = measure_latency(timed, sample.measure_q[: opts.latency_queries], k)
+    filtered_q = sample.measure_q[: opts.latency_queries]
+    filtered = measure_filtered(timed, items, filtered_q, k, filters, measure_latency)
     return {
         "_index": index,
         "kind": kind,
@@ -324,6 +344,7 @@ def _build_one(
             "seed": opts.seed,
         },
         "latency_ms": {"p50": round(p50, 4), "p99": round(p99, 4), "threads": 1, "k": k},
+        "filtered": filtered,
         "tuning": trials,
         "faiss_version": fi.faiss_version(),
         "built_at": datetime.now(UTC).isoformat(),

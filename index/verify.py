@@ -197,6 +197,12 @@ def _history(bundle: Path, manifest: b.Manifest, tower: UserTower) -> UserHistor
         raise b.BundleError(f"{bundle}: {b.USER_HISTORY}: {e}") from None
 
 
+def load_attributes(bundle: Path, manifest: b.Manifest) -> ItemAttributes | None:
+    """A bundle's item attributes, checked (raise :class:`~index.bundle.BundleError`);
+    None when it has none. For the index builder's filtered recall."""
+    return _attributes(bundle, manifest)
+
+
 def _attributes(bundle: Path, manifest: b.Manifest) -> ItemAttributes | None:
     """``item_attributes.npz`` checked against the manifest's schema; None when neither."""
     has_file = b.ITEM_ATTRIBUTES in manifest.files

@@ -28,9 +28,13 @@ def built_once(
     tmp_path_factory: pytest.TempPathFactory,
     vectors: tuple[np.ndarray, np.ndarray],
 ) -> ItemIndex:
-    """Each kind, built and tuned by the real builder (recall@100 target 0.95)."""
+    """Each kind, built and tuned by the real builder to recall@100 0.99 unfiltered (so
+    the >= 0.95 checks below do not hinge on which setting a timed tuning picked)."""
     bundle = write_vectors_bundle(tmp_path_factory.mktemp(request.param), *vectors)
-    build_index(bundle, BuildOptions(kind=request.param, sample_queries=100, latency_queries=5))
+    opts = BuildOptions(
+        kind=request.param, target_recall=0.99, sample_queries=100, latency_queries=5
+    )
+    build_index(bundle, opts)
     return ItemIndex.load(bundle)
 
 

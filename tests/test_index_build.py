@@ -11,8 +11,10 @@ import pytest
 
 from index import bundle as b
 from index import faiss_index as fi
+from index.attributes import ItemAttributes
 from index.build import BuildOptions, build_index, sample_query_rows
-from index.search import ItemIndex
+from index.filtered_recall import choose_filters
+from index.search import STRATEGIES, ItemIndex
 from tests.index_data import clustered, write_vectors_bundle
 
 N_ITEMS, N_USERS, DIM = 3000, 400, 16
@@ -267,3 +269,71 @@ def test_load_refuses_a_bundle_without_index(
     bundle = write_vectors_bundle(tmp_path, *vectors)
     with pytest.raises(b.BundleError, match="no index"):
         ItemIndex.load(bundle)
+
+
+def test_filtered_recall_is_recorded_and_equals_an_independent_computation(
+    tmp_path: Path, vectors: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """A bundle without attributes: seeded random masks of ~50/10/1/0.1% selectivity; the
+    recorded recall@10/@100 of each equals a float64 numpy oracle over the same masks."""
+    items, users = vectors
+    bundle = write_vectors_bundle(tmp_path, items, users)
+    opts = BuildOptions(kind="hnsw", sample_queries=100, latency_queries=40, seed=3)
+    section = build_index(bundle, opts)
+    filtered = section["filtered"]
+    assert [f["selectivity"] for f in filtered] == [0.5, 0.1, 0.01, 0.001]
+    assert b.read_manifest(bundle).index["filtered"] == filtered  # type: ignore[index]
+    cases = choose_filters(None, N_ITEMS, 3)
+    index = ItemIndex.load(bundle)
+    _, measure = sample_query_rows(N_USERS, 100, 3)
+    queries = users[measure][:40]
+    for row, case in zip(filtered, cases, strict=True):
+        assert row["filter"] == "random" and row["queries"] == 40
+        assert row["allowed_items"] == int(case.mask.sum())
+        assert row["share"] == pytest.approx(row["selectivity"], rel=0.5)
+        assert row["p50_ms"] > 0
+        assert set(row["strategy"].split("+")) <= set(STRATEGIES)
+        k = min(100, row["allowed_items"])
+        scores = queries.astype(np.float64) @ items.astype(np.float64).T
+        scores[:, ~case.mask] = -np.inf
+        exact = np.argsort(-scores, axis=1, kind="stable")
+        _, found = index.search(queries, k, allowed=case.mask)
+        for at, key in ((k, "recall_at_100"), (min(10, k), "recall_at_10")):
+            want = np.mean(
+                [
+                    np.intersect1d(f[:at], e[:at]).size / at
+                    for f, e in zip(found, exact, strict=True)
+                ]
+            )
+            assert row[key] == pytest.approx(want, abs=1e-4)
+            assert row[key] >= 0.9
+    assert filtered[-1]["strategy"] == "scan"  # 3 allowed items: scanned exactly
+
+
+def test_filters_come_from_the_bundles_attributes_where_one_fits() -> None:
+    """A categorical value, a multi value or a numeric quantile with about the target share
+    is used as the filter; a selectivity no attribute fits gets a random mask."""
+    n = 10_000
+    rng = np.random.default_rng(0)
+    country = np.where(np.arange(n) % 2 == 0, "de", np.where(np.arange(n) % 10 == 1, "fr", "it"))
+    tags = np.where(np.arange(n) % 100 == 7, "rare|x", "x")
+    year = rng.uniform(1900, 2000, n).astype(str)
+    attributes = ItemAttributes.from_raw({"country": country, "tags": tags, "year": year}, n)
+    cases = {c.selectivity: c for c in choose_filters(attributes, n, seed=0)}
+    assert set(cases) == {0.5, 0.1, 0.01, 0.001}
+    for s, case in cases.items():
+        share = case.mask.mean()
+        assert 1 / 1.5 <= share / s <= 1.5
+        if case.source != "random":
+            name, condition = next(iter(case.source.items()))  # type: ignore[union-attr]
+            op, operand = next(iter(condition.items()))
+            np.testing.assert_array_equal(case.mask, attributes.mask(name, op, operand))
+    assert cases[0.01].source == {"tags": {"any": ["rare"]}}
+    assert cases[0.5].source in (
+        {"country": {"any": ["de"]}},
+        {"year": {"gte": pytest.approx(1950, abs=5)}},
+    )
+    # 0.1: "fr" is exactly 10% (or the year quantile); 0.001: the year quantile ~1999.9
+    assert cases[0.1].source != "random" and cases[0.001].source != "random"
+    bare = choose_filters(None, n, seed=0)
+    assert [c.source for c in bare] == ["random"] * 4
