@@ -376,8 +376,12 @@ class AllowedSelector:
         self.selector: Any = _faiss.IDSelectorBitmap(self._bitmap)
 
 
-#: Filtered HNSW search: efSearch grows as ``ef / share`` up to this (the graph walk visits
-#: every node but only allowed ones enter the results, so it needs ~1/share more of them).
+#: Filtered HNSW search: efSearch grows as ``ef / share ** FILTER_EF_POWER`` up to
+#: ``FILTER_EF_MAX`` (the walk crosses every node, only allowed ones enter the results).
+#: Measured at 200k clustered items (tuned ef 256, recall@100 0.959 unfiltered): at 50%
+#: ef 512 gave 0.970, at 10% ef 1024 0.952 and 2048 0.989; ``1/sqrt(share)`` fell short
+#: at 10%, ``1/share`` overshot, so 0.75.
+FILTER_EF_POWER = 0.75
 FILTER_EF_MAX = 4096
 
 
@@ -385,14 +389,14 @@ def widen_for_filter(
     kind: Kind, settings: SearchSettings, share: float, nlist: int | None
 ) -> SearchSettings:
     """Search settings for a query restricted to ``share`` (0, 1] of the items by a
-    selector: HNSW efSearch and IVF nprobe scaled by ``1 / share`` (capped at
-    :data:`FILTER_EF_MAX` and ``nlist``), so about as many allowed candidates are met as
-    an unfiltered search meets items. IVF checks the selector before computing a
-    distance, so the wider probe costs mostly list walking."""
+    selector: HNSW efSearch scaled by ``share ** -FILTER_EF_POWER`` (capped at
+    :data:`FILTER_EF_MAX`), IVF nprobe by ``1 / share`` (capped at ``nlist``), so about as
+    many allowed candidates are met as an unfiltered search meets items. IVF checks the
+    selector before computing a distance, so its wider probe costs mostly list walking."""
     share = min(1.0, max(share, 1e-9))
     if kind == "hnsw":
         ef = settings.ef_search or 16
-        wide = max(ef, min(FILTER_EF_MAX, math.ceil(ef / share)))
+        wide = max(ef, min(FILTER_EF_MAX, math.ceil(ef / share**FILTER_EF_POWER)))
         return replace(settings, ef_search=wide)
     if kind.startswith("ivf"):
         probe = settings.nprobe or 1

@@ -232,10 +232,12 @@ def test_invalid_masks_are_value_errors(
 
 
 def test_widened_search_parameters() -> None:
-    """HNSW efSearch and IVF nprobe grow as 1/share, capped (FILTER_EF_MAX, nlist)."""
+    """HNSW efSearch grows as share**-0.75, IVF nprobe as 1/share, capped (FILTER_EF_MAX,
+    nlist)."""
     hnsw = fi.SearchSettings(ef_search=100, entry_probe=4)
     assert fi.widen_for_filter("hnsw", hnsw, 1.0, None) == hnsw
-    assert fi.widen_for_filter("hnsw", hnsw, 0.5, None).ef_search == 200
+    assert fi.widen_for_filter("hnsw", hnsw, 0.5, None).ef_search == 169  # 100 * 2**0.75
+    assert fi.widen_for_filter("hnsw", hnsw, 0.1, None).ef_search == 563
     assert fi.widen_for_filter("hnsw", hnsw, 0.001, None).ef_search == fi.FILTER_EF_MAX
     assert fi.widen_for_filter("hnsw", hnsw, 0.5, None).entry_probe == 4
     ivf = fi.SearchSettings(nprobe=8, k_factor=2)
