@@ -297,10 +297,16 @@ def create_app(settings: Settings) -> FastAPI:
             },
         )
 
+    def counted(result: RecallResult) -> RecallResult:
+        """``result``, its search strategy counted (recall_searches_total)."""
+        if result.strategy is not None:
+            metrics.searches.labels(result.strategy).inc()
+        return result
+
     def _recall_plain(
         bundle: ServingBundle, query: RecallQuery, with_attributes: bool
     ) -> dict[str, Any]:
-        result = core.recall(bundle, query, settings.max_k, available(bundle))
+        result = counted(core.recall(bundle, query, settings.max_k, available(bundle)))
         return _recall_body(result, attributes=_attributes(bundle, result, with_attributes))
 
     def _recall_one(
@@ -314,7 +320,7 @@ def create_app(settings: Settings) -> FastAPI:
         answer = recall_user(
             bundle, query, user, state.shown[0], settings.max_k, state.fresh, available(bundle)
         )
-        attributes = _attributes(bundle, answer.result, with_attributes)
+        attributes = _attributes(bundle, counted(answer.result), with_attributes)
         return _recall_body(answer.result, answer.fresh_events, state.fresh, attributes)
 
     @app.post("/v1/recall", response_model=RecallResponse, responses=ERRORS, tags=["recall"])
@@ -381,7 +387,7 @@ def create_app(settings: Settings) -> FastAPI:
                     result, fresh_events = answer.result, answer.fresh_events
                 # only user_id entries read the store
                 fresh = state.fresh or query.user_id is None
-                attributes = _attributes(bundle, result, with_attributes)
+                attributes = _attributes(bundle, counted(result), with_attributes)
                 body = _recall_body(result, fresh_events, fresh, attributes)
                 out.append({"status": 200, **{k: v for k, v in body.items() if k != "bundle_id"}})
             except ApiError as e:
@@ -465,7 +471,8 @@ def create_app(settings: Settings) -> FastAPI:
             body.exclude,
             available(bundle),
         )
-        return _recall_body(result, attributes=_attributes(bundle, result, body.with_attributes))
+        attributes = _attributes(bundle, counted(result), body.with_attributes)
+        return _recall_body(result, attributes=attributes)
 
     @app.post(
         "/v1/items/{item_id}/similar",

@@ -34,6 +34,7 @@ from prometheus_client import (
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from index.search import STRATEGIES
 from service.metrics_dir import MULTIPROC_ENV, process_alive
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware"]
@@ -117,7 +118,17 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.searches = Counter(
+            "recall_searches",
+            "index searches of answers (recall, batch entries, similar) by strategy: index, "
+            "selector (a filter as a FAISS bitmap), scan (exact scan of the few allowed "
+            "items), fallback (the index came back short), empty (nothing allowed)",
+            ["strategy"],
+            registry=self.registry,
+        )
         self.reloads.labels("success")
+        for strategy in STRATEGIES:
+            self.searches.labels(strategy)
         self.reloads.labels("failure")
         for op in STATE_OPS:
             self.state_errors.labels(op)

@@ -24,7 +24,7 @@ from index.attributes import AttributeFilterError, ItemAttributes
 from index.filters import FilterError, compile_filter
 from index.history import UserHistory
 from index.ids import IdMap
-from index.search import ItemIndex
+from index.search import Found, ItemIndex, Strategy
 from index.tower import FLOAT32_MAX, FeatureError, FeatureValue, UserTower
 from index.verify import verify_bundle
 from service.errors import InvalidInput, UnknownId, clip
@@ -69,6 +69,7 @@ class RecallResult:
     source: Source
     item_ids: list[ExternalId]
     scores: list[float]
+    strategy: Strategy | None = None  # how the index answered; None: no search (popular)
 
 
 @dataclass(frozen=True)
@@ -242,13 +243,15 @@ def answer(
     """Top-k for a query vector (dim,) float32, or the popular items when it is None,
     among the ``allowed`` items (bool (n_items,), None = all) without the ``exclude``
     item rows."""
+    strategy: Strategy | None = None
     if vector is None:
         rows, scores = popular(bundle, k, exclude, allowed)
     else:
         query_vector = _check_range(bundle, vector)[None, :]
-        score_matrix, row_matrix = _search(bundle, query_vector, k, exclude, allowed)
-        rows, scores = row_matrix[0], _finite(score_matrix[0])
-    return RecallResult(bundle.id, source, bundle.item_ids.ids[rows].tolist(), scores.tolist())
+        found = _search(bundle, query_vector, k, exclude, allowed)
+        rows, scores, strategy = found.rows[0], _finite(found.scores[0]), found.strategies[0]
+    ids = bundle.item_ids.ids[rows].tolist()
+    return RecallResult(bundle.id, source, ids, scores.tolist(), strategy)
 
 
 def _search(
@@ -257,10 +260,10 @@ def _search(
     k: int,
     exclude: np.ndarray,
     allowed: np.ndarray | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(scores (1, k'), rows (1, k')) of the top-k among allowed, non-excluded items for
-    one query (1, dim); the index picks its strategy by how many items are allowed."""
-    return bundle.index.search(query, k, exclude=[exclude], allowed=allowed)
+) -> Found:
+    """Scores (1, k') and rows (1, k') of the top-k among allowed, non-excluded items for
+    one query (1, dim), and the strategy the index chose by how many items are allowed."""
+    return bundle.index.search_detailed(query, k, exclude=[exclude], allowed=allowed)
 
 
 def max_row_norm(vectors: np.ndarray, chunk: int = 1 << 16) -> float:
@@ -329,9 +332,13 @@ def similar(
     query = np.array(bundle.item_vectors[row], dtype=np.float32)
     query[-1] = 0.0
     dropped = np.concatenate([_rows(bundle.item_ids, exclude), [row]]).astype(np.int64)
-    scores, rows = _search(bundle, query[None, :], k, dropped, allowed)
+    found = _search(bundle, query[None, :], k, dropped, allowed)
     return RecallResult(
-        bundle.id, Source.ITEM, bundle.item_ids.ids[rows[0]].tolist(), _finite(scores[0]).tolist()
+        bundle.id,
+        Source.ITEM,
+        bundle.item_ids.ids[found.rows[0]].tolist(),
+        _finite(found.scores[0]).tolist(),
+        found.strategies[0],
     )
 
 

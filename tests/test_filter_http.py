@@ -10,6 +10,7 @@ top-k among the items the filter matches, as read back from the attributes thems
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +26,7 @@ from service.app import create_app
 from service.client import InvalidInput, Item, NotFound, Query, RecallClient
 from service.client import RecallResult as ClientResult
 from service.recaller import ServingBundle
-from tests.live import live_server, settings
+from tests.live import TOKEN, live_server, settings
 from trainer.config import TrainConfig
 from trainer.data import Dataset
 from trainer.export import export_bundle
@@ -397,3 +398,92 @@ def test_the_python_client_filters_and_reads_attributes(served: Served) -> None:
             client.recall(vector=np.ones(bundle.dim), filter={"colour": {"any": ["red"]}})
         with pytest.raises(NotFound):
             client.item("no such item")
+
+
+def test_filters_combine_with_disabled_items(served: Served) -> None:
+    """A filter, exclude_seen, exclude and disabled items together: the exact top-k among
+    the matching, enabled, non-excluded items (by user, vector, batch, similar, popular)."""
+    client, bundle = served
+    spec, allowed = _the_issue_filter(bundle)
+    row = 11
+    user_id = bundle.user_ids.ids[row].item()
+    q = np.asarray(bundle.user_vectors[row])
+    first = client.post("/v1/recall", json={"user_id": user_id, "k": 10, "filter": spec}).json()
+    disabled = [i["item_id"] for i in first["items"][::2]]  # every other of the answer
+    popular = [r for r in bundle.popular_rows.tolist() if allowed[r]]
+    disabled.append(bundle.item_ids.ids[popular[0]].item())  # the most popular match
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    path = "/v1/admin/items/availability"
+    changed = client.post(path, json={"disable": disabled}, headers=admin)
+    assert changed.status_code == 200, changed.text
+    try:
+        enabled = allowed.copy()
+        enabled[bundle.item_ids.rows(disabled)] = False
+        drop = [first["items"][1]["item_id"]]
+        body = client.post(
+            "/v1/recall", json={"user_id": user_id, "k": 10, "filter": spec, "exclude": drop}
+        ).json()
+        dropped = np.concatenate([bundle.seen(row), bundle.item_ids.rows(drop)])
+        _check(body, _oracle(bundle, q, 10, enabled, dropped))
+        assert not {i["item_id"] for i in body["items"]} & set(disabled)
+        vector = np.linspace(-1, 1, bundle.dim).astype(np.float32)
+        batch = client.post(
+            "/v1/recall/batch",
+            json={
+                "requests": [
+                    {"vector": vector.tolist(), "k": 10, "filter": spec},
+                    {"user_id": "nobody", "fallback": "popular", "k": 3, "filter": spec},
+                ]
+            },
+        ).json()["results"]
+        _check(batch[0], _oracle(bundle, vector, 10, enabled))
+        expected_popular = [r for r in popular if enabled[r]][:3]
+        assert [i["item_id"] for i in batch[1]["items"]] == bundle.item_ids.ids[
+            expected_popular
+        ].tolist()
+        item_row = int(np.flatnonzero(enabled)[0])
+        iq = np.array(bundle.item_vectors[item_row])
+        iq[-1] = 0.0
+        similar = client.post(
+            f"/v1/items/{bundle.item_ids.ids[item_row].item()}/similar",
+            json={"k": 10, "filter": spec},
+        ).json()
+        _check(similar, _oracle(bundle, iq, 10, enabled, [item_row]))
+    finally:
+        client.post(path, json={"enable": disabled}, headers=admin)
+    again = client.post("/v1/recall", json={"user_id": user_id, "k": 10, "filter": spec}).json()
+    assert again["items"] == first["items"]
+
+
+def _searches(client: httpx.Client) -> dict[str, float]:
+    text = client.get("/metrics").text
+    found = re.findall(r'^recall_searches_total\{strategy="(\w+)"\} (\S+)$', text, re.MULTILINE)
+    return {strategy: float(value) for strategy, value in found}
+
+
+def test_search_strategies_are_counted(served: Served) -> None:
+    client, bundle = served
+    vector = np.linspace(-1, 1, bundle.dim).tolist()
+    before = _searches(client)
+    assert set(before) == {"index", "scan", "selector", "fallback", "empty"}
+    one = f"Item {bundle.item_ids.ids[3].item()}"
+    for spec in (None, {"title": {"any": [one]}}, {"year": {"gt": 5000}}):
+        body: dict[str, Any] = {"vector": vector, "k": 5}
+        if spec is not None:
+            body["filter"] = spec
+        assert client.post("/v1/recall", json=body).status_code == 200
+    client.post("/v1/recall", json={"user_id": "nobody", "fallback": "popular"})  # no search
+    after = _searches(client)
+    grown = {s: after[s] - before[s] for s in after if after[s] != before[s]}
+    assert grown == {"index": 1.0, "scan": 1.0, "empty": 1.0}
+
+
+def test_model_shows_the_filtered_measurements(served: Served) -> None:
+    client, bundle = served
+    index = client.get("/v1/model").json()["index"]
+    assert bundle.manifest.index is not None
+    assert index["filtered"] == bundle.manifest.index["filtered"]
+    assert len(index["filtered"]) >= 3  # 300 items: 0.1% would be under one item
+    for row in index["filtered"]:
+        assert 0 < row["selectivity"] <= 1 and 0 <= row["recall_at_10"] <= 1
+        assert row["p50_ms"] >= 0 and row["strategy"]
