@@ -457,7 +457,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def similar(
         item_id: str, bundle: BundleDep, k: Annotated[int, Query()] = 100
     ) -> Response:
-        """Item-to-item neighbours by inner product of item vectors (the item excluded)."""
+        """Item-to-item neighbours by inner product of item vectors (the item excluded);
+        POST the same path for a filter, exclusions or attributes."""
         answer = await in_pool(_similar, bundle, item_id, SimilarRequest(k=k))
         return _model_response(bundle, answer)
 

@@ -98,6 +98,7 @@ class Condition(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    # null is the same as leaving the op out
     any: list[FilterValue] | None = Field(
         None, description="the item has at least one of these values"
     )
