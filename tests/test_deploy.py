@@ -873,3 +873,156 @@ def test_two_replicas_share_events_through_redis(tmp_path: Path, processes: Proc
         )
     finally:
         redis.kill()
+
+
+# -- the slow availability test: two replicas, one Redis, nginx --------------------------
+
+
+@dataclass
+class AvailabilityWatch:
+    """Answers of each replica, asked directly in a loop: (start, end (monotonic s),
+    replica, whether any of the round's answers contained the watched item)."""
+
+    item: int
+    seen: list[tuple[float, float, int, bool]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def loop(self, replica: int, url: str, user: int, probe: int) -> None:
+        """Recall (popular fallback, a known user), a batch of both, and similar."""
+        deadline = time.monotonic() + MAX_TRAFFIC_S
+        popular = {"user_id": "nobody", "fallback": "popular", "k": 100}
+        known = {"user_id": user, "k": 100, "exclude_seen": False}
+        with httpx.Client(base_url=url, timeout=30) as client:
+            while not self.stop.is_set() and time.monotonic() < deadline:
+                started = time.monotonic()
+                try:
+                    bodies = [
+                        client.post("/v1/recall", json=popular).json(),
+                        client.post("/v1/recall", json=known).json(),
+                        *client.post(
+                            "/v1/recall/batch", json={"requests": [popular, known]}
+                        ).json()["results"],
+                        client.get(f"/v1/items/{probe}/similar", params={"k": 100}).json(),
+                    ]
+                    ids = [item["item_id"] for body in bodies for item in body["items"]]
+                except (httpx.HTTPError, KeyError) as e:
+                    with self.lock:
+                        self.failures.append(f"replica {replica}: {type(e).__name__}: {e}")
+                    continue
+                with self.lock:
+                    self.seen.append((started, time.monotonic(), replica, self.item in ids))
+
+    def between(self, since: float, until: float) -> list[tuple[float, int, bool]]:
+        """(start, replica, item present) of the rounds run wholly within [since, until]."""
+        with self.lock:
+            return [(t, r, has) for t, end, r, has in self.seen if since <= t and end <= until]
+
+    def applied(self, since: float, until: float, present: bool) -> dict[int, float]:
+        """Per replica: seconds from ``since`` to the start of its first round after
+        which every round until ``until`` had the item ``present`` (or not)."""
+        out: dict[int, float] = {}
+        seen = self.between(since, until)
+        for replica in {r for _, r, _ in seen}:
+            mine = [(t, has) for t, r, has in seen if r == replica]
+            wrong = [i for i, (_, has) in enumerate(mine) if has != present]
+            first_ok = wrong[-1] + 1 if wrong else 0
+            assert first_ok < len(mine), f"replica {replica} never applied the change"
+            out[replica] = mine[first_ok][0] - since
+        return out
+
+
+@pytest.mark.slow
+def test_availability_reaches_both_replicas_within_a_second(
+    tmp_path: Path, processes: Processes
+) -> None:
+    """Two ``recall serve`` replicas on one redis-server behind the real nginx, each asked
+    directly in a loop (recall, batch, similar): an item disabled through nginx is in no
+    answer of either replica started 1 s after the POST was sent, and the measured
+    propagation (first answer from which on the item stays out) is under 1 s on both;
+    enabling it brings it back the same way."""
+    from tests.redis_server import RedisServer
+
+    nginx = _nginx_binary()
+    root = tmp_path / "bundles"
+    _run_trainer(tmp_path, root, seed=0)
+    bundle_id = (root / "CURRENT").read_text().strip()
+    users = np.load(root / bundle_id / "user_ids.npy", allow_pickle=False).tolist()
+
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    try:
+        ports = [_free_port(), _free_port()]
+        replicas = [f"http://127.0.0.1:{p}" for p in ports]
+        for i, port in enumerate(ports):
+            env = {**_service_env(root, port), "RECALL_STATE_URL": redis.url()}
+            proc = processes.start(f"service-{i + 1}", ["recall", "serve"], env)
+            _wait_until(replicas[i], lambda u=replicas[i]: _ready_id(u) == bundle_id, 120, proc)
+        prefix = tmp_path / "nginx"
+        prefix.mkdir()
+        lb_port = _free_port()
+        conf = prefix / "nginx.conf"
+        conf.write_text(
+            render_nginx_conf([f"127.0.0.1:{p}" for p in ports], f"127.0.0.1:{lb_port}", prefix)
+        )
+        lb = f"http://127.0.0.1:{lb_port}"
+        nginx_proc = processes.start("nginx", [nginx, "-c", str(conf), "-p", f"{prefix}/"], {})
+        _wait_until("nginx", lambda: _ready_id(lb) == bundle_id, 60, nginx_proc)
+
+        popular = httpx.post(
+            f"{lb}/v1/recall", json={"user_id": "nobody", "fallback": "popular", "k": 2}
+        ).json()
+        item, probe = (i["item_id"] for i in popular["items"])
+        watch = AvailabilityWatch(item)
+        threads = [
+            threading.Thread(target=watch.loop, args=(j, url, int(users[0]), probe), daemon=True)
+            for j, url in enumerate(replicas)
+        ]
+        for thread in threads:
+            thread.start()
+        admin = RecallClient(lb, admin_token=TOKEN)
+        try:
+            time.sleep(1.0)
+            disabled_at = time.monotonic()
+            assert admin.set_availability(disable=[item]).unknown == []
+            time.sleep(2.5)
+            enabled_at = time.monotonic()
+            assert admin.set_availability(enable=[item]).unknown == []
+            time.sleep(2.5)
+            ended_at = time.monotonic()
+        finally:
+            watch.stop.set()
+            for thread in threads:
+                thread.join(timeout=60)
+            admin.close()
+
+        assert watch.failures == [], watch.failures[:5]
+        before = [has for _, _, has in watch.between(0, disabled_at)]
+        late_off = [(r, has) for _, r, has in watch.between(disabled_at + 1, enabled_at)]
+        late_on = [(r, has) for _, r, has in watch.between(enabled_at + 1, ended_at)]
+        timeline = [(round(t - disabled_at, 3), r, has) for t, r, has in watch.between(0, 1e12)]
+        (tmp_path / "availability.json").write_text(json.dumps(timeline))  # for a failure
+        assert before and all(before)  # the item was in the answers to begin with
+        assert {r for r, _ in late_off} == {0, 1}
+        assert not any(h for _, h in late_off)  # 1 s after the POST: in no answer
+        assert {r for r, _ in late_on} == {0, 1}
+        assert all(h for _, h in late_on)
+        off = watch.applied(disabled_at, enabled_at, present=False)
+        on = watch.applied(enabled_at, ended_at, present=True)
+        logger.info(
+            "availability propagation (s from the POST through nginx): disable %s, enable %s; "
+            "%d answers",
+            {r: round(s, 3) for r, s in off.items()},
+            {r: round(s, 3) for r, s in on.items()},
+            len(watch.seen),
+        )
+        print(
+            "availability propagation (s): disable "
+            + ", ".join(f"replica {r} {v:.3f}" for r, v in sorted(off.items()))
+            + "; enable "
+            + ", ".join(f"replica {r} {v:.3f}" for r, v in sorted(on.items()))
+        )
+        assert max(off.values()) < 1.0 and max(on.values()) < 1.0
+    finally:
+        redis.kill()
