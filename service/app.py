@@ -306,7 +306,8 @@ def create_app(settings: Settings) -> FastAPI:
     def _recall_plain(
         bundle: ServingBundle, query: RecallQuery, with_attributes: bool
     ) -> dict[str, Any]:
-        result = counted(core.recall(bundle, query, settings.max_k, available(bundle)))
+        masks = core.Allowed(bundle, available(bundle))
+        result = counted(core.recall(bundle, query, settings.max_k, masks))
         return _recall_body(result, attributes=_attributes(bundle, result, with_attributes))
 
     def _recall_one(
@@ -318,7 +319,13 @@ def create_app(settings: Settings) -> FastAPI:
     ) -> dict[str, Any]:
         user = user_vectors(bundle, [user_id], state.events)[0]
         answer = recall_user(
-            bundle, query, user, state.shown[0], settings.max_k, state.fresh, available(bundle)
+            bundle,
+            query,
+            user,
+            state.shown[0],
+            settings.max_k,
+            state.fresh,
+            core.Allowed(bundle, available(bundle)),
         )
         attributes = _attributes(bundle, counted(answer.result), with_attributes)
         return _recall_body(answer.result, answer.fresh_events, state.fresh, attributes)
@@ -364,7 +371,8 @@ def create_app(settings: Settings) -> FastAPI:
         state: UserState,
     ) -> list[dict[str, Any]]:
         position = {user: j for j, user in enumerate(users)}
-        allowed = available(bundle)  # one availability for the whole batch
+        # one availability for the whole batch, each distinct filter compiled once
+        masks = core.Allowed(bundle, available(bundle))
         vectors: list[UserVector | None] = []
         if users:
             vectors = user_vectors(bundle, users, state.events)
@@ -376,13 +384,13 @@ def create_app(settings: Settings) -> FastAPI:
             query, exclude_shown, with_attributes = entry
             try:
                 if query.user_id is None:
-                    result = core.recall(bundle, query, settings.max_k, allowed)
+                    result = core.recall(bundle, query, settings.max_k, masks)
                     fresh_events = 0
                 else:
                     j = position[query.user_id]
                     shown = state.shown[j] if exclude_shown else []
                     answer = recall_user(
-                        bundle, query, vectors[j], shown, settings.max_k, state.fresh, allowed
+                        bundle, query, vectors[j], shown, settings.max_k, state.fresh, masks
                     )
                     result, fresh_events = answer.result, answer.fresh_events
                 # only user_id entries read the store

@@ -153,18 +153,18 @@ def recall_user(
     shown: Sequence[ExternalId],
     max_k: int,
     store_read: bool = True,
-    available: np.ndarray | None = None,
+    masks: core.Allowed | None = None,
 ) -> FreshRecall:
     """Top-k for a ``user_id`` query whose vector :func:`user_vectors` made (``user``),
-    among the items its filter and ``available`` (bool (n_items,), None = all) allow,
+    among the items its filter and the availability of ``masks`` allow,
     minus ``shown`` (item ids of recent impressions, when the request asked) and, unless
     ``exclude_seen`` is false, the items the user has seen. Other queries: the plain
     :func:`service.recaller.recall`. ``store_read`` False (the store could not be read):
     a 404 says that the user's events were not consulted."""
     if query.user_id is None:
-        return FreshRecall(core.recall(bundle, query, max_k, available), 0)
+        return FreshRecall(core.recall(bundle, query, max_k, masks), 0)
     core.check_k(query.k, max_k)
-    allowed = core.allowed_mask(bundle, query.filter, available)
+    allowed = (masks or core.Allowed(bundle)).mask(query.filter)
     dropped = [*query.exclude, *shown]
     exclude = bundle.item_ids.rows(dropped) if dropped else np.zeros(0, np.int64)
     exclude = exclude[exclude >= 0]

@@ -8,6 +8,7 @@ domain errors of :mod:`service.errors`; the HTTP layer only translates.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -220,14 +221,33 @@ def allowed_mask(
     return mask
 
 
+class Allowed:
+    """The masks of one request or one batch: ``available`` (bool (n_items,), items not
+    disabled; None = all) AND each query's filter, compiled once per distinct filter (the
+    entries of a batch often share one). Not thread-safe: one per request."""
+
+    def __init__(self, bundle: ServingBundle, available: np.ndarray | None = None) -> None:
+        self.bundle = bundle
+        self.available = available
+        self._masks: dict[str, np.ndarray | None] = {}
+
+    def mask(self, spec: Mapping[str, Mapping[str, object]] | None) -> np.ndarray | None:
+        """:func:`allowed_mask` of ``spec`` (bool (n_items,) or None), cached by filter."""
+        if spec is None:
+            return self.available
+        key = json.dumps(spec, sort_keys=True)
+        if key not in self._masks:
+            self._masks[key] = allowed_mask(self.bundle, spec, self.available)
+        return self._masks[key]
+
+
 def recall(
-    bundle: ServingBundle, query: RecallQuery, max_k: int, available: np.ndarray | None = None
+    bundle: ServingBundle, query: RecallQuery, max_k: int, masks: Allowed | None = None
 ) -> RecallResult:
-    """Top-k items by inner product for one query among the items its filter and
-    ``available`` allow (:func:`allowed_mask`), exclusions applied (k items unless fewer
-    are left)."""
+    """Top-k items by inner product for one query among the items its filter and the
+    availability of ``masks`` allow, exclusions applied (k items unless fewer are left)."""
     check_k(query.k, max_k)
-    allowed = allowed_mask(bundle, query.filter, available)
+    allowed = (masks or Allowed(bundle)).mask(query.filter)
     source, vector, exclude = _query(bundle, query)
     return answer(bundle, query.k, source, vector, exclude, allowed)
 

@@ -21,7 +21,9 @@ import numpy as np
 import pytest
 
 from index.build import BuildOptions, build_index
+from index.filters import compile_filter
 from index.publish import publish
+from service import recaller
 from service.app import create_app
 from service.client import InvalidInput, Item, NotFound, Query, RecallClient
 from service.client import RecallResult as ClientResult
@@ -487,3 +489,31 @@ def test_model_shows_the_filtered_measurements(served: Served) -> None:
     for row in index["filtered"]:
         assert 0 < row["selectivity"] <= 1 and 0 <= row["recall_at_10"] <= 1
         assert row["p50_ms"] >= 0 and row["strategy"]
+
+
+def test_a_batch_compiles_each_distinct_filter_once(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spy around the real compile_filter: entries sharing a filter (in any key order)
+    share its mask, and the answers are still each entry's exact top-k."""
+    client, bundle = served
+    calls: list[object] = []
+
+    def counting(spec: Any, attributes: Any) -> np.ndarray:
+        calls.append(spec)
+        return compile_filter(spec, attributes)
+
+    monkeypatch.setattr(recaller, "compile_filter", counting)
+    spec, allowed = _the_issue_filter(bundle)
+    shuffled = dict(reversed(list(spec.items())))
+    users = [bundle.user_ids.ids[r].item() for r in range(6)]
+    requests = [
+        {"user_id": u, "k": 5, "filter": spec if i % 2 else shuffled} for i, u in enumerate(users)
+    ]
+    requests.append({"vector": [0.1] * bundle.dim, "k": 5, "filter": {"year": {"lt": 1970}}})
+    results = client.post("/v1/recall/batch", json={"requests": requests}).json()["results"]
+    assert len(calls) == 2
+    for row, result in enumerate(results[:6]):
+        _check(result, _oracle(bundle, bundle.user_vectors[row], 5, allowed, bundle.seen(row)))
+    early = _mask(bundle, lambda a: a.get("year", 9999) < 1970)
+    _check(results[6], _oracle(bundle, np.full(bundle.dim, 0.1, np.float32), 5, early))
