@@ -1,0 +1,266 @@
+"""Filtered search benchmark: recall@100 vs the exact filtered top-100 and single-thread
+q/s at several selectivities, per index kind and strategy, next to the unfiltered search.
+
+The vectors are :func:`bench._bundles.clustered_vectors` (the service benchmark's catalog:
+clustered, unequal norms); filters are seeded random masks of each selectivity (each item
+allowed with probability ``s``). Each kind is built once and tuned unfiltered to
+recall@100 >= 0.95 (the builder's ladder); then, per selectivity, :class:`ItemIndex` is
+timed with its own strategy choice (``auto``) and with each strategy forced: ``scan``
+(exact over the allowed rows) and ``selector`` (FAISS + IDSelectorBitmap, widened
+efSearch/nprobe, :func:`index.faiss_index.widen_for_filter`).
+
+    .venv/bin/python bench/filter_bench.py --items 1000000 --out bench/results/filter.json
+
+Single-thread q/s: one query per call on one OpenMP thread (the service's setting); numpy's
+OpenBLAS (the exact scan) is held to one thread by ``OPENBLAS_NUM_THREADS=1``, set here
+before numpy loads (on a loaded machine its spinning threads made one 10k-row scan 10x
+slower).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+from _bundles import clustered_vectors
+from _machine import cpu_model
+
+from index import faiss_index as fi
+from index.exact import exact_topk, recall_at_k
+from index.search import ItemIndex
+
+logger = logging.getLogger("bench.filter")
+
+K = 100
+SELECTIVITIES = (0.5, 0.1, 0.01, 0.001, 0.0001)
+
+
+def _tune(index: ItemIndex, spec: fi.IndexSpec, queries: np.ndarray, exact: np.ndarray) -> Any:
+    """The cheapest setting of the builder's ladders reaching recall@100 >= 0.95
+    (else the best one), by batch time."""
+    best: tuple[float, float, fi.SearchSettings] | None = None
+    for ladder in fi.tuning_ladders(index.kind, spec, K):
+        for settings in ladder:
+            t0 = time.perf_counter()
+            _, found = index.search_index(queries, K, settings=settings)
+            seconds = time.perf_counter() - t0
+            recall = recall_at_k(found, exact, K)
+            logger.info("tune %s: recall@100 %.4f, %.2f s", settings, recall, seconds)
+            key = (-min(recall, 0.95), seconds)
+            if best is None or key < best[:2]:
+                best = (*key, settings)
+            if recall >= 0.95:
+                break
+    assert best is not None
+    return best[2]
+
+
+def _force(index: ItemIndex, strategy: str) -> None:
+    """Make ``index`` use one filtered strategy (``auto``: its own thresholds)."""
+    for name in ("scan_eligible", "scan_rows", "scan_share"):
+        if name in vars(index):
+            delattr(index, name)
+    if strategy == "scan":
+        index.scan_share = 1.0
+    elif strategy == "selector":
+        index.scan_eligible = 0
+        index.scan_rows = 0
+        index.scan_share = 0.0
+
+
+def _single_qps(index: ItemIndex, queries: np.ndarray, mask: np.ndarray | None) -> float:
+    """Queries/s one at a time, FAISS and BLAS on one thread."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        index.search(queries[:1], K, allowed=mask)
+        t0 = time.perf_counter()
+        for i in range(queries.shape[0]):
+            index.search(queries[i : i + 1], K, allowed=mask)
+        return queries.shape[0] / (time.perf_counter() - t0)
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
+def _recall(
+    index: ItemIndex, queries: np.ndarray, mask: np.ndarray, exact: np.ndarray
+) -> tuple[float, float, list[str]]:
+    """recall@100, recall@10 against the exact filtered answer, and the strategies used."""
+    found = index.search_detailed(queries, K, allowed=mask)
+    k = min(K, exact.shape[1])
+    return (
+        recall_at_k(found.rows, exact, k),
+        recall_at_k(found.rows, exact, min(10, k)),
+        sorted(set(found.strategies)),
+    )
+
+
+def bench_kind(
+    kind: fi.Kind,
+    items: np.ndarray,
+    queries: np.ndarray,
+    tune_queries: np.ndarray,
+    selectivities: list[float],
+    single: int,
+    seed: int,
+) -> list[dict[str, Any]]:
+    n_items, dim = items.shape
+    spec = fi.make_spec(kind, n_items, dim, ef_construction=64)
+    t0 = time.perf_counter()
+    vectors, _ = fi.to_index_space(items, spec)
+    faiss_index = fi.create_index(spec, vectors)
+    entry_rows = fi.choose_entry_points(spec, vectors) if spec.entry_points else None
+    build_seconds = time.perf_counter() - t0
+    del vectors
+    logger.info("%s over %d items built in %.1f s", spec.factory, n_items, build_seconds)
+    searcher = ItemIndex(faiss_index, items, kind, entry_rows=entry_rows)
+    _, tune_exact = exact_topk(tune_queries, items, K)
+    settings = _tune(searcher, spec, tune_queries, tune_exact)
+    index = ItemIndex(faiss_index, items, kind, settings, entry_rows)
+    _, exact = exact_topk(queries, items, K)
+    found = index.search(queries, K)[1]
+    base = {
+        "kind": kind,
+        "factory": spec.factory,
+        "search_params": settings.to_manifest(),
+        "build_seconds": round(build_seconds, 1),
+    }
+    rows = [
+        {
+            **base,
+            "selectivity": 1.0,
+            "strategy": "unfiltered",
+            "used": ["index"],
+            "recall_at_100": round(recall_at_k(found, exact, K), 4),
+            "recall_at_10": round(recall_at_k(found, exact, 10), 4),
+            "qps_single_thread": round(_single_qps(index, queries[:single], None), 1),
+        }
+    ]
+    logger.info("%s", json.dumps(rows[-1]))
+    rng = np.random.default_rng(seed + 1)
+    for s in selectivities:
+        mask = rng.random(n_items) < s
+        allowed = np.flatnonzero(mask)
+        k = min(K, allowed.size)
+        _, local = exact_topk(queries, items[allowed], k)
+        exact_f = allowed[local]
+        for strategy in ("auto", "scan", "selector"):
+            _force(index, strategy)
+            recall, recall10, used = _recall(index, queries, mask, exact_f)
+            # forced scans of a large share of 1M rows are slow: time fewer of them
+            n_single = single if strategy != "scan" or s <= 0.01 else max(20, single // 5)
+            qps = _single_qps(index, queries[:n_single], mask)
+            rows.append(
+                {
+                    **base,
+                    "selectivity": s,
+                    "allowed_items": int(allowed.size),
+                    "strategy": strategy,
+                    "used": used,
+                    "recall_at_100": round(recall, 4),
+                    "recall_at_10": round(recall10, 4),
+                    "qps_single_thread": round(qps, 1),
+                    "single_queries": n_single,
+                }
+            )
+            logger.info("%s", json.dumps(rows[-1]))
+        _force(index, "auto")
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table: one line per kind x selectivity x strategy."""
+    lines = [
+        "| kind | selectivity | allowed | strategy | used | recall@100 | recall@10 "
+        "| q/s 1 thread |",
+        "|---|---:|---:|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['kind']} | {r['selectivity']:.2%} | {r.get('allowed_items', '-')} "
+            f"| {r['strategy']} | {'+'.join(r['used'])} | {r['recall_at_100']:.3f} "
+            f"| {r['recall_at_10']:.3f} | {r['qps_single_thread']:,.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=64, help="without the bias coordinate")
+    parser.add_argument("--queries", type=int, default=200, help="for recall")
+    parser.add_argument("--single-queries", type=int, default=100, help="for 1-thread q/s")
+    parser.add_argument("--kinds", nargs="+", default=["hnsw", "ivf-flat"], choices=fi.KINDS)
+    parser.add_argument("--selectivities", type=float, nargs="+", default=list(SELECTIVITIES))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="JSON results file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    started = datetime.now(UTC)
+    load = os.getloadavg()
+    items, users = clustered_vectors(args.items, 2 * args.queries, args.dim, args.seed)
+    queries, tune_queries = users[: args.queries], users[args.queries :]
+    rows: list[dict[str, Any]] = []
+    for kind in args.kinds:
+        rows.extend(
+            bench_kind(
+                kind,
+                items,
+                queries,
+                tune_queries,
+                args.selectivities,
+                args.single_queries,
+                args.seed,
+            )
+        )
+    result = {
+        "benchmark": "bench/filter_bench.py",
+        "date": started.isoformat(timespec="seconds"),
+        "seconds": round((datetime.now(UTC) - started).total_seconds(), 1),
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "load_average_at_start": load,
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "faiss": faiss.__version__,
+        },
+        "data": "bench/_bundles.py clustered_vectors; random masks per selectivity",
+        "n_items": args.items,
+        "dim": int(items.shape[1]),
+        "queries": args.queries,
+        "single_thread_queries": args.single_queries,
+        "k": K,
+        "thresholds": {
+            "scan_eligible": ItemIndex.scan_eligible,
+            "scan_rows": ItemIndex.scan_rows,
+            "scan_share": ItemIndex.scan_share,
+            "filter_ef_max": fi.FILTER_EF_MAX,
+            "filter_ef_power": fi.FILTER_EF_POWER,
+        },
+        "rows": rows,
+    }
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        logger.info("wrote %s", args.out)
+    sys.stdout.write(format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
