@@ -8,7 +8,6 @@ domain errors of :mod:`service.errors`; the HTTP layer only translates.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -29,6 +28,7 @@ from index.search import Found, ItemIndex, Strategy
 from index.tower import FLOAT32_MAX, FeatureError, FeatureValue, UserTower
 from index.verify import verify_bundle
 from service.errors import InvalidInput, UnknownId, clip
+from service.filter_cache import FilterCache, filter_key
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,11 @@ class ServingBundle:
         return self.manifest.dim
 
     @cached_property
+    def filters(self) -> FilterCache:
+        """The masks of the filters recent requests used (:mod:`service.filter_cache`)."""
+        return FilterCache(len(self.item_ids))
+
+    @cached_property
     def max_item_norm(self) -> float:
         """The largest L2 norm of an item vector (float64; computed once, in warm-up)."""
         return max_row_norm(self.item_vectors)
@@ -144,6 +149,7 @@ class ServingBundle:
             self.index.search(np.asarray(self.user_vectors[:1]), 10)
         self.tower.encode([np.zeros(1, dtype=np.int64)])
         _ = self.max_item_norm
+        _ = self.filters  # made once here, not raced for by the first requests
 
     def seen(self, user_row: int) -> np.ndarray:
         return self.seen_items[self.seen_indptr[user_row] : self.seen_indptr[user_row + 1]]
@@ -213,7 +219,7 @@ def allowed_mask(
     mask = None
     if spec is not None:
         try:
-            mask = compile_filter(spec, bundle.attributes)
+            mask = bundle.filters.get(spec, lambda s: compile_filter(s, bundle.attributes))
         except (FilterError, AttributeFilterError) as e:
             raise InvalidInput(str(e)) from None
     if available is not None:
@@ -223,8 +229,9 @@ def allowed_mask(
 
 class Allowed:
     """The masks of one request or one batch: ``available`` (bool (n_items,), items not
-    disabled; None = all) AND each query's filter, compiled once per distinct filter (the
-    entries of a batch often share one). Not thread-safe: one per request."""
+    disabled; None = all) AND each query's filter (from the bundle's :class:`FilterCache`),
+    once per distinct filter (the entries of a batch often share one). Not thread-safe:
+    one per request."""
 
     def __init__(self, bundle: ServingBundle, available: np.ndarray | None = None) -> None:
         self.bundle = bundle
@@ -235,7 +242,7 @@ class Allowed:
         """:func:`allowed_mask` of ``spec`` (bool (n_items,) or None), cached by filter."""
         if spec is None:
             return self.available
-        key = json.dumps(spec, sort_keys=True)
+        key = filter_key(spec)
         if key not in self._masks:
             self._masks[key] = allowed_mask(self.bundle, spec, self.available)
         return self._masks[key]

@@ -491,11 +491,12 @@ def test_model_shows_the_filtered_measurements(served: Served) -> None:
         assert row["p50_ms"] >= 0 and row["strategy"]
 
 
-def test_a_batch_compiles_each_distinct_filter_once(
+def test_each_distinct_filter_is_compiled_once(
     served: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A spy around the real compile_filter: entries sharing a filter (in any key order)
-    share its mask, and the answers are still each entry's exact top-k."""
+    """A spy around the real compile_filter: the entries of a batch sharing a filter (in
+    any key order) and later requests with it use one compiled mask, and the answers are
+    still each entry's exact top-k."""
     client, bundle = served
     calls: list[object] = []
 
@@ -504,16 +505,23 @@ def test_a_batch_compiles_each_distinct_filter_once(
         return compile_filter(spec, attributes)
 
     monkeypatch.setattr(recaller, "compile_filter", counting)
-    spec, allowed = _the_issue_filter(bundle)
+    issue, allowed = _the_issue_filter(bundle)
+    unseen = {"title": {"none": ["not a title: this filter is new to the server"]}}
+    spec = {**issue, **unseen}  # the same items, a filter no earlier test sent
     shuffled = dict(reversed(list(spec.items())))
     users = [bundle.user_ids.ids[r].item() for r in range(6)]
-    requests = [
+    requests: list[dict[str, Any]] = [
         {"user_id": u, "k": 5, "filter": spec if i % 2 else shuffled} for i, u in enumerate(users)
     ]
-    requests.append({"vector": [0.1] * bundle.dim, "k": 5, "filter": {"year": {"lt": 1970}}})
+    early_spec = {"year": {"lt": 1970}, **unseen}
+    requests.append({"vector": [0.1] * bundle.dim, "k": 5, "filter": early_spec})
     results = client.post("/v1/recall/batch", json={"requests": requests}).json()["results"]
     assert len(calls) == 2
     for row, result in enumerate(results[:6]):
         _check(result, _oracle(bundle, bundle.user_vectors[row], 5, allowed, bundle.seen(row)))
     early = _mask(bundle, lambda a: a.get("year", 9999) < 1970)
     _check(results[6], _oracle(bundle, np.full(bundle.dim, 0.1, np.float32), 5, early))
+    vector = np.linspace(-1, 1, bundle.dim).astype(np.float32)
+    body = client.post("/v1/recall", json={"vector": vector.tolist(), "filter": shuffled}).json()
+    _check(body, _oracle(bundle, vector, 100, allowed))
+    assert len(calls) == 2  # a later request: the bundle's cached mask
