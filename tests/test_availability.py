@@ -7,6 +7,7 @@ checked against brute force over the item vectors.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Iterator
@@ -20,10 +21,13 @@ import pytest
 from index.current import CURRENT
 from index.publish import publish
 from service.app import create_app
-from service.client import RecallClient
+from service.client import Forbidden, RecallClient, Unauthorized
 from service.recaller import ServingBundle
+from service.settings import STATE_FILE
+from service.state import open_store, sqlite_url
 from tests.live import TOKEN, fresh_state_url, live_server, settings
 from tests.redis_server import redis_server
+from tests.test_metrics_workers import recall_serve
 from tests.test_verify import copy_bundle
 
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -170,6 +174,12 @@ def test_admin_token_is_required(published_root: Path) -> None:
                 headers={"Authorization": "Bearer not-the-admin-token-at-all"},
             )
             assert wrong.status_code == 403 and wrong.json()["error"]["code"] == "forbidden"
+        with RecallClient(url) as no_token:
+            with pytest.raises(Unauthorized):
+                no_token.availability()
+            with pytest.raises(Forbidden):
+                no_token.set_availability(disable=[1], admin_token="not-the-admin-token-at-all")
+            assert no_token.availability(TOKEN) == (0, [])  # nothing was stored
     with live_server(create_app(settings(published_root, admin_token=None))) as url:
         off = httpx.post(url + PATH, json={"disable": [1]}, headers=ADMIN)
         assert off.status_code == 403
@@ -247,3 +257,48 @@ def test_store_down_keeps_the_last_known_set(
                 assert rc.set_availability(enable=[item]).version == 2
             for name, ids in answers(c, bundle, probe).items():
                 assert item in ids, name
+
+
+@pytest.mark.slow
+def test_every_worker_of_a_replica_applies_a_change_written_to_the_store(
+    published_root: Path, bundle: ServingBundle, tmp_path: Path
+) -> None:
+    """``recall serve --workers 2`` on the default SQLite store: a change written to the
+    store by another process (no worker took a POST) reaches whichever worker answers,
+    each by its own poll, within 1 s."""
+    root = tmp_path / "root"
+    root.mkdir()
+    publish(copy_bundle(published_root, root))
+    item, _ = target_item(bundle)
+    query = {"user_id": "nobody-at-all", "fallback": "popular", "k": 5}
+
+    def change(**body: list[int]) -> None:
+        async def write() -> None:
+            store = open_store(sqlite_url(root / STATE_FILE))
+            try:
+                await store.set_availability(body.get("disable", []), body.get("enable", []))
+            finally:
+                await store.close()
+
+        asyncio.run(write())
+
+    def present() -> list[bool]:  # fresh connections: either worker answers
+        return [
+            item in ids_of(httpx.post(f"{url}/v1/recall", json=query, timeout=10).json())
+            for _ in range(20)
+        ]
+
+    with recall_serve(root, tmp_path, workers=2) as (url, _):
+        assert all(present())
+        for action, wanted in (("disable", False), ("enable", True)):
+            started = time.monotonic()
+            change(**{action: [item]})
+            clean_from = None  # start of the first round in which every answer followed it
+            while clean_from is None:
+                round_start = time.monotonic() - started
+                assert round_start < 1.0, f"{action}: a worker still lags after 1 s"
+                if set(present()) == {wanted}:
+                    clean_from = round_start
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
+            assert set(present()) == {wanted}  # 1 s after: still every answer
+            print(f"{action}: every answer of both workers followed it from {clean_from:.3f} s")
