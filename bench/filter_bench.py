@@ -90,7 +90,7 @@ def _single_qps(index: ItemIndex, queries: np.ndarray, mask: np.ndarray | None) 
         t0 = time.perf_counter()
         for i in range(queries.shape[0]):
             index.search(queries[i : i + 1], K, allowed=mask)
-        return queries.shape[0] / (time.perf_counter() - t0)
+        return float(queries.shape[0] / (time.perf_counter() - t0))
     finally:
         faiss.omp_set_num_threads(threads)
 
@@ -152,7 +152,7 @@ def bench_kind(
     logger.info("%s", json.dumps(rows[-1]))
     rng = np.random.default_rng(seed + 1)
     for s in selectivities:
-        mask = rng.random(n_items) < s
+        mask: np.ndarray = np.asarray(rng.random(n_items) < s)
         allowed = np.flatnonzero(mask)
         k = min(K, allowed.size)
         _, local = exact_topk(queries, items[allowed], k)
