@@ -347,9 +347,20 @@ class ItemIndex:
     def _scan(
         self, query: npt.NDArray[np.float32], eligible: npt.NDArray[np.int64], want: int
     ) -> npt.NDArray[np.int64]:
-        """Exact top-``want`` of one query (dim,) among the sorted ``eligible`` rows."""
-        _, top = exact_topk(query[None, :], self.items[eligible], want)
-        return np.asarray(eligible[top[0]], dtype=np.int64)
+        """Exact top-``want`` of one query (dim,) among the sorted ``eligible`` rows (unordered;
+        the caller sorts); a tie at the cut goes to the lower rows.
+
+        Scores by ``einsum`` (the caller's re-scoring too), not BLAS: OpenBLAS's matrix-vector
+        kernel gives identical rows scores that differ in the last bit (measured), which
+        would break ties arbitrarily; einsum scores every row alike (and skips BLAS threads).
+        """
+        if want >= eligible.size:
+            return eligible
+        scores = np.einsum("ij,j->i", self.items[eligible], query)
+        top = np.argpartition(-scores, want - 1)[:want]
+        if np.count_nonzero(scores >= scores[top].min()) > want:  # tie at the cut
+            top = np.argsort(-scores, kind="stable")[:want]
+        return np.asarray(eligible[top], dtype=np.int64)
 
     def _faiss_search(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import faiss
 import numpy as np
 import pytest
 
@@ -244,3 +245,20 @@ def test_widened_search_parameters() -> None:
     assert fi.widen_for_filter("ivf-pq", ivf, 0.25, 64) == fi.SearchSettings(nprobe=32, k_factor=2)
     assert fi.widen_for_filter("ivf-flat", ivf, 0.01, 64).nprobe == 64
     assert fi.widen_for_filter("flat", fi.SearchSettings(), 0.01, None) == fi.SearchSettings()
+
+
+def test_scan_breaks_ties_at_the_cut_by_lower_row() -> None:
+    """Twenty identical allowed items, k cuts through them: the lowest rows win, as in
+    the oracle (a partial sort alone would pick arbitrary ones)."""
+    items, users = clustered(500, 4, DIM, seed=9)
+    items[100:400:15] = items[50]  # 20 copies of row 50's vector at rows 100, 115, ...
+    flat = faiss.IndexFlatIP(items.shape[1])
+    flat.add(items)
+    index = ItemIndex(flat, items, "flat")
+    allowed = np.zeros(500, dtype=bool)
+    allowed[100:400:15] = True
+    allowed[[1, 2, 3]] = True
+    _, rows = index.search(users, 10, allowed=allowed)
+    _, want = _oracle(users, items, 10, allowed)
+    np.testing.assert_array_equal(rows, want)
+    assert index.search_detailed(users, 10, allowed=allowed).strategies == ("scan",) * 4
