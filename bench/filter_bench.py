@@ -70,7 +70,7 @@ def _tune(index: ItemIndex, spec: fi.IndexSpec, queries: np.ndarray, exact: np.n
 
 def _force(index: ItemIndex, strategy: str) -> None:
     """Make ``index`` use one filtered strategy (``auto``: its own thresholds)."""
-    for name in ("scan_eligible", "scan_rows", "scan_share"):
+    for name in ("scan_eligible", "scan_rows", "scan_share", "hnsw_scan_share"):
         if name in vars(index):
             delattr(index, name)
     if strategy == "scan":
@@ -79,6 +79,7 @@ def _force(index: ItemIndex, strategy: str) -> None:
         index.scan_eligible = 0
         index.scan_rows = 0
         index.scan_share = 0.0
+        index.hnsw_scan_share = 0.0
 
 
 def _single_qps(index: ItemIndex, queries: np.ndarray, mask: np.ndarray | None) -> float:
@@ -249,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             "scan_eligible": ItemIndex.scan_eligible,
             "scan_rows": ItemIndex.scan_rows,
             "scan_share": ItemIndex.scan_share,
+            "hnsw_scan_share": ItemIndex.hnsw_scan_share,
             "filter_ef_max": fi.FILTER_EF_MAX,
             "filter_ef_power": fi.FILTER_EF_POWER,
         },

@@ -43,7 +43,7 @@ def built_once(
 def built(built_once: ItemIndex) -> Iterator[ItemIndex]:
     """The module's index; the strategy thresholds a test sets are undone after it."""
     yield built_once
-    for name in ("scan_eligible", "scan_rows", "scan_share"):
+    for name in ("scan_eligible", "scan_rows", "scan_share", "hnsw_scan_share"):
         vars(built_once).pop(name, None)
 
 
@@ -53,6 +53,7 @@ def _force(index: ItemIndex, strategy: str) -> ItemIndex:
         index.scan_share = 1.0
     else:
         index.scan_eligible, index.scan_rows, index.scan_share = 0, 0, 0.0
+        index.hnsw_scan_share = 0.0
     return index
 
 
@@ -210,6 +211,7 @@ def test_per_query_masks_and_strategy_by_count(
     index = built
     index.scan_eligible = 0  # the floor for exclusions only (4096 > this catalog)
     index.scan_rows = 100  # on this 2000-item catalog: <= 100 allowed items are scanned
+    index.hnsw_scan_share = 0.0
     masks = np.stack([_mask(0.02, 1), _mask(0.5, 2)])
     found = index.search_detailed(users[:2], K, allowed=masks)
     assert found.strategies[0] == "scan"
@@ -218,6 +220,9 @@ def test_per_query_masks_and_strategy_by_count(
         assert masks[i][found.rows[i]].all()
     assert index.search_detailed(users[:2], K).strategies == ("index", "index")
     assert index.filter_strategy(100) == "scan" and index.filter_strategy(101) == "selector"
+    # HNSW: a share floor too (2% of the catalog), so a huge catalog still scans 1% filters
+    index.hnsw_scan_share = 0.1
+    assert index.filter_strategy(200) == ("scan" if index.kind == "hnsw" else "selector")
 
 
 def test_invalid_masks_are_value_errors(
