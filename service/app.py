@@ -31,6 +31,7 @@ from starlette.responses import Response
 from service import recaller as core
 from service.accept import NPY_MEDIA_TYPE, wants_npy
 from service.availability import Availability, unknown_ids
+from service.console_routes import install_console
 from service.docs import install_docs
 from service.errors import (
     ApiError,
@@ -296,6 +297,8 @@ def create_app(settings: Settings) -> FastAPI:
                 ),
             },
         )
+
+    install_console(app, in_pool)  # before /v1/items/{id}: /v1/items/search is not an id
 
     def counted(result: RecallResult) -> RecallResult:
         """``result``, its search strategy counted (recall_searches_total)."""

@@ -13,14 +13,19 @@ inode, mtime and raw bytes) and does not retry until CURRENT changes; an admin r
 retries at once. A missing CURRENT (nothing published yet) is logged once, not counted.
 
 What a client sees (:class:`ReloadFailed`, :class:`NotReady`) names bundle ids only;
-paths and what CURRENT holds go to the server log.
+paths and what CURRENT holds go to the server log. :attr:`BundleHolder.reloads` keeps
+this replica's last :data:`KEPT_RELOADS` attempts that loaded or refused a bundle (and
+explicit reloads that found it already served), by bundle id (``GET /v1/replica``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from pathlib import Path
+from typing import Any
 
 from index.bundle import BundleError
 from index.current import CURRENT, CurrentState, Key, inspect_current
@@ -29,6 +34,8 @@ from service.metrics import Metrics
 from service.recaller import ServingBundle
 
 logger = logging.getLogger(__name__)
+
+KEPT_RELOADS = 50
 
 
 class BundleHolder:
@@ -41,6 +48,15 @@ class BundleHolder:
         self._failed_key: Key | None = None  # the state of CURRENT whose load failed
         self._said_missing = False
         self._lock = asyncio.Lock()
+        self.started_at = time.time()  # unix seconds
+        self.reloads: deque[dict[str, Any]] = deque(maxlen=KEPT_RELOADS)
+
+    def _record(self, bundle_id: str | None, result: str, reason: str | None = None) -> None:
+        """Keep one attempt: ``{"at" (unix s), "bundle_id", "result", "reason"?}``."""
+        entry: dict[str, Any] = {"at": time.time(), "bundle_id": bundle_id, "result": result}
+        if reason is not None:
+            entry["reason"] = reason
+        self.reloads.append(entry)
 
     @property
     def current(self) -> ServingBundle | None:
@@ -73,6 +89,8 @@ class BundleHolder:
             current = self._current
             if current is not None and current.id == state.bundle_id:
                 self._failed_key = None
+                if retry_failed:
+                    self._record(current.id, "unchanged")
                 return current, False
             if state.key == self._failed_key and not retry_failed:
                 raise ReloadFailed(self._refusal(state.bundle_id))
@@ -87,6 +105,7 @@ class BundleHolder:
             self._current = bundle
             self._failed_key = None
             self.metrics.reloads.labels("success").inc()
+            self._record(bundle.id, "success")
             self.metrics.bundle_loaded(bundle.id, len(bundle.item_ids), len(bundle.user_ids))
             logger.info("serving bundle %s", bundle.id)
             return bundle, True
@@ -110,6 +129,7 @@ class BundleHolder:
     def _failure(self, state: CurrentState, why: str, *, trace: bool = False) -> ReloadFailed:
         self._failed_key = state.key
         self.metrics.reloads.labels("failure").inc()
+        self._record(state.bundle_id, "failure", self._refusal(state.bundle_id))
         serving = self._current.id if self._current else "nothing"
         target = state.bundle_id or CURRENT
         logger.error(
