@@ -96,7 +96,7 @@ export function chart(opts) {
   const xt = log ? ticks(x0, x1, 5).filter((t) => Number.isInteger(t)).map((t) => 10 ** t) : ticks(x0, x1, 6);
   for (const t of opts.x.integer ? xt.filter(Number.isInteger) : xt) {
     const x = sx(t);
-    g.append(svgEl("line", { x1: x, x2: x, y1: m.top, y2: m.top + h, class: "grid" }));
+    g.append(svgEl("line", { x1: x, x2: x, y1: m.top, y2: m.top + h, class: "gridline" }));
     g.append(svgEl("text", { x, y: m.top + h + 16, class: "tick", "text-anchor": "middle" }, fmt(t)));
   }
   g.append(
@@ -113,7 +113,7 @@ export function chart(opts) {
     g.append(svgEl("line", { x1: ax, x2: ax, y1: m.top, y2: m.top + h, class: "axis" }));
     for (const t of ticks(y0, y1, 5)) {
       const y = sy(t);
-      if (!right) g.append(svgEl("line", { x1: m.left, x2: m.left + w, y1: y, y2: y, class: "grid" }));
+      if (!right) g.append(svgEl("line", { x1: m.left, x2: m.left + w, y1: y, y2: y, class: "gridline" }));
       g.append(
         svgEl(
           "text",
@@ -161,7 +161,7 @@ export function chart(opts) {
   if (names.length > 1) {
     let lx = m.left + w;
     for (const se of [...names].reverse()) {
-      const t = svgEl("text", { x: lx, y: 16, class: "legend", "text-anchor": "end", fill: se.color ?? "#2563eb" }, `● ${se.name}`);
+      const t = svgEl("text", { x: lx, y: 16, class: "legend", "text-anchor": "end", fill: se.color ?? "#2563eb" }, `${se.shape === "square" ? "■" : "●"} ${se.name}`);
       svg.append(t);
       lx -= se.name.length * 7 + 24;
     }

@@ -43,16 +43,22 @@ async function api(path, body) {
   return data;
 }
 
+/** Shows `err`'s message in #error, under any other message shown since the last clear. */
 function showError(err) {
   const message = err instanceof Error ? err.message : String(err);
-  errorBox.textContent = message;
-  errorBox.title = err instanceof ApiError ? `${err.status} ${err.code}` : "";
+  const shown = [...errorBox.children].map((c) => c.textContent);
+  if (!shown.includes(message)) {
+    const line = document.createElement("div");
+    line.textContent = message;
+    line.title = err instanceof ApiError ? `HTTP ${err.status} ${err.code}` : "";
+    errorBox.append(line);
+  }
   errorBox.hidden = false;
 }
 
 function clearError() {
   errorBox.hidden = true;
-  errorBox.textContent = "";
+  errorBox.replaceChildren();
 }
 
 /** An element `tag` with attributes (`class`, `data-*`, properties) and children. */
@@ -72,6 +78,8 @@ function h(tag, attrs = {}, ...children) {
   return el;
 }
 
+/** A "loading…" placeholder (replacing an old answer at once, so nobody reads it as new). */
+const loading = () => h("p", { class: "muted" }, "loading…");
 const num = (v, digits = 4) => (typeof v === "number" ? String(Number(v.toFixed(digits))) : v ?? "—");
 const pct = (v) => (typeof v === "number" ? `${(v * 100).toFixed(1)}%` : "—");
 
@@ -427,7 +435,7 @@ function historyTable(hist) {
       h(
         "tr",
         { "data-item-id": String(e.item_id), class: e.fresh ? "fresh" : "" },
-        h("td", {}, when(e.timestamp), e.fresh ? h("span", { class: "badge", "data-testid": "fresh-badge" }, "fresh") : null),
+        h("td", { class: "time" }, when(e.timestamp), e.fresh ? h("span", { class: "badge", "data-testid": "fresh-badge" }, "fresh") : null),
         h("td", {}, h("a", { href: `#/item/${idPath(e.item_id)}`, "data-testid": "similar-link" }, itemTitle(e.item_id, e.attributes)),
           h("div", { class: "attrs" }, `id ${e.item_id}`, e.attributes ? ` · ${attrText(e.attributes)}` : "")),
       ),
@@ -442,6 +450,7 @@ async function userPage(rawId) {
   const recBox = h("div", {}, h("p", { class: "muted" }, "loading…"));
   const run = async (opts) => {
     clearError();
+    recBox.replaceChildren(loading());
     const body = { user_id: id, k: opts.k, exclude_seen: opts.exclude_seen, exclude_shown: opts.exclude_shown, with_attributes: true };
     if (opts.filter !== undefined) body.filter = opts.filter;
     try {
@@ -481,10 +490,9 @@ async function builderPage() {
   const pickedBox = h("div", { class: "chips", "data-testid": "picked-items" });
   const results = h("div", {});
   const recBox = h("div", {}, h("p", { class: "muted" }, "Pick a few items to see what a user with that history gets."));
-  let lastOpts = null;
   const run = async (opts) => {
-    lastOpts = opts;
     clearError();
+    recBox.replaceChildren(loading());
     if (picked.size === 0) {
       recBox.replaceChildren(h("p", { class: "muted" }, "Pick a few items to see what a user with that history gets."));
       return;
@@ -538,10 +546,10 @@ async function builderPage() {
           : table(
               ["item", ""],
               data.items.map((it) =>
-                h("tr", { "data-item-id": String(it.item_id) },
+                h("tr", { "data-item-id": String(it.item_id), class: "pickable", title: "add to the history",
+                  onclick: () => { picked.set(it.item_id, it.attributes); renderPicked(); submit(); } },
                   h("td", {}, itemTitle(it.item_id, it.attributes), h("div", { class: "attrs" }, `id ${it.item_id} · ${attrText(it.attributes)}`)),
-                  h("td", {}, h("button", { type: "button", class: "plain", "data-testid": "pick-item",
-                    onclick: () => { picked.set(it.item_id, it.attributes); renderPicked(); submit(); } }, "add")),
+                  h("td", {}, h("button", { type: "button", class: "plain", "data-testid": "pick-item" }, "add")),
                 ),
               ),
               { "data-testid": "search-results" },
@@ -562,7 +570,6 @@ async function builderPage() {
       card("What this history recalls", form, recBox),
     ),
   );
-  void lastOpts;
 }
 
 async function itemPage(rawId) {
@@ -571,6 +578,7 @@ async function itemPage(rawId) {
   const about = h("p", { class: "muted" }, "");
   const run = async (opts) => {
     clearError();
+    recBox.replaceChildren(loading());
     const body = { k: opts.k, with_attributes: true };
     if (opts.filter !== undefined) body.filter = opts.filter;
     try {
