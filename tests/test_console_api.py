@@ -18,6 +18,8 @@ from service.recaller import ServingBundle
 from tests.live import TOKEN, live_server, settings
 from tests.test_reload import GOOD, write_current
 from tests.test_verify import OTHER_ID, copy_bundle
+from trainer.config import TrainConfig
+from trainer.train import Trained
 
 Served = tuple[httpx.Client, ServingBundle]
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -209,3 +211,24 @@ def test_console_page_and_assets_are_served_read_only(served: Served) -> None:
     assert client.post("/console").status_code == 405
     assert client.post("/console/assets/index.html").status_code == 405
     assert client.put("/console/assets/index.html", content=b"x").status_code == 405
+
+
+def test_model_has_the_training_curve_popularity_and_index_measurements(
+    served: Served, trained: Trained, small_config: TrainConfig
+) -> None:
+    client, bundle = served
+    body = client.get("/v1/model").json()
+    assert body["bundle_id"] == bundle.id
+    metrics = body["trainer_metrics"]
+    curve = metrics["epochs"]
+    assert len(curve) == len(trained.metrics["epochs"]) >= 1  # one point per epoch trained
+    assert [(e["epoch"], e["train_loss"], e["valid_hr"]) for e in curve] == [
+        (e["epoch"], e["train_loss"], e["valid_hr"]) for e in trained.metrics["epochs"]
+    ]
+    key = f"valid_hr@{small_config.validation_k}"
+    assert metrics[key] > metrics["popularity"][key] > 0
+    index = body["index"]
+    assert index["kind"] == "flat" and set(index["recall"]) >= {"at_10", "k", "target"}
+    assert index["latency_ms"]["p50"] > 0
+    assert index["tuning"] and all("batch_seconds" in t for t in index["tuning"])
+    assert isinstance(index["filtered"], list | dict)

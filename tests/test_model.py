@@ -16,7 +16,7 @@ from trainer.data import Dataset
 from trainer.evaluate import dot_scorer, evaluate, popularity_scorer, task_from_data
 from trainer.export import bundle_arrays, export_bundle
 from trainer.model import UserBatch, sampled_softmax_loss
-from trainer.train import Trained, train
+from trainer.train import Trained, Validation, popularity_hit_rate, train
 
 
 def _user_features(dataset: Dataset, user: int) -> dict[str, str | float | None]:
@@ -171,3 +171,71 @@ def test_export_failing_half_way_leaves_nothing(
         export_bundle(trained, synthetic, small_config, tmp_path, "bundle-1")
     assert len(written) == 3
     assert list(tmp_path.iterdir()) == []
+
+
+def test_metrics_hold_one_curve_point_per_epoch_trained(
+    trained: Trained, small_config: TrainConfig
+) -> None:
+    epochs = trained.metrics["epochs"]
+    assert 1 <= len(epochs) <= small_config.epochs
+    assert [e["epoch"] for e in epochs] == list(range(1, len(epochs) + 1))
+    assert all(math.isfinite(e["train_loss"]) and e["train_loss"] > 0 for e in epochs)
+    assert all(0 <= e["valid_hr"] <= 1 for e in epochs)
+    best = trained.metrics["best_epoch"]
+    key = f"valid_hr@{small_config.validation_k}"
+    assert (
+        trained.metrics[key] == max(e["valid_hr"] for e in epochs) == epochs[best - 1]["valid_hr"]
+    )
+    if len(epochs) < small_config.epochs:  # stopped early: patience epochs without gain
+        assert len(epochs) - best == small_config.patience
+
+
+def _brute_popularity_hr(counts: np.ndarray, validation: Validation, k: int) -> float:
+    hits = 0
+    for user, target in zip(validation.users, validation.targets, strict=True):
+        scores = counts.astype(np.float64)
+        scores[
+            validation.seen_items[validation.seen_indptr[user] : validation.seen_indptr[user + 1]]
+        ] = -np.inf
+        if not np.isfinite(scores[target]):
+            continue
+        rank = (scores > scores[target]).sum() + (scores[:target] == scores[target]).sum()
+        hits += int(rank < k)
+    return hits / len(validation.users)
+
+
+def test_popularity_hit_rate_follows_the_validation_rules() -> None:
+    counts = np.array([5, 5, 3, 1, 0, 3], dtype=np.int64)
+    seen = [[0], [0, 2], [1], [], [3, 3]]  # user 4 saw item 3 twice
+    validation = Validation(
+        users=np.array([0, 1, 2, 3, 4]),
+        targets=np.array([1, 5, 1, 4, 2]),
+        seen_indptr=np.cumsum([0] + [len(s) for s in seen]).astype(np.int64),
+        seen_items=np.array([i for s in seen for i in s], dtype=np.int64),
+    )
+    # user 0: item 1 first once 0 is out; user 1: 5 ties 2 (out) -> after 1 only;
+    # user 2: the target was seen (no hit); user 3: item 4 is last (rank 5); user 4: rank 2
+    assert popularity_hit_rate(counts, validation, 1) == pytest.approx(1 / 5)
+    assert popularity_hit_rate(counts, validation, 2) == pytest.approx(2 / 5)
+    assert popularity_hit_rate(counts, validation, 3) == pytest.approx(3 / 5)
+    assert popularity_hit_rate(counts, validation, 6) == pytest.approx(4 / 5)
+    rng = np.random.default_rng(0)
+    big_counts = rng.integers(0, 5, 40)  # many ties
+    lengths = rng.integers(0, 6, 30)
+    big = Validation(
+        users=np.arange(30),
+        targets=rng.integers(0, 40, 30),
+        seen_indptr=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        seen_items=rng.integers(0, 40, int(lengths.sum())),
+    )
+    for k in (1, 5, 20):
+        assert popularity_hit_rate(big_counts, big, k) == _brute_popularity_hr(big_counts, big, k)
+
+
+def test_metrics_compare_the_model_with_popularity_on_the_same_validation(
+    trained: Trained, small_config: TrainConfig
+) -> None:
+    key = f"valid_hr@{small_config.validation_k}"
+    popular = trained.metrics["popularity"][key]
+    assert 0 < popular < 1
+    assert trained.metrics[key] > popular  # the planted structure beats popularity

@@ -161,6 +161,24 @@ def hit_rate(
     return hits / max(len(users), 1)
 
 
+def popularity_hit_rate(item_counts: np.ndarray, validation: Validation, k: int) -> float:
+    """HR@k of the validation items when every user gets the most popular items (training
+    interactions per item, ``item_counts`` (n_items,)), training items excluded and ties
+    to the lower item row: :func:`hit_rate`'s rules with popularity as the score."""
+    order = np.lexsort((np.arange(len(item_counts)), -item_counts))  # most popular first
+    position = np.empty(len(item_counts), dtype=np.int64)
+    position[order] = np.arange(len(item_counts))
+    seen_indptr, seen_items = validation.seen_indptr, validation.seen_items
+    hits = 0
+    for user, target in zip(validation.users.tolist(), validation.targets.tolist(), strict=True):
+        seen = seen_items[seen_indptr[user] : seen_indptr[user + 1]]
+        if (seen == target).any():  # excluded, as in hit_rate (score -inf)
+            continue
+        ahead = position[target] - int((position[np.unique(seen)] < position[target]).sum())
+        hits += int(ahead < k)
+    return hits / max(len(validation.users), 1)
+
+
 def _optimizers(model: CandidateModel, config: TrainConfig, sparse: bool) -> list[Any]:
     if not sparse:
         return [
@@ -314,6 +332,12 @@ def _fit(
     return {
         "best_epoch": best["epoch"],
         f"valid_hr@{config.validation_k}": round(best["valid_hr"], 5),
+        # the same users, items excluded and k, ranked by training popularity
+        "popularity": {
+            f"valid_hr@{config.validation_k}": round(
+                popularity_hit_rate(prepared.item_counts, validation, config.validation_k), 5
+            )
+        },
         "validation_users": len(validation.users),
         "examples_per_second": round(
             float(np.mean([h["examples_per_second"] for h in history])), 1
