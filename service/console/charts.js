@@ -57,7 +57,8 @@ function extent(values, { zero = false, pad = 0.06 } = {}) {
  *   title, xLabel, width=520, height=260, testid,
  *   x: {label, min?, max?, log?},
  *   left:  {label, series: [{name, points: [[x, y], ...], color, shape?: "circle"|"square",
- *                           pointClass?: string, line?: bool, labels?: string[]}], zero?},
+ *                           pointClass?: string, line?: bool, labels?: string[] (tooltips),
+ *                           annotate?: string[] (text beside each point)}], zero?, min?, max?},
  *   right: same as left, optional (a second y axis on the right)
  * }
  * Each point is drawn as a <circle> (or <rect>) with class `pointClass` (default "point")
@@ -150,6 +151,16 @@ export function chart(opts) {
         const tip = se.labels?.[i] ?? `${se.name}: ${fmt(p[1])} at ${opts.x.label} ${fmt(p[0])}`;
         mark.append(svgEl("title", {}, tip));
         svg.append(mark);
+        if (se.annotate?.[i]) {
+          const left = x > m.left + w * 0.7; // near the right edge: write it to the left
+          svg.append(
+            svgEl(
+              "text",
+              { x: left ? x - 6 : x + 6, y: y - 5, class: "annotation", "text-anchor": left ? "end" : "start" },
+              se.annotate[i],
+            ),
+          );
+        }
       });
     }
   };

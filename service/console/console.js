@@ -253,6 +253,10 @@ function tuningCard(index) {
   const recall = index.recall ?? {};
   const k = recall.k ?? 100;
   const queries = recall.tune_queries ?? recall.queries;
+  // Each point annotated with the settings that differ between trials (e.g. nprobe=4).
+  const varying = Object.keys(trials[0] ?? {}).filter(
+    (key) => !key.startsWith("recall_at_") && key !== "batch_seconds" && new Set(trials.map((t) => JSON.stringify(t[key]))).size > 1,
+  );
   const pts = trials
     .map((t) => {
       const r = t[`recall_at_${k}`] ?? Object.entries(t).find(([key]) => key.startsWith("recall_at_"))?.[1];
@@ -261,7 +265,7 @@ function tuningCard(index) {
         .filter(([key]) => !key.startsWith("recall_at_") && key !== "batch_seconds")
         .map(([key, v]) => `${key}=${v}`)
         .join(", ");
-      return { r, ms, settings };
+      return { r, ms, settings, note: varying.map((key) => `${key}=${t[key]}`).join(", ") };
     })
     .filter((p) => Number.isFinite(p.r) && Number.isFinite(p.ms));
   if (pts.length === 0) return card("Recall vs latency while tuning", h("p", { class: "muted" }, "No tuning points recorded."));
@@ -277,7 +281,8 @@ function tuningCard(index) {
       series: [{
         name: "trial",
         color: "#7c3aed",
-        line: pts.length > 1,
+        line: false,
+        annotate: pts.length > 1 ? pts.map((p) => p.note) : undefined,
         points: pts.map((p) => [p.ms, p.r]),
         labels: pts.map((p) => `${p.settings}: recall@${k} ${num(p.r)}, ${num(p.ms, 4)} ms/query`),
       }],
