@@ -2,7 +2,7 @@
 // Read-only: it calls only GET endpoints and the read-only POSTs /v1/recall and
 // /v1/items/{id}/similar. Every API error shows the envelope's message in #error.
 
-import { chart, fmt } from "./charts.js";
+import { chart, fmt, svgEl } from "./charts.js";
 import { bucketDelta, buckets, parseProm, quantile, statusClass, sumBy } from "./prom.js";
 
 const view = document.getElementById("view");
@@ -207,24 +207,69 @@ function trainingCard(metrics) {
 }
 
 function qualityCard(metrics) {
-  // Offline quality: the trainer's validation metrics and any baseline it recorded.
-  const scalars = Object.entries(metrics).filter(([, v]) => typeof v === "number" || typeof v === "string");
-  const nested = Object.entries(metrics).filter(
-    ([k, v]) => v && typeof v === "object" && !Array.isArray(v) && k !== "config",
+  // Offline quality: the trainer's validation hit rate against the popularity baseline
+  // measured on the same users (metrics.popularity), then the other training numbers.
+  const baseline = metrics.popularity && typeof metrics.popularity === "object" ? metrics.popularity : {};
+  const compared = Object.keys(baseline).filter((k) => typeof metrics[k] === "number" && typeof baseline[k] === "number");
+  const scalars = Object.entries(metrics).filter(
+    ([k, v]) => (typeof v === "number" || typeof v === "string") && !compared.includes(k),
   );
-  const baselineRows = [];
-  for (const [k, v] of nested) {
-    for (const [mk, mv] of Object.entries(v)) {
-      if (typeof mv === "number" || typeof mv === "string") baselineRows.push(h("tr", {}, h("td", {}, `${k}.${mk}`), h("td", { class: "num" }, num(mv))));
-    }
-  }
+  const users = metrics.validation_users ? `${Number(metrics.validation_users).toLocaleString("en")} validation users` : "validation users";
+  const versus = compared.length
+    ? h(
+        "div",
+        { "data-testid": "quality-vs-popularity" },
+        bars(compared.flatMap((k) => [
+          { label: `model ${k.replace("valid_hr", "HR")}`, value: metrics[k], color: "#2563eb" },
+          { label: `popularity ${k.replace("valid_hr", "HR")}`, value: baseline[k], color: "#9ca3af" },
+        ]), `hit rate (fraction of ${users})`),
+        h("p", { class: "muted" }, "HR@K: the share of validation users whose held-out next item is in the top K; popularity recommends the most-interacted items."),
+        table(
+          ["metric", "model ", "popularity ", "model / popularity "],
+          compared.map((k) =>
+            h("tr", {}, h("td", {}, k), h("td", { class: "num" }, num(metrics[k])), h("td", { class: "num" }, num(baseline[k])),
+              h("td", { class: "num" }, baseline[k] > 0 ? `${(metrics[k] / baseline[k]).toFixed(2)}×` : "—")),
+          ),
+        ),
+      )
+    : h("p", { class: "muted" }, "No popularity baseline in this bundle's manifest.");
   return card(
     "Offline quality",
+    versus,
+    h("h2", { style: "margin-top:.8rem" }, "training"),
     table(["metric", "value "], scalars.map(([k, v]) => h("tr", {}, h("td", {}, k), h("td", { class: "num" }, num(v))))),
-    baselineRows.length
-      ? h("div", {}, h("h2", { style: "margin-top:.8rem" }, "against baselines"), table(["metric", "value "], baselineRows))
-      : h("p", { class: "muted" }, "No popularity baseline in this bundle's manifest."),
   );
+}
+
+/** Horizontal bars of values in [0, 1] with their labels and an x axis labelled `xLabel`. */
+function bars(items, xLabel) {
+  const width = 520;
+  const rowH = 22;
+  const left = 150;
+  const right = 50;
+  const top = 6;
+  const plotW = width - left - right;
+  const height = top + items.length * rowH + 40;
+  const max = Math.max(1e-9, ...items.map((i) => i.value));
+  const scale = max <= 1 ? 1 : max;
+  const svg = svgEl("svg", { viewBox: `0 0 ${width} ${height}`, width, height, class: "chart", role: "img", "aria-label": xLabel });
+  const axisY = top + items.length * rowH + 4;
+  for (const t of [0, 0.25, 0.5, 0.75, 1].map((f) => f * scale)) {
+    const x = left + (t / scale) * plotW;
+    svg.append(svgEl("line", { x1: x, x2: x, y1: top, y2: axisY, class: "gridline" }));
+    svg.append(svgEl("text", { x, y: axisY + 14, class: "tick", "text-anchor": "middle" }, fmt(t)));
+  }
+  items.forEach((it, i) => {
+    const y = top + i * rowH;
+    svg.append(svgEl("text", { x: left - 8, y: y + 15, class: "tick", "text-anchor": "end" }, it.label));
+    const bar = svgEl("rect", { x: left, y: y + 3, width: Math.max(1, (it.value / scale) * plotW), height: rowH - 8, fill: it.color, class: "bar" });
+    bar.append(svgEl("title", {}, `${it.label}: ${num(it.value)}`));
+    svg.append(bar);
+    svg.append(svgEl("text", { x: left + (it.value / scale) * plotW + 5, y: y + 15, class: "tick" }, num(it.value, 3)));
+  });
+  svg.append(svgEl("line", { x1: left, x2: left + plotW, y1: axisY, y2: axisY, class: "axis" }));
+  svg.append(svgEl("text", { x: left + plotW / 2, y: height - 4, class: "axis-label", "text-anchor": "middle" }, xLabel));
+  return svg;
 }
 
 function indexCard(index) {
@@ -453,14 +498,18 @@ async function userPage(rawId) {
   const id = parseId(rawId);
   const histBox = h("div", {}, h("p", { class: "muted" }, "loading…"));
   const recBox = h("div", {}, h("p", { class: "muted" }, "loading…"));
+  let asked = 0;
   const run = async (opts) => {
     clearError();
     recBox.replaceChildren(loading());
     const body = { user_id: id, k: opts.k, exclude_seen: opts.exclude_seen, exclude_shown: opts.exclude_shown, with_attributes: true };
     if (opts.filter !== undefined) body.filter = opts.filter;
+    const mine = ++asked; // controls changed quickly: only the newest answer is shown
     try {
-      recBox.replaceChildren(recalledTable(await api("/v1/recall", body)));
+      const answer = await api("/v1/recall", body);
+      if (mine === asked) recBox.replaceChildren(recalledTable(answer));
     } catch (e) {
+      if (mine !== asked) return;
       recBox.replaceChildren(h("p", { class: "muted" }, "no answer"));
       showError(e);
     }
@@ -495,18 +544,23 @@ async function builderPage() {
   const pickedBox = h("div", { class: "chips", "data-testid": "picked-items" });
   const results = h("div", {});
   const recBox = h("div", {}, h("p", { class: "muted" }, "Pick a few items to see what a user with that history gets."));
+  let asked = 0;
   const run = async (opts) => {
     clearError();
     recBox.replaceChildren(loading());
     if (picked.size === 0) {
+      asked += 1; // an answer still on its way is not shown
       recBox.replaceChildren(h("p", { class: "muted" }, "Pick a few items to see what a user with that history gets."));
       return;
     }
     const body = { history: [...picked.keys()], k: opts.k, exclude_seen: opts.exclude_seen, with_attributes: true };
     if (opts.filter !== undefined) body.filter = opts.filter;
+    const mine = ++asked; // controls changed quickly: only the newest answer is shown
     try {
-      recBox.replaceChildren(recalledTable(await api("/v1/recall", body)));
+      const answer = await api("/v1/recall", body);
+      if (mine === asked) recBox.replaceChildren(recalledTable(answer));
     } catch (e) {
+      if (mine !== asked) return;
       recBox.replaceChildren(h("p", { class: "muted" }, "no answer"));
       showError(e);
     }
@@ -581,15 +635,18 @@ async function itemPage(rawId) {
   const id = parseId(rawId);
   const recBox = h("div", {}, h("p", { class: "muted" }, "loading…"));
   const about = h("p", { class: "muted" }, "");
+  let asked = 0;
   const run = async (opts) => {
     clearError();
     recBox.replaceChildren(loading());
     const body = { k: opts.k, with_attributes: true };
     if (opts.filter !== undefined) body.filter = opts.filter;
+    const mine = ++asked; // controls changed quickly: only the newest answer is shown
     try {
       const answer = await api(`/v1/items/${idPath(id)}/similar`, body);
-      recBox.replaceChildren(recalledTable(answer));
+      if (mine === asked) recBox.replaceChildren(recalledTable(answer));
     } catch (e) {
+      if (mine !== asked) return;
       recBox.replaceChildren(h("p", { class: "muted" }, "no answer"));
       showError(e);
     }
