@@ -653,7 +653,7 @@ async function itemPage(rawId) {
   };
   const { form, submit } = controls(run, { shown: false });
   form.querySelector("[data-testid=exclude-seen]").closest("label").remove();
-  view.replaceChildren(h("h1", {}, "Similar items to ", h("code", {}, String(id))), about, card("Nearest items (inner product of item vectors)", form, recBox));
+  view.replaceChildren(h("h1", {}, "Similar items to ", h("code", {}, String(id))), about, h("div", { style: "max-width: 900px" }, card("Nearest items by item vector (POST /v1/items/{id}/similar)", form, recBox)));
   api(`/v1/items/${idPath(id)}`).then(
     (item) => about.replaceChildren(h("b", {}, itemTitle(item.id, item.attributes)), ` · ${attrText(item.attributes)}`),
     () => {},
