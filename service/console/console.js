@@ -395,7 +395,7 @@ function controls(run, { shown = true } = {}) {
   const area = h("textarea", {
     rows: 2,
     cols: 42,
-    placeholder: '{"genres": {"any": ["genre03"]}}',
+    placeholder: 'none; e.g. {"<attribute>": {"any": ["<value>"]}}',
     value: options.filterText,
     "data-testid": "filter-input",
   });
