@@ -55,6 +55,8 @@ class Tab:
     console_errors: list[str] = field(default_factory=list)
     page_errors: list[str] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)
+    requests: list[tuple[str, str]] = field(default_factory=list)
+    """(method, URL) of every request the page made to 127.0.0.1, in order."""
 
     def problems(self) -> list[str]:
         """Everything a clean console page must not produce, one line each."""
@@ -80,6 +82,7 @@ class Browser:
 
         def route(route: Route) -> None:
             if urlsplit(route.request.url).hostname == LOCAL_HOST:
+                tab.requests.append((route.request.method, route.request.url))
                 route.continue_()
             else:
                 tab.blocked.append(route.request.url)
