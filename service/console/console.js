@@ -389,6 +389,17 @@ function replicaCard(replica) {
 /** Recall options shared by the User page and the builder (kept across navigation). */
 const options = { k: 20, exclude_seen: true, exclude_shown: false, filterText: "" };
 
+let attributesText = null; // the bundle's item attributes as "name (kind), ...", once per page load
+
+/** The served bundle's item attributes for the filter box's hint ("" when unknown). */
+function attributeNames() {
+  attributesText ??= api("/v1/model").then(
+    (m) => (m.item_attributes?.length ? `attributes: ${m.item_attributes.map((a) => `${a.name} (${a.kind})`).join(", ")}` : "this bundle has no item attributes"),
+    () => "",
+  );
+  return attributesText;
+}
+
 /** The controls form; `run` is called with the request's options when they change. */
 function controls(run, { shown = true } = {}) {
   const hint = h("div", { class: "hint", "data-testid": "filter-error" });
@@ -421,13 +432,15 @@ function controls(run, { shown = true } = {}) {
     }
     run({ k: options.k, exclude_seen: options.exclude_seen, exclude_shown: options.exclude_shown, filter });
   };
+  const known = h("div", { class: "attrs" });
+  attributeNames().then((text) => { known.textContent = text; });
   const form = h(
     "form",
     { class: "controls", onsubmit: (e) => { e.preventDefault(); submit(); } },
     h("label", {}, "k", kInput),
     h("label", { class: "check" }, seen, "exclude seen"),
     shown ? h("label", { class: "check" }, shownBox, "exclude shown") : null,
-    h("label", {}, "filter (JSON, on item attributes)", area, hint),
+    h("label", {}, "filter (JSON, on item attributes)", area, known, hint),
     h("button", { type: "submit", "data-testid": "recall-button" }, "Recall"),
   );
   for (const el of [kInput, seen, shownBox]) el.addEventListener("change", submit);
