@@ -108,5 +108,6 @@ def test_the_image_build_carries_the_assets(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png", "LICENSE"):
         assert f"service/static/swagger-ui/{asset}" in names
-    for asset in ("index.html", "console.css", "console.js", "charts.js", "prom.js"):
+    console = ("index.html", "console.css", "console.js", "api.js", "dom.js", "charts.js")
+    for asset in (*console, "model.js", "user.js", "live.js", "prom.js"):
         assert f"service/console/{asset}" in names
