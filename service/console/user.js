@@ -237,13 +237,20 @@ export async function builderPage() {
           ? h("p", { class: "muted" }, `no item matches "${q}"`)
           : table(
               ["item", ""],
-              data.items.map((it) =>
-                h("tr", { "data-item-id": String(it.item_id), class: "pickable", title: "add to the history",
-                  onclick: () => { picked.set(it.item_id, it.attributes); renderPicked(); submit(); } },
+              data.items.map((it) => {
+                const add = h("button", { type: "button", class: "plain", "data-testid": "pick-item" }, picked.has(it.item_id) ? "added" : "add");
+                return h("tr", { "data-item-id": String(it.item_id), class: "pickable", title: "add to the history",
+                  onclick: () => {
+                    if (picked.has(it.item_id)) return;
+                    picked.set(it.item_id, it.attributes);
+                    add.textContent = "added";
+                    renderPicked();
+                    submit();
+                  } },
                   h("td", {}, itemTitle(it.item_id, it.attributes), h("div", { class: "attrs" }, `id ${it.item_id} · ${attrText(it.attributes)}`)),
-                  h("td", {}, h("button", { type: "button", class: "plain", "data-testid": "pick-item" }, "add")),
-                ),
-              ),
+                  h("td", {}, add),
+                );
+              }),
               { "data-testid": "search-results" },
             ),
       );
