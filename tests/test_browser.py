@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import Browser, open_browser
+from tests.browser import Browser, chromium_binary, open_browser
 
 PAGE = """<!doctype html><html><body><h1 id="title">local</h1>
 <img src="https://cdn.example.com/lib.png"><img src="/local.png">
@@ -68,3 +68,11 @@ def test_a_clean_page_has_no_problems(browser: Browser, static_url: str) -> None
         tab.page.goto(f"{static_url}/clean.html")
         assert tab.page.get_by_text("clean").is_visible()
     assert tab.problems() == []
+
+
+def test_without_chromium_the_browser_tests_fail_naming_the_package(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr("tests.browser.CHROMIUM", str(tmp_path / "no-chromium"))
+    with pytest.raises(pytest.fail.Exception, match=r"apt-get install -y chromium"):
+        chromium_binary()
