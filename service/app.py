@@ -101,6 +101,47 @@ def _model_response(bundle: ServingBundle, content: Any, **kwargs: Any) -> JsonR
     return JsonResponse(content, headers={"X-Bundle-Id": bundle.id}, **kwargs)
 
 
+def _vectors_response(
+    bundle: ServingBundle,
+    vectors: np.ndarray,
+    found: np.ndarray,
+    missing: list[Id],
+    accept: str | None,
+    headers: dict[str, str] | None = None,
+    body: dict[str, Any] | None = None,
+) -> Response:
+    """A vector lookup's answer: a float32 .npy (NaN rows for unknown ids) when `accept`
+    asks for one, else JSON rows (None for unknown ids); `headers` follow X-Bundle-Id and
+    X-Missing-Count on the .npy, `body` follows bundle_id, dim, vectors and missing."""
+    if wants_npy(accept):
+        buffer = io.BytesIO()
+        np.save(buffer, vectors, allow_pickle=False)
+        return Response(
+            buffer.getvalue(),
+            media_type=NPY_MEDIA_TYPE,
+            headers={
+                "X-Bundle-Id": bundle.id,
+                "X-Missing-Count": str(len(missing)),
+                **(headers or {}),
+            },
+        )
+    rows: Any = (
+        vectors
+        if not missing
+        else [v if ok else None for v, ok in zip(vectors, found.tolist(), strict=True)]
+    )
+    return _model_response(
+        bundle,
+        {
+            "bundle_id": bundle.id,
+            "dim": bundle.dim,
+            "vectors": rows,
+            "missing": missing,
+            **(body or {}),
+        },
+    )
+
+
 def _recall_body(
     result: RecallResult,
     fresh_events: int = 0,
@@ -532,23 +573,7 @@ def create_app(settings: Settings) -> FastAPI:
                 if found.all()
                 else [i for i, ok in zip(body.ids, found.tolist(), strict=True) if not ok]
             )
-            if wants_npy(accept):
-                buffer = io.BytesIO()
-                np.save(buffer, vectors, allow_pickle=False)
-                return Response(
-                    buffer.getvalue(),
-                    media_type=NPY_MEDIA_TYPE,
-                    headers={"X-Bundle-Id": bundle.id, "X-Missing-Count": str(len(missing))},
-                )
-            rows: Any = (
-                vectors
-                if not missing
-                else [v if ok else None for v, ok in zip(vectors, found.tolist(), strict=True)]
-            )
-            return _model_response(
-                bundle,
-                {"bundle_id": bundle.id, "dim": bundle.dim, "vectors": rows, "missing": missing},
-            )
+            return _vectors_response(bundle, vectors, found, missing, accept)
 
         many_vectors.__doc__ = (
             f"Stored {kind[:-1]} vectors in request order; unknown ids listed in `missing` "
@@ -609,34 +634,17 @@ def create_app(settings: Settings) -> FastAPI:
         events = [by_user[i] for i in ids]
         vectors, found, fresh_events = await in_pool(_fresh_user_rows, bundle, ids, events)
         missing = [i for i, ok in zip(body.ids, found.tolist(), strict=True) if not ok]
-        if wants_npy(accept):
-            buffer = io.BytesIO()
-            np.save(buffer, vectors, allow_pickle=False)
-            return Response(
-                buffer.getvalue(),
-                media_type=NPY_MEDIA_TYPE,
-                headers={
-                    "X-Bundle-Id": bundle.id,
-                    "X-Missing-Count": str(len(missing)),
-                    "X-Fresh-Count": str(sum(n > 0 for n in fresh_events)),
-                    "X-Fresh": "true" if read.fresh else "false",
-                },
-            )
-        rows: Any = (
-            vectors
-            if not missing
-            else [v if ok else None for v, ok in zip(vectors, found.tolist(), strict=True)]
-        )
-        return _model_response(
+        return _vectors_response(
             bundle,
-            {
-                "bundle_id": bundle.id,
-                "dim": bundle.dim,
-                "vectors": rows,
-                "missing": missing,
-                "fresh_events": fresh_events,
-                "fresh": read.fresh,
+            vectors,
+            found,
+            missing,
+            accept,
+            headers={
+                "X-Fresh-Count": str(sum(n > 0 for n in fresh_events)),
+                "X-Fresh": "true" if read.fresh else "false",
             },
+            body={"fresh_events": fresh_events, "fresh": read.fresh},
         )
 
     many_user_vectors.__doc__ = (
