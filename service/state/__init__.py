@@ -19,6 +19,7 @@ from service.state.base import (
     Id,
     StateStore,
     StateUnavailable,
+    StoreLimits,
 )
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "Id",
     "StateStore",
     "StateUnavailable",
+    "StoreLimits",
     "check_url",
     "open_store",
     "sqlite_url",
@@ -82,25 +84,17 @@ def open_store(
     are bounded by ``timeout_s``, writes by ``write_timeout_s``."""
     if window < 1 or shown_ttl_s <= 0 or retention_s <= 0 or timeout_s <= 0:
         raise ValueError("window, shown_ttl_s, retention_s and timeout_s must be positive")
-    write_timeout_s = max(write_timeout_s, timeout_s)
-    if check_url(url) == "sqlite":
-        from service.state.sqlite import SQLiteStore
-
-        return SQLiteStore(
-            _sqlite_path(url),
-            window=window,
-            shown_ttl_s=shown_ttl_s,
-            retention_s=retention_s,
-            timeout_s=timeout_s,
-            write_timeout_s=write_timeout_s,
-        )
-    from service.state.redis import RedisStore
-
-    return RedisStore(
-        url,
+    limits = StoreLimits(
         window=window,
         shown_ttl_s=shown_ttl_s,
         retention_s=retention_s,
         timeout_s=timeout_s,
-        write_timeout_s=write_timeout_s,
+        write_timeout_s=max(write_timeout_s, timeout_s),
     )
+    if check_url(url) == "sqlite":
+        from service.state.sqlite import SQLiteStore
+
+        return SQLiteStore(_sqlite_path(url), limits)
+    from service.state.redis import RedisStore
+
+    return RedisStore(url, limits)

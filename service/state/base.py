@@ -30,6 +30,20 @@ retry, so it gets longer than the read bound ``timeout_s`` that guards recall la
 
 
 @dataclass(frozen=True, slots=True)
+class StoreLimits:
+    """What a backend keeps and how long it may take: per user the last ``window``
+    interactions, impressions for ``shown_ttl_s`` and the retraining log for
+    ``retention_s`` (seconds, wall clock); reads bounded by ``timeout_s``, writes, ``ping``
+    and each page of ``export`` by ``write_timeout_s``."""
+
+    window: int
+    shown_ttl_s: float
+    retention_s: float
+    timeout_s: float
+    write_timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class Event:
     """One thing a user did: ``timestamp`` in unix seconds."""
 

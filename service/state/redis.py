@@ -44,6 +44,7 @@ from service.state.base import (
     EventType,
     Id,
     StateUnavailable,
+    StoreLimits,
     check_availability,
     check_event,
     check_id,
@@ -129,24 +130,15 @@ class RedisStore:
     def __init__(
         self,
         url: str,
-        *,
-        window: int,
-        shown_ttl_s: float,
-        retention_s: float,
-        timeout_s: float,
-        write_timeout_s: float,
+        limits: StoreLimits,
     ) -> None:
-        self.window = window
-        self.shown_ttl_s = shown_ttl_s
-        self.retention_s = retention_s
-        self.timeout_s = timeout_s
-        self.write_timeout_s = write_timeout_s
+        self.limits = limits
         # One retry, at once: a pooled connection that died with a restarted server is
         # replaced within the same call. wait_for bounds the whole call either way.
         self._client: Redis = Redis.from_url(
             url,
-            socket_timeout=write_timeout_s,
-            socket_connect_timeout=write_timeout_s,
+            socket_timeout=limits.write_timeout_s,
+            socket_connect_timeout=limits.write_timeout_s,
             retry=Retry(NoBackoff(), 1),
             decode_responses=False,
         )
@@ -184,15 +176,15 @@ class RedisStore:
                 member = _enc(item)
                 items[member] = max(ts, items.get(member, -math.inf))
         batch = orjson.dumps([[KINDS.index(k), u, i, ts] for u, i, ts, k in rows])
-        min_id = max(0, int((now - self.retention_s) * 1000))
+        min_id = max(0, int((now - self.limits.retention_s) * 1000))
         keys: list[bytes] = [LOG]
         args: list[bytes | str | int] = [
             batch,
             min_id,
-            self.window,
-            math.ceil(self.retention_s),
-            math.ceil(self.shown_ttl_s),
-            repr(now - self.shown_ttl_s),
+            self.limits.window,
+            math.ceil(self.limits.retention_s),
+            math.ceil(self.limits.shown_ttl_s),
+            repr(now - self.limits.shown_ttl_s),
             0,  # the number of recent keys, set below
         ]
         n_recent = 0
@@ -207,7 +199,7 @@ class RedisStore:
                         args += (repr(ts), member)
                     n_recent += groups is recent
         args[6] = n_recent
-        await self._bounded(self._add_script(keys, args), self.write_timeout_s, "add")
+        await self._bounded(self._add_script(keys, args), self.limits.write_timeout_s, "add")
 
     async def recent(self, user_ids: Sequence[Id], after: float) -> list[list[tuple[Id, float]]]:
         ids = [check_id(u) for u in user_ids]
@@ -219,7 +211,7 @@ class RedisStore:
         out = []
         for reply in replies:
             items = []
-            for member in reply[-self.window :]:
+            for member in reply[-self.limits.window :]:
                 item, _, ts = member.rpartition(b"@")  # the exact repr of the score
                 items.append((orjson.loads(item), float(ts)))
             out.append(items)
@@ -229,23 +221,24 @@ class RedisStore:
         ids = [check_id(u) for u in user_ids]
         if not ids:
             return []
-        since = max(check_time(since), time.time() - self.shown_ttl_s)  # exact TTL, trimmed or not
+        # exact TTL, trimmed or not
+        since = max(check_time(since), time.time() - self.limits.shown_ttl_s)
         replies = await self._read([_shown_key(u) for u in ids], repr(since), "shown")
         return [[orjson.loads(member) for member in reply] for reply in replies]
 
     async def _read(self, keys: list[bytes], low: str, op: str) -> list[list[bytes]]:
         """Per key, the members scored >= ``low`` (``(x``: > x), oldest first: one script
         call (a pipeline costs redis-py's per-command overhead per user)."""
-        reply = await self._bounded(self._read_script(keys, [low]), self.timeout_s, op)
+        reply = await self._bounded(self._read_script(keys, [low]), self.limits.timeout_s, op)
         return cast(list[list[bytes]], reply)
 
     async def export(self, since: float | None = None) -> AsyncIterator[Event]:
         # Exact retention whenever the stream was trimmed: entry ids are arrival times (ms).
-        start = str(max(0, int((time.time() - self.retention_s) * 1000)))
+        start = str(max(0, int((time.time() - self.limits.retention_s) * 1000)))
         while True:
             reply = await self._bounded(
                 self._client.xrange(LOG, min=start, max="+", count=EXPORT_PAGE),
-                self.write_timeout_s,
+                self.limits.write_timeout_s,
                 "export",
             )
             page = cast(list[tuple[bytes, dict[bytes, bytes]]], reply or [])
@@ -264,7 +257,7 @@ class RedisStore:
         args: list[bytes | int] = [len(off), *map(_enc, off), *map(_enc, on)]
         reply = await self._bounded(
             self._availability_script([DISABLED, VERSION], args),
-            self.write_timeout_s,
+            self.limits.write_timeout_s,
             "set_availability",
         )
         return int(cast(int, reply))
@@ -272,7 +265,7 @@ class RedisStore:
     async def availability(self) -> tuple[int, list[Id]]:
         reply = await self._bounded(
             self._read_availability_script([DISABLED, VERSION], []),
-            self.write_timeout_s,
+            self.limits.write_timeout_s,
             "availability",
         )
         version, members = cast(tuple[bytes, list[bytes]], reply)
@@ -281,12 +274,12 @@ class RedisStore:
 
     async def availability_version(self) -> int:
         reply = await self._bounded(
-            self._client.get(VERSION), self.write_timeout_s, "availability_version"
+            self._client.get(VERSION), self.limits.write_timeout_s, "availability_version"
         )
         return 0 if reply is None else int(cast(bytes, reply))
 
     async def ping(self) -> None:
-        await self._bounded(self._client.ping(), self.write_timeout_s, "ping")
+        await self._bounded(self._client.ping(), self.limits.write_timeout_s, "ping")
 
     async def close(self) -> None:
         if self._closed:

@@ -38,6 +38,7 @@ from service.state.base import (
     EventType,
     Id,
     StateUnavailable,
+    StoreLimits,
     check_availability,
     check_event,
     check_id,
@@ -94,19 +95,10 @@ class SQLiteStore:
     def __init__(
         self,
         path: Path,
-        *,
-        window: int,
-        shown_ttl_s: float,
-        retention_s: float,
-        timeout_s: float,
-        write_timeout_s: float,
+        limits: StoreLimits,
     ) -> None:
         self.path = path
-        self.window = window
-        self.shown_ttl_s = shown_ttl_s
-        self.retention_s = retention_s
-        self.timeout_s = timeout_s
-        self.write_timeout_s = write_timeout_s
+        self.limits = limits
         self._executor = ThreadPoolExecutor(THREADS, thread_name_prefix="recall-state")
         # Writes go through one thread: they never wait for each other's lock in-process.
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="recall-state-write")
@@ -128,10 +120,13 @@ class SQLiteStore:
         # isolation_level=None: no implicit transactions; writes use BEGIN IMMEDIATE, so a
         # writer takes the lock up front and busy_timeout applies (no deadlocked upgrade).
         conn = sqlite3.connect(
-            self.path, timeout=self.write_timeout_s, isolation_level=None, check_same_thread=False
+            self.path,
+            timeout=self.limits.write_timeout_s,
+            isolation_level=None,
+            check_same_thread=False,
         )
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.write_timeout_s * 1000)}")
+            conn.execute(f"PRAGMA busy_timeout = {int(self.limits.write_timeout_s * 1000)}")
             self._wal(conn)
             conn.execute("PRAGMA synchronous = FULL")
             conn.executescript(SCHEMA)
@@ -146,7 +141,7 @@ class SQLiteStore:
     def _wal(self, conn: sqlite3.Connection) -> None:
         """Switch the file to WAL (once per file). Two processes opening a new file race for
         this and the loser gets "database is locked" without the busy handler: retry it."""
-        deadline = time.monotonic() + self.write_timeout_s
+        deadline = time.monotonic() + self.limits.write_timeout_s
         while True:
             try:
                 if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal":
@@ -186,7 +181,7 @@ class SQLiteStore:
             conn.executemany(  # keep each user's newest `window` (by ts, then item)
                 "DELETE FROM recent WHERE user = ?1 AND (ts, item) <= (SELECT ts, item "
                 "FROM recent WHERE user = ?1 ORDER BY ts DESC, item DESC LIMIT 1 OFFSET ?2)",
-                [(u, self.window) for u in users],
+                [(u, self.limits.window) for u in users],
             )
             if time.monotonic() >= self._trim_at:
                 self._trim(conn, now)
@@ -199,11 +194,11 @@ class SQLiteStore:
     def _trim(self, conn: sqlite3.Connection, now: float) -> None:
         """Drop impressions past the TTL and up to TRIM_CHUNK log rows past retention (the
         oldest rowids: arrival order, so no index on ``received`` is needed)."""
-        conn.execute("DELETE FROM shown WHERE ts < ?", (now - self.shown_ttl_s,))
+        conn.execute("DELETE FROM shown WHERE ts < ?", (now - self.limits.shown_ttl_s,))
         deleted = conn.execute(
             "DELETE FROM log WHERE seq IN (SELECT seq FROM (SELECT seq, received FROM log "
             "ORDER BY seq LIMIT ?) WHERE received < ?)",
-            (TRIM_CHUNK, now - self.retention_s),
+            (TRIM_CHUNK, now - self.limits.retention_s),
         ).rowcount
         more = deleted == TRIM_CHUNK  # more expired rows wait: trim again at the next write
         self._trim_at = time.monotonic() + (0.0 if more else TRIM_EVERY_S)
@@ -231,7 +226,7 @@ class SQLiteStore:
         for user, item, ts in rows:
             per_user.setdefault(user, []).append((item, ts))
         # The table is capped on insert; cut again in case `window` shrank since.
-        return [per_user.get(u, [])[-self.window :] for u in user_ids]
+        return [per_user.get(u, [])[-self.limits.window :] for u in user_ids]
 
     def _shown(self, user_ids: list[Id], since: float) -> list[list[Id]]:
         rows = self._select_by_user(
@@ -247,7 +242,7 @@ class SQLiteStore:
     def _export_page(self, after_seq: int, since: float | None) -> list[tuple[int, Event]]:
         # Exact retention whenever the rows were trimmed: what arrived before is not exported.
         sql = "SELECT seq, ts, kind, user, item FROM log WHERE seq > ? AND received >= ?"
-        args: list[float] = [after_seq, time.time() - self.retention_s]
+        args: list[float] = [after_seq, time.time() - self.limits.retention_s]
         if since is not None:
             sql += " AND ts >= ?"
             args.append(since)
@@ -260,7 +255,7 @@ class SQLiteStore:
     def _set_availability(self, disable: list[Id], enable: list[Id]) -> int:
         """One transaction on the writer thread: the rows and the version bump together."""
         conn = self._conn()
-        conn.execute(f"PRAGMA busy_timeout = {int(self.write_timeout_s * 1000)}")
+        conn.execute(f"PRAGMA busy_timeout = {int(self.limits.write_timeout_s * 1000)}")
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.executemany(
@@ -327,15 +322,15 @@ class SQLiteStore:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         done.add_done_callback(_retrieve)  # a caller that timed out never reads it
-        self._pending.append((rows, done, loop.time() + self.write_timeout_s))
+        self._pending.append((rows, done, loop.time() + self.limits.write_timeout_s))
         if self._committer is None:
             self._committer = asyncio.create_task(self._commit_pending())
         try:
-            await asyncio.wait_for(asyncio.shield(done), self.write_timeout_s)
+            await asyncio.wait_for(asyncio.shield(done), self.limits.write_timeout_s)
         except TimeoutError:
             done.cancel()  # not written unless its group's commit already began
             raise StateUnavailable(
-                f"SQLite add took longer than {self.write_timeout_s:g} s"
+                f"SQLite add took longer than {self.limits.write_timeout_s:g} s"
             ) from None
 
     async def _commit_pending(self) -> None:
@@ -377,20 +372,21 @@ class SQLiteStore:
         if not ids:
             return []
         after = check_time(after)
-        return await self._call(lambda: self._recent(ids, after), self.timeout_s, "recent")
+        return await self._call(lambda: self._recent(ids, after), self.limits.timeout_s, "recent")
 
     async def shown(self, user_ids: Sequence[Id], since: float) -> list[list[Id]]:
         ids = _ids(user_ids)
         if not ids:
             return []
-        since = max(check_time(since), time.time() - self.shown_ttl_s)  # exact TTL, trimmed or not
-        return await self._call(lambda: self._shown(ids, since), self.timeout_s, "shown")
+        # exact TTL, trimmed or not
+        since = max(check_time(since), time.time() - self.limits.shown_ttl_s)
+        return await self._call(lambda: self._shown(ids, since), self.limits.timeout_s, "shown")
 
     async def export(self, since: float | None = None) -> AsyncIterator[Event]:
         after_seq = 0
         while True:
             page = await self._call(
-                partial(self._export_page, after_seq, since), self.write_timeout_s, "export"
+                partial(self._export_page, after_seq, since), self.limits.write_timeout_s, "export"
             )
             for _, event in page:
                 yield event
@@ -404,28 +400,28 @@ class SQLiteStore:
             return await self.availability_version()
         return await self._call(
             partial(self._set_availability, off, on),
-            self.write_timeout_s,
+            self.limits.write_timeout_s,
             "set_availability",
             self._writer,
         )
 
     async def availability(self) -> tuple[int, list[Id]]:
-        return await self._call(self._availability, self.write_timeout_s, "availability")
+        return await self._call(self._availability, self.limits.write_timeout_s, "availability")
 
     async def availability_version(self) -> int:
         return await self._call(
-            lambda: self._version(self._conn()), self.write_timeout_s, "availability_version"
+            lambda: self._version(self._conn()), self.limits.write_timeout_s, "availability_version"
         )
 
     async def ping(self) -> None:
-        await self._call(self._ping, self.write_timeout_s, "ping")
+        await self._call(self._ping, self.limits.write_timeout_s, "ping")
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         if self._committer is not None:
-            await asyncio.wait([self._committer], timeout=self.write_timeout_s)
+            await asyncio.wait([self._committer], timeout=self.limits.write_timeout_s)
         await asyncio.get_running_loop().run_in_executor(None, self._shutdown)
 
     def _shutdown(self) -> None:
