@@ -13,6 +13,7 @@ from index.build import BuildOptions, build_index
 from index.publish import publish as publish_bundle
 from service.app import create_app
 from service.recaller import ServingBundle
+from tests.browser import Browser, open_browser
 from tests.live import live_server, settings
 from trainer.config import TrainConfig
 from trainer.data import Dataset, load_dataset
@@ -120,3 +121,22 @@ def served(published_root: Path) -> Iterator[tuple[httpx.Client, ServingBundle]]
         httpx.Client(base_url=url) as client,
     ):
         yield client, bundle
+
+
+@pytest.fixture(scope="module")
+def server(published_root: Path) -> Iterator[tuple[str, httpx.Client, ServingBundle]]:
+    """(base URL, a client of it, its bundle) of a live server on ``published_root``, for
+    the browser tests (the page needs the URL); one per test module."""
+    bundle = ServingBundle.load(published_root / (published_root / "CURRENT").read_text().strip())
+    with (
+        live_server(create_app(settings(published_root))) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        yield url, client, bundle
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """One headless chromium (tests/browser.py) per test module."""
+    with open_browser() as opened:
+        yield opened

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import Browser, chromium_binary, open_browser
+from tests.browser import Browser, chromium_binary
 
 PAGE = """<!doctype html><html><body><h1 id="title">local</h1>
 <img src="https://cdn.example.com/lib.png"><img src="/local.png">
@@ -40,12 +40,6 @@ def static_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with open_browser() as opened:
-        yield opened
 
 
 def test_the_harness_records_external_requests_and_errors(

@@ -10,17 +10,14 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
-from service.app import create_app
 from service.recaller import ServingBundle
-from tests.browser import Browser, Tab, open_browser
-from tests.live import live_server, settings
+from tests.browser import Browser, Tab
 
 TIMEOUT_MS = 10_000
 """How long an expectation waits for the page (ms): generous for a loaded CI machine."""
@@ -30,25 +27,6 @@ READ_ONLY_POST = re.compile(r"^http://127\.0\.0\.1:\d+/v1/(recall|items/[^/]+/si
 """The only POSTs the console may send: questions, never a change (no admin, no event)."""
 FAILED_404 = "Failed to load resource: the server responded with a status of 404"
 """What chromium itself logs for a fetch answered 404 (the page did nothing wrong)."""
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """One chromium for the module."""
-    with open_browser() as opened:
-        yield opened
-
-
-@pytest.fixture(scope="module")
-def server(published_root: Path) -> Iterator[tuple[str, httpx.Client, ServingBundle]]:
-    """(base URL, an API client of it, the bundle it serves) of a live server on the
-    conftest's published bundle."""
-    bundle = ServingBundle.load(published_root / (published_root / "CURRENT").read_text().strip())
-    with (
-        live_server(create_app(settings(published_root))) as url,
-        httpx.Client(base_url=url, timeout=30) as client,
-    ):
-        yield url, client, bundle
 
 
 @pytest.fixture

@@ -8,37 +8,17 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from service.app import create_app
 from service.recaller import ServingBundle
-from tests.browser import Browser, Tab, open_browser
-from tests.live import live_server, settings
+from tests.browser import Browser, Tab
 
 TIMEOUT_MS = 10_000
 FAILED_422 = "Failed to load resource: the server responded with a status of 422"
 """What chromium itself logs for a fetch answered 422 (the page did nothing wrong)."""
-
-
-@pytest.fixture(scope="module")
-def server(published_root: Path) -> Iterator[tuple[str, httpx.Client, ServingBundle]]:
-    """(base URL, a client of it, its bundle) of a live server on the conftest bundle."""
-    bundle = ServingBundle.load(published_root / (published_root / "CURRENT").read_text().strip())
-    with (
-        live_server(create_app(settings(published_root))) as url,
-        httpx.Client(base_url=url, timeout=30) as client,
-    ):
-        yield url, client, bundle
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with open_browser() as opened:
-        yield opened
 
 
 @pytest.fixture

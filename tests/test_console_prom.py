@@ -7,36 +7,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.app import create_app
 from service.recaller import ServingBundle
-from tests.browser import Browser, Tab, open_browser
-from tests.live import live_server, settings
+from tests.browser import Browser, Tab
 
 LATENCY = "recall_http_request_duration_seconds"
-
-
-@pytest.fixture(scope="module")
-def server(published_root: Path) -> Iterator[tuple[str, httpx.Client, ServingBundle]]:
-    """(base URL, a client of it, its bundle) of a live server on the conftest bundle."""
-    bundle = ServingBundle.load(published_root / (published_root / "CURRENT").read_text().strip())
-    with (
-        live_server(create_app(settings(published_root))) as url,
-        httpx.Client(base_url=url, timeout=30) as client,
-    ):
-        yield url, client, bundle
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with open_browser() as opened:
-        yield opened
 
 
 @pytest.fixture
