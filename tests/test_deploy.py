@@ -755,6 +755,31 @@ def _exported(url: str) -> list[tuple[int, int, float]]:
     return asyncio.run(read())
 
 
+def _two_replicas_behind_nginx(
+    processes: Processes, nginx: str, tmp_path: Path, root: Path, bundle_id: str, state_url: str
+) -> tuple[list[str], str]:
+    """Two ``recall serve`` replicas of ``root`` with RECALL_STATE_URL ``state_url``, behind
+    the real nginx (its prefix ``tmp_path/nginx``), all ready on ``bundle_id``: (the
+    replicas' base URLs, nginx's)."""
+    ports = [_free_port(), _free_port()]
+    replicas = [f"http://127.0.0.1:{p}" for p in ports]
+    for i, port in enumerate(ports):
+        env = {**_service_env(root, port), "RECALL_STATE_URL": state_url}
+        proc = processes.start(f"service-{i + 1}", ["recall", "serve"], env)
+        _wait_until(replicas[i], lambda u=replicas[i]: _ready_id(u) == bundle_id, 120, proc)
+    prefix = tmp_path / "nginx"
+    prefix.mkdir()
+    lb_port = _free_port()
+    conf = prefix / "nginx.conf"
+    conf.write_text(
+        render_nginx_conf([f"127.0.0.1:{p}" for p in ports], f"127.0.0.1:{lb_port}", prefix)
+    )
+    lb = f"http://127.0.0.1:{lb_port}"
+    nginx_proc = processes.start("nginx", [nginx, "-c", str(conf), "-p", f"{prefix}/"], {})
+    _wait_until("nginx", lambda: _ready_id(lb) == bundle_id, 60, nginx_proc)
+    return replicas, lb
+
+
 @pytest.mark.slow
 def test_two_replicas_share_events_through_redis(tmp_path: Path, processes: Processes) -> None:
     """Two ``recall serve`` replicas with RECALL_STATE_URL on one real redis-server, behind
@@ -776,22 +801,9 @@ def test_two_replicas_share_events_through_redis(tmp_path: Path, processes: Proc
     redis = RedisServer(tmp_path / "redis", appendonly=True)
     redis.start()
     try:
-        ports = [_free_port(), _free_port()]
-        replicas = [f"http://127.0.0.1:{p}" for p in ports]
-        for i, port in enumerate(ports):
-            env = {**_service_env(root, port), "RECALL_STATE_URL": redis.url()}
-            proc = processes.start(f"service-{i + 1}", ["recall", "serve"], env)
-            _wait_until(replicas[i], lambda u=replicas[i]: _ready_id(u) == bundle_id, 120, proc)
-        prefix = tmp_path / "nginx"
-        prefix.mkdir()
-        lb_port = _free_port()
-        conf = prefix / "nginx.conf"
-        conf.write_text(
-            render_nginx_conf([f"127.0.0.1:{p}" for p in ports], f"127.0.0.1:{lb_port}", prefix)
+        replicas, lb = _two_replicas_behind_nginx(
+            processes, nginx, tmp_path, root, bundle_id, redis.url()
         )
-        lb = f"http://127.0.0.1:{lb_port}"
-        nginx_proc = processes.start("nginx", [nginx, "-c", str(conf), "-p", f"{prefix}/"], {})
-        _wait_until("nginx", lambda: _ready_id(lb) == bundle_id, 60, nginx_proc)
 
         # One event through nginx moves the next recall on both replicas.
         known, new = int(users[0]), int(max(users)) + 1
@@ -953,22 +965,9 @@ def test_availability_reaches_both_replicas_within_a_second(
     redis = RedisServer(tmp_path / "redis")
     redis.start()
     try:
-        ports = [_free_port(), _free_port()]
-        replicas = [f"http://127.0.0.1:{p}" for p in ports]
-        for i, port in enumerate(ports):
-            env = {**_service_env(root, port), "RECALL_STATE_URL": redis.url()}
-            proc = processes.start(f"service-{i + 1}", ["recall", "serve"], env)
-            _wait_until(replicas[i], lambda u=replicas[i]: _ready_id(u) == bundle_id, 120, proc)
-        prefix = tmp_path / "nginx"
-        prefix.mkdir()
-        lb_port = _free_port()
-        conf = prefix / "nginx.conf"
-        conf.write_text(
-            render_nginx_conf([f"127.0.0.1:{p}" for p in ports], f"127.0.0.1:{lb_port}", prefix)
+        replicas, lb = _two_replicas_behind_nginx(
+            processes, nginx, tmp_path, root, bundle_id, redis.url()
         )
-        lb = f"http://127.0.0.1:{lb_port}"
-        nginx_proc = processes.start("nginx", [nginx, "-c", str(conf), "-p", f"{prefix}/"], {})
-        _wait_until("nginx", lambda: _ready_id(lb) == bundle_id, 60, nginx_proc)
 
         popular = httpx.post(
             f"{lb}/v1/recall", json={"user_id": "nobody", "fallback": "popular", "k": 2}
