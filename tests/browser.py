@@ -57,11 +57,18 @@ class Tab:
     blocked: list[str] = field(default_factory=list)
     requests: list[tuple[str, str]] = field(default_factory=list)
     """(method, URL) of every request the page made to 127.0.0.1, in order."""
+    expected_console_errors: list[str] = field(default_factory=list)
+    """Prefixes of console errors a test provokes on purpose (whenever they arrive)."""
 
     def problems(self) -> list[str]:
         """Everything a clean console page must not produce, one line each."""
+        unexpected = [
+            text
+            for text in self.console_errors
+            if not text.startswith(tuple(self.expected_console_errors))
+        ]
         return (
-            [f"console error: {text}" for text in self.console_errors]
+            [f"console error: {text}" for text in unexpected]
             + [f"page error: {text}" for text in self.page_errors]
             + [f"request leaving {LOCAL_HOST}: {url}" for url in self.blocked]
         )
