@@ -19,14 +19,12 @@ ML100K_TEST = "tests/test_data.py::test_ml_100k"
 
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The packages, the test configuration and the data tests, away from ``../shared``."""
+    """The packages, pyproject.toml and the tests, away from ``../shared``."""
     copy = tmp_path_factory.mktemp("clone") / "recall"
     ignore = shutil.ignore_patterns("__pycache__")
-    for package in ("trainer", "index", "service"):
+    for package in ("trainer", "index", "service", "tests"):
         shutil.copytree(REPO / package, copy / package, ignore=ignore)
-    (copy / "tests").mkdir()
-    for name in ("pyproject.toml", "tests/conftest.py", "tests/live.py", "tests/test_data.py"):
-        shutil.copy(REPO / name, copy / name)
+    shutil.copy(REPO / "pyproject.toml", copy / "pyproject.toml")
     assert not (copy.parent / "shared").exists()
     return copy
 
