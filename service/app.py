@@ -13,7 +13,6 @@ import asyncio
 import hmac
 import io
 import logging
-import math
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,8 +22,7 @@ from typing import Annotated, Any, TypeVar
 
 import faiss
 import numpy as np
-import orjson
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, Query
 from pydantic import ValidationError
 from starlette.responses import Response
 
@@ -51,6 +49,13 @@ from service.errors import (
 from service.events import parse_events
 from service.fresh import UserVector, canonical_id, recall_user, user_vectors
 from service.head import HeadAsGetMiddleware
+from service.http_common import (
+    BundleDep,
+    JsonResponse,
+    StateDep,
+    fresh_after,
+    model_response,
+)
 from service.limits import BodyLimitMiddleware
 from service.metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
 from service.recaller import RecallQuery, RecallResult, ServingBundle
@@ -88,19 +93,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-class JsonResponse(Response):
-    """JSON via orjson (numpy arrays serialized natively)."""
-
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-def _model_response(bundle: ServingBundle, content: Any, **kwargs: Any) -> JsonResponse:
-    return JsonResponse(content, headers={"X-Bundle-Id": bundle.id}, **kwargs)
-
-
 def _vectors_response(
     bundle: ServingBundle,
     vectors: np.ndarray,
@@ -130,7 +122,7 @@ def _vectors_response(
         if not missing
         else [v if ok else None for v, ok in zip(vectors, found.tolist(), strict=True)]
     )
-    return _model_response(
+    return model_response(
         bundle,
         {
             "bundle_id": bundle.id,
@@ -171,42 +163,10 @@ def _attributes(
     return core.attributes_of(bundle, result.item_ids) if wanted else None
 
 
-async def current_bundle(request: Request) -> ServingBundle:
-    """The bundle this request runs on, taken once: it cannot change under the request.
-
-    ``async`` on purpose: FastAPI runs a plain ``def`` dependency in a worker thread, a
-    thread hop per request for one attribute read."""
-    holder: BundleHolder = request.app.state.holder
-    return holder.require()
-
-
-BundleDep = Annotated[ServingBundle, Depends(current_bundle)]
-
-
-async def state_access(request: Request) -> StateAccess:
-    """The state store of this app (opened by the lifespan)."""
-    access: StateAccess = request.app.state.state
-    return access
-
-
-StateDep = Annotated[StateAccess, Depends(state_access)]
-
-
-def _after(bundle: ServingBundle, user_ids: list[Id]) -> float:
-    """Events to read: those after the training data (``trained_until``) when every user is
-    known to a v2 bundle; else all the store keeps (a new user's events all count, and a v1
-    bundle cannot tell fresh from trained). :mod:`service.fresh` filters per user."""
-    if bundle.trained_until is None or bundle.history is None:
-        return -math.inf
-    if (bundle.user_ids.rows(user_ids) < 0).any():
-        return -math.inf
-    return bundle.trained_until
-
-
 async def _read_state(
     state: StateAccess, bundle: ServingBundle, user_ids: list[Id], with_shown: bool
 ) -> UserState:
-    return await state.read(user_ids, after=_after(bundle, user_ids), with_shown=with_shown)
+    return await state.read(user_ids, after=fresh_after(bundle, user_ids), with_shown=with_shown)
 
 
 def _query(request: RecallRequest, settings: Settings) -> RecallQuery:
@@ -313,7 +273,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def readyz() -> Response:
         """200 with the bundle id once a bundle is loaded, else 503."""
         bundle = holder.require()
-        return _model_response(bundle, {"status": "ready", "bundle_id": bundle.id})
+        return model_response(bundle, {"status": "ready", "bundle_id": bundle.id})
 
     @app.get("/metrics", tags=["operations"], response_class=Response)
     async def prometheus_metrics() -> Response:
@@ -324,7 +284,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def model_info(bundle: BundleDep) -> Response:
         """The bundle being served: id, dims, counts, index and trainer metrics."""
         m = bundle.manifest
-        return _model_response(
+        return model_response(
             bundle,
             {
                 "bundle_id": m.id,
@@ -381,12 +341,12 @@ def create_app(settings: Settings) -> FastAPI:
         query = _query(body, settings)
         if query.user_id is None:
             answer = await in_pool(_recall_plain, bundle, query, body.with_attributes)
-            return _model_response(bundle, answer)
+            return model_response(bundle, answer)
         user_id = canonical_id(bundle.user_ids, query.user_id)
         query = replace(query, user_id=user_id)
         read = await _read_state(state, bundle, [user_id], body.exclude_shown)
         answer = await in_pool(_recall_one, bundle, query, user_id, read, body.with_attributes)
-        return _model_response(bundle, answer)
+        return model_response(bundle, answer)
 
     def _parse_batch(
         bundle: ServingBundle, raw: list[dict[str, Any]]
@@ -468,7 +428,7 @@ def create_app(settings: Settings) -> FastAPI:
         with_shown = any(isinstance(e, tuple) and e[1] for e in entries)
         read = await _read_state(state, bundle, users, with_shown)
         results = await in_pool(_answer_batch, bundle, entries, users, read)
-        return _model_response(bundle, {"bundle_id": bundle.id, "results": results})
+        return model_response(bundle, {"bundle_id": bundle.id, "results": results})
 
     @app.post(
         "/v1/events",
@@ -491,7 +451,7 @@ def create_app(settings: Settings) -> FastAPI:
                 metrics.events.labels("unavailable").inc(len(parsed.events))
                 raise
             metrics.events.labels("stored").inc(len(parsed.events))
-        return _model_response(
+        return model_response(
             bundle,
             {
                 "accepted": len(parsed.events),
@@ -512,7 +472,7 @@ def create_app(settings: Settings) -> FastAPI:
         """Item-to-item neighbours by inner product of item vectors (the item excluded);
         POST the same path for a filter, exclusions or attributes."""
         answer = await in_pool(_similar, bundle, item_id, SimilarRequest(k=k))
-        return _model_response(bundle, answer)
+        return model_response(bundle, answer)
 
     def _similar(bundle: ServingBundle, item_id: str, body: SimilarRequest) -> dict[str, Any]:
         result = core.similar(
@@ -538,7 +498,7 @@ def create_app(settings: Settings) -> FastAPI:
         """Item-to-item neighbours among the items a filter allows, with exclusions and
         attributes on request (the GET form without a body)."""
         answer = await in_pool(_similar, bundle, item_id, body)
-        return _model_response(bundle, answer)
+        return model_response(bundle, answer)
 
     @app.get("/v1/items/{id}", response_model=ItemResponse, responses=ERRORS, tags=["items"])
     async def item(id: str, bundle: BundleDep) -> Response:
@@ -546,7 +506,7 @@ def create_app(settings: Settings) -> FastAPI:
         lists of strings for multi-valued attributes, numbers; missing ones left out; {}
         for a bundle without item attributes)."""
         typed_id, attributes = core.item_of(bundle, id)
-        return _model_response(
+        return model_response(
             bundle, {"bundle_id": bundle.id, "id": typed_id, "attributes": attributes}
         )
 
@@ -554,7 +514,7 @@ def create_app(settings: Settings) -> FastAPI:
         async def one_vector(id: str, bundle: BundleDep) -> Response:
             typed_id, vector = core.vector_of(bundle, kind, id)
             body = {"bundle_id": bundle.id, "id": typed_id, "vector": vector}
-            return _model_response(bundle, body)
+            return model_response(bundle, body)
 
         one_vector.__doc__ = f"The stored vector of one {kind[:-1]}."
         return one_vector
@@ -602,7 +562,7 @@ def create_app(settings: Settings) -> FastAPI:
             "fresh_events": user.fresh_events,
             "fresh": read.fresh,
         }
-        return _model_response(bundle, body)
+        return model_response(bundle, body)
 
     def _fresh_user_rows(
         bundle: ServingBundle, ids: list[Id], events: list[list[tuple[Id, float]]]
@@ -687,7 +647,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def admin_reload() -> Response:
         """Load the bundle CURRENT names now (Authorization: Bearer <RECALL_ADMIN_TOKEN>)."""
         bundle, changed = await holder.reload()
-        return _model_response(bundle, {"bundle_id": bundle.id, "changed": changed})
+        return model_response(bundle, {"bundle_id": bundle.id, "changed": changed})
 
     admin_errors: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorResponse} for code in (401, 403, 413, 422, 503)
@@ -721,7 +681,7 @@ def create_app(settings: Settings) -> FastAPI:
         await availability.refresh()  # this process applies it now, the others at their poll
         unknown = unknown_ids(bundle, list(dict.fromkeys([*disable, *enable])))
         answer = {"version": version, "disabled": len(availability.disabled), "unknown": unknown}
-        return _model_response(bundle, answer)
+        return model_response(bundle, answer)
 
     @app.get(
         "/v1/admin/items/availability",

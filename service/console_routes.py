@@ -13,12 +13,10 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-import orjson
 from fastapi import FastAPI, Query, Request
 from pydantic import BaseModel, Field
 from starlette.responses import FileResponse, Response
@@ -28,9 +26,9 @@ from starlette.types import Scope
 from service.browse import history_rows, search_items, training_window
 from service.errors import UnknownId, clip
 from service.fresh import canonical_id
+from service.http_common import BundleDep, JsonResponse, StateDep, fresh_after, model_response
 from service.reloader import BundleHolder
 from service.schemas import ErrorResponse
-from service.state_access import StateAccess
 
 __all__ = ["CONSOLE_DIR", "install_console"]
 
@@ -115,22 +113,18 @@ def install_console(app: FastAPI, in_pool: InPool) -> None:
     )
     async def user_history(
         id: str,
-        request: Request,
+        bundle: BundleDep,
+        state: StateDep,
         limit: Annotated[int, Query(ge=1, le=MAX_HISTORY_LIMIT)] = 50,
     ) -> Response:
         """A user's training window (the last `limit` items the bundle's user vector was
         made from) and their interactions stored after the training data (`fresh_events`),
         each newest first with the items' attributes; 404 when the bundle does not know
         the user and the state store holds no event of theirs."""
-        holder: BundleHolder = request.app.state.holder
-        bundle = holder.require()
-        state: StateAccess = request.app.state.state
         user_id = canonical_id(bundle.user_ids, id)
         row = bundle.user_ids.row(user_id)
         known = row is not None
-        after = -math.inf  # a new user's events all count; a v1 bundle cannot tell
-        if known and bundle.history is not None and bundle.trained_until is not None:
-            after = bundle.trained_until
+        after = fresh_after(bundle, [user_id])
         read = await state.read([user_id], after=after, with_shown=False)
         events = read.events[0]
         if not known and not events:
@@ -147,7 +141,7 @@ def install_console(app: FastAPI, in_pool: InPool) -> None:
                 "fresh": read.fresh,
             }
 
-        return _json(bundle.id, await in_pool(body))
+        return model_response(bundle, await in_pool(body))
 
     @app.get(
         "/v1/items/search",
@@ -156,16 +150,14 @@ def install_console(app: FastAPI, in_pool: InPool) -> None:
         tags=["console"],
     )
     async def item_search(
-        request: Request,
+        bundle: BundleDep,
         q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS)],
         limit: Annotated[int, Query(ge=1, le=MAX_SEARCH_LIMIT)] = 20,
     ) -> Response:
         """Items whose `title` attribute contains `q` (case-insensitive; the id for a
         bundle without titles), most popular first, with their attributes."""
-        holder: BundleHolder = request.app.state.holder
-        bundle = holder.require()
         items = await in_pool(search_items, bundle, q, limit)
-        return _json(bundle.id, {"bundle_id": bundle.id, "items": items})
+        return model_response(bundle, {"bundle_id": bundle.id, "items": items})
 
     @app.get(
         "/v1/replica",
@@ -183,7 +175,7 @@ def install_console(app: FastAPI, in_pool: InPool) -> None:
             "bundle_id": None if current is None else current.id,
             "reloads": list(holder.reloads),
         }
-        return _json(None if current is None else current.id, body)
+        return model_response(current, body) if current else JsonResponse(body)
 
     @app.get("/console", response_class=FileResponse, include_in_schema=False)
     async def console() -> Response:
@@ -195,9 +187,3 @@ def install_console(app: FastAPI, in_pool: InPool) -> None:
         )
 
     app.mount("/console/assets", ConsoleAssets(directory=CONSOLE_DIR), name="console-assets")
-
-
-def _json(bundle_id: str | None, content: dict[str, Any]) -> Response:
-    headers = {} if bundle_id is None else {"X-Bundle-Id": bundle_id}
-    body = orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
-    return Response(body, media_type="application/json", headers=headers)
