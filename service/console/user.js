@@ -127,25 +127,40 @@ function historyTable(hist) {
   );
 }
 
+/** Show recall answers (POST `path` with `body`) in `box`. When requests overlap (the
+ * controls changed quickly) only the newest answer is shown; `cancel()` drops those still
+ * on their way. */
+function newestAnswer(box) {
+  let asked = 0;
+  return {
+    async show(path, body) {
+      const mine = ++asked;
+      try {
+        const answer = await api(path, body);
+        if (mine === asked) box.replaceChildren(recalledTable(answer));
+      } catch (e) {
+        if (mine !== asked) return;
+        box.replaceChildren(h("p", { class: "muted" }, "no answer"));
+        showError(e);
+      }
+    },
+    cancel() {
+      asked += 1;
+    },
+  };
+}
+
 export async function userPage(rawId) {
   const id = parseId(rawId);
   const histBox = h("div", {}, h("p", { class: "muted" }, "loading…"));
   const recBox = h("div", {}, h("p", { class: "muted" }, "loading…"));
-  let asked = 0;
+  const answers = newestAnswer(recBox);
   const run = async (opts) => {
     clearError();
     recBox.replaceChildren(loading());
     const body = { user_id: id, k: opts.k, exclude_seen: opts.exclude_seen, exclude_shown: opts.exclude_shown, with_attributes: true };
     if (opts.filter !== undefined) body.filter = opts.filter;
-    const mine = ++asked; // controls changed quickly: only the newest answer is shown
-    try {
-      const answer = await api("/v1/recall", body);
-      if (mine === asked) recBox.replaceChildren(recalledTable(answer));
-    } catch (e) {
-      if (mine !== asked) return;
-      recBox.replaceChildren(h("p", { class: "muted" }, "no answer"));
-      showError(e);
-    }
+    await answers.show("/v1/recall", body);
   };
   const { form, submit } = controls(run);
   view.replaceChildren(
@@ -177,26 +192,18 @@ export async function builderPage() {
   const pickedBox = h("div", { class: "chips", "data-testid": "picked-items" });
   const results = h("div", {});
   const recBox = h("div", {}, h("p", { class: "muted" }, "Pick a few items to see what a user with that history gets."));
-  let asked = 0;
+  const answers = newestAnswer(recBox);
   const run = async (opts) => {
     clearError();
     recBox.replaceChildren(loading());
     if (picked.size === 0) {
-      asked += 1; // an answer still on its way is not shown
+      answers.cancel(); // an answer still on its way is not shown
       recBox.replaceChildren(h("p", { class: "muted" }, "Pick a few items to see what a user with that history gets."));
       return;
     }
     const body = { history: [...picked.keys()], k: opts.k, exclude_seen: opts.exclude_seen, with_attributes: true };
     if (opts.filter !== undefined) body.filter = opts.filter;
-    const mine = ++asked; // controls changed quickly: only the newest answer is shown
-    try {
-      const answer = await api("/v1/recall", body);
-      if (mine === asked) recBox.replaceChildren(recalledTable(answer));
-    } catch (e) {
-      if (mine !== asked) return;
-      recBox.replaceChildren(h("p", { class: "muted" }, "no answer"));
-      showError(e);
-    }
+    await answers.show("/v1/recall", body);
   };
   const { form, submit } = controls(run, { shown: false });
   const renderPicked = () => {
@@ -275,21 +282,13 @@ export async function itemPage(rawId) {
   const id = parseId(rawId);
   const recBox = h("div", {}, h("p", { class: "muted" }, "loading…"));
   const about = h("p", { class: "muted" }, "");
-  let asked = 0;
+  const answers = newestAnswer(recBox);
   const run = async (opts) => {
     clearError();
     recBox.replaceChildren(loading());
     const body = { k: opts.k, with_attributes: true };
     if (opts.filter !== undefined) body.filter = opts.filter;
-    const mine = ++asked; // controls changed quickly: only the newest answer is shown
-    try {
-      const answer = await api(`/v1/items/${idPath(id)}/similar`, body);
-      if (mine === asked) recBox.replaceChildren(recalledTable(answer));
-    } catch (e) {
-      if (mine !== asked) return;
-      recBox.replaceChildren(h("p", { class: "muted" }, "no answer"));
-      showError(e);
-    }
+    await answers.show(`/v1/items/${idPath(id)}/similar`, body);
   };
   const { form, submit } = controls(run, { shown: false });
   form.querySelector("[data-testid=exclude-seen]").closest("label").remove();
