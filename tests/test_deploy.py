@@ -580,16 +580,7 @@ def test_retrain_under_traffic_through_nginx(tmp_path: Path, processes: Processe
         )
         assert healthcheck.returncode == 0  # the image's HEALTHCHECK command
 
-    prefix = tmp_path / "nginx"
-    prefix.mkdir()
-    lb_port = _free_port()
-    conf = prefix / "nginx.conf"
-    conf.write_text(
-        render_nginx_conf([f"127.0.0.1:{p}" for p in ports], f"127.0.0.1:{lb_port}", prefix)
-    )
-    lb = f"http://127.0.0.1:{lb_port}"
-    nginx_proc = processes.start("nginx", [nginx, "-c", str(conf), "-p", f"{prefix}/"], {})
-    _wait_until("nginx", lambda: _ready_id(lb) == old_id, 60, nginx_proc)
+    lb = _start_nginx(processes, nginx, tmp_path / "nginx", ports, old_id)
 
     with RecallClient(lb, admin_token=TOKEN) as client:
         assert client.reload().bundle_id == old_id  # the admin API passes through nginx
@@ -767,7 +758,14 @@ def _two_replicas_behind_nginx(
         env = {**_service_env(root, port), "RECALL_STATE_URL": state_url}
         proc = processes.start(f"service-{i + 1}", ["recall", "serve"], env)
         _wait_until(replicas[i], lambda u=replicas[i]: _ready_id(u) == bundle_id, 120, proc)
-    prefix = tmp_path / "nginx"
+    return replicas, _start_nginx(processes, nginx, tmp_path / "nginx", ports, bundle_id)
+
+
+def _start_nginx(
+    processes: Processes, nginx: str, prefix: Path, ports: list[int], bundle_id: str
+) -> str:
+    """The real nginx with the shipped config (prefix ``prefix``) in front of the replicas
+    on ``ports``, ready once it answers with ``bundle_id``; returns its base URL."""
     prefix.mkdir()
     lb_port = _free_port()
     conf = prefix / "nginx.conf"
@@ -777,7 +775,7 @@ def _two_replicas_behind_nginx(
     lb = f"http://127.0.0.1:{lb_port}"
     nginx_proc = processes.start("nginx", [nginx, "-c", str(conf), "-p", f"{prefix}/"], {})
     _wait_until("nginx", lambda: _ready_id(lb) == bundle_id, 60, nginx_proc)
-    return replicas, lb
+    return lb
 
 
 @pytest.mark.slow
