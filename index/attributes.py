@@ -74,6 +74,20 @@ class Column:
         """This column's entries of ``item_attributes.npz``."""
         return {f"{self.name}.{part}": getattr(self, part) for part in _PARTS[self.kind]}
 
+    def items_holding(self, hit: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+        """bool (n_items,): the items of this categorical or multi column holding at least
+        one vocabulary value where ``hit`` (bool, (len(vocabulary),)) is True; an item
+        whose value is missing holds none."""
+        codes = cast(npt.NDArray[np.int32], self.codes)
+        wanted = np.concatenate([[False], hit])  # slot 0: missing (code -1)
+        held: npt.NDArray[np.bool_] = wanted[codes.astype(np.int64) + 1]
+        if self.kind == "categorical":
+            return held
+        indptr = cast(npt.NDArray[np.int64], self.indptr)
+        running = np.concatenate([[0], np.cumsum(held, dtype=np.int64)])
+        has: npt.NDArray[np.bool_] = running[indptr[1:]] > running[indptr[:-1]]
+        return has
+
 
 @dataclass(frozen=True)
 class ItemAttributes:
@@ -163,19 +177,13 @@ class ItemAttributes:
                 f"{name} is {column.kind}: {op!r} takes strings, got {bad[0]!r}"
             )
         vocabulary = cast(npt.NDArray[np.str_], column.vocabulary)
-        codes = cast(npt.NDArray[np.int32], column.codes)
-        wanted_codes = np.zeros(len(vocabulary) + 1, dtype=bool)  # slot 0: missing (-1)
-        where = np.searchsorted(vocabulary, np.asarray(operand, dtype=str))
+        wanted = np.asarray(operand, dtype=str)
+        where = np.searchsorted(vocabulary, wanted)
         found = where < len(vocabulary)
-        found[found] = vocabulary[where[found]] == np.asarray(operand, dtype=str)[found]
-        wanted_codes[where[found] + 1] = True
-        hit = wanted_codes[codes.astype(np.int64) + 1]
-        if column.kind == "categorical":
-            return hit
-        indptr = cast(npt.NDArray[np.int64], column.indptr)
-        running = np.concatenate([[0], np.cumsum(hit, dtype=np.int64)])
-        has: npt.NDArray[np.bool_] = running[indptr[1:]] > running[indptr[:-1]]
-        return has
+        found[found] = vocabulary[where[found]] == wanted[found]
+        hit = np.zeros(len(vocabulary), dtype=bool)
+        hit[where[found]] = True
+        return column.items_holding(hit)
 
     # ------------------------------------------------------------------------- display
 

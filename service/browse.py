@@ -74,16 +74,7 @@ def _matches(bundle: ServingBundle, needle: str) -> npt.NDArray[np.bool_]:
         if column.kind in ("categorical", "multi"):
             vocabulary = cast(npt.NDArray[np.str_], column.vocabulary)
             hit = np.array([needle in v.casefold() for v in vocabulary.tolist()], dtype=bool)
-            codes = cast(npt.NDArray[np.int32], column.codes)
-            coded = np.zeros(len(codes), dtype=bool)
-            valid = codes >= 0
-            coded[valid] = hit[codes[valid]]
-            if column.kind == "categorical":
-                return coded
-            indptr = cast(npt.NDArray[np.int64], column.indptr)
-            running = np.concatenate([[0], np.cumsum(coded, dtype=np.int64)])
-            has: npt.NDArray[np.bool_] = running[indptr[1:]] > running[indptr[:-1]]
-            return has
+            return column.items_holding(hit)
     ids = bundle.item_ids.ids.astype(str)
     found: npt.NDArray[np.bool_] = np.char.find(np.char.lower(ids), needle) >= 0
     return found
