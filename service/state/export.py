@@ -48,28 +48,19 @@ def format_timestamp(timestamp: float) -> str:
 
 
 @contextmanager
-def _atomic_text(path: Path) -> Iterator[IO[str]]:
-    """A text file that replaces ``path`` when the block ends without an error."""
+def _atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """A file (text ``"w"`` or binary ``"wb"``) that replaces ``path``, fsynced, when the
+    block ends without an error; on an error nothing of it remains."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    binary = "b" in mode
     try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+        with os.fdopen(
+            fd, mode, encoding=None if binary else "utf-8", newline=None if binary else ""
+        ) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _copy_atomic(src: Path, dst: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.tmp-")
-    try:
-        with os.fdopen(fd, "wb") as out, src.open("rb") as f:
-            shutil.copyfileobj(f, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dst)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -170,7 +161,7 @@ def export_events(
         if with_data.resolve() == out.resolve():
             raise ValueError("--out must not be the --with-data directory")
     target = out / "interactions.csv"
-    with _atomic_text(target) as f:
+    with _atomic_file(target) as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(COLUMNS)
         data_rows = 0
@@ -182,7 +173,8 @@ def export_events(
         for stem in SIDE_FILES:
             side = _find(with_data, stem)
             if side is not None:
-                _copy_atomic(side, out / side.name)
+                with _atomic_file(out / side.name, "wb") as copy, side.open("rb") as f:
+                    shutil.copyfileobj(f, copy, 1 << 20)
     logger.info(
         "events export: %s: %d data rows, %d events (%d impressions skipped)",
         target,
