@@ -7,6 +7,7 @@ console errors and uncaught page errors are collected, so tests can assert there
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,6 +45,12 @@ def chromium_binary() -> str:
             "Install Debian's package with `apt-get install -y chromium` (.ci/run does this in CI)."
         )
     return CHROMIUM
+
+
+TIMEOUT_MS = 10_000
+"""How long an expectation waits for the page (ms): generous for a loaded CI machine."""
+READ_ONLY_POST = re.compile(r"^http://127\.0\.0\.1:\d+/v1/(recall|items/[^/]+/similar)$")
+"""The only POSTs the console may send: questions, never a change (no admin, no event)."""
 
 
 @dataclass

@@ -13,7 +13,7 @@ from index.build import BuildOptions, build_index
 from index.publish import publish as publish_bundle
 from service.app import create_app
 from service.recaller import ServingBundle
-from tests.browser import Browser, open_browser
+from tests.browser import READ_ONLY_POST, TIMEOUT_MS, Browser, Tab, open_browser
 from tests.live import live_server, settings
 from trainer.config import TrainConfig
 from trainer.data import Dataset, load_dataset
@@ -140,3 +140,16 @@ def browser() -> Iterator[Browser]:
     """One headless chromium (tests/browser.py) per test module."""
     with open_browser() as opened:
         yield opened
+
+
+@pytest.fixture
+def tab(browser: Browser) -> Iterator[Tab]:
+    """A fresh console page; the test fails if it logged an error, reached beyond
+    127.0.0.1, made no request or sent anything but a read (GET, or a POST of a question)."""
+    with browser.tab() as opened:
+        opened.page.set_default_timeout(TIMEOUT_MS)
+        yield opened
+    assert opened.problems() == []
+    assert opened.requests, "the page made no request"
+    writes = [(m, u) for m, u in opened.requests if m != "GET" and not READ_ONLY_POST.search(u)]
+    assert writes == [], "the console is read-only"

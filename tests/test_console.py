@@ -9,36 +9,18 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 from playwright.sync_api import Locator, Page, expect
 
 from service.recaller import ServingBundle
-from tests.browser import Browser, Tab
+from tests.browser import TIMEOUT_MS, Tab
 
-TIMEOUT_MS = 10_000
-"""How long an expectation waits for the page (ms): generous for a loaded CI machine."""
 POSITIVE = re.compile(r"(?<![\d.])(?:[1-9]\d*(?:\.\d+)?|0\.\d*[1-9]\d*)")
 """A number above zero somewhere in a text ("12.5 req/s", "0.4/s"; not "0" or "0.0")."""
-READ_ONLY_POST = re.compile(r"^http://127\.0\.0\.1:\d+/v1/(recall|items/[^/]+/similar)$")
-"""The only POSTs the console may send: questions, never a change (no admin, no event)."""
 FAILED_404 = "Failed to load resource: the server responded with a status of 404"
 """What chromium itself logs for a fetch answered 404 (the page did nothing wrong)."""
-
-
-@pytest.fixture
-def tab(browser: Browser) -> Iterator[Tab]:
-    """A fresh page; the test fails if it logged an error or reached beyond 127.0.0.1."""
-    with browser.tab() as opened:
-        opened.page.set_default_timeout(TIMEOUT_MS)
-        yield opened
-    assert opened.problems() == []
-    assert opened.requests, "the page made no request"
-    writes = [(m, u) for m, u in opened.requests if m != "GET" and not READ_ONLY_POST.search(u)]
-    assert writes == [], "the console is read-only"
 
 
 def element(page: Page, name: str) -> Locator:

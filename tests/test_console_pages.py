@@ -7,27 +7,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 
 import httpx
-import pytest
 from playwright.sync_api import Page, expect
 
 from service.recaller import ServingBundle
-from tests.browser import Browser, Tab
+from tests.browser import Tab
 
-TIMEOUT_MS = 10_000
 FAILED_422 = "Failed to load resource: the server responded with a status of 422"
 """What chromium itself logs for a fetch answered 422 (the page did nothing wrong)."""
-
-
-@pytest.fixture
-def tab(browser: Browser) -> Iterator[Tab]:
-    """A fresh page; the test fails if it logged an error or reached beyond 127.0.0.1."""
-    with browser.tab() as opened:
-        opened.page.set_default_timeout(TIMEOUT_MS)
-        yield opened
-    assert opened.problems() == []
 
 
 def rows(page: Page, testid: str) -> list[str]:
