@@ -181,5 +181,12 @@ class IdMap:
         r = int(self.rows([id])[0])
         return None if r < 0 else r
 
+    def canonical(self, value: int | str) -> int | str:
+        """``value`` typed as this map types its ids when it can be (the key :meth:`rows`
+        matches it by: "42" -> 42 for an int map, 42 -> "42" for a str map), else
+        unchanged (an id of a kind that cannot match, e.g. a new user's own id)."""
+        key = _int_key(value) if self.is_int else _str_key(value)
+        return value if key is None else key
+
     def __contains__(self, id: object) -> bool:
         return int(self.rows([id])[0]) >= 0

@@ -47,7 +47,7 @@ from service.errors import (
     install_error_handlers,
 )
 from service.events import parse_events
-from service.fresh import UserVector, canonical_id, recall_user, user_vectors
+from service.fresh import UserVector, recall_user, user_vectors
 from service.head import HeadAsGetMiddleware
 from service.http_common import (
     BundleDep,
@@ -342,7 +342,7 @@ def create_app(settings: Settings) -> FastAPI:
         if query.user_id is None:
             answer = await in_pool(_recall_plain, bundle, query, body.with_attributes)
             return model_response(bundle, answer)
-        user_id = canonical_id(bundle.user_ids, query.user_id)
+        user_id = bundle.user_ids.canonical(query.user_id)
         query = replace(query, user_id=user_id)
         read = await _read_state(state, bundle, [user_id], body.exclude_shown)
         answer = await in_pool(_recall_one, bundle, query, user_id, read, body.with_attributes)
@@ -359,7 +359,7 @@ def create_app(settings: Settings) -> FastAPI:
                 request = RecallRequest.model_validate(item)
                 query = _query(request, settings)
                 if query.user_id is not None:
-                    query = replace(query, user_id=canonical_id(bundle.user_ids, query.user_id))
+                    query = replace(query, user_id=bundle.user_ids.canonical(query.user_id))
                 out.append((query, request.exclude_shown, request.with_attributes))
             except ValidationError as e:
                 message = describe_errors(list(e.errors()))
@@ -547,7 +547,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def one_user_vector(id: str, bundle: BundleDep, state: StateDep) -> Response:
         """One user's vector, as a recall by user_id uses it: the stored one, or from the
         user's training history followed by newer events (`source`, `fresh_events`)."""
-        user_id = canonical_id(bundle.user_ids, id)
+        user_id = bundle.user_ids.canonical(id)
         read = await _read_state(state, bundle, [user_id], False)
         user = (await in_pool(user_vectors, bundle, [user_id], read.events))[0]
         if user is None:
@@ -588,7 +588,7 @@ def create_app(settings: Settings) -> FastAPI:
     ) -> Response:
         if len(body.ids) > settings.max_vector_ids:
             raise PayloadTooLarge(f"at most {settings.max_vector_ids} ids per request")
-        ids = [canonical_id(bundle.user_ids, i) for i in body.ids]
+        ids = [bundle.user_ids.canonical(i) for i in body.ids]
         read = await _read_state(state, bundle, list(dict.fromkeys(ids)), False)
         by_user = dict(zip(dict.fromkeys(ids), read.events, strict=True))
         events = [by_user[i] for i in ids]
@@ -671,8 +671,8 @@ def create_app(settings: Settings) -> FastAPI:
             raise PayloadTooLarge(
                 f"at most {settings.max_availability_ids} ids per availability change"
             )
-        disable = [canonical_id(bundle.item_ids, i) for i in body.disable]
-        enable = [canonical_id(bundle.item_ids, i) for i in body.enable]
+        disable = [bundle.item_ids.canonical(i) for i in body.disable]
+        enable = [bundle.item_ids.canonical(i) for i in body.enable]
         both = set(disable).intersection(enable)
         if both:
             raise InvalidInput(f"item {clip(next(iter(both)))} is in both disable and enable")

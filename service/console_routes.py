@@ -25,7 +25,6 @@ from starlette.types import Scope
 
 from service.browse import history_rows, search_items, training_window
 from service.errors import UnknownId, clip
-from service.fresh import canonical_id
 from service.http_common import BundleDep, JsonResponse, StateDep, fresh_after, model_response
 from service.reloader import BundleHolder
 from service.schemas import ErrorResponse
@@ -121,7 +120,7 @@ def install_console(app: FastAPI, in_pool: InPool) -> None:
         made from) and their interactions stored after the training data (`fresh_events`),
         each newest first with the items' attributes; 404 when the bundle does not know
         the user and the state store holds no event of theirs."""
-        user_id = canonical_id(bundle.user_ids, id)
+        user_id = bundle.user_ids.canonical(id)
         row = bundle.user_ids.row(user_id)
         known = row is not None
         after = fresh_after(bundle, [user_id])

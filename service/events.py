@@ -3,7 +3,7 @@
 A bad event (not an object, wrong id types, a timestamp that is not a finite number >= 0
 or lies more than :data:`~service.schemas.MAX_FUTURE_S` ahead of the server's clock, an
 unknown type, unknown fields) is rejected inline with its index; the others are kept.
-Ids are typed as the bundle types them (:func:`service.fresh.canonical_id`), so the
+Ids are typed as the bundle types them (:meth:`index.ids.IdMap.canonical`), so the
 store finds a user's events whether a client sent ``7`` or ``"7"``.
 """
 
@@ -16,7 +16,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from service.errors import envelope
-from service.fresh import canonical_id
 from service.recaller import ServingBundle
 from service.schemas import MAX_FUTURE_S, EventIn
 from service.state import Event
@@ -63,8 +62,8 @@ def parse_events(raw: Sequence[Any], bundle: ServingBundle, now: float) -> Parse
             continue
         events.append(
             Event(
-                user_id=canonical_id(bundle.user_ids, event.user_id),
-                item_id=canonical_id(bundle.item_ids, event.item_id),
+                user_id=bundle.user_ids.canonical(event.user_id),
+                item_id=bundle.item_ids.canonical(event.item_id),
                 timestamp=timestamp,
                 type=event.type,
             )

@@ -13,19 +13,17 @@ timestamp)`` pairs, oldest first) and hands them here with the bundle:
   without features -- source ``events``;
 - otherwise: no vector (404, or the popular fallback).
 
-Ids from clients and from the store go through :func:`canonical_id` first, so ``"7"`` and
+Ids from clients and from the store go through :meth:`IdMap.canonical` first, so ``"7"`` and
 ``7`` name the same user or item of an int-typed bundle (as :class:`IdMap` matches them).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from index.ids import CANONICAL_INT_PATTERN, IdMap
 from service import recaller as core
 from service.errors import UnknownId, clip
 from service.recaller import ExternalId, RecallQuery, RecallResult, ServingBundle, Source
@@ -33,37 +31,12 @@ from service.recaller import ExternalId, RecallQuery, RecallResult, ServingBundl
 __all__ = [
     "FreshRecall",
     "UserVector",
-    "canonical_id",
     "recall_user",
     "user_vectors",
 ]
 
 Events = Sequence[tuple[ExternalId, float]]
 """One user's events from the store: (item_id, unix seconds), oldest first."""
-
-_INT64 = (-(2**63), 2**63 - 1)
-_CANONICAL_INT_LEN = 20
-_CANONICAL_INT = re.compile(CANONICAL_INT_PATTERN)
-
-
-def canonical_id(ids: IdMap, value: ExternalId) -> ExternalId:
-    """``value`` typed as ``ids`` types its ids when it can be: a canonical decimal string
-    ("42", not "042") becomes an int for an int64 map, an int becomes its decimal string
-    for a string map; anything else is returned unchanged (a new user's own id)."""
-    if ids.is_int:
-        if (
-            isinstance(value, str)
-            and len(value) <= _CANONICAL_INT_LEN
-            and _matches_int(value)
-            and _INT64[0] <= int(value) <= _INT64[1]
-        ):
-            return int(value)
-        return value
-    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-
-def _matches_int(value: str) -> bool:
-    return _CANONICAL_INT.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from index.ids import IdMap
 from index.publish import publish
 from service.app import create_app
 from service.client import Query, RecallClient, RecallResult, StateUnavailable
-from service.fresh import canonical_id, user_vectors
+from service.fresh import user_vectors
 from service.recaller import ServingBundle
 from service.settings import STATE_FILE
 from service.state import sqlite_url
@@ -496,7 +496,7 @@ def test_redis_store_paused_then_killed_then_back(
 def test_canonical_ids_follow_the_bundles_id_type() -> None:
     ints = IdMap(np.array([3, 7, 42], dtype=np.int64))
     strs = IdMap(np.array(["a", "7"]))
-    assert [canonical_id(ints, v) for v in ("7", 7, "007", "-5", "x", "9" * 25)] == [
+    assert [ints.canonical(v) for v in ("7", 7, "007", "-5", "x", "9" * 25)] == [
         7,
         7,
         "007",
@@ -504,7 +504,7 @@ def test_canonical_ids_follow_the_bundles_id_type() -> None:
         "x",
         "9" * 25,
     ]
-    assert [canonical_id(strs, v) for v in (7, "7", "a", -1)] == ["7", "7", "a", "-1"]
+    assert [strs.canonical(v) for v in (7, "7", "a", -1)] == ["7", "7", "a", "-1"]
 
 
 def test_user_vectors_of_a_batch_equal_one_by_one(bundle: ServingBundle) -> None:
