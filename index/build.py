@@ -4,23 +4,27 @@
 by :mod:`index.faiss_index` (``auto``: exact up to 50k items; above, both ``ivf-flat``
 and ``hnsw`` are built and the faster one at the recall target is kept). It tunes the
 search parameter (efSearch / nprobe, HNSW landmark entry points, the re-rank ``k_factor``
-of quantized kinds) on a sample of the bundle's real user vectors against exact brute
+of quantized kinds, the clusters an HNSW index answers selective filters from and their
+``cluster_factor``) on a sample of the bundle's real user vectors against exact brute
 force, measures recall@10 / recall@k and single-query latency on a *disjoint* sample
 with the chosen setting, then recall and latency under filters of ~50/10/1/0.1%
 selectivity (``filtered``, :mod:`index.filtered_recall`: the bundle's own attributes where
-one fits, random masks otherwise), and writes ``index.faiss`` and the updated manifest atomically
-(temp file + ``os.replace``, fsync). A build that dies half-way never touches
+one fits, random masks otherwise), and writes ``index.faiss`` (and ``item_clusters.npz``)
+and the updated manifest atomically (temp file + ``os.replace``, fsync). A build that
+dies half-way never touches
 ``CURRENT``; at worst it leaves the bundle unpublishable until it is rebuilt (the
 manifest's checksums no longer match), which :func:`index.verify.verify_bundle` refuses.
-The next build removes the temp files (``.index.faiss.tmp-*``, ``.manifest.json.tmp-*``)
-such a build leaves behind.
+The next build removes the temp files (``.index.faiss.tmp-*``, ``.manifest.json.tmp-*``,
+``.item_clusters.npz.tmp-*``) such a build leaves behind.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,16 +35,18 @@ import numpy.typing as npt
 
 from index import bundle as b
 from index import faiss_index as fi
+from index.allowed import AllowedItems
+from index.clusters import ItemClusters, build_clusters
 from index.current import inspect_current
 from index.exact import exact_topk, recall_at_k
 from index.filtered_recall import FilterCase, choose_filters, measure_filtered
 from index.publish import bundle_lock
-from index.search import ItemIndex, check_vectors
+from index.search import FilterStrategy, ItemIndex, check_vectors
 from index.verify import load_attributes
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BuildOptions", "build_index", "measure_latency", "sample_query_rows"]
+__all__ = ["BuildOptions", "build_index", "measure_latency", "sample_query_rows", "tune_filtered"]
 
 
 @dataclass(frozen=True)
@@ -89,7 +95,7 @@ def measure_latency(
     searcher: ItemIndex,
     queries: npt.NDArray[np.float32],
     k: int,
-    allowed: npt.NDArray[np.bool_] | None = None,
+    allowed: AllowedItems | None = None,
 ) -> tuple[float, float]:
     """Single-query latency of ``searcher.search`` (under the ``allowed`` mask) on one
     OpenMP thread: (p50, p99) ms."""
@@ -173,7 +179,7 @@ def build_index(bundle: Path, options: BuildOptions | None = None) -> dict[str, 
             )
         # temp files of a build or export that was killed: under the bundle's lock no
         # live writer can own one (only builds write into a bundle directory, holding it)
-        for pattern in (f".{b.INDEX}.tmp-*", f".{b.MANIFEST}.tmp-*"):
+        for pattern in (f".{b.INDEX}.tmp-*", f".{b.MANIFEST}.tmp-*", f".{b.ITEM_CLUSTERS}.tmp-*"):
             for leftover in bundle.glob(pattern):
                 leftover.unlink()
                 logger.info("removed %s, left by a build that died", leftover)
@@ -191,10 +197,16 @@ def build_index(bundle: Path, options: BuildOptions | None = None) -> dict[str, 
         fi.write_index(section.pop("_index"), path)
         section["index_bytes"] = path.stat().st_size
         files = {**manifest.files, b.INDEX: b.file_entry(path)}
+        clusters: ItemClusters | None = section.pop("_clusters")
+        files.pop(b.ITEM_CLUSTERS, None)
+        if clusters is not None:
+            files[b.ITEM_CLUSTERS] = _write_clusters(clusters, bundle / b.ITEM_CLUSTERS)
         updated = b.Manifest.model_validate(
             {**manifest.model_dump(), "files": files, "index": section}
         )
         b.write_json_atomic(bundle / b.MANIFEST, updated.model_dump_json(indent=2))
+        if clusters is None:  # a rebuild as another kind: the old clusters are stale
+            (bundle / b.ITEM_CLUSTERS).unlink(missing_ok=True)
         b.fsync_path(bundle)
     recall = section["recall"]
     logger.log(
@@ -211,6 +223,69 @@ def build_index(bundle: Path, options: BuildOptions | None = None) -> dict[str, 
         section["index_bytes"],
     )
     return section
+
+
+def _write_clusters(clusters: ItemClusters, path: Path) -> b.FileEntry:
+    """Write ``item_clusters.npz`` atomically (temp file, fsync, ``os.replace``)."""
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+    try:
+        b.save_array(tmp, clusters.to_arrays())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return b.file_entry(path)
+
+
+#: ``cluster_factor`` ladder (allowed rows scored per result), cheapest first.
+_CLUSTER_FACTORS = (10, 15, 20, 30, 40, 60, 80)
+#: ``filter_nprobe_power`` ladder (IVF nprobe x share ** -power), cheapest first.
+_NPROBE_POWERS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.75, 1.0)
+
+
+def tune_filtered(
+    searcher: ItemIndex,
+    settings: fi.SearchSettings,
+    items: npt.NDArray[np.float32],
+    queries: npt.NDArray[np.float32],
+    k: int,
+    target: float,
+    seed: int,
+) -> tuple[fi.SearchSettings, list[dict[str, Any]]]:
+    """``settings`` with the cheapest filtered-search knob whose strategy reaches
+    recall@k >= target under seeded random filters (else the most thorough step), and
+    every measured step. With item clusters: ``cluster_factor``, at the largest share
+    the clusters serve (the hardest: most allowed rows per cluster) and 10%. IVF:
+    ``filter_nprobe_power`` of the bitmap selector at 50%, 10% and 1%. Others: unchanged."""
+    if searcher.clusters is not None:
+        strategy: FilterStrategy = "clusters"
+        shares: tuple[float, ...] = (searcher.clusters_max_share, 0.1)
+        ladder = [replace(settings, cluster_factor=f) for f in _CLUSTER_FACTORS]
+    elif searcher.kind.startswith("ivf"):
+        strategy, shares = "selector", (0.5, 0.1, 0.01)
+        ladder = [replace(settings, filter_nprobe_power=p) for p in _NPROBE_POWERS]
+    else:
+        return settings, []
+    rng = np.random.default_rng(seed)
+    cases = []
+    for share in shares:
+        mask = rng.random(items.shape[0]) < share
+        rows = np.flatnonzero(mask)
+        k_case = min(k, rows.size)
+        if k_case:
+            _, local = exact_topk(queries, items[rows], k_case)
+            cases.append((share, AllowedItems(mask), k_case, rows[local]))
+    trials: list[dict[str, Any]] = []
+    for step in ladder:
+        recalls = {}
+        for share, allowed, k_case, exact in cases:
+            found = searcher.search_detailed(
+                queries, k_case, allowed=allowed, settings=step, strategy=strategy
+            )
+            recalls[f"share_{share}"] = round(recall_at_k(found.rows, exact, k_case), 4)
+        trials.append({**step.to_manifest(), "strategy": strategy, f"recall_at_{k}": recalls})
+        if min(recalls.values(), default=1.0) >= target:
+            return step, trials
+    return ladder[-1], trials
 
 
 @dataclass(frozen=True)
@@ -301,28 +376,35 @@ def _build_one(
     vectors, max_norm = fi.to_index_space(items, spec)
     index = fi.create_index(spec, vectors, seed=opts.seed)
     entry_rows = None
+    clusters = None
     if spec.entry_points:
         entry_rows = fi.choose_entry_points(spec, vectors, seed=opts.seed)
+    if kind == "hnsw":
+        clusters = build_clusters(vectors, fi.default_nlist(n_items), seed=opts.seed)
     build_seconds = time.perf_counter() - t0
     del vectors
     logger.info("built %s (%s) over %d items in %.1f s", kind, spec.factory, n_items, build_seconds)
 
     k, k10 = sample.k, min(10, n_items)
-    searcher = ItemIndex(index, items, kind, entry_rows=entry_rows)
+    searcher = ItemIndex(index, items, kind, entry_rows=entry_rows, clusters=clusters)
     ladders = fi.tuning_ladders(kind, spec, k)
     settings, trials = _tune(
         searcher, ladders, sample.tune_q, sample.tune_exact, k, opts.target_recall
+    )
+    settings, filter_trials = tune_filtered(
+        searcher, settings, items, sample.tune_q, k, opts.target_recall, opts.seed
     )
     _, found = searcher.search_index(sample.measure_q, k, settings=settings)
     recall_k = recall_at_k(found, sample.measure_exact, k)
     _, found10 = searcher.search_index(sample.measure_q, k10, settings=settings)
     recall_10 = recall_at_k(found10, sample.measure_exact, k10)
-    timed = ItemIndex(index, items, kind, settings, entry_rows)
+    timed = ItemIndex(index, items, kind, settings, entry_rows, clusters)
     p50, p99 = measure_latency(timed, sample.measure_q[: opts.latency_queries], k)
     filtered_q = sample.measure_q[: opts.latency_queries]
     filtered = measure_filtered(timed, items, filtered_q, k, filters, measure_latency)
     return {
         "_index": index,
+        "_clusters": clusters,
         "kind": kind,
         "factory": spec.factory,
         "metric": spec.metric,
@@ -346,6 +428,7 @@ def _build_one(
         "latency_ms": {"p50": round(p50, 4), "p99": round(p99, 4), "threads": 1, "k": k},
         "filtered": filtered,
         "tuning": trials,
+        "filter_tuning": filter_trials,
         "faiss_version": fi.faiss_version(),
         "built_at": datetime.now(UTC).isoformat(),
     }

@@ -43,6 +43,8 @@ ITEM_POPULARITY = "item_popularity.npy"
 USER_HISTORY = "user_history.npz"
 ITEM_ATTRIBUTES = "item_attributes.npz"
 INDEX = "index.faiss"
+ITEM_CLUSTERS = "item_clusters.npz"
+"""Written by the index builder for HNSW: the item clusters of filtered search."""
 
 TRAINER_FILES_V1 = (
     ITEM_IDS,

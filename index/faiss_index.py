@@ -102,23 +102,32 @@ class IndexSpec:
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """Search-time parameters: ``efSearch`` (hnsw), ``nprobe`` (ivf-*), ``k_factor``.
+    """Search-time parameters: ``efSearch`` (hnsw), ``nprobe`` (ivf-*), ``k_factor``,
+    ``entry_probe`` (hnsw landmarks), ``cluster_factor`` (filtered search by clusters).
 
     ``k_factor`` > 1 fetches ``k * k_factor`` candidates and keeps the ``k`` with the best
     exact inner product (a re-rank from the item vectors, for quantized kinds).
+    ``cluster_factor``: a filtered search by item clusters scores ``cluster_factor * k``
+    allowed rows (:mod:`index.clusters`; None: :data:`DEFAULT_CLUSTER_FACTOR`).
+    ``filter_nprobe_power``: a filtered IVF search probes ``nprobe * share ** -power``
+    lists (None: :data:`FILTER_NPROBE_POWER`).
     """
 
     ef_search: int | None = None
     nprobe: int | None = None
     k_factor: int = 1
     entry_probe: int | None = None
+    cluster_factor: int | None = None
+    filter_nprobe_power: float | None = None
 
-    def to_manifest(self) -> dict[str, int]:
-        out: dict[str, int] = {"k_factor": self.k_factor}
+    def to_manifest(self) -> dict[str, int | float]:
+        out: dict[str, int | float] = {"k_factor": self.k_factor}
         for name, value in (
             ("efSearch", self.ef_search),
             ("nprobe", self.nprobe),
             ("entry_probe", self.entry_probe),
+            ("cluster_factor", self.cluster_factor),
+            ("filter_nprobe_power", self.filter_nprobe_power),
         ):
             if value is not None:
                 out[name] = value
@@ -127,19 +136,28 @@ class SearchSettings:
     @classmethod
     def from_manifest(cls, params: dict[str, Any]) -> SearchSettings:
         """Parse the ``search_params`` of a manifest's index section (raise ValueError)."""
-        names = ("efSearch", "nprobe", "k_factor", "entry_probe")
-        unknown = set(params) - set(names)
+        names = ("efSearch", "nprobe", "k_factor", "entry_probe", "cluster_factor")
+        unknown = set(params) - {*names, "filter_nprobe_power"}
         if unknown:
             raise ValueError(f"unknown search parameter(s) {sorted(unknown)}")
         values = {k: params.get(k) for k in names}
         for name, value in values.items():
-            if value is not None and (not isinstance(value, int) or value < 1):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
                 raise ValueError(f"search parameter {name} must be an int >= 1, got {value!r}")
+        power = params.get("filter_nprobe_power")
+        if power is not None and (
+            isinstance(power, bool) or not isinstance(power, int | float) or not 0 < power <= 2
+        ):
+            raise ValueError(f"filter_nprobe_power must be a number in (0, 2], got {power!r}")
         return cls(
             ef_search=values["efSearch"],
             nprobe=values["nprobe"],
             k_factor=values["k_factor"] or 1,
             entry_probe=values["entry_probe"],
+            cluster_factor=values["cluster_factor"],
+            filter_nprobe_power=None if power is None else float(power),
         )
 
 
@@ -368,12 +386,23 @@ class ExclusionSelector:
 
 
 class AllowedSelector:
-    """``IDSelectorBitmap`` over the items a query may return (bool mask (n_items,)).
-    Keeps its bitmap alive."""
+    """``IDSelectorBitmap`` over the items a query may return, AND not the excluded rows
+    (:class:`ExclusionSelector`) when there are any. Keeps its buffers alive."""
 
-    def __init__(self, allowed: npt.NDArray[np.bool_]) -> None:
-        self._bitmap = np.packbits(allowed, bitorder="little")
-        self.selector: Any = _faiss.IDSelectorBitmap(self._bitmap)
+    def __init__(
+        self,
+        bitmap: npt.NDArray[np.uint8],
+        excluded: npt.NDArray[np.int64] | None = None,
+        n_items: int = 0,
+    ) -> None:
+        """``bitmap``: the allowed items, packed little-endian (:attr:`index.allowed.
+        AllowedItems.bitmap`); ``excluded``: unique rows in ``[0, n_items)``."""
+        self._bitmap = bitmap
+        self._allowed: Any = _faiss.IDSelectorBitmap(bitmap)
+        self._excluded = None if excluded is None else ExclusionSelector(excluded, n_items)
+        self.selector: Any = self._allowed
+        if self._excluded is not None:
+            self.selector = _faiss.IDSelectorAnd(self._allowed, self._excluded.selector)
 
 
 #: Filtered HNSW search: efSearch grows as ``ef / share ** FILTER_EF_POWER`` up to
@@ -383,6 +412,14 @@ class AllowedSelector:
 #: at 10%, ``1/share`` overshot, so 0.75.
 FILTER_EF_POWER = 0.75
 FILTER_EF_MAX = 4096
+#: Filtered IVF search: nprobe grows as ``nprobe / share ** power`` (the index builder
+#: tunes ``SearchSettings.filter_nprobe_power``; this is the default). IVF checks the
+#: selector before computing a distance, so a wider probe costs mostly list walking.
+#: Measured at 1M clustered items (IVF2048, nprobe 8, recall@100 0.94): 0.5 gave 0.96 at
+#: 50%, 0.98 at 10%, 0.997 at 1%; 0.4 gave 0.952, 0.968, 0.969 at 10-20% more q/s.
+FILTER_NPROBE_POWER = 0.5
+#: Allowed rows per result a clusters search scores when the builder did not tune it.
+DEFAULT_CLUSTER_FACTOR = 30
 
 
 def widen_for_filter(
@@ -390,9 +427,8 @@ def widen_for_filter(
 ) -> SearchSettings:
     """Search settings for a query restricted to ``share`` (0, 1] of the items by a
     selector: HNSW efSearch scaled by ``share ** -FILTER_EF_POWER`` (capped at
-    :data:`FILTER_EF_MAX`), IVF nprobe by ``1 / share`` (capped at ``nlist``), so about as
-    many allowed candidates are met as an unfiltered search meets items. IVF checks the
-    selector before computing a distance, so its wider probe costs mostly list walking."""
+    :data:`FILTER_EF_MAX`), IVF nprobe by ``share ** -settings.filter_nprobe_power``
+    (default :data:`FILTER_NPROBE_POWER`, capped at ``nlist``)."""
     share = min(1.0, max(share, 1e-9))
     if kind == "hnsw":
         ef = settings.ef_search or 16
@@ -400,7 +436,8 @@ def widen_for_filter(
         return replace(settings, ef_search=wide)
     if kind.startswith("ivf"):
         probe = settings.nprobe or 1
-        wide = math.ceil(probe / share)
+        power = settings.filter_nprobe_power or FILTER_NPROBE_POWER
+        wide = math.ceil(probe / share**power)
         return replace(settings, nprobe=max(probe, min(nlist or wide, wide)))
     return settings
 

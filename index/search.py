@@ -7,7 +7,10 @@ recomputed in float32 from the item vectors and sorted by them, whatever the ind
 
 Exclusions are pushed into FAISS as a per-query ``IDSelectorNot`` (``SearchParameters``),
 so the index itself skips excluded items. When exclusions leave at most 4096 items, those
-are scanned exactly instead; when an approximate index still comes back with fewer than
+are scanned exactly instead. A filter (``allowed``, :class:`~index.allowed.AllowedItems`)
+picks its strategy by how many items it leaves (:meth:`ItemIndex.filter_strategy`): an
+exact scan of few, the item clusters (:mod:`index.clusters`) or the index with a bitmap
+selector. When an approximate index still comes back with fewer than
 the needed candidates (possible for HNSW/IVF under heavy exclusion, or IVF with few
 probes), that query is answered by exact brute force. Result width:
 ``k' = min(k, eligible)``, where ``eligible`` is the smallest number of non-excluded items
@@ -36,20 +39,26 @@ import numpy.typing as npt
 
 from index import bundle as b
 from index import faiss_index as fi
+from index.allowed import AllowedItems
+from index.clusters import ItemClusters
 from index.exact import exact_topk, topk_by_score
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STRATEGIES", "Found", "ItemIndex", "Strategy", "check_vectors"]
+__all__ = ["FILTER_STRATEGIES", "STRATEGIES", "Found", "ItemIndex", "Strategy", "check_vectors"]
 
 Exclude = Sequence[npt.ArrayLike | None] | None
+Allowed = AllowedItems | npt.ArrayLike | None
 
 #: How a query was answered: ``index`` (FAISS, exclusions as an ``IDSelectorNot``),
-#: ``scan`` (exact scan of the few eligible rows), ``selector`` (FAISS restricted to the
-#: allowed items by a bitmap selector, widened search parameters), ``fallback`` (the index
-#: came back short: exact brute force), ``empty`` (nothing eligible).
-Strategy = Literal["index", "scan", "selector", "fallback", "empty"]
-STRATEGIES: tuple[Strategy, ...] = ("index", "scan", "selector", "fallback", "empty")
+#: ``scan`` (exact scan of the few eligible rows), ``clusters`` (exact scan of the allowed
+#: rows of the clusters nearest the query, :mod:`index.clusters`), ``selector`` (FAISS
+#: restricted to the allowed items by a bitmap selector, widened search parameters),
+#: ``fallback`` (the index came back short: exact brute force), ``empty`` (nothing eligible).
+Strategy = Literal["index", "scan", "clusters", "selector", "fallback", "empty"]
+STRATEGIES: tuple[Strategy, ...] = ("index", "scan", "clusters", "selector", "fallback", "empty")
+FilterStrategy = Literal["scan", "clusters", "selector"]
+FILTER_STRATEGIES: tuple[FilterStrategy, ...] = ("scan", "clusters", "selector")
 
 
 class Found(NamedTuple):
@@ -97,18 +106,14 @@ class ItemIndex:
     labels ``0..n_items-1``.
     """
 
-    #: When exclusions leave at most this many items, a query scans them exactly (cheaper
-    #: and better than a filtered graph/IVF search that steps over nearly everything).
+    #: When exclusions or a filter leave at most this many items, a query scans them
+    #: exactly (cheaper and better than a search that steps over nearly everything).
     scan_eligible: int = 4096
-    #: A filtered query (``allowed``) whose eligible items number at most
-    #: ``max(scan_rows, scan_share * n_items)`` scans them exactly; above, the index
-    #: searches with a bitmap selector. Measured by bench/filter_bench.py (docs/index.md).
-    scan_rows: int = 20_000
-    scan_share: float = 0.0
-    #: HNSW also scans up to this share of the catalog, whatever its size: a graph walk
-    #: under a bitmap this selective loses recall (measured: 0.88 at 1% of 1M items even
-    #: with efSearch 4096), so a large catalog must not hand it such filters.
-    hnsw_scan_share: float = 0.02
+    #: With item clusters, a filter leaving at most this share of the catalog (and more
+    #: items than the clusters search would score) uses them; above, the index with a
+    #: bitmap selector keeps its tuned recall at about its unfiltered cost. Measured by
+    #: bench/filter_bench.py (docs/index.md).
+    clusters_max_share: float = 0.6
 
     def __init__(
         self,
@@ -117,9 +122,11 @@ class ItemIndex:
         kind: fi.Kind,
         settings: fi.SearchSettings | None = None,
         entry_rows: npt.NDArray[np.int64] | None = None,
+        clusters: ItemClusters | None = None,
     ) -> None:
         """``entry_rows``: HNSW landmark rows (:func:`index.faiss_index.choose_entry_points`),
-        needed by settings with ``entry_probe``."""
+        needed by settings with ``entry_probe``. ``clusters``: a partition of the items in
+        the index space (:mod:`index.clusters`) for filtered queries."""
         if item_vectors.ndim != 2 or item_vectors.dtype != np.float32:
             raise ValueError("item_vectors must be float32 (n_items, dim)")
         if int(index.ntotal) != item_vectors.shape[0]:
@@ -142,6 +149,14 @@ class ItemIndex:
             self.entries = fi.EntryPoints(index, np.unique(rows.astype(np.int64)))
         if self.settings.entry_probe and self.entries is None:
             raise ValueError("settings use entry_probe but the index has no entry points")
+        if clusters is not None and (
+            clusters.n_items != item_vectors.shape[0] or clusters.centroids.shape[1] != int(index.d)
+        ):
+            raise ValueError(
+                f"clusters cover {clusters.n_items} items of width {clusters.centroids.shape[1]}, "
+                f"the index {index.ntotal} of width {index.d}"
+            )
+        self.clusters = clusters
         self._nlist = fi.ivf_nlist(index) if kind.startswith("ivf") else None
 
     @classmethod
@@ -184,8 +199,20 @@ class ItemIndex:
             )
         if index_dim < manifest.dim:
             raise b.BundleError(f"{bundle}: index width {index_dim} < dim {manifest.dim}")
+        clusters = None
+        if b.ITEM_CLUSTERS in manifest.files:
+            try:
+                clusters = ItemClusters.from_arrays(b.map_arrays(bundle, manifest, b.ITEM_CLUSTERS))
+            except ValueError as e:
+                raise b.BundleError(f"{bundle}: {b.ITEM_CLUSTERS}: {e}") from None
+            shape = (clusters.n_items, clusters.centroids.shape[1])
+            if shape != (manifest.counts.items, index_dim):
+                raise b.BundleError(
+                    f"{bundle}: {b.ITEM_CLUSTERS} covers {shape[0]} items of width {shape[1]}, "
+                    f"the index {manifest.counts.items} of width {index_dim}"
+                )
         try:
-            loaded = cls(index, items, kind, settings, entry_rows)
+            loaded = cls(index, items, kind, settings, entry_rows, clusters)
         except ValueError as e:
             raise b.BundleError(f"{bundle}: invalid index section in the manifest: {e}") from None
         logger.info("loaded %s index of %s (%d items)", kind, bundle, index.ntotal)
@@ -206,22 +233,27 @@ class ItemIndex:
         k: int,
         exclude: Exclude = None,
         *,
-        allowed: npt.ArrayLike | None = None,
+        allowed: Allowed = None,
         settings: fi.SearchSettings | None = None,
+        strategy: FilterStrategy | None = None,
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         """Top-``k`` items by inner product for each query, best first.
 
         ``queries``: (B, dim) (or (dim,) for one query), finite. ``exclude``: None or one
         entry per query, each None or a 1-D array of item rows in ``[0, n_items)`` that must
-        not be returned. ``allowed``: None (every item) or a bool mask of the items that may
-        be returned, (n_items,) shared by every query or (B, n_items) one per query.
-        ``settings`` override the tuned ones (efSearch/nprobe/k_factor).
+        not be returned. ``allowed``: None (every item), an :class:`AllowedItems` or a bool
+        mask (n_items,) shared by every query, or (B, n_items) one per query (pass an
+        :class:`AllowedItems` to reuse its prepared views across calls). ``settings``
+        override the tuned ones (efSearch/nprobe/k_factor/cluster_factor); ``strategy``
+        forces one for filtered queries (measurement and tests).
         Returns ``(scores (B, k') float32, rows (B, k') int64)`` with
         ``k' = min(k, fewest allowed non-excluded items of any query)``; ties go to the
         lower row. Raises ValueError on bad input. :meth:`search_detailed` also says which
         strategy answered each query.
         """
-        found = self.search_detailed(queries, k, exclude, allowed=allowed, settings=settings)
+        found = self.search_detailed(
+            queries, k, exclude, allowed=allowed, settings=settings, strategy=strategy
+        )
         return found.scores, found.rows
 
     def search_detailed(
@@ -230,12 +262,15 @@ class ItemIndex:
         k: int,
         exclude: Exclude = None,
         *,
-        allowed: npt.ArrayLike | None = None,
+        allowed: Allowed = None,
         settings: fi.SearchSettings | None = None,
+        strategy: FilterStrategy | None = None,
     ) -> Found:
         """:meth:`search`, plus the strategy of each query (:data:`STRATEGIES`)."""
         q = self._check_queries(queries)
         k = _check_k(k)
+        if strategy == "clusters" and self.clusters is None:
+            raise ValueError("this index has no item clusters")
         excluded = self._check_exclude(exclude, q.shape[0])
         allows = self._check_allowed(allowed, q.shape[0])
         counts = [self._eligible_count(a, e) for a, e in zip(allows, excluded, strict=True)]
@@ -248,13 +283,13 @@ class ItemIndex:
             )
             return empty
         scores, rows, strategies = self._index_topk(
-            q, k_out, excluded, allows, counts, settings or self.settings
+            q, k_out, excluded, allows, counts, settings or self.settings, strategy
         )
         for i in np.flatnonzero(rows[:, -1] < 0):
             logger.debug("query %d: the index found fewer than %d items; exact fallback", i, k_out)
             e = excluded[i]
             a = allows[i]
-            mask = np.zeros((1, self.n_items), dtype=bool) if a is None else ~a[None, :]
+            mask = np.zeros((1, self.n_items), dtype=bool) if a is None else ~a.mask[None, :]
             if e is not None:
                 mask[0, e] = True
             s, r = exact_topk(q[i : i + 1], self.items, k_out, mask)
@@ -262,15 +297,21 @@ class ItemIndex:
             strategies[i] = "fallback"
         return Found(scores, rows, tuple(strategies))
 
-    def filter_strategy(self, eligible: int) -> Strategy:
-        """The strategy a filtered query with ``eligible`` allowed, non-excluded items
-        gets: ``scan`` (exact, over those rows) up to :attr:`scan_rows` items (or
-        :attr:`scan_share` of the catalog, :attr:`hnsw_scan_share` for HNSW), else
-        ``selector`` (the index with a bitmap selector and widened search parameters,
-        :func:`index.faiss_index.widen_for_filter`)."""
-        share = max(self.scan_share, self.hnsw_scan_share if self.kind == "hnsw" else 0.0)
-        limit = max(self.scan_eligible, self.scan_rows, int(share * self.n_items))
-        return "scan" if eligible <= limit else "selector"
+    def filter_strategy(
+        self, eligible: int, k: int, settings: fi.SearchSettings | None = None
+    ) -> FilterStrategy:
+        """The strategy of a filtered query for the top ``k`` of ``eligible`` allowed,
+        non-excluded items: ``scan`` (exact, over those rows) up to :attr:`scan_eligible`
+        items or as many as the clusters search would score anyway; ``clusters`` (the
+        allowed rows of the nearest clusters, exact) up to :attr:`clusters_max_share` of
+        the catalog when the index has clusters; else ``selector`` (the index with a
+        bitmap selector and widened search parameters, :func:`index.faiss_index.
+        widen_for_filter`)."""
+        if self.clusters is None:
+            return "scan" if eligible <= self.scan_eligible else "selector"
+        if eligible <= max(self.scan_eligible, self._cluster_rows(k, settings or self.settings)):
+            return "scan"
+        return "clusters" if eligible <= self.clusters_max_share * self.n_items else "selector"
 
     def search_index(
         self, queries: npt.ArrayLike, k: int, *, settings: fi.SearchSettings | None = None
@@ -283,23 +324,29 @@ class ItemIndex:
         use = settings or self.settings
         b = q.shape[0]
         scores, rows, _ = self._index_topk(
-            q, k_out, [None] * b, [None] * b, [self.n_items] * b, use
+            q, k_out, [None] * b, [None] * b, [self.n_items] * b, use, None
         )
         return scores, rows
+
+    def _cluster_rows(self, k: int, use: fi.SearchSettings) -> int:
+        """Allowed rows a clusters search scores for the top ``k``."""
+        return (use.cluster_factor or fi.DEFAULT_CLUSTER_FACTOR) * k
 
     def _index_topk(
         self,
         q: npt.NDArray[np.float32],
         k_out: int,
         excluded: list[npt.NDArray[np.int64] | None],
-        allows: list[npt.NDArray[np.bool_] | None],
+        allows: list[AllowedItems | None],
         counts: list[int],
         use: fi.SearchSettings,
+        force: FilterStrategy | None,
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], list[Strategy]]:
         """Ask FAISS for ``k_out * k_factor`` candidates per query (exclusions and the
-        allowed mask as a selector) or scan the few eligible rows exactly, re-score the
-        candidates exactly, keep the best ``k_out``; -1 rows sort last. ``counts``: the
-        eligible items of each query."""
+        allowed items as a selector), or scan the eligible rows (all, or those of the
+        nearest clusters) exactly; re-score the candidates exactly, keep the best
+        ``k_out``; -1 rows sort last. ``counts``: the eligible items of each query;
+        ``force``: the strategy of every filtered query (None: :meth:`filter_strategy`)."""
         n = self.n_items
         fetch = min(k_out * use.k_factor, n)
         rows = np.full((q.shape[0], fetch), -1, dtype=np.int64)
@@ -326,21 +373,25 @@ class ItemIndex:
                 sel = fi.ExclusionSelector(e, n)
                 rows[i, :want] = self._faiss_search(padded[i : i + 1], want, use, sel.selector)[0]
                 continue
-            strategy = self.filter_strategy(counts[i])
+            strategy = force or self.filter_strategy(counts[i], want, use)
             strategies[i] = strategy
-            if strategy == "scan":
-                eligible = np.flatnonzero(allow)
-                if e is not None:
-                    eligible = np.setdiff1d(eligible, e, assume_unique=True)
-                rows[i, :want] = self._scan(q[i], eligible, want)
+            if strategy == "selector":
+                allowed_sel = fi.AllowedSelector(allow.bitmap, e, n)
+                wide = fi.widen_for_filter(self.kind, use, counts[i] / n, self._nlist)
+                found = self._faiss_search(padded[i : i + 1], want, wide, allowed_sel.selector)
+                rows[i, :want] = found[0]
                 continue
-            bits = allow.copy() if e is not None else allow
+            if strategy == "scan":
+                eligible = allow.rows
+            else:
+                assert self.clusters is not None
+                take = self._cluster_rows(want, use) + (0 if e is None else e.size)
+                eligible = np.sort(
+                    self.clusters.candidates(padded[i], allow.groups(self.clusters), take)
+                )
             if e is not None:
-                bits[e] = False
-            allowed_sel = fi.AllowedSelector(bits)
-            wide = fi.widen_for_filter(self.kind, use, counts[i] / n, self._nlist)
-            found = self._faiss_search(padded[i : i + 1], want, wide, allowed_sel.selector)
-            rows[i, :want] = found[0]
+                eligible = eligible[~np.isin(eligible, e, assume_unique=True)]
+            rows[i, :want] = self._scan(q[i], eligible, want)
         valid = rows >= 0
         safe = np.where(valid, rows, 0)
         scores = np.einsum("bkd,bd->bk", self.items[safe], q, dtype=np.float32)
@@ -395,35 +446,35 @@ class ItemIndex:
             raise ValueError("queries contain NaN or Inf")
         return np.ascontiguousarray(q)
 
-    def _check_allowed(
-        self, allowed: npt.ArrayLike | None, n_queries: int
-    ) -> list[npt.NDArray[np.bool_] | None]:
-        """Each query's mask (n_items,), None where every item is allowed (no filter)."""
+    def _check_allowed(self, allowed: Allowed, n_queries: int) -> list[AllowedItems | None]:
+        """Each query's allowed items, None where every item is allowed (no filter)."""
         if allowed is None:
             return [None] * n_queries
+        if isinstance(allowed, AllowedItems):
+            if len(allowed) != self.n_items:
+                raise ValueError(f"allowed covers {len(allowed)} items, the index {self.n_items}")
+            return [None if allowed.everything else allowed] * n_queries
         mask = np.asarray(allowed)
         if mask.dtype != np.bool_:
             raise ValueError(f"allowed must be a bool mask, got {mask.dtype}")
         if mask.ndim == 1 and mask.shape[0] == self.n_items:
-            shared = None if mask.all() else mask
-            return [shared] * n_queries
+            return self._check_allowed(AllowedItems(mask), n_queries)
         if mask.shape != (n_queries, self.n_items):
             raise ValueError(
                 f"allowed must have shape ({self.n_items},) or ({n_queries}, {self.n_items}), "
                 f"got {mask.shape}"
             )
-        return [None if row.all() else row for row in mask]
+        return [None if row.all() else AllowedItems(row) for row in mask]
 
     def _eligible_count(
-        self, allow: npt.NDArray[np.bool_] | None, excluded: npt.NDArray[np.int64] | None
+        self, allow: AllowedItems | None, excluded: npt.NDArray[np.int64] | None
     ) -> int:
         """Items a query may return: allowed and not excluded."""
         if allow is None:
             return self.n_items - (0 if excluded is None else excluded.size)
-        count = int(np.count_nonzero(allow))
-        if excluded is not None:
-            count -= int(np.count_nonzero(allow[excluded]))
-        return count
+        if excluded is None:
+            return allow.count
+        return allow.count - int(np.count_nonzero(allow.mask[excluded]))
 
     def _check_exclude(
         self, exclude: Exclude, n_queries: int

@@ -26,6 +26,7 @@ from fastapi import Depends, FastAPI, Header, Query
 from pydantic import ValidationError
 from starlette.responses import Response
 
+from index.allowed import AllowedItems
 from service import recaller as core
 from service.accept import NPY_MEDIA_TYPE, wants_npy
 from service.availability import Availability, unknown_ids
@@ -245,14 +246,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
-    def available(bundle: ServingBundle) -> np.ndarray | None:
-        """The items no one disabled, bool (n_items,), None when none is (the app's
-        ``availability``, :mod:`service.availability`); one mask per request."""
+    def available(bundle: ServingBundle) -> AllowedItems | None:
+        """The items no one disabled, None when none is (the app's ``availability``,
+        :mod:`service.availability`)."""
         availability = getattr(app.state, "availability", None)
         if availability is None:
             return None
-        mask: np.ndarray | None = availability.allowed(bundle)
-        return mask
+        items: AllowedItems | None = availability.allowed(bundle)
+        return items
 
     def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
         token = settings.admin_token

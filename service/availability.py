@@ -4,8 +4,9 @@ The disabled item ids live in the state store (``set_availability``; keyed by ex
 id, so they outlive a bundle), with a version bumped by every change. Each app process
 polls that version every ``poll_s`` seconds (``RECALL_AVAILABILITY_POLL_S``) and reads the
 set again when it moved, so a change reaches every replica within about one poll period.
-:meth:`Availability.allowed` turns the set into a bool mask over a bundle's item rows,
-cached per (bundle id, version): the recall paths AND it into their ``allowed`` mask.
+:meth:`Availability.allowed` turns the set into the allowed items of a bundle
+(:class:`~index.allowed.AllowedItems`), cached per (bundle id, version): the recall paths
+AND it into their filter's.
 
 A store that cannot be read keeps the last known set (never an empty one: a down store
 must not bring disabled items back), counted in ``recall_state_errors_total{op=
@@ -22,6 +23,7 @@ from contextlib import suppress
 
 import numpy as np
 
+from index.allowed import AllowedItems
 from service.recaller import ServingBundle
 from service.state import Id, StateUnavailable
 from service.state_access import StateAccess
@@ -40,7 +42,7 @@ class Availability:
         self.poll_s = poll_s
         self.version = -1  # nothing read yet; the store's versions start at 0
         self.disabled: tuple[Id, ...] = ()
-        self._masks: dict[tuple[str, int], np.ndarray | None] = {}
+        self._masks: dict[tuple[str, int], AllowedItems | None] = {}
         self._lock = threading.Lock()  # allowed() runs in the search threads
         self._task: asyncio.Task[None] | None = None
 
@@ -70,20 +72,21 @@ class Availability:
                 logger.info("item availability version %d: %d disabled", version, len(disabled))
             self.version, self.disabled = version, tuple(disabled)
 
-    def allowed(self, bundle: ServingBundle) -> np.ndarray | None:
-        """Bool (n_items,) of ``bundle``'s rows that may be returned (read-only, shared),
-        or None when no item of the bundle is disabled."""
+    def allowed(self, bundle: ServingBundle) -> AllowedItems | None:
+        """The items of ``bundle`` that may be returned (shared), or None when no item of
+        the bundle is disabled."""
         with self._lock:
             version, disabled = self.version, self.disabled
             key = (bundle.id, version)
             if key in self._masks:
                 return self._masks[key]
         mask = disabled_mask(bundle, disabled)
+        items = None if mask is None else AllowedItems(mask)
         with self._lock:
             while len(self._masks) >= CACHED_MASKS:
                 del self._masks[next(iter(self._masks))]  # the oldest
-            self._masks[key] = mask
-        return mask
+            self._masks[key] = items
+        return items
 
     async def start(self) -> None:
         """Read the set once (before the first request: a restarted replica must not serve

@@ -1,11 +1,13 @@
-"""Compiled filters of one bundle, shared by its requests: a small LRU of allowed masks.
+"""Compiled filters of one bundle, shared by its requests: a small LRU of allowed items.
 
 Compiling a filter reads whole attribute columns: ~17 ms at 1M items for a genre, year
 and language condition (a multi-valued ``any`` alone ~11 ms), several times the search
 itself, and the same few filters ("only what ships to this country") come back request
-after request. :class:`FilterCache` keeps the masks of the most recently used filters,
-keyed by the filter's canonical JSON, within a byte budget (a mask is n_items bytes).
-Masks are read-only; errors are not cached (a bad filter is cheap to refuse again).
+after request. :class:`FilterCache` keeps the most recently used filters, compiled to
+:class:`~index.allowed.AllowedItems` (the mask and the views the search strategies
+prepare from it once: bitmap, rows, cluster groups, the mask AND the availability),
+keyed by the filter's canonical JSON, within a byte budget. Errors are not cached (a bad
+filter is cheap to refuse again).
 """
 
 from __future__ import annotations
@@ -15,14 +17,17 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
-import numpy as np
+from index.allowed import AllowedItems
 
-__all__ = ["MAX_BYTES", "MAX_ENTRIES", "FilterCache", "filter_key"]
+__all__ = ["BYTES_PER_ITEM", "MAX_BYTES", "MAX_ENTRIES", "FilterCache", "filter_key"]
 
-MAX_BYTES = 64 << 20
-"""Masks kept per bundle, in bytes (64 masks of 1M items)."""
+MAX_BYTES = 128 << 20
+"""Compiled filters kept per bundle, in bytes (16 filters of 1M items)."""
+BYTES_PER_ITEM = 8
+"""What one compiled filter holds per catalog item, at most: the mask and its AND with
+the availability (1 byte each), their bitmaps, and int32 cluster groups of up to 60%."""
 MAX_ENTRIES = 256
-"""At most this many masks, however small the catalog."""
+"""At most this many filters, however small the catalog."""
 
 Spec = Mapping[str, Mapping[str, object]]
 
@@ -34,34 +39,35 @@ def filter_key(spec: Spec) -> str:
 
 
 class FilterCache:
-    """LRU of bool masks (n_items,) by filter, for one bundle; thread-safe."""
+    """LRU of compiled filters (:class:`AllowedItems` over n_items), for one bundle;
+    thread-safe."""
 
     def __init__(self, n_items: int, max_bytes: int = MAX_BYTES) -> None:
-        self.capacity = max(1, min(MAX_ENTRIES, max_bytes // max(1, n_items)))
-        self._masks: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.capacity = max(1, min(MAX_ENTRIES, max_bytes // max(1, BYTES_PER_ITEM * n_items)))
+        self._entries: OrderedDict[str, AllowedItems] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
-        return len(self._masks)
+        return len(self._entries)
 
-    def get(self, spec: Spec, compile_: Callable[[Spec], np.ndarray]) -> np.ndarray:
-        """The mask of ``spec``: cached, or ``compile_(spec)`` (its errors propagate, and
-        nothing is cached). Two threads missing at once both compile; one mask is kept."""
+    def get(self, spec: Spec, compile_: Callable[[Spec], AllowedItems]) -> AllowedItems:
+        """The allowed items of ``spec``: cached, or ``compile_(spec)`` (its errors
+        propagate, and nothing is cached). Two threads missing at once both compile; one
+        is kept."""
         key = filter_key(spec)
         with self._lock:
-            mask = self._masks.get(key)
-            if mask is not None:
-                self._masks.move_to_end(key)
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
                 self.hits += 1
-                return mask
+                return found
             self.misses += 1
-        mask = compile_(spec)  # outside the lock: other filters need not wait
-        mask.setflags(write=False)
+        compiled = compile_(spec)  # outside the lock: other filters need not wait
         with self._lock:
-            self._masks[key] = mask
-            self._masks.move_to_end(key)
-            while len(self._masks) > self.capacity:
-                self._masks.popitem(last=False)
-        return mask
+            self._entries[key] = compiled
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+        return compiled

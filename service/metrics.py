@@ -121,8 +121,9 @@ class Metrics:
         self.searches = Counter(
             "recall_searches",
             "index searches of answers (recall, batch entries, similar) by strategy: index, "
-            "selector (a filter as a FAISS bitmap), scan (exact scan of the few allowed "
-            "items), fallback (the index came back short), empty (nothing allowed)",
+            "selector (a filter as a FAISS bitmap), clusters (exact scan of the allowed items "
+            "of the nearest item clusters), scan (exact scan of the few allowed items), "
+            "fallback (the index came back short), empty (nothing allowed)",
             ["strategy"],
             registry=self.registry,
         )

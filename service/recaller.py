@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from index import bundle as b
+from index.allowed import AllowedItems
 from index.attributes import AttributeFilterError, ItemAttributes
 from index.filters import FilterError, compile_filter
 from index.history import UserHistory
@@ -208,44 +209,44 @@ def _query(
     return Source.VECTOR, _query_vector(bundle, query.vector or ()), exclude
 
 
-def allowed_mask(
+def allowed_items(
     bundle: ServingBundle,
     spec: Mapping[str, Mapping[str, object]] | None,
-    available: np.ndarray | None = None,
-) -> np.ndarray | None:
-    """The items one request may return, bool (n_items,): the filter's matches AND
-    ``available`` (items not disabled, bool (n_items,)); None when both are None (all).
-    A filter this bundle cannot apply is :class:`InvalidInput` naming the problem."""
-    mask = None
-    if spec is not None:
-        try:
-            mask = bundle.filters.get(spec, lambda s: compile_filter(s, bundle.attributes))
-        except (FilterError, AttributeFilterError) as e:
-            raise InvalidInput(str(e)) from None
-    if available is not None:
-        mask = available if mask is None else mask & available
-    return mask
+    available: AllowedItems | None = None,
+) -> AllowedItems | None:
+    """The items one request may return: the filter's matches (compiled once per filter,
+    the bundle's :class:`FilterCache`) AND ``available`` (items not disabled); None when
+    both are None (all). A filter this bundle cannot apply is :class:`InvalidInput`
+    naming the problem."""
+    if spec is None:
+        return available
+    try:
+        matches = bundle.filters.get(
+            spec, lambda s: AllowedItems(compile_filter(s, bundle.attributes))
+        )
+    except (FilterError, AttributeFilterError) as e:
+        raise InvalidInput(str(e)) from None
+    return matches if available is None else matches.intersect(available)
 
 
 class Allowed:
-    """The masks of one request or one batch: ``available`` (bool (n_items,), items not
-    disabled; None = all) AND each query's filter (from the bundle's :class:`FilterCache`),
-    once per distinct filter (the entries of a batch often share one). Not thread-safe:
-    one per request."""
+    """The allowed items of one request or one batch: ``available`` (items not disabled;
+    None = all) AND each query's filter, once per distinct filter (the entries of a batch
+    often share one). Not thread-safe: one per request."""
 
-    def __init__(self, bundle: ServingBundle, available: np.ndarray | None = None) -> None:
+    def __init__(self, bundle: ServingBundle, available: AllowedItems | None = None) -> None:
         self.bundle = bundle
         self.available = available
-        self._masks: dict[str, np.ndarray | None] = {}
+        self._items: dict[str, AllowedItems | None] = {}
 
-    def mask(self, spec: Mapping[str, Mapping[str, object]] | None) -> np.ndarray | None:
-        """:func:`allowed_mask` of ``spec`` (bool (n_items,) or None), cached by filter."""
+    def mask(self, spec: Mapping[str, Mapping[str, object]] | None) -> AllowedItems | None:
+        """:func:`allowed_items` of ``spec`` (None: all), kept by filter."""
         if spec is None:
             return self.available
         key = filter_key(spec)
-        if key not in self._masks:
-            self._masks[key] = allowed_mask(self.bundle, spec, self.available)
-        return self._masks[key]
+        if key not in self._items:
+            self._items[key] = allowed_items(self.bundle, spec, self.available)
+        return self._items[key]
 
 
 def recall(
@@ -265,10 +266,10 @@ def answer(
     source: Source,
     vector: np.ndarray | None,
     exclude: np.ndarray,
-    allowed: np.ndarray | None = None,
+    allowed: AllowedItems | None = None,
 ) -> RecallResult:
     """Top-k for a query vector (dim,) float32, or the popular items when it is None,
-    among the ``allowed`` items (bool (n_items,), None = all) without the ``exclude``
+    among the ``allowed`` items (None = all) without the ``exclude``
     item rows."""
     strategy: Strategy | None = None
     if vector is None:
@@ -286,7 +287,7 @@ def _search(
     query: np.ndarray,
     k: int,
     exclude: np.ndarray,
-    allowed: np.ndarray | None,
+    allowed: AllowedItems | None,
 ) -> Found:
     """Scores (1, k') and rows (1, k') of the top-k among allowed, non-excluded items for
     one query (1, dim), and the strategy the index chose by how many items are allowed."""
@@ -326,13 +327,13 @@ def _finite(scores: np.ndarray) -> np.ndarray:
 
 
 def popular(
-    bundle: ServingBundle, k: int, exclude: np.ndarray, allowed: np.ndarray | None = None
+    bundle: ServingBundle, k: int, exclude: np.ndarray, allowed: AllowedItems | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The k most popular ``allowed`` items (bool (n_items,), None = all) not excluded:
+    """The k most popular ``allowed`` items (None = all) not excluded:
     (rows (k',), training counts (k',)), k' < k only when fewer items are left."""
     order = bundle.popular_rows
     if allowed is not None:
-        order = order[allowed[order]]
+        order = order[allowed.mask[order]]
     if len(exclude):
         head = order[: k + len(exclude)]
         order = head[~np.isin(head, exclude)]
@@ -347,12 +348,12 @@ def similar(
     max_k: int,
     spec: Mapping[str, Mapping[str, object]] | None = None,
     exclude: Sequence[ExternalId] = (),
-    available: np.ndarray | None = None,
+    available: AllowedItems | None = None,
 ) -> RecallResult:
     """Item-to-item neighbours by ``W_i . W_j`` (the query's bias slot is 0) among the
     items the filter ``spec`` and ``available`` allow, the item and ``exclude`` dropped."""
     check_k(k, max_k)
-    allowed = allowed_mask(bundle, spec, available)
+    allowed = allowed_items(bundle, spec, available)
     row = bundle.item_ids.row(item_id)
     if row is None:
         raise UnknownId(f"unknown item id {clip(item_id)}")

@@ -1,13 +1,14 @@
-"""service.filter_cache: the LRU of compiled filter masks, on real masks of real attributes."""
+"""service.filter_cache: the LRU of compiled filters, on real masks of real attributes."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from index.allowed import AllowedItems
 from index.attributes import ItemAttributes
 from index.filters import FilterError, compile_filter
-from service.filter_cache import FilterCache, filter_key
+from service.filter_cache import BYTES_PER_ITEM, FilterCache, filter_key
 
 N = 1000
 
@@ -35,28 +36,28 @@ def test_hits_return_the_compiled_mask_read_only(attributes: ItemAttributes) -> 
     cache = FilterCache(N)
     calls: list[object] = []
 
-    def compile_(spec: object) -> np.ndarray:
+    def compile_(spec: object) -> AllowedItems:
         calls.append(spec)
-        return compile_filter(spec, attributes)  # type: ignore[arg-type]
+        return AllowedItems(compile_filter(spec, attributes))  # type: ignore[arg-type]
 
     spec = {"year": {"gte": 1990}, "language": {"none": ["fr"]}}
     first = cache.get(spec, compile_)
     again = cache.get(dict(reversed(list(spec.items()))), compile_)
     assert again is first and len(calls) == 1 and (cache.hits, cache.misses) == (1, 1)
-    np.testing.assert_array_equal(first, compile_filter(spec, attributes))
-    assert not first.flags.writeable
+    np.testing.assert_array_equal(first.mask, compile_filter(spec, attributes))
+    assert not first.mask.flags.writeable
     with pytest.raises(ValueError):
-        first[0] = not first[0]
+        first.mask[0] = not first.mask[0]
 
 
 def test_least_recently_used_goes_first_within_the_byte_budget(
     attributes: ItemAttributes,
 ) -> None:
-    cache = FilterCache(N, max_bytes=3 * N)  # three masks
+    cache = FilterCache(N, max_bytes=3 * BYTES_PER_ITEM * N)  # three filters
     assert cache.capacity == 3
 
-    def compile_(spec: object) -> np.ndarray:
-        return compile_filter(spec, attributes)  # type: ignore[arg-type]
+    def compile_(spec: object) -> AllowedItems:
+        return AllowedItems(compile_filter(spec, attributes))  # type: ignore[arg-type]
 
     specs = [{"year": {"gte": 1950 + i}} for i in range(4)]
     for spec in specs[:3]:
@@ -75,7 +76,8 @@ def test_least_recently_used_goes_first_within_the_byte_budget(
 
 def test_errors_are_not_cached(attributes: ItemAttributes) -> None:
     cache = FilterCache(N)
+    spec = {"colour": {"any": ["red"]}}
     for _ in range(2):
         with pytest.raises(FilterError, match="colour"):
-            cache.get({"colour": {"any": ["red"]}}, lambda s: compile_filter(s, attributes))
+            cache.get(spec, lambda s: AllowedItems(compile_filter(s, attributes)))
     assert len(cache) == 0 and cache.misses == 2

@@ -1,17 +1,19 @@
 """Filtered search (``ItemIndex.search(..., allowed=mask)``) against a numpy oracle, for
-every index kind and every strategy (exact scan, FAISS bitmap selector)."""
+every index kind and every strategy (exact scan, item clusters, FAISS bitmap selector)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import faiss
 import numpy as np
 import pytest
 
 from index import faiss_index as fi
+from index.allowed import AllowedItems
 from index.build import BuildOptions, build_index
-from index.search import ItemIndex
+from index.search import FILTER_STRATEGIES, FilterStrategy, ItemIndex
 from tests.index_data import clustered, write_vectors_bundle
 
 N_ITEMS, N_USERS, DIM = 2000, 200, 16
@@ -23,7 +25,27 @@ def vectors() -> tuple[np.ndarray, np.ndarray]:
     return clustered(N_ITEMS, N_USERS, DIM, seed=5)
 
 
-@pytest.fixture(scope="module", params=fi.KINDS)
+#: The kinds whose builder makes item clusters (the ``clusters`` strategy needs them).
+CLUSTERED_KINDS = ("hnsw",)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every kind for every test; with ``strategy``, every strategy the kind has."""
+    if "built_once" not in metafunc.fixturenames:
+        return
+    if "strategy" not in metafunc.fixturenames:
+        metafunc.parametrize("built_once", fi.KINDS, indirect=True, scope="module")
+        return
+    pairs = [
+        pytest.param(kind, strategy, id=f"{kind}-{strategy}")
+        for kind in fi.KINDS
+        for strategy in FILTER_STRATEGIES
+        if strategy != "clusters" or kind in CLUSTERED_KINDS
+    ]
+    metafunc.parametrize(("built_once", "strategy"), pairs, indirect=["built_once"], scope="module")
+
+
+@pytest.fixture(scope="module")
 def built_once(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
@@ -43,18 +65,8 @@ def built_once(
 def built(built_once: ItemIndex) -> Iterator[ItemIndex]:
     """The module's index; the strategy thresholds a test sets are undone after it."""
     yield built_once
-    for name in ("scan_eligible", "scan_rows", "scan_share", "hnsw_scan_share"):
+    for name in ("scan_eligible", "clusters_max_share"):
         vars(built_once).pop(name, None)
-
-
-def _force(index: ItemIndex, strategy: str) -> ItemIndex:
-    """``index`` with one filtered strategy forced (instance attributes)."""
-    if strategy == "scan":
-        index.scan_share = 1.0
-    else:
-        index.scan_eligible, index.scan_rows, index.scan_share = 0, 0, 0.0
-        index.hnsw_scan_share = 0.0
-    return index
 
 
 def _oracle(
@@ -108,18 +120,20 @@ def _recall(rows: np.ndarray, want: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("share", [0.5, 0.1, 0.02])
-@pytest.mark.parametrize("strategy", ["scan", "selector"])
 def test_filtered_topk_equals_the_oracle(
-    built: ItemIndex, vectors: tuple[np.ndarray, np.ndarray], strategy: str, share: float
+    built: ItemIndex,
+    vectors: tuple[np.ndarray, np.ndarray],
+    strategy: FilterStrategy,
+    share: float,
 ) -> None:
-    """Flat: equal to the oracle under both strategies. Every kind's exact scan: equal.
-    ANN kinds with the bitmap selector and widened efSearch/nprobe: recall@20 >= 0.95
-    against the exact filtered top-20 (measured on this catalog: see the assertion)."""
+    """Flat: equal to the oracle under every strategy. Every kind's exact scan: equal.
+    ANN kinds with the bitmap selector and widened efSearch/nprobe, and HNSW's item
+    clusters: recall@100 >= 0.95 against the exact filtered top-100."""
     items, users = vectors
-    index = _force(built, strategy)
+    index = built
     allowed = _mask(share, seed=int(share * 100))
     q = users[:50]
-    found = index.search_detailed(q, K, allowed=allowed)
+    found = index.search_detailed(q, K, allowed=allowed, strategy=strategy)
     want_scores, want_rows = _oracle(q, items, K, allowed)
     assert found.rows.shape == (50, min(K, int(allowed.sum())))
     assert set(found.strategies) <= {strategy, "fallback"}
@@ -131,35 +145,34 @@ def test_filtered_topk_equals_the_oracle(
         assert _recall(found.rows, want_rows) >= 0.95
 
 
-@pytest.mark.parametrize("strategy", ["scan", "selector"])
 def test_filter_edge_cases(
-    built: ItemIndex, vectors: tuple[np.ndarray, np.ndarray], strategy: str
+    built: ItemIndex, vectors: tuple[np.ndarray, np.ndarray], strategy: FilterStrategy
 ) -> None:
     """Nothing allowed: an empty answer. One item: that item. Fewer than k: all of them,
     best first. Everything allowed: the plain unfiltered search."""
     items, users = vectors
-    index = _force(built, strategy)
+    index = built
     q = users[:50]
     nothing = np.zeros(N_ITEMS, dtype=bool)
-    scores, rows = index.search(q, K, allowed=nothing)
+    scores, rows = index.search(q, K, allowed=nothing, strategy=strategy)
     assert rows.shape == (50, 0) and scores.shape == (50, 0)
 
     one = nothing.copy()
     one[1234] = True
-    scores, rows = index.search(q, K, allowed=one)
+    scores, rows = index.search(q, K, allowed=one, strategy=strategy)
     assert rows.tolist() == [[1234]] * 50
     np.testing.assert_allclose(scores[:, 0], q @ items[1234], rtol=1e-5, atol=1e-5)
 
     few = nothing.copy()
     few[[3, 500, 999, 1500, 1999]] = True
-    scores, rows = index.search(q, K, allowed=few)
+    scores, rows = index.search(q, K, allowed=few, strategy=strategy)
     _, want_rows = _oracle(q, items, K, few)
     assert rows.shape == (50, 5)
     np.testing.assert_array_equal(rows, want_rows)
     _check_answer(scores, rows, q, items, few)
 
     everything = ~nothing  # no filter at all: the unfiltered index answer
-    found = index.search_detailed(q, K, allowed=everything)
+    found = index.search_detailed(q, K, allowed=everything, strategy=strategy)
     assert found.strategies == ("index",) * 50
     np.testing.assert_array_equal(found.rows, index.search(q, K)[1])
     _, want_rows = _oracle(q, items, K, everything)
@@ -171,14 +184,13 @@ def test_filter_edge_cases(
         assert _recall(found.rows, want_rows) >= 0.95
 
 
-@pytest.mark.parametrize("strategy", ["scan", "selector"])
 def test_filter_combined_with_exclusions(
-    built: ItemIndex, vectors: tuple[np.ndarray, np.ndarray], strategy: str
+    built: ItemIndex, vectors: tuple[np.ndarray, np.ndarray], strategy: FilterStrategy
 ) -> None:
     """An allowed mask AND per-query exclusions (some of them allowed items, so the
     exclusion matters): never an excluded or disallowed item; exact for scans and Flat."""
     items, users = vectors
-    index = _force(built, strategy)
+    index = built
     allowed = _mask(0.1, seed=7)
     rng = np.random.default_rng(8)
     allowed_rows = np.flatnonzero(allowed)
@@ -186,9 +198,10 @@ def test_filter_combined_with_exclusions(
     # exclude the oracle's 5 best allowed items of each query plus random rows
     _, best = _oracle(q, items, 5, allowed)
     excl = [np.concatenate([best[i], rng.choice(N_ITEMS, 40, replace=False)]) for i in range(30)]
-    found = index.search_detailed(q, K, excl, allowed=allowed)
+    found = index.search_detailed(q, K, excl, allowed=allowed, strategy=strategy)
     _, want_rows = _oracle(q, items, K, allowed, excl)
     assert found.rows.shape == (30, K)
+    assert set(found.strategies) <= {strategy, "fallback"}
     _check_answer(found.scores, found.rows, q, items, allowed, excl)
     if strategy == "scan" or index.kind == "flat":
         np.testing.assert_array_equal(found.rows, want_rows)
@@ -196,7 +209,7 @@ def test_filter_combined_with_exclusions(
         assert _recall(found.rows, want_rows) >= 0.95
     # k wider than what is left: every remaining allowed item of the neediest query
     left = min(np.setdiff1d(allowed_rows, e).size for e in excl)
-    scores, rows = index.search(q, 10_000, excl, allowed=allowed)
+    scores, rows = index.search(q, 10_000, excl, allowed=allowed, strategy=strategy)
     assert rows.shape == (30, left)
     _check_answer(scores, rows, q, items, allowed, excl)
 
@@ -204,25 +217,64 @@ def test_filter_combined_with_exclusions(
 def test_per_query_masks_and_strategy_by_count(
     built: ItemIndex, vectors: tuple[np.ndarray, np.ndarray]
 ) -> None:
-    """A (B, n_items) mask filters each query by its own row; with the default thresholds
-    a query with few allowed items is scanned, one with many goes to the index with a
-    selector (Flat included), and an unfiltered one is plain ``index``."""
+    """A (B, n_items) mask filters each query by its own row; a query with few allowed
+    items is scanned, one with more goes to the clusters (HNSW, up to
+    ``clusters_max_share``) or to the index with a selector (Flat included), and an
+    unfiltered one is plain ``index``."""
     _, users = vectors
     index = built
-    index.scan_eligible = 0  # the floor for exclusions only (4096 > this catalog)
-    index.scan_rows = 100  # on this 2000-item catalog: <= 100 allowed items are scanned
-    index.hnsw_scan_share = 0.0
-    masks = np.stack([_mask(0.02, 1), _mask(0.5, 2)])
-    found = index.search_detailed(users[:2], K, allowed=masks)
+    index.scan_eligible = 100  # on this 2000-item catalog: <= 100 allowed items are scanned
+    settings = replace(index.settings, cluster_factor=1)  # the clusters score k rows
+    masks = np.stack([_mask(0.02, 1), _mask(0.3, 2), _mask(0.9, 3)])
+    found = index.search_detailed(users[:3], 10, allowed=masks, settings=settings)
+    middle = "clusters" if index.clusters is not None else "selector"
     assert found.strategies[0] == "scan"
-    assert found.strategies[1] in ("selector", "fallback")
-    for i in range(2):
+    assert found.strategies[1] in (middle, "fallback")
+    assert found.strategies[2] in ("selector", "fallback")
+    for i in range(3):
         assert masks[i][found.rows[i]].all()
     assert index.search_detailed(users[:2], K).strategies == ("index", "index")
-    assert index.filter_strategy(100) == "scan" and index.filter_strategy(101) == "selector"
-    # HNSW: a share floor too (2% of the catalog), so a huge catalog still scans 1% filters
-    index.hnsw_scan_share = 0.1
-    assert index.filter_strategy(200) == ("scan" if index.kind == "hnsw" else "selector")
+    assert index.filter_strategy(100, K) == "scan"
+    if index.clusters is None:
+        assert index.filter_strategy(101, K) == "selector"
+        return
+    factor = index.settings.cluster_factor
+    assert factor is not None  # tuned by the builder
+    # the clusters would score cluster_factor * k rows anyway: below that, scan them all
+    assert index.filter_strategy(factor * 10, 10) == "scan"
+    assert index.filter_strategy(factor * 10 + 1, 10) == "clusters"
+    top = int(index.clusters_max_share * N_ITEMS)
+    assert index.filter_strategy(top, 1) == "clusters"
+    assert index.filter_strategy(top + 1, 1) == "selector"
+
+
+def test_prepared_filter_is_reused_and_equals_a_raw_mask(
+    built: ItemIndex, vectors: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """An :class:`AllowedItems` answers as its raw mask does, across calls and batches,
+    and keeps its views (no second bitmap or cluster grouping)."""
+    _, users = vectors
+    mask = _mask(0.3, 11)
+    allowed = AllowedItems(mask)
+    assert (built.clusters is not None) == (built.kind in CLUSTERED_KINDS)
+    for strategy in FILTER_STRATEGIES:
+        if strategy == "clusters" and built.clusters is None:
+            continue
+        raw = built.search(users[:20], K, allowed=mask, strategy=strategy)
+        prepared = built.search(users[:20], K, allowed=allowed, strategy=strategy)
+        np.testing.assert_array_equal(raw[1], prepared[1])
+    bitmap = allowed.bitmap
+    built.search(users[:5], K, allowed=allowed, strategy="selector")
+    assert allowed.bitmap is bitmap
+    if built.clusters is not None:
+        groups = allowed.groups(built.clusters)
+        built.search(users[:5], K, allowed=allowed, strategy="clusters")
+        assert allowed.groups(built.clusters) is groups
+    with pytest.raises(ValueError, match="covers"):
+        built.search(users[:2], K, allowed=AllowedItems(np.ones(N_ITEMS + 1, dtype=bool)))
+    if built.clusters is None:
+        with pytest.raises(ValueError, match="no item clusters"):
+            built.search(users[:2], K, allowed=allowed, strategy="clusters")
 
 
 def test_invalid_masks_are_value_errors(
@@ -238,8 +290,8 @@ def test_invalid_masks_are_value_errors(
 
 
 def test_widened_search_parameters() -> None:
-    """HNSW efSearch grows as share**-0.75, IVF nprobe as 1/share, capped (FILTER_EF_MAX,
-    nlist)."""
+    """HNSW efSearch grows as share**-0.75, IVF nprobe as share**-0.5, capped
+    (FILTER_EF_MAX, nlist)."""
     hnsw = fi.SearchSettings(ef_search=100, entry_probe=4)
     assert fi.widen_for_filter("hnsw", hnsw, 1.0, None) == hnsw
     assert fi.widen_for_filter("hnsw", hnsw, 0.5, None).ef_search == 169  # 100 * 2**0.75
@@ -247,8 +299,9 @@ def test_widened_search_parameters() -> None:
     assert fi.widen_for_filter("hnsw", hnsw, 0.001, None).ef_search == fi.FILTER_EF_MAX
     assert fi.widen_for_filter("hnsw", hnsw, 0.5, None).entry_probe == 4
     ivf = fi.SearchSettings(nprobe=8, k_factor=2)
-    assert fi.widen_for_filter("ivf-pq", ivf, 0.25, 64) == fi.SearchSettings(nprobe=32, k_factor=2)
-    assert fi.widen_for_filter("ivf-flat", ivf, 0.01, 64).nprobe == 64
+    assert fi.widen_for_filter("ivf-pq", ivf, 0.25, 64) == fi.SearchSettings(nprobe=16, k_factor=2)
+    assert fi.widen_for_filter("ivf-flat", ivf, 0.01, 64).nprobe == 64  # 80, capped
+    assert fi.widen_for_filter("ivf-flat", ivf, 0.1, 64).nprobe == 26
     assert fi.widen_for_filter("flat", fi.SearchSettings(), 0.01, None) == fi.SearchSettings()
 
 

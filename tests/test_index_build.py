@@ -74,9 +74,22 @@ def test_recorded_recall_equals_an_independent_computation(
     # and the tuned setting is the first rung of its ladder that met the target
     assert section["search_params"] == index.settings.to_manifest()
     met = [t for t in section["tuning"] if t["recall_at_100"] >= 0.95]
-    assert section["search_params"] in [
+    filtered = ("cluster_factor", "filter_nprobe_power")
+    unfiltered = {k: v for k, v in section["search_params"].items() if k not in filtered}
+    assert unfiltered in [
         {k: v for k, v in t.items() if k not in ("recall_at_100", "batch_seconds")} for t in met
     ]
+    # the filtered knob: the first rung of its ladder whose recall met the target everywhere
+    steps = section["filter_tuning"]
+    assert steps and all(
+        {k: v for k, v in t.items() if k not in ("strategy", "recall_at_100")}
+        == {**unfiltered, **{k: t[k] for k in filtered if k in t}}
+        for t in steps
+    )
+    first_met = next((t for t in steps if min(t["recall_at_100"].values()) >= 0.95), steps[-1])
+    assert section["search_params"] == {
+        k: v for k, v in first_met.items() if k in section["search_params"]
+    }
 
 
 def test_index_section_records_build_facts(
@@ -89,7 +102,15 @@ def test_index_section_records_build_facts(
     assert section["transform"] == "mips-l2" and section["index_dim"] == DIM + 2
     assert section["max_norm"] == pytest.approx(float(np.linalg.norm(items, axis=1).max()))
     assert section["build_params"] == {"M": 32, "efConstruction": 40, "entry_points": 55}
-    assert set(section["search_params"]) <= {"efSearch", "k_factor", "entry_probe"}
+    assert set(section["search_params"]) <= {
+        "efSearch",
+        "k_factor",
+        "entry_probe",
+        "cluster_factor",
+    }
+    assert (
+        section["search_params"]["cluster_factor"] == section["filter_tuning"][-1]["cluster_factor"]
+    )
     rows = section["entry_rows"]  # landmark entry points: unique item rows
     assert 1 <= len(rows) <= 55 and rows == sorted(set(rows)) and 0 <= rows[0] <= rows[-1] < N_ITEMS
     assert section["build_seconds"] > 0 and section["latency_ms"]["p50"] > 0
@@ -98,12 +119,35 @@ def test_index_section_records_build_facts(
     entry = manifest.files[b.INDEX]
     assert entry.bytes == section["index_bytes"] == (bundle / b.INDEX).stat().st_size
     assert entry.sha256 == b.sha256_of(bundle / b.INDEX)
+    # HNSW's item clusters: listed, checksummed, every item row once
+    clusters = b.load_arrays(bundle, manifest, b.ITEM_CLUSTERS)
+    assert np.array_equal(np.sort(clusters["rows"]), np.arange(N_ITEMS))
+    assert clusters["centroids"].shape[1] == section["index_dim"]
     # the trainer's files and metadata are untouched
-    assert {n: e for n, e in manifest.files.items() if n != b.INDEX} == {
+    built = {b.INDEX, b.ITEM_CLUSTERS}
+    assert {n: e for n, e in manifest.files.items() if n not in built} == {
         n: b.file_entry(bundle / n) for n in b.TRAINER_FILES_V1
     }
     assert manifest.trainer == {"source": "tests.index_data"}
     assert not [p.name for p in bundle.iterdir() if p.name.startswith(".")]
+
+
+def test_a_rebuild_as_ivf_drops_the_clusters_and_tunes_its_probe_power(
+    tmp_path: Path, vectors: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """IVF answers filters from its own lists: no item_clusters.npz (a stale one from an
+    earlier HNSW build is removed), and the tuned nprobe power is recorded and loaded."""
+    bundle = write_vectors_bundle(tmp_path, *vectors)
+    build_index(bundle, BuildOptions(kind="hnsw", sample_queries=50, latency_queries=5))
+    assert (bundle / b.ITEM_CLUSTERS).exists()
+    section = build_index(bundle, BuildOptions(kind="ivf-flat", sample_queries=50))
+    assert not (bundle / b.ITEM_CLUSTERS).exists()
+    assert b.ITEM_CLUSTERS not in b.read_manifest(bundle).files
+    power = section["search_params"]["filter_nprobe_power"]
+    assert power == section["filter_tuning"][-1]["filter_nprobe_power"]
+    assert all(t["strategy"] == "selector" for t in section["filter_tuning"])
+    loaded = ItemIndex.load(bundle)
+    assert loaded.clusters is None and loaded.settings.filter_nprobe_power == power
 
 
 def test_auto_is_flat_for_small_catalogs_and_measured_for_large(

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from index import bundle as b
+from index.clusters import build_clusters
 from index.current import CURRENT, read_current
 from index.publish import publish
 from index.tower import SPEC_KEY
@@ -97,6 +98,26 @@ def _attributes(edit: Callable[[dict[str, np.ndarray]], None]) -> Callable[[Path
         attributes = _arrays(bundle, b.ITEM_ATTRIBUTES)
         edit(attributes)
         resign(bundle, b.ITEM_ATTRIBUTES, attributes)
+        return bundle
+
+    return damage
+
+
+def _clusters(edit: Callable[[dict[str, np.ndarray]], None]) -> Callable[[Path], Path]:
+    """Give the bundle item clusters (as the builder does for HNSW), damaged by ``edit``."""
+
+    def damage(bundle: Path) -> Path:
+        index = faiss.read_index(str(bundle / b.INDEX))
+        items = _array(bundle, b.ITEM_VECTORS)
+        padded = np.zeros((items.shape[0], index.d), dtype=np.float32)
+        padded[:, : items.shape[1]] = items
+        arrays = build_clusters(padded, 4).to_arrays()
+        edit(arrays)
+        b.save_array(bundle / b.ITEM_CLUSTERS, arrays)
+        files = b.read_manifest(bundle).files
+        edit_manifest(
+            bundle, files={**files, b.ITEM_CLUSTERS: b.file_entry(bundle / b.ITEM_CLUSTERS)}
+        )
         return bundle
 
     return damage
@@ -575,6 +596,26 @@ CORRUPTIONS: list[tuple[str, Callable[[Path], Path], str]] = [
     ),
     ("attributes-flipped", _flip(b.ITEM_ATTRIBUTES), r"item_attributes\.npz fails its sha256"),
     ("attributes-missing", _unlink(b.ITEM_ATTRIBUTES), r"item_attributes\.npz is missing"),
+    (
+        "clusters-row-twice",
+        _clusters(lambda c: _put(0, int(c["rows"][1]))(c["rows"])),
+        r"item_clusters\.npz: rows must hold each item row",
+    ),
+    (
+        "clusters-offsets-short",
+        _clusters(lambda c: c.update(offsets=c["offsets"][:-1])),
+        r"item_clusters\.npz: offsets must be int64",
+    ),
+    (
+        "clusters-wrong-width",
+        _clusters(lambda c: c.update(centroids=np.c_[c["centroids"], c["centroids"][:, :1]])),
+        r"item_clusters\.npz covers 300 items of width \d+, the index 300 of width",
+    ),
+    (
+        "clusters-flipped",
+        lambda bundle: _flip(b.ITEM_CLUSTERS)(_clusters(lambda c: None)(bundle)),
+        r"item_clusters\.npz fails its sha256",
+    ),
 ]
 
 
