@@ -43,13 +43,14 @@ class AllowedItems:
         self._both: tuple[AllowedItems, AllowedItems] | None = None
         self._lock = threading.Lock()
 
-    def __len__(self) -> int:
-        """n_items (the mask's length, not the allowed count)."""
+    @property
+    def n_items(self) -> int:
+        """The catalog size (the mask's length; :attr:`count` is how many are allowed)."""
         return int(self.mask.shape[0])
 
     @property
     def everything(self) -> bool:
-        return self.count == int(self.mask.shape[0])
+        return self.count == self.n_items
 
     @cached_property
     def rows(self) -> npt.NDArray[np.int64]:

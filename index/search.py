@@ -451,8 +451,10 @@ class ItemIndex:
         if allowed is None:
             return [None] * n_queries
         if isinstance(allowed, AllowedItems):
-            if len(allowed) != self.n_items:
-                raise ValueError(f"allowed covers {len(allowed)} items, the index {self.n_items}")
+            if allowed.n_items != self.n_items:
+                raise ValueError(
+                    f"allowed covers {allowed.n_items} items, the index {self.n_items}"
+                )
             return [None if allowed.everything else allowed] * n_queries
         mask = np.asarray(allowed)
         if mask.dtype != np.bool_:
