@@ -253,13 +253,14 @@ def tune_filtered(
 ) -> tuple[fi.SearchSettings, list[dict[str, Any]]]:
     """``settings`` with the cheapest filtered-search knob whose strategy reaches
     recall@k >= target under seeded random filters (else the most thorough step), and
-    every measured step. With item clusters: ``cluster_factor``, at the largest share
+    every measured step. With item clusters: ``cluster_factor`` (and ``cluster_rows``, what
+    it scores at this ``k``: a smaller k never scores fewer rows), at the largest share
     the clusters serve (the hardest: most allowed rows per cluster) and 10%. IVF:
     ``filter_nprobe_power`` of the bitmap selector at 50%, 10% and 1%. Others: unchanged."""
     if searcher.clusters is not None:
         strategy: FilterStrategy = "clusters"
         shares: tuple[float, ...] = (searcher.clusters_max_share, 0.1)
-        ladder = [replace(settings, cluster_factor=f) for f in _CLUSTER_FACTORS]
+        ladder = [replace(settings, cluster_factor=f, cluster_rows=f * k) for f in _CLUSTER_FACTORS]
     elif searcher.kind.startswith("ivf"):
         strategy, shares = "selector", (0.5, 0.1, 0.01)
         ladder = [replace(settings, filter_nprobe_power=p) for p in _NPROBE_POWERS]

@@ -5,7 +5,8 @@ times further for the same answer (FAISS's HNSW checks the bitmap only when it k
 result), so HNSW under a 10% filter runs at a seventh of its unfiltered speed. The
 clusters answer such queries at a cost that does not depend on ``s``: rank the clusters
 by the query, take the *allowed* rows of the nearest ones until there are ``m`` of them
-(``m = cluster_factor * k``, tuned by the index builder), and score those exactly.
+(``m = cluster_factor * k``, at least the ``m`` the index builder tuned at its recall k),
+and score those exactly.
 The allowed rows of each cluster are grouped once per filter (:meth:`ItemClusters.group`,
 O(n_items)), so a query touches only allowed rows.
 

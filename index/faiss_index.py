@@ -107,8 +107,11 @@ class SearchSettings:
 
     ``k_factor`` > 1 fetches ``k * k_factor`` candidates and keeps the ``k`` with the best
     exact inner product (a re-rank from the item vectors, for quantized kinds).
-    ``cluster_factor``: a filtered search by item clusters scores ``cluster_factor * k``
-    allowed rows (:mod:`index.clusters`; None: :data:`DEFAULT_CLUSTER_FACTOR`).
+    ``cluster_factor``, ``cluster_rows``: a filtered search by item clusters scores
+    ``max(cluster_rows, cluster_factor * k)`` allowed rows (:mod:`index.clusters`; the
+    builder tunes the factor at its recall k and sets ``cluster_rows`` to what that k
+    scores, so a smaller k keeps the tuned recall; None: :data:`DEFAULT_CLUSTER_FACTOR`,
+    no minimum).
     ``filter_nprobe_power``: a filtered IVF search probes ``nprobe * share ** -power``
     lists (None: :data:`FILTER_NPROBE_POWER`).
     """
@@ -118,6 +121,7 @@ class SearchSettings:
     k_factor: int = 1
     entry_probe: int | None = None
     cluster_factor: int | None = None
+    cluster_rows: int | None = None
     filter_nprobe_power: float | None = None
 
     def to_manifest(self) -> dict[str, int | float]:
@@ -127,6 +131,7 @@ class SearchSettings:
             ("nprobe", self.nprobe),
             ("entry_probe", self.entry_probe),
             ("cluster_factor", self.cluster_factor),
+            ("cluster_rows", self.cluster_rows),
             ("filter_nprobe_power", self.filter_nprobe_power),
         ):
             if value is not None:
@@ -136,7 +141,7 @@ class SearchSettings:
     @classmethod
     def from_manifest(cls, params: dict[str, Any]) -> SearchSettings:
         """Parse the ``search_params`` of a manifest's index section (raise ValueError)."""
-        names = ("efSearch", "nprobe", "k_factor", "entry_probe", "cluster_factor")
+        names = ("efSearch", "nprobe", "k_factor", "entry_probe", "cluster_factor", "cluster_rows")
         unknown = set(params) - {*names, "filter_nprobe_power"}
         if unknown:
             raise ValueError(f"unknown search parameter(s) {sorted(unknown)}")
@@ -157,6 +162,7 @@ class SearchSettings:
             k_factor=values["k_factor"] or 1,
             entry_probe=values["entry_probe"],
             cluster_factor=values["cluster_factor"],
+            cluster_rows=values["cluster_rows"],
             filter_nprobe_power=None if power is None else float(power),
         )
 

@@ -302,7 +302,7 @@ class ItemIndex:
     ) -> FilterStrategy:
         """The strategy of a filtered query for the top ``k`` of ``eligible`` allowed,
         non-excluded items: ``scan`` (exact, over those rows) up to :attr:`scan_eligible`
-        items or as many as the clusters search would score anyway; ``clusters`` (the
+        items or as many as a clusters search would score anyway; ``clusters`` (the
         allowed rows of the nearest clusters, exact) up to :attr:`clusters_max_share` of
         the catalog when the index has clusters; else ``selector`` (the index with a
         bitmap selector and widened search parameters, :func:`index.faiss_index.
@@ -330,7 +330,8 @@ class ItemIndex:
 
     def _cluster_rows(self, k: int, use: fi.SearchSettings) -> int:
         """Allowed rows a clusters search scores for the top ``k``."""
-        return (use.cluster_factor or fi.DEFAULT_CLUSTER_FACTOR) * k
+        per_result = (use.cluster_factor or fi.DEFAULT_CLUSTER_FACTOR) * k
+        return max(use.cluster_rows or 0, per_result)
 
     def _index_topk(
         self,

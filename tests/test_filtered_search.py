@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -14,6 +15,7 @@ from index import faiss_index as fi
 from index.allowed import AllowedItems
 from index.build import BuildOptions, build_index
 from index.search import FILTER_STRATEGIES, FilterStrategy, ItemIndex
+from service.recaller import ServingBundle, Source, answer
 from tests.index_data import clustered, write_vectors_bundle
 
 N_ITEMS, N_USERS, DIM = 2000, 200, 16
@@ -224,7 +226,7 @@ def test_per_query_masks_and_strategy_by_count(
     _, users = vectors
     index = built
     index.scan_eligible = 100  # on this 2000-item catalog: <= 100 allowed items are scanned
-    settings = replace(index.settings, cluster_factor=1)  # the clusters score k rows
+    settings = replace(index.settings, cluster_factor=1, cluster_rows=None)  # k rows
     masks = np.stack([_mask(0.02, 1), _mask(0.3, 2), _mask(0.9, 3)])
     found = index.search_detailed(users[:3], 10, allowed=masks, settings=settings)
     middle = "clusters" if index.clusters is not None else "selector"
@@ -238,14 +240,18 @@ def test_per_query_masks_and_strategy_by_count(
     if index.clusters is None:
         assert index.filter_strategy(101, K) == "selector"
         return
-    factor = index.settings.cluster_factor
-    assert factor is not None  # tuned by the builder
-    # the clusters would score cluster_factor * k rows anyway: below that, scan them all
-    assert index.filter_strategy(factor * 10, 10) == "scan"
-    assert index.filter_strategy(factor * 10 + 1, 10) == "clusters"
+    factor = index.settings.cluster_factor  # tuned by the builder at k = K
+    assert factor is not None and index.settings.cluster_rows == factor * K
+    # a clusters search scores max(cluster_rows, cluster_factor * k) rows: up to that
+    # many eligible items, scanning them all is the same work, and exact
+    settings = replace(index.settings, cluster_factor=2, cluster_rows=300)
+    assert index.filter_strategy(300, 10, settings) == "scan"
+    assert index.filter_strategy(301, 10, settings) == "clusters"
+    assert index.filter_strategy(400, 200, settings) == "scan"
+    assert index.filter_strategy(401, 200, settings) == "clusters"
     top = int(index.clusters_max_share * N_ITEMS)
-    assert index.filter_strategy(top, 1) == "clusters"
-    assert index.filter_strategy(top + 1, 1) == "selector"
+    assert index.filter_strategy(top, 1, settings) == "clusters"
+    assert index.filter_strategy(top + 1, 1, settings) == "selector"
 
 
 def test_prepared_filter_is_reused_and_equals_a_raw_mask(
@@ -320,3 +326,30 @@ def test_scan_breaks_ties_at_the_cut_by_lower_row() -> None:
     _, want = _oracle(users, items, 10, allowed)
     np.testing.assert_array_equal(rows, want)
     assert index.search_detailed(users, 10, allowed=allowed).strategies == ("scan",) * 4
+
+
+def test_the_service_answers_filters_from_the_bundles_clusters(tmp_path: Path) -> None:
+    """A served HNSW bundle (ServingBundle: verified, item_clusters.npz checked) answers a
+    filter AND the disabled items (54% of 10,000 items: over the 4,096 a scan takes) from
+    its clusters, through prepared sets; allowed, enabled items only, recall@10 >= 0.95."""
+    n = 10_000
+    items, users = clustered(n, 50, DIM, seed=12)
+    path = write_vectors_bundle(tmp_path, items, users)
+    build_index(path, BuildOptions(kind="hnsw", sample_queries=50, latency_queries=5))
+    bundle = ServingBundle.load(path)
+    assert bundle.index.clusters is not None
+    rng = np.random.default_rng(13)
+    matches = AllowedItems(rng.random(n) < 0.6)
+    available = AllowedItems(rng.random(n) < 0.9)
+    allowed = matches.intersect(available)
+    want_mask = matches.mask & available.mask
+    recalls = []
+    for u in range(20):
+        result = answer(bundle, 10, Source.VECTOR, users[u], np.empty(0, np.int64), allowed)
+        assert result.strategy == "clusters"
+        rows = bundle.item_ids.rows(result.item_ids)
+        assert want_mask[rows].all()
+        _, exact = _oracle(users[u : u + 1], items, 10, want_mask)
+        recalls.append(np.intersect1d(rows, exact[0]).size / 10)
+    assert np.mean(recalls) >= 0.95
+    assert matches.intersect(available) is allowed  # kept for the next request

@@ -74,7 +74,7 @@ def test_recorded_recall_equals_an_independent_computation(
     # and the tuned setting is the first rung of its ladder that met the target
     assert section["search_params"] == index.settings.to_manifest()
     met = [t for t in section["tuning"] if t["recall_at_100"] >= 0.95]
-    filtered = ("cluster_factor", "filter_nprobe_power")
+    filtered = ("cluster_factor", "cluster_rows", "filter_nprobe_power")
     unfiltered = {k: v for k, v in section["search_params"].items() if k not in filtered}
     assert unfiltered in [
         {k: v for k, v in t.items() if k not in ("recall_at_100", "batch_seconds")} for t in met
@@ -107,6 +107,7 @@ def test_index_section_records_build_facts(
         "k_factor",
         "entry_probe",
         "cluster_factor",
+        "cluster_rows",
     }
     assert (
         section["search_params"]["cluster_factor"] == section["filter_tuning"][-1]["cluster_factor"]
