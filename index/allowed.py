@@ -9,7 +9,6 @@ those costs a pass over all n_items (~0.1-1 ms at 1M items, as much as a whole q
 
 from __future__ import annotations
 
-import threading
 from functools import cached_property
 
 import numpy as np
@@ -23,8 +22,8 @@ __all__ = ["AllowedItems"]
 class AllowedItems:
     """A read-only bool mask (n_items,) of the allowed items and its derived views.
 
-    Thread-safe: the views are pure functions of the mask, so two threads computing one
-    at once get equal arrays.
+    Thread-safe without locks: the views are pure functions of the mask (two threads
+    computing one at once get equal arrays), and each kept one is a single attribute.
     """
 
     def __init__(self, mask: npt.ArrayLike) -> None:
@@ -41,7 +40,6 @@ class AllowedItems:
         self.count = int(np.count_nonzero(array))
         self._groups: tuple[ItemClusters, ClusterGroups] | None = None
         self._both: tuple[AllowedItems, AllowedItems] | None = None
-        self._lock = threading.Lock()
 
     @property
     def n_items(self) -> int:
@@ -65,23 +63,21 @@ class AllowedItems:
 
     def groups(self, clusters: ItemClusters) -> ClusterGroups:
         """The allowed rows grouped by ``clusters`` (kept for the last clusters asked)."""
-        with self._lock:
-            kept = self._groups
+        kept = self._groups
         if kept is not None and kept[0] is clusters:
             return kept[1]
         groups = clusters.group(self.mask)
-        with self._lock:
-            self._groups = (clusters, groups)
+        self._groups = (clusters, groups)
         return groups
 
     def intersect(self, other: AllowedItems) -> AllowedItems:
         """The items both allow (kept for the last ``other`` asked: a cached filter meets
         the same availability request after request, until an item is disabled)."""
-        with self._lock:
-            kept = self._both
+        kept = self._both
         if kept is not None and kept[0] is other:
             return kept[1]
-        both = AllowedItems(self.mask & other.mask)
-        with self._lock:
-            self._both = (other, both)
+        mask = self.mask & other.mask
+        mask.setflags(write=False)
+        both = AllowedItems(mask)
+        self._both = (other, both)
         return both
