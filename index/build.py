@@ -11,9 +11,9 @@ with the chosen setting, then recall and latency under filters of ~50/10/1/0.1%
 selectivity (``filtered``, :mod:`index.filtered_recall`: the bundle's own attributes where
 one fits, random masks otherwise), and writes ``index.faiss`` (and ``item_clusters.npz``)
 and the updated manifest atomically (temp file + ``os.replace``, fsync). A build that
-dies half-way never touches
-``CURRENT``; at worst it leaves the bundle unpublishable until it is rebuilt (the
-manifest's checksums no longer match), which :func:`index.verify.verify_bundle` refuses.
+dies half-way never touches ``CURRENT``; at worst it leaves the bundle unpublishable
+until it is rebuilt (the manifest's checksums no longer match), which
+:func:`index.verify.verify_bundle` refuses.
 The next build removes the temp files (``.index.faiss.tmp-*``, ``.manifest.json.tmp-*``,
 ``.item_clusters.npz.tmp-*``) such a build leaves behind.
 """

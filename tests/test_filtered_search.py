@@ -309,6 +309,26 @@ def test_widened_search_parameters() -> None:
     assert fi.widen_for_filter("ivf-flat", ivf, 0.01, 64).nprobe == 64  # 80, capped
     assert fi.widen_for_filter("ivf-flat", ivf, 0.1, 64).nprobe == 26
     assert fi.widen_for_filter("flat", fi.SearchSettings(), 0.01, None) == fi.SearchSettings()
+    tuned = fi.SearchSettings(nprobe=8, filter_nprobe_power=0.4)  # the builder's power wins
+    assert fi.widen_for_filter("ivf-flat", tuned, 0.01, 2048).nprobe == 51  # 8 * 100**0.4
+
+
+def test_filtered_knobs_round_trip_through_the_manifest() -> None:
+    tuned = fi.SearchSettings(
+        ef_search=512, cluster_factor=20, cluster_rows=2000, filter_nprobe_power=0.4
+    )
+    assert fi.SearchSettings.from_manifest(tuned.to_manifest()) == tuned
+    for bad in (
+        {"filter_nprobe_power": 0},
+        {"filter_nprobe_power": True},
+        {"filter_nprobe_power": "0.4"},
+        {"filter_nprobe_power": 3.0},
+        {"cluster_rows": 0},
+        {"cluster_factor": 2.5},
+        {"cluster_factor": True},
+    ):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            fi.SearchSettings.from_manifest(bad)
 
 
 def test_scan_breaks_ties_at_the_cut_by_lower_row() -> None:
