@@ -97,9 +97,14 @@ class ItemClusters:
         """The rows ``mask`` (n_items,) allows, grouped by cluster: O(n_items), once per
         filter (the caller keeps it)."""
         taken = mask[self.rows]
-        before = np.zeros(self.n_items + 1, dtype=np.int64)
-        np.cumsum(taken, out=before[1:])
-        return ClusterGroups(self.rows[taken], before[self.offsets])
+        starts = self.offsets[:-1]
+        filled = starts < self.offsets[1:]  # reduceat reads one row for an empty cluster
+        counts = np.zeros(self.count, dtype=np.int64)
+        if self.n_items:
+            counts[filled] = np.add.reduceat(taken, starts[filled], dtype=np.int64)
+        offsets = np.zeros(self.count + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        return ClusterGroups(self.rows[taken], offsets)
 
     def candidates(
         self, padded_query: npt.NDArray[np.float32], groups: ClusterGroups, want: int

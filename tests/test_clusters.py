@@ -40,6 +40,17 @@ def test_group_keeps_only_allowed_rows_in_their_clusters(clusters: ItemClusters)
         assert np.array_equal(got, members[mask[members]])
 
 
+def test_empty_clusters_group_to_nothing() -> None:
+    """A cluster with no rows (k-means can leave one) groups to an empty slice, and its
+    neighbours keep theirs."""
+    centroids = np.eye(4, 3, dtype=np.float32)
+    rows = np.array([3, 0, 4, 1, 2], dtype=np.int32)
+    clusters = ItemClusters(centroids, rows, np.array([0, 2, 2, 5, 5], dtype=np.int64))
+    groups = clusters.group(np.array([True, False, True, True, True]))
+    assert groups.offsets.tolist() == [0, 2, 2, 4, 4]
+    assert groups.rows.tolist() == [3, 0, 4, 2]
+
+
 def test_candidates_take_the_nearest_clusters_until_enough(clusters: ItemClusters) -> None:
     """Whole clusters, nearest first (L2 to the padded query), stopping at the first that
     reaches ``want`` allowed rows; every allowed row when fewer exist."""
