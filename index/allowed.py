@@ -70,6 +70,18 @@ class AllowedItems:
         self._groups = (clusters, groups)
         return groups
 
+    def nbytes(self) -> int:
+        """Bytes held: the mask, the views computed so far, and the kept intersection."""
+        held = int(self.mask.nbytes)
+        held += sum(
+            int(vars(self)[name].nbytes) for name in ("rows", "bitmap") if name in vars(self)
+        )
+        if self._groups is not None:
+            held += self._groups[1].rows.nbytes + self._groups[1].offsets.nbytes
+        if self._both is not None:
+            held += self._both[1].nbytes()
+        return held
+
     def intersect(self, other: AllowedItems) -> AllowedItems:
         """The items both allow (kept for the last ``other`` asked: a cached filter meets
         the same availability request after request, until an item is disabled)."""

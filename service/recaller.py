@@ -102,7 +102,7 @@ class ServingBundle:
     @cached_property
     def filters(self) -> FilterCache:
         """The masks of the filters recent requests used (:mod:`service.filter_cache`)."""
-        return FilterCache(len(self.item_ids))
+        return FilterCache()
 
     @cached_property
     def max_item_norm(self) -> float:

@@ -8,7 +8,7 @@ import pytest
 from index.allowed import AllowedItems
 from index.attributes import ItemAttributes
 from index.filters import FilterError, compile_filter
-from service.filter_cache import BYTES_PER_ITEM, FilterCache, filter_key
+from service.filter_cache import MAX_ENTRIES, FilterCache, filter_key
 
 N = 1000
 
@@ -33,7 +33,7 @@ def test_key_ignores_key_order_only() -> None:
 
 
 def test_hits_return_the_compiled_mask_read_only(attributes: ItemAttributes) -> None:
-    cache = FilterCache(N)
+    cache = FilterCache()
     calls: list[object] = []
 
     def compile_(spec: object) -> AllowedItems:
@@ -53,8 +53,7 @@ def test_hits_return_the_compiled_mask_read_only(attributes: ItemAttributes) -> 
 def test_least_recently_used_goes_first_within_the_byte_budget(
     attributes: ItemAttributes,
 ) -> None:
-    cache = FilterCache(N, max_bytes=3 * BYTES_PER_ITEM * N)  # three filters
-    assert cache.capacity == 3
+    cache = FilterCache(max_bytes=3 * N)  # three bare masks of N items
 
     def compile_(spec: object) -> AllowedItems:
         return AllowedItems(compile_filter(spec, attributes))  # type: ignore[arg-type]
@@ -71,11 +70,38 @@ def test_least_recently_used_goes_first_within_the_byte_budget(
     assert cache.misses == misses
     cache.get(specs[1], compile_)
     assert cache.misses == misses + 1
-    assert FilterCache(10**9).capacity == 1 and FilterCache(1).capacity == 256
+
+
+def test_the_budget_counts_the_views_an_entry_grew(attributes: ItemAttributes) -> None:
+    """Entries are weighed by what they hold when the next filter comes: one whose bitmap,
+    rows and AND with the disabled items were computed weighs more and pushes older
+    entries out; one entry is always kept, however large; never more than MAX_ENTRIES."""
+
+    def compile_(spec: object) -> AllowedItems:
+        return AllowedItems(compile_filter(spec, attributes))  # type: ignore[arg-type]
+
+    cache = FilterCache(max_bytes=3 * N)
+    specs = [{"year": {"gte": 1950 + i}} for i in range(3)]
+    for spec in specs:
+        cache.get(spec, compile_)
+    assert len(cache) == 3
+    grown = cache.get(specs[2], compile_)
+    grown.bitmap, grown.rows  # noqa: B018 - computed and kept on first access
+    grown.intersect(AllowedItems(np.ones(N, dtype=bool)))
+    assert grown.nbytes() > 2 * N + grown.rows.nbytes
+    cache.get({"year": {"gte": 2000}}, compile_)
+    assert len(cache) == 1  # the grown entry alone is over the budget with the new one
+    huge = FilterCache(max_bytes=1)
+    huge.get(specs[0], compile_)
+    assert len(huge) == 1
+    many = FilterCache(max_bytes=10**12)
+    for i in range(MAX_ENTRIES + 5):
+        many.get({"year": {"gte": 1000 + i}}, compile_)
+    assert len(many) == MAX_ENTRIES
 
 
 def test_errors_are_not_cached(attributes: ItemAttributes) -> None:
-    cache = FilterCache(N)
+    cache = FilterCache()
     spec = {"colour": {"any": ["red"]}}
     for _ in range(2):
         with pytest.raises(FilterError, match="colour"):
