@@ -21,8 +21,6 @@ The next build removes the temp files (``.index.faiss.tmp-*``, ``.manifest.json.
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -200,7 +198,9 @@ def build_index(bundle: Path, options: BuildOptions | None = None) -> dict[str, 
         clusters: ItemClusters | None = section.pop("_clusters")
         files.pop(b.ITEM_CLUSTERS, None)
         if clusters is not None:
-            files[b.ITEM_CLUSTERS] = _write_clusters(clusters, bundle / b.ITEM_CLUSTERS)
+            arrays = clusters.to_arrays()
+            b.replace_atomically(bundle / b.ITEM_CLUSTERS, lambda tmp: b.save_array(tmp, arrays))
+            files[b.ITEM_CLUSTERS] = b.file_entry(bundle / b.ITEM_CLUSTERS)
         updated = b.Manifest.model_validate(
             {**manifest.model_dump(), "files": files, "index": section}
         )
@@ -223,17 +223,6 @@ def build_index(bundle: Path, options: BuildOptions | None = None) -> dict[str, 
         section["index_bytes"],
     )
     return section
-
-
-def _write_clusters(clusters: ItemClusters, path: Path) -> b.FileEntry:
-    """Write ``item_clusters.npz`` atomically (temp file, fsync, ``os.replace``)."""
-    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
-    try:
-        b.save_array(tmp, clusters.to_arrays())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return b.file_entry(path)
 
 
 #: ``cluster_factor`` ladder (allowed rows scored per result), cheapest first.

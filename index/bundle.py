@@ -21,7 +21,7 @@ import secrets
 import shutil
 import struct
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -167,17 +167,20 @@ def write_json_atomic(path: Path, payload: str) -> None:
 
 
 def write_text_atomic(path: Path, payload: str) -> None:
-    """Write text to ``path`` via a temp file in the same directory + fsync + ``os.replace``.
+    """Write text to ``path`` (UTF-8) with :func:`replace_atomically`."""
+    replace_atomically(path, lambda tmp: tmp.write_text(payload, encoding="utf-8"))
 
-    Readers see the old content or the new one, never a mix. fsync the directory
+
+def replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """Make ``path`` what ``write(tmp)`` writes to a temp file ``.<name>.tmp-<hex>`` in the
+    same directory: fsync it, then ``os.replace``. Readers see the old content or the new
+    one, never a mix; on an error the temp file is removed. fsync the directory
     (:func:`fsync_path`) afterwards to make the rename itself durable.
     """
     tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
     try:
-        with tmp.open("w", encoding="utf-8") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp)
+        fsync_path(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import secrets
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -43,6 +41,8 @@ from typing import Any, Literal, get_args
 import faiss
 import numpy as np
 import numpy.typing as npt
+
+from index import bundle as b
 
 logger = logging.getLogger(__name__)
 
@@ -459,19 +459,8 @@ def index_bytes(index: Any) -> int:
 
 
 def write_index(index: Any, path: Path) -> None:
-    """Write ``index`` to ``path`` atomically: temp file in the same directory, fsync,
-    ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
-    try:
-        faiss.write_index(index, str(tmp))
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write ``index`` to ``path`` atomically (:func:`index.bundle.replace_atomically`)."""
+    b.replace_atomically(path, lambda tmp: faiss.write_index(index, str(tmp)))
 
 
 def read_index(path: Path, *, mmap: bool = True) -> Any:
