@@ -50,7 +50,7 @@ from index import faiss_index as fi
 from index.allowed import AllowedItems
 from index.build import tune_filtered
 from index.clusters import build_clusters
-from index.exact import exact_topk, recall_at_k
+from index.exact import exact_topk, exact_topk_among, recall_at_k
 from index.search import FilterStrategy, ItemIndex
 
 logger = logging.getLogger("bench.filter")
@@ -199,9 +199,7 @@ def bench_kind(
     for s in selectivities:
         mask: np.ndarray = np.asarray(rng.random(n_items) < s)
         allowed, prepare_ms = _prepare(index, mask)
-        k = min(K, allowed.count)
-        _, local = exact_topk(queries, items[allowed.rows], k)
-        exact_f = allowed.rows[local]
+        exact_f = exact_topk_among(queries, items, allowed.rows, K)
         strategies: list[FilterStrategy | None] = [None, "scan", "selector"]
         if clusters is not None:
             strategies.insert(2, "clusters")

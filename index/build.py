@@ -36,7 +36,7 @@ from index import faiss_index as fi
 from index.allowed import AllowedItems
 from index.clusters import ItemClusters, build_clusters
 from index.current import inspect_current
-from index.exact import exact_topk, recall_at_k
+from index.exact import exact_topk, exact_topk_among, recall_at_k
 from index.filtered_recall import FilterCase, choose_filters, measure_filtered
 from index.publish import bundle_lock
 from index.search import FilterStrategy, ItemIndex, check_vectors
@@ -258,16 +258,15 @@ def tune_filtered(
     rng = np.random.default_rng(seed)
     cases = []
     for share in shares:
-        mask = rng.random(items.shape[0]) < share
-        rows = np.flatnonzero(mask)
-        k_case = min(k, rows.size)
-        if k_case:
-            _, local = exact_topk(queries, items[rows], k_case)
-            cases.append((share, AllowedItems(mask), k_case, rows[local]))
+        allowed = AllowedItems(rng.random(items.shape[0]) < share)
+        exact = exact_topk_among(queries, items, allowed.rows, k)
+        if exact.shape[1]:
+            cases.append((share, allowed, exact))
     trials: list[dict[str, Any]] = []
     for step in ladder:
         recalls = {}
-        for share, allowed, k_case, exact in cases:
+        for share, allowed, exact in cases:
+            k_case = exact.shape[1]
             found = searcher.search_detailed(
                 queries, k_case, allowed=allowed, settings=step, strategy=strategy
             )

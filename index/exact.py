@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["exact_topk", "recall_at_k", "topk_by_score"]
+__all__ = ["exact_topk", "exact_topk_among", "recall_at_k", "topk_by_score"]
 
 #: Scores matrix budget per chunk of queries (float32 entries), about 256 MB.
 _CHUNK_ENTRIES = 1 << 26
@@ -71,6 +71,22 @@ def exact_topk(
         top_s, top_r = topk_by_score(cand_scores, cand_rows, k)
         out_scores[start:stop], out_rows[start:stop] = top_s, top_r
     return out_scores, out_rows
+
+
+def exact_topk_among(
+    queries: npt.NDArray[np.float32],
+    items: npt.NDArray[np.float32],
+    rows: npt.NDArray[np.int64],
+    k: int,
+) -> npt.NDArray[np.int64]:
+    """The exact filtered answer: the top ``min(k, m)`` item rows among ``rows`` (m,)
+    ascending, for each query (B, d), best first, ties to the lower row (as
+    :func:`exact_topk`). Returns (B, min(k, m)) int64 item rows."""
+    take = min(k, rows.size)
+    if take == 0:
+        return np.empty((queries.shape[0], 0), dtype=np.int64)
+    _, local = exact_topk(queries, items[rows], take)
+    return np.asarray(rows[local], dtype=np.int64)
 
 
 def recall_at_k(found: npt.NDArray[np.int64], exact: npt.NDArray[np.int64], k: int) -> float:

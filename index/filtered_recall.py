@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from index.allowed import AllowedItems
 from index.attributes import ItemAttributes
-from index.exact import exact_topk, recall_at_k
+from index.exact import exact_topk_among, recall_at_k
 from index.search import ItemIndex
 
 logger = logging.getLogger(__name__)
@@ -117,19 +117,17 @@ def measure_filtered(
     as the service's filter cache does for a filter that comes back."""
     out = []
     for case in cases:
-        allowed_rows = np.flatnonzero(case.mask)
-        k_case = min(k, allowed_rows.size)
-        _, local = exact_topk(queries, items[allowed_rows], k_case)
-        exact = allowed_rows[local]
         allowed = AllowedItems(case.mask)
+        exact = exact_topk_among(queries, items, allowed.rows, k)
+        k_case = exact.shape[1]
         found = searcher.search_detailed(queries, k_case, allowed=allowed)
         k10 = min(10, k_case)
         p50, _ = latency(searcher, queries, k_case, allowed)
         used = Counter(found.strategies).most_common()
         row = {
             "selectivity": case.selectivity,
-            "share": round(allowed_rows.size / case.mask.size, 6),
-            "allowed_items": int(allowed_rows.size),
+            "share": round(allowed.count / allowed.n_items, 6),
+            "allowed_items": allowed.count,
             "filter": case.source,
             "recall_at_10": round(recall_at_k(found.rows, exact, k10), 4),
             f"recall_at_{k}": round(recall_at_k(found.rows, exact, k_case), 4),

@@ -11,7 +11,7 @@ import pytest
 
 from index import faiss_index as fi
 from index.build import BuildOptions, build_index
-from index.exact import exact_topk
+from index.exact import exact_topk, exact_topk_among
 from index.search import ItemIndex
 from tests.index_data import clustered, write_vectors_bundle
 
@@ -222,3 +222,16 @@ def test_search_settings_override_and_raw_index_results(
     _, exact = _numpy_topk(users[:50], items, 100)
     assert raw.shape == (50, 100)
     assert np.mean([np.isin(r, e).mean() for r, e in zip(raw, exact, strict=True)]) < 1.0
+
+
+def test_exact_topk_among_answers_in_item_rows(vectors: tuple[np.ndarray, np.ndarray]) -> None:
+    """The exact filtered answer: item rows of the best allowed items, k capped at how
+    many are allowed, (B, 0) for none; the same as a full scan with the rest masked."""
+    items, users = vectors
+    rows = np.arange(3, items.shape[0], 7, dtype=np.int64)
+    blocked = np.ones((5, items.shape[0]), dtype=bool)
+    blocked[:, rows] = False
+    _, want = exact_topk(users[:5], items, 20, blocked)
+    np.testing.assert_array_equal(exact_topk_among(users[:5], items, rows, 20), want)
+    assert exact_topk_among(users[:5], items, rows[:3], 20).shape == (5, 3)
+    assert exact_topk_among(users[:5], items, rows[:0], 20).shape == (5, 0)
