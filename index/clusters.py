@@ -81,6 +81,15 @@ class ItemClusters:
             raise ValueError(f"expected arrays {list(ARRAYS)}, got {sorted(arrays)}")
         return cls(arrays["centroids"], arrays["rows"], arrays["offsets"])
 
+    def check_fits(self, n_items: int, width: int) -> None:
+        """Raise ValueError unless these clusters partition ``n_items`` items of an index
+        of ``width`` (the centroids live in its space)."""
+        if (self.n_items, self.centroids.shape[1]) != (n_items, width):
+            raise ValueError(
+                f"covers {self.n_items} items of width {self.centroids.shape[1]}, "
+                f"the index {n_items} of width {width}"
+            )
+
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"centroids": self.centroids, "rows": self.rows, "offsets": self.offsets}
 

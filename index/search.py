@@ -149,13 +149,8 @@ class ItemIndex:
             self.entries = fi.EntryPoints(index, np.unique(rows.astype(np.int64)))
         if self.settings.entry_probe and self.entries is None:
             raise ValueError("settings use entry_probe but the index has no entry points")
-        if clusters is not None and (
-            clusters.n_items != item_vectors.shape[0] or clusters.centroids.shape[1] != int(index.d)
-        ):
-            raise ValueError(
-                f"clusters cover {clusters.n_items} items of width {clusters.centroids.shape[1]}, "
-                f"the index {index.ntotal} of width {index.d}"
-            )
+        if clusters is not None:
+            clusters.check_fits(item_vectors.shape[0], int(index.d))
         self.clusters = clusters
         self._nlist = fi.ivf_nlist(index) if kind.startswith("ivf") else None
 
@@ -203,14 +198,9 @@ class ItemIndex:
         if b.ITEM_CLUSTERS in manifest.files:
             try:
                 clusters = ItemClusters.from_arrays(b.map_arrays(bundle, manifest, b.ITEM_CLUSTERS))
+                clusters.check_fits(manifest.counts.items, index_dim)
             except ValueError as e:
                 raise b.BundleError(f"{bundle}: {b.ITEM_CLUSTERS}: {e}") from None
-            shape = (clusters.n_items, clusters.centroids.shape[1])
-            if shape != (manifest.counts.items, index_dim):
-                raise b.BundleError(
-                    f"{bundle}: {b.ITEM_CLUSTERS} covers {shape[0]} items of width {shape[1]}, "
-                    f"the index {manifest.counts.items} of width {index_dim}"
-                )
         try:
             loaded = cls(index, items, kind, settings, entry_rows, clusters)
         except ValueError as e:

@@ -85,6 +85,10 @@ def test_invalid_arrays_are_refused(clusters: ItemClusters) -> None:
         with pytest.raises(ValueError, match=message):
             ItemClusters.from_arrays(arrays)
     assert ItemClusters.from_arrays(good).count == clusters.count
+    clusters.check_fits(N_ITEMS, DIM + 1)  # the index space of these items
+    for n, width in ((N_ITEMS - 1, DIM + 1), (N_ITEMS, DIM + 2)):
+        with pytest.raises(ValueError, match=f"covers {N_ITEMS} items of width {DIM + 1}"):
+            clusters.check_fits(n, width)
 
 
 def test_allowed_items_views_are_computed_once_and_read_only(clusters: ItemClusters) -> None:

@@ -609,7 +609,7 @@ CORRUPTIONS: list[tuple[str, Callable[[Path], Path], str]] = [
     (
         "clusters-wrong-width",
         _clusters(lambda c: c.update(centroids=np.c_[c["centroids"], c["centroids"][:, :1]])),
-        r"item_clusters\.npz covers 300 items of width \d+, the index 300 of width",
+        r"item_clusters\.npz: covers 300 items of width \d+, the index 300 of width",
     ),
     (
         "clusters-flipped",
