@@ -8,7 +8,9 @@ recall@100 >= 0.95 (the builder's ladder; HNSW also gets its item clusters, and 
 the builder's filtered tuning, :func:`index.build.tune_filtered`); then, per
 selectivity, :class:`ItemIndex` is timed with its own strategy choice (``auto``) and with
 each strategy forced: ``scan`` (exact over the allowed rows), ``clusters`` (exact over the
-allowed rows of the nearest clusters, HNSW) and ``selector`` (FAISS + IDSelectorBitmap,
+allowed rows of the nearest clusters; for IVF, which the builder gives no clusters, with
+clusters and a ``cluster_factor`` made here the builder's way, to show what they would
+do) and ``selector`` (FAISS + IDSelectorBitmap,
 widened efSearch/nprobe, :func:`index.faiss_index.widen_for_filter`).
 
 Each filter is prepared once (:class:`index.allowed.AllowedItems`: bitmap, rows, cluster
@@ -121,7 +123,7 @@ def _paired_qps(
 
 
 def _prepare(index: ItemIndex, mask: np.ndarray) -> tuple[AllowedItems, float]:
-    """The filter prepared for every strategy, and what that cost (ms)."""
+    """The filter prepared for the strategies ``index`` has, and what that cost (ms)."""
     t0 = time.perf_counter()
     allowed = AllowedItems(mask)
     allowed.bitmap, allowed.rows  # noqa: B018 - computed and kept on first access
@@ -162,18 +164,23 @@ def bench_kind(
     vectors, _ = fi.to_index_space(items, spec)
     faiss_index = fi.create_index(spec, vectors)
     entry_rows = fi.choose_entry_points(spec, vectors) if spec.entry_points else None
-    clusters = None
-    if kind == "hnsw":
-        clusters = build_clusters(vectors, fi.default_nlist(n_items), seed=seed)
+    clusters = build_clusters(vectors, fi.default_nlist(n_items), seed=seed)
     build_seconds = time.perf_counter() - t0
     del vectors
     logger.info("%s over %d items built in %.1f s", spec.factory, n_items, build_seconds)
-    searcher = ItemIndex(faiss_index, items, kind, entry_rows=entry_rows, clusters=clusters)
+    kept = clusters if kind == "hnsw" else None  # what the builder keeps (index/build.py)
+    searcher = ItemIndex(faiss_index, items, kind, entry_rows=entry_rows, clusters=kept)
     _, tune_exact = exact_topk(tune_queries, items, K)
     settings = _tune(searcher, spec, tune_queries, tune_exact)
     settings, trials = tune_filtered(searcher, settings, items, tune_queries, K, 0.95, seed)
     logger.info("filtered tuning: %s", trials)
-    index = ItemIndex(faiss_index, items, kind, settings, entry_rows, clusters)
+    index = ItemIndex(faiss_index, items, kind, settings, entry_rows, kept)
+    clustered = index
+    if kept is None:
+        probe = ItemIndex(faiss_index, items, kind, settings, entry_rows, clusters)
+        with_clusters, trials = tune_filtered(probe, settings, items, tune_queries, K, 0.95, seed)
+        logger.info("clusters tuning (not kept by the builder): %s", trials)
+        clustered = ItemIndex(faiss_index, items, kind, with_clusters, entry_rows, clusters)
     _, exact = exact_topk(queries, items, K)
     found = index.search(queries, K)[1]
     base = {
@@ -200,17 +207,16 @@ def bench_kind(
         mask: np.ndarray = np.asarray(rng.random(n_items) < s)
         allowed, prepare_ms = _prepare(index, mask)
         exact_f = exact_topk_among(queries, items, allowed.rows, K)
-        strategies: list[FilterStrategy | None] = [None, "scan", "selector"]
-        if clusters is not None:
-            strategies.insert(2, "clusters")
-        for strategy in strategies:
-            recall, recall10, used = _recall(index, queries, allowed, exact_f, strategy)
+        for strategy in (None, "scan", "clusters", "selector"):
+            searcher = clustered if strategy == "clusters" else index
+            recall, recall10, used = _recall(searcher, queries, allowed, exact_f, strategy)
             # forced scans of a large share of 1M rows are slow: time fewer of them
             n_single = single if strategy != "scan" or s <= 0.01 else max(4, single // 10)
-            qps, ratio = _paired_qps(index, queries[:n_single], allowed, strategy)
+            qps, ratio = _paired_qps(searcher, queries[:n_single], allowed, strategy)
             rows.append(
                 {
                     **base,
+                    "search_params": searcher.settings.to_manifest(),
                     "selectivity": s,
                     "allowed_items": allowed.count,
                     "prepare_ms": round(prepare_ms, 2),
