@@ -244,6 +244,25 @@ def test_ping_and_close(url: str) -> None:
     run(body())
 
 
+def test_a_cancelled_call_is_cancelled_even_when_its_answer_came(url: str) -> None:
+    """Cancelling a task in a store call raises CancelledError in it, also when the
+    answer arrived first but the task had not resumed yet. Python 3.11's asyncio.wait_for
+    returned the answer then, losing the cancel, so a poller stopped by cancel() kept
+    polling and the worker's shutdown hung (seen in test_metrics_workers)."""
+
+    async def body(store: StateStore) -> None:
+        await store.availability_version()  # connected, tables made
+        for _ in range(5):
+            task = asyncio.create_task(store.availability_version())
+            await asyncio.sleep(0)  # the call is under way
+            time.sleep(0.05)  # the loop blocked: the answer arrives, the task waits
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    with_store(url, body)
+
+
 def test_availability_is_versioned_typed_and_atomic(url: str) -> None:
     async def body(store: StateStore) -> None:
         assert await store.availability_version() == 0

@@ -59,7 +59,12 @@ class StateUnavailable(Exception):
 
 class StateStore(Protocol):
     """Events since the bundle: per-user recent interactions, impressions, a retraining log;
-    and which items are disabled (availability, keyed by external id, versioned)."""
+    and which items are disabled (availability, keyed by external id, versioned).
+
+    A cancelled call raises CancelledError, also when its answer arrived before the task
+    resumed: Python 3.11's ``asyncio.wait_for`` (so calls are bounded with
+    ``asyncio.timeout``) and redis-py 8.1 return the answer then instead, and a poller
+    stopped by ``cancel()`` kept polling, hanging its worker's shutdown."""
 
     async def add(self, events: Sequence[Event]) -> None:
         """Store ``events``; durable when this returns (SQLite: committed and fsynced; Redis:

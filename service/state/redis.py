@@ -154,11 +154,18 @@ class RedisStore:
                 call.close()
             raise StateUnavailable("the state store is closed")
         try:
-            return await asyncio.wait_for(call, bound)
+            async with asyncio.timeout(bound):  # not wait_for: see StateStore (base.py)
+                reply = await call
         except TimeoutError:
             raise StateUnavailable(f"Redis {op} took longer than {bound:g} s") from None
         except (RedisError, OSError) as e:
             raise StateUnavailable(f"Redis {op} failed: {e}") from e
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # redis-py 8.1 returns the reply when a cancel lands after it arrived: the
+            # cancel is still pending on the task, so it is raised here (see StateStore)
+            raise asyncio.CancelledError
+        return reply
 
     async def add(self, events: Sequence[Event]) -> None:
         rows = [check_event(e) for e in events]

@@ -303,7 +303,8 @@ class SQLiteStore:
         loop = asyncio.get_running_loop()
         pool = executor or self._executor
         try:
-            return await asyncio.wait_for(loop.run_in_executor(pool, fn), bound)
+            async with asyncio.timeout(bound):  # not wait_for: see StateStore (base.py)
+                return await loop.run_in_executor(pool, fn)
         except TimeoutError:
             raise StateUnavailable(f"SQLite {op} took longer than {bound:g} s") from None
         except (sqlite3.Error, OSError) as e:
@@ -326,7 +327,8 @@ class SQLiteStore:
         if self._committer is None:
             self._committer = asyncio.create_task(self._commit_pending())
         try:
-            await asyncio.wait_for(asyncio.shield(done), self.limits.write_timeout_s)
+            async with asyncio.timeout(self.limits.write_timeout_s):
+                await asyncio.shield(done)
         except TimeoutError:
             done.cancel()  # not written unless its group's commit already began
             raise StateUnavailable(
