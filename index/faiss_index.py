@@ -56,6 +56,10 @@ KINDS: tuple[Kind, ...] = get_args(Kind)
 KIND_CHOICES: tuple[str, ...] = ("auto", *KINDS)
 Transform = Literal["none", "mips-l2"]
 
+#: Kinds whose index ranks by compressed codes: their filtered candidates are re-ranked
+#: exactly, every one of them (:func:`probed_allowed`).
+QUANTIZED_KINDS: tuple[Kind, ...] = ("ivf-sq8", "ivf-pq")
+
 #: ``auto`` builds an exact index up to this many items: 50k x 65 floats is a ~13 MB scan,
 #: about 1 ms a query on one core (PERF-NOTES), and needs no tuning.
 AUTO_FLAT_MAX_ITEMS = 50_000
@@ -371,6 +375,19 @@ def search_parameters(kind: Kind, settings: SearchSettings, selector: Any | None
     if selector is not None:
         params.sel = selector
     return params
+
+
+def probed_allowed(
+    index: Any, padded_query: npt.NDArray[np.float32], nprobe: int, selector: Any
+) -> npt.NDArray[np.int64]:
+    """Every item of an IVF index's ``nprobe`` lists nearest ``padded_query`` (1, index_dim)
+    that ``selector`` passes, ascending rows (m,) int64: a range search with an unbounded
+    radius, so the codes' approximate distances choose nothing."""
+    params = faiss.SearchParametersIVF()
+    params.nprobe = nprobe
+    params.sel = selector
+    _, _, labels = index.range_search(padded_query, float(np.finfo(np.float32).max), params=params)
+    return np.sort(np.asarray(labels, dtype=np.int64))
 
 
 class ExclusionSelector:

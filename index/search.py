@@ -10,7 +10,9 @@ so the index itself skips excluded items. When exclusions leave at most 4096 ite
 are scanned exactly instead. A filter (``allowed``, :class:`~index.allowed.AllowedItems`)
 picks its strategy by how many items it leaves (:meth:`ItemIndex.filter_strategy`): an
 exact scan of few, the item clusters (:mod:`index.clusters`) or the index with a bitmap
-selector. When an approximate index still comes back with fewer than
+selector (quantized kinds: every allowed item of the probed lists, scored exactly,
+:func:`index.faiss_index.probed_allowed`). When an approximate index still comes back with
+fewer than
 the needed candidates (possible for HNSW/IVF under heavy exclusion, or IVF with few
 probes), that query is answered by exact brute force. Result width:
 ``k' = min(k, eligible)``, where ``eligible`` is the smallest number of non-excluded items
@@ -369,6 +371,13 @@ class ItemIndex:
             if strategy == "selector":
                 allowed_sel = fi.AllowedSelector(allow.bitmap, e, n)
                 wide = fi.widen_for_filter(self.kind, use, counts[i] / n, self._nlist)
+                if self.kind in fi.QUANTIZED_KINDS:  # codes pick nothing: re-rank them all
+                    probed = fi.probed_allowed(
+                        self.index, padded[i : i + 1], wide.nprobe or 1, allowed_sel.selector
+                    )
+                    found_rows = self._scan(q[i], probed, want)
+                    rows[i, : found_rows.size] = found_rows
+                    continue
                 found = self._faiss_search(padded[i : i + 1], want, wide, allowed_sel.selector)
                 rows[i, :want] = found[0]
                 continue

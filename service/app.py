@@ -92,6 +92,8 @@ T = TypeVar("T")
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (404, 413, 422, 503)
 }
+#: Routes with a JSON body add 400 bad_request: a body that cannot be read (not UTF-8).
+BODY_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 400: {"model": ErrorResponse}}
 
 
 def _vectors_response(
@@ -238,7 +240,7 @@ def create_app(settings: Settings) -> FastAPI:
         docs_url=None,  # service.docs serves /docs from the package, not from a CDN
         redoc_url=None,
     )
-    install_docs(app)
+    install_docs(app, max_k=settings.max_k)
     app.state.holder = holder
     app.state.metrics = metrics
     install_error_handlers(app)
@@ -335,7 +337,7 @@ def create_app(settings: Settings) -> FastAPI:
         attributes = _attributes(bundle, counted(answer.result), with_attributes)
         return _recall_body(answer.result, answer.fresh_events, state.fresh, attributes)
 
-    @app.post("/v1/recall", response_model=RecallResponse, responses=ERRORS, tags=["recall"])
+    @app.post("/v1/recall", response_model=RecallResponse, responses=BODY_ERRORS, tags=["recall"])
     async def recall(body: RecallRequest, bundle: BundleDep, state: StateDep) -> Response:
         """Top-k items for a user (the bundle's vector, or their training history followed by
         their newer events), a history, or a raw vector."""
@@ -411,7 +413,10 @@ def create_app(settings: Settings) -> FastAPI:
         return out
 
     @app.post(
-        "/v1/recall/batch", response_model=BatchRecallResponse, responses=ERRORS, tags=["recall"]
+        "/v1/recall/batch",
+        response_model=BatchRecallResponse,
+        responses=BODY_ERRORS,
+        tags=["recall"],
     )
     async def recall_batch(
         body: BatchRecallRequest, bundle: BundleDep, state: StateDep
@@ -434,7 +439,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.post(
         "/v1/events",
         response_model=EventsResponse,
-        responses={code: {"model": ErrorResponse} for code in (413, 422, 503)},
+        responses={code: {"model": ErrorResponse} for code in (400, 413, 422, 503)},
         tags=["events"],
     )
     async def post_events(body: EventsRequest, bundle: BundleDep, state: StateDep) -> Response:
@@ -491,7 +496,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.post(
         "/v1/items/{item_id}/similar",
         response_model=RecallResponse,
-        responses=ERRORS,
+        responses=BODY_ERRORS,
         tags=["recall"],
         name="similar_filtered",
     )
@@ -629,7 +634,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.post(
             f"/v1/{kind}/vectors",
             response_model=VectorsResponse,
-            responses={**ERRORS, 200: {"content": {NPY_MEDIA_TYPE: {}}}},
+            responses={**BODY_ERRORS, 200: {"content": {NPY_MEDIA_TYPE: {}}}},
             tags=["vectors"],
             name=f"{singular}_vectors",
         )(many_user_vectors if kind == "users" else _many_vectors(kind))
@@ -653,11 +658,12 @@ def create_app(settings: Settings) -> FastAPI:
     admin_errors: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorResponse} for code in (401, 403, 413, 422, 503)
     }
+    admin_body_errors = {**admin_errors, 400: {"model": ErrorResponse}}
 
     @app.post(
         "/v1/admin/items/availability",
         response_model=AvailabilityChange,
-        responses=admin_errors,
+        responses=admin_body_errors,
         tags=["operations"],
         dependencies=[Depends(require_admin)],
     )

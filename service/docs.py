@@ -3,11 +3,14 @@
 FastAPI's built-in page loads Swagger UI from a CDN; this one loads the vendored files in
 ``service/static/swagger-ui/`` (npm ``swagger-ui-dist``, see its README.md) from
 ``/docs/assets/``. ReDoc is turned off (``redoc_url=None`` in the app): one docs page.
+The OpenAPI document also states the limits that are settings rather than schema
+constants (``k``'s maximum, ``RECALL_MAX_K``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -21,9 +24,12 @@ ASSETS_PATH = "/docs/assets"
 SWAGGER_UI_PARAMETERS = {"validatorUrl": None}
 
 
-def install_docs(app: FastAPI, docs_path: str = "/docs") -> None:
+def install_docs(app: FastAPI, docs_path: str = "/docs", *, max_k: int | None = None) -> None:
     """Add ``docs_path`` (Swagger UI) and its assets to ``app``; create the app with
-    ``docs_url=None`` so FastAPI does not add its CDN page too."""
+    ``docs_url=None`` so FastAPI does not add its CDN page too. ``max_k``: documented as
+    the ``maximum`` (and 1 as the ``minimum``) of every ``k``, body field or query."""
+    if max_k is not None:
+        _document_k(app, max_k)
     if not (ASSETS_DIR / "swagger-ui-bundle.js").is_file():
         raise RuntimeError(f"Swagger UI assets missing from {ASSETS_DIR} (package data)")
     app.mount(ASSETS_PATH, StaticFiles(directory=ASSETS_DIR), name="docs-assets")
@@ -39,3 +45,27 @@ def install_docs(app: FastAPI, docs_path: str = "/docs") -> None:
             swagger_favicon_url=f"{root}{ASSETS_PATH}/favicon-32x32.png",
             swagger_ui_parameters=SWAGGER_UI_PARAMETERS,
         )
+
+
+def _document_k(app: FastAPI, max_k: int) -> None:
+    """Make ``app.openapi()`` give every ``k`` (request-body property or query parameter)
+    the bounds the service enforces (1..``max_k``, 422 outside)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = build()
+            bounds = {"minimum": 1, "maximum": max_k}
+            for schema in document.get("components", {}).get("schemas", {}).values():
+                k = schema.get("properties", {}).get("k")
+                if k is not None:
+                    k.update(bounds)
+            for operations in document.get("paths", {}).values():
+                for operation in operations.values():
+                    for parameter in operation.get("parameters", []):
+                        if parameter.get("name") == "k":
+                            parameter["schema"].update(bounds)
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

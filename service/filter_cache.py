@@ -6,14 +6,17 @@ itself, and the same few filters ("only what ships to this country") come back r
 after request. :class:`FilterCache` keeps the most recently used filters, compiled to
 :class:`~index.allowed.AllowedItems` (the mask and the views the search strategies
 prepare from it once: bitmap, rows, cluster groups, the mask AND the availability),
-keyed by the filter's canonical JSON, within a byte budget: what the entries hold when a
-filter is added (their views grow as strategies ask for them, so the budget is checked
-again at every addition). Errors are not cached (a bad filter is cheap to refuse again).
+keyed by the filter's canonical JSON, within a byte budget: what the entries and their
+keys hold when a filter is added (a key can be as large as a request body; the views grow
+as strategies ask for them, so the budget is checked again at every addition). A filter
+over the budget on its own is answered and not kept. Errors are not cached (a bad filter
+is cheap to refuse again).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -23,10 +26,10 @@ from index.allowed import AllowedItems
 __all__ = ["MAX_BYTES", "MAX_ENTRIES", "FilterCache", "filter_key"]
 
 MAX_BYTES = 128 << 20
-"""Compiled filters kept per bundle, in bytes. A filter holds 1.1-7 bytes per catalog
-item (:meth:`AllowedItems.nbytes`: the mask and bitmap, int32 cluster groups of the
-allowed rows, the same again for its AND with the disabled items): about 19 to 119
-filters of 1M items."""
+"""Compiled filters kept per bundle, in bytes, keys included (a key's ``sys.getsizeof``).
+A filter holds 1.1-7 bytes per catalog item (:meth:`AllowedItems.nbytes`: the mask and
+bitmap, int32 cluster groups of the allowed rows, the same again for its AND with the
+disabled items): about 19 to 119 filters of 1M items."""
 MAX_ENTRIES = 256
 """At most this many filters, however small the catalog."""
 
@@ -55,8 +58,9 @@ class FilterCache:
 
     def get(self, spec: Spec, compile_: Callable[[Spec], AllowedItems]) -> AllowedItems:
         """The allowed items of ``spec``: cached, or ``compile_(spec)`` (its errors
-        propagate, and nothing is cached). Two threads missing at once both compile; one
-        is kept."""
+        propagate, and nothing is cached). The least recently used entries go until the
+        rest fit the budget; a new one that does not fit alone is not kept. Two threads
+        missing at once both compile; one is kept."""
         key = filter_key(spec)
         with self._lock:
             found = self._entries.get(key)
@@ -66,13 +70,18 @@ class FilterCache:
                 return found
             self.misses += 1
         compiled = compile_(spec)  # outside the lock: other filters need not wait
+        if _weight(key, compiled) > self.max_bytes:
+            return compiled  # alone over the budget: answered, not kept
         with self._lock:
             self._entries[key] = compiled
             self._entries.move_to_end(key)
-            held = sum(entry.nbytes() for entry in self._entries.values())
-            while len(self._entries) > 1 and (
-                held > self.max_bytes or len(self._entries) > MAX_ENTRIES
-            ):
-                _, oldest = self._entries.popitem(last=False)
-                held -= oldest.nbytes()
+            held = sum(_weight(k, entry) for k, entry in self._entries.items())
+            while self._entries and (held > self.max_bytes or len(self._entries) > MAX_ENTRIES):
+                oldest_key, oldest = self._entries.popitem(last=False)
+                held -= _weight(oldest_key, oldest)
         return compiled
+
+
+def _weight(key: str, entry: AllowedItems) -> int:
+    """Bytes one entry holds: its key string and its allowed items."""
+    return sys.getsizeof(key) + entry.nbytes()

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse
 
 from service.recaller import ServingBundle
 from service.reloader import BundleHolder
@@ -26,10 +26,10 @@ __all__ = [
 ]
 
 
-class JsonResponse(Response):
-    """JSON via orjson (numpy arrays serialized natively)."""
-
-    media_type = "application/json"
+class JsonResponse(JSONResponse):
+    """JSON via orjson (numpy arrays serialized natively). A ``JSONResponse``, so that
+    FastAPI's OpenAPI document gives routes answering with it their response model's
+    schema (for any other response class it writes ``type: string``)."""
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -53,7 +55,7 @@ def test_hits_return_the_compiled_mask_read_only(attributes: ItemAttributes) -> 
 def test_least_recently_used_goes_first_within_the_byte_budget(
     attributes: ItemAttributes,
 ) -> None:
-    cache = FilterCache(max_bytes=3 * N)  # three bare masks of N items
+    cache = FilterCache(max_bytes=3 * (N + 100))  # three bare masks of N items and keys
 
     def compile_(spec: object) -> AllowedItems:
         return AllowedItems(compile_filter(spec, attributes))  # type: ignore[arg-type]
@@ -75,12 +77,12 @@ def test_least_recently_used_goes_first_within_the_byte_budget(
 def test_the_budget_counts_the_views_an_entry_grew(attributes: ItemAttributes) -> None:
     """Entries are weighed by what they hold when the next filter comes: one whose bitmap,
     rows and AND with the disabled items were computed weighs more and pushes older
-    entries out; one entry is always kept, however large; never more than MAX_ENTRIES."""
+    entries out; never more than MAX_ENTRIES."""
 
     def compile_(spec: object) -> AllowedItems:
         return AllowedItems(compile_filter(spec, attributes))  # type: ignore[arg-type]
 
-    cache = FilterCache(max_bytes=3 * N)
+    cache = FilterCache(max_bytes=3 * (N + 100))
     specs = [{"year": {"gte": 1950 + i}} for i in range(3)]
     for spec in specs:
         cache.get(spec, compile_)
@@ -91,13 +93,45 @@ def test_the_budget_counts_the_views_an_entry_grew(attributes: ItemAttributes) -
     assert grown.nbytes() > 2 * N + grown.rows.nbytes
     cache.get({"year": {"gte": 2000}}, compile_)
     assert len(cache) == 1  # the grown entry alone is over the budget with the new one
-    huge = FilterCache(max_bytes=1)
-    huge.get(specs[0], compile_)
-    assert len(huge) == 1
     many = FilterCache(max_bytes=10**12)
     for i in range(MAX_ENTRIES + 5):
         many.get({"year": {"gte": 1000 + i}}, compile_)
     assert len(many) == MAX_ENTRIES
+
+
+def test_the_budget_counts_the_keys(attributes: ItemAttributes) -> None:
+    """Filters whose canonical keys are far larger than their masks (a long ``any`` list:
+    ~200 kB of JSON for a 1 kB mask): the memory the cache holds (traced allocations)
+    stays within the byte budget, keys included, at every addition; a filter over the
+    budget on its own is answered and not kept (nor does it push the others out)."""
+    budget = 1 << 20
+    titles = [f"a title that matches no item {i:06d}" for i in range(5000)]
+
+    def compile_(spec: object) -> AllowedItems:
+        return AllowedItems(compile_filter(spec, attributes))  # type: ignore[arg-type]
+
+    english = np.arange(N) % 3 == 0
+    tracemalloc.start()
+    try:
+        cache = FilterCache(max_bytes=budget)
+        base, _ = tracemalloc.get_traced_memory()
+        for i in range(40):
+            spec = {"language": {"any": ["en", *titles[i:]]}}
+            assert len(filter_key(spec)) > 150 * N
+            np.testing.assert_array_equal(cache.get(spec, compile_).mask, english)
+            del spec
+            held = tracemalloc.get_traced_memory()[0] - base
+            assert held <= budget, f"{i + 1} filters: {held} bytes held"
+        kept = len(cache)
+        assert 1 <= kept <= budget // (150 * N)
+        huge = {"language": {"any": ["fr", *(t * 8 for t in titles)]}}  # ~1.5 MB of key
+        assert len(filter_key(huge)) > budget
+        np.testing.assert_array_equal(cache.get(huge, compile_).mask, np.arange(N) % 3 == 1)
+        assert len(cache) == kept
+        cache.get(huge, compile_)
+        assert cache.misses == 42  # compiled again: it was not kept
+    finally:
+        tracemalloc.stop()
 
 
 def test_errors_are_not_cached(attributes: ItemAttributes) -> None:

@@ -147,6 +147,31 @@ def test_filtered_topk_equals_the_oracle(
         assert _recall(found.rows, want_rows) >= 0.95
 
 
+@pytest.mark.parametrize("share", [0.5, 0.1])
+def test_quantized_filtered_answers_are_exact_among_the_probed_items(
+    built: ItemIndex, vectors: tuple[np.ndarray, np.ndarray], share: float
+) -> None:
+    """IVF-SQ8 and IVF-PQ under the bitmap selector re-rank every allowed item of the
+    probed lists by its exact inner product (not the top ``k * k_factor`` by code
+    distance): probing every list, the answer is the oracle's, rows and scores, even
+    with ``k_factor`` 1; exclusions included."""
+    if built.kind not in ("ivf-sq8", "ivf-pq"):
+        pytest.skip("the kinds that rank by compressed codes")
+    items, users = vectors
+    every_list = replace(built.settings, nprobe=fi.ivf_nlist(built.index), k_factor=1)
+    allowed = _mask(share, seed=21)
+    q = users[:50]
+    exclude = [np.flatnonzero(allowed)[i : i + 3] for i in range(50)]
+    for excl in (None, exclude):
+        found = built.search_detailed(
+            q, K, excl, allowed=allowed, settings=every_list, strategy="selector"
+        )
+        assert found.strategies == ("selector",) * 50
+        want_scores, want_rows = _oracle(q, items, K, allowed, excl)
+        np.testing.assert_array_equal(found.rows, want_rows)
+        np.testing.assert_allclose(found.scores, want_scores, rtol=1e-5, atol=1e-5)
+
+
 def test_filter_edge_cases(
     built: ItemIndex, vectors: tuple[np.ndarray, np.ndarray], strategy: FilterStrategy
 ) -> None:
