@@ -8,6 +8,15 @@ bound (``asyncio.wait_for``), and a write waits for another process's write lock
 ``write_timeout_s`` (``busy_timeout``). Ids are stored in columns without a declared type,
 so SQLite keeps each value's storage class: an int comes back an int, ``"7"`` a str.
 
+The store watches its files: after every write batch (before it is acknowledged) and in
+the background at most every ``CHECK_EVERY_S`` it checks that the path still names the
+files it opened (device and inode of the database, its WAL and shared memory), and
+``PRAGMA quick_check`` runs in the background every ``QUICK_CHECK_EVERY_S`` at least
+(longer for a large file). A file removed, replaced or
+found corrupt (there, or SQLite itself reporting ``SQLITE_CORRUPT``/``SQLITE_NOTADB``)
+breaks the store for good: it logs one error and every later call raises
+:class:`StateUnavailable`, until the service restarts (docs/state.md says what to do).
+
 Tables::
 
     recent(user, ts, item)                 interactions, the last `window` per user
@@ -23,12 +32,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
@@ -66,6 +77,17 @@ WRITER_CACHE_KIB = 64 * 1024
 users' pages, and a larger cache keeps them in memory between commits (~1.5x events/s)."""
 IN_CHUNK = 500
 """Most ids in one ``IN (...)`` (SQLite allows 32766 variables; keeps statements small)."""
+CHECK_EVERY_S = 1.0
+"""How often (at most, per process, while calls come) the files' identity is checked off
+the write path; every write batch checks it too, before its events are acknowledged."""
+QUICK_CHECK_EVERY_S = 60.0
+"""Least time between two ``PRAGMA quick_check`` runs (each reads the whole file)."""
+QUICK_CHECK_SHARE = 0.01
+"""Most of one thread's time quick_check may take: the next one waits 100x the last's."""
+BROKEN_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+"""SQLite's primary result codes that mean the file is damaged, not busy."""
+SUFFIXES = ("", "-wal", "-shm")
+"""The files of one database in WAL mode: the database, its log, its shared memory."""
 
 KINDS: tuple[EventType, ...] = ("interaction", "impression")
 
@@ -96,12 +118,28 @@ class SQLiteStore:
         self,
         path: Path,
         limits: StoreLimits,
+        *,
+        check_every_s: float | None = None,
+        quick_check_every_s: float | None = None,
     ) -> None:
         self.path = path
         self.limits = limits
+        # None: the module's CHECK_EVERY_S / QUICK_CHECK_EVERY_S, read when the store opens
+        self.check_every_s = CHECK_EVERY_S if check_every_s is None else check_every_s
+        self.quick_check_every_s = (
+            QUICK_CHECK_EVERY_S if quick_check_every_s is None else quick_check_every_s
+        )
         self._executor = ThreadPoolExecutor(THREADS, thread_name_prefix="recall-state")
         # Writes go through one thread: they never wait for each other's lock in-process.
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="recall-state-write")
+        # The background checks (identity, quick_check) run apart from reads and writes.
+        self._checker = ThreadPoolExecutor(1, thread_name_prefix="recall-state-check")
+        self._check: asyncio.Task[None] | None = None
+        self._check_at = 0.0  # time.monotonic() of the next identity check
+        self._quick_check_at = 0.0  # ... and of the next quick_check
+        self._check_conn: sqlite3.Connection | None = None  # the running quick_check's
+        self._identity: dict[str, tuple[int, int]] | None = None  # suffix -> (st_dev, st_ino)
+        self._broken: str | None = None  # why the store refuses every call, once it does
         self._pending: deque[Pending] = deque()
         self._committer: asyncio.Task[None] | None = None
         self._local = threading.local()
@@ -136,7 +174,112 @@ class SQLiteStore:
         self._local.conn = conn
         with self._lock:
             self._connections.append(conn)
+            if self._identity is None:  # the first connection: these are the store's files
+                self._identity = self._stat_files()
+        self._check_identity()  # a later connection must have opened the same files
         return conn
+
+    # -- noticing a file removed, replaced or corrupt -----------------------------------
+
+    def _stat_files(self) -> dict[str, tuple[int, int]]:
+        """``(st_dev, st_ino)`` of each of the database's files (FileNotFoundError when one
+        is gone)."""
+        out: dict[str, tuple[int, int]] = {}
+        for suffix in SUFFIXES:
+            st = os.stat(f"{self.path}{suffix}")
+            out[suffix] = (st.st_dev, st.st_ino)
+        return out
+
+    def _check_identity(self) -> None:
+        """Break the store (and raise) unless the path still names the files it opened."""
+        if self._identity is None:
+            return
+        try:
+            now = self._stat_files()
+        except FileNotFoundError as e:
+            self._break(f"{e.filename} was removed while the store had it open")
+        else:
+            for suffix, identity in self._identity.items():
+                if now[suffix] != identity:
+                    self._break(f"{self.path}{suffix} was replaced while the store had it open")
+
+    def _break(self, reason: str) -> None:
+        """Refuse every call from now on; log the first reason (once per process)."""
+        with self._lock:
+            first = self._broken is None
+            if first:
+                self._broken = reason
+        if first:
+            logger.error(
+                "SQLite state store %s is unusable: %s; event writes answer 503 and recalls "
+                "answer from the bundle until the service restarts (see docs/state.md, "
+                "'When the file is lost or damaged')",
+                self.path,
+                reason,
+            )
+        raise sqlite3.DatabaseError(f"the state store is unusable: {self._broken}")
+
+    def _refuse_if_broken(self) -> None:
+        if self._broken is not None:
+            raise sqlite3.DatabaseError(f"the state store is unusable: {self._broken}")
+
+    def _note(self, error: sqlite3.Error) -> None:
+        """Break the store when SQLite itself says the file is damaged."""
+        if getattr(error, "sqlite_errorcode", 0) & 0xFF in BROKEN_CODES:
+            with suppress(sqlite3.DatabaseError):
+                self._break(f"SQLite reported {error}")
+
+    def _scheduled_check(self, quick: bool) -> float:
+        """The identity check and, when ``quick``, ``PRAGMA quick_check`` on a connection of
+        its own (it sees every committed page, WAL included); returns the seconds it took."""
+        start = time.monotonic()
+        self._check_identity()
+        if not quick:
+            return 0.0
+        conn = sqlite3.connect(  # mode=rw: a check never creates a file that went away
+            self.path.absolute().as_uri() + "?mode=rw",
+            uri=True,
+            timeout=self.limits.write_timeout_s,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        self._check_conn = conn
+        try:
+            rows = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+        except sqlite3.Error as e:
+            if "interrupted" in str(e):  # close() stopped it
+                return 0.0
+            raise
+        finally:
+            self._check_conn = None
+            conn.close()
+        if rows != ["ok"]:
+            self._break("PRAGMA quick_check found: " + "; ".join(map(str, rows)))
+        return time.monotonic() - start
+
+    def _start_check(self) -> None:
+        """Start the background check when one is due (none runs on a caller's time)."""
+        now = time.monotonic()
+        if now < self._check_at or self._check is not None or self._broken is not None:
+            return
+        self._check_at = now + self.check_every_s
+        quick = now >= self._quick_check_at
+        self._check = asyncio.get_running_loop().create_task(self._run_check(quick))
+
+    async def _run_check(self, quick: bool) -> None:
+        try:
+            took = await asyncio.get_running_loop().run_in_executor(
+                self._checker, self._scheduled_check, quick
+            )
+            if quick:
+                wait = max(self.quick_check_every_s, took / QUICK_CHECK_SHARE)
+                self._quick_check_at = time.monotonic() + wait
+        except sqlite3.Error as e:
+            self._note(e)  # a damaged file breaks the store; anything else: next time
+        except (OSError, RuntimeError) as e:  # e.g. a full disk, the executor shut down
+            logger.debug("state store check failed: %s", e)
+        finally:
+            self._check = None
 
     def _wal(self, conn: sqlite3.Connection) -> None:
         """Switch the file to WAL (once per file). Two processes opening a new file race for
@@ -153,7 +296,9 @@ class SQLiteStore:
                 time.sleep(0.01)
 
     def _add(self, rows: list[Row], wait_s: float | None = None) -> None:
-        """One transaction; waits at most ``wait_s`` for another process's write lock."""
+        """One transaction; waits at most ``wait_s`` for another process's write lock. Raises
+        after the commit when the path no longer names the file written (not acknowledged)."""
+        self._refuse_if_broken()
         conn = self._conn()
         if not getattr(self._local, "writer", False):  # the writer thread's connection
             conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
@@ -190,6 +335,7 @@ class SQLiteStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        self._check_identity()  # committed to the file a restart opens, or not acknowledged
 
     def _trim(self, conn: sqlite3.Connection, now: float) -> None:
         """Drop impressions past the TTL and up to TRIM_CHUNK log rows past retention (the
@@ -300,6 +446,9 @@ class SQLiteStore:
     ) -> T:
         if self._closed:
             raise StateUnavailable("the state store is closed")
+        if self._broken is not None:
+            raise StateUnavailable(f"SQLite {op} refused: the store is unusable: {self._broken}")
+        self._start_check()
         loop = asyncio.get_running_loop()
         pool = executor or self._executor
         try:
@@ -307,7 +456,10 @@ class SQLiteStore:
                 return await loop.run_in_executor(pool, fn)
         except TimeoutError:
             raise StateUnavailable(f"SQLite {op} took longer than {bound:g} s") from None
-        except (sqlite3.Error, OSError) as e:
+        except sqlite3.Error as e:
+            self._note(e)
+            raise StateUnavailable(f"SQLite {op} failed: {e}") from e
+        except OSError as e:
             raise StateUnavailable(f"SQLite {op} failed: {e}") from e
         except RuntimeError as e:  # the executor shut down under us
             raise StateUnavailable(f"SQLite {op} failed: {e}") from e
@@ -320,6 +472,9 @@ class SQLiteStore:
             return
         if self._closed:
             raise StateUnavailable("the state store is closed")
+        if self._broken is not None:
+            raise StateUnavailable(f"SQLite add refused: the store is unusable: {self._broken}")
+        self._start_check()
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         done.add_done_callback(_retrieve)  # a caller that timed out never reads it
@@ -358,6 +513,8 @@ class SQLiteStore:
                 try:
                     await loop.run_in_executor(self._writer, self._add, rows, wait_s)
                 except (sqlite3.Error, OSError, RuntimeError) as e:
+                    if isinstance(e, sqlite3.Error):
+                        self._note(e)
                     error = StateUnavailable(f"SQLite add failed: {e}")
                     error.__cause__ = e
                 for _, done, _ in group:
@@ -424,11 +581,17 @@ class SQLiteStore:
         self._closed = True
         if self._committer is not None:
             await asyncio.wait([self._committer], timeout=self.limits.write_timeout_s)
+        check_conn = self._check_conn
+        if check_conn is not None:
+            check_conn.interrupt()  # a quick_check of a large file need not finish
+        if self._check is not None:
+            await asyncio.wait([self._check], timeout=self.limits.write_timeout_s)
         await asyncio.get_running_loop().run_in_executor(None, self._shutdown)
 
     def _shutdown(self) -> None:
         self._executor.shutdown(wait=True)
         self._writer.shutdown(wait=True)
+        self._checker.shutdown(wait=True)
         with self._lock:
             for conn in self._connections:
                 conn.close()
