@@ -297,6 +297,7 @@ def create_app(settings: Settings) -> FastAPI:
                 "item_attributes": (
                     None if bundle.attributes is None else bundle.attributes.schema()
                 ),
+                "columns": m.trainer.get("columns"),
             },
         )
 

@@ -1,0 +1,202 @@
+"""Column typing for side files: is an items.csv / users.csv column numeric or not?
+
+The rule, for a column nobody declared: it is **numeric when at least 99%**
+(:data:`NUMERIC_SHARE`) **of its non-blank values parse as finite numbers, and at least
+one does**; the other non-blank values become missing, counted, and logged as a warning
+with up to :data:`MAX_EXAMPLES` of them. Otherwise it is ``multi`` when a value holds
+``|`` (item attributes only), else ``categorical``. A declared kind (``--item-schema
+year=numeric,genres=multi``, ``item_schema`` / ``user_schema`` in the TOML config) skips
+the rule: a column declared numeric keeps every value that parses, whatever the share.
+
+What happened to each column is a :class:`ColumnType`, written into the bundle's manifest
+(``trainer.columns``) and shown by ``GET /v1/model``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, cast, get_args
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "KINDS",
+    "MAX_EXAMPLES",
+    "NUMERIC_SHARE",
+    "USER_KINDS",
+    "ColumnType",
+    "Kind",
+    "SchemaError",
+    "parse_schema",
+    "type_column",
+]
+
+logger = logging.getLogger(__name__)
+
+Kind = Literal["categorical", "multi", "numeric"]
+KINDS: tuple[str, ...] = get_args(Kind)
+USER_KINDS: tuple[str, ...] = ("categorical", "numeric")  # the tower has no multi feature
+SEPARATOR = "|"
+NUMERIC_SHARE = 0.99  # of the non-blank values, that must be finite numbers
+MAX_EXAMPLES = 5  # values made missing, quoted in the warning and the manifest
+
+
+class SchemaError(ValueError):
+    """A declared column schema that is malformed or names an unknown kind."""
+
+
+def parse_schema(
+    spec: str | Mapping[str, Any] | None, allowed: Sequence[str] = KINDS
+) -> dict[str, Kind]:
+    """``"year=numeric,genres=multi"`` (or the mapping ``{"year": "numeric", ...}``) ->
+    ``{column: kind}``; None or ``""`` -> ``{}``. Raises :class:`SchemaError` for an entry
+    that is not ``name=kind``, a blank or repeated name, or a kind not in ``allowed``."""
+    if spec is None:
+        return {}
+    if isinstance(spec, str):
+        pairs: list[tuple[str, Any]] = []
+        for entry in (e.strip() for e in spec.split(",")):
+            if not entry:
+                continue
+            name, sep, kind = entry.partition("=")
+            if not sep:
+                raise SchemaError(f"{entry!r}: expected column=kind (kinds: {', '.join(allowed)})")
+            pairs.append((name.strip(), kind.strip()))
+    elif isinstance(spec, Mapping):
+        pairs = list(spec.items())
+    else:
+        raise SchemaError(f"expected 'column=kind,...' or a table of column = kind, got {spec!r}")
+    out: dict[str, Kind] = {}
+    for name, kind in pairs:
+        if not isinstance(name, str) or not name.strip():
+            raise SchemaError(f"blank column name in {spec!r}")
+        if name in out:
+            raise SchemaError(f"column {name!r} declared twice")
+        if kind not in allowed:
+            raise SchemaError(
+                f"column {name!r}: unknown kind {kind!r}; use one of {', '.join(allowed)}"
+            )
+        out[name] = cast(Kind, kind)
+    return out
+
+
+@dataclass(frozen=True)
+class ColumnType:
+    """How one column was typed: its kind, whether it was declared, and the non-blank
+    values that were not finite numbers of a numeric column (made missing)."""
+
+    name: str
+    kind: Kind
+    declared: bool
+    made_missing: int = 0  # non-blank values turned missing (numeric columns only)
+    examples: tuple[str, ...] = ()  # up to MAX_EXAMPLES of them, distinct, in row order
+
+    def as_dict(self) -> dict[str, Any]:
+        """The manifest's / ``/v1/model``'s entry for this column."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "declared": self.declared,
+            "made_missing": self.made_missing,
+            "examples": list(self.examples),
+        }
+
+
+def type_column(
+    name: str,
+    values: np.ndarray,
+    declared: Kind | None = None,
+    allowed: Sequence[str] = KINDS,
+    where: str = "",
+) -> tuple[np.ndarray, ColumnType]:
+    """Type one raw column, shape (n,): float64 (NaN = missing) or unicode ("" = missing).
+
+    Returns the values as the kind wants them, float64 (NaN = missing) for numeric,
+    unicode as given for the others (numbers written out, "" = missing), and the
+    :class:`ColumnType`. ``declared`` overrides the rule; ``where`` (a file) prefixes the
+    warning logged when values are made missing.
+    """
+    if values.dtype.kind == "f":
+        numbers = values.astype(np.float64)
+        bad = np.isinf(numbers)
+        shown = numbers[bad].astype(str)
+        present = ~np.isnan(numbers)
+    elif values.dtype.kind == "U":
+        text = np.char.strip(values)
+        present = text != ""
+        numbers, bad = _parse(text, present)
+        shown = text[bad]
+    else:
+        raise ValueError(f"{name}: raw values must be float64 or unicode, got {values.dtype}")
+    n_present, n_bad = int(present.sum()), int(bad.sum())
+    n_numbers = n_present - n_bad
+    kind: Kind
+    if declared is not None:
+        kind = declared
+    elif n_numbers > 0 and n_numbers >= NUMERIC_SHARE * n_present:
+        kind = "numeric"
+    elif "multi" in allowed and values.dtype.kind == "U" and _holds_separator(values[present]):
+        kind = "multi"
+    else:
+        kind = "categorical"
+    if kind != "numeric":
+        text_values = values if values.dtype.kind == "U" else _written_out(values)
+        return text_values, ColumnType(name, kind, declared is not None)
+    numbers[bad] = np.nan
+    examples = tuple(dict.fromkeys(shown.tolist()))[:MAX_EXAMPLES]
+    if n_bad:
+        logger.warning(
+            "%scolumn %r is numeric (%s): %d of its %d non-blank values are not finite "
+            "numbers and are made missing, e.g. %s",
+            f"{where}: " if where else "",
+            name,
+            "declared" if declared else f"{n_numbers / n_present:.2%} are numbers",
+            n_bad,
+            n_present,
+            ", ".join(map(repr, examples)),
+        )
+    return numbers, ColumnType(name, kind, declared is not None, n_bad, examples)
+
+
+def _parse(
+    text: npt.NDArray[np.str_], present: npt.NDArray[np.bool_]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+    """Stripped ``text`` (n,) as float64 (NaN where blank or bad) and the bad mask (n,):
+    non-blank values that are not finite numbers. One vectorized cast when every value
+    parses, else one parse per distinct value."""
+    numbers = np.full(text.shape, np.nan, dtype=np.float64)
+    given = text[present]
+    try:
+        parsed = given.astype(np.float64)
+    except ValueError:
+        distinct, inverse = np.unique(given, return_inverse=True)
+        parsed = np.array([_number(v) for v in distinct.tolist()], dtype=np.float64)
+        parsed = parsed[inverse.reshape(-1)]
+    numbers[present] = parsed
+    bad = present & ~np.isfinite(numbers)
+    return numbers, bad
+
+
+def _number(value: str) -> float:
+    """``value`` as numpy's string cast reads it; NaN when it does not."""
+    try:
+        return float(np.array(value).astype(np.float64))
+    except ValueError:
+        return math.nan
+
+
+def _holds_separator(text: npt.NDArray[np.str_]) -> bool:
+    return bool(np.char.find(text, SEPARATOR).max(initial=-1) >= 0)
+
+
+def _written_out(values: npt.NDArray[np.float64]) -> npt.NDArray[np.str_]:
+    """Numbers as text for a column declared categorical: ``1995.0`` -> ``"1995"``,
+    NaN -> ``""``."""
+    words = [
+        "" if math.isnan(v) else str(int(v)) if v.is_integer() else repr(v) for v in values.tolist()
+    ]
+    return np.asarray(words, dtype=str) if words else np.zeros(0, dtype="<U1")
