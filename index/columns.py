@@ -4,7 +4,8 @@ The rule, for a column nobody declared: it is **numeric when at least 99%**
 (:data:`NUMERIC_SHARE`) **of its non-blank values parse as finite numbers, and at least
 one does**; the other non-blank values become missing, counted, and logged as a warning
 with up to :data:`MAX_EXAMPLES` of them. Otherwise it is ``multi`` when a value holds
-``|`` (item attributes only), else ``categorical``. A declared kind (``--item-schema
+``|`` (item attributes only), else ``categorical``. A column a Parquet file stores as
+numbers is numeric (its infinite values made missing). A declared kind (``--item-schema
 year=numeric,genres=multi``, ``item_schema`` / ``user_schema`` in the TOML config) skips
 the rule: a column declared numeric keeps every value that parses, whatever the share.
 
@@ -137,7 +138,7 @@ def type_column(
     kind: Kind
     if declared is not None:
         kind = declared
-    elif n_numbers > 0 and n_numbers >= NUMERIC_SHARE * n_present:
+    elif values.dtype.kind == "f" or (n_numbers > 0 and n_numbers >= NUMERIC_SHARE * n_present):
         kind = "numeric"
     elif "multi" in allowed and values.dtype.kind == "U" and _holds_separator(values[present]):
         kind = "multi"
