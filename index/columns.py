@@ -44,6 +44,7 @@ USER_KINDS: tuple[str, ...] = ("categorical", "numeric")  # the tower has no mul
 SEPARATOR = "|"
 NUMERIC_SHARE = 0.99  # of the non-blank values, that must be finite numbers
 MAX_EXAMPLES = 5  # values made missing, quoted in the warning and the manifest
+_CHUNK = 4096  # values cast at once while parsing a text column
 
 
 class SchemaError(ValueError):
@@ -121,33 +122,31 @@ def type_column(
     :class:`ColumnType`. ``declared`` overrides the rule; ``where`` (a file) prefixes the
     warning logged when values are made missing.
     """
+    if values.dtype.kind not in "fU":
+        raise ValueError(f"{name}: raw values must be float64 or unicode, got {values.dtype}")
+    if declared in ("categorical", "multi"):
+        text_values = values if values.dtype.kind == "U" else _written_out(values)
+        return text_values, ColumnType(name, declared, True)
+    parsed: tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]] | None
     if values.dtype.kind == "f":
         numbers = values.astype(np.float64)
-        bad = np.isinf(numbers)
-        shown = numbers[bad].astype(str)
         present = ~np.isnan(numbers)
-    elif values.dtype.kind == "U":
+        parsed = numbers, np.isinf(numbers)  # a number type: numeric, whatever it holds
+        shown = numbers[parsed[1]].astype(str)
+    else:
         text = np.char.strip(values)
         present = text != ""
-        numbers, bad = _parse(text, present)
-        shown = text[bad]
-    else:
-        raise ValueError(f"{name}: raw values must be float64 or unicode, got {values.dtype}")
+        n_present = int(present.sum())
+        tolerated = None if declared else int((1 - NUMERIC_SHARE) * n_present + 1e-9)
+        parsed = _parse(text, present, tolerated)
+        shown = text[parsed[1]] if parsed is not None else text[:0]
+    if parsed is None:  # not numeric by the rule
+        many = "multi" in allowed and _holds_separator(values[present])
+        return values, ColumnType(name, "multi" if many else "categorical", False)
+    numbers, bad = parsed
+    numbers[bad] = np.nan
     n_present, n_bad = int(present.sum()), int(bad.sum())
     n_numbers = n_present - n_bad
-    kind: Kind
-    if declared is not None:
-        kind = declared
-    elif values.dtype.kind == "f" or (n_numbers > 0 and n_numbers >= NUMERIC_SHARE * n_present):
-        kind = "numeric"
-    elif "multi" in allowed and values.dtype.kind == "U" and _holds_separator(values[present]):
-        kind = "multi"
-    else:
-        kind = "categorical"
-    if kind != "numeric":
-        text_values = values if values.dtype.kind == "U" else _written_out(values)
-        return text_values, ColumnType(name, kind, declared is not None)
-    numbers[bad] = np.nan
     examples = tuple(dict.fromkeys(shown.tolist()))[:MAX_EXAMPLES]
     if n_bad:
         logger.warning(
@@ -160,32 +159,41 @@ def type_column(
             n_present,
             ", ".join(map(repr, examples)),
         )
-    return numbers, ColumnType(name, kind, declared is not None, n_bad, examples)
+    return numbers, ColumnType(name, "numeric", declared is not None, n_bad, examples)
 
 
 def _parse(
-    text: npt.NDArray[np.str_], present: npt.NDArray[np.bool_]
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+    text: npt.NDArray[np.str_], present: npt.NDArray[np.bool_], tolerated: int | None
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]] | None:
     """Stripped ``text`` (n,) as float64 (NaN where blank or bad) and the bad mask (n,):
-    non-blank values that are not finite numbers. One vectorized cast when every value
-    parses, else one parse per distinct value."""
-    numbers = np.full(text.shape, np.nan, dtype=np.float64)
+    non-blank values that are not finite numbers; None as soon as more than ``tolerated``
+    are bad (None: no limit). Casts :data:`_CHUNK` values at a time, one by one only in a
+    chunk that holds a bad value, so a column of numbers costs a few vectorized casts and
+    a column of words stops after about ``tolerated`` values."""
     given = text[present]
-    try:
-        parsed = given.astype(np.float64)
-    except ValueError:
-        distinct, inverse = np.unique(given, return_inverse=True)
-        parsed = np.array([_number(v) for v in distinct.tolist()], dtype=np.float64)
-        parsed = parsed[inverse.reshape(-1)]
+    parsed = np.empty(given.shape, dtype=np.float64)
+    n_bad = 0
+    for start in range(0, len(given), _CHUNK):
+        chunk = given[start : start + _CHUNK]
+        try:
+            part = chunk.astype(np.float64)
+        except ValueError:
+            part = np.array([_number(v) for v in chunk.tolist()], dtype=np.float64)
+        parsed[start : start + len(chunk)] = part
+        n_bad += int((~np.isfinite(part)).sum())
+        if tolerated is not None and n_bad > tolerated:
+            return None
+    if tolerated is not None and n_bad == len(given):  # not one number (or no value)
+        return None
+    numbers = np.full(text.shape, np.nan, dtype=np.float64)
     numbers[present] = parsed
-    bad = present & ~np.isfinite(numbers)
-    return numbers, bad
+    return numbers, present & ~np.isfinite(numbers)
 
 
 def _number(value: str) -> float:
-    """``value`` as numpy's string cast reads it; NaN when it does not."""
+    """``value`` as a float (the spellings numpy's string cast reads); NaN when it is not."""
     try:
-        return float(np.array(value).astype(np.float64))
+        return float(value)
     except ValueError:
         return math.nan
 

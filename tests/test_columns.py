@@ -87,6 +87,8 @@ def test_blanks_do_not_count_and_examples_are_distinct_and_at_most_five() -> Non
 
     _, typed = type_column("n", np.array(text))
     assert typed.made_missing == 8 and typed.examples == ("a", "b", "c", "d", "e")
+    declared, typed = type_column("n", np.array(["a", "", "b"]), "numeric")
+    assert np.isnan(declared).all() and (typed.kind, typed.made_missing) == ("numeric", 2)
 
 
 def test_non_finite_values_are_junk_and_no_number_at_all_is_categorical() -> None:
