@@ -20,10 +20,12 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast, get_args
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
+
+from index.columns import KINDS, SEPARATOR, Kind, type_column
 
 __all__ = [
     "KINDS",
@@ -35,11 +37,8 @@ __all__ = [
     "valid_name",
 ]
 
-Kind = Literal["categorical", "multi", "numeric"]
-KINDS: tuple[str, ...] = get_args(Kind)
 OPS = ("any", "none", "gte", "gt", "lte", "lt")
 RANGE_OPS = ("gte", "gt", "lte", "lt")
-SEPARATOR = "|"
 
 _NAME = re.compile(r"[^\x00-\x1f\x7f/\\]{1,128}")
 _PARTS: dict[str, tuple[str, ...]] = {
@@ -252,10 +251,16 @@ class ItemAttributes:
         return cls(n_items=n_items, columns=tuple(columns))
 
     @classmethod
-    def from_raw(cls, raw: Mapping[str, np.ndarray], n_items: int) -> ItemAttributes:
+    def from_raw(
+        cls,
+        raw: Mapping[str, np.ndarray],
+        n_items: int,
+        kinds: Mapping[str, Kind] | None = None,
+    ) -> ItemAttributes:
         """Encode raw columns (each (n_items,): float64 with NaN = missing, or unicode
-        with "" = missing) and detect each kind: numeric when every non-blank value parses
-        as a finite number, multi when any value holds ``|``, else categorical.
+        with "" = missing) as the kinds ``kinds`` gives, else as :func:`index.columns.type_column`
+        infers them (numeric when >= 99% of the non-blank values are finite numbers, the
+        rest made missing; multi when a value holds ``|``; else categorical).
         Names that :func:`valid_name` refuses raise :class:`ValueError`."""
         columns = []
         for name, values in raw.items():
@@ -263,7 +268,8 @@ class ItemAttributes:
                 raise ValueError(f"invalid attribute name {name!r}")
             if values.shape != (n_items,):
                 raise ValueError(f"{name}: shape {values.shape}, expected ({n_items},)")
-            columns.append(_encode(name, values))
+            typed, column_type = type_column(name, values, (kinds or {}).get(name))
+            columns.append(_encode(name, column_type.kind, typed))
         return cls(n_items=n_items, columns=tuple(columns))
 
 
@@ -336,43 +342,18 @@ def _column(name: str, kind: Kind, arrays: Mapping[str, np.ndarray], n_items: in
     return Column(name, kind, vocabulary=vocabulary, codes=codes, indptr=indptr)
 
 
-def _encode(name: str, values: np.ndarray) -> Column:
-    """One raw column -> a :class:`Column` of the detected kind."""
-    if values.dtype.kind == "f":
-        given = values.astype(np.float64)
-        given[np.isinf(given)] = np.nan  # not a finite number: missing
-        return Column(name, "numeric", values=given)
-    if values.dtype.kind != "U":
-        raise ValueError(f"{name}: raw values must be float64 or unicode, got {values.dtype}")
+def _encode(name: str, kind: Kind, values: np.ndarray) -> Column:
+    """One typed column (float64 for numeric, else unicode) -> a :class:`Column`."""
+    if kind == "numeric":
+        return Column(name, "numeric", values=values.astype(np.float64))
     text = np.char.strip(values)
-    present = text != ""
-    numbers = _finite_numbers(text, present)
-    if numbers is not None:
-        return Column(name, "numeric", values=numbers)
-    if bool(np.char.find(text[present], SEPARATOR).max(initial=-1) >= 0):
+    if kind == "multi":
         return _encode_multi(name, text)
     vocabulary, inverse = np.unique(text, return_inverse=True)
     codes = inverse.astype(np.int32).reshape(-1)
     if len(vocabulary) and vocabulary[0] == "":  # sorted first: the missing value
         vocabulary, codes = vocabulary[1:], codes - 1
     return Column(name, "categorical", vocabulary=vocabulary.astype(str), codes=codes)
-
-
-def _finite_numbers(
-    text: npt.NDArray[np.str_], present: npt.NDArray[np.bool_]
-) -> npt.NDArray[np.float64] | None:
-    """``text`` as float64 (NaN where blank) if every non-blank value is a finite number."""
-    if not present.any():
-        return None
-    try:
-        parsed = text[present].astype(np.float64)
-    except ValueError:
-        return None
-    if not np.isfinite(parsed).all():
-        return None
-    out = np.full(text.shape, np.nan, dtype=np.float64)
-    out[present] = parsed
-    return out
 
 
 def _encode_multi(name: str, text: npt.NDArray[np.str_]) -> Column:

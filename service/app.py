@@ -299,6 +299,7 @@ def create_app(settings: Settings) -> FastAPI:
                 "item_attributes": (
                     None if bundle.attributes is None else bundle.attributes.schema()
                 ),
+                "columns": m.trainer.get("columns"),
             },
         )
 

@@ -64,6 +64,8 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, object]:
         "loss": args.loss,
         "hidden": args.hidden,
         "max_examples_per_user": args.max_examples_per_user,
+        "item_schema": args.item_schema,
+        "user_schema": args.user_schema,
     }
 
 
@@ -84,7 +86,7 @@ def _run_training(
     from trainer.train import train
 
     config = load_config(config_file, overrides)
-    dataset = load_dataset(data)
+    dataset = load_dataset(data, config.item_schema, config.user_schema)
     trained = train(dataset, config, progress=progress)
     return export_bundle(trained, dataset, config, out)
 
@@ -283,6 +285,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--hidden", type=int, nargs="+", help="tower widths; the last is dim(u)")
     tr.add_argument("--max-examples-per-user", type=int, help="cap on training examples")
+    tr.add_argument(
+        "--item-schema",
+        metavar="COL=KIND,...",
+        help="declare items.csv column kinds (numeric, categorical, multi) over inference",
+    )
+    tr.add_argument(
+        "--user-schema",
+        metavar="COL=KIND,...",
+        help="declare users.csv column kinds (numeric, categorical) over inference",
+    )
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     ev = command("eval", _eval, "offline quality report (leave-last-out) vs popularity")

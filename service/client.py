@@ -238,6 +238,8 @@ class ModelInfo:
     trainer_metrics: dict[str, Any] = field(default_factory=dict)
     # [{"name", "kind"}] of the attributes filters can use; None without item attributes
     item_attributes: list[dict[str, str]] | None = None
+    # how the trainer typed items.csv / users.csv columns ({"items": [...], "users": [...]})
+    columns: dict[str, list[dict[str, Any]]] | None = None
 
 
 @dataclass(frozen=True)
@@ -377,6 +379,7 @@ class RecallClient:
             index=body.get("index"),
             trainer_metrics=dict(body.get("trainer_metrics") or {}),
             item_attributes=body.get("item_attributes"),
+            columns=body.get("columns"),
         )
 
     def reload(self, admin_token: str | None = None) -> ReloadResult:

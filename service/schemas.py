@@ -315,6 +315,13 @@ class ModelInfo(BaseModel):
         description='the attributes filters can use: [{"name", "kind"}], kind categorical, '
         "multi or numeric; null for a bundle without item attributes",
     )
+    columns: dict[str, list[dict[str, Any]]] | None = Field(
+        None,
+        description="how the trainer typed each column of items.csv and users.csv: "
+        '{"items": [...], "users": [...]}, each {"name", "kind", "declared", '
+        '"made_missing", "examples"} (non-blank values of a numeric column that were not '
+        "numbers, made missing; up to 5 of them); null for a bundle without this record",
+    )
 
 
 class ReloadResponse(BaseModel):

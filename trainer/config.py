@@ -7,7 +7,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from index.columns import USER_KINDS, Kind, parse_schema
 
 
 class ConfigError(ValueError):
@@ -51,6 +53,21 @@ class TrainConfig(BaseModel):
     # Validation (early stopping): HR@k of the validation item over a user sample.
     validation_users: int = Field(5000, ge=1)
     validation_k: int = Field(50, ge=1)
+
+    # Declared column kinds of items.csv / users.csv, over the inference rule
+    # (index.columns): "year=numeric,genres=multi" or a TOML table {year = "numeric"}.
+    item_schema: dict[str, Kind] = Field(default_factory=dict)
+    user_schema: dict[str, Literal["categorical", "numeric"]] = Field(default_factory=dict)
+
+    @field_validator("item_schema", mode="before")
+    @classmethod
+    def _item_schema(cls, value: Any) -> dict[str, Kind]:
+        return parse_schema(value)
+
+    @field_validator("user_schema", mode="before")
+    @classmethod
+    def _user_schema(cls, value: Any) -> dict[str, Kind]:
+        return parse_schema(value, USER_KINDS)
 
     def resolved_loss(self, n_items: int) -> Literal["full", "sampled"]:
         if self.loss != "auto":

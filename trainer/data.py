@@ -7,8 +7,9 @@ The input is a directory (DESIGN.md, "Input data format")::
     items.csv          item_id [, genres "A|B|C"] [, attributes...]  (optional)
 
 Each file may be given as ``<stem>.parquet`` instead (the Parquet file wins when both
-exist). Every items column other than the id is kept as it is read (``Dataset.item_attributes``,
-exported into the bundle as item attributes); ``genres`` also feeds the user tower.
+exist). Every items column other than the id is kept, typed numeric / categorical / multi
+by :mod:`index.columns` (``Dataset.item_attributes``, exported into the bundle as item
+attributes); ``genres`` also feeds the user tower. users columns are typed the same way.
 CSV columns are read as strings by pyarrow and validated here, so that every
 problem is reported as a :class:`DataError` naming the file, the line (the header is
 line 1; Parquet files give the 1-based row) and the column. All per-row work runs in
@@ -21,6 +22,7 @@ from __future__ import annotations
 import csv
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from index.columns import KINDS, USER_KINDS, ColumnType, Kind, type_column
 from index.ids import CANONICAL_INT_PATTERN
 
 __all__ = ["DataError", "Dataset", "load_dataset"]
@@ -74,16 +77,18 @@ class Dataset:
     item_rows: npt.NDArray[np.int32]  # (n_interactions,) row into item_ids
     timestamps: npt.NDArray[np.float64]  # (n_interactions,)
     ratings: npt.NDArray[np.float32] | None  # (n_interactions,) when a rating column exists
-    # users.csv columns except user_id, each (n_users,): float64 (NaN = blank / no row) when
-    # every non-blank value is numeric, else '<U' ("" = no row for that user).
+    # users.csv columns except user_id, each (n_users,), typed (user_columns): float64
+    # (NaN = blank, not a number, no row) when numeric, else '<U' as given ("" = no row).
     user_features: dict[str, npt.NDArray[Any]]
     genre_vocab: npt.NDArray[np.str_]  # (n_genres,) sorted genre names
     item_genre_indptr: npt.NDArray[np.int64]  # (n_items + 1,) CSR over item rows
     item_genre_indices: npt.NDArray[np.int32]  # (nnz,) into genre_vocab, sorted per item
     source: Path  # the input directory
-    # items.csv columns except item_id (genres included), each (n_items,), as read: float64
-    # (NaN = blank / no row) for numeric Parquet columns, else '<U' ("" = blank / no row).
+    # items.csv columns except item_id (genres included), each (n_items,), typed
+    # (item_columns): float64 (NaN = missing) when numeric, else '<U' ("" = blank / no row).
     item_attributes: dict[str, npt.NDArray[Any]] = field(default_factory=dict)
+    item_columns: tuple[ColumnType, ...] = ()  # how each items / users column was typed
+    user_columns: tuple[ColumnType, ...] = ()
 
     @property
     def n_users(self) -> int:
@@ -364,31 +369,6 @@ def _parse_numbers(t: _Table, name: str, col: Any) -> Any:
         raise t.error(row, name, what) from exc
 
 
-def _feature(col: Any) -> npt.NDArray[Any]:
-    """One users-file column as float64 (NaN = blank) if every non-blank value is numeric,
-    else as '<U' strings exactly as given ("" = missing); shape (n_rows_in_file,)."""
-    typ = col.type
-    if pa.types.is_dictionary(typ):
-        col, typ = col.cast(typ.value_type), typ.value_type
-    numeric = (
-        pa.types.is_integer(typ)
-        or pa.types.is_floating(typ)
-        or pa.types.is_decimal(typ)
-        or pa.types.is_boolean(typ)
-    )
-    if numeric:
-        return np.asarray(pc.fill_null(pc.cast(col, pa.float64()), np.nan).to_numpy())
-    strings = pc.cast(col, pa.string())
-    trimmed = pc.utf8_trim_whitespace(strings)
-    blank = pc.or_kleene(pc.is_null(trimmed), pc.equal(pc.utf8_length(trimmed), 0))
-    try:
-        numbers = pc.cast(pc.if_else(blank, pa.scalar(None, pa.string()), trimmed), pa.float64())
-    except pa.ArrowInvalid:
-        text = pc.fill_null(strings, "").to_numpy(zero_copy_only=False)
-        return np.asarray(text.astype(str))
-    return np.asarray(pc.fill_null(numbers, np.nan).to_numpy(), dtype=np.float64)
-
-
 # ----------------------------------------------------------------------------- loading
 
 
@@ -423,26 +403,51 @@ def _match(
     return rows, keep
 
 
-def _load_users(path: Path, ids: npt.NDArray[Any], keys: Any) -> dict[str, npt.NDArray[Any]]:
-    """users file -> {feature: (n_users,) array}, aligned with the dataset's user rows."""
+def _check_declared(t: _Table, id_column: str, declared: Mapping[str, Kind], what: str) -> None:
+    """Raise when the declared schema ``what`` names a column the file does not have."""
+    columns = [c for c in t.table.column_names if c != id_column]
+    unknown = [name for name in declared if name not in columns]
+    if unknown:
+        raise DataError(
+            f"{t.path}: {what} names column(s) {', '.join(map(repr, unknown))} that the file "
+            f"does not have (columns: {', '.join(map(repr, columns)) or 'none'})"
+        )
+
+
+def _aligned(
+    values: npt.NDArray[Any], rows: npt.NDArray[np.int64], keep: npt.NDArray[np.int64], n: int
+) -> npt.NDArray[Any]:
+    """File column ``values`` moved to dataset rows, shape (n,): NaN / "" where no row."""
+    if values.dtype == np.float64:
+        column = np.full(n, np.nan, dtype=np.float64)
+    else:
+        column = np.zeros(n, dtype=values.dtype if values.itemsize else "<U1")
+    column[rows[keep]] = values[keep]
+    return column
+
+
+def _load_users(
+    path: Path, ids: npt.NDArray[Any], keys: Any, schema: Mapping[str, Kind]
+) -> tuple[dict[str, npt.NDArray[Any]], tuple[ColumnType, ...]]:
+    """users file -> {feature: (n_users,) array} aligned with the dataset's user rows,
+    typed by :func:`index.columns.type_column` (declared ``schema`` first), and the types."""
     t = _read(path, [USER_ID], [], everything=True, side=True)
+    _check_declared(t, USER_ID, schema, "user_schema")
     rows, keep = _match(t, USER_ID, ids, keys)
-    n_users = ids.shape[0]
     features: dict[str, npt.NDArray[Any]] = {}
+    types: list[ColumnType] = []
     for name in t.table.column_names:
         if name == USER_ID:
             continue
         if not name.strip():
             logger.warning("%s: skipping a column with a blank name", path)
             continue
-        values = _feature(t.table.column(name))
-        if values.dtype == np.float64:
-            out = np.full(n_users, np.nan, dtype=np.float64)
-        else:
-            out = np.zeros(n_users, dtype=values.dtype if values.itemsize else "<U1")
-        out[rows[keep]] = values[keep]
-        features[name] = out
-    return features
+        raw = _aligned(_raw_attribute(t.table.column(name)), rows, keep, ids.shape[0])
+        features[name], typed = type_column(
+            name, raw, schema.get(name), USER_KINDS, where=str(path)
+        )
+        types.append(typed)
+    return features, tuple(types)
 
 
 def _raw_attribute(col: Any) -> npt.NDArray[Any]:
@@ -465,10 +470,17 @@ def _raw_attribute(col: Any) -> npt.NDArray[Any]:
 
 
 def _load_attributes(
-    t: _Table, rows: npt.NDArray[np.int64], keep: npt.NDArray[np.int64], n_items: int
-) -> dict[str, npt.NDArray[Any]]:
-    """Every column of the items file except the id, aligned with the dataset's item rows."""
+    t: _Table,
+    rows: npt.NDArray[np.int64],
+    keep: npt.NDArray[np.int64],
+    n_items: int,
+    schema: Mapping[str, Kind],
+) -> tuple[dict[str, npt.NDArray[Any]], tuple[ColumnType, ...]]:
+    """Every column of the items file except the id, aligned with the dataset's item rows
+    and typed by :func:`index.columns.type_column` (declared ``schema`` first), and the
+    types."""
     out: dict[str, npt.NDArray[Any]] = {}
+    types: list[ColumnType] = []
     for name in t.table.column_names:
         if name == ITEM_ID:
             continue
@@ -480,26 +492,28 @@ def _load_attributes(
         except (pa.ArrowException, ValueError) as exc:
             logger.warning("%s: skipping column %r (not readable as text: %s)", t.path, name, exc)
             continue
-        if values.dtype == np.float64:
-            column = np.full(n_items, np.nan, dtype=np.float64)
-        else:
-            column = np.zeros(n_items, dtype=values.dtype if values.itemsize else "<U1")
-        column[rows[keep]] = values[keep]
-        out[name] = column
-    return out
+        raw = _aligned(values, rows, keep, n_items)
+        out[name], typed = type_column(name, raw, schema.get(name), KINDS, where=str(t.path))
+        types.append(typed)
+    return out, tuple(types)
 
 
 def _load_items(
-    path: Path, ids: npt.NDArray[Any], keys: Any
+    path: Path, ids: npt.NDArray[Any], keys: Any, schema: Mapping[str, Kind]
 ) -> tuple[
-    npt.NDArray[np.str_], npt.NDArray[np.int64], npt.NDArray[np.int32], dict[str, npt.NDArray[Any]]
+    npt.NDArray[np.str_],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int32],
+    dict[str, npt.NDArray[Any]],
+    tuple[ColumnType, ...],
 ]:
     """items file -> (genre_vocab, item_genre_indptr, item_genre_indices) a CSR over items,
-    and the raw attribute columns."""
+    the typed attribute columns and their types."""
     t = _read(path, [ITEM_ID], [], everything=True, side=True)
+    _check_declared(t, ITEM_ID, schema, "item_schema")
     rows, keep = _match(t, ITEM_ID, ids, keys)
-    attributes = _load_attributes(t, rows, keep, ids.shape[0])
-    return (*_genres(t, rows, keep, ids.shape[0]), attributes)
+    attributes, types = _load_attributes(t, rows, keep, ids.shape[0], schema)
+    return (*_genres(t, rows, keep, ids.shape[0]), attributes, types)
 
 
 def _genres(
@@ -532,10 +546,26 @@ def _genres(
     return vocab, indptr, genre.astype(np.int32)
 
 
-def load_dataset(directory: Path) -> Dataset:
+def _side_file(directory: Path, stem: str, schema: Mapping[str, Kind], what: str) -> Path | None:
+    """``<stem>.parquet`` / ``.csv`` in ``directory``; a DataError when ``schema`` (named
+    ``what``) declares columns of a file that does not exist."""
+    path = _locate(directory, stem)
+    if path is None and schema:
+        raise DataError(f"{directory}: {what} declares column(s) but there is no {stem}.csv")
+    return path
+
+
+def load_dataset(
+    directory: Path,
+    item_schema: Mapping[str, Kind] | None = None,
+    user_schema: Mapping[str, Kind] | None = None,
+) -> Dataset:
     """Load ``directory`` (interactions + optional users/items, CSV or Parquet).
 
-    Raises DataError for anything wrong with the input, naming file, line and column.
+    Side-file columns are typed by :func:`index.columns.type_column`: the declared
+    ``item_schema`` / ``user_schema`` (``{column: kind}``) first, else its inference rule.
+    Raises DataError for anything wrong with the input, naming file, line and column, and
+    for a schema naming a column the file does not have.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -553,16 +583,22 @@ def load_dataset(directory: Path) -> Dataset:
     ratings = _numbers(t, RATING, np.float32) if RATING in t.table.column_names else None
     del t
 
-    users_path = _locate(directory, "users")
-    features = {} if users_path is None else _load_users(users_path, user_ids, user_keys)
-    items_path = _locate(directory, "items")
+    users_path = _side_file(directory, "users", user_schema or {}, "user_schema")
+    features: dict[str, npt.NDArray[Any]] = {}
+    user_columns: tuple[ColumnType, ...] = ()
+    if users_path is not None:
+        features, user_columns = _load_users(users_path, user_ids, user_keys, user_schema or {})
+    items_path = _side_file(directory, "items", item_schema or {}, "item_schema")
     attributes: dict[str, npt.NDArray[Any]] = {}
+    item_columns: tuple[ColumnType, ...] = ()
     if items_path is None:
         vocab = np.zeros(0, dtype="<U1")
         indptr = np.zeros(len(item_ids) + 1, dtype=np.int64)
         indices = np.zeros(0, dtype=np.int32)
     else:
-        vocab, indptr, indices, attributes = _load_items(items_path, item_ids, item_keys)
+        vocab, indptr, indices, attributes, item_columns = _load_items(
+            items_path, item_ids, item_keys, item_schema or {}
+        )
 
     ds = Dataset(
         user_ids=user_ids,
@@ -577,6 +613,8 @@ def load_dataset(directory: Path) -> Dataset:
         item_genre_indices=indices,
         source=directory,
         item_attributes=attributes,
+        item_columns=item_columns,
+        user_columns=user_columns,
     )
     logger.info(
         "loaded %s: %d interactions, %d users (%s ids), %d items (%s ids), %d user "

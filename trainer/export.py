@@ -53,9 +53,18 @@ def item_attributes(dataset: Dataset) -> ItemAttributes | None:
             logger.warning("not exporting item attribute %r: invalid name", name)
     if not raw:
         return None
-    attributes = ItemAttributes.from_raw(raw, dataset.n_items)
+    kinds = {c.name: c.kind for c in dataset.item_columns}
+    attributes = ItemAttributes.from_raw(raw, dataset.n_items, kinds)
     logger.info("item attributes: %s", attributes.describe())
     return attributes
+
+
+def column_types(dataset: Dataset) -> dict[str, list[dict[str, object]]]:
+    """How each items / users column was typed (the manifest's ``trainer.columns``)."""
+    return {
+        "items": [c.as_dict() for c in dataset.item_columns],
+        "users": [c.as_dict() for c in dataset.user_columns],
+    }
 
 
 def user_history(prepared: Prepared) -> UserHistory:
@@ -103,6 +112,7 @@ def export_bundle(
             "config": config.model_dump(),
             "metrics": trained.metrics,
             "data": str(dataset.source),
+            "columns": column_types(dataset),
             "torch": torch.__version__,
         },
         trained_until=trained_until(dataset),
