@@ -378,6 +378,11 @@ def _trainer(**changes: Any) -> Callable[[Path], Path]:
     return damage
 
 
+def _write_text(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path.parent
+
+
 def _flip(name: str) -> Callable[[Path], Path]:
     def damage(bundle: Path) -> Path:
         data = bytearray((bundle / name).read_bytes())
@@ -762,6 +767,11 @@ CORRUPTIONS: list[tuple[str, Callable[[Path], Path], str]] = [
         "trainer-lone-surrogate",
         _trainer(note="\ud800"),
         r"manifest\.json: the string at /trainer/note is not valid UTF-8",
+    ),
+    (
+        "manifest-100000-deep",
+        lambda bundle: _write_text(bundle / b.MANIFEST, "[" * 100_000 + "]" * 100_000),
+        r"manifest\.json: invalid manifest: nested too deep",
     ),
     (
         "counts-interactions-2-70",
