@@ -265,6 +265,8 @@ def read_manifest(bundle: Path) -> Manifest:
         raise BundleError(f"{bundle}: no {MANIFEST} (not a bundle, or not finished)") from None
     try:
         return Manifest.model_validate(json.loads(text))
+    except RecursionError:  # nested deeper than Python's json reads
+        raise BundleError(f"{path}: invalid manifest: nested too deep") from None
     except (ValueError, TypeError) as e:
         raise BundleError(f"{path}: invalid manifest: {e}") from None
 

@@ -512,3 +512,76 @@ def check_kind(value: str) -> Kind:
     if value not in KINDS:
         raise ValueError(f"unknown index kind {value!r}; choose one of {', '.join(KIND_CHOICES)}")
     return value
+
+
+#: The FAISS classes a file of each kind reads back as (``read_index`` returns Flat as
+#: ``IndexFlatIP``); anything else, an ``IndexIDMap`` included, is not what the kind says.
+_CLASSES: dict[Kind, tuple[str, ...]] = {
+    "flat": ("IndexFlat", "IndexFlatIP"),
+    "hnsw": ("IndexHNSWFlat",),
+    "ivf-flat": ("IndexIVFFlat",),
+    "ivf-sq8": ("IndexIVFScalarQuantizer",),
+    "ivf-pq": ("IndexIVFPQ",),
+}
+#: The largest ``efSearch`` a manifest may ask for: FAISS keeps an ``efSearch``-long queue
+#: per query (the builder tunes up to 2048; filtered search widens to FILTER_EF_MAX).
+MAX_EF_SEARCH = 1 << 16
+#: The largest ``k_factor`` (candidates fetched per result; the builder tunes up to 8).
+MAX_K_FACTOR = 64
+
+
+def check_index_matches(index: Any, kind: Kind) -> None:
+    """Raise ValueError unless the FAISS ``index`` is what ``kind`` builds: its class, its
+    metric (inner product for flat, L2 over the transformed vectors otherwise) and, for IVF,
+    a quantizer of ``nlist`` centroids and inverted lists whose labels are each row
+    ``0..ntotal-1`` exactly once (Flat and HNSW label rows implicitly)."""
+    name = type(index).__name__
+    if name not in _CLASSES[kind]:
+        wanted = " or ".join(_CLASSES[kind])
+        raise ValueError(f"is a {name}, the manifest's kind {kind} is {wanted}")
+    metric = faiss.METRIC_INNER_PRODUCT if kind == "flat" else faiss.METRIC_L2
+    if int(index.metric_type) != metric:
+        raise ValueError(f"has metric {index.metric_type}, kind {kind} needs {metric}")
+    if kind.startswith("ivf"):
+        _check_ivf_labels(faiss.extract_index_ivf(index), int(index.ntotal))
+
+
+def _check_ivf_labels(ivf: Any, n: int) -> None:
+    """The inverted lists of ``ivf`` hold each label of ``0..n-1`` exactly once."""
+    if int(ivf.quantizer.ntotal) != int(ivf.nlist):
+        raise ValueError(f"has {ivf.quantizer.ntotal} centroids for {ivf.nlist} lists")
+    seen = np.zeros(n, dtype=bool)
+    lists = ivf.invlists
+    for j in range(int(ivf.nlist)):
+        size = int(lists.list_size(j))
+        if size == 0:
+            continue
+        pointer = lists.get_ids(j)
+        ids = faiss.rev_swig_ptr(pointer, size).astype(np.int64)  # a copy
+        lists.release_ids(j, pointer)
+        if int(ids.min()) < 0 or int(ids.max()) >= n:
+            raise ValueError(f"labels items outside rows [0, {n}) (list {j})")
+        if seen[ids].any() or np.unique(ids).size != size:
+            raise ValueError(f"labels an item row twice (list {j})")
+        seen[ids] = True
+    if not seen.all():
+        raise ValueError(f"leaves item row {int(np.flatnonzero(~seen)[0])} unlabelled")
+
+
+def check_search_bounds(
+    settings: SearchSettings, kind: Kind, nlist: int | None, entry_points: int
+) -> None:
+    """Raise ValueError unless ``settings`` are sane for an index of ``kind`` with ``nlist``
+    inverted lists (IVF) and ``entry_points`` landmarks (HNSW): ``efSearch`` <=
+    :data:`MAX_EF_SEARCH`, ``nprobe`` <= nlist, ``entry_probe`` <= entry_points,
+    ``k_factor`` <= :data:`MAX_K_FACTOR`."""
+    if settings.ef_search is not None and settings.ef_search > MAX_EF_SEARCH:
+        raise ValueError(f"efSearch {settings.ef_search} is above {MAX_EF_SEARCH}")
+    if settings.nprobe is not None and nlist is not None and settings.nprobe > nlist:
+        raise ValueError(f"nprobe {settings.nprobe} is above the index's {nlist} lists")
+    if settings.entry_probe is not None and settings.entry_probe > max(entry_points, 1):
+        raise ValueError(
+            f"entry_probe {settings.entry_probe} is above the index's {entry_points} entry points"
+        )
+    if settings.k_factor > MAX_K_FACTOR:
+        raise ValueError(f"k_factor {settings.k_factor} is above {MAX_K_FACTOR}")

@@ -47,7 +47,16 @@ from index.exact import exact_topk, topk_by_score
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FILTER_STRATEGIES", "STRATEGIES", "Found", "ItemIndex", "Strategy", "check_vectors"]
+__all__ = [
+    "FILTER_STRATEGIES",
+    "STRATEGIES",
+    "Found",
+    "ItemIndex",
+    "Strategy",
+    "check_vectors",
+    "max_row_norm",
+    "row_norms",
+]
 
 Exclude = Sequence[npt.ArrayLike | None] | None
 Allowed = AllowedItems | npt.ArrayLike | None
@@ -98,6 +107,21 @@ def check_vectors(bundle: Path, name: str, vectors: npt.NDArray[Any], rows: int,
         raise b.BundleError(
             f"{bundle}: {name} has {int(bad.sum())} row(s) with NaN/Inf (first: row {first})"
         )
+
+
+def max_row_norm(vectors: npt.NDArray[Any], chunk: int = 1 << 16) -> float:
+    """Largest L2 norm of the rows of ``vectors`` (n, d), in float64, read in chunks
+    (the array may be a large memory map); 0 for no rows."""
+    return float(row_norms(vectors, chunk).max(initial=0.0))
+
+
+def row_norms(vectors: npt.NDArray[Any], chunk: int = 1 << 16) -> npt.NDArray[np.float64]:
+    """L2 norms (n,) float64 of the rows of ``vectors`` (n, d), read ``chunk`` rows at a time."""
+    out = np.empty(len(vectors), dtype=np.float64)
+    for start in range(0, len(vectors), chunk):
+        block = np.asarray(vectors[start : start + chunk], dtype=np.float64)
+        out[start : start + len(block)] = np.sqrt(np.einsum("ij,ij->i", block, block))
+    return out
 
 
 class ItemIndex:
@@ -164,7 +188,10 @@ class ItemIndex:
 
         Checks sizes and sha256 of ``item_vectors.npy`` and ``index.faiss`` before reading
         them, refuses NaN/Inf item rows, a width other than the manifest's ``dim``, an index
-        of the wrong width or size, or a missing index section. With ``mmap`` the vectors
+        of the wrong width or size, of another kind than the manifest's or with labels
+        other than the item rows (:func:`index.faiss_index.check_index_matches`), search
+        parameters out of bounds (:func:`index.faiss_index.check_search_bounds`), or a
+        missing index section. With ``mmap`` the vectors
         and the index are memory-mapped read-only (pages shared between processes).
         ``manifest``: the bundle's manifest when the caller has already read it.
         """
@@ -196,6 +223,10 @@ class ItemIndex:
             )
         if index_dim < manifest.dim:
             raise b.BundleError(f"{bundle}: index width {index_dim} < dim {manifest.dim}")
+        try:
+            fi.check_index_matches(index, kind)
+        except ValueError as e:
+            raise b.BundleError(f"{bundle}: {b.INDEX} {e}") from None
         clusters = None
         if b.ITEM_CLUSTERS in manifest.files:
             try:
@@ -205,6 +236,8 @@ class ItemIndex:
                 raise b.BundleError(f"{bundle}: {b.ITEM_CLUSTERS}: {e}") from None
         try:
             loaded = cls(index, items, kind, settings, entry_rows, clusters)
+            entries = 0 if loaded.entries is None else loaded.entries.rows.size
+            fi.check_search_bounds(settings, kind, loaded._nlist, entries)
         except ValueError as e:
             raise b.BundleError(f"{bundle}: invalid index section in the manifest: {e}") from None
         logger.info("loaded %s index of %s (%d items)", kind, bundle, index.ntotal)

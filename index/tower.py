@@ -257,8 +257,25 @@ class UserTower:
         for j, out in enumerate(spec.hidden):
             w = _matrix(weights, f"layers.{j}.weight", (out, width))
             b = np.asarray(weights[f"layers.{j}.bias"], dtype=np.float32).reshape(out)
+            _check_finite(f"layers.{j}.bias", b[None, :])
             self.layers.append((np.ascontiguousarray(w.T), b))
             width = out
+
+    def norm_bound(self, numeric_norm: float = 0.0) -> float:
+        """An upper bound (float64) of the norm of the folded vector ``[u, 1]`` for any
+        history of item rows, any categorical rows and standardized numeric features of norm
+        at most ``numeric_norm``, example age 0: each pooled part is at most its table's
+        largest row norm, and a ReLU layer maps norm ``x`` to at most ``|W|_F x + |b|``."""
+        parts = [_max_row_norm(self.item_embedding), numeric_norm]
+        if self.genre_embedding is not None:
+            parts.append(_max_row_norm(self.genre_embedding))
+        parts.extend(_max_row_norm(table) for table in self.categorical)
+        x = math.sqrt(sum(p * p for p in parts))
+        for w_t, b in self.layers:
+            x = float(np.linalg.norm(w_t.astype(np.float64))) * x + float(
+                np.linalg.norm(b.astype(np.float64))
+            )
+        return math.sqrt(x * x + 1.0)
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> UserTower:
@@ -377,4 +394,22 @@ def _matrix(weights: Mapping[str, np.ndarray], key: str, shape: tuple[int, int])
         raise ValueError(f"user tower weights lack {key!r}") from None
     if array.shape != shape:
         raise ValueError(f"user tower weight {key!r} has shape {array.shape}, expected {shape}")
+    _check_finite(key, array)
     return array
+
+
+def _check_finite(key: str, array: np.ndarray) -> None:
+    """Raise ValueError if the weight ``array`` (rows, cols) float32 holds NaN/Inf."""
+    bad = ~np.isfinite(array).all(axis=1)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"user tower weight {key!r} has {int(bad.sum())} row(s) with NaN/Inf "
+            f"(first: row {first})"
+        )
+
+
+def _max_row_norm(array: np.ndarray) -> float:
+    """Largest L2 norm of the rows of ``array`` (n, d), float64; 0 for no rows."""
+    a = np.asarray(array, dtype=np.float64)
+    return float(np.sqrt(np.einsum("ij,ij->i", a, a).max(initial=0.0)))

@@ -39,18 +39,23 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import BaseModel
 
 from index import bundle as b
 from index.attributes import ItemAttributes
 from index.current import BUNDLE_ID
 from index.history import UserHistory
 from index.ids import IdMap
-from index.search import ItemIndex, check_vectors
-from index.tower import UserTower
+from index.search import ItemIndex, check_vectors, max_row_norm, row_norms
+from index.tower import FLOAT32_MAX, UserTower
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["VerifiedBundle", "verify_bundle"]
+__all__ = ["MAX_METADATA_DEPTH", "VerifiedBundle", "verify_bundle"]
+
+#: How deep the manifest's JSON may nest (orjson, which the service answers with, refuses
+#: more than 254 levels; the service nests manifest sections inside its answers).
+MAX_METADATA_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,8 @@ def verify_bundle(bundle: Path) -> VerifiedBundle:
     history = _history(bundle, manifest, tower)
     attributes = _attributes(bundle, manifest)
     index = ItemIndex.load(bundle, manifest)  # item vectors + index.faiss, all checked
+    _check_score_range(bundle, user_vectors, index.items, tower, history)
+    _check_metadata(bundle, manifest)
     return VerifiedBundle(
         path=bundle,
         manifest=manifest,
@@ -219,3 +226,79 @@ def _attributes(bundle: Path, manifest: b.Manifest) -> ItemAttributes | None:
         return ItemAttributes.from_arrays(arrays, manifest.item_attributes, manifest.counts.items)
     except ValueError as e:
         raise b.BundleError(f"{bundle}: {b.ITEM_ATTRIBUTES}: {e}") from None
+
+
+def _check_score_range(
+    bundle: Path,
+    user_vectors: npt.NDArray[np.float32],
+    item_vectors: npt.NDArray[np.float32],
+    tower: UserTower,
+    history: UserHistory | None,
+) -> None:
+    """Every query vector the bundle itself makes scores within float32, by the service's
+    rule (``|q| * max |item| <= FLOAT32_MAX / 2``, :func:`service.recaller._check_range`,
+    with the item norm taken as at least 1): each stored user vector, each item vector (the
+    query of a similar-items search) and the largest vector the tower can compute from a
+    history with the stored features (:meth:`index.tower.UserTower.norm_bound`)."""
+    item_norm = max_row_norm(item_vectors)
+    limit = FLOAT32_MAX / 2 / max(item_norm, 1.0)
+    why = f"with item vectors of norm up to {item_norm:.3g}, a query's must stay <= {limit:.3g}"
+    if item_norm > limit:
+        raise b.BundleError(f"{bundle}: {b.ITEM_VECTORS} has a row of norm {item_norm:.3g}: {why}")
+    norms = row_norms(user_vectors)
+    too_large = ~(norms <= limit)
+    if too_large.any():
+        first = int(np.flatnonzero(too_large)[0])
+        raise b.BundleError(
+            f"{bundle}: {b.USER_VECTORS} has {int(too_large.sum())} row(s) too large to score "
+            f"(first: row {first}, norm {norms[first]:.3g}): {why}"
+        )
+    numeric_norm = 0.0 if history is None else float(row_norms(history.numeric).max(initial=0.0))
+    bound = tower.norm_bound(numeric_norm)
+    if not bound <= limit:
+        raise b.BundleError(
+            f"{bundle}: {b.USER_TOWER}: the tower's vectors may reach norm {bound:.3g} "
+            f"(bounded by its weights' norms): {why}"
+        )
+
+
+def _check_metadata(bundle: Path, manifest: b.Manifest) -> None:
+    """The manifest is JSON the service can write back (``GET /v1/model``, by orjson):
+    nesting at most :data:`MAX_METADATA_DEPTH` levels, integers within 64 bits, strings
+    valid UTF-8 (no lone surrogates)."""
+    problem = _json_problem(manifest, "", 1)
+    if problem is not None:
+        raise b.BundleError(f"{bundle}: {b.MANIFEST}: {problem}")
+
+
+def _json_problem(value: object, where: str, depth: int) -> str | None:
+    """What orjson could not write about the JSON ``value`` at path ``where`` (None: fine)."""
+    at = where or "the top level"
+    if isinstance(value, BaseModel):  # the manifest's typed parts: their fields
+        value = dict(value)
+    if isinstance(value, dict | list):
+        if depth > MAX_METADATA_DEPTH:
+            return f"nests deeper than {MAX_METADATA_DEPTH} levels at {at}"
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, inner in items:
+            if isinstance(key, str) and not _utf8(key):
+                return f"a key at {at} is not valid UTF-8"
+            problem = _json_problem(inner, f"{where}/{key}", depth + 1)
+            if problem is not None:
+                return problem
+        return None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and not -(2**63) <= value < 2**64:
+        return f"the integer at {at} does not fit 64 bits"
+    if isinstance(value, str) and not _utf8(value):
+        return f"the string at {at} is not valid UTF-8"
+    return None
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -381,9 +381,13 @@ def create_app(settings: Settings) -> FastAPI:
         position = {user: j for j, user in enumerate(users)}
         # one availability for the whole batch, each distinct filter compiled once
         masks = core.Allowed(bundle, available(bundle))
-        vectors: list[UserVector | None] = []
+        vectors: list[UserVector | None] | None = []
         if users:
-            vectors = user_vectors(bundle, users, state.events)
+            try:
+                vectors = user_vectors(bundle, users, state.events)
+            except Exception:  # a user's vector failed: each entry computes its own below
+                logger.exception("user vectors of a batch failed; computing them one by one")
+                vectors = None
         out: list[dict[str, Any]] = []
         for entry in entries:
             if isinstance(entry, dict):
@@ -397,8 +401,13 @@ def create_app(settings: Settings) -> FastAPI:
                 else:
                     j = position[query.user_id]
                     shown = state.shown[j] if exclude_shown else []
+                    user = (
+                        vectors[j]
+                        if vectors is not None
+                        else user_vectors(bundle, [query.user_id], [state.events[j]])[0]
+                    )
                     answer = recall_user(
-                        bundle, query, vectors[j], shown, settings.max_k, state.fresh, masks
+                        bundle, query, user, shown, settings.max_k, state.fresh, masks
                     )
                     result, fresh_events = answer.result, answer.fresh_events
                 # only user_id entries read the store

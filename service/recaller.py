@@ -25,7 +25,7 @@ from index.attributes import AttributeFilterError, ItemAttributes
 from index.filters import FilterError, compile_filter
 from index.history import UserHistory
 from index.ids import IdMap
-from index.search import Found, ItemIndex, Strategy
+from index.search import Found, ItemIndex, Strategy, max_row_norm
 from index.tower import FLOAT32_MAX, FeatureError, FeatureValue, UserTower
 from index.verify import verify_bundle
 from service.errors import InvalidInput, UnknownId, clip
@@ -292,16 +292,6 @@ def _search(
     """Scores (1, k') and rows (1, k') of the top-k among allowed, non-excluded items for
     one query (1, dim), and the strategy the index chose by how many items are allowed."""
     return bundle.index.search_detailed(query, k, exclude=[exclude], allowed=allowed)
-
-
-def max_row_norm(vectors: np.ndarray, chunk: int = 1 << 16) -> float:
-    """Largest L2 norm of the rows of ``vectors`` (n, d), in float64, read in chunks
-    (the array may be a large memory map)."""
-    best = 0.0
-    for start in range(0, len(vectors), chunk):
-        block = np.asarray(vectors[start : start + chunk], dtype=np.float64)
-        best = max(best, float(np.sqrt(np.einsum("ij,ij->i", block, block).max(initial=0.0))))
-    return best
 
 
 def _check_range(bundle: ServingBundle, query: np.ndarray) -> np.ndarray:

@@ -8,6 +8,8 @@ features); expected top-k lists by brute force (the test bundle's index is Flat:
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import io
 import json
 import logging
@@ -653,3 +655,39 @@ def test_a_batch_reads_the_store_once_for_all_its_users(
         spy.calls.clear()
         c.post("/v1/users/vectors", json={"ids": [*users, users[0]]})
         assert spy.calls == [("recent", 3)]
+
+
+def test_a_users_failing_vector_fails_only_that_batch_entry(
+    published_root: Path, bundle: ServingBundle
+) -> None:
+    """A bundle defect past verification (simulated: the served bundle's tower, in memory,
+    gets a NaN row for one item) fails the batch entries of the user whose events touch
+    that item, never the whole batch: the other entries answer as they would alone."""
+    app = create_app(settings(published_root))
+    with live_server(app) as url, httpx.Client(base_url=url) as c:
+        served: ServingBundle = app.state.holder.current
+        row, other = 11, 12
+        item, good = unseen_items(bundle, row, 2, skip=1)  # not row 0 (padding reads it)
+        tower = copy.copy(served.tower)
+        tower.item_embedding = served.tower.item_embedding.copy()
+        tower.item_embedding[bundle.item_ids.row(item)] = np.nan
+        app.state.holder._current = dataclasses.replace(served, tower=tower)
+        post_events(c, [{"user_id": user(bundle, row), "item_id": item}])
+        alone = recall(c, user_id=user(bundle, other), k=5)
+
+        batch = c.post(
+            "/v1/recall/batch",
+            json={
+                "requests": [
+                    {"user_id": user(bundle, row), "k": 5},
+                    {"user_id": user(bundle, other), "k": 5},
+                    {"history": [good], "k": 5},
+                ]
+            },
+        )
+        assert batch.status_code == 200, batch.text
+        results = batch.json()["results"]
+        assert [r["status"] for r in results] == [500, 200, 200]
+        assert results[0]["error"]["code"] == "internal"
+        assert results[1]["items"] == alone["items"]
+        assert results[2]["source"] == "history"

@@ -19,11 +19,13 @@ import numpy as np
 import pytest
 
 from index import bundle as b
+from index import faiss_index as fi
+from index.build import BuildOptions, build_index
 from index.clusters import build_clusters
 from index.current import CURRENT, read_current
 from index.publish import publish
 from index.tower import SPEC_KEY
-from index.verify import verify_bundle
+from index.verify import MAX_METADATA_DEPTH, verify_bundle
 from service.recaller import ServingBundle
 from tests.index_data import tower_arrays
 
@@ -267,6 +269,118 @@ def _short_index(bundle: Path) -> Path:
         bundle, files={**b.read_manifest(bundle).files, b.INDEX: b.file_entry(bundle / b.INDEX)}
     )
     return bundle
+
+
+def _write_index(bundle: Path, index: Any) -> None:
+    faiss.write_index(index, str(bundle / b.INDEX))
+    edit_manifest(
+        bundle, files={**b.read_manifest(bundle).files, b.INDEX: b.file_entry(bundle / b.INDEX)}
+    )
+
+
+def _ivf_for_flat(bundle: Path) -> Path:
+    """An IVF index of the manifest's width where the manifest says flat."""
+    items = _array(bundle, b.ITEM_VECTORS)
+    index = faiss.index_factory(items.shape[1], "IVF4,Flat", faiss.METRIC_INNER_PRODUCT)
+    index.train(items)
+    index.add(items)
+    _write_index(bundle, index)
+    return bundle
+
+
+def _id_map(bundle: Path) -> Path:
+    """An IndexIDMap whose labels are n_items..2 n_items - 1 (no item row)."""
+    items = _array(bundle, b.ITEM_VECTORS)
+    index = faiss.IndexIDMap(faiss.IndexFlatIP(items.shape[1]))
+    index.add_with_ids(items, np.arange(len(items), 2 * len(items), dtype=np.int64))
+    _write_index(bundle, index)
+    return bundle
+
+
+def _flat_l2(bundle: Path) -> Path:
+    items = _array(bundle, b.ITEM_VECTORS)
+    index = faiss.IndexFlatL2(items.shape[1])
+    index.add(items)
+    _write_index(bundle, index)
+    return bundle
+
+
+def _built(kind: str) -> Callable[[Path], Path]:
+    """Rebuild the bundle's index as ``kind`` with the project's builder."""
+
+    def damage(bundle: Path) -> Path:
+        opts = BuildOptions(kind=kind, sample_queries=50, latency_queries=10, nlist=4)
+        build_index(bundle, opts)
+        return bundle
+
+    return damage
+
+
+def _search_params(kind: str, **params: object) -> Callable[[Path], Path]:
+    """Build a ``kind`` index, then set its manifest's search parameters ``params``."""
+
+    def damage(bundle: Path) -> Path:
+        section = b.read_manifest(_built(kind)(bundle)).index
+        assert section is not None
+        edit_manifest(
+            bundle, index={**section, "search_params": {**section["search_params"], **params}}
+        )
+        return bundle
+
+    return damage
+
+
+def _ivf_labels(shift: int) -> Callable[[Path], Path]:
+    """An ivf-flat index (the builder's) refilled with labels ``row + shift``."""
+
+    def damage(bundle: Path) -> Path:
+        _built("ivf-flat")(bundle)
+        index = faiss.read_index(str(bundle / b.INDEX))
+        manifest = b.read_manifest(bundle)
+        items = _array(bundle, b.ITEM_VECTORS)
+        spec = fi.make_spec("ivf-flat", len(items), manifest.dim, nlist=4)
+        padded, _ = fi.to_index_space(items, spec)
+        index.reset()
+        index.add_with_ids(padded, np.arange(len(items), dtype=np.int64) + shift)
+        _write_index(bundle, index)
+        return bundle
+
+    return damage
+
+
+def _tower(edit: Callable[[dict[str, np.ndarray]], None]) -> Callable[[Path], Path]:
+    def damage(bundle: Path) -> Path:
+        tower = _arrays(bundle, b.USER_TOWER)
+        edit(tower)
+        resign(bundle, b.USER_TOWER, tower)
+        return bundle
+
+    return damage
+
+
+def _nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+def _trainer(**changes: Any) -> Callable[[Path], Path]:
+    """Edit the manifest's trainer section as JSON text."""
+
+    def damage(bundle: Path) -> Path:
+        path = bundle / b.MANIFEST
+        manifest = json.loads(path.read_text())
+        manifest["trainer"].update(changes)
+        path.write_text(json.dumps(manifest))
+        return bundle
+
+    return damage
+
+
+def _write_text(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path.parent
 
 
 def _flip(name: str) -> Callable[[Path], Path]:
@@ -596,6 +710,74 @@ CORRUPTIONS: list[tuple[str, Callable[[Path], Path], str]] = [
     ),
     ("attributes-flipped", _flip(b.ITEM_ATTRIBUTES), r"item_attributes\.npz fails its sha256"),
     ("attributes-missing", _unlink(b.ITEM_ATTRIBUTES), r"item_attributes\.npz is missing"),
+    # issue 15: published, then refused by every replica, or served and then a 500
+    ("index-ivf-where-flat", _ivf_for_flat, r"index\.faiss is a IndexIVFFlat, .* kind flat"),
+    ("index-id-map", _id_map, r"index\.faiss is a IndexIDMap, .* kind flat"),
+    ("index-flat-l2", _flat_l2, r"index\.faiss is a IndexFlatL2"),
+    (
+        "ivf-labels-beyond-the-items",
+        _ivf_labels(1),
+        r"index\.faiss labels items outside rows \[0, 300\)",
+    ),
+    ("ivf-labels-negative", _ivf_labels(-1), r"labels items outside rows \[0, 300\)"),
+    ("hnsw-ef-search-2-40", _search_params("hnsw", efSearch=2**40), r"efSearch \d+ is above"),
+    ("ivf-nprobe-beyond-nlist", _search_params("ivf-flat", nprobe=5), "nprobe 5 is above"),
+    ("k-factor-absurd", _search_params("flat", k_factor=10**9), "k_factor 1000000000 is above"),
+    (
+        "tower-item-row-nan",
+        _tower(lambda t: _put((7, 0), np.nan)(t["item_embedding"])),
+        r"'item_embedding' has 1 row\(s\) with NaN/Inf \(first: row 7\)",
+    ),
+    (
+        "tower-layer-inf",
+        _tower(lambda t: _put((0, 3), np.inf)(t["layers.0.weight"])),
+        r"'layers\.0\.weight' has 1 row\(s\) with NaN/Inf",
+    ),
+    (
+        "tower-bias-nan",
+        _tower(lambda t: _put(0, np.nan)(t["layers.0.bias"])),
+        r"'layers\.0\.bias' has 1 row\(s\) with NaN/Inf",
+    ),
+    (
+        "tower-item-row-huge",
+        _tower(lambda t: _put((3, 0), 3e37)(t["item_embedding"])),
+        r"user_tower\.npz: the tower's vectors may reach norm",
+    ),
+    (
+        "user-vector-huge",
+        _set(b.USER_VECTORS, _put((5, 0), 3e38)),
+        r"user_vectors\.npy has 1 row\(s\) too large to score \(first: row 5",
+    ),
+    (
+        "item-vector-huge",
+        _set(b.ITEM_VECTORS, _put((7, 0), 1e20)),
+        r"item_vectors\.npy has a row of norm 1e\+20",
+    ),
+    (
+        "trainer-metrics-300-deep",
+        _trainer(metrics=_nested(300)),
+        rf"manifest\.json: nests deeper than {MAX_METADATA_DEPTH} levels at /trainer/metrics",
+    ),
+    (
+        "trainer-metrics-2-70",
+        _trainer(metrics={"hr@10": 2**70}),
+        r"manifest\.json: the integer at /trainer/metrics/hr@10 does not fit 64 bits",
+    ),
+    (
+        "trainer-lone-surrogate",
+        _trainer(note="\ud800"),
+        r"manifest\.json: the string at /trainer/note is not valid UTF-8",
+    ),
+    (
+        "manifest-100000-deep",
+        lambda bundle: _write_text(bundle / b.MANIFEST, "[" * 100_000 + "]" * 100_000),
+        r"manifest\.json: invalid manifest: nested too deep",
+    ),
+    (
+        "counts-interactions-2-70",
+        _manifest_json(counts={"users": 400, "items": 300, "interactions": 2**70}),
+        r"the integer at /counts/interactions does not fit 64 bits",
+    ),
     (
         "clusters-row-twice",
         _clusters(lambda c: _put(0, int(c["rows"][1]))(c["rows"])),
