@@ -3,9 +3,10 @@ every index kind and every strategy (exact scan, item clusters, FAISS bitmap sel
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 import faiss
 import numpy as np
@@ -20,6 +21,7 @@ from tests.index_data import clustered, write_vectors_bundle
 
 N_ITEMS, N_USERS, DIM = 2000, 200, 16
 K = 100  # the k the builder tunes recall for
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +31,18 @@ def vectors() -> tuple[np.ndarray, np.ndarray]:
 
 #: The kinds whose builder makes item clusters (the ``clusters`` strategy needs them).
 CLUSTERED_KINDS = ("hnsw",)
+#: The kinds whose FAISS search ranks by compressed codes.
+QUANTIZED_KINDS = ("ivf-sq8", "ivf-pq")
+
+
+def for_kinds(*kinds: str) -> Callable[[F], F]:
+    """Run the decorated test for these index kinds only (default: every kind)."""
+
+    def mark(test: F) -> F:
+        test.kinds = kinds  # type: ignore[attr-defined]
+        return test
+
+    return mark
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -36,7 +50,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "built_once" not in metafunc.fixturenames:
         return
     if "strategy" not in metafunc.fixturenames:
-        metafunc.parametrize("built_once", fi.KINDS, indirect=True, scope="module")
+        kinds = getattr(metafunc.function, "kinds", fi.KINDS)
+        metafunc.parametrize("built_once", kinds, indirect=True, scope="module")
         return
     pairs = [
         pytest.param(kind, strategy, id=f"{kind}-{strategy}")
@@ -147,6 +162,7 @@ def test_filtered_topk_equals_the_oracle(
         assert _recall(found.rows, want_rows) >= 0.95
 
 
+@for_kinds(*QUANTIZED_KINDS)
 @pytest.mark.parametrize("share", [0.5, 0.1])
 def test_quantized_filtered_answers_are_exact_among_the_probed_items(
     built: ItemIndex, vectors: tuple[np.ndarray, np.ndarray], share: float
@@ -155,8 +171,6 @@ def test_quantized_filtered_answers_are_exact_among_the_probed_items(
     probed lists by its exact inner product (not the top ``k * k_factor`` by code
     distance): probing every list, the answer is the oracle's, rows and scores, even
     with ``k_factor`` 1; exclusions included."""
-    if built.kind not in ("ivf-sq8", "ivf-pq"):
-        pytest.skip("the kinds that rank by compressed codes")
     items, users = vectors
     every_list = replace(built.settings, nprobe=fi.ivf_nlist(built.index), k_factor=1)
     allowed = _mask(share, seed=21)
