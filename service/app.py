@@ -59,6 +59,7 @@ from service.http_common import (
 )
 from service.limits import BodyLimitMiddleware
 from service.metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
+from service.parent_watch import die_with_parent
 from service.recaller import RecallQuery, RecallResult, ServingBundle
 from service.reloader import BundleHolder
 from service.schemas import (
@@ -73,6 +74,7 @@ from service.schemas import (
     IdsRequest,
     ItemResponse,
     ModelInfo,
+    QueryInt,
     RecallRequest,
     RecallResponse,
     ReloadResponse,
@@ -468,7 +470,7 @@ def create_app(settings: Settings) -> FastAPI:
         tags=["recall"],
     )
     async def similar(
-        item_id: str, bundle: BundleDep, k: Annotated[int, Query()] = 100
+        item_id: str, bundle: BundleDep, k: Annotated[QueryInt, Query()] = 100
     ) -> Response:
         """Item-to-item neighbours by inner product of item vectors (the item excluded);
         POST the same path for a filter, exclusions or attributes."""
@@ -700,5 +702,7 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def create_app_from_env() -> FastAPI:
-    """Factory for ``uvicorn --factory`` (and ``recall serve``): settings from RECALL_*."""
+    """Factory for ``uvicorn --factory`` (and ``recall serve``): settings from RECALL_*.
+    A worker process (``RECALL_WORKERS`` > 1) dies with its master (service/parent_watch.py)."""
+    die_with_parent()
     return create_app(Settings())
