@@ -52,11 +52,15 @@ def _running(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def _start(root: Path, tmp: Path, port: int) -> subprocess.Popen[bytes]:
+def start_serve(
+    root: Path, tmp: Path, port: int, workers: int = 2, **variables: str
+) -> subprocess.Popen[bytes]:
+    """``recall serve`` in its own process (``variables``: more ``RECALL_*`` settings)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECALL_")}
     env.pop(MULTIPROC_ENV, None)
-    env.update({"TMPDIR": str(tmp), "RECALL_RELOAD_INTERVAL_S": "0"})
-    argv = [str(RECALL), "serve", "--root", str(root), "--port", str(port), "--workers", "2"]
+    env.update({"TMPDIR": str(tmp), "RECALL_RELOAD_INTERVAL_S": "0", **variables})
+    argv = [str(RECALL), "serve", "--root", str(root), "--port", str(port)]
+    argv += ["--workers", str(workers)]
     log = (tmp / f"serve-{time.monotonic_ns()}.log").open("wb")
     try:
         return subprocess.Popen(argv, env=env, stdout=log, stderr=log)
@@ -64,7 +68,7 @@ def _start(root: Path, tmp: Path, port: int) -> subprocess.Popen[bytes]:
         log.close()
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
+def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"recall serve exited with {proc.returncode}"
@@ -77,7 +81,7 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
     raise AssertionError(f"{url} not ready in time")
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout=30)
@@ -92,10 +96,10 @@ def test_workers_die_with_a_killed_master_and_a_restart_binds_the_port(
 ) -> None:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    master = _start(published_root, tmp_path, port)
+    master = start_serve(published_root, tmp_path, port)
     workers: list[int] = []
     try:
-        _wait_ready(url, master)
+        wait_ready(url, master)
         deadline = time.monotonic() + 30
         while len(workers) < 2 and time.monotonic() < deadline:
             workers = [p for p in _children(master.pid) if b"spawn_main" in _cmdline(p)]
@@ -110,14 +114,14 @@ def test_workers_die_with_a_killed_master_and_a_restart_binds_the_port(
         assert alive == [], f"workers {alive} outlived their master"
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"{url}/healthz", timeout=2)
-        restarted = _start(published_root, tmp_path, port)
+        restarted = start_serve(published_root, tmp_path, port)
         try:
-            _wait_ready(url, restarted)
+            wait_ready(url, restarted)
         finally:
-            _stop(restarted)
+            stop(restarted)
     finally:
         for pid in workers:  # on a failure, do not leave them behind
             if _running(pid):
                 os.kill(pid, signal.SIGKILL)
         if master.poll() is None:
-            _stop(master)
+            stop(master)
