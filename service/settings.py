@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     max_vector_ids: int = Field(10_000, ge=1, description="most ids in one vector lookup")
     max_history: int = Field(1000, ge=1, description="most items in a request's history")
     max_body_bytes: int = Field(2 << 20, ge=1024, description="larger bodies get 413")
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="a request's headers must arrive within this"
+    )
     reload_interval_s: float = Field(5.0, ge=0, description="CURRENT poll period; 0 = off")
     search_threads: int = Field(4, ge=1, le=256, description="threads running FAISS")
     admin_token: SecretStr | None = Field(None, description="unset = admin API disabled")
