@@ -22,6 +22,7 @@ from typing import Annotated, Any, TypeVar
 
 import faiss
 import numpy as np
+import orjson
 from fastapi import Depends, FastAPI, Header, Query
 from pydantic import ValidationError
 from starlette.responses import Response
@@ -59,6 +60,7 @@ from service.http_common import (
 )
 from service.limits import BodyLimitMiddleware
 from service.metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
+from service.parent_watch import die_with_parent
 from service.recaller import RecallQuery, RecallResult, ServingBundle
 from service.reloader import BundleHolder
 from service.schemas import (
@@ -73,6 +75,7 @@ from service.schemas import (
     IdsRequest,
     ItemResponse,
     ModelInfo,
+    QueryInt,
     RecallRequest,
     RecallResponse,
     ReloadResponse,
@@ -436,6 +439,13 @@ def create_app(settings: Settings) -> FastAPI:
         if len(body.requests) > settings.max_batch:
             raise PayloadTooLarge(f"at most {settings.max_batch} requests per batch")
         entries = await in_pool(_parse_batch, bundle, body.requests)
+        # an entry over max_k fails on its own (422 inline): it counts as max_k
+        asked = sum(min(e[0].k, settings.max_k) for e in entries if isinstance(e, tuple))
+        if asked > settings.max_batch_items:
+            raise PayloadTooLarge(
+                f"a batch may ask for at most {settings.max_batch_items} items in all "
+                f"(the sum of k over its requests); this one asks for {asked}"
+            )
         users = list(
             dict.fromkeys(
                 e[0].user_id for e in entries if isinstance(e, tuple) and e[0].user_id is not None
@@ -443,8 +453,24 @@ def create_app(settings: Settings) -> FastAPI:
         )
         with_shown = any(isinstance(e, tuple) and e[1] for e in entries)
         read = await _read_state(state, bundle, users, with_shown)
-        results = await in_pool(_answer_batch, bundle, entries, users, read)
-        return model_response(bundle, {"bundle_id": bundle.id, "results": results})
+        return await in_pool(_batch_response, bundle, entries, users, read)
+
+    def _batch_response(
+        bundle: ServingBundle,
+        entries: list[tuple[RecallQuery, bool, bool] | dict[str, Any]],
+        users: list[Id],
+        state: UserState,
+    ) -> Response:
+        """The batch's answers, serialized here in the pool, one entry per orjson call:
+        orjson holds the GIL for a whole call, so one call over a 30 MB answer would stall
+        the event loop (/healthz) for as long; between entries the loop gets it back."""
+        results = _answer_batch(bundle, entries, users, state)
+        rows = b",".join([orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) for r in results])
+        head = orjson.dumps(bundle.id)
+        content = b'{"bundle_id":' + head + b',"results":[' + rows + b"]}"
+        return Response(
+            content, media_type=JsonResponse.media_type, headers={"X-Bundle-Id": bundle.id}
+        )
 
     @app.post(
         "/v1/events",
@@ -483,7 +509,7 @@ def create_app(settings: Settings) -> FastAPI:
         tags=["recall"],
     )
     async def similar(
-        item_id: str, bundle: BundleDep, k: Annotated[int, Query()] = 100
+        item_id: str, bundle: BundleDep, k: Annotated[QueryInt, Query()] = 100
     ) -> Response:
         """Item-to-item neighbours by inner product of item vectors (the item excluded);
         POST the same path for a filter, exclusions or attributes."""
@@ -716,5 +742,7 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def create_app_from_env() -> FastAPI:
-    """Factory for ``uvicorn --factory`` (and ``recall serve``): settings from RECALL_*."""
+    """Factory for ``uvicorn --factory`` (and ``recall serve``): settings from RECALL_*.
+    A worker process (``RECALL_WORKERS`` > 1) dies with its master (service/parent_watch.py)."""
+    die_with_parent()
     return create_app(Settings())

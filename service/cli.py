@@ -165,8 +165,11 @@ def _serve(args: argparse.Namespace) -> int:
 def _run_server(root: Path | None, host: str | None, port: int | None, workers: int | None) -> None:
     """Run uvicorn with the app factory; flags override ``RECALL_*`` variables, which the
     workers read (they are separate processes when ``workers > 1``)."""
+    import functools
+
     import uvicorn
 
+    from service.header_timeout import HeaderTimeoutProtocol
     from service.metrics_dir import multiprocess_metrics_dir
     from service.settings import load_settings
 
@@ -189,7 +192,10 @@ def _run_server(root: Path | None, host: str | None, port: int | None, workers: 
             port=settings.port,
             workers=settings.workers,
             loop="uvloop",
-            http="httptools",
+            # httptools with a bound on slow headers; uvicorn calls it as it calls a class
+            http=functools.partial(  # type: ignore[arg-type]
+                HeaderTimeoutProtocol, header_timeout_s=settings.header_timeout_s
+            ),
             access_log=False,
             log_level="warning",
         )

@@ -27,7 +27,7 @@ from service.browse import history_rows, search_items, training_window
 from service.errors import UnknownId, clip
 from service.http_common import BundleDep, JsonResponse, StateDep, fresh_after, model_response
 from service.reloader import BundleHolder
-from service.schemas import ErrorResponse
+from service.schemas import ErrorResponse, QueryInt
 
 __all__ = ["CONSOLE_DIR", "install_console"]
 
@@ -114,7 +114,7 @@ def install_console(app: FastAPI, in_pool: InPool) -> None:
         id: str,
         bundle: BundleDep,
         state: StateDep,
-        limit: Annotated[int, Query(ge=1, le=MAX_HISTORY_LIMIT)] = 50,
+        limit: Annotated[QueryInt, Query(ge=1, le=MAX_HISTORY_LIMIT)] = 50,
     ) -> Response:
         """A user's training window (the last `limit` items the bundle's user vector was
         made from) and their interactions stored after the training data (`fresh_events`),
@@ -151,7 +151,7 @@ def install_console(app: FastAPI, in_pool: InPool) -> None:
     async def item_search(
         bundle: BundleDep,
         q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS)],
-        limit: Annotated[int, Query(ge=1, le=MAX_SEARCH_LIMIT)] = 20,
+        limit: Annotated[QueryInt, Query(ge=1, le=MAX_SEARCH_LIMIT)] = 20,
     ) -> Response:
         """Items whose `title` attribute contains `q` (case-insensitive; the id for a
         bundle without titles), most popular first, with their attributes."""

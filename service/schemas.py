@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -73,6 +74,20 @@ def _filter_value(value: object) -> object:
     return _number(value)
 
 
+_JSON_INT = re.compile(r"-?(0|[1-9][0-9]*)")
+
+
+def _query_int(value: object) -> object:
+    """A query-string integer spelled as JSON spells one: ASCII digits, an optional
+    leading minus, no leading zeros; ``int()``'s and pydantic's laxer forms (``+5``,
+    `` 5``, ``1_0``, ``5.0``) are refused as a JSON body refuses them."""
+    if isinstance(value, str) and not _JSON_INT.fullmatch(value):
+        raise ValueError("must be an integer: digits with an optional leading minus")
+    return value
+
+
+QueryInt = Annotated[int, BeforeValidator(_query_int)]
+"""The one integer type of every query parameter (``Annotated[QueryInt, Query(...)]``)."""
 Text = Annotated[StrictStr, AfterValidator(_utf8)]
 Int64 = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
 ExternalId = Annotated[

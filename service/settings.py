@@ -32,9 +32,15 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=64)
     max_k: int = Field(1000, ge=1, le=100_000, description="largest k a request may ask")
     max_batch: int = Field(256, ge=1, description="most requests in one recall batch")
+    max_batch_items: int = Field(
+        25_600, ge=1, description="most items a batch asks for in all (sum of k); else 413"
+    )
     max_vector_ids: int = Field(10_000, ge=1, description="most ids in one vector lookup")
     max_history: int = Field(1000, ge=1, description="most items in a request's history")
     max_body_bytes: int = Field(2 << 20, ge=1024, description="larger bodies get 413")
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="a request's headers must arrive within this"
+    )
     reload_interval_s: float = Field(5.0, ge=0, description="CURRENT poll period; 0 = off")
     search_threads: int = Field(4, ge=1, le=256, description="threads running FAISS")
     admin_token: SecretStr | None = Field(None, description="unset = admin API disabled")
