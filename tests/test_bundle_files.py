@@ -22,7 +22,9 @@ import pytest
 from index import bundle as b
 from index.current import CURRENT
 from index.publish import publish, read_current
+from service import reloader
 from service.app import create_app
+from service.recaller import ServingBundle
 from tests.live import live_server
 from tests.test_cli import recall
 from tests.test_publish import _bundle
@@ -152,3 +154,33 @@ def test_a_fifo_in_the_current_bundle_neither_hangs_the_reloader_nor_admin_reloa
         wait_until(lambda: served_id(client) == THIRD_ID, timeout_s=10)
         assert reloads(client) == (2, 2)
     assert (root / CURRENT).read_text() == f"{THIRD_ID}\n"
+
+
+def test_admin_reload_waits_a_bounded_time_for_a_reload_in_progress(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A load that takes long (slow storage) holds the reload lock: an admin reload answers
+    409 after ``ADMIN_WAIT_S`` instead of waiting for it, and the load still lands."""
+    real = ServingBundle.load
+
+    def slow_load(path: Path) -> ServingBundle:
+        if path.name == OTHER_ID:
+            time.sleep(4)
+        return real(path)
+
+    monkeypatch.setattr(ServingBundle, "load", staticmethod(slow_load))
+    monkeypatch.setattr(reloader, "ADMIN_WAIT_S", 0.5, raising=False)
+    with (
+        live_server(create_app(_settings(root))) as url,
+        httpx.Client(base_url=url, timeout=10) as client,
+    ):
+        write_current(root, f"{OTHER_ID}\n".encode())
+        time.sleep(0.5)  # the poller is loading OTHER_ID now
+        started = time.monotonic()
+        response = client.post("/v1/admin/reload", headers=AUTH)
+        assert time.monotonic() - started < 2.5
+        assert response.status_code == 409, response.text
+        assert response.json()["error"]["message"] == (
+            f"a reload is in progress; still serving {GOOD}; try again"
+        )
+        wait_until(lambda: served_id(client) == OTHER_ID, timeout_s=10)
