@@ -8,7 +8,8 @@ Version 2 may also hold ``item_attributes.npz`` (the items file's columns,
 :mod:`index.attributes`), described by the manifest's ``item_attributes``: both or neither.
 Writers stage everything under ``<root>/.staging-<id>/`` and rename the finished
 directory into place, so a reader never sees half a bundle. Readers verify sizes and
-checksums before trusting a file. Nothing is ever pickled.
+checksums before trusting a file, and open every file as :func:`open_bundle_file` says
+(a regular file of the bundle: no symlink, FIFO or device). Nothing is ever pickled.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ finally applies retention: the newest ``keep`` bundles (by ``created_at``, then 
 ``CURRENT`` always stays, the others are renamed to ``.trash-*`` and removed; leftover
 ``.staging-*`` directories older than ``stale_hours`` go too, and so do ``.CURRENT.tmp-*``
 files left by a publish that died between writing its temp file and ``os.replace``.
+Retention reads other bundles' manifests: what it cannot read it logs and leaves alone,
+and once ``CURRENT`` is switched nothing it meets makes :func:`publish` raise.
 
 What "verifies" means is :func:`index.verify.verify_bundle`, the same function the service
 loads bundles with: a bundle that publishes is one every replica serves.
