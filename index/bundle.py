@@ -8,17 +8,20 @@ Version 2 may also hold ``item_attributes.npz`` (the items file's columns,
 :mod:`index.attributes`), described by the manifest's ``item_attributes``: both or neither.
 Writers stage everything under ``<root>/.staging-<id>/`` and rename the finished
 directory into place, so a reader never sees half a bundle. Readers verify sizes and
-checksums before trusting a file. Nothing is ever pickled.
+checksums before trusting a file, and open every file as :func:`open_bundle_file` says
+(a regular file of the bundle: no symlink, FIFO or device). Nothing is ever pickled.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
 import secrets
 import shutil
+import stat
 import struct
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
@@ -61,6 +64,8 @@ TRAINER_FILES = (*TRAINER_FILES_V1, USER_HISTORY)
 """Every file the trainer writes (schema_version 2)."""
 
 _HASH_CHUNK = 1 << 20
+#: ``manifest.json`` is a few KiB; anything past this is not ours (and is not read).
+MAX_MANIFEST_BYTES = 16 << 20
 
 
 class BundleError(Exception):
@@ -257,35 +262,91 @@ def write_bundle(
     return final
 
 
+def open_bundle_file(bundle: Path, name: str) -> int:
+    """Open file ``name`` of ``bundle`` for reading; return the descriptor (close it).
+
+    A bundle file must be a regular file in the bundle directory itself: a symlink (to
+    anywhere), a FIFO, a device or a directory is a :class:`BundleError`. The open never
+    follows a symlink and never blocks (``O_NOFOLLOW | O_NONBLOCK``; blocking is restored
+    once it is known to be a regular file), so such a file cannot hang a reader.
+    """
+    path = bundle / name
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise BundleError(f"{bundle}: {name} is missing") from None
+    except OSError as e:
+        why = "is a symlink" if e.errno == errno.ELOOP else f"cannot be opened: {e.strerror}"
+        raise BundleError(f"{bundle}: {name} {why}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BundleError(f"{bundle}: {name} is not a regular file (a FIFO, device, ...)")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_at_most(fd: int, limit: int, consume: Callable[[bytes], object]) -> int:
+    """Pass the bytes of ``fd`` to ``consume`` in chunks, stopping after ``limit`` + 1 bytes
+    (the one more tells a longer file); return how many were read."""
+    total = 0
+    while total <= limit and (chunk := os.read(fd, min(_HASH_CHUNK, limit + 1 - total))):
+        consume(chunk)
+        total += len(chunk)
+    return total
+
+
 def read_manifest(bundle: Path) -> Manifest:
+    """Parse ``bundle/manifest.json`` (at most :data:`MAX_MANIFEST_BYTES` of UTF-8 JSON)."""
     path = bundle / MANIFEST
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BundleError(f"{bundle}: no {MANIFEST} (not a bundle, or not finished)") from None
+        fd = open_bundle_file(bundle, MANIFEST)
+    except BundleError:
+        if not os.path.lexists(path):
+            raise BundleError(f"{bundle}: no {MANIFEST} (not a bundle, or not finished)") from None
+        raise
+    parts: list[bytes] = []
     try:
-        return Manifest.model_validate(json.loads(text))
+        size = _read_at_most(fd, MAX_MANIFEST_BYTES, parts.append)
+    except OSError as e:
+        raise BundleError(f"{path}: cannot be read: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{path}: longer than {MAX_MANIFEST_BYTES} bytes")
+    try:
+        return Manifest.model_validate(json.loads(b"".join(parts).decode("utf-8")))
     except RecursionError:  # nested deeper than Python's json reads
         raise BundleError(f"{path}: invalid manifest: nested too deep") from None
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError) as e:  # UnicodeDecodeError is a ValueError
         raise BundleError(f"{path}: invalid manifest: {e}") from None
 
 
 def verify_file(bundle: Path, manifest: Manifest, name: str) -> Path:
-    """Return the path of ``name`` after checking its size and sha256 against the manifest."""
+    """Return the path of ``name`` after checking its size and sha256 against the manifest.
+
+    The file is opened as :func:`open_bundle_file` says and at most the manifest's size
+    (+ 1 byte) is hashed, so neither a FIFO nor an endless file can hang the check.
+    """
     entry = manifest.files.get(name)
     if entry is None:
         raise BundleError(f"{bundle}: {name} is not listed in the manifest")
-    path = bundle / name
+    fd = open_bundle_file(bundle, name)
+    digest = hashlib.sha256()
     try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise BundleError(f"{bundle}: {name} is missing") from None
-    if size != entry.bytes:
-        raise BundleError(f"{bundle}: {name} has {size} bytes, manifest says {entry.bytes}")
-    if sha256_of(path) != entry.sha256:
+        size = os.fstat(fd).st_size
+        if size != entry.bytes:
+            raise BundleError(f"{bundle}: {name} has {size} bytes, manifest says {entry.bytes}")
+        read = _read_at_most(fd, entry.bytes, digest.update)
+    except OSError as e:
+        raise BundleError(f"{bundle}: {name} cannot be read: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if read != entry.bytes or digest.hexdigest() != entry.sha256:
         raise BundleError(f"{bundle}: {name} fails its sha256 check (damaged or modified)")
-    return path
+    return bundle / name
 
 
 def load_array(bundle: Path, manifest: Manifest, name: str, *, mmap: bool = False) -> np.ndarray:

@@ -7,6 +7,8 @@ finally applies retention: the newest ``keep`` bundles (by ``created_at``, then 
 ``CURRENT`` always stays, the others are renamed to ``.trash-*`` and removed; leftover
 ``.staging-*`` directories older than ``stale_hours`` go too, and so do ``.CURRENT.tmp-*``
 files left by a publish that died between writing its temp file and ``os.replace``.
+Retention reads other bundles' manifests: what it cannot read it logs and leaves alone,
+and once ``CURRENT`` is switched nothing it meets makes :func:`publish` raise.
 
 What "verifies" means is :func:`index.verify.verify_bundle`, the same function the service
 loads bundles with: a bundle that publishes is one every replica serves.
@@ -79,8 +81,10 @@ def publish(bundle: Path, *, keep: int = 3, stale_hours: float = 24.0) -> list[P
     """Verify ``bundle`` and make it ``CURRENT`` of its parent directory, atomically; then
     apply :func:`retain`. Returns the directories retention removed.
 
-    Used for a new bundle and for rollback to an older one. On any verification error
-    ``CURRENT`` is left as it was.
+    Used for a new bundle and for rollback to an older one; publishing the bundle that is
+    already ``CURRENT`` verifies it and leaves ``CURRENT`` untouched. Any refusal is a
+    :class:`~index.bundle.BundleError` and leaves ``CURRENT`` as it was. Once ``CURRENT``
+    names the bundle, nothing raises: what retention cannot do is logged and skipped.
     """
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
@@ -89,12 +93,30 @@ def publish(bundle: Path, *, keep: int = 3, stale_hours: float = 24.0) -> list[P
     if not BUNDLE_ID.fullmatch(bundle.name):
         raise b.BundleError(f"{bundle}: not a bundle directory name")
     with bundle_lock(bundle), _dir_lock(root, "a publish to this root"):
-        verify_bundle(bundle)
+        _verify(bundle)
         previous = inspect_current(root)  # may be unreadable: publishing repairs that
-        _write_current(root, bundle.name)
-        was = previous.bundle_id or previous.problem or "absent"
-        logger.info("published %s (CURRENT was %s)", bundle, was)
-        return _retain(root, keep, stale_hours)
+        if previous.bundle_id == bundle.name:
+            logger.info("%s is already CURRENT: nothing to switch", bundle)
+        else:
+            _write_current(root, bundle.name)
+            was = previous.bundle_id or previous.problem or "absent"
+            logger.info("published %s (CURRENT was %s)", bundle, was)
+        try:
+            return _retain(root, keep, stale_hours)
+        except Exception:  # CURRENT is switched: the publish is done whatever happens here
+            logger.exception("retention failed after publishing %s; CURRENT names it", bundle)
+            return []
+
+
+def _verify(bundle: Path) -> None:
+    """:func:`verify_bundle`, with any failure a :class:`~index.bundle.BundleError`."""
+    try:
+        verify_bundle(bundle)
+    except b.BundleError:
+        raise
+    except Exception as e:  # a loader's own error on content that passed its checksum
+        logger.debug("verifying %s failed", bundle, exc_info=True)
+        raise b.BundleError(f"{bundle}: refused: {type(e).__name__}: {e}") from None
 
 
 def retain(root: Path, keep: int = 3, *, stale_hours: float = 24.0) -> list[Path]:
@@ -124,12 +146,15 @@ def _retain(root: Path, keep: int, stale_hours: float) -> list[Path]:
     current = read_current(root)
     bundles: list[tuple[str, str, Path]] = []
     for path in root.iterdir():
-        if path.name.startswith(".") or not path.is_dir() or not BUNDLE_ID.fullmatch(path.name):
+        if path.name.startswith(".") or not BUNDLE_ID.fullmatch(path.name):
+            continue
+        if path.is_symlink() or not path.is_dir():
             continue
         try:
             manifest = b.read_manifest(path)
-        except b.BundleError:
-            continue  # not ours, or not finished: leave it alone
+        except (b.BundleError, OSError) as e:  # not ours, not finished, or unreadable
+            logger.warning("retention: leaving %s alone: %s", path, e)
+            continue
         if manifest.id == path.name:
             bundles.append((manifest.created_at.isoformat(), path.name, path))
     bundles.sort()
@@ -154,9 +179,9 @@ def _retain(root: Path, keep: int, stale_hours: float) -> list[Path]:
     cutoff = time.time() - stale_hours * 3600
     for path in root.iterdir():
         stale = path.name.startswith(".trash-") or (
-            path.name.startswith(".staging-") and path.stat().st_mtime < cutoff
+            path.name.startswith(".staging-") and path.lstat().st_mtime < cutoff
         )
-        if stale and path.is_dir():
+        if stale and path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
             logger.info("retention: removed leftover %s", path)

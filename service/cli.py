@@ -123,11 +123,23 @@ def _build_index(args: argparse.Namespace) -> int:
         nlist=args.nlist,
         pq_m=args.pq_m,
     )
-    build_index(args.bundle, options)
+    if args.publish and _is_current(args.bundle):  # a re-run after the publish was done
+        logger.info(
+            "%s is already CURRENT: not rebuilt (published bundles are immutable)", args.bundle
+        )
+    else:
+        build_index(args.bundle, options)
     if args.publish:
         publish(args.bundle, keep=args.keep)
     sys.stdout.write(f"{args.bundle}\n")
     return 0
+
+
+def _is_current(bundle: Path) -> bool:
+    from index.current import inspect_current
+
+    bundle = Path(os.path.abspath(bundle))
+    return inspect_current(bundle.parent).bundle_id == bundle.name
 
 
 def _publish(args: argparse.Namespace) -> int:

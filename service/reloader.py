@@ -16,6 +16,11 @@ What a client sees (:class:`ReloadFailed`, :class:`NotReady`) names bundle ids o
 paths and what CURRENT holds go to the server log. :attr:`BundleHolder.reloads` keeps
 this replica's last :data:`KEPT_RELOADS` attempts that loaded or refused a bundle (and
 explicit reloads that found it already served), by bundle id (``GET /v1/replica``).
+
+Nothing here waits without a bound: bundle files are regular files read up to their
+manifest size (:func:`index.bundle.verify_file`), a poll finding a load in progress skips
+its turn, and an admin reload waits at most :data:`ADMIN_WAIT_S` for one in progress
+before it answers :class:`ReloadFailed`.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from service.recaller import ServingBundle
 logger = logging.getLogger(__name__)
 
 KEPT_RELOADS = 50
+#: Seconds an admin reload waits for a reload in progress before it answers 409.
+ADMIN_WAIT_S = 30.0
 
 
 class BundleHolder:
@@ -74,41 +81,53 @@ class BundleHolder:
         Returns ``(bundle served now, whether it changed)``; raises :class:`ReloadFailed`
         (old bundle still served) or :class:`NotReady` (nothing published yet), nothing
         else. ``retry_failed=False`` (the poller): a state of CURRENT that failed before
-        raises :class:`ReloadFailed` again without loading, logging or counting.
+        raises :class:`ReloadFailed` again without loading, logging or counting. Waits at
+        most :data:`ADMIN_WAIT_S` for a reload in progress (then :class:`ReloadFailed`).
         """
-        async with self._lock:
-            try:
-                state = await asyncio.to_thread(inspect_current, self.root)
-            except Exception as e:  # inspect_current reports problems, it should not raise
-                logger.exception("reading %s failed", self.root / CURRENT)
-                state = CurrentState(("error", repr(e)), problem=f"unexpected error: {e!r}")
-            if state.key is None:
-                self._say_missing()
-                raise NotReady("nothing published yet")
-            self._said_missing = False
-            current = self._current
-            if current is not None and current.id == state.bundle_id:
-                self._failed_key = None
-                if retry_failed:
-                    self._record(current.id, "unchanged")
-                return current, False
-            if state.key == self._failed_key and not retry_failed:
-                raise ReloadFailed(self._refusal(state.bundle_id))
-            if state.bundle_id is None:
-                raise self._failure(state, state.problem or "names no bundle")
-            try:
-                bundle = await asyncio.to_thread(ServingBundle.load, self.root / state.bundle_id)
-            except (BundleError, OSError) as e:
-                raise self._failure(state, str(e)) from None
-            except Exception as e:
-                raise self._failure(state, f"unexpected error: {e!r}", trace=True) from None
-            self._current = bundle
+        try:
+            await asyncio.wait_for(self._lock.acquire(), ADMIN_WAIT_S)
+        except TimeoutError:
+            serving = f"still serving {self._current.id}" if self._current else "no bundle loaded"
+            raise ReloadFailed(f"a reload is in progress; {serving}; try again") from None
+        try:
+            return await self._reload_locked(retry_failed)
+        finally:
+            self._lock.release()
+
+    async def _reload_locked(self, retry_failed: bool) -> tuple[ServingBundle, bool]:
+        """:meth:`reload`'s work, under the lock."""
+        try:
+            state = await asyncio.to_thread(inspect_current, self.root)
+        except Exception as e:  # inspect_current reports problems, it should not raise
+            logger.exception("reading %s failed", self.root / CURRENT)
+            state = CurrentState(("error", repr(e)), problem=f"unexpected error: {e!r}")
+        if state.key is None:
+            self._say_missing()
+            raise NotReady("nothing published yet")
+        self._said_missing = False
+        current = self._current
+        if current is not None and current.id == state.bundle_id:
             self._failed_key = None
-            self.metrics.reloads.labels("success").inc()
-            self._record(bundle.id, "success")
-            self.metrics.bundle_loaded(bundle.id, len(bundle.item_ids), len(bundle.user_ids))
-            logger.info("serving bundle %s", bundle.id)
-            return bundle, True
+            if retry_failed:
+                self._record(current.id, "unchanged")
+            return current, False
+        if state.key == self._failed_key and not retry_failed:
+            raise ReloadFailed(self._refusal(state.bundle_id))
+        if state.bundle_id is None:
+            raise self._failure(state, state.problem or "names no bundle")
+        try:
+            bundle = await asyncio.to_thread(ServingBundle.load, self.root / state.bundle_id)
+        except (BundleError, OSError) as e:
+            raise self._failure(state, str(e)) from None
+        except Exception as e:
+            raise self._failure(state, f"unexpected error: {e!r}", trace=True) from None
+        self._current = bundle
+        self._failed_key = None
+        self.metrics.reloads.labels("success").inc()
+        self._record(bundle.id, "success")
+        self.metrics.bundle_loaded(bundle.id, len(bundle.item_ids), len(bundle.user_ids))
+        logger.info("serving bundle %s", bundle.id)
+        return bundle, True
 
     def _say_missing(self) -> None:
         if not self._said_missing:
@@ -141,6 +160,8 @@ class BundleHolder:
         """Check CURRENT every ``interval_s`` seconds until cancelled; survives anything."""
         while True:
             await asyncio.sleep(interval_s)
+            if self._lock.locked():  # an admin reload is loading: this turn is its
+                continue
             try:
                 await self.reload(retry_failed=False)
             except (ReloadFailed, NotReady):
