@@ -72,7 +72,9 @@ def _bodies(bad: str) -> list[tuple[str, dict[str, Any], str]]:
     ]
 
 
-@pytest.mark.parametrize(("bad", "what"), [(OVER, "256 bytes"), (NUL_ITEM, "NUL")])
+@pytest.mark.parametrize(
+    ("bad", "what"), [(OVER, "256 bytes"), (NUL_ITEM, "NUL")], ids=["258B", "NUL"]
+)
 def test_a_long_or_nul_id_in_a_body_is_a_422(client: httpx.Client, bad: str, what: str) -> None:
     for path, body, where in _bodies(bad):
         assert what in _invalid(client.post(path, json=body), where), path
@@ -82,7 +84,7 @@ def test_a_long_or_nul_id_in_a_body_is_a_422(client: httpx.Client, bad: str, wha
         assert response.json().get("error", {}).get("code", "not_found") == "not_found"
 
 
-@pytest.mark.parametrize("bad", [OVER, NUL_ITEM])
+@pytest.mark.parametrize("bad", [OVER, NUL_ITEM], ids=["258B", "NUL"])
 def test_a_long_or_nul_id_in_a_path_is_a_422(client: httpx.Client, bad: str) -> None:
     for template in (
         "/v1/items/{}/vector",
@@ -107,7 +109,7 @@ def test_one_long_id_among_many_is_a_422_not_a_bundle_sized_copy(client: httpx.C
     assert client.get("/healthz").status_code == 200
 
 
-@pytest.mark.parametrize("bad", [OVER, NUL_ITEM])
+@pytest.mark.parametrize("bad", [OVER, NUL_ITEM], ids=["258B", "NUL"])
 def test_a_long_or_nul_id_in_a_batch_entry_fails_that_entry(client: httpx.Client, bad: str) -> None:
     body = {"requests": [{"user_id": USER, "k": 3}, {"user_id": bad, "k": 3}]}
     response = client.post("/v1/recall/batch", json=body)
@@ -117,7 +119,7 @@ def test_a_long_or_nul_id_in_a_batch_entry_fails_that_entry(client: httpx.Client
     assert second["status"] == 422 and second["error"]["code"] == "invalid_input"
 
 
-@pytest.mark.parametrize("bad", [OVER, NUL_ITEM])
+@pytest.mark.parametrize("bad", [OVER, NUL_ITEM], ids=["258B", "NUL"])
 def test_an_event_with_a_long_or_nul_id_is_rejected_inline(client: httpx.Client, bad: str) -> None:
     user = f"u-new-{len(bad)}"
     events = [
