@@ -6,6 +6,13 @@ a sorted view of the ids plus ``np.searchsorted`` costs a few bytes per id, even
 
 Ids are typed: an int64 map holds integer ids, a ``'<U'`` map holds string ids. Lookups
 never raise on odd input; a value of the wrong kind simply matches nothing.
+
+Every id that enters (HTTP requests, events, availability, the trainer's input data) is
+at most :data:`MAX_ID_BYTES` bytes of UTF-8 and holds no NUL (:func:`id_problem` says
+why one is refused): numpy's fixed-width strings drop trailing NULs, so ``"723\\x00"``
+would name item ``"723"`` in a lookup and another id in the state store. A lookup costs
+O(len(id)) per id at the map's own width: a query longer than the map's widest id cannot
+match, and is never widened to (nor widens the map to) its length.
 """
 
 from __future__ import annotations
@@ -17,12 +24,27 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["CANONICAL_INT_PATTERN", "IdMap"]
+__all__ = ["CANONICAL_INT_PATTERN", "MAX_ID_BYTES", "IdMap", "id_problem"]
 
 #: A canonical decimal integer: no sign on zero, no leading zeros, no "+", no spaces.
 #: The data loader types an id column as int64 exactly when every id matches this.
 CANONICAL_INT_PATTERN = r"^(0|-?[1-9][0-9]*)$"
 _CANONICAL_INT = re.compile(r"(0|-?[1-9][0-9]*)")  # used with fullmatch
+
+MAX_ID_BYTES = 256
+"""The longest id accepted anywhere, in bytes of its UTF-8 encoding."""
+
+
+def id_problem(value: str) -> str | None:
+    """Why string id ``value`` is refused (longer than :data:`MAX_ID_BYTES` bytes of
+    UTF-8, or holding a NUL), or None when it is acceptable. O(len(value))."""
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_ID_BYTES:
+        return f"an id is at most {MAX_ID_BYTES} bytes of UTF-8, got {size} bytes"
+    if "\x00" in value:
+        return "an id may not contain NUL (U+0000)"
+    return None
+
 
 _INT64_MIN = int(np.iinfo(np.int64).min)
 _INT64_MAX = int(np.iinfo(np.int64).max)
@@ -105,6 +127,8 @@ class IdMap:
             sorted_ids.flags.writeable = False
         self._order = order
         self._sorted = sorted_ids
+        # str maps: queries are keyed at the map's own width (characters of its widest id)
+        self._width = 0 if self._is_int else view.dtype.itemsize // 4
 
     def __len__(self) -> int:
         """Number of ids (= rows)."""
@@ -129,10 +153,8 @@ class IdMap:
             if self._is_int and kind == "u":
                 ok = arr <= _INT64_MAX
                 return np.where(ok, arr, 0).astype(np.int64), ok
-            if not self._is_int and kind == "U":
-                return arr, True
-            if not self._is_int and kind in "iu":
-                return arr.astype(str), True
+            if not self._is_int and kind in "iuU":
+                return self._at_width(arr if kind == "U" else arr.astype(str))
             values: list[object] = arr.tolist()
         elif isinstance(ids, str | bytes):
             raise TypeError("rows() takes a sequence of ids; use row() for a single id")
@@ -148,10 +170,26 @@ class IdMap:
             ok_list = [k is not None for k in int_keys]
             keys = np.array([0 if k is None else k for k in int_keys], dtype=np.int64)
         else:
-            str_keys = [_str_key(v) for v in values]
+            str_keys = [self._fitting(_str_key(v)) for v in values]
             ok_list = [k is not None for k in str_keys]
-            keys = np.array(["" if k is None else k for k in str_keys], dtype=str)
+            keys = np.array(["" if k is None else k for k in str_keys], dtype=self._sorted.dtype)
         return keys, np.array(ok_list, dtype=bool)
+
+    def _fitting(self, key: str | None) -> str | None:
+        """``key`` when a str map could hold it (no longer than its widest id, no NUL: a
+        fixed-width string would drop a trailing one), else None. O(len(key))."""
+        if key is None or len(key) > self._width or "\x00" in key:
+            return None
+        return key
+
+    def _at_width(self, arr: npt.NDArray[np.str_]) -> tuple[npt.NDArray[np.str_], Any]:
+        """``'<U'`` queries at this map's width, and which of them can match (those that
+        were no wider): searching a narrower map with wider keys would copy the whole map
+        to the keys' width."""
+        if arr.dtype.itemsize <= self._sorted.dtype.itemsize:
+            return arr, True
+        ok = np.char.str_len(arr) <= self._width
+        return arr.astype(self._sorted.dtype), ok  # too long ones are cut, but not ok
 
     def rows(self, ids: Iterable[object] | npt.NDArray[Any]) -> npt.NDArray[np.int64]:
         """Rows of many ids: int64 ``(len(ids),)``, ``-1`` where an id is unknown.

@@ -75,6 +75,7 @@ from service.schemas import (
     IdsRequest,
     ItemResponse,
     ModelInfo,
+    PathId,
     QueryInt,
     RecallRequest,
     RecallResponse,
@@ -509,7 +510,7 @@ def create_app(settings: Settings) -> FastAPI:
         tags=["recall"],
     )
     async def similar(
-        item_id: str, bundle: BundleDep, k: Annotated[QueryInt, Query()] = 100
+        item_id: PathId, bundle: BundleDep, k: Annotated[QueryInt, Query()] = 100
     ) -> Response:
         """Item-to-item neighbours by inner product of item vectors (the item excluded);
         POST the same path for a filter, exclusions or attributes."""
@@ -536,14 +537,16 @@ def create_app(settings: Settings) -> FastAPI:
         tags=["recall"],
         name="similar_filtered",
     )
-    async def similar_filtered(item_id: str, body: SimilarRequest, bundle: BundleDep) -> Response:
+    async def similar_filtered(
+        item_id: PathId, body: SimilarRequest, bundle: BundleDep
+    ) -> Response:
         """Item-to-item neighbours among the items a filter allows, with exclusions and
         attributes on request (the GET form without a body)."""
         answer = await in_pool(_similar, bundle, item_id, body)
         return model_response(bundle, answer)
 
     @app.get("/v1/items/{id}", response_model=ItemResponse, responses=ERRORS, tags=["items"])
-    async def item(id: str, bundle: BundleDep) -> Response:
+    async def item(id: PathId, bundle: BundleDep) -> Response:
         """One item's attributes as the training data's items table gave them (strings,
         lists of strings for multi-valued attributes, numbers; missing ones left out; {}
         for a bundle without item attributes)."""
@@ -553,7 +556,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
 
     def _one_vector(kind: str) -> Callable[..., Any]:
-        async def one_vector(id: str, bundle: BundleDep) -> Response:
+        async def one_vector(id: PathId, bundle: BundleDep) -> Response:
             typed_id, vector = core.vector_of(bundle, kind, id)
             body = {"bundle_id": bundle.id, "id": typed_id, "vector": vector}
             return model_response(bundle, body)
@@ -586,7 +589,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
         return many_vectors
 
-    async def one_user_vector(id: str, bundle: BundleDep, state: StateDep) -> Response:
+    async def one_user_vector(id: PathId, bundle: BundleDep, state: StateDep) -> Response:
         """One user's vector, as a recall by user_id uses it: the stored one, or from the
         user's training history followed by newer events (`source`, `fresh_events`)."""
         user_id = bundle.user_ids.canonical(id)

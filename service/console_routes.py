@@ -27,7 +27,7 @@ from service.browse import history_rows, search_items, training_window
 from service.errors import UnknownId, clip
 from service.http_common import BundleDep, JsonResponse, StateDep, fresh_after, model_response
 from service.reloader import BundleHolder
-from service.schemas import ErrorResponse, QueryInt
+from service.schemas import ErrorResponse, PathId, QueryInt
 
 __all__ = ["CONSOLE_DIR", "install_console"]
 
@@ -111,7 +111,7 @@ def install_console(app: FastAPI, in_pool: InPool) -> None:
         tags=["console"],
     )
     async def user_history(
-        id: str,
+        id: PathId,
         bundle: BundleDep,
         state: StateDep,
         limit: Annotated[QueryInt, Query(ge=1, le=MAX_HISTORY_LIMIT)] = 50,

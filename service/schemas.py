@@ -20,6 +20,8 @@ from pydantic import (
     model_validator,
 )
 
+from index.ids import MAX_ID_BYTES, id_problem
+
 # Strict JSON types throughout: coercion (true -> 1, "5" -> 5, "yes" -> true) would hide
 # client bugs. Strings must be encodable as UTF-8 (JSON's "\ud800" escape is not), so no
 # echo of a client string (404 messages, `missing`) can fail to serialize.
@@ -33,10 +35,18 @@ def _utf8(value: str) -> str:
     return value
 
 
+def _id_text(value: str) -> str:
+    """A string id: valid Unicode, at most MAX_ID_BYTES bytes of UTF-8, no NUL."""
+    problem = id_problem(_utf8(value))
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
 def _id_type(value: object) -> object:
     """One clear message for a bad id (the union's own is one line per member)."""
     if isinstance(value, str):
-        return _utf8(value)
+        return _id_text(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError("an id is an integer or a string")
     if not -(2**63) <= value < 2**63:
@@ -93,8 +103,17 @@ Int64 = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
 ExternalId = Annotated[
     Int64 | Text,
     BeforeValidator(_id_type),
-    Field(description="an id as the input data gave it: an int64 or a string"),
+    Field(
+        description="an id as the input data gave it: an int64 or a string of at most "
+        f"{MAX_ID_BYTES} bytes of UTF-8, without NUL"
+    ),
 ]
+PathId = Annotated[
+    str,
+    AfterValidator(_id_text),
+    Field(description=f"an id as the input data gave it (at most {MAX_ID_BYTES} bytes)"),
+]
+"""An id in a URL path (``/v1/items/{id}``...): the same limits as a body's ids."""
 FiniteFloat = Annotated[StrictFloat, Field(allow_inf_nan=False)]
 FeatureValue = Annotated[StrictInt | FiniteFloat | Text | None, BeforeValidator(_feature_type)]
 

@@ -98,7 +98,8 @@ def test_fresh_events_appear_after_post_events_newest_first(served: Served) -> N
     ("path", "status"),
     [
         ("/v1/users/no-such-user/history", 404),
-        (f"/v1/users/{'x' * 6000}/history", 404),
+        (f"/v1/users/{'x' * 256}/history", 404),  # the longest id there is
+        (f"/v1/users/{'x' * 6000}/history", 422),  # over 256 bytes
         ("/v1/users/1/history?limit=0", 422),
         ("/v1/users/1/history?limit=1001", 422),
         ("/v1/users/1/history?limit=abc", 422),

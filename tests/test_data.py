@@ -290,6 +290,23 @@ def test_blank_id_in_side_file(tmp_path: Path) -> None:
     assert msg.endswith("items.csv: line 3, column 'item_id': blank id")
 
 
+@pytest.mark.parametrize(
+    ("value", "what"),
+    [
+        ("é" * 129, "an id is at most 256 bytes of UTF-8, got 258 bytes"),
+        ("a\x00b", "an id may not contain NUL (U+0000)"),
+    ],
+)
+def test_a_long_or_nul_id_names_file_line_and_column(tmp_path: Path, value: str, what: str) -> None:
+    """Issue 15 §1: the service refuses such ids, so training data may not hold them."""
+    at_limit = "é" * 128  # 256 bytes: accepted
+    assert load(tmp_path, f"user_id,item_id,timestamp\n{at_limit},i1,1\n").n_users == 1
+    msg = error(tmp_path, f"user_id,item_id,timestamp\nu1,i1,1\nu2,{value},2\n")
+    assert msg.endswith(f"interactions.csv: line 3, column 'item_id': {what}")
+    msg = error(tmp_path, INTERACTIONS, users=f"user_id,age\n{value},3\n")
+    assert msg.endswith(f"users.csv: line 2, column 'user_id': {what}")
+
+
 def test_malformed_row_names_the_file(tmp_path: Path) -> None:
     msg = error(tmp_path, "user_id,item_id,timestamp\n1,2,3\n4,5\n")
     assert "interactions.csv: cannot parse" in msg and "Expected 3 columns" in msg

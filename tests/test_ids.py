@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 import numpy as np
@@ -100,6 +101,37 @@ def test_str_map_queries() -> None:
         assert m.row(bad) is None  # type: ignore[arg-type]
     assert m.rows(["zzz", "", "a"]).tolist() == [-1, -1, 2]
     assert "a" in m and "c" not in m
+
+
+def _peak_bytes(fn: Any) -> int:
+    """Peak bytes traced (numpy reports its buffers to tracemalloc) while ``fn()`` runs."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_long_query_never_widens_the_map() -> None:
+    """Issue 15 §1: one 10,000-character id used to copy all 1,000 sorted ids to its width
+    (40 MB); keyed at the map's own width, the lookup needs about the queries' size."""
+    m = IdMap(np.array([f"m{i:04d}" for i in range(1000)]))
+    long_id = "x" * 10_000
+    assert m.rows([long_id, "m0001"]).tolist() == [-1, 1]
+    assert m.rows(np.array([long_id, "m0002"])).tolist() == [-1, 2]
+    assert m.rows([long_id] + ["m0003"] * 999).tolist() == [-1] + [3] * 999  # sorted path
+    assert long_id not in m and m.row("m0001" + "x" * 5000) is None
+    for queries in ([long_id, "m0001"], np.array([long_id, "m0001"])):
+        assert _peak_bytes(lambda q=queries: m.rows(q)) < 1_000_000
+
+
+def test_a_trailing_nul_is_not_the_same_id() -> None:
+    """numpy's '<U' drops trailing NULs: "m0001\\0" must still not find "m0001"."""
+    m = IdMap(np.array(["m0000", "m0001", "日本"]))
+    queries = ["m0001\x00", "m0001", "\x00", "日本\x00", "m00\x0001"]
+    assert m.rows(queries).tolist() == [-1, 1, -1, -1, -1]
+    assert "m0001\x00" not in m
 
 
 def test_empty_map() -> None:

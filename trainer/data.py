@@ -36,7 +36,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from index.columns import KINDS, USER_KINDS, ColumnType, Kind, type_column
-from index.ids import CANONICAL_INT_PATTERN
+from index.ids import CANONICAL_INT_PATTERN, MAX_ID_BYTES, id_problem
 
 __all__ = ["DataError", "Dataset", "load_dataset"]
 
@@ -243,7 +243,8 @@ def _as_strings(t: _Table, name: str, what: str) -> Any:
 
 
 def _id_column(t: _Table, name: str) -> Any:
-    """Column ``name`` as validated id strings: no null, no blank (whitespace only) value."""
+    """Column ``name`` as validated id strings: no null, no blank (whitespace only) value,
+    none over ``MAX_ID_BYTES`` bytes of UTF-8 or holding a NUL (the service refuses both)."""
     col = _as_strings(t, name, "integer or string ids")
     if col.null_count:
         raise t.error(_first(pc.is_null(col)), name, "missing id")
@@ -252,7 +253,16 @@ def _id_column(t: _Table, name: str) -> Any:
     if _any(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(uniq)), 0)):
         blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0)
         raise t.error(_first(blank), name, "blank id")
+    if _any(_refused_ids(uniq)):
+        row = _first(_refused_ids(col))
+        raise t.error(row, name, str(id_problem(col[row].as_py())))
     return col
+
+
+def _refused_ids(col: Any) -> Any:
+    """Bool mask of the string ids in ``col`` that :func:`index.ids.id_problem` refuses."""
+    too_long = pc.greater(pc.binary_length(col), MAX_ID_BYTES)
+    return pc.or_(too_long, pc.match_substring(col, "\x00"))
 
 
 def _sorted_ids(uniq: Any) -> tuple[npt.NDArray[Any], Any]:
