@@ -176,7 +176,12 @@ class ItemAttributes:
                 f"{name} is {column.kind}: {op!r} takes strings, got {bad[0]!r}"
             )
         vocabulary = cast(npt.NDArray[np.str_], column.vocabulary)
-        wanted = np.asarray(operand, dtype=str)
+        # Compared at the vocabulary's own width: a longer value (or one holding NUL, which
+        # '<U' would drop) matches nothing, and is never allowed to widen the vocabulary to
+        # its length (a 100 kB value would copy every title to 400 kB each).
+        width = vocabulary.dtype.itemsize // 4
+        fits = [v for v in operand if len(v) <= width and "\x00" not in v]
+        wanted = np.array(fits, dtype=vocabulary.dtype)
         where = np.searchsorted(vocabulary, wanted)
         found = where < len(vocabulary)
         found[found] = vocabulary[where[found]] == wanted[found]

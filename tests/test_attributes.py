@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import tracemalloc
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,27 @@ def test_categorical_masks(attrs: ItemAttributes) -> None:
     assert rows(attrs.mask("title", "none", ["Alpha"])) == [1, 2, 3, 5]  # missing matches
     assert rows(attrs.mask("language", "any", ["en", "fr"])) == [0, 1, 2, 5]
     assert rows(attrs.mask("language", "none", ["en", "fr"])) == [3, 4]
+
+
+def test_a_long_filter_value_never_widens_the_vocabulary() -> None:
+    """Issue 15 §1 for filter values: one 100,000-character value used to copy the whole
+    vocabulary (here 2,000 titles) to its width, 800 MB; now it matches nothing, in place."""
+    n = 2_000
+    titles = np.array([f"title {i:05d}" for i in range(n)])
+    genres = np.array([f"g{i % 7}|g{i % 5}" for i in range(n)])
+    attrs = ItemAttributes.from_raw({"title": titles, "genres": genres}, n)
+    long_value = "t" * 100_000
+    tracemalloc.start()
+    try:
+        assert np.flatnonzero(attrs.mask("title", "any", [long_value, "title 00007"])).tolist() == [
+            7
+        ]
+        assert not attrs.mask("title", "any", ["title 00007\x00"]).any()
+        assert attrs.mask("genres", "none", [long_value]).all()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 5_000_000
 
 
 def test_multi_masks(attrs: ItemAttributes) -> None:
