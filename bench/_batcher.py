@@ -3,14 +3,14 @@
 Not part of the service: measured with ``bench/service_bench.py --micro-batch``, it lost
 throughput on the default workload (see docs/performance.md), so it lives here, where the
 experiment can be rerun. :func:`create_app` is a uvicorn factory: the service's own app
-(``service.app.create_app``, settings from ``RECALL_*``) with ``POST /v1/recall`` routed
+(``recall.service.app.create_app``, settings from ``RECALL_*``) with ``POST /v1/recall`` routed
 through a :class:`RecallBatcher` when ``BENCH_MICRO_BATCH=1`` (else unchanged, the A/B's
 baseline run the same way).
 
 Requests queue on the event loop; a dispatcher takes whatever has queued (up to
 ``BENCH_MICRO_BATCH_MAX``, optionally waiting ``BENCH_MICRO_BATCH_WAIT_MS`` for more),
 resolves every query (id lookup, seen list, tower), stacks the query vectors and runs one
-:meth:`index.search.ItemIndex.search` for the batch in a thread pool. There is no fixed
+:meth:`recall.index.search.ItemIndex.search` for the batch in a thread pool. There is no fixed
 wait by default: a batch is whatever arrived while the previous one was searching.
 
 What a batch can save: one thread-pool hand-off and one pass of the search's Python work
@@ -38,12 +38,12 @@ from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
-from service import app as service_app
-from service import recaller as core
-from service.errors import ApiError
-from service.recaller import RecallQuery, RecallResult, ServingBundle
-from service.schemas import RecallRequest, RecallResponse
-from service.settings import Settings
+from recall.service import app as service_app
+from recall.service import recaller as core
+from recall.service.errors import ApiError
+from recall.service.recaller import RecallQuery, RecallResult, ServingBundle
+from recall.service.schemas import RecallRequest, RecallResponse
+from recall.service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class BatchSettings:
 
 
 def recall_many(bundle: ServingBundle, queries: list[RecallQuery], max_k: int) -> list[Outcome]:
-    """:func:`service.recaller.recall` for each query, with one index search for all of
+    """:func:`recall.service.recaller.recall` for each query, with one index search for all of
     them; a query's domain error is returned in its slot, not raised."""
     out: list[Outcome | None] = [None] * len(queries)
     slots: list[int] = []

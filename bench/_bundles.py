@@ -10,16 +10,16 @@ generator; ~13 ms, barely faster than Flat). The fast-ANN regime is the one wher
 layer's cost shows, so it is the honest test of the service.
 
 Around the vectors this module writes every trainer file of the bundle contract
-(:data:`index.bundle.TRAINER_FILES_V1`: a schema_version 1 bundle):
+(:data:`recall.index.bundle.TRAINER_FILES_V1`: a schema_version 1 bundle):
 
 - ``user_seen``: each user has seen ~30 items (log-normal count, 5..200), drawn by
   popularity, so ``exclude_seen`` (on by default) removes items that do rank high;
 - ``user_tower.npz``: a tiny valid tower (item_dim 8, hidden [64]) that
-  :meth:`service.recaller.ServingBundle.load` accepts (its output is not meant to match
+  :meth:`recall.service.recaller.ServingBundle.load` accepts (its output is not meant to match
   the user vectors: the benchmark recalls by user id);
 - ``item_popularity``: the seen counts.
 
-Then :func:`index.build.build_index` builds and tunes the index (Flat, or HNSW to
+Then :func:`recall.index.build.build_index` builds and tunes the index (Flat, or HNSW to
 recall@100 >= 0.95) and the bundle is published. A bundle is reused when its root holds a
 published bundle made with the same parameters; building 1M HNSW takes minutes on 2 cores.
 """
@@ -35,10 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from index import bundle as b
-from index.build import BuildOptions, build_index
-from index.publish import publish, read_current
-from index.tower import SPEC_KEY, TowerSpec
+from recall.index import bundle as b
+from recall.index.build import BuildOptions, build_index
+from recall.index.publish import publish, read_current
+from recall.index.tower import SPEC_KEY, TowerSpec
 
 logger = logging.getLogger("bench.bundles")
 

@@ -2,8 +2,8 @@
 
 Every baseline sees only the training part of the leave-last-out split, as a binary
 user x item matrix, and is tuned on the validation item (never the test item). Each
-returns a :data:`trainer.evaluate.ScoreFn`, so that it runs through exactly the same
-``trainer.evaluate.evaluate`` as the model.
+returns a :data:`recall.trainer.evaluate.ScoreFn`, so that it runs through exactly the same
+``recall.trainer.evaluate.evaluate`` as the model.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
-from trainer.evaluate import EvalTask, ScoreFn, evaluate
-from trainer.split import NO_ITEM, Split
+from recall.trainer.evaluate import EvalTask, ScoreFn, evaluate
+from recall.trainer.split import NO_ITEM, Split
 
 logger = logging.getLogger(__name__)
 

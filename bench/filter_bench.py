@@ -5,15 +5,15 @@ The vectors are :func:`bench._bundles.clustered_vectors` (the service benchmark'
 clustered, unequal norms); filters are seeded random masks of each selectivity (each item
 allowed with probability ``s``). Each kind is built once and tuned unfiltered to
 recall@100 >= 0.95 (the builder's ladder; HNSW also gets its item clusters, and both
-the builder's filtered tuning, :func:`index.build.tune_filtered`); then, per
+the builder's filtered tuning, :func:`recall.index.build.tune_filtered`); then, per
 selectivity, :class:`ItemIndex` is timed with its own strategy choice (``auto``) and with
 each strategy forced: ``scan`` (exact over the allowed rows), ``clusters`` (exact over the
 allowed rows of the nearest clusters; for IVF, which the builder gives no clusters, with
 clusters and a ``cluster_factor`` made here the builder's way, to show what they would
 do) and ``selector`` (FAISS + IDSelectorBitmap,
-widened efSearch/nprobe, :func:`index.faiss_index.widen_for_filter`).
+widened efSearch/nprobe, :func:`recall.index.faiss_index.widen_for_filter`).
 
-Each filter is prepared once (:class:`index.allowed.AllowedItems`: bitmap, rows, cluster
+Each filter is prepared once (:class:`recall.index.allowed.AllowedItems`: bitmap, rows, cluster
 groups), as the service's filter cache does for a filter that comes back; that one-off
 cost is the ``prepare ms`` column, not part of q/s.
 
@@ -48,12 +48,12 @@ import numpy as np
 from _bundles import clustered_vectors
 from _machine import cpu_model
 
-from index import faiss_index as fi
-from index.allowed import AllowedItems
-from index.build import tune_filtered
-from index.clusters import build_clusters
-from index.exact import exact_topk, exact_topk_among, recall_at_k
-from index.search import FilterStrategy, ItemIndex
+from recall.index import faiss_index as fi
+from recall.index.allowed import AllowedItems
+from recall.index.build import tune_filtered
+from recall.index.clusters import build_clusters
+from recall.index.exact import exact_topk, exact_topk_among, recall_at_k
+from recall.index.search import FilterStrategy, ItemIndex
 
 logger = logging.getLogger("bench.filter")
 

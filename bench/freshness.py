@@ -63,7 +63,7 @@ if __package__ in (None, ""):
 from bench._data import ML100K_ENV, ml100k_dir  # noqa: E402
 from bench._machine import cpu_model  # noqa: E402
 from bench._server import serve  # noqa: E402
-from service.state import sqlite_url  # noqa: E402
+from recall.service.state import sqlite_url  # noqa: E402
 
 logger = logging.getLogger("bench.freshness")
 

@@ -35,15 +35,15 @@ import numpy as np
 
 from bench._bundles import BenchBundle, ensure_bundle
 from bench._machine import cpu_model
-from index import bundle as b
-from index.history import UserHistory
-from index.publish import publish
-from index.tower import UserTower
-from service.app import create_app
-from service.fresh import user_vectors
-from service.recaller import answer as search
-from service.settings import Settings
-from service.state import open_store, sqlite_url
+from recall.index import bundle as b
+from recall.index.history import UserHistory
+from recall.index.publish import publish
+from recall.index.tower import UserTower
+from recall.service.app import create_app
+from recall.service.fresh import user_vectors
+from recall.service.recaller import answer as search
+from recall.service.settings import Settings
+from recall.service.state import open_store, sqlite_url
 
 logger = logging.getLogger("bench.freshness_overhead")
 

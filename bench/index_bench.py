@@ -1,6 +1,6 @@
 """Index benchmark: kind x search parameter -> recall@100, queries/s, build time, bytes.
 
-Runs the project's own code paths (:mod:`index.faiss_index` to build, :class:`ItemIndex`
+Runs the project's own code paths (:mod:`recall.index.faiss_index` to build, :class:`ItemIndex`
 to search, so exact re-scoring is included) on structured vectors: bias-folded item rows
 ``[w, b]`` clustered around topics, with log-normal norms like softmax weights, and user
 rows ``[u, 1]`` near a topic (PERF-NOTES: ANN timings on iid Gaussian vectors mean
@@ -30,10 +30,10 @@ import faiss
 import numpy as np
 from _machine import cpu_model
 
-from index import bundle as b
-from index import faiss_index as fi
-from index.exact import exact_topk, recall_at_k
-from index.search import ItemIndex
+from recall.index import bundle as b
+from recall.index import faiss_index as fi
+from recall.index.exact import exact_topk, recall_at_k
+from recall.index.search import ItemIndex
 
 logger = logging.getLogger("bench.index")
 

@@ -46,7 +46,7 @@ from typing import Any
 import redis
 from _machine import cpu_model
 
-from service.state import Event, open_store, sqlite_url
+from recall.service.state import Event, open_store, sqlite_url
 
 logger = logging.getLogger("bench.ingest")
 

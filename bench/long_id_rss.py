@@ -20,9 +20,9 @@ import numpy as np
 
 from bench._bundles import tower_arrays
 from bench._server import serve
-from index import bundle as b
-from index.build import BuildOptions, build_index
-from index.publish import publish
+from recall.index import bundle as b
+from recall.index.build import BuildOptions, build_index
+from recall.index.publish import publish
 
 logger = logging.getLogger("bench.long_id_rss")
 

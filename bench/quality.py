@@ -36,10 +36,10 @@ if __package__ in (None, ""):
 from bench import baselines  # noqa: E402
 from bench._data import ML100K_ENV, ml100k_dir  # noqa: E402
 from bench._machine import cpu_model  # noqa: E402
-from index import bundle as b  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
-from trainer.data import Dataset, load_dataset  # noqa: E402
-from trainer.evaluate import (  # noqa: E402
+from recall.index import bundle as b  # noqa: E402
+from recall.trainer.config import TrainConfig  # noqa: E402
+from recall.trainer.data import Dataset, load_dataset  # noqa: E402
+from recall.trainer.evaluate import (  # noqa: E402
     COVERAGE_K,
     HIT_RATE_KS,
     NDCG_K,
@@ -49,9 +49,9 @@ from trainer.evaluate import (  # noqa: E402
     popularity_scorer,
     task_from_data,
 )
-from trainer.export import bundle_arrays  # noqa: E402
-from trainer.split import leave_last_out  # noqa: E402
-from trainer.train import train  # noqa: E402
+from recall.trainer.export import bundle_arrays  # noqa: E402
+from recall.trainer.split import leave_last_out  # noqa: E402
+from recall.trainer.train import train  # noqa: E402
 
 logger = logging.getLogger("bench.quality")
 

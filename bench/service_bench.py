@@ -1,12 +1,12 @@
 """Service benchmark: recall over HTTP (``recall serve`` + wrk) vs the same queries in process.
 
 For each catalog size (default 100k and 1M items, d = 64 + bias) and index kind (Flat, and
-HNSW tuned by ``index.build`` to recall@100 >= 0.95), on bundles of structured vectors
+HNSW tuned by ``recall.index.build`` to recall@100 >= 0.95), on bundles of structured vectors
 cached under ``--cache`` (see ``bench/_bundles.py``):
 
 1. In process, single thread (``faiss.omp_set_num_threads(1)``, the service's setting),
    random known users, k = 100, the user's seen items excluded (the HTTP default):
-   (a) ``ItemIndex.search`` alone, (b) ``service.recaller.recall`` (the whole core: id
+   (a) ``ItemIndex.search`` alone, (b) ``recall.service.recaller.recall`` (the whole core: id
    lookup, seen list, search, id mapping), and (b) again on two threads.
 2. Over HTTP: ``recall serve`` (a real subprocess, uvloop + httptools) with 1 and 2
    workers, ``wrk`` POSTing ``/v1/recall {"user_id": <random known id>, "k": 100}``:
@@ -56,9 +56,9 @@ from _machine import cpu_model
 from _server import Server, serve
 from _wrk import WrkResult, run_wrk
 
-from index import bundle as b
-from service import recaller as core
-from service.recaller import RecallQuery, ServingBundle
+from recall.index import bundle as b
+from recall.service import recaller as core
+from recall.service.recaller import RecallQuery, ServingBundle
 
 logger = logging.getLogger("bench.service")
 

@@ -26,8 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from service.state.base import Event, StoreLimits
-from service.state.sqlite import SQLiteStore
+from recall.service.state.base import Event, StoreLimits
+from recall.service.state.sqlite import SQLiteStore
 
 logger = logging.getLogger("bench.sqlite_checks")
 

@@ -40,9 +40,9 @@ def _peak_rss_mb() -> float:
 
 def run_ml100k(device: str) -> dict[str, Any]:
     """Full training with the default config (early stopping included)."""
-    from trainer.config import TrainConfig
-    from trainer.data import load_dataset
-    from trainer.train import train
+    from recall.trainer.config import TrainConfig
+    from recall.trainer.data import load_dataset
+    from recall.trainer.train import train
 
     t0 = time.perf_counter()
     dataset = load_dataset(ml100k_dir())
@@ -66,10 +66,10 @@ def run_ml100k(device: str) -> dict[str, Any]:
 
 def run_synth_1m(device: str, steps: int) -> dict[str, Any]:
     """``steps`` sampled-softmax steps on 1M users x 1M items (one bounded epoch)."""
-    from trainer.config import TrainConfig
-    from trainer.data import load_dataset
-    from trainer.synth import SynthConfig, write_synthetic
-    from trainer.train import train
+    from recall.trainer.config import TrainConfig
+    from recall.trainer.data import load_dataset
+    from recall.trainer.synth import SynthConfig, write_synthetic
+    from recall.trainer.train import train
 
     if not (SYNTH_1M / "interactions.csv").exists():
         logger.info("generating %s", SYNTH_1M)

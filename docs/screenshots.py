@@ -23,7 +23,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from service.app import create_app  # noqa: E402
+from recall.service.app import create_app  # noqa: E402
 from tests.browser import Browser, Tab, open_browser  # noqa: E402
 from tests.live import live_server, settings  # noqa: E402
 

@@ -1,7 +1,7 @@
 """The items a filtered query may return, prepared once for every search strategy.
 
 A filter's mask is the same for many queries (a batch, or every request with the same
-filter while the service caches it), and each strategy of :mod:`index.search` needs its
+filter while the service caches it), and each strategy of :mod:`recall.index.search` needs its
 own view of it: the FAISS bitmap, the allowed rows, their grouping by cluster. Each of
 those costs a pass over all n_items (~0.1-1 ms at 1M items, as much as a whole query), so
 :class:`AllowedItems` computes each view on first use and keeps it.
@@ -14,7 +14,7 @@ from functools import cached_property
 import numpy as np
 import numpy.typing as npt
 
-from index.clusters import ClusterGroups, ItemClusters
+from recall.index.clusters import ClusterGroups, ItemClusters
 
 __all__ = ["AllowedItems"]
 

@@ -25,7 +25,7 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
-from index.columns import KINDS, SEPARATOR, Kind, type_column
+from recall.index.columns import KINDS, SEPARATOR, Kind, type_column
 
 __all__ = [
     "KINDS",
@@ -263,9 +263,10 @@ class ItemAttributes:
         kinds: Mapping[str, Kind] | None = None,
     ) -> ItemAttributes:
         """Encode raw columns (each (n_items,): float64 with NaN = missing, or unicode
-        with "" = missing) as the kinds ``kinds`` gives, else as :func:`index.columns.type_column`
-        infers them (numeric when >= 99% of the non-blank values are finite numbers, the
-        rest made missing; multi when a value holds ``|``; else categorical).
+        with "" = missing) as the kinds ``kinds`` gives, else as
+        :func:`recall.index.columns.type_column` infers them (numeric when >= 99% of the
+        non-blank values are finite numbers, the rest made missing; multi when a value holds
+        ``|``; else categorical).
         Names that :func:`valid_name` refuses raise :class:`ValueError`."""
         columns = []
         for name, values in raw.items():

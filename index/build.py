@@ -1,19 +1,19 @@
 """The index builder: bundle -> ``index.faiss`` + the manifest's ``index`` section.
 
 ``build_index(bundle)`` reads the verified item vectors and builds the FAISS index chosen
-by :mod:`index.faiss_index` (``auto``: exact up to 50k items; above, both ``ivf-flat``
+by :mod:`recall.index.faiss_index` (``auto``: exact up to 50k items; above, both ``ivf-flat``
 and ``hnsw`` are built and the faster one at the recall target is kept). It tunes the
 search parameter (efSearch / nprobe, HNSW landmark entry points, the re-rank ``k_factor``
 of quantized kinds, the clusters an HNSW index answers selective filters from and their
 ``cluster_factor``) on a sample of the bundle's real user vectors against exact brute
 force, measures recall@10 / recall@k and single-query latency on a *disjoint* sample
 with the chosen setting, then recall and latency under filters of ~50/10/1/0.1%
-selectivity (``filtered``, :mod:`index.filtered_recall`: the bundle's own attributes where
+selectivity (``filtered``, :mod:`recall.index.filtered_recall`: the bundle's own attributes where
 one fits, random masks otherwise), and writes ``index.faiss`` (and ``item_clusters.npz``)
 and the updated manifest atomically (temp file + ``os.replace``, fsync). A build that
 dies half-way never touches ``CURRENT``; at worst it leaves the bundle unpublishable
 until it is rebuilt (the manifest's checksums no longer match), which
-:func:`index.verify.verify_bundle` refuses.
+:func:`recall.index.verify.verify_bundle` refuses.
 The next build removes the temp files (``.index.faiss.tmp-*``, ``.manifest.json.tmp-*``,
 ``.item_clusters.npz.tmp-*``) such a build leaves behind.
 """
@@ -31,16 +31,16 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from index import bundle as b
-from index import faiss_index as fi
-from index.allowed import AllowedItems
-from index.clusters import ItemClusters, build_clusters
-from index.current import inspect_current
-from index.exact import exact_topk, exact_topk_among, recall_at_k
-from index.filtered_recall import FilterCase, choose_filters, measure_filtered
-from index.publish import bundle_lock
-from index.search import FilterStrategy, ItemIndex, check_vectors
-from index.verify import load_attributes
+from recall.index import bundle as b
+from recall.index import faiss_index as fi
+from recall.index.allowed import AllowedItems
+from recall.index.clusters import ItemClusters, build_clusters
+from recall.index.current import inspect_current
+from recall.index.exact import exact_topk, exact_topk_among, recall_at_k
+from recall.index.filtered_recall import FilterCase, choose_filters, measure_filtered
+from recall.index.publish import bundle_lock
+from recall.index.search import FilterStrategy, ItemIndex, check_vectors
+from recall.index.verify import load_attributes
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +49,9 @@ __all__ = ["BuildOptions", "build_index", "measure_latency", "sample_query_rows"
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """How to build: kind (``auto`` or one of :data:`index.faiss_index.KINDS`), recall
+    """How to build: kind (``auto`` or one of :data:`recall.index.faiss_index.KINDS`), recall
     target at ``recall_k``, query samples for tuning and for measuring, and the build
-    parameters of each kind (None = the default of :func:`index.faiss_index.make_spec`)."""
+    parameters of each kind (None = the default of :func:`recall.index.faiss_index.make_spec`)."""
 
     kind: str = "auto"
     target_recall: float = 0.95
@@ -164,7 +164,7 @@ def _dominates(a: fi.SearchSettings, b: fi.SearchSettings) -> bool:
 def build_index(bundle: Path, options: BuildOptions | None = None) -> dict[str, Any]:
     """Build, tune, measure and write the index of ``bundle``; return the index section.
 
-    Raises :class:`~index.bundle.BundleError` for a damaged or inconsistent bundle, or one
+    Raises :class:`~recall.index.bundle.BundleError` for a damaged or inconsistent bundle, or one
     that is ``CURRENT`` (published bundles are immutable), ValueError for bad options.
     """
     opts = options or BuildOptions()
@@ -309,7 +309,7 @@ def _build(
     filters: list[FilterCase],
 ) -> dict[str, Any]:
     """Build the chosen kind; for ``auto`` above the exact threshold, build each of
-    :data:`index.faiss_index.AUTO_CANDIDATES` and keep the one with the lowest measured
+    :data:`recall.index.faiss_index.AUTO_CANDIDATES` and keep the one with the lowest measured
     single-query p50 among those that met the recall target (else the best recall)."""
     sample = _sample(items, users, opts)
     if opts.kind != "auto" or items.shape[0] <= fi.AUTO_FLAT_MAX_ITEMS:

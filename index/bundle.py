@@ -2,10 +2,10 @@
 
 A bundle is a directory of plain ``.npy``/``.npz`` arrays plus ``manifest.json``, which
 records the sha256 and size of every file. schema_version 2 adds ``user_history.npz``
-(each user's training window and encoded features, :mod:`index.history`) and the
+(each user's training window and encoded features, :mod:`recall.index.history`) and the
 manifest's ``trained_until``; a bundle is version 2 exactly when it has that file.
 Version 2 may also hold ``item_attributes.npz`` (the items file's columns,
-:mod:`index.attributes`), described by the manifest's ``item_attributes``: both or neither.
+:mod:`recall.index.attributes`), described by the manifest's ``item_attributes``: both or neither.
 Writers stage everything under ``<root>/.staging-<id>/`` and rename the finished
 directory into place, so a reader never sees half a bundle. Readers verify sizes and
 checksums before trusting a file, and open every file as :func:`open_bundle_file` says

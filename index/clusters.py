@@ -11,7 +11,7 @@ The allowed rows of each cluster are grouped once per filter (:meth:`ItemCluster
 O(n_items)), so a query touches only allowed rows.
 
 The partition lives in ``item_clusters.npz`` (written by the index builder for HNSW):
-``centroids`` float32 (C, index_dim) in the index space (:func:`index.faiss_index.
+``centroids`` float32 (C, index_dim) in the index space (:func:`recall.index.faiss_index.
 to_index_space`: L2 there ranks like inner product among items), ``rows`` int32 (n_items,)
 the item rows grouped by cluster, ``offsets`` int64 (C + 1,) where cluster ``c`` holds
 ``rows[offsets[c]:offsets[c + 1]]``.

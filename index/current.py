@@ -21,7 +21,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from index.bundle import BundleError
+from recall.index.bundle import BundleError
 
 __all__ = [
     "BUNDLE_ID",
@@ -104,7 +104,7 @@ def inspect_current(root: Path) -> CurrentState:
 def read_current(root: Path) -> str | None:
     """The bundle id named by ``root/CURRENT``, or None when there is none yet.
 
-    Raises :class:`~index.bundle.BundleError` when CURRENT exists but names no bundle id.
+    Raises :class:`~recall.index.bundle.BundleError` when CURRENT exists but names no bundle id.
     """
     state = inspect_current(root)
     if state.problem is not None:

@@ -1,7 +1,7 @@
 """Exact top-k by inner product (numpy brute force) and recall against it.
 
 The oracle of the index builder (what an approximate index is measured against) and the
-last-resort path of :mod:`index.search` when an approximate index cannot fill ``k`` results.
+last-resort path of :mod:`recall.index.search` when an approximate index cannot fill ``k`` results.
 It uses numpy only, so it is independent of FAISS.
 """
 

@@ -2,7 +2,7 @@
 transform, search parameters and selectors, reading and writing index files.
 
 Kinds (all rank by inner product; the scores callers see are recomputed exactly from the
-item vectors, see :mod:`index.search`):
+item vectors, see :mod:`recall.index.search`):
 
 - ``flat``: ``IndexFlatIP``, exact.
 - ``hnsw``: ``HNSW<M>,Flat`` in L2 over the transformed vectors (below).
@@ -13,7 +13,7 @@ item vectors, see :mod:`index.search`):
   large-norm centroids attract most queries.
 - ``auto``: ``flat`` up to :data:`AUTO_FLAT_MAX_ITEMS` items; above, the builder builds
   every kind of :data:`AUTO_CANDIDATES` and keeps the one with the lowest measured
-  single-query latency at the recall target (:mod:`index.build`). Neither wins everywhere:
+  single-query latency at the recall target (:mod:`recall.index.build`). Neither wins everywhere:
   on a trained bundle both reach recall@100 0.99 at ~2k q/s; on clustered synthetic
   vectors IVF reached 0.976 at 1M items where HNSW stayed below 0.91 (docs/index.md).
 
@@ -42,7 +42,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from index import bundle as b
+from recall.index import bundle as b
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class SearchSettings:
     ``k_factor`` > 1 fetches ``k * k_factor`` candidates and keeps the ``k`` with the best
     exact inner product (a re-rank from the item vectors, for quantized kinds).
     ``cluster_factor``, ``cluster_rows``: a filtered search by item clusters scores
-    ``max(cluster_rows, cluster_factor * k)`` allowed rows (:mod:`index.clusters`; the
+    ``max(cluster_rows, cluster_factor * k)`` allowed rows (:mod:`recall.index.clusters`; the
     builder tunes the factor at its recall k and sets ``cluster_rows`` to what that k
     scores, so a smaller k keeps the tuned recall; None: :data:`DEFAULT_CLUSTER_FACTOR`,
     no minimum).
@@ -418,7 +418,7 @@ class AllowedSelector:
         excluded: npt.NDArray[np.int64] | None = None,
         n_items: int = 0,
     ) -> None:
-        """``bitmap``: the allowed items, packed little-endian (:attr:`index.allowed.
+        """``bitmap``: the allowed items, packed little-endian (:attr:`recall.index.allowed.
         AllowedItems.bitmap`); ``excluded``: unique rows in ``[0, n_items)``."""
         self._bitmap = bitmap
         self._allowed: Any = _faiss.IDSelectorBitmap(bitmap)
@@ -476,14 +476,15 @@ def index_bytes(index: Any) -> int:
 
 
 def write_index(index: Any, path: Path) -> None:
-    """Write ``index`` to ``path`` atomically (:func:`index.bundle.replace_atomically`)."""
+    """Write ``index`` to ``path`` atomically (:func:`recall.index.bundle.replace_atomically`)."""
     b.replace_atomically(path, lambda tmp: faiss.write_index(index, str(tmp)))
 
 
 def read_index(path: Path, *, mmap: bool = True) -> Any:
     """Read an index file, memory-mapped read-only and shared when ``mmap``.
 
-    Call only on a file whose size and sha256 were verified (:func:`index.bundle.verify_file`).
+    Call only on a file whose size and sha256 were verified
+    (:func:`recall.index.bundle.verify_file`).
     """
     flags = faiss.IO_FLAG_MMAP_IFC if mmap else 0
     return faiss.read_index(str(path), flags)

@@ -19,10 +19,10 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
-from index.allowed import AllowedItems
-from index.attributes import ItemAttributes
-from index.exact import exact_topk_among, recall_at_k
-from index.search import ItemIndex
+from recall.index.allowed import AllowedItems
+from recall.index.attributes import ItemAttributes
+from recall.index.exact import exact_topk_among, recall_at_k
+from recall.index.search import ItemIndex
 
 logger = logging.getLogger(__name__)
 

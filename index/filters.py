@@ -2,11 +2,11 @@
 
 A filter is a JSON object: attribute name -> condition object, every condition must hold
 (AND); a condition object holds one or more operators of
-:meth:`index.attributes.ItemAttributes.mask` (AND as well)::
+:meth:`recall.index.attributes.ItemAttributes.mask` (AND as well)::
 
     {"genres": {"any": ["Comedy", "Drama"]}, "year": {"gte": 1990, "lt": 2000}}
 
-The mask goes to :meth:`index.search.ItemIndex.search` as ``allowed``.
+The mask goes to :meth:`recall.index.search.ItemIndex.search` as ``allowed``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 import numpy.typing as npt
 
-from index.attributes import AttributeFilterError, ItemAttributes
+from recall.index.attributes import AttributeFilterError, ItemAttributes
 
 __all__ = ["FilterError", "compile_filter"]
 
@@ -32,7 +32,7 @@ def compile_filter(
 
     Raises :class:`FilterError` for a bundle without attributes, an empty filter or an
     empty condition, a condition that is not an object, and (re-raised with the same
-    message) every :class:`~index.attributes.AttributeFilterError`: unknown attribute,
+    message) every :class:`~recall.index.attributes.AttributeFilterError`: unknown attribute,
     operator or operand type.
     """
     if attributes is None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from index.tower import TowerSpec
+from recall.index.tower import TowerSpec
 
 __all__ = ["KEYS", "UserHistory"]
 

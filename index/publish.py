@@ -10,7 +10,7 @@ files left by a publish that died between writing its temp file and ``os.replace
 Retention reads other bundles' manifests: what it cannot read it logs and leaves alone,
 and once ``CURRENT`` is switched nothing it meets makes :func:`publish` raise.
 
-What "verifies" means is :func:`index.verify.verify_bundle`, the same function the service
+What "verifies" means is :func:`recall.index.verify.verify_bundle`, the same function the service
 loads bundles with: a bundle that publishes is one every replica serves.
 
 Locks (``flock`` on directories, no lock files): a build holds its bundle's lock, a publish
@@ -32,9 +32,9 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
-from index import bundle as b
-from index.current import BUNDLE_ID, CURRENT, inspect_current, read_current
-from index.verify import verify_bundle
+from recall.index import bundle as b
+from recall.index.current import BUNDLE_ID, CURRENT, inspect_current, read_current
+from recall.index.verify import verify_bundle
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def publish(bundle: Path, *, keep: int = 3, stale_hours: float = 24.0) -> list[P
 
     Used for a new bundle and for rollback to an older one; publishing the bundle that is
     already ``CURRENT`` verifies it and leaves ``CURRENT`` untouched. Any refusal is a
-    :class:`~index.bundle.BundleError` and leaves ``CURRENT`` as it was. Once ``CURRENT``
+    :class:`~recall.index.bundle.BundleError` and leaves ``CURRENT`` as it was. Once ``CURRENT``
     names the bundle, nothing raises: what retention cannot do is logged and skipped.
     """
     if keep < 1:
@@ -109,7 +109,7 @@ def publish(bundle: Path, *, keep: int = 3, stale_hours: float = 24.0) -> list[P
 
 
 def _verify(bundle: Path) -> None:
-    """:func:`verify_bundle`, with any failure a :class:`~index.bundle.BundleError`."""
+    """:func:`verify_bundle`, with any failure a :class:`~recall.index.bundle.BundleError`."""
     try:
         verify_bundle(bundle)
     except b.BundleError:
@@ -123,7 +123,7 @@ def retain(root: Path, keep: int = 3, *, stale_hours: float = 24.0) -> list[Path
     """Remove all but the newest ``keep`` bundles of ``root``, never ``CURRENT`` nor a
     bundle being built; also stale ``.staging-*`` directories and leftover
     ``.CURRENT.tmp-*`` files. Returns what it removed. Raises
-    :class:`~index.bundle.BundleError` (removing nothing) when CURRENT names no bundle id."""
+    :class:`~recall.index.bundle.BundleError` (removing nothing) when CURRENT names no bundle id."""
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
     with _dir_lock(root, "a publish to this root"):

@@ -1,17 +1,17 @@
 """Top-k item search over a bundle's index: numpy in, numpy out, no HTTP.
 
-:class:`ItemIndex` wraps a FAISS index (from :mod:`index.faiss_index`) and the bundle's
+:class:`ItemIndex` wraps a FAISS index (from :mod:`recall.index.faiss_index`) and the bundle's
 item vectors. ``search`` returns ``(scores, rows)``: rows are item rows (= FAISS labels,
 ``item_ids[row]`` is the external id), scores the exact inner products ``items[row] . q``
 recomputed in float32 from the item vectors and sorted by them, whatever the index kind.
 
 Exclusions are pushed into FAISS as a per-query ``IDSelectorNot`` (``SearchParameters``),
 so the index itself skips excluded items. When exclusions leave at most 4096 items, those
-are scanned exactly instead. A filter (``allowed``, :class:`~index.allowed.AllowedItems`)
+are scanned exactly instead. A filter (``allowed``, :class:`~recall.index.allowed.AllowedItems`)
 picks its strategy by how many items it leaves (:meth:`ItemIndex.filter_strategy`): an
-exact scan of few, the item clusters (:mod:`index.clusters`) or the index with a bitmap
+exact scan of few, the item clusters (:mod:`recall.index.clusters`) or the index with a bitmap
 selector (quantized kinds: every allowed item of the probed lists, scored exactly,
-:func:`index.faiss_index.probed_allowed`). When an approximate index still comes back with
+:func:`recall.index.faiss_index.probed_allowed`). When an approximate index still comes back with
 fewer than
 the needed candidates (possible for HNSW/IVF under heavy exclusion, or IVF with few
 probes), that query is answered by exact brute force. Result width:
@@ -21,7 +21,7 @@ over the batch's queries; so the result is ``k`` wide unless the catalog is smal
 
 HNSW indexes may carry landmark entry points (``entry_rows`` in the manifest): settings
 with ``entry_probe`` start the level-0 search from the landmarks nearest each query
-(:func:`index.faiss_index.search_hnsw_from`) instead of FAISS's single greedy entry.
+(:func:`recall.index.faiss_index.search_hnsw_from`) instead of FAISS's single greedy entry.
 
 Thread safety: ``search`` never mutates shared state (search parameters are built per call)
 and FAISS releases the GIL while it searches, so one :class:`ItemIndex` serves concurrent
@@ -39,11 +39,11 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from index import bundle as b
-from index import faiss_index as fi
-from index.allowed import AllowedItems
-from index.clusters import ItemClusters
-from index.exact import exact_topk, topk_by_score
+from recall.index import bundle as b
+from recall.index import faiss_index as fi
+from recall.index.allowed import AllowedItems
+from recall.index.clusters import ItemClusters
+from recall.index.exact import exact_topk, topk_by_score
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ Allowed = AllowedItems | npt.ArrayLike | None
 
 #: How a query was answered: ``index`` (FAISS, exclusions as an ``IDSelectorNot``),
 #: ``scan`` (exact scan of the few eligible rows), ``clusters`` (exact scan of the allowed
-#: rows of the clusters nearest the query, :mod:`index.clusters`), ``selector`` (FAISS
+#: rows of the clusters nearest the query, :mod:`recall.index.clusters`), ``selector`` (FAISS
 #: restricted to the allowed items by a bitmap selector, widened search parameters),
 #: ``fallback`` (the index came back short: exact brute force), ``empty`` (nothing eligible).
 Strategy = Literal["index", "scan", "clusters", "selector", "fallback", "empty"]
@@ -91,7 +91,7 @@ def _check_k(k: object) -> int:
 
 
 def check_vectors(bundle: Path, name: str, vectors: npt.NDArray[Any], rows: int, dim: int) -> None:
-    """Raise :class:`~index.bundle.BundleError` unless ``vectors`` is float32 (rows, dim)
+    """Raise :class:`~recall.index.bundle.BundleError` unless ``vectors`` is float32 (rows, dim)
     with only finite values."""
     if vectors.dtype != np.float32 or vectors.ndim != 2:
         raise b.BundleError(
@@ -150,9 +150,10 @@ class ItemIndex:
         entry_rows: npt.NDArray[np.int64] | None = None,
         clusters: ItemClusters | None = None,
     ) -> None:
-        """``entry_rows``: HNSW landmark rows (:func:`index.faiss_index.choose_entry_points`),
-        needed by settings with ``entry_probe``. ``clusters``: a partition of the items in
-        the index space (:mod:`index.clusters`) for filtered queries."""
+        """``entry_rows``: HNSW landmark rows
+        (:func:`recall.index.faiss_index.choose_entry_points`), needed by settings with
+        ``entry_probe``. ``clusters``: a partition of the items in the index space
+        (:mod:`recall.index.clusters`) for filtered queries."""
         if item_vectors.ndim != 2 or item_vectors.dtype != np.float32:
             raise ValueError("item_vectors must be float32 (n_items, dim)")
         if int(index.ntotal) != item_vectors.shape[0]:
@@ -184,13 +185,14 @@ class ItemIndex:
     def load(
         cls, bundle: Path, manifest: b.Manifest | None = None, *, mmap: bool = True
     ) -> ItemIndex:
-        """Load a bundle's index after verifying it (raise :class:`~index.bundle.BundleError`).
+        """Load a bundle's index after verifying it (raise
+        :class:`~recall.index.bundle.BundleError`).
 
         Checks sizes and sha256 of ``item_vectors.npy`` and ``index.faiss`` before reading
         them, refuses NaN/Inf item rows, a width other than the manifest's ``dim``, an index
         of the wrong width or size, of another kind than the manifest's or with labels
-        other than the item rows (:func:`index.faiss_index.check_index_matches`), search
-        parameters out of bounds (:func:`index.faiss_index.check_search_bounds`), or a
+        other than the item rows (:func:`recall.index.faiss_index.check_index_matches`), search
+        parameters out of bounds (:func:`recall.index.faiss_index.check_search_bounds`), or a
         missing index section. With ``mmap`` the vectors
         and the index are memory-mapped read-only (pages shared between processes).
         ``manifest``: the bundle's manifest when the caller has already read it.
@@ -330,7 +332,7 @@ class ItemIndex:
         items or as many as a clusters search would score anyway; ``clusters`` (the
         allowed rows of the nearest clusters, exact) up to :attr:`clusters_max_share` of
         the catalog when the index has clusters; else ``selector`` (the index with a
-        bitmap selector and widened search parameters, :func:`index.faiss_index.
+        bitmap selector and widened search parameters, :func:`recall.index.faiss_index.
         widen_for_filter`)."""
         if self.clusters is None:
             return "scan" if eligible <= self.scan_eligible else "selector"

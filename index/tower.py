@@ -343,7 +343,7 @@ class UserTower:
         histories: B 1-D arrays of item rows, oldest first (the last ``history_length``
         count); categorical: (B, n_categorical) int64 embedding rows (0 = unknown);
         numeric: (B, n_numeric) float32, standardized (0 = missing) -- the arrays of
-        :class:`~index.history.UserHistory`. Example age is 0, as at serving time. Raises
+        :class:`~recall.index.history.UserHistory`. Example age is 0, as at serving time. Raises
         :class:`ValueError` for item or category rows out of range or wrong shapes, and
         :class:`FeatureError` if the result would not be finite.
         """

@@ -16,17 +16,17 @@ every replica loads, and the other way round. The rules:
   ``[0, n_items)``;
 - ``user_tower``: a valid tower whose width is ``dim - 1`` and whose catalog is n_items;
 - ``user_history`` (schema_version 2, which has it and ``trained_until``; version 1 has
-  neither): :meth:`index.history.UserHistory.from_arrays` (shapes vs counts, CSR, windows
+  neither): :meth:`recall.index.history.UserHistory.from_arrays` (shapes vs counts, CSR, windows
   no longer than the tower's ``history_length``, item rows in range, timestamps finite,
   in time order and <= ``trained_until``, features within the tower's vocabularies);
 - ``item_attributes`` (optional, version 2 only): the file and the manifest's
   ``item_attributes`` schema come together or not at all;
-  :meth:`index.attributes.ItemAttributes.from_arrays` (keys as the schema says, dtypes and
+  :meth:`recall.index.attributes.ItemAttributes.from_arrays` (keys as the schema says, dtypes and
   shapes vs n_items, sorted unique unicode vocabularies, codes in range, CSR indptr,
   numeric values float64 and never infinite, NaN = missing);
 - ``index.faiss`` loads with the manifest's width and holds n_items vectors.
 
-Any failure raises :class:`~index.bundle.BundleError` naming the first problem. Its text
+Any failure raises :class:`~recall.index.bundle.BundleError` naming the first problem. Its text
 names paths: fit for logs and operators' terminals, not for HTTP clients.
 """
 
@@ -41,13 +41,13 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel
 
-from index import bundle as b
-from index.attributes import ItemAttributes
-from index.current import BUNDLE_ID
-from index.history import UserHistory
-from index.ids import IdMap
-from index.search import ItemIndex, check_vectors, max_row_norm, row_norms
-from index.tower import FLOAT32_MAX, UserTower
+from recall.index import bundle as b
+from recall.index.attributes import ItemAttributes
+from recall.index.current import BUNDLE_ID
+from recall.index.history import UserHistory
+from recall.index.ids import IdMap
+from recall.index.search import ItemIndex, check_vectors, max_row_norm, row_norms
+from recall.index.tower import FLOAT32_MAX, UserTower
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ def _history(bundle: Path, manifest: b.Manifest, tower: UserTower) -> UserHistor
 
 
 def load_attributes(bundle: Path, manifest: b.Manifest) -> ItemAttributes | None:
-    """A bundle's item attributes, checked (raise :class:`~index.bundle.BundleError`);
+    """A bundle's item attributes, checked (raise :class:`~recall.index.bundle.BundleError`);
     None when it has none. For the index builder's filtered recall."""
     return _attributes(bundle, manifest)
 
@@ -236,10 +236,10 @@ def _check_score_range(
     history: UserHistory | None,
 ) -> None:
     """Every query vector the bundle itself makes scores within float32, by the service's
-    rule (``|q| * max |item| <= FLOAT32_MAX / 2``, :func:`service.recaller._check_range`,
+    rule (``|q| * max |item| <= FLOAT32_MAX / 2``, :func:`recall.service.recaller._check_range`,
     with the item norm taken as at least 1): each stored user vector, each item vector (the
     query of a similar-items search) and the largest vector the tower can compute from a
-    history with the stored features (:meth:`index.tower.UserTower.norm_bound`)."""
+    history with the stored features (:meth:`recall.index.tower.UserTower.norm_bound`)."""
     item_norm = max_row_norm(item_vectors)
     limit = FLOAT32_MAX / 2 / max(item_norm, 1.0)
     why = f"with item vectors of norm up to {item_norm:.3g}, a query's must stay <= {limit:.3g}"

@@ -1,8 +1,8 @@
 """The HTTP API v1 (DESIGN.md): ``create_app(settings)`` builds the FastAPI app.
 
-Routes only translate HTTP to :mod:`service.recaller` (and :mod:`service.fresh` for
-users with newer events, :mod:`service.events` for ``POST /v1/events``) and back. The
-state store is opened by the lifespan and used through :mod:`service.state_access`
+Routes only translate HTTP to :mod:`recall.service.recaller` (and :mod:`recall.service.fresh` for
+users with newer events, :mod:`recall.service.events` for ``POST /v1/events``) and back. The
+state store is opened by the lifespan and used through :mod:`recall.service.state_access`
 (bounded reads that never fail a recall). Everything that touches vectors or FAISS runs
 in a thread pool (FAISS releases the GIL), never on the event loop.
 """
@@ -27,13 +27,13 @@ from fastapi import Depends, FastAPI, Header, Query
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from index.allowed import AllowedItems
-from service import recaller as core
-from service.accept import NPY_MEDIA_TYPE, wants_npy
-from service.availability import Availability, unknown_ids
-from service.console_routes import install_console
-from service.docs import install_docs
-from service.errors import (
+from recall.index.allowed import AllowedItems
+from recall.service import recaller as core
+from recall.service.accept import NPY_MEDIA_TYPE, wants_npy
+from recall.service.availability import Availability, unknown_ids
+from recall.service.console_routes import install_console
+from recall.service.docs import install_docs
+from recall.service.errors import (
     ApiError,
     Forbidden,
     InvalidInput,
@@ -48,22 +48,22 @@ from service.errors import (
     envelope,
     install_error_handlers,
 )
-from service.events import parse_events
-from service.fresh import UserVector, recall_user, user_vectors
-from service.head import HeadAsGetMiddleware
-from service.http_common import (
+from recall.service.events import parse_events
+from recall.service.fresh import UserVector, recall_user, user_vectors
+from recall.service.head import HeadAsGetMiddleware
+from recall.service.http_common import (
     BundleDep,
     JsonResponse,
     StateDep,
     fresh_after,
     model_response,
 )
-from service.limits import BodyLimitMiddleware
-from service.metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
-from service.parent_watch import die_with_parent
-from service.recaller import RecallQuery, RecallResult, ServingBundle
-from service.reloader import BundleHolder
-from service.schemas import (
+from recall.service.limits import BodyLimitMiddleware
+from recall.service.metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
+from recall.service.parent_watch import die_with_parent
+from recall.service.recaller import RecallQuery, RecallResult, ServingBundle
+from recall.service.reloader import BundleHolder
+from recall.service.schemas import (
     AvailabilityChange,
     AvailabilityRequest,
     AvailabilityState,
@@ -85,9 +85,9 @@ from service.schemas import (
     VectorsResponse,
     conditions,
 )
-from service.settings import Settings
-from service.state import Id, StateUnavailable, open_store
-from service.state_access import StateAccess, UserState
+from recall.service.settings import Settings
+from recall.service.state import Id, StateUnavailable, open_store
+from recall.service.state_access import StateAccess, UserState
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     def available(bundle: ServingBundle) -> AllowedItems | None:
         """The items no one disabled, None when none is (the app's ``availability``,
-        :mod:`service.availability`)."""
+        :mod:`recall.service.availability`)."""
         availability = getattr(app.state, "availability", None)
         if availability is None:
             return None

@@ -5,12 +5,13 @@ id, so they outlive a bundle), with a version bumped by every change. Each app p
 polls that version every ``poll_s`` seconds (``RECALL_AVAILABILITY_POLL_S``) and reads the
 set again when it moved, so a change reaches every replica within about one poll period.
 :meth:`Availability.allowed` turns the set into the allowed items of a bundle
-(:class:`~index.allowed.AllowedItems`), cached per (bundle id, version): the recall paths
+(:class:`~recall.index.allowed.AllowedItems`), cached per (bundle id, version): the recall paths
 AND it into their filter's.
 
 A store that cannot be read keeps the last known set (never an empty one: a down store
 must not bring disabled items back), counted in ``recall_state_errors_total{op=
-"availability"}`` and logged at most once per 10 s (:class:`~service.state_access.StateAccess`).
+"availability"}`` and logged at most once per 10 s
+(:class:`~recall.service.state_access.StateAccess`).
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from contextlib import suppress
 
 import numpy as np
 
-from index.allowed import AllowedItems
-from service.recaller import ServingBundle
-from service.state import Id, StateUnavailable
-from service.state_access import StateAccess
+from recall.index.allowed import AllowedItems
+from recall.service.recaller import ServingBundle
+from recall.service.state import Id, StateUnavailable
+from recall.service.state_access import StateAccess
 
 logger = logging.getLogger(__name__)
 

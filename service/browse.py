@@ -14,7 +14,7 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
-from service.recaller import ExternalId, ServingBundle
+from recall.service.recaller import ExternalId, ServingBundle
 
 __all__ = ["TITLE", "history_rows", "search_items", "training_window"]
 

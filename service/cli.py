@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from index.bundle import BundleError
+from recall.index.bundle import BundleError
 
 logger = logging.getLogger("recall")
 
@@ -31,7 +31,7 @@ SERVE_FLAGS = {"root": "--root", "host": "--host", "port": "--port", "workers": 
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from trainer.synth import SynthConfig, write_synthetic
+    from recall.trainer.synth import SynthConfig, write_synthetic
 
     summary = write_synthetic(
         args.out,
@@ -80,10 +80,10 @@ def _train(args: argparse.Namespace) -> int:
 def _run_training(
     data: Path, out: Path, config_file: Path | None, overrides: dict[str, object], progress: bool
 ) -> Path:
-    from trainer.config import load_config
-    from trainer.data import load_dataset
-    from trainer.export import export_bundle
-    from trainer.train import train
+    from recall.trainer.config import load_config
+    from recall.trainer.data import load_dataset
+    from recall.trainer.export import export_bundle
+    from recall.trainer.train import train
 
     config = load_config(config_file, overrides)
     dataset = load_dataset(data, config.item_schema, config.user_schema)
@@ -97,8 +97,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _run_eval(bundle: Path, data: Path, out: Path | None, max_users: int | None) -> None:
-    from trainer.data import load_dataset
-    from trainer.evaluate import evaluate_bundle, format_table
+    from recall.trainer.data import load_dataset
+    from recall.trainer.evaluate import evaluate_bundle, format_table
 
     results = evaluate_bundle(bundle, load_dataset(data), max_users)
     sys.stdout.write(format_table(results) + "\n")
@@ -109,8 +109,8 @@ def _run_eval(bundle: Path, data: Path, out: Path | None, max_users: int | None)
 
 
 def _build_index(args: argparse.Namespace) -> int:
-    from index.build import BuildOptions, build_index
-    from index.publish import publish
+    from recall.index.build import BuildOptions, build_index
+    from recall.index.publish import publish
 
     options = BuildOptions(
         kind=args.kind,
@@ -136,22 +136,22 @@ def _build_index(args: argparse.Namespace) -> int:
 
 
 def _is_current(bundle: Path) -> bool:
-    from index.current import inspect_current
+    from recall.index.current import inspect_current
 
     bundle = Path(os.path.abspath(bundle))
     return inspect_current(bundle.parent).bundle_id == bundle.name
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from index.publish import publish
+    from recall.index.publish import publish
 
     publish(args.bundle, keep=args.keep)
     return 0
 
 
 def _events_export(args: argparse.Namespace) -> int:
-    from service.state import StateUnavailable
-    from service.state.export import DEFAULT_RETENTION_S, export_events
+    from recall.service.state import StateUnavailable
+    from recall.service.state.export import DEFAULT_RETENTION_S, export_events
 
     retention = float(os.environ.get("RECALL_EVENTS_RETENTION_S") or DEFAULT_RETENTION_S)
     try:
@@ -181,9 +181,9 @@ def _run_server(root: Path | None, host: str | None, port: int | None, workers: 
 
     import uvicorn
 
-    from service.header_timeout import HeaderTimeoutProtocol
-    from service.metrics_dir import multiprocess_metrics_dir
-    from service.settings import load_settings
+    from recall.service.header_timeout import HeaderTimeoutProtocol
+    from recall.service.metrics_dir import multiprocess_metrics_dir
+    from recall.service.settings import load_settings
 
     for name, value in (("ROOT", root), ("HOST", host), ("PORT", port), ("WORKERS", workers)):
         if value is not None:
@@ -198,7 +198,7 @@ def _run_server(root: Path | None, host: str | None, port: int | None, workers: 
     )
     with multiprocess_metrics_dir():  # /metrics sums all workers (service/metrics.py)
         uvicorn.run(
-            "service.app:create_app_from_env",
+            "recall.service.app:create_app_from_env",
             factory=True,
             host=settings.host,
             port=settings.port,
@@ -214,9 +214,9 @@ def _run_server(root: Path | None, host: str | None, port: int | None, workers: 
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from index.build import build_index
-    from index.publish import publish
-    from trainer.synth import SynthConfig, write_synthetic
+    from recall.index.build import build_index
+    from recall.index.publish import publish
+    from recall.trainer.synth import SynthConfig, write_synthetic
 
     work: Path = args.workdir
     data = work / "data"

@@ -23,11 +23,17 @@ from starlette.responses import FileResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
-from service.browse import history_rows, search_items, training_window
-from service.errors import UnknownId, clip
-from service.http_common import BundleDep, JsonResponse, StateDep, fresh_after, model_response
-from service.reloader import BundleHolder
-from service.schemas import ErrorResponse, PathId, QueryInt
+from recall.service.browse import history_rows, search_items, training_window
+from recall.service.errors import UnknownId, clip
+from recall.service.http_common import (
+    BundleDep,
+    JsonResponse,
+    StateDep,
+    fresh_after,
+    model_response,
+)
+from recall.service.reloader import BundleHolder
+from recall.service.schemas import ErrorResponse, PathId, QueryInt
 
 __all__ = ["CONSOLE_DIR", "install_console"]
 
@@ -98,7 +104,7 @@ class ConsoleAssets(StaticFiles):
 
 def install_console(app: FastAPI, in_pool: InPool) -> None:
     """Add the console and its endpoints to ``app`` (``app.state.holder`` and
-    ``app.state.state`` as :func:`service.app.create_app` sets them); ``in_pool`` runs a
+    ``app.state.state`` as :func:`recall.service.app.create_app` sets them); ``in_pool`` runs a
     function in the search thread pool."""
     errors: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorResponse} for code in (404, 422, 503)

@@ -1,9 +1,9 @@
 """``POST /v1/events`` bodies -> store events, each validated on its own.
 
 A bad event (not an object, wrong id types, a timestamp that is not a finite number >= 0
-or lies more than :data:`~service.schemas.MAX_FUTURE_S` ahead of the server's clock, an
+or lies more than :data:`~recall.service.schemas.MAX_FUTURE_S` ahead of the server's clock, an
 unknown type, unknown fields) is rejected inline with its index; the others are kept.
-Ids are typed as the bundle types them (:meth:`index.ids.IdMap.canonical`), so the
+Ids are typed as the bundle types them (:meth:`recall.index.ids.IdMap.canonical`), so the
 store finds a user's events whether a client sent ``7`` or ``"7"``.
 """
 
@@ -15,10 +15,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from service.errors import envelope
-from service.recaller import ServingBundle
-from service.schemas import MAX_FUTURE_S, EventIn
-from service.state import Event
+from recall.service.errors import envelope
+from recall.service.recaller import ServingBundle
+from recall.service.schemas import MAX_FUTURE_S, EventIn
+from recall.service.state import Event
 
 _MESSAGES = 3  # validation messages kept per rejected event
 

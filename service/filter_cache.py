@@ -4,7 +4,7 @@ Compiling a filter reads whole attribute columns: ~17 ms at 1M items for a genre
 and language condition (a multi-valued ``any`` alone ~11 ms), several times the search
 itself, and the same few filters ("only what ships to this country") come back request
 after request. :class:`FilterCache` keeps the most recently used filters, compiled to
-:class:`~index.allowed.AllowedItems` (the mask and the views the search strategies
+:class:`~recall.index.allowed.AllowedItems` (the mask and the views the search strategies
 prepare from it once: bitmap, rows, cluster groups, the mask AND the availability),
 keyed by the filter's canonical JSON, within a byte budget: what the entries and their
 keys hold when a filter is added (a key can be as large as a request body; the views grow
@@ -21,7 +21,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
-from index.allowed import AllowedItems
+from recall.index.allowed import AllowedItems
 
 __all__ = ["MAX_BYTES", "MAX_ENTRIES", "FilterCache", "filter_key"]
 

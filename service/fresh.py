@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service import recaller as core
-from service.errors import UnknownId, clip
-from service.recaller import ExternalId, RecallQuery, RecallResult, ServingBundle, Source
+from recall.service import recaller as core
+from recall.service.errors import UnknownId, clip
+from recall.service.recaller import ExternalId, RecallQuery, RecallResult, ServingBundle, Source
 
 __all__ = [
     "FreshRecall",
@@ -132,7 +132,7 @@ def recall_user(
     among the items its filter and the availability of ``masks`` allow,
     minus ``shown`` (item ids of recent impressions, when the request asked) and, unless
     ``exclude_seen`` is false, the items the user has seen. Other queries: the plain
-    :func:`service.recaller.recall`. ``store_read`` False (the store could not be read):
+    :func:`recall.service.recaller.recall`. ``store_read`` False (the store could not be read):
     a 404 says that the user's events were not consulted."""
     if query.user_id is None:
         return FreshRecall(core.recall(bundle, query, max_k, masks), 0)

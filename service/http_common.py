@@ -10,10 +10,10 @@ import orjson
 from fastapi import Depends, Request
 from starlette.responses import JSONResponse
 
-from service.recaller import ServingBundle
-from service.reloader import BundleHolder
-from service.state import Id
-from service.state_access import StateAccess
+from recall.service.recaller import ServingBundle
+from recall.service.reloader import BundleHolder
+from recall.service.state import Id
+from recall.service.state_access import StateAccess
 
 __all__ = [
     "BundleDep",
@@ -64,7 +64,7 @@ StateDep = Annotated[StateAccess, Depends(state_access)]
 def fresh_after(bundle: ServingBundle, user_ids: list[Id]) -> float:
     """Events to read: those after the training data (``trained_until``) when every user is
     known to a v2 bundle; else all the store keeps (a new user's events all count, and a v1
-    bundle cannot tell fresh from trained). :mod:`service.fresh` filters per user."""
+    bundle cannot tell fresh from trained). :mod:`recall.service.fresh` filters per user."""
     if bundle.trained_until is None or bundle.history is None:
         return -math.inf
     if (bundle.user_ids.rows(user_ids) < 0).any():

@@ -34,8 +34,8 @@ from prometheus_client import (
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from index.search import STRATEGIES
-from service.metrics_dir import MULTIPROC_ENV, process_alive
+from recall.index.search import STRATEGIES
+from recall.service.metrics_dir import MULTIPROC_ENV, process_alive
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware"]
 

@@ -1,7 +1,7 @@
 """The directory of prometheus-client's multiprocess mode for one run of ``recall serve``.
 
 Every worker process writes its metric values into files there, so a scrape that any
-worker answers sums the whole replica (:mod:`service.metrics`). The directory must be
+worker answers sums the whole replica (:mod:`recall.service.metrics`). The directory must be
 set before prometheus-client is imported (it reads the variable at import), hence this
 module imports nothing of it, and it must start empty, or a restart would add the old
 run's numbers.

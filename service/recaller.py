@@ -3,7 +3,7 @@
 :class:`ServingBundle` holds one verified bundle (vectors memory-mapped, the FAISS index,
 id maps, seen lists, the numpy user tower). :func:`recall` and the lookup functions answer
 one request against one bundle, so a response never mixes two bundles. They raise the
-domain errors of :mod:`service.errors`; the HTTP layer only translates.
+domain errors of :mod:`recall.service.errors`; the HTTP layer only translates.
 """
 
 from __future__ import annotations
@@ -19,17 +19,17 @@ from typing import Any
 
 import numpy as np
 
-from index import bundle as b
-from index.allowed import AllowedItems
-from index.attributes import AttributeFilterError, ItemAttributes
-from index.filters import FilterError, compile_filter
-from index.history import UserHistory
-from index.ids import IdMap
-from index.search import Found, ItemIndex, Strategy, max_row_norm
-from index.tower import FLOAT32_MAX, FeatureError, FeatureValue, UserTower
-from index.verify import verify_bundle
-from service.errors import InvalidInput, UnknownId, clip
-from service.filter_cache import FilterCache, filter_key
+from recall.index import bundle as b
+from recall.index.allowed import AllowedItems
+from recall.index.attributes import AttributeFilterError, ItemAttributes
+from recall.index.filters import FilterError, compile_filter
+from recall.index.history import UserHistory
+from recall.index.ids import IdMap
+from recall.index.search import Found, ItemIndex, Strategy, max_row_norm
+from recall.index.tower import FLOAT32_MAX, FeatureError, FeatureValue, UserTower
+from recall.index.verify import verify_bundle
+from recall.service.errors import InvalidInput, UnknownId, clip
+from recall.service.filter_cache import FilterCache, filter_key
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class ServingBundle:
 
     @cached_property
     def filters(self) -> FilterCache:
-        """The masks of the filters recent requests used (:mod:`service.filter_cache`)."""
+        """The masks of the filters recent requests used (:mod:`recall.service.filter_cache`)."""
         return FilterCache()
 
     @cached_property
@@ -111,8 +111,8 @@ class ServingBundle:
 
     @classmethod
     def load(cls, path: Path) -> ServingBundle:
-        """Verify (:func:`index.verify.verify_bundle`: the rules publish applies), load,
-        and warm up. Raises :class:`~index.bundle.BundleError` for a bundle that is not
+        """Verify (:func:`recall.index.verify.verify_bundle`: the rules publish applies), load,
+        and warm up. Raises :class:`~recall.index.bundle.BundleError` for a bundle that is not
         servable."""
         started = time.perf_counter()
         v = verify_bundle(path)

@@ -5,10 +5,10 @@ request in flight finishes on the bundle it started with and no response mixes t
 
 Nothing CURRENT holds can stop the service: a CURRENT that cannot be read or names no
 bundle id (undecodable bytes, a directory, a symlink, no permission), a missing or
-unservable bundle (:func:`index.verify.verify_bundle`, the rules publish applies), or any
+unservable bundle (:func:`recall.index.verify.verify_bundle`, the rules publish applies), or any
 unexpected exception while loading, is logged, counted once in
 ``recall_reloads_total{result="failure"}`` and leaves the old bundle serving. The poller
-remembers the refused state of CURRENT (:attr:`index.current.CurrentState.key`: its
+remembers the refused state of CURRENT (:attr:`recall.index.current.CurrentState.key`: its
 inode, mtime and raw bytes) and does not retry until CURRENT changes; an admin reload
 retries at once. A missing CURRENT (nothing published yet) is logged once, not counted.
 
@@ -18,7 +18,7 @@ this replica's last :data:`KEPT_RELOADS` attempts that loaded or refused a bundl
 explicit reloads that found it already served), by bundle id (``GET /v1/replica``).
 
 Nothing here waits without a bound: bundle files are regular files read up to their
-manifest size (:func:`index.bundle.verify_file`), a poll finding a load in progress skips
+manifest size (:func:`recall.index.bundle.verify_file`), a poll finding a load in progress skips
 its turn, and an admin reload waits at most :data:`ADMIN_WAIT_S` for one in progress
 before it answers :class:`ReloadFailed`.
 """
@@ -32,11 +32,11 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from index.bundle import BundleError
-from index.current import CURRENT, CurrentState, Key, inspect_current
-from service.errors import NotReady, ReloadFailed
-from service.metrics import Metrics
-from service.recaller import ServingBundle
+from recall.index.bundle import BundleError
+from recall.index.current import CURRENT, CurrentState, Key, inspect_current
+from recall.service.errors import NotReady, ReloadFailed
+from recall.service.metrics import Metrics
+from recall.service.recaller import ServingBundle
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from index.ids import MAX_ID_BYTES, id_problem
+from recall.index.ids import MAX_ID_BYTES, id_problem
 
 # Strict JSON types throughout: coercion (true -> 1, "5" -> 5, "yes" -> true) would hide
 # client bugs. Strings must be encodable as UTF-8 (JSON's "\ud800" escape is not), so no

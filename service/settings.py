@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.state import check_url, sqlite_url
+from recall.service.state import check_url, sqlite_url
 
 MIN_ADMIN_TOKEN_LENGTH = 16
 PLACEHOLDER_PREFIXES = ("changeme", "replaceme", "yourtoken", "yoursecret", "placeholder")

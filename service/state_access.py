@@ -2,7 +2,7 @@
 
 A read that fails (store down, slow past its timeout, any :class:`StateUnavailable`)
 returns None: recall then answers from the bundle alone and says ``"fresh": false``. A
-write that fails raises :class:`~service.errors.StateDown` (503). Each failure counts in
+write that fails raises :class:`~recall.service.errors.StateDown` (503). Each failure counts in
 ``recall_state_errors_total{op}``; the log gets one line per ``log_every_s`` at most (the
 count of failures since the last line included), so a dead store cannot flood it.
 """
@@ -17,9 +17,9 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from service.errors import StateDown
-from service.metrics import Metrics
-from service.state import Event, Id, StateStore, StateUnavailable
+from recall.service.errors import StateDown
+from recall.service.metrics import Metrics
+from recall.service.state import Event, Id, StateStore, StateUnavailable
 
 logger = logging.getLogger(__name__)
 

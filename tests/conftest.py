@@ -9,17 +9,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from index.build import BuildOptions, build_index
-from index.publish import publish as publish_bundle
-from service.app import create_app
-from service.recaller import ServingBundle
+from recall.index.build import BuildOptions, build_index
+from recall.index.publish import publish as publish_bundle
+from recall.service.app import create_app
+from recall.service.recaller import ServingBundle
+from recall.trainer.config import TrainConfig
+from recall.trainer.data import Dataset, load_dataset
+from recall.trainer.export import export_bundle
+from recall.trainer.synth import SynthConfig, write_synthetic
+from recall.trainer.train import Trained, train
 from tests.browser import READ_ONLY_POST, TIMEOUT_MS, Browser, Tab, open_browser
 from tests.live import live_server, settings
-from trainer.config import TrainConfig
-from trainer.data import Dataset, load_dataset
-from trainer.export import export_bundle
-from trainer.synth import SynthConfig, write_synthetic
-from trainer.train import Trained, train
 
 ML100K_ENV = "RECALL_ML100K_DIR"
 """Where MovieLens 100K lies (it may not be redistributed, so the repository has no copy)."""

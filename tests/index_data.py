@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from index import bundle as b
-from index.tower import SPEC_KEY, TowerSpec
+from recall.index import bundle as b
+from recall.index.tower import SPEC_KEY, TowerSpec
 
 
 def clustered(

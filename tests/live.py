@@ -14,8 +14,8 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
-from service.settings import Settings
-from service.state import sqlite_url
+from recall.service.settings import Settings
+from recall.service.state import sqlite_url
 
 TOKEN = "s3cret-admin-token-for-tests"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.accept import media_ranges, wants_npy
+from recall.service.accept import media_ranges, wants_npy
 
 
 @pytest.mark.parametrize(

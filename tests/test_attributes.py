@@ -16,13 +16,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from index import bundle as b
-from index.attributes import AttributeFilterError, ItemAttributes
-from index.current import CURRENT
-from index.publish import publish
-from service.recaller import ServingBundle
-from trainer.data import load_dataset
-from trainer.export import item_attributes
+from recall.index import bundle as b
+from recall.index.attributes import AttributeFilterError, ItemAttributes
+from recall.index.current import CURRENT
+from recall.index.publish import publish
+from recall.service.recaller import ServingBundle
+from recall.trainer.data import load_dataset
+from recall.trainer.export import item_attributes
 
 #: 6 items: every kind, with missing values (blank strings) in each column
 RAW = {
@@ -354,7 +354,7 @@ def test_columns_that_cannot_be_stored_are_left_out(
 ) -> None:
     (tmp_path / "interactions.csv").write_text("user_id,item_id,timestamp\n1,10,1\n2,11,2\n")
     (tmp_path / "items.csv").write_text("item_id,a/b,colour\n10,x,red\n11,y,\n")
-    with caplog.at_level("WARNING", logger="trainer.export"):
+    with caplog.at_level("WARNING", logger="recall.trainer.export"):
         attrs = item_attributes(load_dataset(tmp_path))
     assert attrs is not None and attrs.names == ("colour",)
     assert attrs.rows_as_dicts([0, 1]) == [{"colour": "red"}, {}]

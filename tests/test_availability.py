@@ -18,13 +18,13 @@ import httpx
 import numpy as np
 import pytest
 
-from index.current import CURRENT
-from index.publish import publish
-from service.app import create_app
-from service.client import Forbidden, RecallClient, Unauthorized
-from service.recaller import ServingBundle
-from service.settings import STATE_FILE
-from service.state import open_store, sqlite_url
+from recall.index.current import CURRENT
+from recall.index.publish import publish
+from recall.service.app import create_app
+from recall.service.client import Forbidden, RecallClient, Unauthorized
+from recall.service.recaller import ServingBundle
+from recall.service.settings import STATE_FILE
+from recall.service.state import open_store, sqlite_url
 from tests.live import TOKEN, fresh_state_url, live_server, settings
 from tests.redis_server import redis_server
 from tests.test_metrics_workers import recall_serve

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import httpx
 
-from service.app import create_app
-from service.recaller import ServingBundle
+from recall.service.app import create_app
+from recall.service.recaller import ServingBundle
 from tests.live import live_server, settings
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index import bundle as b
+from recall.index import bundle as b
 
 
 def _write(root: Path, arrays: dict[str, object] | None = None, bundle_id: str = "b1") -> Path:
@@ -100,7 +100,7 @@ def test_pickled_npy_is_refused(tmp_path: Path) -> None:
 
 
 def test_current_names_a_bundle_id_or_says_why_not(tmp_path: Path) -> None:
-    from index.current import CURRENT, inspect_current, read_current
+    from recall.index.current import CURRENT, inspect_current, read_current
 
     assert inspect_current(tmp_path).key is None and read_current(tmp_path) is None
     current = tmp_path / CURRENT
@@ -120,7 +120,7 @@ def test_current_names_a_bundle_id_or_says_why_not(tmp_path: Path) -> None:
 
 
 def test_current_must_be_a_regular_file(tmp_path: Path) -> None:
-    from index.current import CURRENT, inspect_current
+    from recall.index.current import CURRENT, inspect_current
 
     target = tmp_path / "elsewhere"
     target.write_text("20260101T000000Z-aaaaaa\n")
@@ -138,7 +138,7 @@ def test_current_must_be_a_regular_file(tmp_path: Path) -> None:
 def test_current_key_changes_when_current_is_replaced_even_with_the_same_text(
     tmp_path: Path,
 ) -> None:
-    from index.current import CURRENT, inspect_current
+    from recall.index.current import CURRENT, inspect_current
 
     b.write_text_atomic(tmp_path / CURRENT, "x1\n")
     first = inspect_current(tmp_path)

@@ -19,12 +19,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from index import bundle as b
-from index.current import CURRENT
-from index.publish import publish, read_current
-from service import reloader
-from service.app import create_app
-from service.recaller import ServingBundle
+from recall.index import bundle as b
+from recall.index.current import CURRENT
+from recall.index.publish import publish, read_current
+from recall.service import reloader
+from recall.service.app import create_app
+from recall.service.recaller import ServingBundle
 from tests.live import live_server
 from tests.test_cli import recall
 from tests.test_publish import _bundle

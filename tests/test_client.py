@@ -1,4 +1,4 @@
-"""service.client.RecallClient against a real uvicorn server on 127.0.0.1."""
+"""recall.service.client.RecallClient against a real uvicorn server on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.app import create_app
-from service.client import (
+from recall.service.app import create_app
+from recall.service.client import (
     Forbidden,
     InvalidInput,
     NotFound,
@@ -23,8 +23,8 @@ from service.client import (
     TransportError,
     Unauthorized,
 )
-from service.recaller import RecallQuery, ServingBundle, recall
-from service.settings import Settings
+from recall.service.recaller import RecallQuery, ServingBundle, recall
+from recall.service.settings import Settings
 from tests.live import live_server
 
 TOKEN = "client-test-admin-token-0123"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from index.allowed import AllowedItems
-from index.clusters import ItemClusters, build_clusters
+from recall.index.allowed import AllowedItems
+from recall.index.clusters import ItemClusters, build_clusters
 from tests.index_data import clustered
 
 N_ITEMS, DIM = 3000, 8

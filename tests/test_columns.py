@@ -13,16 +13,16 @@ import httpx
 import numpy as np
 import pytest
 
-from index import bundle as b
-from index.attributes import ItemAttributes
-from index.build import BuildOptions, build_index
-from index.publish import publish
-from service.app import create_app
-from service.cli import main
+from recall.index import bundle as b
+from recall.index.attributes import ItemAttributes
+from recall.index.build import BuildOptions, build_index
+from recall.index.publish import publish
+from recall.service.app import create_app
+from recall.service.cli import main
+from recall.trainer.config import ConfigError, load_config
+from recall.trainer.data import DataError, load_dataset
+from recall.trainer.export import item_attributes
 from tests.live import live_server, settings
-from trainer.config import ConfigError, load_config
-from trainer.data import DataError, load_dataset
-from trainer.export import item_attributes
 
 INTERACTIONS = "user_id,item_id,timestamp\n" + "".join(
     f"{u},{i},{u * 1000 + i}\n" for u in range(1, 4) for i in range(1, 201)
@@ -51,7 +51,7 @@ def test_a_column_of_numbers_with_one_percent_junk_is_numeric(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     write_data(tmp_path, items=years({5: "unkonwn", 9: "V"}))  # 198 of 200 numbers: 99%
-    with caplog.at_level(logging.WARNING, logger="index.columns"):
+    with caplog.at_level(logging.WARNING, logger="recall.index.columns"):
         ds = load_dataset(tmp_path)
     attrs = item_attributes(ds)
     assert attrs is not None and attrs.describe() == "year (numeric)"
@@ -83,7 +83,7 @@ def test_blanks_do_not_count_and_examples_are_distinct_and_at_most_five() -> Non
     assert attrs.kind("n") == "numeric"
     values = attrs.column("n").values
     assert values is not None and int(np.isfinite(values).sum()) == 992
-    from index.columns import type_column  # here: the other tests also run without it
+    from recall.index.columns import type_column  # here: the other tests also run without it
 
     _, typed = type_column("n", np.array(text))
     assert typed.made_missing == 8 and typed.examples == ("a", "b", "c", "d", "e")

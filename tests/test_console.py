@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 from playwright.sync_api import Locator, Page, expect
 
-from service.recaller import ServingBundle
+from recall.service.recaller import ServingBundle
 from tests.browser import TIMEOUT_MS, Tab
 
 POSITIVE = re.compile(r"(?<![\d.])(?:[1-9]\d*(?:\.\d+)?|0\.\d*[1-9]\d*)")

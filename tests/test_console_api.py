@@ -12,14 +12,14 @@ import httpx
 import numpy as np
 import pytest
 
-from service.app import create_app
-from service.console_routes import CONSOLE_DIR
-from service.recaller import ServingBundle
+from recall.service.app import create_app
+from recall.service.console_routes import CONSOLE_DIR
+from recall.service.recaller import ServingBundle
+from recall.trainer.config import TrainConfig
+from recall.trainer.train import Trained
 from tests.live import TOKEN, live_server, settings
 from tests.test_reload import GOOD, write_current
 from tests.test_verify import OTHER_ID, copy_bundle
-from trainer.config import TrainConfig
-from trainer.train import Trained
 
 Served = tuple[httpx.Client, ServingBundle]
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -11,7 +11,7 @@ import time
 import httpx
 from playwright.sync_api import Page, expect
 
-from service.recaller import ServingBundle
+from recall.service.recaller import ServingBundle
 from tests.browser import Tab
 
 FAILED_422 = "Failed to load resource: the server responded with a status of 422"

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.recaller import ServingBundle
+from recall.service.recaller import ServingBundle
 from tests.browser import Browser, Tab
 
 LATENCY = "recall_http_request_duration_seconds"

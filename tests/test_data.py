@@ -1,4 +1,4 @@
-"""trainer.data.load_dataset: typing, alignment, Parquet, and every error path."""
+"""recall.trainer.data.load_dataset: typing, alignment, Parquet, and every error path."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
-from index.ids import IdMap  # noqa: E402
-from trainer.data import DataError, Dataset, load_dataset  # noqa: E402
+from recall.index.ids import IdMap  # noqa: E402
+from recall.trainer.data import DataError, Dataset, load_dataset  # noqa: E402
 
 INTERACTIONS = """user_id,item_id,timestamp,rating,note
 u2,i1,100,4,x
@@ -89,7 +89,7 @@ def test_int64_limits_stay_ints(tmp_path: Path) -> None:
 
 def test_users_features_aligned_with_rows(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     users = "user_id,age,gender,zip\nu3,30,F,01234\nu1, 41 ,M,AB1\nu9,99,M,x\nu2,,,\n"
-    with caplog.at_level(logging.INFO, logger="trainer.data"):
+    with caplog.at_level(logging.INFO, logger="recall.trainer.data"):
         ds = load(tmp_path, INTERACTIONS, users=users)
     assert list(ds.user_features) == ["age", "gender", "zip"]
     age = ds.user_features["age"]
@@ -124,7 +124,7 @@ def test_items_genres_csr(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> N
         "i7,Not rated,Horror\n"
         "i2,No genre,\n"
     )
-    with caplog.at_level(logging.INFO, logger="trainer.data"):
+    with caplog.at_level(logging.INFO, logger="recall.trainer.data"):
         ds = load(tmp_path, INTERACTIONS, items=items)
     assert ds.genre_vocab.tolist() == ["Action", "Comedy", "Drama"]  # Horror: item unused
     assert ds.item_genre_indptr.dtype == np.int64 and ds.item_genre_indices.dtype == np.int32

@@ -35,8 +35,8 @@ import pytest
 import redis as redis_py
 import yaml
 
-from service.client import Query, RecallClient, RecallError
-from service.state import Event, open_store, sqlite_url
+from recall.service.client import Query, RecallClient, RecallError
+from recall.service.state import Event, open_store, sqlite_url
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import pytest
 
-from service.app import create_app
-from service.settings import Settings
+from recall.service.app import create_app
+from recall.service.settings import Settings
 from tests.live import live_server
 
 # Every URL-ish reference in the page: attributes, and the strings in its inline script.
@@ -83,7 +83,12 @@ def test_the_image_build_carries_the_assets(tmp_path: Path) -> None:
         for source in sources:
             path = repo / source.rstrip("/")
             if path.is_dir():
-                shutil.copytree(path, src / path.name, ignore=shutil.ignore_patterns("__pycache__"))
+                shutil.copytree(
+                    path,
+                    src / path.name,
+                    ignore=shutil.ignore_patterns("__pycache__"),
+                    symlinks=True,
+                )
             else:
                 shutil.copy(path, src / path.name)
     done = subprocess.run(
@@ -107,7 +112,7 @@ def test_the_image_build_carries_the_assets(tmp_path: Path) -> None:
     (wheel,) = (tmp_path / "wheels").glob("recall-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png", "LICENSE"):
-        assert f"service/static/swagger-ui/{asset}" in names
+        assert f"recall/service/static/swagger-ui/{asset}" in names
     console = ("index.html", "console.css", "console.js", "api.js", "dom.js", "charts.js")
     for asset in (*console, "model.js", "user.js", "live.js", "prom.js"):
-        assert f"service/console/{asset}" in names
+        assert f"recall/service/console/{asset}" in names

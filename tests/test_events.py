@@ -24,15 +24,15 @@ import httpx
 import numpy as np
 import pytest
 
-from index.current import CURRENT
-from index.ids import IdMap
-from index.publish import publish
-from service.app import create_app
-from service.client import Query, RecallClient, RecallResult, StateUnavailable
-from service.fresh import user_vectors
-from service.recaller import ServingBundle
-from service.settings import STATE_FILE
-from service.state import sqlite_url
+from recall.index.current import CURRENT
+from recall.index.ids import IdMap
+from recall.index.publish import publish
+from recall.service.app import create_app
+from recall.service.client import Query, RecallClient, RecallResult, StateUnavailable
+from recall.service.fresh import user_vectors
+from recall.service.recaller import ServingBundle
+from recall.service.settings import STATE_FILE
+from recall.service.state import sqlite_url
 from tests.live import live_server, settings
 from tests.redis_server import redis_server
 from tests.test_history import make_v1
@@ -397,12 +397,12 @@ def test_store_down_sqlite_recall_from_the_bundle_events_503(
     blocker.write_text("not a directory")
     url = sqlite_url(blocker / "events.sqlite")  # cannot be created: every call fails
     with (
-        caplog.at_level(logging.WARNING, logger="service.state_access"),
+        caplog.at_level(logging.WARNING, logger="recall.service.state_access"),
         live_server(create_app(settings(published_root, state_url=url))) as base,
         httpx.Client(base_url=base) as c,
     ):
         _store_down_checks(c, bundle, budget_s=1.0)
-    logged = [r for r in caplog.records if r.name == "service.state_access"]
+    logged = [r for r in caplog.records if r.name == "recall.service.state_access"]
     assert len(logged) == 1  # at most one line per 10 s, however many failures
 
 

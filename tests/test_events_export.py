@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.cli import main
-from service.state import Event, open_store, sqlite_url
-from trainer.data import load_dataset
-from trainer.synth import SynthConfig, write_synthetic
+from recall.service.cli import main
+from recall.service.state import Event, open_store, sqlite_url
+from recall.trainer.data import load_dataset
+from recall.trainer.synth import SynthConfig, write_synthetic
 
 EVENTS = [
     Event(7, 100, 1_700_000_000.0),

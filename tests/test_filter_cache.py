@@ -1,4 +1,4 @@
-"""service.filter_cache: the LRU of compiled filters, on real masks of real attributes."""
+"""recall.service.filter_cache: the LRU of compiled filters, on real masks of real attributes."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from index.allowed import AllowedItems
-from index.attributes import ItemAttributes
-from index.filters import FilterError, compile_filter
-from service.filter_cache import MAX_ENTRIES, FilterCache, filter_key
+from recall.index.allowed import AllowedItems
+from recall.index.attributes import ItemAttributes
+from recall.index.filters import FilterError, compile_filter
+from recall.service.filter_cache import MAX_ENTRIES, FilterCache, filter_key
 
 N = 1000
 

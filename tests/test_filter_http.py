@@ -20,20 +20,20 @@ import httpx
 import numpy as np
 import pytest
 
-from index.build import BuildOptions, build_index
-from index.filters import compile_filter
-from index.publish import publish
-from index.search import STRATEGIES
-from service import recaller
-from service.app import create_app
-from service.client import InvalidInput, Item, NotFound, Query, RecallClient
-from service.client import RecallResult as ClientResult
-from service.recaller import ServingBundle
+from recall.index.build import BuildOptions, build_index
+from recall.index.filters import compile_filter
+from recall.index.publish import publish
+from recall.index.search import STRATEGIES
+from recall.service import recaller
+from recall.service.app import create_app
+from recall.service.client import InvalidInput, Item, NotFound, Query, RecallClient
+from recall.service.client import RecallResult as ClientResult
+from recall.service.recaller import ServingBundle
+from recall.trainer.config import TrainConfig
+from recall.trainer.data import Dataset
+from recall.trainer.export import export_bundle
+from recall.trainer.train import Trained
 from tests.live import TOKEN, live_server, settings
-from trainer.config import TrainConfig
-from trainer.data import Dataset
-from trainer.export import export_bundle
-from trainer.train import Trained
 
 Served = tuple[httpx.Client, ServingBundle]
 Attrs = dict[str, Any]

@@ -12,11 +12,11 @@ import faiss
 import numpy as np
 import pytest
 
-from index import faiss_index as fi
-from index.allowed import AllowedItems
-from index.build import BuildOptions, build_index
-from index.search import FILTER_STRATEGIES, FilterStrategy, ItemIndex
-from service.recaller import ServingBundle, Source, answer
+from recall.index import faiss_index as fi
+from recall.index.allowed import AllowedItems
+from recall.index.build import BuildOptions, build_index
+from recall.index.search import FILTER_STRATEGIES, FilterStrategy, ItemIndex
+from recall.service.recaller import ServingBundle, Source, answer
 from tests.index_data import clustered, write_vectors_bundle
 
 N_ITEMS, N_USERS, DIM = 2000, 200, 16

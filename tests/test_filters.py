@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from index.attributes import ItemAttributes
-from index.filters import FilterError, compile_filter
+from recall.index.attributes import ItemAttributes
+from recall.index.filters import FilterError, compile_filter
 
 
 @pytest.fixture(scope="module")

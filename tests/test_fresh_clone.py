@@ -22,8 +22,8 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The packages, pyproject.toml and the tests, away from ``../shared``."""
     copy = tmp_path_factory.mktemp("clone") / "recall"
     ignore = shutil.ignore_patterns("__pycache__")
-    for package in ("trainer", "index", "service", "tests"):
-        shutil.copytree(REPO / package, copy / package, ignore=ignore)
+    for package in ("recall", "trainer", "index", "service", "tests"):
+        shutil.copytree(REPO / package, copy / package, ignore=ignore, symlinks=True)
     shutil.copy(REPO / "pyproject.toml", copy / "pyproject.toml")
     assert not (copy.parent / "shared").exists()
     return copy

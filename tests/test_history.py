@@ -12,17 +12,17 @@ import httpx
 import numpy as np
 import pytest
 
-from index import bundle as b
-from index.current import CURRENT, read_current
-from index.history import UserHistory
-from index.publish import publish
-from index.tower import FeatureError
-from service.app import create_app
-from service.recaller import ServingBundle
+from recall.index import bundle as b
+from recall.index.current import CURRENT, read_current
+from recall.index.history import UserHistory
+from recall.index.publish import publish
+from recall.index.tower import FeatureError
+from recall.service.app import create_app
+from recall.service.recaller import ServingBundle
+from recall.trainer.data import Dataset
+from recall.trainer.split import MIN_INTERACTIONS_TO_HOLD_OUT
 from tests.live import live_server, settings
 from tests.test_verify import copy_bundle, edit_manifest
-from trainer.data import Dataset
-from trainer.split import MIN_INTERACTIONS_TO_HOLD_OUT
 
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
 

@@ -12,9 +12,9 @@ import httpx
 import numpy as np
 import pytest
 
-from index import bundle as b
-from service.app import create_app
-from service.recaller import RecallQuery, ServingBundle, recall
+from recall.index import bundle as b
+from recall.service.app import create_app
+from recall.service.recaller import RecallQuery, ServingBundle, recall
 from tests.conftest import BundleFactory
 from tests.live import TOKEN, live_server, settings
 

@@ -11,9 +11,9 @@ import httpx
 import numpy as np
 import pytest
 
-from service import recaller as core
-from service.app import create_app
-from service.recaller import ServingBundle
+from recall.service import recaller as core
+from recall.service.app import create_app
+from recall.service.recaller import ServingBundle
 from tests.live import live_server, settings
 
 JSON = {"content-type": "application/json"}
@@ -95,7 +95,7 @@ def test_unexpected_error_is_the_500_envelope_and_keeps_the_connection(
     with (
         live_server(create_app(settings(published_root))) as url,
         httpx.Client(base_url=url) as client,
-        caplog.at_level(logging.ERROR, logger="service.errors"),
+        caplog.at_level(logging.ERROR, logger="recall.service.errors"),
     ):
         failed = client.post("/v1/recall", json={"user_id": 1, "k": 3})
         assert failed.status_code == 500

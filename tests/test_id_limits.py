@@ -12,14 +12,14 @@ import httpx
 import numpy as np
 import pytest
 
-from index.build import BuildOptions, build_index
-from index.publish import publish
-from service.app import create_app
+from recall.index.build import BuildOptions, build_index
+from recall.index.publish import publish
+from recall.service.app import create_app
+from recall.trainer.config import TrainConfig
+from recall.trainer.data import Dataset
+from recall.trainer.export import export_bundle
+from recall.trainer.train import Trained
 from tests.live import TOKEN, live_server, settings
-from trainer.config import TrainConfig
-from trainer.data import Dataset
-from trainer.export import export_bundle
-from trainer.train import Trained
 
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 LIMIT = 256  # index.ids.MAX_ID_BYTES, the documented limit

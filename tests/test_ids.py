@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from index.ids import IdMap
+from recall.index.ids import IdMap
 
 
 def test_int_map_round_trip_unsorted() -> None:

@@ -9,12 +9,12 @@ import faiss
 import numpy as np
 import pytest
 
-from index import bundle as b
-from index import faiss_index as fi
-from index.attributes import ItemAttributes
-from index.build import BuildOptions, build_index, sample_query_rows
-from index.filtered_recall import choose_filters
-from index.search import STRATEGIES, ItemIndex
+from recall.index import bundle as b
+from recall.index import faiss_index as fi
+from recall.index.attributes import ItemAttributes
+from recall.index.build import BuildOptions, build_index, sample_query_rows
+from recall.index.filtered_recall import choose_filters
+from recall.index.search import STRATEGIES, ItemIndex
 from tests.index_data import clustered, write_vectors_bundle
 
 N_ITEMS, N_USERS, DIM = 3000, 400, 16

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index import faiss_index as fi
-from index.build import BuildOptions, build_index
-from index.exact import exact_topk, exact_topk_among
-from index.search import ItemIndex
+from recall.index import faiss_index as fi
+from recall.index.build import BuildOptions, build_index
+from recall.index.exact import exact_topk, exact_topk_among
+from recall.index.search import ItemIndex
 from tests.index_data import clustered, write_vectors_bundle
 
 N_ITEMS, N_USERS, DIM = 2000, 300, 16
@@ -160,7 +160,7 @@ def test_short_index_results_fall_back_to_exact(
 ) -> None:
     items, users = vectors
     excl = [np.setdiff1d(np.arange(N_ITEMS), np.arange(0, N_ITEMS, 20))]  # 100 left
-    with caplog.at_level(logging.DEBUG, logger="index.search"):
+    with caplog.at_level(logging.DEBUG, logger="recall.index.search"):
         _, rows = hnsw.search(users[:1], 100, exclude=excl)  # the graph strands the search
     assert "exact fallback" in caplog.text
     assert rows.shape == (1, 100) and (rows >= 0).all()

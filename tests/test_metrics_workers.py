@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.metrics_dir import MULTIPROC_ENV, PREFIX, multiprocess_metrics_dir
+from recall.service.metrics_dir import MULTIPROC_ENV, PREFIX, multiprocess_metrics_dir
 
 RECALL = Path(sys.executable).parent / "recall"  # the console script of this venv
 ROUTE = "/v1/model"

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from index import bundle as b
-from index.tower import UserTower, pad_histories
-from trainer.config import TrainConfig
-from trainer.data import Dataset
-from trainer.evaluate import dot_scorer, evaluate, popularity_scorer, task_from_data
-from trainer.export import bundle_arrays, export_bundle
-from trainer.model import UserBatch, sampled_softmax_loss
-from trainer.train import Trained, Validation, popularity_hit_rate, train
+from recall.index import bundle as b
+from recall.index.tower import UserTower, pad_histories
+from recall.trainer.config import TrainConfig
+from recall.trainer.data import Dataset
+from recall.trainer.evaluate import dot_scorer, evaluate, popularity_scorer, task_from_data
+from recall.trainer.export import bundle_arrays, export_bundle
+from recall.trainer.model import UserBatch, sampled_softmax_loss
+from recall.trainer.train import Trained, Validation, popularity_hit_rate, train
 
 
 def _user_features(dataset: Dataset, user: int) -> dict[str, str | float | None]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.metrics_dir import MULTIPROC_ENV
+from recall.service.metrics_dir import MULTIPROC_ENV
 from tests.test_metrics_workers import _free_port
 
 RECALL = Path(sys.executable).parent / "recall"

@@ -13,17 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index import bundle as b
-from index import faiss_index as fi
-from index.build import BuildOptions, build_index
-from index.publish import CURRENT, publish, read_current, retain, verify_bundle
-from index.search import ItemIndex
-from service import cli
+from recall.index import bundle as b
+from recall.index import faiss_index as fi
+from recall.index.build import BuildOptions, build_index
+from recall.index.publish import CURRENT, publish, read_current, retain, verify_bundle
+from recall.index.search import ItemIndex
+from recall.service import cli
+from recall.trainer.config import TrainConfig
+from recall.trainer.data import Dataset
+from recall.trainer.export import export_bundle
+from recall.trainer.train import Trained
 from tests.index_data import clustered, write_vectors_bundle
-from trainer.config import TrainConfig
-from trainer.data import Dataset
-from trainer.export import export_bundle
-from trainer.train import Trained
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = BuildOptions(kind="flat", sample_queries=20, latency_queries=5)
@@ -153,7 +153,7 @@ def test_retention_leaves_foreign_and_unfinished_directories(tmp_path: Path) -> 
 
 
 def test_publish_keeps_current_unchanged_when_the_lock_is_held(tmp_path: Path) -> None:
-    from index.publish import bundle_lock
+    from recall.index.publish import bundle_lock
 
     first, second = _bundle(tmp_path, 1), _bundle(tmp_path, 2)
     publish(first)
@@ -165,8 +165,8 @@ def test_publish_keeps_current_unchanged_when_the_lock_is_held(tmp_path: Path) -
 _KILL_SCRIPT = """
 import os, signal, sys
 from pathlib import Path
-from index import faiss_index as fi
-from index.build import BuildOptions, build_index
+from recall.index import faiss_index as fi
+from recall.index.build import BuildOptions, build_index
 
 where = sys.argv[2]
 def die(*args, **kwargs):
@@ -256,8 +256,8 @@ def test_a_trained_bundle_builds_publishes_and_serves(
 _DIE_AT_REPLACE = """
 import os, signal, sys
 from pathlib import Path
-from index.build import BuildOptions, build_index
-from index.publish import publish
+from recall.index.build import BuildOptions, build_index
+from recall.index.publish import publish
 
 real_replace = os.replace
 def replace_or_die(src, dst, *args, **kwargs):

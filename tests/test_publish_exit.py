@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from index import bundle as b
-from index.current import CURRENT
-from index.publish import publish, read_current
+from recall.index import bundle as b
+from recall.index.current import CURRENT
+from recall.index.publish import publish, read_current
 from tests.test_bundle_files import _unblocking
 from tests.test_cli import recall
 from tests.test_publish import _bundle

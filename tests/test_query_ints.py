@@ -1,7 +1,7 @@
 """Integer query parameters follow JSON's rules for an integer, as bodies do (issue 15 §6).
 
 Every integer query parameter the OpenAPI schema lists is tried over a real uvicorn, so a
-parameter added later without ``service.schemas.QueryInt`` fails here.
+parameter added later without ``recall.service.schemas.QueryInt`` fails here.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.recaller import ServingBundle
+from recall.service.recaller import ServingBundle
 
 LAX = ["1_0", "+5", " 5", "5 ", "5.0", "05", "5e0", "0x5", "\u0665", "5\n", ""]
 """Spellings ``int()`` or pydantic's lax mode would take as 5 or 10; JSON takes none."""

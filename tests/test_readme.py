@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from index.publish import publish
-from service.app import create_app
-from service.recaller import ServingBundle
-from service.settings import STATE_FILE, Settings
-from service.state import sqlite_url
+from recall.index.publish import publish
+from recall.service.app import create_app
+from recall.service.recaller import ServingBundle
+from recall.service.settings import STATE_FILE, Settings
+from recall.service.state import sqlite_url
 from tests.live import live_server
 from tests.test_verify import copy_bundle
 

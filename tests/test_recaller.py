@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index.tower import AGE_FEATURES, FeatureError
-from service.errors import InvalidInput, UnknownId
-from service.recaller import (
+from recall.index.tower import AGE_FEATURES, FeatureError
+from recall.service.errors import InvalidInput, UnknownId
+from recall.service.recaller import (
     RecallQuery,
     ServingBundle,
     Source,
@@ -19,7 +19,7 @@ from service.recaller import (
     vector_of,
     vectors_of,
 )
-from trainer.data import Dataset
+from recall.trainer.data import Dataset
 
 MAX_K = 1000
 
@@ -76,7 +76,7 @@ def test_recall_by_full_training_history_equals_recall_by_user(
 
 def _history(dataset: Dataset, user_row: int) -> np.ndarray:
     """The user's training items in time order (everything but the last two)."""
-    from trainer.split import leave_last_out
+    from recall.trainer.split import leave_last_out
 
     split = leave_last_out(
         dataset.user_rows, dataset.item_rows, dataset.timestamps, dataset.n_users

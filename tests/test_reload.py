@@ -19,11 +19,11 @@ import httpx
 import numpy as np
 import pytest
 
-from index import bundle as b
-from index.current import CURRENT
-from service.app import create_app
-from service.recaller import ServingBundle
-from service.settings import Settings
+from recall.index import bundle as b
+from recall.index.current import CURRENT
+from recall.service.app import create_app
+from recall.service.recaller import ServingBundle
+from recall.service.settings import Settings
 from tests.live import TOKEN, live_server
 from tests.test_verify import OTHER_ID, copy_bundle, resign
 
@@ -187,7 +187,7 @@ def test_a_failing_load_of_any_kind_does_not_stop_the_poller(
 
 @pytest.fixture
 def reloader_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    caplog.set_level(logging.INFO, logger="service.reloader")
+    caplog.set_level(logging.INFO, logger="recall.service.reloader")
     yield caplog
 
 
@@ -195,7 +195,7 @@ def _complaints(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == "service.reloader" and r.levelno >= logging.WARNING
+        if r.name == "recall.service.reloader" and r.levelno >= logging.WARNING
     ]
 
 

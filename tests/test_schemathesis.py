@@ -19,8 +19,8 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from service.app import create_app
-from service.settings import Settings
+from recall.service.app import create_app
+from recall.service.settings import Settings
 from tests.live import fresh_state_url, live_server
 
 MAX_K = 500

@@ -1,4 +1,4 @@
-"""service.settings: RECALL_* variables, and admin tokens that must not be accepted."""
+"""recall.service.settings: RECALL_* variables, and admin tokens that must not be accepted."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.settings import Settings, SettingsError, load_settings
+from recall.service.settings import Settings, SettingsError, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = "9f2c4e1ab7d05e3c88a1f6b2d4e0c7a9"

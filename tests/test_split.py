@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainer.examples import full_histories, make_examples
-from trainer.split import NO_ITEM, leave_last_out
+from recall.trainer.examples import full_histories, make_examples
+from recall.trainer.split import NO_ITEM, leave_last_out
 
 
 def _split():  # type: ignore[no-untyped-def]

@@ -1,4 +1,4 @@
-"""service.state: one contract suite over both backends (a real SQLite file, a real
+"""recall.service.state: one contract suite over both backends (a real SQLite file, a real
 ``redis-server`` process), then what each backend promises on its own: SQLite durability and
 concurrent writer processes, Redis down/blackholed/restarted."""
 
@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import redis
 
-from service.settings import Settings
-from service.state import Event, StateStore, StateUnavailable, check_url, open_store
+from recall.service.settings import Settings
+from recall.service.state import Event, StateStore, StateUnavailable, check_url, open_store
 from tests.redis_server import RedisServer, free_port, redis_server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -320,7 +320,7 @@ def test_availability_survives_reopening(url: str) -> None:
 
 WRITER = """
 import asyncio, os, sys
-from service.state import Event, open_store
+from recall.service.state import Event, open_store
 url, user, n, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 
 async def main():
@@ -564,7 +564,7 @@ def test_settings_default_to_a_sqlite_file_under_the_root(
 
 
 def test_settings_name_a_bad_state_url(monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.settings import SettingsError, load_settings
+    from recall.service.settings import SettingsError, load_settings
 
     monkeypatch.setenv("RECALL_ROOT", "/bundles")
     monkeypatch.setenv("RECALL_STATE_URL", "postgres://u:hunter2@db/x")

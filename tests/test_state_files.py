@@ -16,12 +16,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from index.current import CURRENT
-from service.app import create_app
-from service.recaller import ServingBundle
-from service.state import Event, StateUnavailable, open_store, sqlite_url
-from service.state.base import StoreLimits
-from service.state.sqlite import SQLiteStore
+from recall.index.current import CURRENT
+from recall.service.app import create_app
+from recall.service.recaller import ServingBundle
+from recall.service.state import Event, StateUnavailable, open_store, sqlite_url
+from recall.service.state.base import StoreLimits
+from recall.service.state.sqlite import SQLiteStore
 from tests.live import live_server, settings
 from tests.test_events import metric, post_events, recall, unseen_items, user
 
@@ -34,7 +34,9 @@ FILES = ("", "-wal", "-shm")
 
 def broken_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [
-        r for r in caplog.records if r.name == "service.state.sqlite" and r.levelno >= logging.ERROR
+        r
+        for r in caplog.records
+        if r.name == "recall.service.state.sqlite" and r.levelno >= logging.ERROR
     ]
 
 
@@ -52,7 +54,7 @@ def test_files_removed_while_serving_answer_503_and_log_once(
     user_id = user(served, 4)
     items = unseen_items(served, 4, 3)
     with (
-        caplog.at_level(logging.ERROR, logger="service.state.sqlite"),
+        caplog.at_level(logging.ERROR, logger="recall.service.state.sqlite"),
         live_server(create_app(settings(published_root, state_url=sqlite_url(path)))) as base,
         httpx.Client(base_url=base) as c,
     ):
@@ -113,7 +115,7 @@ def test_a_replaced_file_refuses_writes_and_every_acknowledged_event_is_in_it(
         finally:
             await store.close()
 
-    with caplog.at_level(logging.ERROR, logger="service.state.sqlite"):
+    with caplog.at_level(logging.ERROR, logger="recall.service.state.sqlite"):
         asyncio.run(main())
     assert len(broken_lines(caplog)) == 1
     assert acked  # the writers ran before the swap
@@ -144,8 +146,8 @@ def test_overwritten_pages_are_found_and_refuse_writes(
     """64 pages of the database overwritten while the store writes: a quick_check finds
     it within its schedule and every write after that is refused, logged once."""
     path = tmp_path / "events.sqlite"
-    monkeypatch.setattr("service.state.sqlite.CHECK_EVERY_S", 0.05, raising=False)
-    monkeypatch.setattr("service.state.sqlite.QUICK_CHECK_EVERY_S", 0.2, raising=False)
+    monkeypatch.setattr("recall.service.state.sqlite.CHECK_EVERY_S", 0.05, raising=False)
+    monkeypatch.setattr("recall.service.state.sqlite.QUICK_CHECK_EVERY_S", 0.2, raising=False)
 
     async def main() -> float:
         store = open_store(sqlite_url(path))
@@ -170,7 +172,7 @@ def test_overwritten_pages_are_found_and_refuse_writes(
         finally:
             await store.close()
 
-    with caplog.at_level(logging.ERROR, logger="service.state.sqlite"):
+    with caplog.at_level(logging.ERROR, logger="recall.service.state.sqlite"):
         took = asyncio.run(main())
     assert took < 1.0  # a quick_check every 0.2 s, the file is small
     lines = broken_lines(caplog)
@@ -202,7 +204,7 @@ def test_a_file_that_is_not_a_database_breaks_the_store(
         finally:
             await store.close()
 
-    with caplog.at_level(logging.ERROR, logger="service.state.sqlite"):
+    with caplog.at_level(logging.ERROR, logger="recall.service.state.sqlite"):
         asyncio.run(main())
     lines = broken_lines(caplog)
     assert len(lines) == 1 and "not a database" in lines[0].getMessage()

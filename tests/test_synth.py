@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from index.attributes import ItemAttributes
-from trainer.data import load_dataset
-from trainer.synth import BLOCK_USERS, SynthConfig, item_clusters, write_synthetic
+from recall.index.attributes import ItemAttributes
+from recall.trainer.data import load_dataset
+from recall.trainer.synth import BLOCK_USERS, SynthConfig, item_clusters, write_synthetic
 
 FILES = ("interactions.csv", "users.csv", "items.csv")
 SMALL = SynthConfig(n_users=3 * BLOCK_USERS - 100, n_items=600, n_clusters=12, mean_history=15)
@@ -223,7 +223,7 @@ def test_invalid_config_raises(changes: dict[str, Any]) -> None:
 
 def test_load_dataset_reads_the_output(small: Path) -> None:
     pytest.importorskip("pyarrow")
-    from trainer.data import load_dataset
+    from recall.trainer.data import load_dataset
 
     ds = load_dataset(small)
     _, inter = read_ints(small / "interactions.csv")

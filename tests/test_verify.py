@@ -1,9 +1,10 @@
 """One verification: every bundle ``recall publish`` refuses, the service refuses, and the
-other way round (both call :func:`index.verify.verify_bundle`).
+other way round (both call :func:`recall.index.verify.verify_bundle`).
 
 Each corruption below is applied to a copy of a real trained bundle (re-signed in the
 manifest where the point is that checksums alone do not catch it), then handed to both
-callers: :func:`index.publish.publish` and :meth:`service.recaller.ServingBundle.load`.
+callers: :func:`recall.index.publish.publish` and
+:meth:`recall.service.recaller.ServingBundle.load`.
 """
 
 from __future__ import annotations
@@ -18,15 +19,15 @@ import faiss
 import numpy as np
 import pytest
 
-from index import bundle as b
-from index import faiss_index as fi
-from index.build import BuildOptions, build_index
-from index.clusters import build_clusters
-from index.current import CURRENT, read_current
-from index.publish import publish
-from index.tower import SPEC_KEY
-from index.verify import MAX_METADATA_DEPTH, verify_bundle
-from service.recaller import ServingBundle
+from recall.index import bundle as b
+from recall.index import faiss_index as fi
+from recall.index.build import BuildOptions, build_index
+from recall.index.clusters import build_clusters
+from recall.index.current import CURRENT, read_current
+from recall.index.publish import publish
+from recall.index.tower import SPEC_KEY
+from recall.index.verify import MAX_METADATA_DEPTH, verify_bundle
+from recall.service.recaller import ServingBundle
 from tests.index_data import tower_arrays
 
 OTHER_ID = "20260101T000000Z-bbbbbb"
@@ -882,7 +883,7 @@ def test_the_service_hashes_each_file_once(
 
 
 def test_cli_publish_refuses_what_the_service_refuses(published_root: Path, root: Path) -> None:
-    from service import cli
+    from recall.service import cli
 
     bundle = _set(b.USER_VECTORS, _put((0, 0), np.nan))(copy_bundle(published_root, root))
     assert cli.main(["publish", str(bundle)]) == 2
@@ -893,7 +894,7 @@ def test_cli_build_index_publish_refuses_what_the_service_refuses(
     published_root: Path, root: Path
 ) -> None:
     """The build itself does not check ids; its --publish step does (duplicates here)."""
-    from service import cli
+    from recall.service import cli
 
     bundle = _set(b.ITEM_IDS, lambda a: np.r_[a[1], a[1:]])(copy_bundle(published_root, root))
     assert cli.main(["build-index", str(bundle), "--kind", "flat", "--publish"]) == 2

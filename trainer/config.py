@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from index.columns import USER_KINDS, Kind, parse_schema
+from recall.index.columns import USER_KINDS, Kind, parse_schema
 
 
 class ConfigError(ValueError):

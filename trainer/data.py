@@ -8,7 +8,7 @@ The input is a directory (DESIGN.md, "Input data format")::
 
 Each file may be given as ``<stem>.parquet`` instead (the Parquet file wins when both
 exist). Every items column other than the id is kept, typed numeric / categorical / multi
-by :mod:`index.columns` (``Dataset.item_attributes``, exported into the bundle as item
+by :mod:`recall.index.columns` (``Dataset.item_attributes``, exported into the bundle as item
 attributes); ``genres`` also feeds the user tower. users columns are typed the same way.
 CSV columns are read as strings by pyarrow and validated here, so that every
 problem is reported as a :class:`DataError` naming the file, the line (the header is
@@ -35,8 +35,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from index.columns import KINDS, USER_KINDS, ColumnType, Kind, type_column
-from index.ids import CANONICAL_INT_PATTERN, MAX_ID_BYTES, id_problem
+from recall.index.columns import KINDS, USER_KINDS, ColumnType, Kind, type_column
+from recall.index.ids import CANONICAL_INT_PATTERN, MAX_ID_BYTES, id_problem
 
 __all__ = ["DataError", "Dataset", "load_dataset"]
 
@@ -260,7 +260,7 @@ def _id_column(t: _Table, name: str) -> Any:
 
 
 def _refused_ids(col: Any) -> Any:
-    """Bool mask of the string ids in ``col`` that :func:`index.ids.id_problem` refuses."""
+    """Bool mask of the string ids in ``col`` that :func:`recall.index.ids.id_problem` refuses."""
     too_long = pc.greater(pc.binary_length(col), MAX_ID_BYTES)
     return pc.or_(too_long, pc.match_substring(col, "\x00"))
 
@@ -440,7 +440,7 @@ def _load_users(
     path: Path, ids: npt.NDArray[Any], keys: Any, schema: Mapping[str, Kind]
 ) -> tuple[dict[str, npt.NDArray[Any]], tuple[ColumnType, ...]]:
     """users file -> {feature: (n_users,) array} aligned with the dataset's user rows,
-    typed by :func:`index.columns.type_column` (declared ``schema`` first), and the types."""
+    typed by :func:`recall.index.columns.type_column` (declared ``schema`` first), and the types."""
     t = _read(path, [USER_ID], [], everything=True, side=True)
     _check_declared(t, USER_ID, schema, "user_schema")
     rows, keep = _match(t, USER_ID, ids, keys)
@@ -487,7 +487,7 @@ def _load_attributes(
     schema: Mapping[str, Kind],
 ) -> tuple[dict[str, npt.NDArray[Any]], tuple[ColumnType, ...]]:
     """Every column of the items file except the id, aligned with the dataset's item rows
-    and typed by :func:`index.columns.type_column` (declared ``schema`` first), and the
+    and typed by :func:`recall.index.columns.type_column` (declared ``schema`` first), and the
     types."""
     out: dict[str, npt.NDArray[Any]] = {}
     types: list[ColumnType] = []
@@ -572,7 +572,7 @@ def load_dataset(
 ) -> Dataset:
     """Load ``directory`` (interactions + optional users/items, CSV or Parquet).
 
-    Side-file columns are typed by :func:`index.columns.type_column`: the declared
+    Side-file columns are typed by :func:`recall.index.columns.type_column`: the declared
     ``item_schema`` / ``user_schema`` (``{column: kind}``) first, else its inference rule.
     Raises DataError for anything wrong with the input, naming file, line and column, and
     for a schema naming a column the file does not have.

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from index import bundle as b
-from index.ids import IdMap
-from trainer.data import Dataset
-from trainer.split import NO_ITEM, leave_last_out
+from recall.index import bundle as b
+from recall.index.ids import IdMap
+from recall.trainer.data import Dataset
+from recall.trainer.split import NO_ITEM, leave_last_out
 
 logger = logging.getLogger(__name__)
 

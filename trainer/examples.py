@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trainer.split import Split
+from recall.trainer.split import Split
 
 
 @dataclass(frozen=True)

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from index import bundle as b
-from index.attributes import ItemAttributes, valid_name
-from index.history import UserHistory
-from index.tower import fold_user
-from trainer.config import TrainConfig
-from trainer.data import Dataset
-from trainer.examples import window_positions
-from trainer.train import DeviceData, Prepared, Trained, user_vectors
+from recall.index import bundle as b
+from recall.index.attributes import ItemAttributes, valid_name
+from recall.index.history import UserHistory
+from recall.index.tower import fold_user
+from recall.trainer.config import TrainConfig
+from recall.trainer.data import Dataset
+from recall.trainer.examples import window_positions
+from recall.trainer.train import DeviceData, Prepared, Trained, user_vectors
 
 logger = logging.getLogger(__name__)
 

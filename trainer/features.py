@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from index.tower import CategoricalFeature, NumericFeature, TowerSpec
-from trainer.config import TrainConfig
-from trainer.data import Dataset
+from recall.index.tower import CategoricalFeature, NumericFeature, TowerSpec
+from recall.trainer.config import TrainConfig
+from recall.trainer.data import Dataset
 
 
 @dataclass(frozen=True)

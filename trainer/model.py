@@ -1,6 +1,6 @@
 """The next-watch softmax model of YouTube's candidate generation (Covington et al. 2016).
 
-User side: the tower of :mod:`index.tower` (same inputs, same order). Output side: a
+User side: the tower of :mod:`recall.index.tower` (same inputs, same order). Output side: a
 separate softmax weight matrix ``W`` (n_items, dim) and bias ``b`` (n_items,), not tied to
 the input item embeddings. The model's logit for (user, item) is ``u . W_i + b_i``.
 """
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from index.tower import SPEC_KEY, TowerSpec
+from recall.index.tower import SPEC_KEY, TowerSpec
 
 
 class UserBatch:

@@ -14,13 +14,13 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from index.tower import TowerSpec
-from trainer.config import TrainConfig
-from trainer.data import Dataset
-from trainer.examples import Examples, Histories, full_histories, make_examples
-from trainer.features import UserInputs, build_spec, encode_users, item_genre_rows
-from trainer.model import CandidateModel, UserBatch, full_softmax_loss, sampled_softmax_loss
-from trainer.split import NO_ITEM, Split, leave_last_out
+from recall.index.tower import TowerSpec
+from recall.trainer.config import TrainConfig
+from recall.trainer.data import Dataset
+from recall.trainer.examples import Examples, Histories, full_histories, make_examples
+from recall.trainer.features import UserInputs, build_spec, encode_users, item_genre_rows
+from recall.trainer.model import CandidateModel, UserBatch, full_softmax_loss, sampled_softmax_loss
+from recall.trainer.split import NO_ITEM, Split, leave_last_out
 
 logger = logging.getLogger(__name__)
 

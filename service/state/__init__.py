@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.state.base import (
+from recall.service.state.base import (
     DEFAULT_WRITE_TIMEOUT_S,
     Event,
     EventType,
@@ -92,9 +92,9 @@ def open_store(
         write_timeout_s=max(write_timeout_s, timeout_s),
     )
     if check_url(url) == "sqlite":
-        from service.state.sqlite import SQLiteStore
+        from recall.service.state.sqlite import SQLiteStore
 
         return SQLiteStore(_sqlite_path(url), limits)
-    from service.state.redis import RedisStore
+    from recall.service.state.redis import RedisStore
 
     return RedisStore(url, limits)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from service.state import open_store
+from recall.service.state import open_store
 
 logger = logging.getLogger(__name__)
 

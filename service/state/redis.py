@@ -39,7 +39,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from service.state.base import (
+from recall.service.state.base import (
     Event,
     EventType,
     Id,
@@ -125,7 +125,7 @@ def _shown_key(user: Id) -> bytes:
 
 
 class RedisStore:
-    """:class:`~service.state.base.StateStore` on the Redis server at ``url``."""
+    """:class:`~recall.service.state.base.StateStore` on the Redis server at ``url``."""
 
     def __init__(
         self,

@@ -44,7 +44,7 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
-from service.state.base import (
+from recall.service.state.base import (
     Event,
     EventType,
     Id,
@@ -111,7 +111,7 @@ CREATE TABLE IF NOT EXISTS availability (
 
 
 class SQLiteStore:
-    """:class:`~service.state.base.StateStore` on the SQLite file ``path`` (created, with its
+    """:class:`~recall.service.state.base.StateStore` on the SQLite file ``path`` (created, with its
     directory, on first use)."""
 
     def __init__(
