@@ -23,10 +23,12 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/recall demo
 
+# lint-imports: the import rule of pyproject's [tool.importlinter] (README, Development).
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # docker/: the compose file against the Compose schema (Debian's docker-compose; no
 # Docker engine needed), the Dockerfiles (hadolint), the trainer job's script (shellcheck).

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recall.service.cli import main
+from recall.cli import main
 from recall.service.state import Event, open_store, sqlite_url
 from recall.trainer.data import load_dataset
 from recall.trainer.synth import SynthConfig, write_synthetic
