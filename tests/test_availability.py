@@ -18,10 +18,10 @@ import httpx
 import numpy as np
 import pytest
 
+from recall.client import Forbidden, RecallClient, Unauthorized
 from recall.index.current import CURRENT
 from recall.index.publish import publish
 from recall.service.app import create_app
-from recall.service.client import Forbidden, RecallClient, Unauthorized
 from recall.service.recaller import ServingBundle
 from recall.service.settings import STATE_FILE
 from recall.service.state import open_store, sqlite_url
