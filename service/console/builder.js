@@ -7,6 +7,7 @@ import { controls, newestAnswer, userIdForm } from "./recall-panel.js";
 
 const view = document.getElementById("view");
 
+/** Renders #/user (the new-user builder) in #view. */
 export async function builderPage() {
   const picked = new Map(); // item id -> attributes
   const pickedBox = h("div", { class: "chips", "data-testid": "picked-items" });

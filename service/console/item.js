@@ -7,6 +7,7 @@ import { controls, newestAnswer } from "./recall-panel.js";
 
 const view = document.getElementById("view");
 
+/** Renders #/item/<rawId> in #view; the item's own attributes arrive when they do. */
 export async function itemPage(rawId) {
   const id = parseId(rawId);
   const recBox = h("div", {}, h("p", { class: "muted" }, "loading…"));

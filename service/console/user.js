@@ -27,6 +27,7 @@ function historyTable(hist) {
   );
 }
 
+/** Renders #/user/<rawId> in #view; resolves once the history is shown (or throws its error). */
 export async function userPage(rawId) {
   const id = parseId(rawId);
   const histBox = h("div", {}, h("p", { class: "muted" }, "loading…"));
