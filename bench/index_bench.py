@@ -3,8 +3,9 @@
 Runs the project's own code paths (:mod:`recall.index.faiss_index` to build, :class:`ItemIndex`
 to search, so exact re-scoring is included) on structured vectors: bias-folded item rows
 ``[w, b]`` clustered around topics, with log-normal norms like softmax weights, and user
-rows ``[u, 1]`` near a topic (PERF-NOTES: ANN timings on iid Gaussian vectors mean
-nothing). Or, with ``--bundle``, on a trained bundle's own item and user vectors.
+rows ``[u, 1]`` near a topic (ANN timings on iid Gaussian vectors mean nothing: there
+HNSW is no faster than Flat at equal recall). Or, with ``--bundle``, on a trained
+bundle's own item and user vectors.
 
     .venv/bin/python bench/index_bench.py --sizes 100000 1000000 --out bench/results/index.json
 

@@ -1,7 +1,7 @@
 """Offline quality on MovieLens 100K: our model against popularity, item-kNN and ALS.
 
-The DESIGN.md protocol (leave-last-out on time, rank all items, training items
-excluded), the same EvalTask for every method, mean +- std over seeds. Baselines are
+The protocol of docs/quality.md (leave-last-out on time, rank all items, training
+items excluded), the same EvalTask for every method, mean +- std over seeds. Baselines are
 tuned on the validation item only; the test item is scored once. Prints a table and
 writes JSON (per-seed numbers, chosen hyper-parameters, machine, date, versions) for
 docs/quality.md to quote.
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "quality",
         "date": date,
         "data": str(data.resolve()),
-        "protocol": "DESIGN.md quality protocol: leave-last-out on (timestamp, item_id); "
+        "protocol": "docs/quality.md protocol: leave-last-out on (timestamp, item_id); "
         "rank all items, training items excluded; baselines tuned on the validation item "
         f"by {baselines.TUNE_METRIC}",
         "test_users": len(test.users),

@@ -61,7 +61,8 @@ Transform = Literal["none", "mips-l2"]
 QUANTIZED_KINDS: tuple[Kind, ...] = ("ivf-sq8", "ivf-pq")
 
 #: ``auto`` builds an exact index up to this many items: 50k x 65 floats is a ~13 MB scan,
-#: about 1 ms a query on one core (PERF-NOTES), and needs no tuning.
+#: about 1 ms a query on one core (memory reads ~12 GB/s on one thread of the machine
+#: of docs/performance.md), and needs no tuning.
 AUTO_FLAT_MAX_ITEMS = 50_000
 #: What ``auto`` builds and compares above that size (ivf-flat first: it is cheap to build).
 AUTO_CANDIDATES: tuple[Kind, ...] = ("ivf-flat", "hnsw")

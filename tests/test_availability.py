@@ -18,10 +18,10 @@ import httpx
 import numpy as np
 import pytest
 
+from recall.client import Forbidden, RecallClient, Unauthorized
 from recall.index.current import CURRENT
 from recall.index.publish import publish
 from recall.service.app import create_app
-from recall.service.client import Forbidden, RecallClient, Unauthorized
 from recall.service.recaller import ServingBundle
 from recall.service.settings import STATE_FILE
 from recall.service.state import open_store, sqlite_url
@@ -282,23 +282,21 @@ def test_every_worker_of_a_replica_applies_a_change_written_to_the_store(
 
         asyncio.run(write())
 
-    def present() -> list[bool]:  # fresh connections: either worker answers
-        return [
-            item in ids_of(httpx.post(f"{url}/v1/recall", json=query, timeout=10).json())
-            for _ in range(20)
-        ]
+    def follows(wanted: bool) -> bool:  # a fresh connection: either worker answers
+        answer = httpx.post(f"{url}/v1/recall", json=query, timeout=10).json()
+        return (item in ids_of(answer)) == wanted
 
     with recall_serve(root, tmp_path, workers=2) as (url, _):
-        assert all(present())
+        assert all(follows(True) for _ in range(20))
         for action, wanted in (("disable", False), ("enable", True)):
             started = time.monotonic()
             change(**{action: [item]})
-            clean_from = None  # start of the first round in which every answer followed it
-            while clean_from is None:
-                round_start = time.monotonic() - started
-                assert round_start < 1.0, f"{action}: a worker still lags after 1 s"
-                if set(present()) == {wanted}:
-                    clean_from = round_start
-            time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
-            assert set(present()) == {wanted}  # 1 s after: still every answer
-            print(f"{action}: every answer of both workers followed it from {clean_from:.3f} s")
+            # Every request sent 1 s or more after the write must follow it; the bound is
+            # on when a request was sent, so a slow machine cannot fail a correct service.
+            late: list[bool] = []
+            while len(late) < 40:
+                sent = time.monotonic() - started
+                followed = follows(wanted)
+                if sent >= 1.0:
+                    late.append(followed)
+            assert all(late), f"{action}: {late.count(False)} of 40 answers lag after 1 s"

@@ -1,16 +1,17 @@
-"""recall.service.client.RecallClient against a real uvicorn server on 127.0.0.1."""
+"""recall.client.RecallClient against a real uvicorn server on 127.0.0.1."""
 
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from recall.service.app import create_app
-from recall.service.client import (
+from recall.client import (
     Forbidden,
     InvalidInput,
     NotFound,
@@ -23,11 +24,14 @@ from recall.service.client import (
     TransportError,
     Unauthorized,
 )
+from recall.service.app import create_app
 from recall.service.recaller import RecallQuery, ServingBundle, recall
 from recall.service.settings import Settings
 from tests.live import live_server
 
 TOKEN = "client-test-admin-token-0123"
+# Prints every module loaded after its imports, one a line.
+LOADED = "import sys; {imports}; print('\\n'.join(sorted(sys.modules)))"
 
 
 def _settings(root: Path) -> Settings:
@@ -158,3 +162,22 @@ def test_not_ready_and_transport_errors(tmp_path: Path) -> None:
             with pytest.raises(TransportError) as refused:
                 client.model()
     assert refused.value.status is None and refused.value.code == "transport"
+
+
+def _loaded_by(imports: str) -> set[str]:
+    """The modules a fresh interpreter holds after ``imports`` (a statement)."""
+    done = subprocess.run(
+        [sys.executable, "-c", LOADED.format(imports=imports)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return set(done.stdout.split())
+
+
+def test_the_client_imports_only_httpx_and_numpy() -> None:
+    """recall.client ships apart from the server: beyond what httpx and numpy load
+    themselves (and the standard library), it loads only itself."""
+    baseline = _loaded_by("import httpx, numpy")
+    assert _loaded_by("import recall.client") - baseline == {"recall", "recall.client"}

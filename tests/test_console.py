@@ -158,6 +158,26 @@ def test_the_live_page_shows_a_request_rate_after_traffic(
     assert float(recall_rate.inner_text()) > 0
 
 
+def test_the_live_page_shows_why_metrics_failed(
+    tab: Tab, server: tuple[str, httpx.Client, ServingBundle]
+) -> None:
+    """/metrics answered 503, then unreachable: each poll's failure is shown in #error."""
+    url, _, _ = server
+    page = tab.page
+    tab.expected_console_errors.append(
+        "Failed to load resource: the server responded with a status of 503"
+    )
+    page.route("**/metrics", lambda route: route.fulfill(status=503, body="down"))
+    open_console(tab, url, "/live")
+    expect(element(page, "error")).to_have_text("/metrics answered 503")
+    tab.expected_console_errors.append("Failed to load resource: net::")
+    page.unroute("**/metrics")
+    page.route("**/metrics", lambda route: route.abort())
+    expect(element(page, "error")).to_contain_text(
+        "network error calling /metrics: ", timeout=3 * TIMEOUT_MS
+    )
+
+
 def test_the_new_user_builder_recalls_for_the_picked_items(
     tab: Tab, server: tuple[str, httpx.Client, ServingBundle]
 ) -> None:

@@ -35,7 +35,7 @@ import pytest
 import redis as redis_py
 import yaml
 
-from recall.service.client import Query, RecallClient, RecallError
+from recall.client import Query, RecallClient, RecallError
 from recall.service.state import Event, open_store, sqlite_url
 
 logger = logging.getLogger(__name__)

@@ -114,5 +114,14 @@ def test_the_image_build_carries_the_assets(tmp_path: Path) -> None:
     for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png", "LICENSE"):
         assert f"recall/service/static/swagger-ui/{asset}" in names
     console = ("index.html", "console.css", "console.js", "api.js", "dom.js", "charts.js")
-    for asset in (*console, "model.js", "user.js", "live.js", "prom.js"):
+    pages = (
+        "model.js",
+        "user.js",
+        "builder.js",
+        "item.js",
+        "recall-panel.js",
+        "live.js",
+        "prom.js",
+    )
+    for asset in (*console, *pages):
         assert f"recall/service/console/{asset}" in names

@@ -24,11 +24,11 @@ import httpx
 import numpy as np
 import pytest
 
+from recall.client import Query, RecallClient, RecallResult, StateUnavailable
 from recall.index.current import CURRENT
 from recall.index.ids import IdMap
 from recall.index.publish import publish
 from recall.service.app import create_app
-from recall.service.client import Query, RecallClient, RecallResult, StateUnavailable
 from recall.service.fresh import user_vectors
 from recall.service.recaller import ServingBundle
 from recall.service.settings import STATE_FILE

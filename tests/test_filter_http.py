@@ -20,14 +20,14 @@ import httpx
 import numpy as np
 import pytest
 
+from recall.client import InvalidInput, Item, NotFound, Query, RecallClient
+from recall.client import RecallResult as ClientResult
 from recall.index.build import BuildOptions, build_index
 from recall.index.filters import compile_filter
 from recall.index.publish import publish
 from recall.index.search import STRATEGIES
 from recall.service import recaller
 from recall.service.app import create_app
-from recall.service.client import InvalidInput, Item, NotFound, Query, RecallClient
-from recall.service.client import RecallResult as ClientResult
 from recall.service.recaller import ServingBundle
 from recall.trainer.config import TrainConfig
 from recall.trainer.data import Dataset

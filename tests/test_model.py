@@ -1,4 +1,5 @@
-"""The trained model, its numpy twin and its export: the invariants of DESIGN.md."""
+"""The trained model, its numpy twin and its export: the invariants of the bundle
+(README, "The bundle"): ``dot(user_vectors[u], item_vectors[i])`` is the model's logit."""
 
 from __future__ import annotations
 

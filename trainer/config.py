@@ -24,7 +24,7 @@ class TrainConfig(BaseModel):
     seed: int = 0
     device: Literal["cpu", "cuda"] = "cpu"
 
-    # Model (DESIGN.md: YouTube DNN candidate generation).
+    # Model: YouTube DNN candidate generation (README, "The model").
     item_dim: int = Field(64, ge=1, description="input item embedding width")
     genre_dim: int = Field(16, ge=1)
     categorical_dim: int = Field(8, ge=1, description="embedding width per categorical feature")

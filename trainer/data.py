@@ -1,6 +1,6 @@
 """Load an input data set (interactions, optional users and items) into dense arrays.
 
-The input is a directory (DESIGN.md, "Input data format")::
+The input is a directory (README, "Input data")::
 
     interactions.csv   user_id, item_id, timestamp [, rating]   (other columns ignored)
     users.csv          user_id, feature columns...               (optional)

@@ -1,4 +1,4 @@
-"""Offline quality (DESIGN.md protocol): rank ALL items, exclude training items, score
+"""Offline quality (docs/quality.md protocol): rank ALL items, exclude training items, score
 the held-out test item. HR@k (= recall for one target), NDCG@10, catalog coverage@50,
 with a popularity baseline in the same run. Numpy only: no torch needed to evaluate.
 """

@@ -1,4 +1,4 @@
-"""Leave-last-out split on time (the quality protocol of DESIGN.md).
+"""Leave-last-out split on time (the quality protocol of docs/quality.md).
 
 Each user's interactions are ordered by (timestamp, item_id); the last one is the test
 target, the one before it the validation target, the rest is training data. Users with

@@ -1,7 +1,7 @@
 """Synthetic recommender data with planted structure, at any size, streamed to disk.
 
 The default data of ``recall demo``: a 1M-user x 1M-item data set needs no download.
-The output directory has the input format of DESIGN.md::
+The output directory has the input format (README, "Input data")::
 
     interactions.csv   user_id,item_id,timestamp   (user-major, time-ordered per user)
     users.csv          user_id,age,gender,country

@@ -1,5 +1,6 @@
-// The console's HTTP access: JSON from the public API, its error envelope as ApiError,
-// and the #error box every page reports failures in.
+// The console's HTTP access, the only module that calls fetch: JSON from the public API
+// (its error envelope as ApiError), the text of /metrics, and the #error box every page
+// reports failures in.
 
 const errorBox = document.getElementById("error");
 
@@ -12,17 +13,23 @@ export class ApiError extends Error {
   }
 }
 
+const networkError = (path, e) => new ApiError(0, "network", `network error calling ${path}: ${e.message}`);
+
+/** The response to `path` with `init`; a failed fetch throws ApiError "network". */
+async function send(path, init) {
+  try {
+    return await fetch(path, init);
+  } catch (e) {
+    throw networkError(path, e);
+  }
+}
+
 /** JSON from `path` (GET, or POST with `body`); throws ApiError with the envelope's message. */
 export async function api(path, body) {
   const init = body === undefined
     ? { headers: { Accept: "application/json" } }
     : { method: "POST", headers: { "Content-Type": "application/json", Accept: "application/json" }, body: JSON.stringify(body) };
-  let res;
-  try {
-    res = await fetch(path, init);
-  } catch (e) {
-    throw new ApiError(0, "network", `network error calling ${path}: ${e.message}`);
-  }
+  const res = await send(path, init);
   const text = await res.text();
   let data = null;
   try {
@@ -36,6 +43,20 @@ export async function api(path, body) {
   }
   if (data === null) throw new ApiError(res.status, "bad_response", `${path} answered no JSON`);
   return data;
+}
+
+/** The text GET `path` answers (e.g. /metrics, Prometheus' text format); throws ApiError
+ * "network" when the fetch or the body fails, "http" when the status is not 2xx. */
+export async function apiText(path) {
+  const res = await send(path, { headers: { Accept: "text/plain" } });
+  let text;
+  try {
+    text = await res.text();
+  } catch (e) {
+    throw networkError(path, e);
+  }
+  if (!res.ok) throw new ApiError(res.status, "http", `${path} answered ${res.status}`);
+  return text;
 }
 
 /** Shows `err`'s message in #error, under any other message shown since the last clear. */

@@ -41,7 +41,7 @@ function extent(values, { zero = false, pad = 0.06 } = {}) {
   const finite = values.filter(Number.isFinite);
   if (finite.length === 0) return [0, 1];
   let lo = Math.min(...finite);
-  let hi = Math.max(...finite);
+  const hi = Math.max(...finite);
   if (zero) lo = Math.min(lo, 0);
   if (hi === lo) {
     const d = Math.abs(hi) * 0.1 || 1;

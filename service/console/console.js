@@ -5,9 +5,11 @@
 
 import { clearError, showError } from "./api.js";
 import { h } from "./dom.js";
+import { builderPage } from "./builder.js";
+import { itemPage } from "./item.js";
 import { livePage } from "./live.js";
 import { modelPage } from "./model.js";
-import { builderPage, itemPage, userPage } from "./user.js";
+import { userPage } from "./user.js";
 
 const view = document.getElementById("view");
 

@@ -1,7 +1,7 @@
 // Live page (#/live): polls this replica's /metrics and shows request rates, latency
 // quantiles, error rates and reloads between the last two scrapes.
 
-import { ApiError, clearError, showError } from "./api.js";
+import { apiText, clearError, showError } from "./api.js";
 import { chart } from "./charts.js";
 import { card, h, table, when } from "./dom.js";
 import { bucketDelta, buckets, parseProm, quantile, statusClass, sumBy } from "./prom.js";
@@ -28,11 +28,9 @@ export async function livePage(signal) {
   const poll = async () => {
     let text;
     try {
-      const res = await fetch("/metrics", { headers: { Accept: "text/plain" } });
-      text = await res.text();
-      if (!res.ok) throw new ApiError(res.status, "http", `/metrics answered ${res.status}`);
+      text = await apiText("/metrics");
     } catch (e) {
-      showError(e instanceof ApiError ? e : new ApiError(0, "network", `network error calling /metrics: ${e.message}`));
+      showError(e);
       return;
     }
     clearError();

@@ -11,7 +11,7 @@ export function parseProm(text) {
     const line = raw.trim();
     if (!line || line.startsWith("#")) continue;
     let name;
-    let labels = {};
+    const labels = {};
     let rest;
     const brace = line.indexOf("{");
     const space = line.indexOf(" ");

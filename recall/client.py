@@ -1,6 +1,6 @@
 """A small typed client of HTTP API v1, on httpx (synchronous)::
 
-    from recall.service.client import RecallClient, NotFound
+    from recall.client import RecallClient, NotFound
 
     with RecallClient("http://127.0.0.1:8080") as client:
         result = client.recall(user_id=42, k=50)          # RecallResult
@@ -43,6 +43,7 @@ import httpx
 import numpy as np
 
 __all__ = [
+    "AvailabilityResult",
     "BatchResult",
     "EventsResult",
     "Forbidden",
