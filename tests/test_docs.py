@@ -114,6 +114,7 @@ def test_the_image_build_carries_the_assets(tmp_path: Path) -> None:
     for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png", "LICENSE"):
         assert f"recall/service/static/swagger-ui/{asset}" in names
     console = ("index.html", "console.css", "console.js", "api.js", "dom.js", "charts.js")
-    pages = ("model.js", "user.js", "builder.js", "item.js", "recall-panel.js", "live.js", "prom.js")
-    for asset in (*console, *pages):
+    pages = ("model.js", "user.js", "builder.js", "item.js", "live.js")
+    shared = ("recall-panel.js", "prom.js")
+    for asset in (*console, *pages, *shared):
         assert f"recall/service/console/{asset}" in names
