@@ -471,7 +471,9 @@ def test_redis_store_paused_then_killed_then_back(
     items = unseen_items(bundle, row, 2)
     with (
         redis_server(tmp_path / "redis", appendonly=True) as redis,
-        live_server(create_app(settings(published_root, state_url=redis.url()))) as base,
+        live_server(
+            create_app(settings(published_root, state_url=redis.url(), state_timeout_s=0.05))
+        ) as base,
         httpx.Client(base_url=base, timeout=10) as c,
     ):
         post_events(c, [{"user_id": user_id, "item_id": i} for i in items])
