@@ -23,7 +23,8 @@ from recall.service.app_state import AppState
 from recall.service.availability import Availability
 from recall.service.deps import app_state_of
 from recall.service.docs import install_docs
-from recall.service.errors import NotReady, ReloadFailed, install_error_handlers
+from recall.service.domain_errors import BundleNotReady, ReloadRefused
+from recall.service.errors import install_error_handlers
 from recall.service.head import HeadAsGetMiddleware
 from recall.service.http_common import JsonResponse
 from recall.service.limits import BodyLimitMiddleware
@@ -91,7 +92,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await store.ping()
     except StateUnavailable as e:  # recall still answers from the bundle
         logger.warning("state store unavailable at startup: %s", e)
-    with suppress(ReloadFailed, NotReady):
+    with suppress(ReloadRefused, BundleNotReady):
         await state.holder.reload()
     await availability.start()  # the disabled items before the first request
     poller = None

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from recall.index.allowed import AllowedItems
 from recall.service.availability import Availability
+from recall.service.core import RecallCore
 from recall.service.metrics import Metrics
 from recall.service.pool import SearchPool
 from recall.service.recaller import ServingBundle
@@ -17,8 +18,8 @@ from recall.service.state_access import StateAccess
 @dataclass
 class AppState:
     """One app's settings, metrics, bundle holder and search pool (made by
-    :func:`recall.service.app.create_app`), and its state store and item availability
-    (opened by the lifespan, None before it runs)."""
+    :func:`recall.service.app.create_app`), its recall core, and its state store and item
+    availability (opened by the lifespan, None before it runs)."""
 
     settings: Settings
     metrics: Metrics
@@ -26,6 +27,13 @@ class AppState:
     pool: SearchPool
     access: StateAccess | None = None
     availability: Availability | None = None
+    core: RecallCore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.core = RecallCore(self.settings.max_k, self.available, self._count_search)
+
+    def _count_search(self, strategy: str) -> None:
+        self.metrics.searches.labels(strategy).inc()
 
     def state_access(self) -> StateAccess:
         """The state store's bounded access; the lifespan opens it."""

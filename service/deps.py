@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Header, Request
 
 from recall.service.app_state import AppState
-from recall.service.errors import Forbidden, Unauthorized
+from recall.service.domain_errors import Forbidden, Unauthorized
 from recall.service.recaller import ServingBundle
 from recall.service.state_access import StateAccess
 

@@ -23,11 +23,18 @@ from recall.service.client import (
     TransportError,
     Unauthorized,
 )
-from recall.service.recaller import RecallQuery, ServingBundle, recall
+from recall.service.core import RecallCore
+from recall.service.recaller import RecallQuery, ServingBundle
+from recall.service.recaller import RecallResult as ServerResult
 from recall.service.settings import Settings
 from tests.live import live_server
 
 TOKEN = "client-test-admin-token-0123"
+
+
+def recall(bundle: ServingBundle, query: RecallQuery, max_k: int) -> ServerResult:
+    """The recall production runs (:meth:`RecallCore.recall`; a user with no stored events)."""
+    return RecallCore(max_k).recall(bundle, query).result
 
 
 def _settings(root: Path) -> Settings:

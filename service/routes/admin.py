@@ -8,7 +8,7 @@ from starlette.responses import Response
 
 from recall.service.availability import unknown_ids
 from recall.service.deps import AdminOnly, AppStateDep, BundleDep, StateDep
-from recall.service.errors import InvalidInput, PayloadTooLarge, clip
+from recall.service.domain_errors import InvalidRequest, OverLimit, clip
 from recall.service.http_common import JsonResponse, error_responses, model_response
 from recall.service.schemas import (
     AvailabilityChange,
@@ -43,12 +43,12 @@ async def set_availability(
     stored and listed in `unknown`. 503 state_unavailable: nothing changed, retry."""
     most = app.settings.max_availability_ids
     if len(body.disable) + len(body.enable) > most:
-        raise PayloadTooLarge(f"at most {most} ids per availability change")
+        raise OverLimit(f"at most {most} ids per availability change")
     disable = [bundle.item_ids.canonical(i) for i in body.disable]
     enable = [bundle.item_ids.canonical(i) for i in body.enable]
     both = set(disable).intersection(enable)
     if both:
-        raise InvalidInput(f"item {clip(next(iter(both)))} is in both disable and enable")
+        raise InvalidRequest(f"item {clip(next(iter(both)))} is in both disable and enable")
     version = await state.set_availability(disable, enable)
     availability = app.item_availability()
     await availability.refresh()  # this process applies it now, the others at their poll

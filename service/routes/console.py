@@ -19,7 +19,7 @@ from starlette.types import Scope
 
 from recall.service.browse import history_rows, training_window
 from recall.service.deps import AppStateDep, BundleDep, StateDep
-from recall.service.errors import UnknownId, clip
+from recall.service.domain_errors import UnknownId, clip
 from recall.service.http_common import error_responses, fresh_after, model_response
 from recall.service.schemas import HistoryResponse, PathId, QueryInt
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from recall.service.deps import AppStateDep, BundleDep, StateDep
-from recall.service.errors import PayloadTooLarge, StateDown
+from recall.service.domain_errors import OverLimit, StateDown
 from recall.service.events import parse_events
 from recall.service.http_common import error_responses, model_response
 from recall.service.schemas import EventsRequest, EventsResponse
@@ -29,7 +29,7 @@ async def post_events(
     impressions feed exclude_shown). Bad events are rejected inline, the rest stored
     (durably when this answers); 503 state_unavailable when the store cannot take them."""
     if len(body.events) > app.settings.max_events:
-        raise PayloadTooLarge(f"at most {app.settings.max_events} events per request")
+        raise OverLimit(f"at most {app.settings.max_events} events per request")
     parsed = await app.pool.run(parse_events, body.events, bundle, time.time())
     counts = app.metrics.events
     counts.labels("rejected").inc(len(parsed.rejected))

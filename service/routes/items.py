@@ -11,7 +11,6 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from starlette.responses import Response
 
-from recall.service import recaller as core
 from recall.service.browse import search_items
 from recall.service.deps import AppStateDep, BundleDep
 from recall.service.http_common import ERRORS, error_responses, model_response
@@ -42,11 +41,11 @@ async def item_search(
 
 
 @router.get("/v1/items/{id}", response_model=ItemResponse, responses=ERRORS, tags=["items"])
-async def item(id: PathId, bundle: BundleDep) -> Response:
+async def item(id: PathId, app: AppStateDep, bundle: BundleDep) -> Response:
     """One item's attributes as the training data's items table gave them (strings,
     lists of strings for multi-valued attributes, numbers; missing ones left out; {}
     for a bundle without item attributes)."""
-    typed_id, attributes = core.item_of(bundle, id)
+    typed_id, attributes = app.core.item(bundle, id)
     return model_response(
         bundle, {"bundle_id": bundle.id, "id": typed_id, "attributes": attributes}
     )

@@ -11,11 +11,9 @@ import numpy as np
 from fastapi import APIRouter, Header
 from starlette.responses import Response
 
-from recall.service import recaller as core
 from recall.service.accept import NPY_MEDIA_TYPE, wants_npy
 from recall.service.deps import AppStateDep, BundleDep, StateDep
-from recall.service.errors import PayloadTooLarge, UnknownId, clip
-from recall.service.fresh import user_vectors
+from recall.service.domain_errors import OverLimit
 from recall.service.http_common import (
     BODY_ERRORS,
     ERRORS,
@@ -24,7 +22,6 @@ from recall.service.http_common import (
 )
 from recall.service.recaller import ServingBundle
 from recall.service.schemas import IdsRequest, PathId, VectorResponse, VectorsResponse
-from recall.service.state import Id
 
 router = APIRouter(tags=["vectors"])
 
@@ -59,14 +56,11 @@ async def user_vector(id: PathId, app: AppStateDep, bundle: BundleDep, state: St
     user's training history followed by newer events (`source`, `fresh_events`)."""
     user_id = bundle.user_ids.canonical(id)
     read = await state.read([user_id], after=fresh_after(bundle, [user_id]), with_shown=False)
-    user = (await app.pool.run(user_vectors, bundle, [user_id], read.events))[0]
-    if user is None:
-        raise UnknownId(f"unknown user id {clip(id)}")
-    row = bundle.user_ids.row(user_id)
-    typed_id = user_id if row is None else bundle.user_ids.ids[row].item()
+    found = await app.pool.run(app.core.user_vector, bundle, user_id, read)
+    user = found.user
     body = {
         "bundle_id": bundle.id,
-        "id": typed_id,
+        "id": found.id,
         "vector": user.vector,
         "source": user.source.value,
         "fresh_events": user.fresh_events,
@@ -96,7 +90,7 @@ async def many_user_vectors(
     read = await state.read(users, after=fresh_after(bundle, users), with_shown=False)
     by_user = dict(zip(users, read.events, strict=True))
     events = [by_user[i] for i in ids]
-    vectors, found, fresh_events = await app.pool.run(_fresh_user_rows, bundle, ids, events)
+    vectors, found, fresh_events = await app.pool.run(app.core.user_vectors, bundle, ids, events)
     return _vectors_response(
         bundle,
         vectors,
@@ -112,9 +106,9 @@ async def many_user_vectors(
 
 
 @router.get("/v1/items/{id}/vector", response_model=VectorResponse, responses=ERRORS)
-async def item_vector(id: PathId, bundle: BundleDep) -> Response:
+async def item_vector(id: PathId, app: AppStateDep, bundle: BundleDep) -> Response:
     """The stored vector of one item."""
-    typed_id, vector = core.vector_of(bundle, "items", id)
+    typed_id, vector = app.core.item_vector(bundle, id)
     return model_response(bundle, {"bundle_id": bundle.id, "id": typed_id, "vector": vector})
 
 
@@ -133,14 +127,14 @@ async def many_item_vectors(
 ) -> Response:
     """Stored item vectors in request order (:data:`ITEM_VECTORS_DOC`)."""
     _check_count(app, body)
-    vectors, found = await app.pool.run(core.vectors_of, bundle, "items", body.ids)
+    vectors, found = await app.pool.run(app.core.item_vectors, bundle, body.ids)
     return _vectors_response(bundle, vectors, found, _missing(body.ids, found), accept)
 
 
 def _check_count(app: AppStateDep, body: IdsRequest) -> None:
     most = app.settings.max_vector_ids
     if len(body.ids) > most:
-        raise PayloadTooLarge(f"at most {most} ids per request")
+        raise OverLimit(f"at most {most} ids per request")
 
 
 def _missing(ids: list[Any], found: np.ndarray) -> list[Any]:
@@ -148,23 +142,6 @@ def _missing(ids: list[Any], found: np.ndarray) -> list[Any]:
     if found.all():
         return []
     return [i for i, ok in zip(ids, found.tolist(), strict=True) if not ok]
-
-
-def _fresh_user_rows(
-    bundle: ServingBundle, ids: list[Id], events: list[list[tuple[Id, float]]]
-) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """(vectors (n, dim) float32, NaN rows where unknown; found (n,) bool; fresh events
-    per id): stored rows, replaced by :func:`user_vectors` for ids with events."""
-    vectors, found = core.vectors_of(bundle, "users", ids)
-    fresh_events = [0] * len(ids)
-    touched = [j for j, e in enumerate(events) if e]
-    if touched:
-        made = user_vectors(bundle, [ids[j] for j in touched], [events[j] for j in touched])
-        vectors = np.array(vectors)  # writable, not the memory map
-        for j, user in zip(touched, made, strict=True):
-            if user is not None:
-                vectors[j], found[j], fresh_events[j] = user.vector, True, user.fresh_events
-    return vectors, found, fresh_events
 
 
 def _vectors_response(
