@@ -7,7 +7,7 @@ unexpected (500 ``internal``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.routing import Match, Route
+from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recall.service.domain_errors import (
@@ -168,7 +168,7 @@ def _allowed_methods(request: Request) -> str:
     """The ``Allow`` header of a 405: the methods of every route matching the path (one
     path may be served by several routes, e.g. GET and POST ``/v1/items/{id}/similar``)."""
     methods: set[str] = set()
-    for route in request.app.router.routes:
+    for route in _routes(request.app.router.routes):
         if (
             isinstance(route, Route)
             and route.methods
@@ -176,3 +176,15 @@ def _allowed_methods(request: Request) -> str:
         ):
             methods |= route.methods
     return ", ".join(sorted(methods))
+
+
+def _routes(routes: list[BaseRoute]) -> Iterator[BaseRoute]:
+    """``routes`` with the routes of the routers ``include_router`` added in their place
+    (FastAPI >= 0.16x keeps an included router as one entry holding ``original_router``;
+    ours have no prefix, so their routes match as they are)."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield from _routes(included.routes)
+        else:
+            yield route
