@@ -34,21 +34,26 @@ from typing import Any, TypeVar
 
 import faiss
 import numpy as np
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
 from recall.service import app as service_app
 from recall.service import recaller as core
-from recall.service.errors import ApiError
+from recall.service.core import RecallAnswer, RecallCore
+from recall.service.deps import BundleDep
+from recall.service.domain_errors import RecallError, UnknownId, clip
+from recall.service.fresh import user_vectors
+from recall.service.http_common import BODY_ERRORS, model_response
 from recall.service.recaller import RecallQuery, RecallResult, ServingBundle
+from recall.service.routes import recall as recall_routes
 from recall.service.schemas import RecallRequest, RecallResponse
 from recall.service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Outcome = RecallResult | ApiError
+Outcome = RecallResult | RecallError
 RunInPool = Callable[..., Awaitable[list[Outcome]]]
 
 
@@ -72,8 +77,29 @@ class BatchSettings:
         )
 
 
+def _resolve(
+    bundle: ServingBundle, query: RecallQuery
+) -> tuple[core.Source, np.ndarray | None, np.ndarray]:
+    """(source, query vector or None for the popular fallback, excluded item rows), a
+    user_id query's as production makes it (:func:`recall.service.fresh.user_vectors`,
+    no stored events)."""
+    if query.user_id is None:
+        return core.plain_query(bundle, query)
+    exclude = bundle.item_ids.rows(list(query.exclude)) if query.exclude else np.zeros(0, np.int64)
+    exclude = exclude[exclude >= 0]
+    user = user_vectors(bundle, [bundle.user_ids.canonical(query.user_id)], [[]])[0]
+    if user is None:
+        if query.fallback == "popular":
+            return core.Source.POPULAR, None, exclude
+        raise UnknownId(f"unknown user_id {clip(query.user_id)}")
+    if query.exclude_seen is not False:
+        exclude = np.concatenate([exclude, user.seen])
+    return user.source, user.vector, exclude
+
+
 def recall_many(bundle: ServingBundle, queries: list[RecallQuery], max_k: int) -> list[Outcome]:
-    """:func:`recall.service.recaller.recall` for each query, with one index search for all of
+    """:meth:`recall.service.core.RecallCore.recall` for each query, with one index search for
+    all of
     them; a query's domain error is returned in its slot, not raised."""
     out: list[Outcome | None] = [None] * len(queries)
     slots: list[int] = []
@@ -83,7 +109,7 @@ def recall_many(bundle: ServingBundle, queries: list[RecallQuery], max_k: int) -
     for i, query in enumerate(queries):
         try:
             core.check_k(query.k, max_k)
-            source, vector, exclude = core._query(bundle, query)
+            source, vector, exclude = _resolve(bundle, query)
             if vector is None:
                 rows, scores = core.popular(bundle, query.k, exclude)
                 out[i] = RecallResult(
@@ -94,7 +120,7 @@ def recall_many(bundle: ServingBundle, queries: list[RecallQuery], max_k: int) -
                 sources.append(source)
                 vectors.append(vector)
                 excludes.append(exclude)
-        except ApiError as e:
+        except RecallError as e:
             out[i] = e
     if slots:
         k = max(queries[i].k for i in slots)
@@ -103,7 +129,7 @@ def recall_many(bundle: ServingBundle, queries: list[RecallQuery], max_k: int) -
         for j, i in enumerate(slots):
             want = queries[i].k
             if row_matrix.shape[1] < want:  # another query's exclusions narrowed the batch
-                out[i] = core.recall(bundle, queries[i], max_k)
+                out[i] = RecallCore(max_k).recall(bundle, queries[i]).result
                 continue
             out[i] = RecallResult(
                 bundle.id,
@@ -194,7 +220,7 @@ class RecallBatcher:
             for p, outcome in zip(group, outcomes, strict=True):
                 if p.future.done():
                     continue
-                if isinstance(outcome, ApiError):
+                if isinstance(outcome, RecallError):
                     p.future.set_exception(outcome)
                 else:
                     p.future.set_result(outcome)
@@ -223,15 +249,12 @@ def create_app() -> FastAPI:
         if not (isinstance(r, APIRoute) and r.path == "/v1/recall" and "POST" in (r.methods or ()))
     ]
 
-    @app.post("/v1/recall", response_model=RecallResponse, responses=service_app.ERRORS)
-    async def recall(
-        body: RecallRequest,
-        bundle: ServingBundle = Depends(service_app.current_bundle),  # noqa: B008
-    ) -> Response:
+    @app.post("/v1/recall", response_model=RecallResponse, responses=BODY_ERRORS)
+    async def recall(body: RecallRequest, bundle: BundleDep) -> Response:
         if not batcher.started:
             batcher.start()
-        result = await batcher.recall(bundle, service_app._query(body, settings))
-        return service_app._model_response(bundle, service_app._recall_body(result))
+        result = await batcher.recall(bundle, recall_routes._query(body, settings))
+        return model_response(bundle, recall_routes._recall_body(RecallAnswer(result)))
 
     logger.info("micro-batching on: %s", batcher.settings)
     return app

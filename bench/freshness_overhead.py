@@ -40,6 +40,7 @@ from recall.index.history import UserHistory
 from recall.index.publish import publish
 from recall.index.tower import UserTower
 from recall.service.app import create_app
+from recall.service.deps import app_state_of
 from recall.service.fresh import user_vectors
 from recall.service.recaller import answer as search
 from recall.service.settings import Settings
@@ -133,7 +134,7 @@ async def measure(root: Path, state_dir: Path, args: argparse.Namespace) -> dict
     app = create_app(settings)
     rng = np.random.default_rng(0)
     async with app.router.lifespan_context(app):
-        bundle = app.state.holder.require()
+        bundle = app_state_of(app).holder.require()
         n_users, n_items = len(bundle.user_ids), len(bundle.item_ids)
         users = rng.permutation(n_users)[: 2 * args.fresh_users]
         fresh_users = bundle.user_ids.ids[users[: args.fresh_users]].tolist()
@@ -177,7 +178,7 @@ async def measure(root: Path, state_dir: Path, args: argparse.Namespace) -> dict
                         elapsed, body = await recall(stale_users[j % len(stale_users)])
                         assert body["source"] == "user" and body["fresh"], body
                         stale_lat.append(elapsed)
-        store = app.state.store
+        store = app_state_of(app).state_access().store
         store_lat, store_empty_lat = [], []
         for j in range(args.requests):
             started = time.perf_counter()

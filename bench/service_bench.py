@@ -6,7 +6,7 @@ cached under ``--cache`` (see ``bench/_bundles.py``):
 
 1. In process, single thread (``faiss.omp_set_num_threads(1)``, the service's setting),
    random known users, k = 100, the user's seen items excluded (the HTTP default):
-   (a) ``ItemIndex.search`` alone, (b) ``recall.service.recaller.recall`` (the whole core: id
+   (a) ``ItemIndex.search`` alone, (b) ``recall.service.core.RecallCore.recall`` (the whole core: id
    lookup, seen list, search, id mapping), and (b) again on two threads.
 2. Over HTTP: ``recall serve`` (a real subprocess, uvloop + httptools) with 1 and 2
    workers, ``wrk`` POSTing ``/v1/recall {"user_id": <random known id>, "k": 100}``:
@@ -57,7 +57,7 @@ from _server import Server, serve
 from _wrk import WrkResult, run_wrk
 
 from recall.index import bundle as b
-from recall.service import recaller as core
+from recall.service.core import RecallCore
 from recall.service.recaller import RecallQuery, ServingBundle
 
 logger = logging.getLogger("bench.service")
@@ -108,8 +108,10 @@ def in_process(bundle: ServingBundle, rows: np.ndarray, seconds: float) -> dict[
         q = np.asarray(vectors[row])[None, :]
         bundle.index.search(q, K, exclude=[bundle.seen(int(row))])
 
+    recaller = RecallCore(MAX_K)  # the path production runs (no stored events)
+
     def recall(row: np.int64) -> None:
-        core.recall(bundle, RecallQuery(user_id=int(ids[row]), k=K), MAX_K)
+        recaller.recall(bundle, RecallQuery(user_id=int(ids[row]), k=K))
 
     for fn in (search, recall):  # warm the pages these users touch
         _timed_loop(fn, rows, min(1.0, seconds / 4))

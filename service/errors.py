@@ -1,24 +1,13 @@
-"""Domain errors and the one JSON error envelope: ``{"error": {"code", "message"}}``.
-
-Errors raised below the HTTP layer carry an HTTP status and a stable machine-readable
-code; :func:`install_error_handlers` maps them, FastAPI's validation errors and anything
-unexpected onto the envelope in one place::
-
-    ApiError
-    ├── InvalidInput      422  invalid_input
-    ├── UnknownId         404  not_found
-    ├── PayloadTooLarge   413  payload_too_large
-    ├── Unauthorized      401  unauthorized
-    ├── Forbidden         403  forbidden
-    ├── NotReady          503  not_ready
-    ├── StateDown         503  state_unavailable
-    └── ReloadFailed      409  reload_failed
+"""The one JSON error envelope, ``{"error": {"code", "message"}}``, and the one place that
+maps errors to HTTP: the domain errors of :mod:`recall.service.domain_errors` (status by
+:data:`STATUS`), FastAPI's validation errors, Starlette's HTTP errors and anything
+unexpected (500 ``internal``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -26,53 +15,47 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.routing import Match, Route
+from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from recall.service.domain_errors import (
+    ECHO_LIMIT,
+    BundleNotReady,
+    Forbidden,
+    InvalidRequest,
+    OverLimit,
+    RecallError,
+    ReloadRefused,
+    StateDown,
+    Unauthorized,
+    UnknownId,
+    clip,
+)
 
 logger = logging.getLogger(__name__)
 
 
-class ApiError(Exception):
-    status = 500
-    code = "internal"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class InvalidInput(ApiError):
-    status, code = 422, "invalid_input"
-
-
-class UnknownId(ApiError):
-    status, code = 404, "not_found"
+#: The HTTP status of each domain error.
+STATUS: dict[type[RecallError], int] = {
+    InvalidRequest: 422,
+    UnknownId: 404,
+    OverLimit: 413,
+    Unauthorized: 401,
+    Forbidden: 403,
+    BundleNotReady: 503,
+    StateDown: 503,
+    ReloadRefused: 409,
+}
 
 
-class PayloadTooLarge(ApiError):
-    status, code = 413, "payload_too_large"
+def status_of(error: RecallError) -> int:
+    """The HTTP status of a domain error (500 for one :data:`STATUS` does not name)."""
+    return STATUS.get(type(error), 500)
 
 
-class Unauthorized(ApiError):
-    status, code = 401, "unauthorized"
-
-
-class Forbidden(ApiError):
-    status, code = 403, "forbidden"
-
-
-class NotReady(ApiError):
-    status, code = 503, "not_ready"
-
-
-class ReloadFailed(ApiError):
-    status, code = 409, "reload_failed"
-
-
-class StateDown(ApiError):
-    """The state store could not take a write (``POST /v1/events``): the client retries."""
-
-    status, code = 503, "state_unavailable"
+def error_body(error: RecallError) -> dict[str, Any]:
+    """A domain error as a batch entry: ``{"status", "error": {"code", "message"}}``."""
+    return {"status": status_of(error), **envelope(error.code, error.message)}
 
 
 _HTTP_CODES = {
@@ -83,16 +66,6 @@ _HTTP_CODES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
 }
-
-
-ECHO_LIMIT = 64  # characters of a client's id or name echoed in a message
-
-
-def clip(value: object, limit: int = ECHO_LIMIT) -> str:
-    """``repr(value)`` for a message, cut to ``limit`` characters + "…" (a 1 MB id must not
-    make a 1 MB message)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def safe_text(text: str) -> str:
@@ -163,15 +136,15 @@ class UnexpectedErrorMiddleware:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Every error leaves the app as the envelope, with the status of DESIGN.md.
+    """Every error leaves the app as the envelope, with the status of :data:`STATUS`.
 
     Call it before adding other middleware: the catch-all then sits innermost, so the
     metrics middleware still sees (and counts) the 500."""
     app.add_middleware(UnexpectedErrorMiddleware)
 
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> Response:
-        return error_response(exc.status, exc.code, exc.message)
+    @app.exception_handler(RecallError)
+    async def _domain_error(request: Request, exc: RecallError) -> Response:
+        return error_response(status_of(exc), exc.code, exc.message)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
@@ -195,7 +168,7 @@ def _allowed_methods(request: Request) -> str:
     """The ``Allow`` header of a 405: the methods of every route matching the path (one
     path may be served by several routes, e.g. GET and POST ``/v1/items/{id}/similar``)."""
     methods: set[str] = set()
-    for route in request.app.router.routes:
+    for route in _routes(request.app.router.routes):
         if (
             isinstance(route, Route)
             and route.methods
@@ -203,3 +176,15 @@ def _allowed_methods(request: Request) -> str:
         ):
             methods |= route.methods
     return ", ".join(sorted(methods))
+
+
+def _routes(routes: list[BaseRoute]) -> Iterator[BaseRoute]:
+    """``routes`` with the routes of the routers ``include_router`` added in their place
+    (FastAPI >= 0.16x keeps an included router as one entry holding ``original_router``;
+    ours have no prefix, so their routes match as they are)."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield from _routes(included.routes)
+        else:
+            yield route

@@ -25,11 +25,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from recall.service import recaller as core
-from recall.service.errors import UnknownId, clip
+from recall.service.domain_errors import UnknownId, clip
 from recall.service.recaller import ExternalId, RecallQuery, RecallResult, ServingBundle, Source
 
 __all__ = [
     "FreshRecall",
+    "UserState",
     "UserVector",
     "recall_user",
     "user_vectors",
@@ -37,6 +38,22 @@ __all__ = [
 
 Events = Sequence[tuple[ExternalId, float]]
 """One user's events from the store: (item_id, unix seconds), oldest first."""
+
+
+@dataclass(frozen=True)
+class UserState:
+    """What the store holds for some users, in their order: ``events[j]`` (item_id,
+    timestamp) oldest first, ``shown[j]`` item ids of recent impressions (empty lists when
+    not asked); ``fresh`` False when the store could not be read (lists then empty)."""
+
+    events: list[list[tuple[ExternalId, float]]]
+    shown: list[list[ExternalId]]
+    fresh: bool
+
+    @classmethod
+    def empty(cls, n: int, fresh: bool = True) -> UserState:
+        """No events and no impressions for ``n`` users."""
+        return cls([[] for _ in range(n)], [[] for _ in range(n)], fresh)
 
 
 @dataclass(frozen=True)
@@ -131,11 +148,10 @@ def recall_user(
     """Top-k for a ``user_id`` query whose vector :func:`user_vectors` made (``user``),
     among the items its filter and the availability of ``masks`` allow,
     minus ``shown`` (item ids of recent impressions, when the request asked) and, unless
-    ``exclude_seen`` is false, the items the user has seen. Other queries: the plain
-    :func:`recall.service.recaller.recall`. ``store_read`` False (the store could not be read):
-    a 404 says that the user's events were not consulted."""
+    ``exclude_seen`` is false, the items the user has seen. ``store_read`` False (the
+    store could not be read): a 404 says that the user's events were not consulted."""
     if query.user_id is None:
-        return FreshRecall(core.recall(bundle, query, max_k, masks), 0)
+        raise ValueError("recall_user answers user_id queries")
     core.check_k(query.k, max_k)
     allowed = (masks or core.Allowed(bundle)).mask(query.filter)
     dropped = [*query.exclude, *shown]

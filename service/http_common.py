@@ -1,28 +1,26 @@
-"""What every route module of the HTTP API shares: the orjson response, the per-request
-bundle and state-store dependencies, and the rule for which stored events are fresh."""
+"""What every route module of the HTTP API shares: the orjson response with the bundle's
+id, the error responses it documents, and the rule for which stored events are fresh
+(the dependencies: :mod:`recall.service.deps`)."""
 
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
-from fastapi import Depends, Request
 from starlette.responses import JSONResponse
 
 from recall.service.recaller import ServingBundle
-from recall.service.reloader import BundleHolder
+from recall.service.schemas import ErrorResponse
 from recall.service.state import Id
-from recall.service.state_access import StateAccess
 
 __all__ = [
-    "BundleDep",
+    "BODY_ERRORS",
+    "ERRORS",
     "JsonResponse",
-    "StateDep",
-    "current_bundle",
+    "error_responses",
     "fresh_after",
     "model_response",
-    "state_access",
 ]
 
 
@@ -40,27 +38,6 @@ def model_response(bundle: ServingBundle, content: Any, **kwargs: Any) -> JsonRe
     return JsonResponse(content, headers={"X-Bundle-Id": bundle.id}, **kwargs)
 
 
-async def current_bundle(request: Request) -> ServingBundle:
-    """The bundle this request runs on, taken once: it cannot change under the request.
-
-    ``async`` on purpose: FastAPI runs a plain ``def`` dependency in a worker thread, a
-    thread hop per request for one attribute read."""
-    holder: BundleHolder = request.app.state.holder
-    return holder.require()
-
-
-BundleDep = Annotated[ServingBundle, Depends(current_bundle)]
-
-
-async def state_access(request: Request) -> StateAccess:
-    """The state store of this app (opened by the lifespan)."""
-    access: StateAccess = request.app.state.state
-    return access
-
-
-StateDep = Annotated[StateAccess, Depends(state_access)]
-
-
 def fresh_after(bundle: ServingBundle, user_ids: list[Id]) -> float:
     """Events to read: those after the training data (``trained_until``) when every user is
     known to a v2 bundle; else all the store keeps (a new user's events all count, and a v1
@@ -70,3 +47,14 @@ def fresh_after(bundle: ServingBundle, user_ids: list[Id]) -> float:
     if (bundle.user_ids.rows(user_ids) < 0).any():
         return -math.inf
     return bundle.trained_until
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` of a route that may answer these statuses with the envelope."""
+    return {status: {"model": ErrorResponse} for status in statuses}
+
+
+#: The errors of a route without a body, and of one with a JSON body (400 bad_request: a
+#: body that cannot be read, e.g. not UTF-8).
+ERRORS = error_responses(404, 413, 422, 503)
+BODY_ERRORS = error_responses(400, 404, 413, 422, 503)

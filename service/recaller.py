@@ -1,9 +1,11 @@
-"""The core of the service, without HTTP: a loaded bundle and the answers it gives.
+"""Recall against one bundle, without HTTP: the bundle, queries, results and searches.
 
 :class:`ServingBundle` holds one verified bundle (vectors memory-mapped, the FAISS index,
-id maps, seen lists, the numpy user tower). :func:`recall` and the lookup functions answer
-one request against one bundle, so a response never mixes two bundles. They raise the
-domain errors of :mod:`recall.service.errors`; the HTTP layer only translates.
+id maps, seen lists, the numpy user tower). :func:`recall_plain` (history or vector
+queries), :func:`answer`, :func:`similar` and the lookup functions answer one request
+against one bundle, so a response never mixes two bundles; :class:`recall.service.core.
+RecallCore` is the one object the routes call. They raise the domain errors of
+:mod:`recall.service.domain_errors`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from recall.index.ids import IdMap
 from recall.index.search import Found, ItemIndex, Strategy, max_row_norm
 from recall.index.tower import FLOAT32_MAX, FeatureError, FeatureValue, UserTower
 from recall.index.verify import verify_bundle
-from recall.service.errors import InvalidInput, UnknownId, clip
+from recall.service.domain_errors import InvalidRequest, UnknownId, clip
 from recall.service.filter_cache import FilterCache, filter_key
 
 logger = logging.getLogger(__name__)
@@ -158,7 +160,7 @@ class ServingBundle:
 
 def check_k(k: int, max_k: int) -> None:
     if not 1 <= k <= max_k:
-        raise InvalidInput(f"k must be between 1 and {max_k}, got {clip(k)}")
+        raise InvalidRequest(f"k must be between 1 and {max_k}, got {clip(k)}")
 
 
 def _rows(ids: IdMap, values: Sequence[ExternalId]) -> np.ndarray:
@@ -168,30 +170,30 @@ def _rows(ids: IdMap, values: Sequence[ExternalId]) -> np.ndarray:
 
 def _query_vector(bundle: ServingBundle, vector: Sequence[float]) -> np.ndarray:
     if len(vector) != bundle.dim:
-        raise InvalidInput(f"vector must have {bundle.dim} values, got {len(vector)}")
+        raise InvalidRequest(f"vector must have {bundle.dim} values, got {len(vector)}")
     q = np.asarray(vector, dtype=np.float64)
     if not (np.abs(q) <= FLOAT32_MAX).all():  # NaN fails this too
-        raise InvalidInput("vector must hold finite float32 numbers (no NaN or Inf)")
+        raise InvalidRequest("vector must hold finite float32 numbers (no NaN or Inf)")
     return q.astype(np.float32)
 
 
-def _query(
-    bundle: ServingBundle, query: RecallQuery
-) -> tuple[Source, np.ndarray | None, np.ndarray]:
-    """(source, query vector (dim,) or None for the popular fallback, excluded item rows)."""
+def check_one_source(query: RecallQuery) -> None:
+    """:class:`InvalidRequest` unless exactly one of user_id, history, vector is given."""
     given = [query.user_id is not None, query.history is not None, query.vector is not None]
     if sum(given) != 1:
-        raise InvalidInput("give exactly one of user_id, history, vector")
-    exclude = _rows(bundle.item_ids, query.exclude)
+        raise InvalidRequest("give exactly one of user_id, history, vector")
+
+
+def plain_query(
+    bundle: ServingBundle, query: RecallQuery
+) -> tuple[Source, np.ndarray | None, np.ndarray]:
+    """(source, query vector (dim,) or None for the popular fallback, excluded item rows)
+    of a history or vector query; a user_id query is answered by
+    :meth:`recall.service.core.RecallCore.recall` (with the user's events)."""
+    check_one_source(query)
     if query.user_id is not None:
-        row = bundle.user_ids.row(query.user_id)
-        if row is None:
-            if query.fallback == "popular":
-                return Source.POPULAR, None, exclude
-            raise UnknownId(f"unknown user_id {clip(query.user_id)}")
-        if query.exclude_seen is not False:
-            exclude = np.concatenate([exclude, bundle.seen(row)])
-        return Source.USER, np.asarray(bundle.user_vectors[row]), exclude
+        raise ValueError("a user_id query needs the user's state: RecallCore.recall")
+    exclude = _rows(bundle.item_ids, query.exclude)
     if query.history is not None:
         history = _rows(bundle.item_ids, query.history)
         try:
@@ -202,7 +204,7 @@ def _query(
                 raise UnknownId("no item of the history is known")
             vector = bundle.tower.encode([history], [query.features])[0]
         except FeatureError as e:
-            raise InvalidInput(str(e)) from None
+            raise InvalidRequest(str(e)) from None
         if query.exclude_seen is not False:
             exclude = np.concatenate([exclude, history])
         return Source.HISTORY, vector, exclude
@@ -216,7 +218,7 @@ def allowed_items(
 ) -> AllowedItems | None:
     """The items one request may return: the filter's matches (compiled once per filter,
     the bundle's :class:`FilterCache`) AND ``available`` (items not disabled); None when
-    both are None (all). A filter this bundle cannot apply is :class:`InvalidInput`
+    both are None (all). A filter this bundle cannot apply is :class:`InvalidRequest`
     naming the problem."""
     if spec is None:
         return available
@@ -225,7 +227,7 @@ def allowed_items(
             spec, lambda s: AllowedItems(compile_filter(s, bundle.attributes))
         )
     except (FilterError, AttributeFilterError) as e:
-        raise InvalidInput(str(e)) from None
+        raise InvalidRequest(str(e)) from None
     return matches if available is None else matches.intersect(available)
 
 
@@ -249,14 +251,15 @@ class Allowed:
         return self._items[key]
 
 
-def recall(
+def recall_plain(
     bundle: ServingBundle, query: RecallQuery, max_k: int, masks: Allowed | None = None
 ) -> RecallResult:
-    """Top-k items by inner product for one query among the items its filter and the
-    availability of ``masks`` allow, exclusions applied (k items unless fewer are left)."""
+    """Top-k items by inner product for one history or vector query among the items its
+    filter and the availability of ``masks`` allow, exclusions applied (k items unless
+    fewer are left)."""
     check_k(query.k, max_k)
     allowed = (masks or Allowed(bundle)).mask(query.filter)
-    source, vector, exclude = _query(bundle, query)
+    source, vector, exclude = plain_query(bundle, query)
     return answer(bundle, query.k, source, vector, exclude, allowed)
 
 
@@ -295,13 +298,13 @@ def _search(
 
 
 def _check_range(bundle: ServingBundle, query: np.ndarray) -> np.ndarray:
-    """``query`` (dim,) float32, or :class:`InvalidInput` if a score could overflow
+    """``query`` (dim,) float32, or :class:`InvalidRequest` if a score could overflow
     float32: ``|q . x| <= |q| |x|`` (Cauchy-Schwarz, partial sums included), so a query
     whose norm times the largest item norm stays under half of float32's maximum can
     overflow no score, whatever ``k`` and the ranking."""
     norm = float(np.linalg.norm(query.astype(np.float64)))
     if not norm * bundle.max_item_norm <= FLOAT32_MAX / 2:
-        raise InvalidInput(
+        raise InvalidRequest(
             f"the query vector is too large (norm {norm:.3g}): its scores would overflow "
             "float32; scale it down"
         )
@@ -309,10 +312,10 @@ def _check_range(bundle: ServingBundle, query: np.ndarray) -> np.ndarray:
 
 
 def _finite(scores: np.ndarray) -> np.ndarray:
-    """``scores`` (k,) float32, or :class:`InvalidInput` if one overflowed to Inf/NaN (a
+    """``scores`` (k,) float32, or :class:`InvalidRequest` if one overflowed to Inf/NaN (a
     query vector too large for float32 dot products)."""
     if not np.isfinite(scores).all():
-        raise InvalidInput("the query's scores overflow float32: scale the vector down")
+        raise InvalidRequest("the query's scores overflow float32: scale the vector down")
     return scores
 
 

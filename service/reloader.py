@@ -12,7 +12,7 @@ remembers the refused state of CURRENT (:attr:`recall.index.current.CurrentState
 inode, mtime and raw bytes) and does not retry until CURRENT changes; an admin reload
 retries at once. A missing CURRENT (nothing published yet) is logged once, not counted.
 
-What a client sees (:class:`ReloadFailed`, :class:`NotReady`) names bundle ids only;
+What a client sees (:class:`ReloadRefused`, :class:`BundleNotReady`) names bundle ids only;
 paths and what CURRENT holds go to the server log. :attr:`BundleHolder.reloads` keeps
 this replica's last :data:`KEPT_RELOADS` attempts that loaded or refused a bundle (and
 explicit reloads that found it already served), by bundle id (``GET /v1/replica``).
@@ -20,7 +20,7 @@ explicit reloads that found it already served), by bundle id (``GET /v1/replica`
 Nothing here waits without a bound: bundle files are regular files read up to their
 manifest size (:func:`recall.index.bundle.verify_file`), a poll finding a load in progress skips
 its turn, and an admin reload waits at most :data:`ADMIN_WAIT_S` for one in progress
-before it answers :class:`ReloadFailed`.
+before it answers :class:`ReloadRefused`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any
 
 from recall.index.bundle import BundleError
 from recall.index.current import CURRENT, CurrentState, Key, inspect_current
-from recall.service.errors import NotReady, ReloadFailed
+from recall.service.domain_errors import BundleNotReady, ReloadRefused
 from recall.service.metrics import Metrics
 from recall.service.recaller import ServingBundle
 
@@ -72,23 +72,23 @@ class BundleHolder:
     def require(self) -> ServingBundle:
         bundle = self._current
         if bundle is None:
-            raise NotReady("no bundle loaded yet")
+            raise BundleNotReady("no bundle loaded yet")
         return bundle
 
     async def reload(self, *, retry_failed: bool = True) -> tuple[ServingBundle, bool]:
         """Load the bundle CURRENT names unless it is already served.
 
-        Returns ``(bundle served now, whether it changed)``; raises :class:`ReloadFailed`
-        (old bundle still served) or :class:`NotReady` (nothing published yet), nothing
+        Returns ``(bundle served now, whether it changed)``; raises :class:`ReloadRefused`
+        (old bundle still served) or :class:`BundleNotReady` (nothing published yet), nothing
         else. ``retry_failed=False`` (the poller): a state of CURRENT that failed before
-        raises :class:`ReloadFailed` again without loading, logging or counting. Waits at
-        most :data:`ADMIN_WAIT_S` for a reload in progress (then :class:`ReloadFailed`).
+        raises :class:`ReloadRefused` again without loading, logging or counting. Waits at
+        most :data:`ADMIN_WAIT_S` for a reload in progress (then :class:`ReloadRefused`).
         """
         try:
             await asyncio.wait_for(self._lock.acquire(), ADMIN_WAIT_S)
         except TimeoutError:
             serving = f"still serving {self._current.id}" if self._current else "no bundle loaded"
-            raise ReloadFailed(f"a reload is in progress; {serving}; try again") from None
+            raise ReloadRefused(f"a reload is in progress; {serving}; try again") from None
         try:
             return await self._reload_locked(retry_failed)
         finally:
@@ -103,7 +103,7 @@ class BundleHolder:
             state = CurrentState(("error", repr(e)), problem=f"unexpected error: {e!r}")
         if state.key is None:
             self._say_missing()
-            raise NotReady("nothing published yet")
+            raise BundleNotReady("nothing published yet")
         self._said_missing = False
         current = self._current
         if current is not None and current.id == state.bundle_id:
@@ -112,7 +112,7 @@ class BundleHolder:
                 self._record(current.id, "unchanged")
             return current, False
         if state.key == self._failed_key and not retry_failed:
-            raise ReloadFailed(self._refusal(state.bundle_id))
+            raise ReloadRefused(self._refusal(state.bundle_id))
         if state.bundle_id is None:
             raise self._failure(state, state.problem or "names no bundle")
         try:
@@ -145,7 +145,7 @@ class BundleHolder:
         what = f"bundle {bundle_id}" if bundle_id else "CURRENT (it names no bundle id)"
         return f"{what} was refused; {serving}; the server log says why"
 
-    def _failure(self, state: CurrentState, why: str, *, trace: bool = False) -> ReloadFailed:
+    def _failure(self, state: CurrentState, why: str, *, trace: bool = False) -> ReloadRefused:
         self._failed_key = state.key
         self.metrics.reloads.labels("failure").inc()
         self._record(state.bundle_id, "failure", self._refusal(state.bundle_id))
@@ -154,7 +154,7 @@ class BundleHolder:
         logger.error(
             "reload of %s failed (still serving %s): %s", target, serving, why, exc_info=trace
         )
-        return ReloadFailed(self._refusal(state.bundle_id))
+        return ReloadRefused(self._refusal(state.bundle_id))
 
     async def poll_forever(self, interval_s: float) -> None:
         """Check CURRENT every ``interval_s`` seconds until cancelled; survives anything."""
@@ -164,7 +164,7 @@ class BundleHolder:
                 continue
             try:
                 await self.reload(retry_failed=False)
-            except (ReloadFailed, NotReady):
+            except (ReloadRefused, BundleNotReady):
                 pass  # logged and counted by reload, once per state of CURRENT
             except Exception:
                 logger.exception("reload poll failed unexpectedly; polling goes on")

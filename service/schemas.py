@@ -450,3 +450,48 @@ class AvailabilityChange(BaseModel):
 class AvailabilityState(BaseModel):
     version: int = Field(description="bumped by every change; 0 before the first")
     disabled: list[ExternalId] = Field(description="disabled item ids, ints first, then strings")
+
+
+# The console's read-only endpoints (routes/console.py, routes/items.py, routes/operations.py)
+
+
+class HistoryItem(BaseModel):
+    item_id: int | str
+    timestamp: float = Field(description="unix seconds")
+    attributes: dict[str, Any] | None = Field(
+        None, description="the item's attributes (left out when the bundle has none)"
+    )
+
+
+class HistoryResponse(BaseModel):
+    bundle_id: str
+    user_id: int | str
+    known: bool = Field(description="the bundle has this user (trained on their history)")
+    history: list[HistoryItem] = Field(description="the training window, newest first")
+    fresh_events: list[HistoryItem] = Field(
+        description="interactions stored after the bundle's training data, newest first"
+    )
+    fresh: bool = Field(description="false when the state store could not be read")
+
+
+class FoundItem(BaseModel):
+    item_id: int | str
+    attributes: dict[str, Any]
+
+
+class SearchResponse(BaseModel):
+    bundle_id: str
+    items: list[FoundItem]
+
+
+class Reload(BaseModel):
+    at: float = Field(description="unix seconds")
+    bundle_id: str | None
+    result: str = Field(description="success, failure or unchanged")
+    reason: str | None = Field(None, description="why a reload failed (bundle ids only)")
+
+
+class ReplicaInfo(BaseModel):
+    started_at: float = Field(description="unix seconds")
+    bundle_id: str | None
+    reloads: list[Reload] = Field(description="the last 50 reload attempts, oldest first")

@@ -14,10 +14,10 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
 from typing import TypeVar
 
-from recall.service.errors import StateDown
+from recall.service.domain_errors import StateDown
+from recall.service.fresh import UserState
 from recall.service.metrics import Metrics
 from recall.service.state import Event, Id, StateStore, StateUnavailable
 
@@ -27,17 +27,6 @@ T = TypeVar("T")
 
 WRITE_GUARD_S = 5.0
 """Outer bound on a write; the store's own write timeout (1 s) normally ends it first."""
-
-
-@dataclass(frozen=True)
-class UserState:
-    """What the store holds for some users, in their order: ``events[j]`` (item_id,
-    timestamp) oldest first, ``shown[j]`` item ids of recent impressions (empty lists when
-    not asked); ``fresh`` False when the store could not be read (lists then empty)."""
-
-    events: list[list[tuple[Id, float]]]
-    shown: list[list[Id]]
-    fresh: bool
 
 
 class StateAccess:

@@ -31,9 +31,12 @@ def fresh_state_url() -> str:
 
 def settings(root: Path, **overrides: object) -> Settings:
     """Small limits (so tests reach them cheaply), no polling, admin token :data:`TOKEN`,
-    an empty state store of its own (:func:`fresh_state_url`)."""
+    an empty state store of its own (:func:`fresh_state_url`), and a store read bound of
+    1 s instead of 50 ms, so a busy test machine does not turn a healthy store's answers
+    into ``fresh: false`` (tests of the bound set ``state_timeout_s`` themselves)."""
     values: dict[str, object] = {
         "state_url": fresh_state_url(),
+        "state_timeout_s": 1.0,
         "root": root,
         "max_k": 200,
         "max_batch": 8,

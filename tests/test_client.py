@@ -25,13 +25,20 @@ from recall.client import (
     Unauthorized,
 )
 from recall.service.app import create_app
-from recall.service.recaller import RecallQuery, ServingBundle, recall
+from recall.service.core import RecallCore
+from recall.service.recaller import RecallQuery, ServingBundle
+from recall.service.recaller import RecallResult as ServerResult
 from recall.service.settings import Settings
 from tests.live import live_server
 
 TOKEN = "client-test-admin-token-0123"
 # Prints every module loaded after its imports, one a line.
 LOADED = "import sys; {imports}; print('\\n'.join(sorted(sys.modules)))"
+
+
+def recall(bundle: ServingBundle, query: RecallQuery, max_k: int) -> ServerResult:
+    """The recall production runs (:meth:`RecallCore.recall`; a user with no stored events)."""
+    return RecallCore(max_k).recall(bundle, query).result
 
 
 def _settings(root: Path) -> Settings:

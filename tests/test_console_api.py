@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from recall.service.app import create_app
-from recall.service.console_routes import CONSOLE_DIR
 from recall.service.recaller import ServingBundle
+from recall.service.routes.console import CONSOLE_DIR
 from recall.trainer.config import TrainConfig
 from recall.trainer.train import Trained
 from tests.live import TOKEN, live_server, settings

@@ -29,6 +29,7 @@ from recall.index.current import CURRENT
 from recall.index.ids import IdMap
 from recall.index.publish import publish
 from recall.service.app import create_app
+from recall.service.deps import app_state_of
 from recall.service.fresh import user_vectors
 from recall.service.recaller import ServingBundle
 from recall.service.settings import STATE_FILE
@@ -471,7 +472,9 @@ def test_redis_store_paused_then_killed_then_back(
     items = unseen_items(bundle, row, 2)
     with (
         redis_server(tmp_path / "redis", appendonly=True) as redis,
-        live_server(create_app(settings(published_root, state_url=redis.url()))) as base,
+        live_server(
+            create_app(settings(published_root, state_url=redis.url(), state_timeout_s=0.05))
+        ) as base,
         httpx.Client(base_url=base, timeout=10) as c,
     ):
         post_events(c, [{"user_id": user_id, "item_id": i} for i in items])
@@ -641,8 +644,8 @@ def test_a_batch_reads_the_store_once_for_all_its_users(
     users = [user(bundle, r) for r in (30, 31, 32)]
     with live_server(app) as url, httpx.Client(base_url=url) as c:
         post_events(c, [{"user_id": u, "item_id": bundle.item_ids.ids[0].item()} for u in users])
-        spy = CountingStore(app.state.state.store)
-        app.state.state.store = spy
+        spy = CountingStore(app_state_of(app).state_access().store)
+        app_state_of(app).state_access().store = spy
         requests = [{"user_id": u, "k": 3} for u in users] + [
             {"user_id": users[0], "k": 2, "exclude_shown": True},
             {"user_id": "new-in-batch", "k": 2, "fallback": "popular"},
@@ -665,13 +668,13 @@ def test_a_users_failing_vector_fails_only_that_batch_entry(
     that item, never the whole batch: the other entries answer as they would alone."""
     app = create_app(settings(published_root))
     with live_server(app) as url, httpx.Client(base_url=url) as c:
-        served: ServingBundle = app.state.holder.current
+        served: ServingBundle = app_state_of(app).holder.current
         row, other = 11, 12
         item, good = unseen_items(bundle, row, 2, skip=1)  # not row 0 (padding reads it)
         tower = copy.copy(served.tower)
         tower.item_embedding = served.tower.item_embedding.copy()
         tower.item_embedding[bundle.item_ids.row(item)] = np.nan
-        app.state.holder._current = dataclasses.replace(served, tower=tower)
+        app_state_of(app).holder._current = dataclasses.replace(served, tower=tower)
         post_events(c, [{"user_id": user(bundle, row), "item_id": item}])
         alone = recall(c, user_id=user(bundle, other), k=5)
 

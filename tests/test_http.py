@@ -14,9 +14,15 @@ import pytest
 
 from recall.index import bundle as b
 from recall.service.app import create_app
-from recall.service.recaller import RecallQuery, ServingBundle, recall
+from recall.service.core import RecallCore
+from recall.service.recaller import RecallQuery, RecallResult, ServingBundle
 from tests.conftest import BundleFactory
 from tests.live import TOKEN, live_server, settings
+
+
+def recall(bundle: ServingBundle, query: RecallQuery, max_k: int) -> RecallResult:
+    """The recall production runs (:meth:`RecallCore.recall`; a user with no stored events)."""
+    return RecallCore(max_k).recall(bundle, query).result
 
 
 def test_health_ready_model_and_metrics(served: tuple[httpx.Client, ServingBundle]) -> None:

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 from recall.index.tower import AGE_FEATURES, FeatureError
-from recall.service.errors import InvalidInput, UnknownId
+from recall.service.core import RecallCore
+from recall.service.domain_errors import InvalidRequest, UnknownId
 from recall.service.recaller import (
     RecallQuery,
+    RecallResult,
     ServingBundle,
     Source,
-    recall,
     similar,
     vector_of,
     vectors_of,
@@ -22,6 +23,11 @@ from recall.service.recaller import (
 from recall.trainer.data import Dataset
 
 MAX_K = 1000
+
+
+def recall(bundle: ServingBundle, query: RecallQuery, max_k: int) -> RecallResult:
+    """The recall production runs (:meth:`RecallCore.recall`; a user with no stored events)."""
+    return RecallCore(max_k).recall(bundle, query).result
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +116,7 @@ def test_unknown_user_gets_404_or_the_popular_fallback(bundle: ServingBundle) ->
 
 @pytest.mark.parametrize("k", [0, -1, MAX_K + 1])
 def test_k_out_of_range_is_invalid(bundle: ServingBundle, k: int) -> None:
-    with pytest.raises(InvalidInput, match="k must be"):
+    with pytest.raises(InvalidRequest, match="k must be"):
         recall(bundle, RecallQuery(vector=[0.0] * bundle.dim, k=k), MAX_K)
 
 
@@ -122,7 +128,7 @@ def test_bad_vectors_are_invalid(
     bundle: ServingBundle, fill: float, size_change: int, message: str
 ) -> None:
     vector = [fill] * (bundle.dim + size_change)
-    with pytest.raises(InvalidInput, match=message):
+    with pytest.raises(InvalidRequest, match=message):
         recall(bundle, RecallQuery(vector=vector, k=5), MAX_K)
 
 
@@ -169,7 +175,7 @@ def test_numeric_feature_beyond_float32_is_invalid_naming_it(
     bundle: ServingBundle, age: float
 ) -> None:
     history = bundle.item_ids.ids[:2].tolist()
-    with pytest.raises(InvalidInput, match="feature 'age'"):
+    with pytest.raises(InvalidRequest, match="feature 'age'"):
         recall(bundle, RecallQuery(history=history, features={"age": age}, k=3), MAX_K)
 
 
@@ -207,7 +213,7 @@ def test_unknown_or_mistyped_features_are_invalid_listing_the_known_ones(
     bundle: ServingBundle, features: dict[str, object], message: str
 ) -> None:
     query = RecallQuery(history=bundle.item_ids.ids[:2].tolist(), features=features, k=3)  # type: ignore[arg-type]
-    with pytest.raises(InvalidInput, match=message) as caught:
+    with pytest.raises(InvalidRequest, match=message) as caught:
         recall(bundle, query, MAX_K)
     for known in ("gender (categorical)", "country (categorical)", "age (numeric)"):
         assert known in caught.value.message
@@ -236,7 +242,7 @@ def test_history_without_a_known_item_is_like_an_unknown_user(
 
 @pytest.mark.parametrize("fill", [3e38, 3e37, 1e39])
 def test_vector_whose_scores_could_overflow_is_invalid(bundle: ServingBundle, fill: float) -> None:
-    with pytest.raises(InvalidInput, match="float32"):
+    with pytest.raises(InvalidRequest, match="float32"):
         recall(bundle, RecallQuery(vector=[fill] * bundle.dim, k=5), MAX_K)
     # far inside the bound: still served, with finite scores
     ok = recall(bundle, RecallQuery(vector=[1e6] * bundle.dim, k=5), MAX_K)

@@ -377,7 +377,7 @@ def test_sqlite_writers_in_several_processes_lose_nothing(tmp_path: Path) -> Non
         for user in ("a", "b"):
             assert [e.item_id for e in exported if e.user_id == user] == list(range(3000))
 
-    with_store(url, body, window=10_000)
+    with_store(url, body, window=10_000, timeout_s=5)  # reads 6,000 events at once
 
 
 def test_sqlite_relative_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
