@@ -27,11 +27,13 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/recall demo
 
+# lint-imports: the import rule of pyproject's [tool.importlinter] (README, Development).
 lint: setup node_modules/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(ESLINT) .
+	$(BIN)/lint-imports
 
 node_modules/.installed: package.json package-lock.json
 	@command -v $(NPM) >/dev/null || { echo "npm not found: install Node.js 18.18 or newer" \

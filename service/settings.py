@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from recall.service.state import check_url, sqlite_url
+from recall.service.state import DEFAULT_RETENTION_S, check_url, sqlite_url
 
 MIN_ADMIN_TOKEN_LENGTH = 16
 PLACEHOLDER_PREFIXES = ("changeme", "replaceme", "yourtoken", "yoursecret", "placeholder")
@@ -18,13 +18,21 @@ STATE_FILE = Path(".state/events.sqlite")
 """The default state store, under the bundle root."""
 
 
-class Settings(BaseSettings):
-    """Everything an operator can set; created by the caller, never at import time."""
+class EventLogSettings(BaseSettings):
+    """The retraining log's settings: the part of :class:`Settings` that ``recall events
+    export`` reads (it needs no bundle root)."""
 
     # hide_input_in_errors: a refused admin token is still a secret (no echo in logs).
     model_config = SettingsConfigDict(
         env_prefix="RECALL_", frozen=True, extra="forbid", hide_input_in_errors=True
     )
+
+    events_retention_s: float = Field(DEFAULT_RETENTION_S, gt=0, description="retraining log kept")
+
+
+class Settings(EventLogSettings):
+    """Everything an operator can set (with ``events_retention_s`` of
+    :class:`EventLogSettings`); created by the caller, never at import time."""
 
     root: Path = Field(description="bundle root: holds CURRENT and the bundles")
     host: str = "127.0.0.1"
@@ -52,7 +60,6 @@ class Settings(BaseSettings):
     state_timeout_s: float = Field(0.05, gt=0, le=10, description="bound on a store read")
     state_window: int = Field(50, ge=1, le=10_000, description="interactions kept per user")
     shown_ttl_s: float = Field(3600, gt=0, description="impressions excluded this long")
-    events_retention_s: float = Field(30 * 86400, gt=0, description="retraining log kept")
     max_events: int = Field(1000, ge=1, le=100_000, description="most events per POST")
     # Item availability (service/availability.py): every replica polls the store's version.
     availability_poll_s: float = Field(
@@ -96,10 +103,22 @@ def load_settings(flags: Mapping[str, str] | None = None) -> Settings:
     ``flags`` maps field names to the command-line flags that set them (``root`` ->
     ``--root``), so the message names both. Values are never quoted (one is a secret).
     """
+    return _load(Settings, flags or {})
+
+
+def load_event_log_settings() -> EventLogSettings:
+    """``EventLogSettings()`` from the environment, or SettingsError naming what to fix."""
+    return _load(EventLogSettings, {})
+
+
+_S = TypeVar("_S", bound=BaseSettings)
+
+
+def _load(model: type[_S], flags: Mapping[str, str]) -> _S:
     try:
-        return Settings()
+        return model()
     except ValidationError as e:
-        raise SettingsError(describe_errors(e, flags or {})) from None
+        raise SettingsError(describe_errors(e, flags)) from None
 
 
 def describe_errors(error: ValidationError, flags: Mapping[str, str]) -> str:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from recall.cli import build_parser, main
 from recall.index import bundle as b
 from recall.index.publish import read_current
-from recall.service.cli import build_parser, main
 from tests.conftest import BundleFactory
 
 REPO = Path(__file__).resolve().parents[1]

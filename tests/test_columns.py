@@ -13,12 +13,12 @@ import httpx
 import numpy as np
 import pytest
 
+from recall.cli import main
 from recall.index import bundle as b
 from recall.index.attributes import ItemAttributes
 from recall.index.build import BuildOptions, build_index
 from recall.index.publish import publish
 from recall.service.app import create_app
-from recall.service.cli import main
 from recall.trainer.config import ConfigError, load_config
 from recall.trainer.data import DataError, load_dataset
 from recall.trainer.export import item_attributes

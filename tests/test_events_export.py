@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recall.service.cli import main
+from recall.cli import main
 from recall.service.state import Event, open_store, sqlite_url
 from recall.trainer.data import load_dataset
 from recall.trainer.synth import SynthConfig, write_synthetic
@@ -146,3 +146,25 @@ def test_export_from_redis(tmp_path: Path) -> None:
         again = tmp_path / "again"
         assert main(["events", "export", "--state-url", server.url(), "--out", str(again)]) == 3
         assert list(again.iterdir()) == []  # no file, no temp file
+
+
+def test_read_events_yields_the_log_in_batches(tmp_path: Path) -> None:
+    """The state layer's side of the export: every event, impressions too, in log order."""
+    from recall.service.state.retraining_log import read_events
+
+    url = sqlite_url(tmp_path / "events.sqlite")
+    _store_events(url, EVENTS)
+    batches = list(read_events(url, batch_size=2))
+    assert [len(b) for b in batches] == [2, 2, 1]
+    assert [e for b in batches for e in b] == EVENTS
+
+
+def test_retention_is_read_through_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = sqlite_url(tmp_path / "events.sqlite")
+    argv = ["events", "export", "--state-url", url, "--out", str(tmp_path / "out")]
+    monkeypatch.setenv("RECALL_EVENTS_RETENTION_S", "0")
+    assert main(argv) == 2
+    assert "RECALL_EVENTS_RETENTION_S: Input should be greater than 0" in caplog.text
+    assert not (tmp_path / "out" / "interactions.csv").exists()

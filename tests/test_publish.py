@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recall import cli
+from recall.cli import build_index as build_index_command
 from recall.index import bundle as b
 from recall.index import faiss_index as fi
 from recall.index.build import BuildOptions, build_index
 from recall.index.publish import CURRENT, publish, read_current, retain, verify_bundle
 from recall.index.search import ItemIndex
-from recall.service import cli
 from recall.trainer.config import TrainConfig
 from recall.trainer.data import Dataset
 from recall.trainer.export import export_bundle
@@ -234,7 +235,7 @@ def test_cli_build_index_publish_and_rollback(tmp_path: Path) -> None:
 
 
 def test_cli_kind_choices_match_the_index_package() -> None:
-    assert cli.KIND_CHOICES == fi.KIND_CHOICES
+    assert build_index_command.KIND_CHOICES == fi.KIND_CHOICES
 
 
 def test_a_trained_bundle_builds_publishes_and_serves(

@@ -883,7 +883,7 @@ def test_the_service_hashes_each_file_once(
 
 
 def test_cli_publish_refuses_what_the_service_refuses(published_root: Path, root: Path) -> None:
-    from recall.service import cli
+    from recall import cli
 
     bundle = _set(b.USER_VECTORS, _put((0, 0), np.nan))(copy_bundle(published_root, root))
     assert cli.main(["publish", str(bundle)]) == 2
@@ -894,7 +894,7 @@ def test_cli_build_index_publish_refuses_what_the_service_refuses(
     published_root: Path, root: Path
 ) -> None:
     """The build itself does not check ids; its --publish step does (duplicates here)."""
-    from recall.service import cli
+    from recall import cli
 
     bundle = _set(b.ITEM_IDS, lambda a: np.r_[a[1], a[1:]])(copy_bundle(published_root, root))
     assert cli.main(["build-index", str(bundle), "--kind", "flat", "--publish"]) == 2

@@ -112,7 +112,7 @@ def shadowing_cwd(tmp_path: Path) -> Path:
     [
         ["bin/recall", "--version"],
         # python -c puts the working directory first on sys.path
-        ["bin/python", "-c", "from recall.service.cli import main; main(['--version'])"],
+        ["bin/python", "-c", "from recall.cli import main; main(['--version'])"],
     ],
     ids=["console-script", "python-c"],
 )

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from recall.service.state.base import (
+    DEFAULT_RETENTION_S,
     DEFAULT_WRITE_TIMEOUT_S,
     Event,
     EventType,
@@ -23,6 +24,7 @@ from recall.service.state.base import (
 )
 
 __all__ = [
+    "DEFAULT_RETENTION_S",
     "Event",
     "EventType",
     "Id",
@@ -75,7 +77,7 @@ def open_store(
     *,
     window: int = 50,
     shown_ttl_s: float = 3600,
-    retention_s: float = 30 * 86400,
+    retention_s: float = DEFAULT_RETENTION_S,
     timeout_s: float = 0.05,
     write_timeout_s: float = DEFAULT_WRITE_TIMEOUT_S,
 ) -> StateStore:

@@ -23,6 +23,10 @@ EVENT_TYPES: tuple[EventType, ...] = ("interaction", "impression")
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
+DEFAULT_RETENTION_S = 30 * 86400.0
+"""How long the retraining log keeps an event after it arrived (seconds, wall clock): the
+default of ``RECALL_EVENTS_RETENTION_S`` (:class:`recall.service.settings.Settings`)."""
+
 DEFAULT_WRITE_TIMEOUT_S = 1.0
 """Bound on a write (``add``), ``ping`` and each page of ``export``: a write waits for the
 disk (SQLite's fsync, another worker's write lock) and a refused write costs the client a

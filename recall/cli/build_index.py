@@ -1,0 +1,69 @@
+"""``recall build-index``: build, tune and measure a bundle's FAISS index (then publish)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from recall.cli.command import Subcommands, add_command
+
+logger = logging.getLogger("recall")
+
+# The index kinds, spelled out here so the parser needs no faiss import
+# (tests/test_publish.py checks they match recall.index.faiss_index.KIND_CHOICES).
+KIND_CHOICES = ("auto", "flat", "hnsw", "ivf-flat", "ivf-sq8", "ivf-pq")
+
+
+def add_parser(sub: Subcommands) -> None:
+    bi = add_command(sub, "build-index", run, "build, tune and measure the FAISS index of a bundle")
+    bi.add_argument("bundle", type=Path, help="ROOT/<bundle-id>")
+    bi.add_argument(
+        "--kind", default="auto", choices=KIND_CHOICES, help="index kind (auto: by catalog size)"
+    )
+    bi.add_argument("--target-recall", type=float, default=0.95, help="recall@k to reach")
+    bi.add_argument("--recall-k", type=int, default=100, help="k of the recall target")
+    bi.add_argument("--sample-queries", type=int, default=1000, help="user vectors per sample")
+    bi.add_argument("--seed", type=int, default=0, help="seed of the query sample")
+    bi.add_argument("--hnsw-m", type=int, default=32, help="HNSW neighbours per node")
+    bi.add_argument("--ef-construction", type=int, default=40, help="HNSW build beam")
+    bi.add_argument("--nlist", type=int, help="IVF lists (default ~4 sqrt(n))")
+    bi.add_argument("--pq-m", type=int, help="PQ sub-quantizers (default (dim+1)/2)")
+    bi.add_argument("--publish", action="store_true", help="then make it CURRENT")
+    bi.add_argument("--keep", type=int, default=3, help="bundles to keep when publishing")
+
+
+def run(args: argparse.Namespace) -> int:
+    from recall.index.build import BuildOptions, build_index
+    from recall.index.publish import publish
+
+    options = BuildOptions(
+        kind=args.kind,
+        target_recall=args.target_recall,
+        recall_k=args.recall_k,
+        sample_queries=args.sample_queries,
+        seed=args.seed,
+        hnsw_m=args.hnsw_m,
+        ef_construction=args.ef_construction,
+        nlist=args.nlist,
+        pq_m=args.pq_m,
+    )
+    if args.publish and _is_current(args.bundle):  # a re-run after the publish was done
+        logger.info(
+            "%s is already CURRENT: not rebuilt (published bundles are immutable)", args.bundle
+        )
+    else:
+        build_index(args.bundle, options)
+    if args.publish:
+        publish(args.bundle, keep=args.keep)
+    sys.stdout.write(f"{args.bundle}\n")
+    return 0
+
+
+def _is_current(bundle: Path) -> bool:
+    from recall.index.current import inspect_current
+
+    bundle = Path(os.path.abspath(bundle))
+    return inspect_current(bundle.parent).bundle_id == bundle.name

@@ -1,0 +1,67 @@
+"""``recall serve``: uvicorn on the service's app factory, flags over ``RECALL_*``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from recall.cli.command import Subcommands, add_command
+
+logger = logging.getLogger("recall")
+
+# The flags of `recall serve` and the settings they set, for errors that name both.
+SERVE_FLAGS = {"root": "--root", "host": "--host", "port": "--port", "workers": "--workers"}
+
+
+def add_parser(sub: Subcommands) -> None:
+    serve = add_command(sub, "serve", run, "serve the published bundle over HTTP (API v1)")
+    serve.add_argument("--root", type=Path, help="bundle root (RECALL_ROOT)")
+    serve.add_argument("--host", help="bind address (RECALL_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (RECALL_PORT, default 8000)")
+    serve.add_argument("--workers", type=int, help="worker processes (RECALL_WORKERS)")
+
+
+def run(args: argparse.Namespace) -> int:
+    run_server(args.root, args.host, args.port, args.workers)
+    return 0
+
+
+def run_server(root: Path | None, host: str | None, port: int | None, workers: int | None) -> None:
+    """Run uvicorn with the app factory; flags override ``RECALL_*`` variables, which the
+    workers read (they are separate processes when ``workers > 1``)."""
+    import functools
+
+    import uvicorn
+
+    from recall.service.header_timeout import HeaderTimeoutProtocol
+    from recall.service.metrics_dir import multiprocess_metrics_dir
+    from recall.service.settings import load_settings
+
+    for name, value in (("ROOT", root), ("HOST", host), ("PORT", port), ("WORKERS", workers)):
+        if value is not None:
+            os.environ[f"RECALL_{name}"] = str(value)
+    settings = load_settings(SERVE_FLAGS)  # fail fast, before any worker starts
+    logger.info(
+        "serving %s on http://%s:%d (API docs at /docs), %d worker(s)",
+        settings.root,
+        settings.host,
+        settings.port,
+        settings.workers,
+    )
+    with multiprocess_metrics_dir():  # /metrics sums all workers (service/metrics.py)
+        uvicorn.run(
+            "recall.service.app:create_app_from_env",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            loop="uvloop",
+            # httptools with a bound on slow headers; uvicorn calls it as it calls a class
+            http=functools.partial(  # type: ignore[arg-type]
+                HeaderTimeoutProtocol, header_timeout_s=settings.header_timeout_s
+            ),
+            access_log=False,
+            log_level="warning",
+        )
