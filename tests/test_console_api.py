@@ -16,7 +16,7 @@ from recall.service.app import create_app
 from recall.service.console_routes import CONSOLE_DIR
 from recall.service.recaller import ServingBundle
 from recall.trainer.config import TrainConfig
-from recall.trainer.train import Trained
+from tests.index_data import FIXTURE_METRICS
 from tests.live import TOKEN, live_server, settings
 from tests.test_reload import GOOD, write_current
 from tests.test_verify import OTHER_ID, copy_bundle
@@ -215,16 +215,16 @@ def test_console_page_and_assets_are_served_read_only(served: Served) -> None:
 
 
 def test_model_has_the_training_curve_popularity_and_index_measurements(
-    served: Served, trained: Trained, small_config: TrainConfig
+    served: Served, small_config: TrainConfig
 ) -> None:
     client, bundle = served
     body = client.get("/v1/model").json()
     assert body["bundle_id"] == bundle.id
     metrics = body["trainer_metrics"]
     curve = metrics["epochs"]
-    assert len(curve) == len(trained.metrics["epochs"]) >= 1  # one point per epoch trained
+    assert len(curve) == len(FIXTURE_METRICS["epochs"]) >= 1  # one point per epoch trained
     assert [(e["epoch"], e["train_loss"], e["valid_hr"]) for e in curve] == [
-        (e["epoch"], e["train_loss"], e["valid_hr"]) for e in trained.metrics["epochs"]
+        (e["epoch"], e["train_loss"], e["valid_hr"]) for e in FIXTURE_METRICS["epochs"]
     ]
     key = f"valid_hr@{small_config.validation_k}"
     assert metrics[key] > metrics["popularity"][key] > 0

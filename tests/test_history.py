@@ -28,8 +28,9 @@ TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
 
 
 @pytest.fixture(scope="module")
-def bundle(published_root: Path) -> ServingBundle:
-    return ServingBundle.load(published_root / (published_root / CURRENT).read_text().strip())
+def bundle(trained_root: Path) -> ServingBundle:
+    """The trained model's export: what the trainer writes is under test here."""
+    return ServingBundle.load(trained_root / (trained_root / CURRENT).read_text().strip())
 
 
 @pytest.fixture(scope="module")

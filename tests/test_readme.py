@@ -11,7 +11,7 @@ Prometheus text. A command that writes a ``.npy`` with ``-o`` is checked for the
 count and the ``X-Missing-Count`` its comment shows. The ```python block of "Python
 client" runs with the same substitution and ``RECALL_ADMIN_TOKEN`` set.
 
-The server serves the ``published_root`` bundle (tests/conftest.py): trained on data of
+The server serves the ``published_root`` bundle (tests/conftest.py): written for data of
 the demo's generator (trainer/synth.py), so the same ids (users and items from 1) and
 user features (age, gender, country) exist.
 """
