@@ -21,8 +21,8 @@ from recall.service.app import create_app
 from recall.service.recaller import ServingBundle
 from recall.trainer.data import Dataset
 from recall.trainer.split import MIN_INTERACTIONS_TO_HOLD_OUT
+from tests.index.test_verify import copy_bundle, edit_manifest
 from tests.live import live_server, settings
-from tests.test_verify import copy_bundle, edit_manifest
 
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
 

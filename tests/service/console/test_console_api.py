@@ -16,10 +16,10 @@ from recall.service.app import create_app
 from recall.service.console_routes import CONSOLE_DIR
 from recall.service.recaller import ServingBundle
 from recall.trainer.config import TrainConfig
+from tests.index.test_verify import OTHER_ID, copy_bundle
 from tests.index_data import FIXTURE_METRICS
 from tests.live import TOKEN, live_server, settings
-from tests.test_reload import GOOD, write_current
-from tests.test_verify import OTHER_ID, copy_bundle
+from tests.service.test_reload import GOOD, write_current
 
 Served = tuple[httpx.Client, ServingBundle]
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
