@@ -43,7 +43,7 @@ node_modules/.installed: package.json package-lock.json
 
 # docker/: the compose file against the Compose schema (Debian's docker-compose; no
 # Docker engine needed), the Dockerfiles (hadolint), the trainer job's script (shellcheck).
-# tests/test_deploy.py then runs what the compose services run, with a real nginx.
+# tests/deploy/test_deploy.py then runs what the compose services run, with a real nginx.
 lint-docker: setup $(VENV)/.docker-linters
 	@command -v docker-compose >/dev/null || { echo "docker-compose not found:" \
 		"apt-get install -y docker-compose (.ci/run installs it)" >&2; exit 1; }

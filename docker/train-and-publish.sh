@@ -1,5 +1,5 @@
 #!/bin/sh
-# The trainer job of docker-compose.yml (and of tests/test_deploy.py, which runs it as a
+# The trainer job of docker-compose.yml (and of tests/deploy/test_deploy.py, which runs it as a
 # local process): train on TRAINER_DATA, or on `recall synth` data when that directory has
 # no interactions file, then build the index and publish the bundle into RECALL_ROOT.
 # Running replicas see the new CURRENT within RECALL_RELOAD_INTERVAL_S and hot-swap.

@@ -1,10 +1,13 @@
-"""Shared fixtures: a small planted synthetic data set and one model trained on it."""
+"""Shared fixtures: a small planted synthetic data set, its bundle written without torch
+(tests/index_data.py: what the service tests serve), and one model trained on it (only
+for the tests of training and export: torch is imported when a test asks for it)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -15,11 +18,13 @@ from recall.service.app import create_app
 from recall.service.recaller import ServingBundle
 from recall.trainer.config import TrainConfig
 from recall.trainer.data import Dataset, load_dataset
-from recall.trainer.export import export_bundle
 from recall.trainer.synth import SynthConfig, write_synthetic
-from recall.trainer.train import Trained, train
 from tests.browser import READ_ONLY_POST, TIMEOUT_MS, Browser, Tab, open_browser
+from tests.index_data import write_dataset_bundle
 from tests.live import live_server, settings
+
+if TYPE_CHECKING:
+    from recall.trainer.train import Trained
 
 ML100K_ENV = "RECALL_ML100K_DIR"
 """Where MovieLens 100K lies (it may not be redistributed, so the repository has no copy)."""
@@ -82,6 +87,10 @@ def small_config() -> TrainConfig:
 
 @pytest.fixture(scope="session")
 def trained(synthetic: Dataset) -> Trained:
+    """The model trained on ``synthetic`` (torch, a few seconds): for the training and
+    export tests only; the service tests serve :func:`make_bundle`'s bundles."""
+    from recall.trainer.train import train  # imports torch: only tests of training need it
+
     return train(synthetic, SMALL, progress=False)
 
 
@@ -89,12 +98,13 @@ BundleFactory = Callable[..., str]
 
 
 @pytest.fixture(scope="session")
-def make_bundle(trained: Trained, synthetic: Dataset, small_config: TrainConfig) -> BundleFactory:
-    """``make_bundle(root, bundle_id, publish=False) -> bundle_id``: export the trained
-    model as a bundle, build its exact index, and optionally publish it."""
+def make_bundle(synthetic: Dataset, small_config: TrainConfig) -> BundleFactory:
+    """``make_bundle(root, bundle_id, publish=False) -> bundle_id``: write ``synthetic``'s
+    bundle without torch (:func:`tests.index_data.write_dataset_bundle`: a random tower,
+    no training), build its exact index, and optionally publish it."""
 
     def make(root: Path, bundle_id: str, publish: bool = False) -> str:
-        bundle = export_bundle(trained, synthetic, small_config, root, bundle_id)
+        bundle = write_dataset_bundle(root, synthetic, small_config, bundle_id)
         build_index(bundle, BuildOptions(kind="flat", sample_queries=50, latency_queries=5))
         if publish:
             publish_bundle(bundle)
@@ -105,9 +115,27 @@ def make_bundle(trained: Trained, synthetic: Dataset, small_config: TrainConfig)
 
 @pytest.fixture(scope="session")
 def published_root(make_bundle: BundleFactory, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A bundle root whose CURRENT names a bundle of the trained model (read only!)."""
+    """A bundle root whose CURRENT names ``synthetic``'s bundle (read only!)."""
     root = tmp_path_factory.mktemp("published")
     make_bundle(root, "20260101T000000Z-aaaaaa", publish=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_root(
+    trained: Trained,
+    synthetic: Dataset,
+    small_config: TrainConfig,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    """A bundle root whose CURRENT names the trained model's export (read only!): for the
+    tests of what the trainer writes into a bundle."""
+    from recall.trainer.export import export_bundle  # imports torch, as ``trained`` does
+
+    root = tmp_path_factory.mktemp("trained")
+    bundle = export_bundle(trained, synthetic, small_config, root, "20260101T000000Z-bbbbbb")
+    build_index(bundle, BuildOptions(kind="flat", sample_queries=50, latency_queries=5))
+    publish_bundle(bundle)
     return root
 
 

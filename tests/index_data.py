@@ -1,13 +1,23 @@
-"""Small structured vectors and real bundles for the index tests (no torch needed)."""
+"""Small structured vectors and real bundles, written without torch: vectors around given
+arrays for the index tests, and a data set's whole bundle (a random tower in place of a
+trained model) for the service tests."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from recall.index import bundle as b
-from recall.index.tower import SPEC_KEY, TowerSpec
+from recall.index.attributes import ItemAttributes
+from recall.index.history import UserHistory
+from recall.index.tower import SPEC_KEY, TowerSpec, UserTower, fold_user, pad_histories
+from recall.trainer.config import TrainConfig
+from recall.trainer.data import Dataset
+from recall.trainer.examples import full_histories, window_positions
+from recall.trainer.features import build_spec, encode_users, item_genre_rows
+from recall.trainer.split import leave_last_out
 
 
 def clustered(
@@ -72,3 +82,146 @@ def write_vectors_bundle(
         counts=b.Counts(users=n_users, items=n_items, interactions=n_users),
         trainer={"source": "tests.index_data"},
     )
+
+
+#: The training curve written into a :func:`write_dataset_bundle` manifest: no model is
+#: trained, so these are stated figures (what ``/v1/model`` and the console must show).
+FIXTURE_METRICS: dict[str, Any] = {
+    "best_epoch": 2,
+    "valid_hr@50": 0.4,
+    "popularity": {"valid_hr@50": 0.2},
+    "validation_users": 300,
+    "examples_per_second": 1000.0,
+    "epochs": [
+        {
+            "epoch": 1,
+            "train_loss": 5.5,
+            "valid_hr": 0.3,
+            "examples_per_second": 1000.0,
+            "seconds": 1.0,
+        },
+        {
+            "epoch": 2,
+            "train_loss": 5.0,
+            "valid_hr": 0.4,
+            "examples_per_second": 1000.0,
+            "seconds": 1.0,
+        },
+    ],
+}
+
+
+def random_tower(spec: TowerSpec, item_genres: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """The contents of ``user_tower.npz`` for ``spec`` with seeded random weights, named as
+    :class:`~recall.index.tower.UserTower` reads them (and as the trainer writes them);
+    ``item_genres`` (n_items, max_genres_per_item) int32 genre rows."""
+    rng = np.random.default_rng(seed)
+
+    def table(rows: int, dim: int) -> np.ndarray:
+        return rng.standard_normal((rows, dim)).astype(np.float32)
+
+    arrays = {
+        SPEC_KEY: np.asarray(spec.model_dump_json()),
+        "item_embedding": table(spec.n_items, spec.item_dim),
+        "item_genres": item_genres.astype(np.int32),
+    }
+    if spec.has_genres:
+        arrays["genre_embedding"] = table(len(spec.genre_vocab) + 1, spec.genre_dim)
+    for j, feature in enumerate(spec.categorical):
+        arrays[f"categorical.{j}"] = table(len(feature.vocabulary) + 1, feature.dim)
+    width = spec.input_width
+    for j, out in enumerate(spec.hidden):
+        arrays[f"layers.{j}.weight"] = table(out, width) / np.float32(np.sqrt(width))
+        arrays[f"layers.{j}.bias"] = np.full(out, 0.1, dtype=np.float32)
+        width = out
+    return arrays
+
+
+def popular_leaning_items(counts: np.ndarray, dim: int, rng: np.random.Generator) -> np.ndarray:
+    """Bias-folded float32 item rows (n_items, dim + 1) for item training counts (n_items,):
+    a random direction plus a shared one (all positive, as ReLU user vectors are) scaled by
+    log-popularity, and log-popularity as the bias, so popular items score high for every
+    user and are each other's neighbours, as a trained softmax model's are."""
+    popularity = np.log1p(counts.astype(np.float64))
+    shared = np.ones(dim) / np.sqrt(dim)
+    w = rng.standard_normal((len(counts), dim)) / np.sqrt(dim)
+    w += (popularity / max(float(popularity.max()), 1.0))[:, None] * shared
+    return np.hstack([w, popularity[:, None]]).astype(np.float32)
+
+
+def write_dataset_bundle(
+    root: Path,
+    dataset: Dataset,
+    config: TrainConfig,
+    bundle_id: str,
+    seed: int = 0,
+) -> Path:
+    """The bundle the trainer would export for ``dataset`` (schema_version 2: ids, seen
+    lists, histories, user features, item attributes, column types, ``trained_until``),
+    with a seeded random tower and :func:`popular_leaning_items` in place of a trained
+    model: no torch. Each user vector is the tower's output on the user's history window
+    and features, so recall by user equals recall by that history. No index yet."""
+    split = leave_last_out(
+        dataset.user_rows, dataset.item_rows, dataset.timestamps, dataset.n_users
+    )
+    spec = build_spec(dataset, config)
+    users = encode_users(spec, dataset)
+    tower_file = random_tower(spec, item_genre_rows(spec, dataset), seed)
+    indptr, positions = window_positions(full_histories(split, config.history_length))
+    window_items = split.train_items[positions].astype(np.int64)
+    history, mask = pad_histories(np.split(window_items, indptr[1:-1]), spec.history_length)
+    tower = UserTower(spec, tower_file)
+    u = tower.forward(history, mask, users.categorical, users.numeric, np.zeros(dataset.n_users))
+    rng = np.random.default_rng(seed + 1)
+    counts = np.bincount(split.train_items, minlength=dataset.n_items).astype(np.int64)
+    items = popular_leaning_items(counts, spec.dim, rng)
+    seen_indptr, seen_items = split.seen()
+    arrays: dict[str, np.ndarray | dict[str, np.ndarray]] = {
+        b.ITEM_IDS: dataset.item_ids,
+        b.ITEM_VECTORS: items,
+        b.USER_IDS: dataset.user_ids,
+        b.USER_VECTORS: fold_user(u),
+        b.USER_SEEN: {"indptr": seen_indptr, "indices": seen_items},
+        b.USER_TOWER: tower_file,
+        b.ITEM_POPULARITY: counts,
+        b.USER_HISTORY: UserHistory(
+            indptr=indptr,
+            items=window_items.astype(np.int32),
+            timestamps=split.train_times[positions].astype(np.float64),
+            categorical=users.categorical,
+            numeric=users.numeric,
+        ).arrays(),
+    }
+    attributes = dataset_attributes(dataset)
+    if attributes is not None:
+        arrays[b.ITEM_ATTRIBUTES] = attributes.arrays()
+    return b.write_bundle(
+        root,
+        bundle_id,
+        arrays,
+        dim=spec.dim + 1,
+        counts=b.Counts(
+            users=dataset.n_users, items=dataset.n_items, interactions=len(split.train_items)
+        ),
+        trainer={
+            "config": config.model_dump(),
+            "metrics": FIXTURE_METRICS,
+            "data": str(dataset.source),
+            "columns": {
+                "items": [c.as_dict() for c in dataset.item_columns],
+                "users": [c.as_dict() for c in dataset.user_columns],
+            },
+            "source": "tests.index_data",
+        },
+        trained_until=float(dataset.timestamps.max(initial=-np.inf)),
+        item_attributes=None if attributes is None else attributes.schema(),
+    )
+
+
+def dataset_attributes(dataset: Dataset) -> ItemAttributes | None:
+    """The items file's columns encoded for ``item_attributes.npz`` as the trainer encodes
+    them (every name valid); None when the data has none."""
+    if not dataset.item_attributes:
+        return None
+    kinds = {c.name: c.kind for c in dataset.item_columns}
+    return ItemAttributes.from_raw(dict(dataset.item_attributes), dataset.n_items, kinds)

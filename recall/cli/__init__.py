@@ -33,7 +33,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Every subcommand and flag, each with a help line (tests/test_cli.py checks)."""
+    """Every subcommand and flag, each with a help line (tests/cli/test_cli.py checks)."""
     parser = argparse.ArgumentParser(
         prog="recall",
         description="Train, index and serve embeddings for candidate generation.",

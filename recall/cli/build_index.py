@@ -13,7 +13,7 @@ from recall.cli.command import Subcommands, add_command
 logger = logging.getLogger("recall")
 
 # The index kinds, spelled out here so the parser needs no faiss import
-# (tests/test_publish.py checks they match recall.index.faiss_index.KIND_CHOICES).
+# (tests/index/test_publish.py checks they match recall.index.faiss_index.KIND_CHOICES).
 KIND_CHOICES = ("auto", "flat", "hnsw", "ivf-flat", "ivf-sq8", "ivf-pq")
 
 

@@ -34,11 +34,11 @@ from recall.service.fresh import user_vectors
 from recall.service.recaller import ServingBundle
 from recall.service.settings import STATE_FILE
 from recall.service.state import sqlite_url
+from tests.index.test_history import make_v1
+from tests.index.test_verify import copy_bundle
 from tests.live import live_server, settings
 from tests.redis_server import redis_server
-from tests.test_history import make_v1
-from tests.test_metrics_workers import recall_serve
-from tests.test_verify import copy_bundle
+from tests.service.test_metrics_workers import recall_serve
 
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
 

@@ -25,10 +25,11 @@ from recall.index.publish import publish, read_current
 from recall.service import reloader
 from recall.service.app import create_app
 from recall.service.recaller import ServingBundle
+from tests.cli.test_cli import recall
+from tests.index.test_publish import _bundle
+from tests.index.test_verify import OTHER_ID, copy_bundle, edit_manifest
 from tests.live import live_server
-from tests.test_cli import recall
-from tests.test_publish import _bundle
-from tests.test_reload import (
+from tests.service.test_reload import (
     AUTH,
     GOOD,
     _settings,
@@ -37,7 +38,6 @@ from tests.test_reload import (
     wait_until,
     write_current,
 )
-from tests.test_verify import OTHER_ID, copy_bundle, edit_manifest
 
 VICTIM = b.ITEM_POPULARITY  # read early by verify_bundle
 THIRD_ID = "20260101T000000Z-eeeeee"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-ML100K_TEST = "tests/test_data.py::test_ml_100k"
+REPO = Path(__file__).resolve().parents[2]
+ML100K_TEST = "tests/trainer/test_data.py::test_ml_100k"
 
 
 @pytest.fixture(scope="module")

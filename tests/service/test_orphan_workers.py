@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from recall.service.metrics_dir import MULTIPROC_ENV
-from tests.test_metrics_workers import _free_port
+from tests.service.test_metrics_workers import _free_port
 
 RECALL = Path(sys.executable).parent / "recall"
 WORKERS_GONE_S = 10.0  # PR_SET_PDEATHSIG is immediate; the poll fallback takes 1 s

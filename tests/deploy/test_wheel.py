@@ -22,7 +22,7 @@ from recall.index.build import BuildOptions, build_index
 from recall.index.publish import publish
 from tests.index_data import clustered, write_vectors_bundle
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 

@@ -17,8 +17,7 @@ from recall.index.publish import publish
 from recall.service.app import create_app
 from recall.trainer.config import TrainConfig
 from recall.trainer.data import Dataset
-from recall.trainer.export import export_bundle
-from recall.trainer.train import Trained
+from tests.index_data import write_dataset_bundle
 from tests.live import TOKEN, live_server, settings
 
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -31,19 +30,19 @@ NUL_ITEM = ITEM + "\u0000"  # numpy's fixed-width strings would read it as ITEM
 
 @pytest.fixture(scope="module")
 def client(
-    trained: Trained,
     synthetic: Dataset,
     small_config: TrainConfig,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[httpx.Client]:
-    """A live server on the trained model re-labelled with string ids ("m00001", "u00001")."""
+    """A live server on the synthetic data's bundle (no torch) re-labelled with string ids
+    ("m00001", "u00001")."""
     root = tmp_path_factory.mktemp("string-ids")
     labelled = dataclasses.replace(
         synthetic,
         item_ids=np.array([f"m{int(i):05d}" for i in synthetic.item_ids]),
         user_ids=np.array([f"u{int(u):05d}" for u in synthetic.user_ids]),
     )
-    bundle = export_bundle(trained, labelled, small_config, root, "20260101T000000Z-5751d5")
+    bundle = write_dataset_bundle(root, labelled, small_config, "20260101T000000Z-5751d5")
     build_index(bundle, BuildOptions(kind="flat", sample_queries=20, latency_queries=5))
     publish(bundle)
     app = create_app(settings(root, max_body_bytes=1 << 20, max_vector_ids=2000))

@@ -11,7 +11,7 @@ Prometheus text. A command that writes a ``.npy`` with ``-o`` is checked for the
 count and the ``X-Missing-Count`` its comment shows. The ```python block of "Python
 client" runs with the same substitution and ``RECALL_ADMIN_TOKEN`` set.
 
-The server serves the ``published_root`` bundle (tests/conftest.py): trained on data of
+The server serves the ``published_root`` bundle (tests/conftest.py): written for data of
 the demo's generator (trainer/synth.py), so the same ids (users and items from 1) and
 user features (age, gender, country) exist.
 """
@@ -38,10 +38,10 @@ from recall.service.app import create_app
 from recall.service.recaller import ServingBundle
 from recall.service.settings import STATE_FILE, Settings
 from recall.service.state import sqlite_url
+from tests.index.test_verify import copy_bundle
 from tests.live import live_server
-from tests.test_verify import copy_bundle
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 DEMO_URL = "http://127.0.0.1:8000"
 CHECKED_VALUES = ("status", "source", "code")
 MARK = "@@readme-command@@"

@@ -24,8 +24,8 @@ from recall.index.current import CURRENT
 from recall.service.app import create_app
 from recall.service.recaller import ServingBundle
 from recall.service.settings import Settings
+from tests.index.test_verify import OTHER_ID, copy_bundle, resign
 from tests.live import TOKEN, live_server
-from tests.test_verify import OTHER_ID, copy_bundle, resign
 
 GOOD = "20260101T000000Z-aaaaaa"  # the id of the published test bundle
 POLL_S = 0.05

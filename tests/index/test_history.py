@@ -21,15 +21,16 @@ from recall.service.app import create_app
 from recall.service.recaller import ServingBundle
 from recall.trainer.data import Dataset
 from recall.trainer.split import MIN_INTERACTIONS_TO_HOLD_OUT
+from tests.index.test_verify import copy_bundle, edit_manifest
 from tests.live import live_server, settings
-from tests.test_verify import copy_bundle, edit_manifest
 
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
 
 
 @pytest.fixture(scope="module")
-def bundle(published_root: Path) -> ServingBundle:
-    return ServingBundle.load(published_root / (published_root / CURRENT).read_text().strip())
+def bundle(trained_root: Path) -> ServingBundle:
+    """The trained model's export: what the trainer writes is under test here."""
+    return ServingBundle.load(trained_root / (trained_root / CURRENT).read_text().strip())
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from recall.service.settings import Settings, SettingsError, load_settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GOOD = "9f2c4e1ab7d05e3c88a1f6b2d4e0c7a9"
 
 

@@ -3,7 +3,7 @@ default settings, so any change to a path, method or schema is a deliberate edit
 
 After an intended API change, write the new document and review its diff::
 
-    .venv/bin/python -m tests.test_openapi
+    .venv/bin/python -m tests.service.test_openapi
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 from recall.service.app import create_app
 from recall.service.settings import Settings
 
-DOCUMENT = Path(__file__).resolve().parents[1] / "docs" / "openapi.json"
+DOCUMENT = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
 
 
 def current_document() -> dict[str, Any]:
@@ -33,8 +33,8 @@ def _text(document: dict[str, Any]) -> str:
 def test_the_api_is_the_committed_document() -> None:
     committed = DOCUMENT.read_text(encoding="utf-8")
     assert _text(current_document()) == committed, (
-        "the OpenAPI document changed: if intended, run `.venv/bin/python -m tests.test_openapi`"
-        " and commit docs/openapi.json"
+        "the OpenAPI document changed: if intended, run"
+        " `.venv/bin/python -m tests.service.test_openapi` and commit docs/openapi.json"
     )
 
 

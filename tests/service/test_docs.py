@@ -73,7 +73,7 @@ def test_redoc_is_off_rather_than_from_a_cdn(base_url: str) -> None:
 def test_the_image_build_carries_the_assets(tmp_path: Path) -> None:
     """The service image installs the wheel its build stage makes from these COPYs: the
     wheel must hold the assets (package data in pyproject.toml)."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     dockerfile = (repo / "docker" / "Dockerfile.service").read_text()
     src = tmp_path / "src"
     src.mkdir()

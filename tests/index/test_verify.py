@@ -1,9 +1,9 @@
 """One verification: every bundle ``recall publish`` refuses, the service refuses, and the
 other way round (both call :func:`recall.index.verify.verify_bundle`).
 
-Each corruption below is applied to a copy of a real trained bundle (re-signed in the
-manifest where the point is that checksums alone do not catch it), then handed to both
-callers: :func:`recall.index.publish.publish` and
+Each corruption below is applied to a copy of a complete bundle (``published_root``;
+re-signed in the manifest where the point is that checksums alone do not catch it), then
+handed to both callers: :func:`recall.index.publish.publish` and
 :meth:`recall.service.recaller.ServingBundle.load`.
 """
 

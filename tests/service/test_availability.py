@@ -25,10 +25,10 @@ from recall.service.app import create_app
 from recall.service.recaller import ServingBundle
 from recall.service.settings import STATE_FILE
 from recall.service.state import open_store, sqlite_url
+from tests.index.test_verify import copy_bundle
 from tests.live import TOKEN, fresh_state_url, live_server, settings
 from tests.redis_server import redis_server
-from tests.test_metrics_workers import recall_serve
-from tests.test_verify import copy_bundle
+from tests.service.test_metrics_workers import recall_serve
 
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 PATH = "/v1/admin/items/availability"

@@ -23,7 +23,7 @@ from recall.service.state import Event, StateUnavailable, open_store, sqlite_url
 from recall.service.state.base import StoreLimits
 from recall.service.state.sqlite import SQLiteStore
 from tests.live import live_server, settings
-from tests.test_events import metric, post_events, recall, unseen_items, user
+from tests.service.test_events import metric, post_events, recall, unseen_items, user
 
 T0 = 1_700_000_000.0
 LIMITS = StoreLimits(

@@ -17,7 +17,7 @@ from recall.index import bundle as b
 from recall.index.publish import read_current
 from tests.conftest import BundleFactory
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECALL = Path(sys.executable).with_name("recall")  # the console script of this venv
 
 

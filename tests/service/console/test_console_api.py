@@ -16,10 +16,10 @@ from recall.service.app import create_app
 from recall.service.recaller import ServingBundle
 from recall.service.routes.console import CONSOLE_DIR
 from recall.trainer.config import TrainConfig
-from recall.trainer.train import Trained
+from tests.index.test_verify import OTHER_ID, copy_bundle
+from tests.index_data import FIXTURE_METRICS
 from tests.live import TOKEN, live_server, settings
-from tests.test_reload import GOOD, write_current
-from tests.test_verify import OTHER_ID, copy_bundle
+from tests.service.test_reload import GOOD, write_current
 
 Served = tuple[httpx.Client, ServingBundle]
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -215,16 +215,16 @@ def test_console_page_and_assets_are_served_read_only(served: Served) -> None:
 
 
 def test_model_has_the_training_curve_popularity_and_index_measurements(
-    served: Served, trained: Trained, small_config: TrainConfig
+    served: Served, small_config: TrainConfig
 ) -> None:
     client, bundle = served
     body = client.get("/v1/model").json()
     assert body["bundle_id"] == bundle.id
     metrics = body["trainer_metrics"]
     curve = metrics["epochs"]
-    assert len(curve) == len(trained.metrics["epochs"]) >= 1  # one point per epoch trained
+    assert len(curve) == len(FIXTURE_METRICS["epochs"]) >= 1  # one point per epoch trained
     assert [(e["epoch"], e["train_loss"], e["valid_hr"]) for e in curve] == [
-        (e["epoch"], e["train_loss"], e["valid_hr"]) for e in trained.metrics["epochs"]
+        (e["epoch"], e["train_loss"], e["valid_hr"]) for e in FIXTURE_METRICS["epochs"]
     ]
     key = f"valid_hr@{small_config.validation_k}"
     assert metrics[key] > metrics["popularity"][key] > 0

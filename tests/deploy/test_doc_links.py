@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # [text](target): the target up to a space or ")"; images too
 LINK = re.compile(r"\]\(([^)\s]+)\)")
@@ -42,7 +42,18 @@ def test_relative_links_lead_somewhere(doc: Path) -> None:
     assert broken == [], f"{doc.name}: links that lead nowhere: {broken}"
 
 
-@pytest.mark.parametrize("doc", [*DOCS, ROOT / "pyproject.toml"], ids=lambda p: p.name)
+SOURCES = [
+    ROOT / "pyproject.toml",
+    *(
+        path
+        for folder in ("index", "service", "trainer", "recall", "bench", "docker")
+        for path in sorted((ROOT / folder).rglob("*"))
+        if path.suffix in (".py", ".js", ".sh", ".yml", ".conf") and "static" not in path.parts
+    ),
+]
+
+
+@pytest.mark.parametrize("doc", [*DOCS, *SOURCES], ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_reference_to_files_outside_the_repository(doc: Path) -> None:
     text = doc.read_text()
     assert [name for name in NOT_IN_A_CLONE if name in text] == []

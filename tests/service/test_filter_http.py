@@ -1,6 +1,7 @@
 """Filtered recall, item attributes and POST similar over a real uvicorn server.
 
-The bundle is the session's trained model exported with item attributes of our own
+The bundle is the synthetic data's, written without torch (tests/index_data.py), with item
+attributes of our own
 (``genres`` from the synthetic data, plus ``year`` numeric with gaps, ``language``
 categorical with gaps, ``title`` unique per item), published, and served with a flat
 (exact) index; every answer is checked against a numpy oracle: the exact inner-product
@@ -31,8 +32,7 @@ from recall.service.app import create_app
 from recall.service.recaller import ServingBundle
 from recall.trainer.config import TrainConfig
 from recall.trainer.data import Dataset
-from recall.trainer.export import export_bundle
-from recall.trainer.train import Trained
+from tests.index_data import write_dataset_bundle
 from tests.live import TOKEN, live_server, settings
 
 Served = tuple[httpx.Client, ServingBundle]
@@ -57,11 +57,10 @@ def _attributes(dataset: Dataset) -> dict[str, np.ndarray]:
 
 def _serve(
     root: Path,
-    trained: Trained,
     dataset: Dataset,
     config: TrainConfig,
 ) -> Iterator[Served]:
-    bundle_path = export_bundle(trained, dataset, config, root, "20260102T000000Z-ffffff")
+    bundle_path = write_dataset_bundle(root, dataset, config, "20260102T000000Z-ffffff")
     build_index(bundle_path, BuildOptions(kind="flat", sample_queries=20, latency_queries=5))
     publish(bundle_path)
     bundle = ServingBundle.load(bundle_path)
@@ -71,26 +70,24 @@ def _serve(
 
 @pytest.fixture(scope="module")
 def served(
-    trained: Trained,
     synthetic: Dataset,
     small_config: TrainConfig,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Served]:
     """A server on a bundle with item attributes (genres, year, language, title)."""
     data = replace(synthetic, item_attributes=_attributes(synthetic))
-    yield from _serve(tmp_path_factory.mktemp("attrs"), trained, data, small_config)
+    yield from _serve(tmp_path_factory.mktemp("attrs"), data, small_config)
 
 
 @pytest.fixture(scope="module")
 def bare(
-    trained: Trained,
     synthetic: Dataset,
     small_config: TrainConfig,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Served]:
     """A server on a bundle without item attributes."""
     data = replace(synthetic, item_attributes={})
-    yield from _serve(tmp_path_factory.mktemp("bare"), trained, data, small_config)
+    yield from _serve(tmp_path_factory.mktemp("bare"), data, small_config)
 
 
 def _all(bundle: ServingBundle) -> list[Attrs]:

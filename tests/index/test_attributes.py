@@ -257,9 +257,9 @@ def _expected(row: dict[str, str], kinds: Mapping[str, str]) -> dict[str, Any]:
 
 
 def test_a_trained_bundle_serves_the_attributes_of_items_csv(
-    published_root: Path, synthetic_dir: Path
+    trained_root: Path, synthetic_dir: Path
 ) -> None:
-    bundle = ServingBundle.load(published_root / (published_root / CURRENT).read_text().strip())
+    bundle = ServingBundle.load(trained_root / (trained_root / CURRENT).read_text().strip())
     attrs = bundle.attributes
     assert attrs is not None and attrs.n_items == len(bundle.item_ids)
     assert bundle.manifest.item_attributes is not None

@@ -40,7 +40,7 @@ from recall.service.state import Event, open_store, sqlite_url
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
 COMPOSE = DOCKER / "docker-compose.yml"
 TRAIN_SCRIPT = DOCKER / "train-and-publish.sh"

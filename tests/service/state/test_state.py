@@ -23,7 +23,7 @@ from recall.service.settings import Settings
 from recall.service.state import Event, StateStore, StateUnavailable, check_url, open_store
 from tests.redis_server import RedisServer, free_port, redis_server
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 T0 = 1_700_000_000.0
 
 

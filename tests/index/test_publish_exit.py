@@ -16,10 +16,10 @@ import pytest
 from recall.index import bundle as b
 from recall.index.current import CURRENT
 from recall.index.publish import publish, read_current
-from tests.test_bundle_files import _unblocking
-from tests.test_cli import recall
-from tests.test_publish import _bundle
-from tests.test_verify import edit_manifest
+from tests.cli.test_cli import recall
+from tests.index.test_bundle_files import _unblocking
+from tests.index.test_publish import _bundle
+from tests.index.test_verify import edit_manifest
 
 BAD_ID = "20260101T000099Z-abcdef"  # newest by name, but no readable manifest
 

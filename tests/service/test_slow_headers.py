@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.test_metrics_workers import _free_port
-from tests.test_orphan_workers import start_serve, stop, wait_ready
+from tests.service.test_metrics_workers import _free_port
+from tests.service.test_orphan_workers import start_serve, stop, wait_ready
 
 TIMEOUT_S = 1.0
 

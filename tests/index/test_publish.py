@@ -26,7 +26,7 @@ from recall.trainer.export import export_bundle
 from recall.trainer.train import Trained
 from tests.index_data import clustered, write_vectors_bundle
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FAST = BuildOptions(kind="flat", sample_queries=20, latency_queries=5)
 
 
