@@ -25,8 +25,9 @@ from contextlib import suppress
 import numpy as np
 
 from recall.index.allowed import AllowedItems
+from recall.index.ids import ExternalId
 from recall.service.recaller import ServingBundle
-from recall.service.state import Id, StateUnavailable
+from recall.service.state import StateUnavailable
 from recall.service.state_access import StateAccess
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class Availability:
         self.access = access
         self.poll_s = poll_s
         self.version = -1  # nothing read yet; the store's versions start at 0
-        self.disabled: tuple[Id, ...] = ()
+        self.disabled: tuple[ExternalId, ...] = ()
         self._masks: dict[tuple[str, int], AllowedItems | None] = {}
         self._lock = threading.Lock()  # allowed() runs in the search threads
         self._task: asyncio.Task[None] | None = None
@@ -63,7 +64,7 @@ class Availability:
         self.apply(version, disabled)
         return True
 
-    def apply(self, version: int, disabled: Sequence[Id]) -> None:
+    def apply(self, version: int, disabled: Sequence[ExternalId]) -> None:
         """Use ``disabled`` as of ``version`` (an older version than the one held is
         ignored: two reads may finish out of order)."""
         with self._lock:
@@ -117,7 +118,7 @@ def store_bound(access: StateAccess) -> float:
     return float(bound)
 
 
-def disabled_mask(bundle: ServingBundle, disabled: Sequence[Id]) -> np.ndarray | None:
+def disabled_mask(bundle: ServingBundle, disabled: Sequence[ExternalId]) -> np.ndarray | None:
     """Bool (n_items,): False at the rows of ``disabled`` ids the bundle knows, read-only;
     None when it knows none of them."""
     if not disabled:
@@ -132,7 +133,7 @@ def disabled_mask(bundle: ServingBundle, disabled: Sequence[Id]) -> np.ndarray |
     return mask
 
 
-def unknown_ids(bundle: ServingBundle, ids: Sequence[Id]) -> list[Id]:
+def unknown_ids(bundle: ServingBundle, ids: Sequence[ExternalId]) -> list[ExternalId]:
     """The ids of ``ids`` that ``bundle`` does not know, in order."""
     if not ids:
         return []

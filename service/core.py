@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 
 from recall.index.allowed import AllowedItems
+from recall.index.ids import ExternalId
 from recall.index.search import Strategy
 from recall.service import recaller
 from recall.service.domain_errors import RecallError, UnknownId, clip
 from recall.service.fresh import UserState, UserVector, recall_user, user_vectors
 from recall.service.recaller import (
     Allowed,
-    ExternalId,
     RecallQuery,
     RecallResult,
     ServingBundle,

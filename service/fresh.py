@@ -24,9 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recall.index.ids import ExternalId
 from recall.service import recaller as core
 from recall.service.domain_errors import UnknownId, clip
-from recall.service.recaller import ExternalId, RecallQuery, RecallResult, ServingBundle, Source
+from recall.service.recaller import RecallQuery, RecallResult, ServingBundle, Source
 
 __all__ = [
     "FreshRecall",

@@ -26,7 +26,7 @@ from recall.index.allowed import AllowedItems
 from recall.index.attributes import AttributeFilterError, ItemAttributes
 from recall.index.filters import FilterError, compile_filter
 from recall.index.history import UserHistory
-from recall.index.ids import IdMap
+from recall.index.ids import ExternalId, IdMap
 from recall.index.search import Found, ItemIndex, Strategy, max_row_norm
 from recall.index.tower import FLOAT32_MAX, FeatureError, FeatureValue, UserTower
 from recall.index.verify import verify_bundle
@@ -34,8 +34,6 @@ from recall.service.domain_errors import InvalidRequest, UnknownId, clip
 from recall.service.filter_cache import FilterCache, filter_key
 
 logger = logging.getLogger(__name__)
-
-ExternalId = int | str
 
 
 class Source(StrEnum):

@@ -2,9 +2,10 @@
 
 A read that fails (store down, slow past its timeout, any :class:`StateUnavailable`)
 returns None: recall then answers from the bundle alone and says ``"fresh": false``. A
-write that fails raises :class:`~recall.service.errors.StateDown` (503). Each failure counts in
-``recall_state_errors_total{op}``; the log gets one line per ``log_every_s`` at most (the
-count of failures since the last line included), so a dead store cannot flood it.
+write that fails raises :class:`~recall.service.domain_errors.StateDown` (503). Each
+failure counts in ``recall_state_errors_total{op}``; the log gets one line per
+``log_every_s`` at most (the count of failures since the last line included), so a dead
+store cannot flood it.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import time
 from collections.abc import Awaitable, Sequence
 from typing import TypeVar
 
+from recall.index.ids import ExternalId
 from recall.service.domain_errors import StateDown
 from recall.service.fresh import UserState
 from recall.service.metrics import Metrics
-from recall.service.state import Event, Id, StateStore, StateUnavailable
+from recall.service.state import Event, StateStore, StateUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +51,9 @@ class StateAccess:
         self._last_log = -math.inf
         self._unlogged = 0
 
-    async def read(self, user_ids: Sequence[Id], *, after: float, with_shown: bool) -> UserState:
+    async def read(
+        self, user_ids: Sequence[ExternalId], *, after: float, with_shown: bool
+    ) -> UserState:
         """Recent interactions after ``after`` (unix seconds; ``-inf``: all the store
         keeps) and, when ``with_shown``, impressions within the shown TTL, for each user.
         Never raises for store trouble: returns empty lists and ``fresh=False``."""
@@ -92,7 +96,9 @@ class StateAccess:
             self.failed(op, e)
             return None
 
-    async def set_availability(self, disable: Sequence[Id], enable: Sequence[Id]) -> int:
+    async def set_availability(
+        self, disable: Sequence[ExternalId], enable: Sequence[ExternalId]
+    ) -> int:
         """Disable/enable items (new availability version), or raise :class:`StateDown`."""
         try:
             async with asyncio.timeout(WRITE_GUARD_S):
@@ -103,7 +109,7 @@ class StateAccess:
                 "the state store is unavailable: availability was not changed; retry later"
             ) from None
 
-    async def availability(self) -> tuple[int, list[Id]]:
+    async def availability(self) -> tuple[int, list[ExternalId]]:
         """``(version, disabled ids)`` from the store, or raise :class:`StateDown`."""
         try:
             async with asyncio.timeout(WRITE_GUARD_S):

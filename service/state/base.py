@@ -15,8 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, SupportsIndex
 
-Id = int | str
-"""An external id exactly as the bundle types it (int64 or str); kept across the store."""
+from recall.index.ids import ExternalId
 
 EventType = Literal["interaction", "impression"]
 EVENT_TYPES: tuple[EventType, ...] = ("interaction", "impression")
@@ -51,8 +50,8 @@ class StoreLimits:
 class Event:
     """One thing a user did: ``timestamp`` in unix seconds."""
 
-    user_id: Id
-    item_id: Id
+    user_id: ExternalId
+    item_id: ExternalId
     timestamp: float
     type: EventType = "interaction"
 
@@ -76,7 +75,9 @@ class StateStore(Protocol):
         still have stored its events (the write finished after the deadline)."""
         ...
 
-    async def recent(self, user_ids: Sequence[Id], after: float) -> list[list[tuple[Id, float]]]:
+    async def recent(
+        self, user_ids: Sequence[ExternalId], after: float
+    ) -> list[list[tuple[ExternalId, float]]]:
         """Per user (same order): interactions with timestamp > ``after`` (``-math.inf``: all),
         oldest first, at most the last ``window`` of them, as ``(item_id, timestamp)``.
         Exact duplicates (same user, item and timestamp) count once. Bounded by ``timeout_s``.
@@ -84,7 +85,7 @@ class StateStore(Protocol):
         (Redis: the key expires; SQLite keeps the window)."""
         ...
 
-    async def shown(self, user_ids: Sequence[Id], since: float) -> list[list[Id]]:
+    async def shown(self, user_ids: Sequence[ExternalId], since: float) -> list[list[ExternalId]]:
         """Per user (same order): distinct item ids of impressions with timestamp >= ``since``,
         oldest first (an item's latest impression counts). Bounded by ``timeout_s``.
         Impressions older than ``shown_ttl_s`` (wall clock) are dropped by the store."""
@@ -97,14 +98,16 @@ class StateStore(Protocol):
         arrived within ``retention_s`` (wall clock)."""
         ...
 
-    async def set_availability(self, disable: Sequence[Id], enable: Sequence[Id]) -> int:
+    async def set_availability(
+        self, disable: Sequence[ExternalId], enable: Sequence[ExternalId]
+    ) -> int:
         """Mark the items ``disable`` unavailable and ``enable`` available again (ids as
         given, kept typed; an id in both lists is a ValueError), atomically with a bump of
         the availability version; returns the new version (the current one, unchanged, when
         both lists are empty). Bounded by the write timeout."""
         ...
 
-    async def availability(self) -> tuple[int, list[Id]]:
+    async def availability(self) -> tuple[int, list[ExternalId]]:
         """``(version, disabled item ids)`` read together (one snapshot); ids in a stable
         order (ints ascending, then strs). Bounded by the write timeout (not on a recall's
         path: replicas read it when the version changed)."""
@@ -124,7 +127,7 @@ class StateStore(Protocol):
         ...
 
 
-def check_id(value: object) -> Id:
+def check_id(value: object) -> ExternalId:
     """``value`` as a store id: str as is, an integer (numpy's too) as a Python int64."""
     if type(value) is str:  # fast paths first: isinstance on a Protocol costs ~10 us
         return value
@@ -144,7 +147,7 @@ def check_id(value: object) -> Id:
 
 def check_availability(
     disable: Sequence[object], enable: Sequence[object]
-) -> tuple[list[Id], list[Id]]:
+) -> tuple[list[ExternalId], list[ExternalId]]:
     """``(disable, enable)`` as store ids (:func:`check_id`), duplicates dropped; ValueError
     naming an id that is in both lists."""
     off = list(dict.fromkeys(check_id(i) for i in disable))
@@ -155,7 +158,7 @@ def check_availability(
     return off, on
 
 
-def id_order(value: Id) -> tuple[int, int, str]:
+def id_order(value: ExternalId) -> tuple[int, int, str]:
     """A sort key over mixed ids: ints ascending, then strs."""
     if isinstance(value, int):
         return (0, value, "")
@@ -170,7 +173,7 @@ def check_time(value: float) -> float:
     return bound
 
 
-def check_event(event: Event) -> tuple[Id, Id, float, EventType]:
+def check_event(event: Event) -> tuple[ExternalId, ExternalId, float, EventType]:
     """``(user_id, item_id, timestamp, type)`` checked: ids by :func:`check_id`, a finite
     float timestamp, a known type."""
     timestamp = float(event.timestamp)

@@ -39,10 +39,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from recall.index.ids import ExternalId
 from recall.service.state.base import (
     Event,
     EventType,
-    Id,
     StateUnavailable,
     StoreLimits,
     check_availability,
@@ -112,15 +112,15 @@ return out
 """
 
 
-def _enc(value: Id) -> bytes:
+def _enc(value: ExternalId) -> bytes:
     return orjson.dumps(value)
 
 
-def _recent_key(user: Id) -> bytes:
+def _recent_key(user: ExternalId) -> bytes:
     return PREFIX + b"r:" + _enc(user)
 
 
-def _shown_key(user: Id) -> bytes:
+def _shown_key(user: ExternalId) -> bytes:
     return PREFIX + b"s:" + _enc(user)
 
 
@@ -208,7 +208,9 @@ class RedisStore:
         args[6] = n_recent
         await self._bounded(self._add_script(keys, args), self.limits.write_timeout_s, "add")
 
-    async def recent(self, user_ids: Sequence[Id], after: float) -> list[list[tuple[Id, float]]]:
+    async def recent(
+        self, user_ids: Sequence[ExternalId], after: float
+    ) -> list[list[tuple[ExternalId, float]]]:
         ids = [check_id(u) for u in user_ids]
         if not ids:
             return []
@@ -224,7 +226,7 @@ class RedisStore:
             out.append(items)
         return out
 
-    async def shown(self, user_ids: Sequence[Id], since: float) -> list[list[Id]]:
+    async def shown(self, user_ids: Sequence[ExternalId], since: float) -> list[list[ExternalId]]:
         ids = [check_id(u) for u in user_ids]
         if not ids:
             return []
@@ -257,7 +259,9 @@ class RedisStore:
                 return
             start = "(" + page[-1][0].decode()
 
-    async def set_availability(self, disable: Sequence[Id], enable: Sequence[Id]) -> int:
+    async def set_availability(
+        self, disable: Sequence[ExternalId], enable: Sequence[ExternalId]
+    ) -> int:
         off, on = check_availability(disable, enable)
         if not off and not on:
             return await self.availability_version()
@@ -269,14 +273,14 @@ class RedisStore:
         )
         return int(cast(int, reply))
 
-    async def availability(self) -> tuple[int, list[Id]]:
+    async def availability(self) -> tuple[int, list[ExternalId]]:
         reply = await self._bounded(
             self._read_availability_script([DISABLED, VERSION], []),
             self.limits.write_timeout_s,
             "availability",
         )
         version, members = cast(tuple[bytes, list[bytes]], reply)
-        items: list[Id] = [orjson.loads(m) for m in members]
+        items: list[ExternalId] = [orjson.loads(m) for m in members]
         return int(version), sorted(items, key=id_order)
 
     async def availability_version(self) -> int:

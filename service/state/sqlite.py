@@ -44,10 +44,10 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
+from recall.index.ids import ExternalId
 from recall.service.state.base import (
     Event,
     EventType,
-    Id,
     StateUnavailable,
     StoreLimits,
     check_availability,
@@ -60,7 +60,7 @@ from recall.service.state.base import (
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Row = tuple[Id, Id, float, EventType]
+Row = tuple[ExternalId, ExternalId, float, EventType]
 Pending = tuple[list[Row], asyncio.Future[None], float]
 """An add waiting for its group commit: rows, its future, its deadline (loop time)."""
 
@@ -350,37 +350,40 @@ class SQLiteStore:
         self._trim_at = time.monotonic() + (0.0 if more else TRIM_EVERY_S)
 
     def _select_by_user(
-        self, sql: str, user_ids: list[Id], bound: float
-    ) -> list[tuple[Id, Id, float]]:
+        self, sql: str, user_ids: list[ExternalId], bound: float
+    ) -> list[tuple[ExternalId, ExternalId, float]]:
         """``sql`` (with ``{ids}`` for the placeholders and one ``?`` for ``bound``) over
         ``user_ids`` in chunks: rows ``(user, item, ts)``."""
         conn = self._conn()
-        out: list[tuple[Id, Id, float]] = []
+        out: list[tuple[ExternalId, ExternalId, float]] = []
         for start in range(0, len(user_ids), IN_CHUNK):
             chunk = user_ids[start : start + IN_CHUNK]
             marks = ",".join("?" * len(chunk))
             out.extend(conn.execute(sql.format(ids=marks), [*chunk, bound]))
         return out
 
-    def _recent(self, user_ids: list[Id], after: float) -> list[list[tuple[Id, float]]]:
+    def _recent(
+        self, user_ids: list[ExternalId], after: float
+    ) -> list[list[tuple[ExternalId, float]]]:
         rows = self._select_by_user(
             "SELECT user, item, ts FROM recent WHERE user IN ({ids}) AND ts > ? ORDER BY ts, item",
             user_ids,
             after,
         )
-        per_user: dict[Id, list[tuple[Id, float]]] = {}  # 7 and "7" are different keys
+        # 7 and "7" are different keys
+        per_user: dict[ExternalId, list[tuple[ExternalId, float]]] = {}
         for user, item, ts in rows:
             per_user.setdefault(user, []).append((item, ts))
         # The table is capped on insert; cut again in case `window` shrank since.
         return [per_user.get(u, [])[-self.limits.window :] for u in user_ids]
 
-    def _shown(self, user_ids: list[Id], since: float) -> list[list[Id]]:
+    def _shown(self, user_ids: list[ExternalId], since: float) -> list[list[ExternalId]]:
         rows = self._select_by_user(
             "SELECT user, item, ts FROM shown WHERE user IN ({ids}) AND ts >= ? ORDER BY ts",
             user_ids,
             since,
         )
-        per_user: dict[Id, list[Id]] = {}
+        per_user: dict[ExternalId, list[ExternalId]] = {}
         for user, item, _ in rows:
             per_user.setdefault(user, []).append(item)
         return [per_user.get(u, []) for u in user_ids]
@@ -398,7 +401,7 @@ class SQLiteStore:
     def _ping(self) -> None:
         self._conn().execute("SELECT 1").fetchone()
 
-    def _set_availability(self, disable: list[Id], enable: list[Id]) -> int:
+    def _set_availability(self, disable: list[ExternalId], enable: list[ExternalId]) -> int:
         """One transaction on the writer thread: the rows and the version bump together."""
         conn = self._conn()
         conn.execute(f"PRAGMA busy_timeout = {int(self.limits.write_timeout_s * 1000)}")
@@ -424,12 +427,14 @@ class SQLiteStore:
         row = conn.execute("SELECT version FROM availability").fetchone()
         return 0 if row is None else int(row[0])
 
-    def _availability(self) -> tuple[int, list[Id]]:
+    def _availability(self) -> tuple[int, list[ExternalId]]:
         conn = self._conn()
         conn.execute("BEGIN")  # one read snapshot for the version and the rows
         try:
             version = self._version(conn)
-            items: list[Id] = [item for (item,) in conn.execute("SELECT item FROM disabled")]
+            items: list[ExternalId] = [
+                item for (item,) in conn.execute("SELECT item FROM disabled")
+            ]
         finally:
             if conn.in_transaction:
                 conn.execute("COMMIT")
@@ -526,14 +531,16 @@ class SQLiteStore:
         finally:
             self._committer = None
 
-    async def recent(self, user_ids: Sequence[Id], after: float) -> list[list[tuple[Id, float]]]:
+    async def recent(
+        self, user_ids: Sequence[ExternalId], after: float
+    ) -> list[list[tuple[ExternalId, float]]]:
         ids = _ids(user_ids)
         if not ids:
             return []
         after = check_time(after)
         return await self._call(lambda: self._recent(ids, after), self.limits.timeout_s, "recent")
 
-    async def shown(self, user_ids: Sequence[Id], since: float) -> list[list[Id]]:
+    async def shown(self, user_ids: Sequence[ExternalId], since: float) -> list[list[ExternalId]]:
         ids = _ids(user_ids)
         if not ids:
             return []
@@ -553,7 +560,9 @@ class SQLiteStore:
                 return
             after_seq = page[-1][0]
 
-    async def set_availability(self, disable: Sequence[Id], enable: Sequence[Id]) -> int:
+    async def set_availability(
+        self, disable: Sequence[ExternalId], enable: Sequence[ExternalId]
+    ) -> int:
         off, on = check_availability(disable, enable)
         if not off and not on:
             return await self.availability_version()
@@ -564,7 +573,7 @@ class SQLiteStore:
             self._writer,
         )
 
-    async def availability(self) -> tuple[int, list[Id]]:
+    async def availability(self) -> tuple[int, list[ExternalId]]:
         return await self._call(self._availability, self.limits.write_timeout_s, "availability")
 
     async def availability_version(self) -> int:
@@ -603,5 +612,5 @@ def _retrieve(done: asyncio.Future[None]) -> None:
         done.exception()
 
 
-def _ids(user_ids: Iterable[object]) -> list[Id]:
+def _ids(user_ids: Iterable[object]) -> list[ExternalId]:
     return [check_id(u) for u in user_ids]
