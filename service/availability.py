@@ -4,7 +4,7 @@ The disabled item ids live in the state store (``set_availability``; keyed by ex
 id, so they outlive a bundle), with a version bumped by every change. Each app process
 polls that version every ``poll_s`` seconds (``RECALL_AVAILABILITY_POLL_S``) and reads the
 set again when it moved, so a change reaches every replica within about one poll period.
-:meth:`Availability.allowed` turns the set into the allowed items of a bundle
+:meth:`Availability.available_items` turns the set into the allowed items of a bundle
 (:class:`~recall.index.allowed.AllowedItems`), cached per (bundle id, version): the recall paths
 AND it into their filter's.
 
@@ -27,7 +27,7 @@ import numpy as np
 from recall.index.allowed import AllowedItems
 from recall.index.ids import ExternalId
 from recall.service.recaller import ServingBundle
-from recall.service.state import StateUnavailable
+from recall.service.state import StoreUnavailable
 from recall.service.state_access import StateAccess
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class Availability:
         self.version = -1  # nothing read yet; the store's versions start at 0
         self.disabled: tuple[ExternalId, ...] = ()
         self._masks: dict[tuple[str, int], AllowedItems | None] = {}
-        self._lock = threading.Lock()  # allowed() runs in the search threads
+        self._lock = threading.Lock()  # available_items() runs in the search threads
         self._task: asyncio.Task[None] | None = None
 
     async def refresh(self) -> bool:
@@ -58,7 +58,7 @@ class Availability:
                 if version == self.version:
                     return False
                 version, disabled = await store.availability()
-        except (StateUnavailable, TimeoutError) as e:
+        except (StoreUnavailable, TimeoutError) as e:
             self.access.failed("availability", e)
             return False
         self.apply(version, disabled)
@@ -74,7 +74,7 @@ class Availability:
                 logger.info("item availability version %d: %d disabled", version, len(disabled))
             self.version, self.disabled = version, tuple(disabled)
 
-    def allowed(self, bundle: ServingBundle) -> AllowedItems | None:
+    def available_items(self, bundle: ServingBundle) -> AllowedItems | None:
         """The items of ``bundle`` that may be returned (shared), or None when no item of
         the bundle is disabled."""
         with self._lock:

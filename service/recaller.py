@@ -261,10 +261,10 @@ def allowed_items(
     return matches if available is None else matches.intersect(available)
 
 
-class Allowed:
-    """The allowed items of one request or one batch: ``available`` (items not disabled;
-    None = all) AND each query's filter, once per distinct filter (the entries of a batch
-    often share one). Not thread-safe: one per request."""
+class FilterMasks:
+    """The :class:`AllowedItems` of each filter one request or one batch uses: ``available``
+    (items not disabled; None = all) AND the filter, compiled once per distinct filter (the
+    entries of a batch often share one). Not thread-safe: one per request."""
 
     def __init__(self, bundle: ServingBundle, available: AllowedItems | None = None) -> None:
         self.bundle = bundle
@@ -282,13 +282,13 @@ class Allowed:
 
 
 def recall_plain(
-    bundle: ServingBundle, query: RecallQuery, max_k: int, masks: Allowed | None = None
+    bundle: ServingBundle, query: RecallQuery, max_k: int, masks: FilterMasks | None = None
 ) -> RecallResult:
     """Top-k items by inner product for one history or vector query among the items its
     filter and the availability of ``masks`` allow, exclusions applied (k items unless
     fewer are left)."""
     check_k(query.k, max_k)
-    allowed = (masks or Allowed(bundle)).mask(query.filter)
+    allowed = (masks or FilterMasks(bundle)).mask(query.filter)
     source, vector, exclude = plain_query(bundle, query)
     return answer(bundle, query.k, source, vector, exclude, allowed)
 

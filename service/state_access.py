@@ -1,6 +1,6 @@
 """The HTTP layer's use of the state store: every call bounded, failures counted and logged.
 
-A read that fails (store down, slow past its timeout, any :class:`StateUnavailable`)
+A read that fails (store down, slow past its timeout, any :class:`StoreUnavailable`)
 returns None: recall then answers from the bundle alone and says ``"fresh": false``. A
 write that fails raises :class:`~recall.service.domain_errors.StateDown` (503). Each
 failure counts in ``recall_state_errors_total{op}``; the log gets one line per
@@ -21,7 +21,7 @@ from recall.index.ids import ExternalId
 from recall.service.domain_errors import StateDown
 from recall.service.fresh import UserState
 from recall.service.metrics import Metrics
-from recall.service.state import Event, StateStore, StateUnavailable
+from recall.service.state import Event, StateStore, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class StateAccess:
         try:
             async with asyncio.timeout(WRITE_GUARD_S):
                 await self.store.add(events)
-        except (StateUnavailable, TimeoutError) as e:
+        except (StoreUnavailable, TimeoutError) as e:
             self.failed("add", e)
             raise StateDown(
                 "the state store is unavailable: the events were not stored; retry later"
@@ -92,7 +92,7 @@ class StateAccess:
         try:
             async with asyncio.timeout(2 * self.timeout_s):
                 return await call
-        except (StateUnavailable, TimeoutError) as e:
+        except (StoreUnavailable, TimeoutError) as e:
             self.failed(op, e)
             return None
 
@@ -103,7 +103,7 @@ class StateAccess:
         try:
             async with asyncio.timeout(WRITE_GUARD_S):
                 return await self.store.set_availability(disable, enable)
-        except (StateUnavailable, TimeoutError) as e:
+        except (StoreUnavailable, TimeoutError) as e:
             self.failed("availability", e)
             raise StateDown(
                 "the state store is unavailable: availability was not changed; retry later"
@@ -114,7 +114,7 @@ class StateAccess:
         try:
             async with asyncio.timeout(WRITE_GUARD_S):
                 return await self.store.availability()
-        except (StateUnavailable, TimeoutError) as e:
+        except (StoreUnavailable, TimeoutError) as e:
             self.failed("availability", e)
             raise StateDown("the state store is unavailable; retry later") from None
 

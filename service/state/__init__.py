@@ -18,8 +18,8 @@ from recall.service.state.base import (
     Event,
     EventType,
     StateStore,
-    StateUnavailable,
     StoreLimits,
+    StoreUnavailable,
 )
 
 __all__ = [
@@ -27,8 +27,8 @@ __all__ = [
     "Event",
     "EventType",
     "StateStore",
-    "StateUnavailable",
     "StoreLimits",
+    "StoreUnavailable",
     "check_url",
     "open_store",
     "sqlite_url",

@@ -2,7 +2,7 @@
 
 One small interface (:class:`StateStore`), two backends chosen by URL (``sqlite:`` embedded,
 ``redis://`` shared by replicas). Every call is a batch; the only error a caller must handle
-for store trouble (down, slow, locked, full disk) is :class:`StateUnavailable`. Bad
+for store trouble (down, slow, locked, full disk) is :class:`StoreUnavailable`. Bad
 arguments (an id that is neither int nor str, a non-finite timestamp) raise
 ``TypeError``/``ValueError``: those are bugs of the caller, not store trouble.
 """
@@ -56,8 +56,13 @@ class Event:
     type: EventType = "interaction"
 
 
-class StateUnavailable(Exception):
-    """The store is down, slow (past its timeout) or refused the call: the one store error."""
+class StoreUnavailable(Exception):
+    """The store is down, slow (past its timeout) or refused the call: the one store error.
+
+    Not a domain error: :class:`~recall.service.state_access.StateAccess` turns it into a
+    read answered from the bundle alone (``fresh: false``) or, for a write, the domain
+    error :class:`~recall.service.domain_errors.StateDown` (503 ``state_unavailable``,
+    which the client raises as its own ``recall.client.StateUnavailable``)."""
 
 
 class StateStore(Protocol):
@@ -119,11 +124,11 @@ class StateStore(Protocol):
         ...
 
     async def ping(self) -> None:
-        """Raise StateUnavailable unless the store answers (SQLite: creates the file)."""
+        """Raise StoreUnavailable unless the store answers (SQLite: creates the file)."""
         ...
 
     async def close(self) -> None:
-        """Release connections and threads; later calls raise StateUnavailable."""
+        """Release connections and threads; later calls raise StoreUnavailable."""
         ...
 
 

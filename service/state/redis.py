@@ -19,7 +19,7 @@ commands per user cost ~4x the client CPU: redis-py packs and parses every comma
 read is one script call too (``ZRANGEBYSCORE`` per user, server-side). Every call is
 bounded (``asyncio.wait_for``): reads by ``timeout_s``, writes, ``ping`` and each page of
 ``export`` by ``write_timeout_s``; a timeout or a connection error raises
-StateUnavailable. The connection pool reconnects by itself once the server is back (and
+StoreUnavailable. The connection pool reconnects by itself once the server is back (and
 redis-py reloads the scripts a restarted server forgot). Durability is the server's: with
 ``appendonly yes`` and ``appendfsync everysec`` a crash of Redis loses at most about the
 last second of writes.
@@ -43,8 +43,8 @@ from recall.index.ids import ExternalId
 from recall.service.state.base import (
     Event,
     EventType,
-    StateUnavailable,
     StoreLimits,
+    StoreUnavailable,
     check_availability,
     check_event,
     check_id,
@@ -152,14 +152,14 @@ class RedisStore:
         if self._closed:
             if asyncio.iscoroutine(call):
                 call.close()
-            raise StateUnavailable("the state store is closed")
+            raise StoreUnavailable("the state store is closed")
         try:
             async with asyncio.timeout(bound):  # not wait_for: see StateStore (base.py)
                 reply = await call
         except TimeoutError:
-            raise StateUnavailable(f"Redis {op} took longer than {bound:g} s") from None
+            raise StoreUnavailable(f"Redis {op} took longer than {bound:g} s") from None
         except (RedisError, OSError) as e:
-            raise StateUnavailable(f"Redis {op} failed: {e}") from e
+            raise StoreUnavailable(f"Redis {op} failed: {e}") from e
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             # redis-py 8.1 returns the reply when a cancel lands after it arrived: the

@@ -15,7 +15,7 @@ files it opened (device and inode of the database, its WAL and shared memory), a
 (longer for a large file). A file removed, replaced or
 found corrupt (there, or SQLite itself reporting ``SQLITE_CORRUPT``/``SQLITE_NOTADB``)
 breaks the store for good: it logs one error and every later call raises
-:class:`StateUnavailable`, until the service restarts (docs/state.md says what to do).
+:class:`StoreUnavailable`, until the service restarts (docs/state.md says what to do).
 
 Tables::
 
@@ -48,8 +48,8 @@ from recall.index.ids import ExternalId
 from recall.service.state.base import (
     Event,
     EventType,
-    StateUnavailable,
     StoreLimits,
+    StoreUnavailable,
     check_availability,
     check_event,
     check_id,
@@ -450,9 +450,9 @@ class SQLiteStore:
         executor: ThreadPoolExecutor | None = None,
     ) -> T:
         if self._closed:
-            raise StateUnavailable("the state store is closed")
+            raise StoreUnavailable("the state store is closed")
         if self._broken is not None:
-            raise StateUnavailable(f"SQLite {op} refused: the store is unusable: {self._broken}")
+            raise StoreUnavailable(f"SQLite {op} refused: the store is unusable: {self._broken}")
         self._start_check()
         loop = asyncio.get_running_loop()
         pool = executor or self._executor
@@ -460,14 +460,14 @@ class SQLiteStore:
             async with asyncio.timeout(bound):  # not wait_for: see StateStore (base.py)
                 return await loop.run_in_executor(pool, fn)
         except TimeoutError:
-            raise StateUnavailable(f"SQLite {op} took longer than {bound:g} s") from None
+            raise StoreUnavailable(f"SQLite {op} took longer than {bound:g} s") from None
         except sqlite3.Error as e:
             self._note(e)
-            raise StateUnavailable(f"SQLite {op} failed: {e}") from e
+            raise StoreUnavailable(f"SQLite {op} failed: {e}") from e
         except OSError as e:
-            raise StateUnavailable(f"SQLite {op} failed: {e}") from e
+            raise StoreUnavailable(f"SQLite {op} failed: {e}") from e
         except RuntimeError as e:  # the executor shut down under us
-            raise StateUnavailable(f"SQLite {op} failed: {e}") from e
+            raise StoreUnavailable(f"SQLite {op} failed: {e}") from e
 
     async def add(self, events: Sequence[Event]) -> None:
         """Group commit: batches that arrive while a commit runs wait for the next one, which
@@ -476,9 +476,9 @@ class SQLiteStore:
         if not rows:
             return
         if self._closed:
-            raise StateUnavailable("the state store is closed")
+            raise StoreUnavailable("the state store is closed")
         if self._broken is not None:
-            raise StateUnavailable(f"SQLite add refused: the store is unusable: {self._broken}")
+            raise StoreUnavailable(f"SQLite add refused: the store is unusable: {self._broken}")
         self._start_check()
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
@@ -491,7 +491,7 @@ class SQLiteStore:
                 await asyncio.shield(done)
         except TimeoutError:
             done.cancel()  # not written unless its group's commit already began
-            raise StateUnavailable(
+            raise StoreUnavailable(
                 f"SQLite add took longer than {self.limits.write_timeout_s:g} s"
             ) from None
 
@@ -520,7 +520,7 @@ class SQLiteStore:
                 except (sqlite3.Error, OSError, RuntimeError) as e:
                     if isinstance(e, sqlite3.Error):
                         self._note(e)
-                    error = StateUnavailable(f"SQLite add failed: {e}")
+                    error = StoreUnavailable(f"SQLite add failed: {e}")
                     error.__cause__ = e
                 for _, done, _ in group:
                     if not done.done():
