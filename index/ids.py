@@ -24,12 +24,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["CANONICAL_INT_PATTERN", "MAX_ID_BYTES", "IdMap", "id_problem"]
+__all__ = ["CANONICAL_INT_PATTERN", "MAX_ID_BYTES", "ExternalId", "IdMap", "id_problem"]
 
 #: A canonical decimal integer: no sign on zero, no leading zeros, no "+", no spaces.
 #: The data loader types an id column as int64 exactly when every id matches this.
 CANONICAL_INT_PATTERN = r"^(0|-?[1-9][0-9]*)$"
 _CANONICAL_INT = re.compile(r"(0|-?[1-9][0-9]*)")  # used with fullmatch
+
+ExternalId = int | str
+"""An external id exactly as the bundle types it (int64 or str): the one id type of the
+server (the state store, the recall core); 7 and ``"7"`` are different ids.
+"""
 
 MAX_ID_BYTES = 256
 """The longest id accepted anywhere, in bytes of its UTF-8 encoding."""

@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "FILTER_STRATEGIES",
     "STRATEGIES",
+    "AllowedItemsLike",
     "Found",
     "ItemIndex",
     "Strategy",
@@ -59,7 +60,9 @@ __all__ = [
 ]
 
 Exclude = Sequence[npt.ArrayLike | None] | None
-Allowed = AllowedItems | npt.ArrayLike | None
+AllowedItemsLike = AllowedItems | npt.ArrayLike | None
+"""What a search takes as ``allowed``: None (every item), an :class:`AllowedItems`, or a
+bool mask (n_items,) shared by the queries or (n_queries, n_items) one per query."""
 
 #: How a query was answered: ``index`` (FAISS, exclusions as an ``IDSelectorNot``),
 #: ``scan`` (exact scan of the few eligible rows), ``clusters`` (exact scan of the allowed
@@ -260,7 +263,7 @@ class ItemIndex:
         k: int,
         exclude: Exclude = None,
         *,
-        allowed: Allowed = None,
+        allowed: AllowedItemsLike = None,
         settings: fi.SearchSettings | None = None,
         strategy: FilterStrategy | None = None,
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
@@ -289,7 +292,7 @@ class ItemIndex:
         k: int,
         exclude: Exclude = None,
         *,
-        allowed: Allowed = None,
+        allowed: AllowedItemsLike = None,
         settings: fi.SearchSettings | None = None,
         strategy: FilterStrategy | None = None,
     ) -> Found:
@@ -481,7 +484,9 @@ class ItemIndex:
             raise ValueError("queries contain NaN or Inf")
         return np.ascontiguousarray(q)
 
-    def _check_allowed(self, allowed: Allowed, n_queries: int) -> list[AllowedItems | None]:
+    def _check_allowed(
+        self, allowed: AllowedItemsLike, n_queries: int
+    ) -> list[AllowedItems | None]:
         """Each query's allowed items, None where every item is allowed (no filter)."""
         if allowed is None:
             return [None] * n_queries

@@ -66,6 +66,9 @@ __all__ = [
 ]
 
 ExternalId = int | str
+"""An id as the service takes and returns it (int64 or str). The client's own definition:
+it ships without the server (no ``recall.index``, an import-linter contract), whose one
+definition is :data:`recall.index.ids.ExternalId`."""
 FeatureValue = str | int | float | None
 Filter = Mapping[str, Mapping[str, Any]]
 """Conditions on item attributes, all of which must hold: ``{"year": {"gte": 1990}}``."""

@@ -34,7 +34,7 @@ from recall.service.pool import SearchPool
 from recall.service.reloader import BundleHolder
 from recall.service.routes import admin, console, events, items, operations, recall, vectors
 from recall.service.settings import Settings
-from recall.service.state import StateUnavailable, open_store
+from recall.service.state import StoreUnavailable, open_store
 from recall.service.state_access import StateAccess
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     availability = state.availability = Availability(state.access, settings.availability_poll_s)
     try:
         await store.ping()
-    except StateUnavailable as e:  # recall still answers from the bundle
+    except StoreUnavailable as e:  # recall still answers from the bundle
         logger.warning("state store unavailable at startup: %s", e)
     with suppress(ReloadRefused, BundleNotReady):
         await state.holder.reload()
@@ -105,7 +105,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await poller
     await availability.stop()
     state.pool.shutdown()
-    with suppress(StateUnavailable):
+    with suppress(StoreUnavailable):
         await store.close()
 
 

@@ -30,7 +30,7 @@ class AppState:
     core: RecallCore = field(init=False)
 
     def __post_init__(self) -> None:
-        self.core = RecallCore(self.settings.max_k, self.available, self._count_search)
+        self.core = RecallCore(self.settings.max_k, self.available_items, self._count_search)
 
     def _count_search(self, strategy: str) -> None:
         self.metrics.searches.labels(strategy).inc()
@@ -47,9 +47,9 @@ class AppState:
             raise RuntimeError("item availability is opened by the app's lifespan")
         return self.availability
 
-    def available(self, bundle: ServingBundle) -> AllowedItems | None:
+    def available_items(self, bundle: ServingBundle) -> AllowedItems | None:
         """The items of ``bundle`` no one disabled, None when none is (or before the
         lifespan ran)."""
         if self.availability is None:
             return None
-        return self.availability.allowed(bundle)
+        return self.availability.available_items(bundle)

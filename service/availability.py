@@ -4,7 +4,7 @@ The disabled item ids live in the state store (``set_availability``; keyed by ex
 id, so they outlive a bundle), with a version bumped by every change. Each app process
 polls that version every ``poll_s`` seconds (``RECALL_AVAILABILITY_POLL_S``) and reads the
 set again when it moved, so a change reaches every replica within about one poll period.
-:meth:`Availability.allowed` turns the set into the allowed items of a bundle
+:meth:`Availability.available_items` turns the set into the allowed items of a bundle
 (:class:`~recall.index.allowed.AllowedItems`), cached per (bundle id, version): the recall paths
 AND it into their filter's.
 
@@ -25,8 +25,9 @@ from contextlib import suppress
 import numpy as np
 
 from recall.index.allowed import AllowedItems
+from recall.index.ids import ExternalId
 from recall.service.recaller import ServingBundle
-from recall.service.state import Id, StateUnavailable
+from recall.service.state import StoreUnavailable
 from recall.service.state_access import StateAccess
 
 logger = logging.getLogger(__name__)
@@ -42,9 +43,9 @@ class Availability:
         self.access = access
         self.poll_s = poll_s
         self.version = -1  # nothing read yet; the store's versions start at 0
-        self.disabled: tuple[Id, ...] = ()
+        self.disabled: tuple[ExternalId, ...] = ()
         self._masks: dict[tuple[str, int], AllowedItems | None] = {}
-        self._lock = threading.Lock()  # allowed() runs in the search threads
+        self._lock = threading.Lock()  # available_items() runs in the search threads
         self._task: asyncio.Task[None] | None = None
 
     async def refresh(self) -> bool:
@@ -57,13 +58,13 @@ class Availability:
                 if version == self.version:
                     return False
                 version, disabled = await store.availability()
-        except (StateUnavailable, TimeoutError) as e:
+        except (StoreUnavailable, TimeoutError) as e:
             self.access.failed("availability", e)
             return False
         self.apply(version, disabled)
         return True
 
-    def apply(self, version: int, disabled: Sequence[Id]) -> None:
+    def apply(self, version: int, disabled: Sequence[ExternalId]) -> None:
         """Use ``disabled`` as of ``version`` (an older version than the one held is
         ignored: two reads may finish out of order)."""
         with self._lock:
@@ -73,7 +74,7 @@ class Availability:
                 logger.info("item availability version %d: %d disabled", version, len(disabled))
             self.version, self.disabled = version, tuple(disabled)
 
-    def allowed(self, bundle: ServingBundle) -> AllowedItems | None:
+    def available_items(self, bundle: ServingBundle) -> AllowedItems | None:
         """The items of ``bundle`` that may be returned (shared), or None when no item of
         the bundle is disabled."""
         with self._lock:
@@ -117,7 +118,7 @@ def store_bound(access: StateAccess) -> float:
     return float(bound)
 
 
-def disabled_mask(bundle: ServingBundle, disabled: Sequence[Id]) -> np.ndarray | None:
+def disabled_mask(bundle: ServingBundle, disabled: Sequence[ExternalId]) -> np.ndarray | None:
     """Bool (n_items,): False at the rows of ``disabled`` ids the bundle knows, read-only;
     None when it knows none of them."""
     if not disabled:
@@ -132,7 +133,7 @@ def disabled_mask(bundle: ServingBundle, disabled: Sequence[Id]) -> np.ndarray |
     return mask
 
 
-def unknown_ids(bundle: ServingBundle, ids: Sequence[Id]) -> list[Id]:
+def unknown_ids(bundle: ServingBundle, ids: Sequence[ExternalId]) -> list[ExternalId]:
     """The ids of ``ids`` that ``bundle`` does not know, in order."""
     if not ids:
         return []

@@ -14,7 +14,8 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
-from recall.service.recaller import ExternalId, ServingBundle
+from recall.index.ids import ExternalId
+from recall.service.recaller import ServingBundle
 
 __all__ = ["TITLE", "history_rows", "search_items", "training_window"]
 

@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 
 from recall.index.allowed import AllowedItems
+from recall.index.ids import ExternalId
 from recall.index.search import Strategy
 from recall.service import recaller
 from recall.service.domain_errors import RecallError, UnknownId, clip
 from recall.service.fresh import UserState, UserVector, recall_user, user_vectors
 from recall.service.recaller import (
-    Allowed,
-    ExternalId,
+    FilterMasks,
     RecallQuery,
     RecallResult,
     ServingBundle,
@@ -35,8 +35,8 @@ from recall.service.recaller import (
 
 logger = logging.getLogger(__name__)
 
-#: The available items of a bundle (None: all), as the app's availability gives them.
-Availability = Callable[[ServingBundle], AllowedItems | None]
+#: The items of a bundle no one disabled (None: all), as the app's availability gives them.
+AvailableItemsOf = Callable[[ServingBundle], AllowedItems | None]
 
 
 @dataclass(frozen=True)
@@ -65,17 +65,17 @@ def _no_availability(bundle: ServingBundle) -> AllowedItems | None:
 
 
 class RecallCore:
-    """Every recall and vector lookup, for requests up to ``max_k`` items; ``available``
-    gives the items no one disabled, ``on_search`` hears each search's strategy."""
+    """Every recall and vector lookup, for requests up to ``max_k`` items; ``available_items``
+    gives the items of a bundle no one disabled, ``on_search`` hears each search's strategy."""
 
     def __init__(
         self,
         max_k: int,
-        available: Availability = _no_availability,
+        available_items: AvailableItemsOf = _no_availability,
         on_search: Callable[[Strategy], None] | None = None,
     ) -> None:
         self.max_k = max_k
-        self.available = available
+        self.available_items = available_items
         self.on_search = on_search
 
     def canonical(self, bundle: ServingBundle, query: RecallQuery) -> RecallQuery:
@@ -91,13 +91,13 @@ class RecallCore:
         state: UserState | None = None,
         *,
         with_attributes: bool = False,
-        masks: Allowed | None = None,
+        masks: FilterMasks | None = None,
     ) -> RecallAnswer:
         """Top-k for one query. A user_id query uses ``state`` (the user's events and
         impressions; None: none, as from an empty store): the user's stored vector, or one
         from their training window and newer events (:mod:`recall.service.fresh`)."""
         check_one_source(query)
-        masks = masks or Allowed(bundle, self.available(bundle))
+        masks = masks or FilterMasks(bundle, self.available_items(bundle))
         if query.user_id is None:
             result = recaller.recall_plain(bundle, query, self.max_k, masks)
             return self._answer(bundle, result, 0, True, with_attributes)
@@ -120,7 +120,7 @@ class RecallCore:
         store read once for the batch); one availability and each distinct filter compiled
         once for the whole batch."""
         position = {user: j for j, user in enumerate(users)}
-        masks = Allowed(bundle, self.available(bundle))
+        masks = FilterMasks(bundle, self.available_items(bundle))
         vectors: list[UserVector | None] | None = []
         if users:
             try:
@@ -164,7 +164,7 @@ class RecallCore:
         """Item-to-item neighbours of ``item_id`` among the items the filter ``spec``
         allows, ``exclude`` and the item itself dropped."""
         result = recaller.similar(
-            bundle, item_id, k, self.max_k, spec, exclude, self.available(bundle)
+            bundle, item_id, k, self.max_k, spec, exclude, self.available_items(bundle)
         )
         return self._answer(bundle, result, 0, True, with_attributes)
 
@@ -224,7 +224,7 @@ class RecallCore:
         user: UserVector | None,
         state: UserState,
         with_attributes: bool,
-        masks: Allowed,
+        masks: FilterMasks,
     ) -> RecallAnswer:
         """A user_id query's answer with the user's vector (None: unknown) and state."""
         fresh = recall_user(bundle, query, user, state.shown[0], self.max_k, state.fresh, masks)

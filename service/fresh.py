@@ -24,9 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recall.index.ids import ExternalId
 from recall.service import recaller as core
 from recall.service.domain_errors import UnknownId, clip
-from recall.service.recaller import ExternalId, RecallQuery, RecallResult, ServingBundle, Source
+from recall.service.recaller import RecallQuery, RecallResult, ServingBundle, Source
 
 __all__ = [
     "FreshRecall",
@@ -143,7 +144,7 @@ def recall_user(
     shown: Sequence[ExternalId],
     max_k: int,
     store_read: bool = True,
-    masks: core.Allowed | None = None,
+    masks: core.FilterMasks | None = None,
 ) -> FreshRecall:
     """Top-k for a ``user_id`` query whose vector :func:`user_vectors` made (``user``),
     among the items its filter and the availability of ``masks`` allow,
@@ -153,7 +154,7 @@ def recall_user(
     if query.user_id is None:
         raise ValueError("recall_user answers user_id queries")
     core.check_k(query.k, max_k)
-    allowed = (masks or core.Allowed(bundle)).mask(query.filter)
+    allowed = (masks or core.FilterMasks(bundle)).mask(query.filter)
     dropped = [*query.exclude, *shown]
     exclude = bundle.item_ids.rows(dropped) if dropped else np.zeros(0, np.int64)
     exclude = exclude[exclude >= 0]

@@ -10,9 +10,9 @@ from typing import Any
 import orjson
 from starlette.responses import JSONResponse
 
+from recall.index.ids import ExternalId
 from recall.service.recaller import ServingBundle
 from recall.service.schemas import ErrorResponse
-from recall.service.state import Id
 
 __all__ = [
     "BODY_ERRORS",
@@ -38,7 +38,7 @@ def model_response(bundle: ServingBundle, content: Any, **kwargs: Any) -> JsonRe
     return JsonResponse(content, headers={"X-Bundle-Id": bundle.id}, **kwargs)
 
 
-def fresh_after(bundle: ServingBundle, user_ids: list[Id]) -> float:
+def fresh_after(bundle: ServingBundle, user_ids: list[ExternalId]) -> float:
     """Events to read: those after the training data (``trained_until``) when every user is
     known to a v2 bundle; else all the store keeps (a new user's events all count, and a v1
     bundle cannot tell fresh from trained). :mod:`recall.service.fresh` filters per user."""

@@ -26,16 +26,14 @@ from recall.index.allowed import AllowedItems
 from recall.index.attributes import AttributeFilterError, ItemAttributes
 from recall.index.filters import FilterError, compile_filter
 from recall.index.history import UserHistory
-from recall.index.ids import IdMap
+from recall.index.ids import ExternalId, IdMap
 from recall.index.search import Found, ItemIndex, Strategy, max_row_norm
 from recall.index.tower import FLOAT32_MAX, FeatureError, FeatureValue, UserTower
-from recall.index.verify import verify_bundle
+from recall.index.verify import VerifiedBundle, verify_bundle
 from recall.service.domain_errors import InvalidRequest, UnknownId, clip
 from recall.service.filter_cache import FilterCache, filter_key
 
 logger = logging.getLogger(__name__)
-
-ExternalId = int | str
 
 
 class Source(StrEnum):
@@ -78,24 +76,71 @@ class RecallResult:
 
 @dataclass(frozen=True)
 class ServingBundle:
-    """A verified, loaded bundle; immutable, shared by every request that started on it."""
+    """A verified, loaded bundle as the service serves it: the
+    :class:`~recall.index.verify.VerifiedBundle` (the very arrays verification checked) and
+    what serving derives from it; immutable, shared by every request that started on it.
+    The properties below are the parts of the verified bundle the service reads."""
 
-    id: str
-    path: Path
-    manifest: b.Manifest
-    item_ids: IdMap
-    user_ids: IdMap
-    item_vectors: np.ndarray  # (n_items, dim) float32, memory-mapped
-    user_vectors: np.ndarray  # (n_users, dim) float32, memory-mapped
-    seen_indptr: np.ndarray  # (n_users + 1,) int64
-    seen_items: np.ndarray  # int32 item rows
-    tower: UserTower
+    verified: VerifiedBundle
     popular_rows: np.ndarray  # (n_items,) item rows, most popular first
-    popularity: np.ndarray  # (n_items,) float32 training interactions per item
-    index: ItemIndex
-    history: UserHistory | None = None  # schema_version 2: training windows + features
-    trained_until: float | None = None  # schema_version 2: unix seconds; later events are fresh
-    attributes: ItemAttributes | None = None  # items.csv columns (v2, optional)
+
+    @property
+    def id(self) -> str:
+        return self.manifest.id
+
+    @property
+    def path(self) -> Path:
+        return self.verified.path
+
+    @property
+    def manifest(self) -> b.Manifest:
+        return self.verified.manifest
+
+    @property
+    def item_ids(self) -> IdMap:
+        return self.verified.item_ids
+
+    @property
+    def user_ids(self) -> IdMap:
+        return self.verified.user_ids
+
+    @property
+    def item_vectors(self) -> np.ndarray:
+        """(n_items, dim) float32, memory-mapped (the index's own)."""
+        return self.verified.index.items
+
+    @property
+    def user_vectors(self) -> np.ndarray:
+        """(n_users, dim) float32, memory-mapped."""
+        return self.verified.user_vectors
+
+    @property
+    def tower(self) -> UserTower:
+        return self.verified.tower
+
+    @property
+    def popularity(self) -> np.ndarray:
+        """(n_items,) float32 training interactions per item."""
+        return self.verified.popularity
+
+    @property
+    def index(self) -> ItemIndex:
+        return self.verified.index
+
+    @property
+    def history(self) -> UserHistory | None:
+        """schema_version 2: each user's training window + features."""
+        return self.verified.history
+
+    @property
+    def trained_until(self) -> float | None:
+        """schema_version 2: unix seconds; later events are fresh."""
+        return self.verified.trained_until
+
+    @property
+    def attributes(self) -> ItemAttributes | None:
+        """items.csv columns (schema_version 2, optional)."""
+        return self.verified.attributes
 
     @property
     def dim(self) -> int:
@@ -117,25 +162,8 @@ class ServingBundle:
         and warm up. Raises :class:`~recall.index.bundle.BundleError` for a bundle that is not
         servable."""
         started = time.perf_counter()
-        v = verify_bundle(path)
-        bundle = cls(
-            id=v.manifest.id,
-            path=path,
-            manifest=v.manifest,
-            item_ids=v.item_ids,
-            user_ids=v.user_ids,
-            item_vectors=v.index.items,
-            user_vectors=v.user_vectors,
-            seen_indptr=v.seen_indptr,
-            seen_items=v.seen_items,
-            tower=v.tower,
-            popular_rows=np.argsort(-v.popularity, kind="stable"),
-            popularity=v.popularity,
-            index=v.index,
-            history=v.history,
-            trained_until=v.trained_until,
-            attributes=v.attributes,
-        )
+        verified = verify_bundle(path)
+        bundle = cls(verified, np.argsort(-verified.popularity, kind="stable"))
         bundle.warm_up()
         logger.info(
             "loaded bundle %s (%d items, %d users) in %.2f s",
@@ -155,7 +183,9 @@ class ServingBundle:
         _ = self.filters  # made once here, not raced for by the first requests
 
     def seen(self, user_row: int) -> np.ndarray:
-        return self.seen_items[self.seen_indptr[user_row] : self.seen_indptr[user_row + 1]]
+        """The item rows user ``user_row`` saw in training (nnz_u,), from the bundle's CSR."""
+        indptr = self.verified.seen_indptr
+        return self.verified.seen_items[indptr[user_row] : indptr[user_row + 1]]
 
 
 def check_k(k: int, max_k: int) -> None:
@@ -231,10 +261,10 @@ def allowed_items(
     return matches if available is None else matches.intersect(available)
 
 
-class Allowed:
-    """The allowed items of one request or one batch: ``available`` (items not disabled;
-    None = all) AND each query's filter, once per distinct filter (the entries of a batch
-    often share one). Not thread-safe: one per request."""
+class FilterMasks:
+    """The :class:`AllowedItems` of each filter one request or one batch uses: ``available``
+    (items not disabled; None = all) AND the filter, compiled once per distinct filter (the
+    entries of a batch often share one). Not thread-safe: one per request."""
 
     def __init__(self, bundle: ServingBundle, available: AllowedItems | None = None) -> None:
         self.bundle = bundle
@@ -252,13 +282,13 @@ class Allowed:
 
 
 def recall_plain(
-    bundle: ServingBundle, query: RecallQuery, max_k: int, masks: Allowed | None = None
+    bundle: ServingBundle, query: RecallQuery, max_k: int, masks: FilterMasks | None = None
 ) -> RecallResult:
     """Top-k items by inner product for one history or vector query among the items its
     filter and the availability of ``masks`` allow, exclusions applied (k items unless
     fewer are left)."""
     check_k(query.k, max_k)
-    allowed = (masks or Allowed(bundle)).mask(query.filter)
+    allowed = (masks or FilterMasks(bundle)).mask(query.filter)
     source, vector, exclude = plain_query(bundle, query)
     return answer(bundle, query.k, source, vector, exclude, allowed)
 

@@ -100,7 +100,7 @@ QueryInt = Annotated[int, BeforeValidator(_query_int)]
 """The one integer type of every query parameter (``Annotated[QueryInt, Query(...)]``)."""
 Text = Annotated[StrictStr, AfterValidator(_utf8)]
 Int64 = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
-ExternalId = Annotated[
+JsonId = Annotated[
     Int64 | Text,
     BeforeValidator(_id_type),
     Field(
@@ -174,8 +174,8 @@ class RecallRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    user_id: ExternalId | None = None
-    history: list[ExternalId] | None = Field(
+    user_id: JsonId | None = None
+    history: list[JsonId] | None = Field(
         None, description="item ids the user watched, oldest first"
     )
     features: dict[Text, FeatureValue] | None = Field(
@@ -189,7 +189,7 @@ class RecallRequest(BaseModel):
     exclude_seen: StrictBool | None = Field(
         None, description="drop the user's training items / the history (default: on)"
     )
-    exclude: list[ExternalId] = Field(default_factory=list, description="item ids to drop")
+    exclude: list[JsonId] = Field(default_factory=list, description="item ids to drop")
     fallback: Literal["popular"] | None = Field(
         None,
         description="'popular': answer an unknown user_id, or a history with no known "
@@ -216,7 +216,7 @@ class RecallRequest(BaseModel):
 
 
 class ScoredItem(BaseModel):
-    item_id: ExternalId
+    item_id: JsonId
     score: float
     attributes: dict[str, Any] | None = Field(
         None, description="with_attributes only: the item's attributes (missing ones left out)"
@@ -265,13 +265,13 @@ class SimilarRequest(BaseModel):
 
     k: StrictInt = Field(100, description="how many items; 1..RECALL_MAX_K")
     filter: Filter | None = None
-    exclude: list[ExternalId] = Field(default_factory=list, description="item ids to drop")
+    exclude: list[JsonId] = Field(default_factory=list, description="item ids to drop")
     with_attributes: StrictBool = WITH_ATTRIBUTES
 
 
 class ItemResponse(BaseModel):
     bundle_id: str
-    id: ExternalId
+    id: JsonId
     attributes: dict[str, Any] = Field(
         description="the item's attributes from the training data's items table: strings "
         "(categorical), lists of strings (multi-valued), numbers; missing ones left out; "
@@ -305,12 +305,12 @@ class BatchRecallResponse(BaseModel):
 class IdsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    ids: list[ExternalId] = Field(description="ids to look up; duplicates allowed")
+    ids: list[JsonId] = Field(description="ids to look up; duplicates allowed")
 
 
 class VectorResponse(BaseModel):
     bundle_id: str
-    id: ExternalId
+    id: JsonId
     vector: list[float]
     source: UserSource | None = Field(
         None, description="users only: where the vector came from (as in a recall)"
@@ -323,7 +323,7 @@ class VectorsResponse(BaseModel):
     bundle_id: str
     dim: int
     vectors: list[list[float] | None] = Field(description="in request order; null if missing")
-    missing: list[ExternalId] = Field(
+    missing: list[JsonId] = Field(
         description="requested ids the bundle does not know (users: nor the events)"
     )
     fresh_events: list[int] | None = Field(
@@ -392,8 +392,8 @@ class EventIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    user_id: ExternalId
-    item_id: ExternalId
+    user_id: JsonId
+    item_id: JsonId
     timestamp: Timestamp | None = None
     type: Literal["interaction", "impression"] = Field(
         "interaction",
@@ -430,10 +430,10 @@ class AvailabilityRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    disable: list[ExternalId] = Field(
+    disable: list[JsonId] = Field(
         default_factory=list, description="item ids no answer may contain until enabled"
     )
-    enable: list[ExternalId] = Field(
+    enable: list[JsonId] = Field(
         default_factory=list, description="item ids to allow again (not disabled: no-op)"
     )
 
@@ -441,7 +441,7 @@ class AvailabilityRequest(BaseModel):
 class AvailabilityChange(BaseModel):
     version: int = Field(description="the availability version this change made")
     disabled: int = Field(description="items disabled now, in all (this bundle's or not)")
-    unknown: list[ExternalId] = Field(
+    unknown: list[JsonId] = Field(
         description="ids of the request the serving bundle does not know (stored anyway: "
         "a later bundle may know them)"
     )
@@ -449,7 +449,7 @@ class AvailabilityChange(BaseModel):
 
 class AvailabilityState(BaseModel):
     version: int = Field(description="bumped by every change; 0 before the first")
-    disabled: list[ExternalId] = Field(description="disabled item ids, ints first, then strings")
+    disabled: list[JsonId] = Field(description="disabled item ids, ints first, then strings")
 
 
 # The console's read-only endpoints (routes/console.py, routes/items.py, routes/operations.py)

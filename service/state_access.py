@@ -1,10 +1,11 @@
 """The HTTP layer's use of the state store: every call bounded, failures counted and logged.
 
-A read that fails (store down, slow past its timeout, any :class:`StateUnavailable`)
+A read that fails (store down, slow past its timeout, any :class:`StoreUnavailable`)
 returns None: recall then answers from the bundle alone and says ``"fresh": false``. A
-write that fails raises :class:`~recall.service.errors.StateDown` (503). Each failure counts in
-``recall_state_errors_total{op}``; the log gets one line per ``log_every_s`` at most (the
-count of failures since the last line included), so a dead store cannot flood it.
+write that fails raises :class:`~recall.service.domain_errors.StateDown` (503). Each
+failure counts in ``recall_state_errors_total{op}``; the log gets one line per
+``log_every_s`` at most (the count of failures since the last line included), so a dead
+store cannot flood it.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import time
 from collections.abc import Awaitable, Sequence
 from typing import TypeVar
 
+from recall.index.ids import ExternalId
 from recall.service.domain_errors import StateDown
 from recall.service.fresh import UserState
 from recall.service.metrics import Metrics
-from recall.service.state import Event, Id, StateStore, StateUnavailable
+from recall.service.state import Event, StateStore, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +51,9 @@ class StateAccess:
         self._last_log = -math.inf
         self._unlogged = 0
 
-    async def read(self, user_ids: Sequence[Id], *, after: float, with_shown: bool) -> UserState:
+    async def read(
+        self, user_ids: Sequence[ExternalId], *, after: float, with_shown: bool
+    ) -> UserState:
         """Recent interactions after ``after`` (unix seconds; ``-inf``: all the store
         keeps) and, when ``with_shown``, impressions within the shown TTL, for each user.
         Never raises for store trouble: returns empty lists and ``fresh=False``."""
@@ -76,7 +80,7 @@ class StateAccess:
         try:
             async with asyncio.timeout(WRITE_GUARD_S):
                 await self.store.add(events)
-        except (StateUnavailable, TimeoutError) as e:
+        except (StoreUnavailable, TimeoutError) as e:
             self.failed("add", e)
             raise StateDown(
                 "the state store is unavailable: the events were not stored; retry later"
@@ -88,27 +92,29 @@ class StateAccess:
         try:
             async with asyncio.timeout(2 * self.timeout_s):
                 return await call
-        except (StateUnavailable, TimeoutError) as e:
+        except (StoreUnavailable, TimeoutError) as e:
             self.failed(op, e)
             return None
 
-    async def set_availability(self, disable: Sequence[Id], enable: Sequence[Id]) -> int:
+    async def set_availability(
+        self, disable: Sequence[ExternalId], enable: Sequence[ExternalId]
+    ) -> int:
         """Disable/enable items (new availability version), or raise :class:`StateDown`."""
         try:
             async with asyncio.timeout(WRITE_GUARD_S):
                 return await self.store.set_availability(disable, enable)
-        except (StateUnavailable, TimeoutError) as e:
+        except (StoreUnavailable, TimeoutError) as e:
             self.failed("availability", e)
             raise StateDown(
                 "the state store is unavailable: availability was not changed; retry later"
             ) from None
 
-    async def availability(self) -> tuple[int, list[Id]]:
+    async def availability(self) -> tuple[int, list[ExternalId]]:
         """``(version, disabled ids)`` from the store, or raise :class:`StateDown`."""
         try:
             async with asyncio.timeout(WRITE_GUARD_S):
                 return await self.store.availability()
-        except (StateUnavailable, TimeoutError) as e:
+        except (StoreUnavailable, TimeoutError) as e:
             self.failed("availability", e)
             raise StateDown("the state store is unavailable; retry later") from None
 

@@ -66,7 +66,7 @@ class _Interactions:
 
 def export(args: argparse.Namespace) -> int:
     from recall.service.settings import load_event_log_settings
-    from recall.service.state import StateUnavailable
+    from recall.service.state import StoreUnavailable
     from recall.service.state.retraining_log import read_events
     from recall.trainer.input_files import write_interactions
 
@@ -76,7 +76,7 @@ def export(args: argparse.Namespace) -> int:
         with closing(events):
             interactions = _Interactions(events)
             written = write_interactions(args.out, interactions, with_data=args.with_data)
-    except StateUnavailable as e:  # exit 3: the store, not the input (train-and-publish.sh)
+    except StoreUnavailable as e:  # exit 3: the store, not the input (train-and-publish.sh)
         logger.error("recall events export: state store unavailable: %s", e)
         return 3
     logger.info(

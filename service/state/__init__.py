@@ -17,20 +17,18 @@ from recall.service.state.base import (
     DEFAULT_WRITE_TIMEOUT_S,
     Event,
     EventType,
-    Id,
     StateStore,
-    StateUnavailable,
     StoreLimits,
+    StoreUnavailable,
 )
 
 __all__ = [
     "DEFAULT_RETENTION_S",
     "Event",
     "EventType",
-    "Id",
     "StateStore",
-    "StateUnavailable",
     "StoreLimits",
+    "StoreUnavailable",
     "check_url",
     "open_store",
     "sqlite_url",

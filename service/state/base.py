@@ -2,7 +2,7 @@
 
 One small interface (:class:`StateStore`), two backends chosen by URL (``sqlite:`` embedded,
 ``redis://`` shared by replicas). Every call is a batch; the only error a caller must handle
-for store trouble (down, slow, locked, full disk) is :class:`StateUnavailable`. Bad
+for store trouble (down, slow, locked, full disk) is :class:`StoreUnavailable`. Bad
 arguments (an id that is neither int nor str, a non-finite timestamp) raise
 ``TypeError``/``ValueError``: those are bugs of the caller, not store trouble.
 """
@@ -15,8 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, SupportsIndex
 
-Id = int | str
-"""An external id exactly as the bundle types it (int64 or str); kept across the store."""
+from recall.index.ids import ExternalId
 
 EventType = Literal["interaction", "impression"]
 EVENT_TYPES: tuple[EventType, ...] = ("interaction", "impression")
@@ -51,14 +50,19 @@ class StoreLimits:
 class Event:
     """One thing a user did: ``timestamp`` in unix seconds."""
 
-    user_id: Id
-    item_id: Id
+    user_id: ExternalId
+    item_id: ExternalId
     timestamp: float
     type: EventType = "interaction"
 
 
-class StateUnavailable(Exception):
-    """The store is down, slow (past its timeout) or refused the call: the one store error."""
+class StoreUnavailable(Exception):
+    """The store is down, slow (past its timeout) or refused the call: the one store error.
+
+    Not a domain error: :class:`~recall.service.state_access.StateAccess` turns it into a
+    read answered from the bundle alone (``fresh: false``) or, for a write, the domain
+    error :class:`~recall.service.domain_errors.StateDown` (503 ``state_unavailable``,
+    which the client raises as its own ``recall.client.StateUnavailable``)."""
 
 
 class StateStore(Protocol):
@@ -76,7 +80,9 @@ class StateStore(Protocol):
         still have stored its events (the write finished after the deadline)."""
         ...
 
-    async def recent(self, user_ids: Sequence[Id], after: float) -> list[list[tuple[Id, float]]]:
+    async def recent(
+        self, user_ids: Sequence[ExternalId], after: float
+    ) -> list[list[tuple[ExternalId, float]]]:
         """Per user (same order): interactions with timestamp > ``after`` (``-math.inf``: all),
         oldest first, at most the last ``window`` of them, as ``(item_id, timestamp)``.
         Exact duplicates (same user, item and timestamp) count once. Bounded by ``timeout_s``.
@@ -84,7 +90,7 @@ class StateStore(Protocol):
         (Redis: the key expires; SQLite keeps the window)."""
         ...
 
-    async def shown(self, user_ids: Sequence[Id], since: float) -> list[list[Id]]:
+    async def shown(self, user_ids: Sequence[ExternalId], since: float) -> list[list[ExternalId]]:
         """Per user (same order): distinct item ids of impressions with timestamp >= ``since``,
         oldest first (an item's latest impression counts). Bounded by ``timeout_s``.
         Impressions older than ``shown_ttl_s`` (wall clock) are dropped by the store."""
@@ -97,14 +103,16 @@ class StateStore(Protocol):
         arrived within ``retention_s`` (wall clock)."""
         ...
 
-    async def set_availability(self, disable: Sequence[Id], enable: Sequence[Id]) -> int:
+    async def set_availability(
+        self, disable: Sequence[ExternalId], enable: Sequence[ExternalId]
+    ) -> int:
         """Mark the items ``disable`` unavailable and ``enable`` available again (ids as
         given, kept typed; an id in both lists is a ValueError), atomically with a bump of
         the availability version; returns the new version (the current one, unchanged, when
         both lists are empty). Bounded by the write timeout."""
         ...
 
-    async def availability(self) -> tuple[int, list[Id]]:
+    async def availability(self) -> tuple[int, list[ExternalId]]:
         """``(version, disabled item ids)`` read together (one snapshot); ids in a stable
         order (ints ascending, then strs). Bounded by the write timeout (not on a recall's
         path: replicas read it when the version changed)."""
@@ -116,15 +124,15 @@ class StateStore(Protocol):
         ...
 
     async def ping(self) -> None:
-        """Raise StateUnavailable unless the store answers (SQLite: creates the file)."""
+        """Raise StoreUnavailable unless the store answers (SQLite: creates the file)."""
         ...
 
     async def close(self) -> None:
-        """Release connections and threads; later calls raise StateUnavailable."""
+        """Release connections and threads; later calls raise StoreUnavailable."""
         ...
 
 
-def check_id(value: object) -> Id:
+def check_id(value: object) -> ExternalId:
     """``value`` as a store id: str as is, an integer (numpy's too) as a Python int64."""
     if type(value) is str:  # fast paths first: isinstance on a Protocol costs ~10 us
         return value
@@ -144,7 +152,7 @@ def check_id(value: object) -> Id:
 
 def check_availability(
     disable: Sequence[object], enable: Sequence[object]
-) -> tuple[list[Id], list[Id]]:
+) -> tuple[list[ExternalId], list[ExternalId]]:
     """``(disable, enable)`` as store ids (:func:`check_id`), duplicates dropped; ValueError
     naming an id that is in both lists."""
     off = list(dict.fromkeys(check_id(i) for i in disable))
@@ -155,7 +163,7 @@ def check_availability(
     return off, on
 
 
-def id_order(value: Id) -> tuple[int, int, str]:
+def id_order(value: ExternalId) -> tuple[int, int, str]:
     """A sort key over mixed ids: ints ascending, then strs."""
     if isinstance(value, int):
         return (0, value, "")
@@ -170,7 +178,7 @@ def check_time(value: float) -> float:
     return bound
 
 
-def check_event(event: Event) -> tuple[Id, Id, float, EventType]:
+def check_event(event: Event) -> tuple[ExternalId, ExternalId, float, EventType]:
     """``(user_id, item_id, timestamp, type)`` checked: ids by :func:`check_id`, a finite
     float timestamp, a known type."""
     timestamp = float(event.timestamp)

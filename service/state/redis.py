@@ -19,7 +19,7 @@ commands per user cost ~4x the client CPU: redis-py packs and parses every comma
 read is one script call too (``ZRANGEBYSCORE`` per user, server-side). Every call is
 bounded (``asyncio.wait_for``): reads by ``timeout_s``, writes, ``ping`` and each page of
 ``export`` by ``write_timeout_s``; a timeout or a connection error raises
-StateUnavailable. The connection pool reconnects by itself once the server is back (and
+StoreUnavailable. The connection pool reconnects by itself once the server is back (and
 redis-py reloads the scripts a restarted server forgot). Durability is the server's: with
 ``appendonly yes`` and ``appendfsync everysec`` a crash of Redis loses at most about the
 last second of writes.
@@ -39,12 +39,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from recall.index.ids import ExternalId
 from recall.service.state.base import (
     Event,
     EventType,
-    Id,
-    StateUnavailable,
     StoreLimits,
+    StoreUnavailable,
     check_availability,
     check_event,
     check_id,
@@ -112,15 +112,15 @@ return out
 """
 
 
-def _enc(value: Id) -> bytes:
+def _enc(value: ExternalId) -> bytes:
     return orjson.dumps(value)
 
 
-def _recent_key(user: Id) -> bytes:
+def _recent_key(user: ExternalId) -> bytes:
     return PREFIX + b"r:" + _enc(user)
 
 
-def _shown_key(user: Id) -> bytes:
+def _shown_key(user: ExternalId) -> bytes:
     return PREFIX + b"s:" + _enc(user)
 
 
@@ -152,14 +152,14 @@ class RedisStore:
         if self._closed:
             if asyncio.iscoroutine(call):
                 call.close()
-            raise StateUnavailable("the state store is closed")
+            raise StoreUnavailable("the state store is closed")
         try:
             async with asyncio.timeout(bound):  # not wait_for: see StateStore (base.py)
                 reply = await call
         except TimeoutError:
-            raise StateUnavailable(f"Redis {op} took longer than {bound:g} s") from None
+            raise StoreUnavailable(f"Redis {op} took longer than {bound:g} s") from None
         except (RedisError, OSError) as e:
-            raise StateUnavailable(f"Redis {op} failed: {e}") from e
+            raise StoreUnavailable(f"Redis {op} failed: {e}") from e
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             # redis-py 8.1 returns the reply when a cancel lands after it arrived: the
@@ -208,7 +208,9 @@ class RedisStore:
         args[6] = n_recent
         await self._bounded(self._add_script(keys, args), self.limits.write_timeout_s, "add")
 
-    async def recent(self, user_ids: Sequence[Id], after: float) -> list[list[tuple[Id, float]]]:
+    async def recent(
+        self, user_ids: Sequence[ExternalId], after: float
+    ) -> list[list[tuple[ExternalId, float]]]:
         ids = [check_id(u) for u in user_ids]
         if not ids:
             return []
@@ -224,7 +226,7 @@ class RedisStore:
             out.append(items)
         return out
 
-    async def shown(self, user_ids: Sequence[Id], since: float) -> list[list[Id]]:
+    async def shown(self, user_ids: Sequence[ExternalId], since: float) -> list[list[ExternalId]]:
         ids = [check_id(u) for u in user_ids]
         if not ids:
             return []
@@ -257,7 +259,9 @@ class RedisStore:
                 return
             start = "(" + page[-1][0].decode()
 
-    async def set_availability(self, disable: Sequence[Id], enable: Sequence[Id]) -> int:
+    async def set_availability(
+        self, disable: Sequence[ExternalId], enable: Sequence[ExternalId]
+    ) -> int:
         off, on = check_availability(disable, enable)
         if not off and not on:
             return await self.availability_version()
@@ -269,14 +273,14 @@ class RedisStore:
         )
         return int(cast(int, reply))
 
-    async def availability(self) -> tuple[int, list[Id]]:
+    async def availability(self) -> tuple[int, list[ExternalId]]:
         reply = await self._bounded(
             self._read_availability_script([DISABLED, VERSION], []),
             self.limits.write_timeout_s,
             "availability",
         )
         version, members = cast(tuple[bytes, list[bytes]], reply)
-        items: list[Id] = [orjson.loads(m) for m in members]
+        items: list[ExternalId] = [orjson.loads(m) for m in members]
         return int(version), sorted(items, key=id_order)
 
     async def availability_version(self) -> int:

@@ -28,7 +28,7 @@ def read_events(
     """Every event of the store at ``url`` (interactions and impressions, in log order)
     with timestamp >= ``since`` when given, that arrived within ``retention_s`` seconds,
     as lists of at most ``batch_size`` events. The store is opened on the first ``next``
-    and closed when the iteration ends or the iterator is closed. Raises StateUnavailable
+    and closed when the iteration ends or the iterator is closed. Raises StoreUnavailable
     when the store cannot be read, ValueError for a bad URL."""
     if batch_size < 1:
         raise ValueError("batch_size must be positive")

@@ -15,7 +15,7 @@ files it opened (device and inode of the database, its WAL and shared memory), a
 (longer for a large file). A file removed, replaced or
 found corrupt (there, or SQLite itself reporting ``SQLITE_CORRUPT``/``SQLITE_NOTADB``)
 breaks the store for good: it logs one error and every later call raises
-:class:`StateUnavailable`, until the service restarts (docs/state.md says what to do).
+:class:`StoreUnavailable`, until the service restarts (docs/state.md says what to do).
 
 Tables::
 
@@ -44,12 +44,12 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
+from recall.index.ids import ExternalId
 from recall.service.state.base import (
     Event,
     EventType,
-    Id,
-    StateUnavailable,
     StoreLimits,
+    StoreUnavailable,
     check_availability,
     check_event,
     check_id,
@@ -60,7 +60,7 @@ from recall.service.state.base import (
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Row = tuple[Id, Id, float, EventType]
+Row = tuple[ExternalId, ExternalId, float, EventType]
 Pending = tuple[list[Row], asyncio.Future[None], float]
 """An add waiting for its group commit: rows, its future, its deadline (loop time)."""
 
@@ -350,37 +350,40 @@ class SQLiteStore:
         self._trim_at = time.monotonic() + (0.0 if more else TRIM_EVERY_S)
 
     def _select_by_user(
-        self, sql: str, user_ids: list[Id], bound: float
-    ) -> list[tuple[Id, Id, float]]:
+        self, sql: str, user_ids: list[ExternalId], bound: float
+    ) -> list[tuple[ExternalId, ExternalId, float]]:
         """``sql`` (with ``{ids}`` for the placeholders and one ``?`` for ``bound``) over
         ``user_ids`` in chunks: rows ``(user, item, ts)``."""
         conn = self._conn()
-        out: list[tuple[Id, Id, float]] = []
+        out: list[tuple[ExternalId, ExternalId, float]] = []
         for start in range(0, len(user_ids), IN_CHUNK):
             chunk = user_ids[start : start + IN_CHUNK]
             marks = ",".join("?" * len(chunk))
             out.extend(conn.execute(sql.format(ids=marks), [*chunk, bound]))
         return out
 
-    def _recent(self, user_ids: list[Id], after: float) -> list[list[tuple[Id, float]]]:
+    def _recent(
+        self, user_ids: list[ExternalId], after: float
+    ) -> list[list[tuple[ExternalId, float]]]:
         rows = self._select_by_user(
             "SELECT user, item, ts FROM recent WHERE user IN ({ids}) AND ts > ? ORDER BY ts, item",
             user_ids,
             after,
         )
-        per_user: dict[Id, list[tuple[Id, float]]] = {}  # 7 and "7" are different keys
+        # 7 and "7" are different keys
+        per_user: dict[ExternalId, list[tuple[ExternalId, float]]] = {}
         for user, item, ts in rows:
             per_user.setdefault(user, []).append((item, ts))
         # The table is capped on insert; cut again in case `window` shrank since.
         return [per_user.get(u, [])[-self.limits.window :] for u in user_ids]
 
-    def _shown(self, user_ids: list[Id], since: float) -> list[list[Id]]:
+    def _shown(self, user_ids: list[ExternalId], since: float) -> list[list[ExternalId]]:
         rows = self._select_by_user(
             "SELECT user, item, ts FROM shown WHERE user IN ({ids}) AND ts >= ? ORDER BY ts",
             user_ids,
             since,
         )
-        per_user: dict[Id, list[Id]] = {}
+        per_user: dict[ExternalId, list[ExternalId]] = {}
         for user, item, _ in rows:
             per_user.setdefault(user, []).append(item)
         return [per_user.get(u, []) for u in user_ids]
@@ -398,7 +401,7 @@ class SQLiteStore:
     def _ping(self) -> None:
         self._conn().execute("SELECT 1").fetchone()
 
-    def _set_availability(self, disable: list[Id], enable: list[Id]) -> int:
+    def _set_availability(self, disable: list[ExternalId], enable: list[ExternalId]) -> int:
         """One transaction on the writer thread: the rows and the version bump together."""
         conn = self._conn()
         conn.execute(f"PRAGMA busy_timeout = {int(self.limits.write_timeout_s * 1000)}")
@@ -424,12 +427,14 @@ class SQLiteStore:
         row = conn.execute("SELECT version FROM availability").fetchone()
         return 0 if row is None else int(row[0])
 
-    def _availability(self) -> tuple[int, list[Id]]:
+    def _availability(self) -> tuple[int, list[ExternalId]]:
         conn = self._conn()
         conn.execute("BEGIN")  # one read snapshot for the version and the rows
         try:
             version = self._version(conn)
-            items: list[Id] = [item for (item,) in conn.execute("SELECT item FROM disabled")]
+            items: list[ExternalId] = [
+                item for (item,) in conn.execute("SELECT item FROM disabled")
+            ]
         finally:
             if conn.in_transaction:
                 conn.execute("COMMIT")
@@ -445,9 +450,9 @@ class SQLiteStore:
         executor: ThreadPoolExecutor | None = None,
     ) -> T:
         if self._closed:
-            raise StateUnavailable("the state store is closed")
+            raise StoreUnavailable("the state store is closed")
         if self._broken is not None:
-            raise StateUnavailable(f"SQLite {op} refused: the store is unusable: {self._broken}")
+            raise StoreUnavailable(f"SQLite {op} refused: the store is unusable: {self._broken}")
         self._start_check()
         loop = asyncio.get_running_loop()
         pool = executor or self._executor
@@ -455,14 +460,14 @@ class SQLiteStore:
             async with asyncio.timeout(bound):  # not wait_for: see StateStore (base.py)
                 return await loop.run_in_executor(pool, fn)
         except TimeoutError:
-            raise StateUnavailable(f"SQLite {op} took longer than {bound:g} s") from None
+            raise StoreUnavailable(f"SQLite {op} took longer than {bound:g} s") from None
         except sqlite3.Error as e:
             self._note(e)
-            raise StateUnavailable(f"SQLite {op} failed: {e}") from e
+            raise StoreUnavailable(f"SQLite {op} failed: {e}") from e
         except OSError as e:
-            raise StateUnavailable(f"SQLite {op} failed: {e}") from e
+            raise StoreUnavailable(f"SQLite {op} failed: {e}") from e
         except RuntimeError as e:  # the executor shut down under us
-            raise StateUnavailable(f"SQLite {op} failed: {e}") from e
+            raise StoreUnavailable(f"SQLite {op} failed: {e}") from e
 
     async def add(self, events: Sequence[Event]) -> None:
         """Group commit: batches that arrive while a commit runs wait for the next one, which
@@ -471,9 +476,9 @@ class SQLiteStore:
         if not rows:
             return
         if self._closed:
-            raise StateUnavailable("the state store is closed")
+            raise StoreUnavailable("the state store is closed")
         if self._broken is not None:
-            raise StateUnavailable(f"SQLite add refused: the store is unusable: {self._broken}")
+            raise StoreUnavailable(f"SQLite add refused: the store is unusable: {self._broken}")
         self._start_check()
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
@@ -486,7 +491,7 @@ class SQLiteStore:
                 await asyncio.shield(done)
         except TimeoutError:
             done.cancel()  # not written unless its group's commit already began
-            raise StateUnavailable(
+            raise StoreUnavailable(
                 f"SQLite add took longer than {self.limits.write_timeout_s:g} s"
             ) from None
 
@@ -515,7 +520,7 @@ class SQLiteStore:
                 except (sqlite3.Error, OSError, RuntimeError) as e:
                     if isinstance(e, sqlite3.Error):
                         self._note(e)
-                    error = StateUnavailable(f"SQLite add failed: {e}")
+                    error = StoreUnavailable(f"SQLite add failed: {e}")
                     error.__cause__ = e
                 for _, done, _ in group:
                     if not done.done():
@@ -526,14 +531,16 @@ class SQLiteStore:
         finally:
             self._committer = None
 
-    async def recent(self, user_ids: Sequence[Id], after: float) -> list[list[tuple[Id, float]]]:
+    async def recent(
+        self, user_ids: Sequence[ExternalId], after: float
+    ) -> list[list[tuple[ExternalId, float]]]:
         ids = _ids(user_ids)
         if not ids:
             return []
         after = check_time(after)
         return await self._call(lambda: self._recent(ids, after), self.limits.timeout_s, "recent")
 
-    async def shown(self, user_ids: Sequence[Id], since: float) -> list[list[Id]]:
+    async def shown(self, user_ids: Sequence[ExternalId], since: float) -> list[list[ExternalId]]:
         ids = _ids(user_ids)
         if not ids:
             return []
@@ -553,7 +560,9 @@ class SQLiteStore:
                 return
             after_seq = page[-1][0]
 
-    async def set_availability(self, disable: Sequence[Id], enable: Sequence[Id]) -> int:
+    async def set_availability(
+        self, disable: Sequence[ExternalId], enable: Sequence[ExternalId]
+    ) -> int:
         off, on = check_availability(disable, enable)
         if not off and not on:
             return await self.availability_version()
@@ -564,7 +573,7 @@ class SQLiteStore:
             self._writer,
         )
 
-    async def availability(self) -> tuple[int, list[Id]]:
+    async def availability(self) -> tuple[int, list[ExternalId]]:
         return await self._call(self._availability, self.limits.write_timeout_s, "availability")
 
     async def availability_version(self) -> int:
@@ -603,5 +612,5 @@ def _retrieve(done: asyncio.Future[None]) -> None:
         done.exception()
 
 
-def _ids(user_ids: Iterable[object]) -> list[Id]:
+def _ids(user_ids: Iterable[object]) -> list[ExternalId]:
     return [check_id(u) for u in user_ids]

@@ -861,8 +861,8 @@ def test_the_service_uses_the_verified_arrays(published_root: Path) -> None:
     manifest = b.read_manifest(path)
     np.testing.assert_array_equal(loaded.user_vectors, b.load_array(path, manifest, b.USER_VECTORS))
     seen = b.load_arrays(path, manifest, b.USER_SEEN)
-    np.testing.assert_array_equal(loaded.seen_indptr, seen["indptr"])
-    np.testing.assert_array_equal(loaded.seen_items, seen["indices"])
+    np.testing.assert_array_equal(loaded.verified.seen_indptr, seen["indptr"])
+    np.testing.assert_array_equal(loaded.verified.seen_items, seen["indices"])
     assert loaded.index.n_items == manifest.counts.items == len(loaded.item_ids)
 
 

@@ -674,7 +674,8 @@ def test_a_users_failing_vector_fails_only_that_batch_entry(
         tower = copy.copy(served.tower)
         tower.item_embedding = served.tower.item_embedding.copy()
         tower.item_embedding[bundle.item_ids.row(item)] = np.nan
-        app_state_of(app).holder._current = dataclasses.replace(served, tower=tower)
+        verified = dataclasses.replace(served.verified, tower=tower)
+        app_state_of(app).holder._current = dataclasses.replace(served, verified=verified)
         post_events(c, [{"user_id": user(bundle, row), "item_id": item}])
         alone = recall(c, user_id=user(bundle, other), k=5)
 

@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from recall.service.settings import Settings
-from recall.service.state import Event, StateStore, StateUnavailable, check_url, open_store
+from recall.service.state import Event, StateStore, StoreUnavailable, check_url, open_store
 from tests.redis_server import RedisServer, free_port, redis_server
 
 REPO = Path(__file__).resolve().parents[3]
@@ -238,7 +238,7 @@ def test_ping_and_close(url: str) -> None:
         await store.ping()
         await store.close()
         await store.close()  # twice is fine
-        with pytest.raises(StateUnavailable):
+        with pytest.raises(StoreUnavailable):
             await store.recent([1], after=0)
 
     run(body())
@@ -392,7 +392,7 @@ def test_sqlite_relative_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 def test_sqlite_write_waits_for_a_locked_file_at_most_its_bound(tmp_path: Path) -> None:
     """Another process holding the write lock: add() gives up after write_timeout_s with
-    StateUnavailable, reads still answer (WAL), and writes go through once it lets go."""
+    StoreUnavailable, reads still answer (WAL), and writes go through once it lets go."""
     path = tmp_path / "events.sqlite"
     url = f"sqlite://{path}"
     with_store(url, lambda s: s.add([Event(1, 1, T0)]))
@@ -401,7 +401,7 @@ def test_sqlite_write_waits_for_a_locked_file_at_most_its_bound(tmp_path: Path) 
 
     async def body(store: StateStore) -> None:
         start = time.monotonic()
-        with pytest.raises(StateUnavailable, match="add"):
+        with pytest.raises(StoreUnavailable, match="add"):
             await store.add([Event(1, 2, T0 + 1)])
         assert 0.2 <= time.monotonic() - start < 1.0
         assert await store.recent([1], after=-math.inf) == [[(1, T0)]]
@@ -416,9 +416,9 @@ def test_sqlite_unusable_path_is_unavailable(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a directory")
 
     async def body(store: StateStore) -> None:
-        with pytest.raises(StateUnavailable):
+        with pytest.raises(StoreUnavailable):
             await store.ping()
-        with pytest.raises(StateUnavailable):
+        with pytest.raises(StoreUnavailable):
             await store.add([Event(1, 1, T0)])
 
     with_store(f"sqlite://{tmp_path}/file/events.sqlite", body)
@@ -459,7 +459,7 @@ def test_redis_blackholed_or_refused_is_unavailable_within_the_bound() -> None:
                 lambda: store.ping(),
             ):
                 start = time.monotonic()
-                with pytest.raises(StateUnavailable):
+                with pytest.raises(StoreUnavailable):
                     await call()
                 times.append(time.monotonic() - start)
             await store.close()
@@ -473,7 +473,7 @@ def test_redis_blackholed_or_refused_is_unavailable_within_the_bound() -> None:
 
 def test_redis_killed_then_restarted(tmp_path: Path) -> None:
     """One store across a crash of Redis (AOF fsynced on every write, so the test is exact;
-    with everysec a crash loses up to about a second): calls fail fast with StateUnavailable
+    with everysec a crash loses up to about a second): calls fail fast with StoreUnavailable
     while it is down, and the same store works again once it is back, acknowledged events
     all there."""
     with redis_server(tmp_path / "redis", appendonly=True) as server:
@@ -484,10 +484,10 @@ def test_redis_killed_then_restarted(tmp_path: Path) -> None:
             server.kill()
             for _ in range(3):
                 start = time.monotonic()
-                with pytest.raises(StateUnavailable):
+                with pytest.raises(StoreUnavailable):
                     await store.recent([1], after=-math.inf)
                 assert time.monotonic() - start < 0.25
-            with pytest.raises(StateUnavailable):
+            with pytest.raises(StoreUnavailable):
                 await store.add([Event(1, 12, T0 + 2)])
             server.start()
             assert await store.recent([1], after=-math.inf) == [[(10, T0), (11, T0 + 1)]]

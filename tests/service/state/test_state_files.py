@@ -1,5 +1,5 @@
 """The embedded SQLite store notices its file removed, replaced or corrupted while it is
-open: from then on every call is StateUnavailable (events 503, recall ``fresh: false``),
+open: from then on every call is StoreUnavailable (events 503, recall ``fresh: false``),
 one error line is logged, and no event is acknowledged that the file at the path lacks."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 from recall.index.current import CURRENT
 from recall.service.app import create_app
 from recall.service.recaller import ServingBundle
-from recall.service.state import Event, StateUnavailable, open_store, sqlite_url
+from recall.service.state import Event, StoreUnavailable, open_store, sqlite_url
 from recall.service.state.base import StoreLimits
 from recall.service.state.sqlite import SQLiteStore
 from tests.live import live_server, settings
@@ -91,7 +91,7 @@ def test_a_replaced_file_refuses_writes_and_every_acknowledged_event_is_in_it(
             batch = [Event(name, n * 10 + j, T0 + n) for j in range(10)]
             try:
                 await store.add(batch)
-            except StateUnavailable:
+            except StoreUnavailable:
                 return
             acked.extend(batch)
         raise AssertionError("writes went on after the swap")
@@ -108,9 +108,9 @@ def test_a_replaced_file_refuses_writes_and_every_acknowledged_event_is_in_it(
         try:
             await store.ping()
             await asyncio.gather(swap(), *(writer(store, w) for w in ("a", "b", "c")))
-            with pytest.raises(StateUnavailable, match="replaced"):
+            with pytest.raises(StoreUnavailable, match="replaced"):
                 await store.add([Event("late", 1, T0)])
-            with pytest.raises(StateUnavailable, match="replaced"):
+            with pytest.raises(StoreUnavailable, match="replaced"):
                 await store.recent(["a"], after=-math.inf)
         finally:
             await store.close()
@@ -161,12 +161,12 @@ def test_overwritten_pages_are_found_and_refuse_writes(
             while time.monotonic() - start < 5:
                 try:
                     await store.add([Event("after", 1, T0)])
-                except StateUnavailable:
+                except StoreUnavailable:
                     break
                 await asyncio.sleep(0.02)
             took = time.monotonic() - start
             for _ in range(3):
-                with pytest.raises(StateUnavailable, match="unusable"):
+                with pytest.raises(StoreUnavailable, match="unusable"):
                     await store.add([Event("later", 1, T0)])
             return took
         finally:
@@ -196,10 +196,10 @@ def test_a_file_that_is_not_a_database_breaks_the_store(
         overwrite_pages(path, 0, 1)
         store = open_store(sqlite_url(path))
         try:
-            with pytest.raises(StateUnavailable, match="not a database"):
+            with pytest.raises(StoreUnavailable, match="not a database"):
                 await store.add([Event(1, 2, T0)])
             for _ in range(3):
-                with pytest.raises(StateUnavailable, match="unusable"):
+                with pytest.raises(StoreUnavailable, match="unusable"):
                     await store.ping()
         finally:
             await store.close()
