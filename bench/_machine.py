@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
@@ -15,3 +16,13 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor()
+
+
+def machine() -> dict[str, object]:
+    """What a results JSON records of the machine: CPU, cores, 1-minute load, Python."""
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "load_average_at_start": round(os.getloadavg()[0], 2),
+        "python": platform.python_version(),
+    }

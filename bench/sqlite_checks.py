@@ -24,7 +24,10 @@ import statistics
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+
+from _machine import machine
 
 from recall.service.state.base import Event, StoreLimits
 from recall.service.state.sqlite import SQLiteStore
@@ -106,7 +109,10 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=500)
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temp dir")
+    parser.add_argument("--out", type=Path, help="JSON results file (docs/state.md quotes it)")
     args = parser.parse_args()
+    started = datetime.now(UTC)
+    at_start = machine()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
@@ -114,8 +120,19 @@ def main() -> None:
         asyncio.run(fill(work / "filled.sqlite", args.users))
         logger.info("filled %d users in %.1f s", args.users, time.monotonic() - start)
         report = asyncio.run(compare(work, args.users, args.rounds))
-    report.update(users=args.users, rounds=args.rounds, python=sys.version.split()[0])
-    sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    report.update(users=args.users, rounds=args.rounds)
+    text = json.dumps(
+        {
+            "benchmark": "bench/sqlite_checks.py",
+            "date": started.isoformat(timespec="seconds"),
+            "machine": at_start,
+            "result": report,
+        },
+        indent=2,
+    )
+    sys.stdout.write(text + "\n")
+    if args.out:
+        args.out.write_text(text + "\n")
 
 
 if __name__ == "__main__":
