@@ -85,7 +85,10 @@ class BundleHolder:
         most :data:`ADMIN_WAIT_S` for a reload in progress (then :class:`ReloadRefused`).
         """
         try:
-            await asyncio.wait_for(self._lock.acquire(), ADMIN_WAIT_S)
+            # not wait_for: in Python 3.11 it can swallow a cancel that lands just after
+            # the lock was acquired, and a cancelled poller would then poll on
+            async with asyncio.timeout(ADMIN_WAIT_S):
+                await self._lock.acquire()
         except TimeoutError:
             serving = f"still serving {self._current.id}" if self._current else "no bundle loaded"
             raise ReloadRefused(f"a reload is in progress; {serving}; try again") from None

@@ -8,6 +8,7 @@ CURRENT holds.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -22,7 +23,9 @@ import pytest
 from recall.index import bundle as b
 from recall.index.current import CURRENT
 from recall.service.app import create_app
+from recall.service.metrics import Metrics
 from recall.service.recaller import ServingBundle
+from recall.service.reloader import BundleHolder
 from recall.service.settings import Settings
 from tests.index.test_verify import OTHER_ID, copy_bundle, resign
 from tests.live import TOKEN, live_server
@@ -293,3 +296,23 @@ def test_not_ready_messages_name_no_path(tmp_path: Path) -> None:
         for response in (client.get("/readyz"), client.post("/v1/admin/reload", headers=AUTH)):
             assert response.status_code == 503
             assert str(tmp_path) not in response.json()["error"]["message"]
+
+
+def test_a_reload_cancelled_as_it_gets_the_lock_is_cancelled(tmp_path: Path) -> None:
+    """Stopping the poller (``cancel()``) must stop it even when the cancel lands just
+    after the reload lock was handed to it: Python 3.11's ``asyncio.wait_for`` returned
+    normally then, the poller polled on and the server's shutdown waited for it forever."""
+
+    async def scenario() -> None:
+        holder = BundleHolder(tmp_path, Metrics())
+        lock = holder._lock
+        await lock.acquire()  # a reload in progress
+        waiting = asyncio.create_task(holder.reload())
+        await asyncio.sleep(0)  # it waits for the lock now
+        lock.release()  # the lock goes to the waiting reload ...
+        waiting.cancel()  # ... and the cancel lands after it
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert not lock.locked()
+
+    asyncio.run(scenario())
