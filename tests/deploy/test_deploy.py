@@ -37,6 +37,7 @@ import yaml
 
 from recall.client import Query, RecallClient, RecallError
 from recall.service.state import Event, open_store, sqlite_url
+from tests.live import free_port
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ def test_redis_runs_the_compose_command(tmp_path: Path) -> None:
     flags = dict(zip(command[1::2], command[2::2], strict=True))
     data = tmp_path / "data"
     data.mkdir()
-    flags.update({"--dir": str(data), "--port": str(_free_port()), "--bind": "127.0.0.1"})
+    flags.update({"--dir": str(data), "--port": str(free_port()), "--bind": "127.0.0.1"})
     argv = [server, *[x for kv in flags.items() for x in kv], "--save", ""]
     log_path = tmp_path / "redis.log"
     with log_path.open("wb") as log:
@@ -305,7 +306,7 @@ def test_nginx_never_replays_an_event_batch(tmp_path: Path, processes: Processes
     try:
         prefix = tmp_path / "nginx"
         prefix.mkdir()
-        lb_port = _free_port()
+        lb_port = free_port()
         conf = prefix / "nginx.conf"
         conf.write_text(
             render_nginx_conf([dying.address, healthy.address], f"127.0.0.1:{lb_port}", prefix)
@@ -345,13 +346,6 @@ def test_nginx_never_replays_an_event_batch(tmp_path: Path, processes: Processes
 
 
 # -- the slow test: trainer job, two replicas, nginx, a retrain under traffic ------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _wait_until(what: str, check: Any, timeout: float, proc: subprocess.Popen[bytes]) -> None:
@@ -567,7 +561,7 @@ def test_retrain_under_traffic_through_nginx(tmp_path: Path, processes: Processe
     old_id = (root / "CURRENT").read_text().strip()
     logger.info("trainer job: published %s in %.1f s", old_id, first_train_s)
 
-    ports = [_free_port(), _free_port()]
+    ports = [free_port(), free_port()]
     replicas = [f"http://127.0.0.1:{p}" for p in ports]
     for i, port in enumerate(ports):
         proc = processes.start(f"service-{i + 1}", ["recall", "serve"], _service_env(root, port))
@@ -752,7 +746,7 @@ def _two_replicas_behind_nginx(
     """Two ``recall serve`` replicas of ``root`` with RECALL_STATE_URL ``state_url``, behind
     the real nginx (its prefix ``tmp_path/nginx``), all ready on ``bundle_id``: (the
     replicas' base URLs, nginx's)."""
-    ports = [_free_port(), _free_port()]
+    ports = [free_port(), free_port()]
     replicas = [f"http://127.0.0.1:{p}" for p in ports]
     for i, port in enumerate(ports):
         env = {**_service_env(root, port), "RECALL_STATE_URL": state_url}
@@ -767,7 +761,7 @@ def _start_nginx(
     """The real nginx with the shipped config (prefix ``prefix``) in front of the replicas
     on ``ports``, ready once it answers with ``bundle_id``; returns its base URL."""
     prefix.mkdir()
-    lb_port = _free_port()
+    lb_port = free_port()
     conf = prefix / "nginx.conf"
     conf.write_text(
         render_nginx_conf([f"127.0.0.1:{p}" for p in ports], f"127.0.0.1:{lb_port}", prefix)

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +19,8 @@ import pytest
 from recall.index.build import BuildOptions, build_index
 from recall.index.publish import publish
 from tests.index_data import clustered, write_vectors_bundle
+from tests.live import free_port
+from tests.service.test_orphan_workers import stop, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -130,19 +130,13 @@ def test_recall_version_runs_from_a_shadowing_directory(
     assert result.stdout.startswith("recall ")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def served(venv: Path, shadowing_cwd: Path, tmp_path: Path) -> Iterator[str]:
     root = tmp_path / "root"
     bundle = write_vectors_bundle(root, *clustered(300, 20, dim=8, seed=3))
     build_index(bundle, BuildOptions(kind="flat"))
     publish(bundle)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "RECALL_STATE_URL": f"sqlite:///{tmp_path / 'events.sqlite'}"}
     server = subprocess.Popen(
         [venv / "bin" / "recall", "serve", "--root", str(root), "--port", str(port)],
@@ -151,21 +145,10 @@ def served(venv: Path, shadowing_cwd: Path, tmp_path: Path) -> Iterator[str]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert server.poll() is None, "recall serve exited"
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        else:
-            pytest.fail("recall serve did not become ready in 60 s")
+        wait_ready(base, server)
         yield base
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop(server)
 
 
 def test_the_installed_wheel_serves_a_recall(served: str) -> None:

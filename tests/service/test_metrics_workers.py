@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,17 +26,11 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from recall.service.metrics_dir import MULTIPROC_ENV, PREFIX, multiprocess_metrics_dir
+from tests.live import free_port
 
 RECALL = Path(sys.executable).parent / "recall"  # the console script of this venv
 ROUTE = "/v1/model"
 N_REQUESTS = 60
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextmanager
@@ -45,7 +38,7 @@ def recall_serve(
     root: Path, tmp: Path, workers: int
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``recall serve --workers N`` until the block ends; yields (base URL, process)."""
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECALL_")}
     env.pop(MULTIPROC_ENV, None)
     env.update({"TMPDIR": str(tmp), "RECALL_RELOAD_INTERVAL_S": "0"})

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from recall.service.metrics_dir import MULTIPROC_ENV
-from tests.service.test_metrics_workers import _free_port
+from tests.live import free_port
 
 RECALL = Path(sys.executable).parent / "recall"
 WORKERS_GONE_S = 10.0  # PR_SET_PDEATHSIG is immediate; the poll fallback takes 1 s
@@ -94,7 +94,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def test_workers_die_with_a_killed_master_and_a_restart_binds_the_port(
     published_root: Path, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     master = start_serve(published_root, tmp_path, port)
     workers: list[int] = []

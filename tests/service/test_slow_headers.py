@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.test_metrics_workers import _free_port
+from tests.live import free_port
 from tests.service.test_orphan_workers import start_serve, stop, wait_ready
 
 TIMEOUT_S = 1.0
@@ -40,7 +40,7 @@ def _closed_after(sock: socket.socket, drip: bytes, limit_s: float) -> float | N
 def test_half_sent_headers_are_cut_off_and_others_are_served(
     published_root: Path, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = start_serve(
         published_root, tmp_path, port, workers=1, RECALL_HEADER_TIMEOUT_S=str(TIMEOUT_S)
