@@ -35,8 +35,12 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("recall", "index", "service", "trainer"):
         ignore = shutil.ignore_patterns("__pycache__")
         shutil.copytree(REPO / name, src / name, ignore=ignore, symlinks=True)
-    out = tmp_path_factory.mktemp("dist")
-    subprocess.run(
+    return build_wheel(src, tmp_path_factory.mktemp("dist"))
+
+
+def build_wheel(src: Path, out: Path) -> Path:
+    """``pip wheel`` of the sources in ``src`` into ``out``; the one wheel it made."""
+    done = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -49,9 +53,11 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
             str(out),
             str(src),
         ],
-        check=True,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
+    assert done.returncode == 0, done.stderr[-2000:]
     (found,) = out.glob("recall-*.whl")
     return found
 

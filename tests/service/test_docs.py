@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +14,7 @@ import pytest
 
 from recall.service.app import create_app
 from recall.service.settings import Settings
+from tests.deploy.test_wheel import build_wheel
 from tests.live import live_server
 
 # Every URL-ish reference in the page: attributes, and the strings in its inline script.
@@ -91,25 +90,7 @@ def test_the_image_build_carries_the_assets(tmp_path: Path) -> None:
                 )
             else:
                 shutil.copy(path, src / path.name)
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--wheel-dir",
-            str(tmp_path / "wheels"),
-            str(src),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    (wheel,) = (tmp_path / "wheels").glob("recall-*.whl")
+    wheel = build_wheel(src, tmp_path / "wheels")
     names = set(zipfile.ZipFile(wheel).namelist())
     for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png", "LICENSE"):
         assert f"recall/service/static/swagger-ui/{asset}" in names
