@@ -1,11 +1,15 @@
 """The HTTP layer's use of the state store: every call bounded, failures counted and logged.
 
 A read that fails (store down, slow past its timeout, any :class:`StoreUnavailable`)
-returns None: recall then answers from the bundle alone and says ``"fresh": false``. A
-write that fails raises :class:`~recall.service.domain_errors.StateDown` (503). Each
-failure counts in ``recall_state_errors_total{op}``; the log gets one line per
-``log_every_s`` at most (the count of failures since the last line included), so a dead
-store cannot flood it.
+gives no events: recall then answers from the bundle alone and says ``"fresh": false``
+(counted per user in ``recall_unfresh_answers_total{reason}``). A write that fails raises
+:class:`~recall.service.domain_errors.StateDown` (503). Each failure counts in
+``recall_state_errors_total{op}``; the log gets one line per ``log_every_s`` at most (the
+count of failures since the last line included), so a dead store cannot flood it.
+
+:meth:`StateAccess.run_with_state` is what the routes use: the read and the work that
+needs it in one hand-off to a search thread when the store reads in the caller's thread
+(SQLite), else the read on the event loop (Redis: network I/O) and then the hand-off.
 """
 
 from __future__ import annotations
@@ -14,14 +18,21 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from recall.index.ids import ExternalId
 from recall.service.domain_errors import StateDown
 from recall.service.fresh import UserState
 from recall.service.metrics import Metrics
-from recall.service.state import Event, StateStore, StoreUnavailable
+from recall.service.pool import SearchPool
+from recall.service.state import (
+    Event,
+    ReadsInThread,
+    StateStore,
+    StoreTimeout,
+    StoreUnavailable,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +62,55 @@ class StateAccess:
         self._last_log = -math.inf
         self._unlogged = 0
 
+    @property
+    def store(self) -> StateStore:
+        return self._store
+
+    @store.setter
+    def store(self, store: StateStore) -> None:
+        self._store = store
+        # checked once: isinstance against a Protocol costs microseconds
+        self._in_thread = store if isinstance(store, ReadsInThread) else None
+
+    async def run_with_state(
+        self,
+        pool: SearchPool,
+        user_ids: Sequence[ExternalId],
+        fn: Callable[[UserState], T],
+        *,
+        after: float,
+        with_shown: bool,
+    ) -> T:
+        """``fn(state of user_ids)`` in a search thread (:meth:`read` says what the state
+        holds). A store that reads in the caller's thread (SQLite) is read in that search
+        thread first, its bound starting then: one hand-off, and no queue in front of the
+        read counts against the store. Others (Redis) are read on the event loop first."""
+        store = self._in_thread
+        if store is None or not user_ids:
+            state = await self.read(user_ids, after=after, with_shown=with_shown)
+            return await pool.run(fn, state)
+        return await pool.run(self._read_then, store, user_ids, fn, after, with_shown)
+
+    def _read_then(
+        self,
+        store: ReadsInThread,
+        user_ids: Sequence[ExternalId],
+        fn: Callable[[UserState], T],
+        after: float,
+        with_shown: bool,
+    ) -> T:
+        since = time.time() - self.shown_ttl_s if with_shown else None
+        try:
+            events, shown = store.read_in_thread(user_ids, after, since)
+        except StoreUnavailable as e:
+            for op in ("recent", "shown") if with_shown else ("recent",):  # neither was read
+                self.failed(op, e)
+            self._count_unfresh(e, len(user_ids))
+            return fn(UserState.empty(len(user_ids), fresh=False))
+        if shown is None:
+            return fn(UserState(events, [[] for _ in user_ids], True))
+        return fn(UserState(events, shown, True))
+
     async def read(
         self, user_ids: Sequence[ExternalId], *, after: float, with_shown: bool
     ) -> UserState:
@@ -58,21 +118,27 @@ class StateAccess:
         keeps) and, when ``with_shown``, impressions within the shown TTL, for each user.
         Never raises for store trouble: returns empty lists and ``fresh=False``."""
         n = len(user_ids)
-        empty = UserState([[] for _ in range(n)], [[] for _ in range(n)], True)
+        empty = UserState.empty(n)
         if not n:
             return empty
         recent = self._bounded("recent", self.store.recent(user_ids, after))
         if not with_shown:
             events = await recent
-            if events is None:
+            if isinstance(events, Exception):
+                self._count_unfresh(events, n)
                 return UserState(empty.events, empty.shown, False)
             return UserState(events, empty.shown, True)
         since = time.time() - self.shown_ttl_s
         events, shown = await asyncio.gather(
             recent, self._bounded("shown", self.store.shown(user_ids, since))
         )
-        if events is None or shown is None:
-            return UserState(events or empty.events, shown or empty.shown, False)
+        if isinstance(events, Exception):
+            self._count_unfresh(events, n)
+            shown_ = empty.shown if isinstance(shown, Exception) else shown
+            return UserState(empty.events, shown_, False)
+        if isinstance(shown, Exception):
+            self._count_unfresh(shown, n)
+            return UserState(events, empty.shown, False)
         return UserState(events, shown, True)
 
     async def add(self, events: Sequence[Event]) -> None:
@@ -86,15 +152,21 @@ class StateAccess:
                 "the state store is unavailable: the events were not stored; retry later"
             ) from None
 
-    async def _bounded(self, op: str, call: Awaitable[T]) -> T | None:
+    async def _bounded(self, op: str, call: Awaitable[T]) -> T | Exception:
         """``await call`` within twice the read timeout (the store bounds it by the read
-        timeout itself; this is the backstop), None on store trouble."""
+        timeout itself; this is the backstop); on store trouble, counted and logged, the
+        error."""
         try:
             async with asyncio.timeout(2 * self.timeout_s):
                 return await call
         except (StoreUnavailable, TimeoutError) as e:
             self.failed(op, e)
-            return None
+            return e
+
+    def _count_unfresh(self, error: BaseException, users: int) -> None:
+        """``users`` answers go without the store's state because of ``error``."""
+        timeout = isinstance(error, StoreTimeout | TimeoutError)
+        self.metrics.unfresh.labels("timeout" if timeout else "unavailable").inc(users)
 
     async def set_availability(
         self, disable: Sequence[ExternalId], enable: Sequence[ExternalId]

@@ -17,8 +17,10 @@ from recall.service.state.base import (
     DEFAULT_WRITE_TIMEOUT_S,
     Event,
     EventType,
+    ReadsInThread,
     StateStore,
     StoreLimits,
+    StoreTimeout,
     StoreUnavailable,
 )
 
@@ -26,8 +28,10 @@ __all__ = [
     "DEFAULT_RETENTION_S",
     "Event",
     "EventType",
+    "ReadsInThread",
     "StateStore",
     "StoreLimits",
+    "StoreTimeout",
     "StoreUnavailable",
     "check_url",
     "open_store",
