@@ -174,6 +174,9 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # (route, method, status) -> (its counter, its histogram): labels() per request
+        # costs a lock and a lookup of its own in prometheus-client
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -191,7 +194,13 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
-            self.metrics.requests.labels(template, scope["method"], str(status)).inc()
-            self.metrics.latency.labels(template).observe(time.perf_counter() - started)
+            key = (getattr(scope.get("route"), "path", "unmatched"), scope["method"], status)
+            children = self._children.get(key)
+            if children is None:  # bounded: route templates x methods x statuses
+                template, method, _ = key
+                children = self._children[key] = (
+                    self.metrics.requests.labels(template, method, str(status)),
+                    self.metrics.latency.labels(template),
+                )
+            children[0].inc()
+            children[1].observe(time.perf_counter() - started)

@@ -445,7 +445,7 @@ class SQLiteStore:
             self._note(e)
             if "interrupted" in str(e) or "locked" in str(e):
                 bound = self.limits.timeout_s
-                raise StoreTimeout(f"SQLite read took longer than {bound:g} s") from None
+                raise StoreTimeout(f"SQLite read took longer than {bound:g} s ({e})") from None
             raise StoreUnavailable(f"SQLite read failed: {e}") from e
         except OSError as e:
             raise StoreUnavailable(f"SQLite read failed: {e}") from e
