@@ -151,7 +151,9 @@ def describe_errors(error: ValidationError, flags: Mapping[str, str]) -> str:
         field = str(item["loc"][0]) if item["loc"] else ""
         variable = f"RECALL_{field.upper()}"
         name = f"{flags[field]} or {variable}" if field in flags else variable
-        if item["type"] == "missing":
+        if not field:  # a rule between fields: its message names them
+            parts.append(str(item["msg"]).removeprefix("Value error, "))
+        elif item["type"] == "missing":
             parts.append(f"set {name}")
         else:
             parts.append(f"{name}: {str(item['msg']).removeprefix('Value error, ')}")
