@@ -127,7 +127,7 @@ class S3Location:
         return self.url
 
 
-def open_root(text: str | Path) -> LocalRoot | S3Root:
+def open_root(text: str | Path) -> Root:
     """The root ``text`` names: ``s3://bucket/prefix``, else a local directory."""
     if isinstance(text, str) and is_s3_url(text):
         return S3Root(S3Location.parse(text))
@@ -205,7 +205,7 @@ class S3Root:
         kwargs: dict[str, Any] = {"Bucket": self.location.bucket, "Key": key}
         if if_none_match is not None:
             kwargs["IfNoneMatch"] = if_none_match
-        with self._errors(f"reading {self.url}/{CURRENT}", missing_ok=True) as missing:
+        with _S3Errors(f"reading {self.url}/{CURRENT}", missing_ok=True) as missing:
             response = self.client.get_object(**kwargs)
             raw = response["Body"].read(MAX_CURRENT_BYTES + 1)
             response["Body"].close()
@@ -226,7 +226,7 @@ class S3Root:
     def switch(self, bundle_id: str, seen: RemoteCurrent) -> None:
         """Replace CURRENT if it is still what ``seen`` saw; else :class:`PublishConflict`."""
         condition = {"IfMatch": seen.etag} if seen.etag else {"IfNoneMatch": "*"}
-        with self._errors(f"writing {self.url}/{CURRENT}", conflicts=True) as conflict:
+        with _S3Errors(f"writing {self.url}/{CURRENT}", conflicts=True) as conflict:
             self.client.put_object(
                 Bucket=self.location.bucket,
                 Key=self.location.key(CURRENT),
@@ -307,7 +307,7 @@ class S3Root:
         for name, entry in sorted(manifest.files.items()):
             self._upload_file(bundle / name, where.key(name), entry)
         if remote_manifest is None:
-            with self._errors(f"uploading {where}/{b.MANIFEST}"):
+            with _S3Errors(f"uploading {where}/{b.MANIFEST}"):
                 self.client.put_object(
                     Bucket=where.bucket, Key=where.key(b.MANIFEST), Body=local_manifest
                 )
@@ -323,7 +323,7 @@ class S3Root:
             return
         with path.open("rb") as f:
             reader = _HashingReader(f)
-            with self._errors(f"uploading s3://{bucket}/{key}"):
+            with _S3Errors(f"uploading s3://{bucket}/{key}"):
                 self.client.upload_fileobj(
                     reader,
                     bucket,
@@ -332,7 +332,7 @@ class S3Root:
                     Config=TransferConfig(multipart_chunksize=64 << 20, use_threads=True),
                 )
         if (reader.size, reader.hexdigest()) != (entry.bytes, entry.sha256):
-            with self._errors(f"deleting s3://{bucket}/{key}"):
+            with _S3Errors(f"deleting s3://{bucket}/{key}"):
                 self.client.delete_object(Bucket=bucket, Key=key)
             raise b.BundleError(
                 f"{path}: changed while it was uploaded (sha256 differs from the manifest's)"
@@ -383,7 +383,7 @@ class S3Root:
         kwargs: dict[str, Any] = {"Bucket": self.location.bucket, "Key": key}
         if have:
             kwargs["Range"] = f"bytes={have}-"
-        with self._errors(f"downloading {where}", missing_ok=True) as missing:
+        with _S3Errors(f"downloading {where}", missing_ok=True) as missing:
             response = self.client.get_object(**kwargs)
         if missing.code is not None:
             raise b.BundleError(f"{where}: missing (the manifest lists it)")
@@ -394,7 +394,7 @@ class S3Root:
         if total != size:
             response["Body"].close()
             raise b.BundleError(f"{where} has {total} bytes, the manifest says {size}")
-        with self._errors(f"downloading {where}"), path.open("ab") as f:
+        with _S3Errors(f"downloading {where}"), path.open("ab") as f:
             for chunk in response["Body"].iter_chunks(_CHUNK):
                 f.write(chunk)
         got = path.stat().st_size
@@ -438,7 +438,7 @@ class S3Root:
 
     def _bundle_ids(self) -> Iterator[str]:
         prefix = self.location.key("") + "/" if self.location.prefix else ""
-        with self._errors(f"listing {self.url}"):
+        with _S3Errors(f"listing {self.url}"):
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.location.bucket, Prefix=prefix, Delimiter="/"
             )
@@ -450,7 +450,7 @@ class S3Root:
         yield from (name for name in names if BUNDLE_ID.fullmatch(name))
 
     def _objects(self, bundle_id: str) -> list[dict[str, Any]]:
-        with self._errors(f"listing {self.url}/{bundle_id}"):
+        with _S3Errors(f"listing {self.url}/{bundle_id}"):
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.location.bucket, Prefix=self.location.key(bundle_id) + "/"
             )
@@ -469,7 +469,7 @@ class S3Root:
         ]
         for start in range(0, len(keys), 1000):
             batch = [{"Key": key} for key in keys[start : start + 1000]]
-            with self._errors(f"deleting {self.url}/{bundle_id}"):
+            with _S3Errors(f"deleting {self.url}/{bundle_id}"):
                 self.client.delete_objects(
                     Bucket=self.location.bucket, Delete={"Objects": batch, "Quiet": True}
                 )
@@ -477,23 +477,18 @@ class S3Root:
     # -- plumbing ---------------------------------------------------------------------
 
     def _head(self, key: str) -> dict[str, Any] | None:
-        with self._errors(f"reading s3://{self.location.bucket}/{key}", missing_ok=True) as gone:
+        with _S3Errors(f"reading s3://{self.location.bucket}/{key}", missing_ok=True) as gone:
             head = self.client.head_object(Bucket=self.location.bucket, Key=key)
         return None if gone.code is not None else dict(head)
 
     def _read_object(self, key: str, limit: int) -> bytes | None:
         """At most ``limit + 1`` bytes of the object ``key``; None when it does not exist."""
         where = f"s3://{self.location.bucket}/{key}"
-        with self._errors(f"reading {where}", missing_ok=True) as missing:
+        with _S3Errors(f"reading {where}", missing_ok=True) as missing:
             response = self.client.get_object(Bucket=self.location.bucket, Key=key)
             data: bytes = response["Body"].read(limit + 1)
             response["Body"].close()
         return None if missing.code is not None else data
-
-    def _errors(
-        self, doing: str, *, missing_ok: bool = False, conflicts: bool = False
-    ) -> _S3Errors:
-        return _S3Errors(doing, missing_ok=missing_ok, conflicts=conflicts)
 
 
 class _S3Errors:
@@ -502,7 +497,7 @@ class _S3Errors:
     ``conflicts``. A store that does not answer, throttles or fails (5xx) is
     :class:`ObjectStoreUnavailable`; any other answer (403, 400, ...) a BundleError."""
 
-    def __init__(self, doing: str, *, missing_ok: bool, conflicts: bool) -> None:
+    def __init__(self, doing: str, *, missing_ok: bool = False, conflicts: bool = False) -> None:
         self.doing = doing
         self.expected: set[str] = set()
         if missing_ok:

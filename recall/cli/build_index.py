@@ -65,12 +65,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _is_current(bundle: Path, root: str | None) -> bool:
-    from recall.index.current import inspect_current
-    from recall.index.roots import S3Root, open_root
+    from recall.index.bundle import BundleError
+    from recall.index.roots import open_root
 
     bundle = Path(os.path.abspath(bundle))
-    target = open_root(root or str(bundle.parent))
-    if isinstance(target, S3Root):
-        current = target.current()
-        return current is not None and current.state.bundle_id == bundle.name
-    return inspect_current(target.path).bundle_id == bundle.name
+    try:
+        return open_root(root or str(bundle.parent)).current_id() == bundle.name
+    except BundleError:  # a CURRENT that names no bundle: publishing repairs it
+        return False
