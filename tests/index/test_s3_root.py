@@ -7,10 +7,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from recall.index import bundle as b
@@ -23,7 +22,13 @@ from recall.index.roots import (
     open_root,
 )
 from recall.index.verify import verify_bundle
-from tests.index_data import clustered, write_vectors_bundle
+from tests.index_data import (
+    clustered,
+    flip_a_byte,
+    nan_with_fixed_up_sha,
+    truncate_the_index,
+    write_vectors_bundle,
+)
 from tests.moto_server import BUCKET, MotoServer, moto_server, s3_environment
 
 FAST = BuildOptions(kind="flat", sample_queries=20, latency_queries=5)
@@ -112,14 +117,24 @@ def test_a_racing_publish_loses_and_current_is_the_winners(root: S3Root, tmp_pat
     assert root.current_id() == second.name
 
 
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (flip_a_byte, "sha256"),
+        (truncate_the_index, f"{b.INDEX} has .* bytes"),
+        (nan_with_fixed_up_sha, "NaN/Inf"),
+    ],
+)
 def test_a_damaged_bundle_is_refused_before_anything_is_uploaded(
-    root: S3Root, moto: MotoServer, tmp_path: Path
+    root: S3Root,
+    moto: MotoServer,
+    tmp_path: Path,
+    damage: Callable[[Path], None],
+    message: str,
 ) -> None:
     path = bundle(tmp_path, 1)
-    data = bytearray((path / b.ITEM_VECTORS).read_bytes())
-    data[-1] ^= 1
-    (path / b.ITEM_VECTORS).write_bytes(bytes(data))
-    with pytest.raises(b.BundleError, match="sha256"):
+    damage(path)
+    with pytest.raises(b.BundleError, match=message):
         root.publish(path, keep=3)
     assert keys(moto, root) == []
 
@@ -197,13 +212,7 @@ def test_cli_publish_to_s3_and_rollback(root: S3Root, moto: MotoServer, tmp_path
     assert root.current_id() == first.name
 
     nan = bundle(tmp_path, 3, seed=2)
-    users = np.load(nan / b.USER_VECTORS, allow_pickle=False)
-    users[3, 0] = np.nan  # checksummed faithfully: only the contents check refuses it
-    b.save_array(nan / b.USER_VECTORS, users)
-    manifest = b.read_manifest(nan)
-    files = {**manifest.files, b.USER_VECTORS: b.file_entry(nan / b.USER_VECTORS)}
-    forged = b.Manifest.model_validate({**manifest.model_dump(), "files": files})
-    b.write_json_atomic(nan / b.MANIFEST, forged.model_dump_json())
+    nan_with_fixed_up_sha(nan)  # checksummed faithfully: only the contents check refuses it
     done = _recall(env, "publish", str(nan), "--root", root.url)
     assert done.returncode == 2 and "NaN/Inf" in done.stderr, done.stderr
     assert root.current_id() == first.name

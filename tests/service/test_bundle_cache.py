@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from recall.index import bundle as b
@@ -21,7 +20,13 @@ from recall.service.bundle_cache import DOWNLOAD_PREFIX, S3CachedSource
 from recall.service.domain_errors import BundleNotReady, ReloadRefused
 from recall.service.metrics import Metrics
 from recall.service.reloader import BundleHolder
-from tests.index_data import clustered, write_vectors_bundle
+from tests.index_data import (
+    clustered,
+    flip_a_byte,
+    nan_with_fixed_up_sha,
+    truncate_the_index,
+    write_vectors_bundle,
+)
 from tests.moto_server import BUCKET, MotoServer, moto_server, s3_environment
 
 FAST = BuildOptions(kind="flat", sample_queries=20, latency_queries=5)
@@ -71,26 +76,6 @@ def upload_as_is(moto: MotoServer, root: S3Root, path: Path) -> None:
             Bucket=BUCKET, Key=root.location.key(path.name, name), Body=(path / name).read_bytes()
         )
     client.put_object(Bucket=BUCKET, Key=root.location.key("CURRENT"), Body=f"{path.name}\n")
-
-
-def flip_a_byte(path: Path) -> None:
-    data = bytearray((path / b.ITEM_VECTORS).read_bytes())
-    data[len(data) // 2] ^= 0x40
-    (path / b.ITEM_VECTORS).write_bytes(bytes(data))
-
-
-def truncate_the_index(path: Path) -> None:
-    (path / b.INDEX).write_bytes((path / b.INDEX).read_bytes()[:-100])
-
-
-def nan_with_fixed_up_sha(path: Path) -> None:
-    items = np.load(path / b.ITEM_VECTORS, allow_pickle=False)
-    items[7, 0] = np.nan
-    b.save_array(path / b.ITEM_VECTORS, items)
-    manifest = b.read_manifest(path)
-    files = {**manifest.files, b.ITEM_VECTORS: b.file_entry(path / b.ITEM_VECTORS)}
-    forged = b.Manifest.model_validate({**manifest.model_dump(), "files": files})
-    b.write_json_atomic(path / b.MANIFEST, forged.model_dump_json())
 
 
 def test_a_replica_downloads_verifies_and_swaps(root: S3Root, tmp_path: Path) -> None:
