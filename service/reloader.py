@@ -209,6 +209,8 @@ class BundleHolder:
             ) from None
         except (BundleError, OSError) as e:
             raise await self._refuse(state, str(e)) from None
+        except Exception as e:
+            raise await self._refuse(state, f"unexpected error: {e!r}", trace=True) from None
         try:
             bundle = await asyncio.to_thread(ServingBundle.load, path)
         except (BundleError, OSError) as e:
@@ -227,8 +229,8 @@ class BundleHolder:
         self.metrics.reloads.labels("success").inc()
         self._record(bundle.id, "success")
         self.metrics.bundle_loaded(bundle.id, len(bundle.item_ids), len(bundle.user_ids))
-        where = "its cache (the bundle store is unreachable)" if from_cache else "its store"
-        logger.info("serving bundle %s from %s", bundle.id, where)
+        cached = " from the cache (the bundle store is unreachable)" if from_cache else ""
+        logger.info("serving bundle %s%s", bundle.id, cached)
         return bundle
 
     async def _refuse(self, state: CurrentState, why: str, *, trace: bool = False) -> Exception:
