@@ -75,7 +75,9 @@ class VectorTable:
         check_table(self)
 
     def problem(self, row: int, what: str) -> ImportInputError:
-        return ImportInputError(f"{self.path}: {self.where(row)} (id {self.ids[row]!r}): {what}")
+        return ImportInputError(
+            f"{self.path}: {self.where(row)} (id {self.ids[row].item()!r}): {what}"
+        )
 
 
 @dataclass(frozen=True)
@@ -228,7 +230,7 @@ def _interaction_rows(
         row = int(np.argmax(interactions.item_rows == unknown))
         raise ImportInputError(
             f"{interactions.path}: {interactions.where(row)}: item "
-            f"{interactions.item_ids[unknown]!r} has no item vector"
+            f"{interactions.item_ids[unknown].item()!r} has no item vector"
         )
     if users is None:
         user_ids = interactions.user_ids
@@ -241,7 +243,7 @@ def _interaction_rows(
             row = int(np.argmax(interactions.user_rows == unknown))
             raise ImportInputError(
                 f"{interactions.path}: {interactions.where(row)}: user "
-                f"{interactions.user_ids[unknown]!r} has no user vector"
+                f"{interactions.user_ids[unknown].item()!r} has no user vector"
             )
     return user_of[interactions.user_rows], item_of[interactions.item_rows], user_ids
 

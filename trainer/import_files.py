@@ -124,7 +124,7 @@ def read_item_attributes(
     bundle_rows = item_ids.rows(ids.tolist())
     if (bundle_rows < 0).any():
         row = int(np.argmax(bundle_rows[file_rows] < 0))
-        raise t.error(row, d.ITEM_ID, f"item {ids[file_rows[row]]!r} has no item vector")
+        raise t.error(row, d.ITEM_ID, f"item {ids[file_rows[row]].item()!r} has no item vector")
     rows = bundle_rows[file_rows]
     keep = np.arange(t.n_rows, dtype=np.int64)
     raw, types = d._load_attributes(t, rows, keep, len(item_ids), schema or {})
