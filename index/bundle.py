@@ -173,9 +173,10 @@ class Manifest(BaseModel):
 
     @model_validator(mode="after")
     def _user_side(self) -> Manifest:
-        """A bundle has the user tower or a history rule, never both; cosine is for imports."""
-        if (self.history_rule is None) != (USER_TOWER in self.files):
-            raise ValueError(f"a bundle has exactly one of {USER_TOWER} and a history_rule")
+        """A bundle has the user tower or a history rule, never both (verification needs
+        one); cosine is for imports."""
+        if self.history_rule is not None and USER_TOWER in self.files:
+            raise ValueError(f"a bundle has {USER_TOWER} or a history_rule, not both")
         if self.metric == "cosine" and self.history_rule is None:
             raise ValueError(f"cosine is for imported vectors (the trainer's need {USER_TOWER})")
         return self

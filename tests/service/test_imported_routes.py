@@ -1,7 +1,8 @@
 """Imported bundles through every route over a real uvicorn server: an items-only bundle
 (item2vec-like, cosine, with item attributes) and a users-without-tower bundle (MF-like,
 inner product, with interactions): what each answers, the 404/422 where a route cannot
-apply, and how live events move their vectors by the item-mean rule."""
+apply, how live events move their vectors by the item-mean rule, and what the console
+shows of them."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from playwright.sync_api import expect
 
 from recall.cli import main
 from recall.service.app import create_app
+from tests.browser import Tab
 from tests.import_files import ImportInputs, run_import, write_interactions, write_vectors
 from tests.live import live_server, settings
 
@@ -192,3 +195,14 @@ def test_mf_user_history_and_events(mf: httpx.Client) -> None:
     assert vector["source"] == "user+events:item-mean"
     np.testing.assert_allclose(vector["vector"], blended, **TOLERANCE)
     error(mf.post("/v1/recall", json={"user_id": "stranger"}), 404, "not_found")
+
+
+def test_the_console_shows_where_the_vectors_came_from(mf: httpx.Client, tab: Tab) -> None:
+    source = ok(mf.get("/v1/model"))["source"]
+    tab.page.goto(f"{str(mf.base_url).rstrip('/')}/console#/model")
+    expect(tab.page.get_by_test_id("import-command")).to_have_text(source["command"])
+    for role in ("items", "users", "interactions"):
+        row = tab.page.get_by_test_id(f"import-input-{role}")
+        expect(row).to_contain_text(source["inputs"][role]["path"])
+    tab.page.wait_for_load_state("networkidle")
+    assert not tab.console_errors and not tab.page_errors and not tab.blocked
