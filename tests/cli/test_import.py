@@ -259,3 +259,20 @@ def test_bad_input_exits_2_naming_file_row_and_problem(
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and message in errors[0], errors
     assert not root.exists()  # nothing written, not even the root
+
+
+def test_parquet_lists_and_other_column_names(tmp_path: Path) -> None:
+    """A vector column of plain lists (not fixed-size) and columns named by flags."""
+    ids = INPUTS.item_ids.tolist()
+    table = pa.table({"item": ids, "embedding": [row.tolist() for row in INPUTS.items]})
+    assert pa.types.is_list(table.schema.field("embedding").type)
+    pq.write_table(table, tmp_path / "items.parquet")
+    args = ["--id-column", "item", "--vector-column", "embedding", "--out", tmp_path / "root"]
+    code, bundle = run_import("--items", tmp_path / "items.parquet", *args)
+    assert code == 0 and bundle is not None
+    manifest = b.read_manifest(bundle)
+    assert manifest.source is not None
+    assert manifest.source.inputs["items"].columns == ["item", "embedding"]
+    stored = np.load(bundle / b.ITEM_VECTORS)
+    np.testing.assert_array_equal(stored, INPUTS.items)
+    np.testing.assert_array_equal(np.load(bundle / b.ITEM_IDS), INPUTS.item_ids)
