@@ -207,8 +207,8 @@ class Item:
 class RecallResult:
     """Items best first; ``source``: user, user+events, events, history, vector, item or
     popular (user+events, events and history end in ``:item-mean`` for imported vectors,
-    README "Bring your own vectors"); ``fresh_events``: the user's newer events in the query vector; ``fresh``
-    False when the service answered without its state store."""
+    README "Bring your own vectors"); ``fresh_events``: the user's newer events in the query
+    vector; ``fresh`` False when the service answered without its state store."""
 
     bundle_id: str
     source: str
