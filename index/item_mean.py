@@ -39,6 +39,8 @@ from recall.index.tower import (
 
 __all__ = ["HistoryEncoder", "ItemMean", "MeanSpec", "normalize_rows"]
 
+_CHUNK = 1024  # histories averaged at a time (the import computes one per user)
+
 
 @dataclass(frozen=True)
 class MeanSpec:
@@ -135,10 +137,15 @@ class ItemMean:
             h = np.asarray(history)
             if h.size and (h.min() < 0 or h.max() >= n_items):
                 raise ValueError("history holds item rows out of range")
-        rows, mask = pad_histories(histories, self.spec.history_length)
-        weights = mask.astype(np.float64)[..., None]
-        sums = (np.asarray(self.items[rows], dtype=np.float64) * weights).sum(axis=1)
-        return self._finish(sums / np.maximum(weights.sum(axis=1), 1.0))
+        out = np.empty((len(histories), self.items.shape[1]), dtype=np.float32)
+        for start in range(0, len(histories), _CHUNK):  # bounded memory: (chunk, L, dim)
+            rows, mask = pad_histories(histories[start : start + _CHUNK], self.spec.history_length)
+            weights = mask.astype(np.float64)[..., None]
+            sums = (np.asarray(self.items[rows], dtype=np.float64) * weights).sum(axis=1)
+            out[start : start + len(rows)] = self._finish(
+                sums / np.maximum(weights.sum(axis=1), 1.0)
+            )
+        return out
 
     def _finish(self, vectors: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
         return normalize_rows(vectors) if self.normalize else vectors.astype(np.float32)
