@@ -124,20 +124,26 @@ def cosine_scorer(users: np.ndarray, items: np.ndarray, known: np.ndarray) -> Sc
     return score
 
 
-def tune_item2vec(split: Split, n_items: int, valid: EvalTask, seed: int) -> dict[str, Any]:
-    """Window and epochs by validation HR@50 (the training items are the same)."""
-    grid = []
+def tune_item2vec(
+    split: Split, n_items: int, valid: EvalTask, seed: int
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Window and epochs by validation HR@50 (the training items are the same), and the
+    chosen model's item vectors (training is seeded and single-threaded: deterministic)."""
+    grid, best_vectors, best_hr = [], np.zeros(0), -1.0
     for window in W2V_WINDOWS:
         for epochs in W2V_EPOCHS:
-            items = unit_rows(train_item2vec(split, n_items, window, epochs, seed))
+            raw = train_item2vec(split, n_items, window, epochs, seed)
+            items = unit_rows(raw)
             known = np.abs(items).sum(axis=1) > 0
             hr = evaluate(cosine_scorer(item_mean_users(split, items), items, known), valid)
             grid.append({"window": window, "epochs": epochs, "valid_hr@50": hr["hr@50"]})
             logger.info(
                 "item2vec window %d epochs %d: validation HR@50 %.4f", window, epochs, hr["hr@50"]
             )
+            if hr["hr@50"] > best_hr:
+                best_hr, best_vectors = hr["hr@50"], raw
     best = max(grid, key=lambda g: g["valid_hr@50"])
-    return {"window": best["window"], "epochs": best["epochs"], "grid": grid}
+    return {"window": best["window"], "epochs": best["epochs"], "grid": grid}, best_vectors
 
 
 def write_training_interactions(path: Path, dataset: Dataset, split: Split) -> None:
@@ -264,9 +270,8 @@ def main(argv: list[str] | None = None) -> int:
             "params": als_params, "offline": offline, "http": served, "seconds": seconds
         }  # fmt: skip
 
-        tuned = tune_item2vec(split, dataset.n_items, valid, args.seed)
+        tuned, raw = tune_item2vec(split, dataset.n_items, valid, args.seed)
         logger.info("item2vec window %d, epochs %d", tuned["window"], tuned["epochs"])
-        raw = train_item2vec(split, dataset.n_items, tuned["window"], tuned["epochs"], args.seed)
         known = np.abs(raw).sum(axis=1) > 0
         items = unit_rows(raw)
         offline = evaluate(cosine_scorer(item_mean_users(split, items), items, known), test)
