@@ -178,7 +178,9 @@ class Manifest(BaseModel):
         if self.history_rule is not None and USER_TOWER in self.files:
             raise ValueError(f"a bundle has {USER_TOWER} or a history_rule, not both")
         if self.metric == "cosine" and self.history_rule is None:
-            raise ValueError(f"cosine is for imported vectors (the trainer's need {USER_TOWER})")
+            raise ValueError(
+                "metric cosine needs a history_rule (a user tower scores by inner product)"
+            )
         return self
 
     @model_validator(mode="after")

@@ -1,10 +1,12 @@
-"""The item-mean history rule of bundles without a user tower, against numpy."""
+"""The item-mean history rule of bundles without a user tower, against numpy, and the
+manifest fields that choose it."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from recall.index import bundle as b
 from recall.index.item_mean import ItemMean
 from recall.index.tower import FeatureError
 
@@ -48,3 +50,19 @@ def test_refresh_blends_the_stored_vector_with_the_fresh_items() -> None:
         (2 * stored[2] + f64[9] + f64[10]) / 4,  # m = 0: a full window, L - f = 2 remain
     ]
     np.testing.assert_allclose(got, np.stack(expected), rtol=1e-5, atol=1e-6)
+
+
+def test_the_manifest_takes_a_history_rule_or_a_tower_and_cosine_only_with_a_rule() -> None:
+    entry = {"sha256": "0" * 64, "bytes": 1}
+    base = {
+        "id": "20260101T000000Z-aaaaaa",
+        "created_at": "2026-01-01T00:00:00Z",
+        "dim": 4,
+        "counts": {"users": 0, "items": 1, "interactions": 0},
+    }
+    rule = {"rule": "item_mean", "history_length": 50}
+    b.Manifest.model_validate({**base, "files": {}, "history_rule": rule, "metric": "cosine"})
+    with pytest.raises(ValueError, match="or a history_rule, not both"):
+        b.Manifest.model_validate({**base, "files": {b.USER_TOWER: entry}, "history_rule": rule})
+    with pytest.raises(ValueError, match="metric cosine needs a history_rule"):
+        b.Manifest.model_validate({**base, "files": {b.USER_TOWER: entry}, "metric": "cosine"})
