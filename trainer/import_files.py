@@ -11,6 +11,8 @@
 
 Each problem is a :class:`~recall.trainer.data.DataError` or
 :class:`~recall.index.importer.ImportInputError` naming the file, the row and the column.
+The readers are :mod:`recall.trainer.data`'s own (``_read``, ``_encode``, ...), so an
+import and a training report bad input the same way.
 """
 
 from __future__ import annotations
