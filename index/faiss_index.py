@@ -393,6 +393,7 @@ def _new_parameters(kind: Kind, settings: SearchSettings) -> Any:
     return params
 
 
+@functools.lru_cache(maxsize=64)
 def hnsw_queue(settings: SearchSettings) -> int:
     """The ``efSearch`` an HNSW search with ``settings`` runs with (FAISS's default for
     ``SearchParametersHNSW`` when unset)."""

@@ -433,11 +433,14 @@ class ItemIndex:
             if e is not None:
                 eligible = eligible[~np.isin(eligible, e, assume_unique=True)]
             rows[i, :want] = self._scan(q[i], eligible, want)
-        valid = rows >= 0
-        safe = np.where(valid, rows, 0)
+        short = rows < 0
+        if not short.any():  # the common case: every query got all it asked for
+            scores = np.einsum("bkd,bd->bk", self.items[rows], q, dtype=np.float32)
+            return (*topk_by_score(scores, rows, k_out), strategies)
+        safe = np.where(short, 0, rows)
         scores = np.einsum("bkd,bd->bk", self.items[safe], q, dtype=np.float32)
-        scores[~valid] = -np.inf
-        safe[~valid] = _NO_ROW  # sorts after every real row among equal (-inf) scores
+        scores[short] = -np.inf
+        safe[short] = _NO_ROW  # sorts after every real row among equal (-inf) scores
         top_s, top_r = topk_by_score(scores, safe, k_out)
         top_r[top_r == _NO_ROW] = -1
         return top_s, top_r, strategies
@@ -563,7 +566,9 @@ class ItemIndex:
                 continue
             if arr.ndim != 1 or arr.dtype.kind not in "iu":
                 raise ValueError(f"exclude entries must be 1-D integer rows, got {arr.dtype}")
-            if int(arr.min()) < 0 or int(arr.max()) >= self.n_items:
+            if arr.size > 1 and not (arr[1:] > arr[:-1]).all():  # often sorted already
+                arr = np.unique(arr)
+            if int(arr[0]) < 0 or int(arr[-1]) >= self.n_items:
                 raise ValueError(f"exclude rows must be in [0, {self.n_items})")
-            out.append(np.unique(arr.astype(np.int64)))
+            out.append(arr.astype(np.int64, copy=False))
         return out

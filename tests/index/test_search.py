@@ -308,3 +308,15 @@ def test_drop_excluded_refuses_a_tie_at_the_cut() -> None:
     assert fi.drop_excluded(tied_kept, short, excluded, 3) is None
     # fewer non-excluded nodes than wanted: the walk reached no more, padded with -1
     np.testing.assert_array_equal(fi.drop_excluded(tied_kept, short, excluded, 5), [4, 7, 5, 8, -1])
+
+
+def test_shared_search_parameters_never_carry_a_selector(hnsw: ItemIndex) -> None:
+    """Parameters without a selector are one object per settings, shared by every search
+    (and thread): a search with a selector gets its own, so none leaks into the next."""
+    use = fi.SearchSettings(ef_search=64)
+    shared = fi.search_parameters("hnsw", use, None)
+    assert fi.search_parameters("hnsw", use, None) is shared and shared.efSearch == 64
+    kept_alive = fi.ExclusionSelector(np.arange(5, dtype=np.int64), hnsw.n_items)
+    own = fi.search_parameters("hnsw", use, kept_alive.selector)
+    assert own is not shared and own.sel is not None and shared.sel is None
+    assert fi.hnsw_queue(use) == 64 and fi.hnsw_queue(fi.SearchSettings()) == 16
