@@ -91,8 +91,9 @@ def spec(n_items: int, users: int) -> BenchBundle:
 def attributed_bundle(v1: Path, root: Path) -> Path:
     """A schema_version 2 copy of bundle ``v1`` under ``root`` with a ``shard`` column
     (SHARDS values, seeded), reused while it was made from ``v1``."""
-    if (root / "CURRENT").exists():
-        current = root / read_current(root)
+    name = read_current(root) if root.is_dir() else None
+    if name is not None:
+        current = root / name
         if b.read_manifest(current).trainer.get("hot_path_from") == v1.name:
             return current
     target = make_v2(v1, root)
@@ -166,7 +167,12 @@ def stage_shares(
         ]
         spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         done = threading.Event()
-        threading.Thread(target=lambda: (spy.wait(), done.set()), daemon=True).start()
+
+        def wait() -> None:
+            spy.wait()
+            done.set()
+
+        threading.Thread(target=wait, daemon=True).start()
         n = 0
         while not done.is_set():
             query, state = calls[n % len(calls)]
@@ -199,6 +205,24 @@ def _charge(raw: str) -> Counter[str]:
     return out
 
 
+class Windows:
+    """Time slots for taking turns with a run of other code (``--start-at``, ``--slot``):
+    each ``next`` sleeps until this run's next slot; the two runs alternate, so each times
+    its code while the other one waits (free-running without ``--start-at``)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.start, self.slot = args.start_at, args.slot
+        self.length = args.seconds / args.rounds + 2.0  # a round, py-spy's start, a margin
+
+    def __iter__(self) -> Any:
+        j = 0
+        while True:
+            if self.start:
+                time.sleep(max(0.0, self.start + (2 * j + self.slot) * self.length - time.time()))
+            yield j
+            j += 1
+
+
 def measure(spec: BenchBundle, args: argparse.Namespace) -> dict[str, Any]:
     v1 = ensure_bundle(args.cache, spec)
     path = attributed_bundle(v1, args.cache / f"{spec.name}-hot-path")
@@ -206,13 +230,14 @@ def measure(spec: BenchBundle, args: argparse.Namespace) -> dict[str, Any]:
     core = RecallCore(MAX_K)
     out: dict[str, Any] = {"n_items": spec.n_items, "index": bundle.manifest.index}
     all_cases = cases(bundle, 20_000, args.events)
-    if args.start_at:  # line up with a run of other code started beside this one
-        time.sleep(max(0.0, args.start_at - time.time()))
+    window = iter(Windows(args))
     for name, calls in all_cases.items():
+        next(window)
         run_for(core, bundle, calls, min(1.0, args.seconds / 4))  # warm the pages
-        rounds = [
-            run_for(core, bundle, calls, args.seconds / args.rounds) for _ in range(args.rounds)
-        ]
+        rounds = []
+        for _ in range(args.rounds):
+            next(window)
+            rounds.append(run_for(core, bundle, calls, args.seconds / args.rounds))
         n, wall, cpu, lat = min(rounds, key=lambda r: r[2] / r[0])  # the least disturbed
         us = np.asarray(lat) * 1e6
         row: dict[str, Any] = {
@@ -223,7 +248,8 @@ def measure(spec: BenchBundle, args: argparse.Namespace) -> dict[str, Any]:
             "p99_us": round(float(np.percentile(us, 99)), 1),
         }
         if args.stages:
-            shares = stage_shares(core, bundle, calls, args.seconds)
+            next(window)
+            shares = stage_shares(core, bundle, calls, args.seconds / args.rounds)
             row["stages_cpu_us"] = {k: round(v * row["cpu_us"], 1) for k, v in shares.items()}
         out[name] = row
         logger.info("%s %s: %s", spec.name, name, json.dumps(row))
@@ -256,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=10, help="fresh events per user")
     p.add_argument("--rounds", type=int, default=3, help="timed loops per case (best kept)")
     p.add_argument("--stages", action="store_true", help="sample stages with py-spy")
-    p.add_argument("--start-at", type=float, default=0.0, help="unix time to start timing")
+    p.add_argument("--start-at", type=float, default=0.0, help="unix time of the first slot")
+    p.add_argument("--slot", type=int, default=0, choices=[0, 1], help="take turns: 0 or 1")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
