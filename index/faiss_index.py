@@ -418,9 +418,9 @@ def drop_excluded(
     current worst. So both heaps draw from the same visited nodes: the selector's keeps the
     ``want`` nearest non-excluded ones, this one the ``m`` nearest of all, which hold them
     (at most ``len(excluded)`` of the ``m`` are excluded) when the ``want``-th is strictly
-    nearer than the ``m``-th. The two can differ only when
-    distances tie at the cut (each heap keeps whichever tied node came first): then None,
-    and the caller asks FAISS with the selector."""
+    nearer than the ``m``-th. The two can differ only when distances tie at the cut (which
+    of the tied nodes a bounded heap keeps depends on the order they came and left in):
+    then None, and the caller asks FAISS with the selector."""
     if excluded.size:
         at = np.minimum(np.searchsorted(excluded, labels), excluded.size - 1)
         keep = (labels >= 0) & (excluded[at] != labels)
