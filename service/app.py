@@ -34,7 +34,9 @@ from recall.service.pool import SearchPool
 from recall.service.reloader import BundleHolder
 from recall.service.routes import admin, console, events, items, operations, recall, vectors
 from recall.service.settings import Settings
-from recall.service.state import StoreUnavailable, open_store
+from recall.service.state import StoreUnavailable, check_url, open_store
+from recall.service.state.base import DEFAULT_WRITE_TIMEOUT_S
+from recall.service.state.users import StoreUsers
 from recall.service.state_access import StateAccess
 
 logger = logging.getLogger(__name__)
@@ -84,8 +86,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         retention_s=settings.events_retention_s,
         timeout_s=settings.state_timeout_s,
     )
+    users = None
+    if check_url(settings.state_url) != "sqlite":  # users in the store, not in the bundle
+        users = StoreUsers(
+            settings.state_url,
+            timeout_s=settings.state_timeout_s,
+            write_timeout_s=DEFAULT_WRITE_TIMEOUT_S,
+        )
+    state.holder.users = users
     state.access = StateAccess(
-        store, state.metrics, timeout_s=settings.state_timeout_s, shown_ttl_s=settings.shown_ttl_s
+        store,
+        state.metrics,
+        timeout_s=settings.state_timeout_s,
+        shown_ttl_s=settings.shown_ttl_s,
+        users=users,
     )
     availability = state.availability = Availability(state.access, settings.availability_poll_s)
     try:
@@ -107,6 +121,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.pool.shutdown()
     with suppress(StoreUnavailable):
         await store.close()
+    if users is not None:
+        await users.close()
 
 
 def create_app_from_env() -> FastAPI:

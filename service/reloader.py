@@ -37,6 +37,8 @@ from recall.index.current import CURRENT, CurrentState, Key, inspect_current
 from recall.service.domain_errors import BundleNotReady, ReloadRefused
 from recall.service.metrics import Metrics
 from recall.service.recaller import ServingBundle
+from recall.service.state import StoreUnavailable
+from recall.service.state.users import StoreUsers
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ class BundleHolder:
         self._failed_key: Key | None = None  # the state of CURRENT whose load failed
         self._said_missing = False
         self._lock = asyncio.Lock()
+        #: Where the bundles' users are (Redis mode: the state store; None: their files).
+        self.users: StoreUsers | None = None
         self.started_at = time.time()  # unix seconds
         self.reloads: deque[dict[str, Any]] = deque(maxlen=KEPT_RELOADS)
 
@@ -118,8 +122,18 @@ class BundleHolder:
             raise ReloadRefused(self._refusal(state.bundle_id))
         if state.bundle_id is None:
             raise self._failure(state, state.problem or "names no bundle")
+        users = None
+        if self.users is not None:  # the bundle's users are in the state store
+            try:
+                meta = await self.users.meta(state.bundle_id)
+            except StoreUnavailable as e:  # retried at the next poll
+                raise self._failure(state, f"the state store: {e}", remember=False) from None
+            except LookupError as e:
+                raise self._failure(state, str(e)) from None
+            users = (meta.elsewhere, meta.shape)
         try:
-            bundle = await asyncio.to_thread(ServingBundle.load, self.root / state.bundle_id)
+            path = self.root / state.bundle_id
+            bundle = await asyncio.to_thread(ServingBundle.load, path, users)
         except (BundleError, OSError) as e:
             raise self._failure(state, str(e)) from None
         except Exception as e:
@@ -128,7 +142,7 @@ class BundleHolder:
         self._failed_key = None
         self.metrics.reloads.labels("success").inc()
         self._record(bundle.id, "success")
-        self.metrics.bundle_loaded(bundle.id, len(bundle.item_ids), len(bundle.user_ids))
+        self.metrics.bundle_loaded(bundle.id, len(bundle.item_ids), bundle.manifest.counts.users)
         logger.info("serving bundle %s", bundle.id)
         return bundle, True
 
@@ -148,8 +162,12 @@ class BundleHolder:
         what = f"bundle {bundle_id}" if bundle_id else "CURRENT (it names no bundle id)"
         return f"{what} was refused; {serving}; the server log says why"
 
-    def _failure(self, state: CurrentState, why: str, *, trace: bool = False) -> ReloadRefused:
-        self._failed_key = state.key
+    def _failure(
+        self, state: CurrentState, why: str, *, trace: bool = False, remember: bool = True
+    ) -> ReloadRefused:
+        """Count and log a refused load; ``remember``: the poller skips this state of
+        CURRENT until it changes (False: the cause may pass, the next poll retries)."""
+        self._failed_key = state.key if remember else None
         self.metrics.reloads.labels("failure").inc()
         self._record(state.bundle_id, "failure", self._refusal(state.bundle_id))
         serving = self._current.id if self._current else "nothing"

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from recall.cli.command import Subcommands, add_command
+from recall.cli.users import add_state_url
 
 logger = logging.getLogger("recall")
 
@@ -33,9 +34,11 @@ def add_parser(sub: Subcommands) -> None:
     bi.add_argument("--pq-m", type=int, help="PQ sub-quantizers (default (dim+1)/2)")
     bi.add_argument("--publish", action="store_true", help="then make it CURRENT")
     bi.add_argument("--keep", type=int, default=3, help="bundles to keep when publishing")
+    add_state_url(bi)
 
 
 def run(args: argparse.Namespace) -> int:
+    from recall.cli.users import user_sink
     from recall.index.build import BuildOptions, build_index
     from recall.index.publish import publish
 
@@ -57,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         build_index(args.bundle, options)
     if args.publish:
-        publish(args.bundle, keep=args.keep)
+        with user_sink(args) as users:
+            publish(args.bundle, keep=args.keep, users=users)
     sys.stdout.write(f"{args.bundle}\n")
     return 0
 

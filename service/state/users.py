@@ -1,0 +1,260 @@
+"""Users in the store: each bundle's per-user records in Redis, keyed by bundle id.
+
+``recall publish`` (:class:`UserLoader`, synchronous) loads every user of a bundle before
+``CURRENT`` names it; replicas (:class:`StoreUsers`, asyncio) read the users of a request
+in one round trip. Keys (a user's JSON id as the hash tag, so one user's keys share a
+Redis Cluster slot)::
+
+    recall:ub:<bundle>:{<user json>}   bytes: the user's record (recall.service.users)
+    recall:ub:<bundle>:meta            hash: state (loading | complete | dropping), ids
+                                       (int | str), users, next (rows loaded), dim,
+                                       n_categorical, n_numeric, numeric_norm, fingerprint
+    recall:ub:bundles                  set: the bundle ids that have keys here
+
+Why keyed by bundle id: a record holds item *rows*, a stored vector and encoded features,
+all of which mean something only in the bundle that made them; a replica on bundle B reads
+``recall:ub:B:*`` alone, so a publish of C (loading beside B) or a rollback to A never
+mixes users of another bundle into B's answers. A publish is resumable (``next``) and
+idempotent (a complete meta with the same fingerprint is left as it is); a replica loads
+a bundle only when its meta says ``complete``. Old bundles' keys go with the bundles
+retention removes (:meth:`UserLoader.drop`: the meta first marked ``dropping``, so no
+replica starts on half-deleted users, then the records, then the meta).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import orjson
+import redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
+
+from recall.index import bundle as b
+from recall.index.ids import ExternalId
+from recall.index.search import row_norms
+from recall.index.verify import UsersElsewhere, VerifiedBundle
+from recall.service.state.base import StoreUnavailable, check_id
+from recall.service.users import RecordShape, StoredUser, decode_user, encode_users
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BUNDLES", "LOAD_CHUNK", "StoreUsers", "UserLoader", "UsersMeta", "user_key"]
+
+PREFIX = b"recall:ub:"
+BUNDLES = PREFIX + b"bundles"
+LOAD_CHUNK = 2000
+"""Users per MSET while loading (about 1-2 MB a command)."""
+USER_FILES = (b.USER_IDS, b.USER_VECTORS, b.USER_SEEN, b.USER_HISTORY)
+
+
+def meta_key(bundle_id: str) -> bytes:
+    return PREFIX + bundle_id.encode() + b":meta"
+
+
+def user_key(bundle_id: str, user: ExternalId) -> bytes:
+    """The key of one user's record of one bundle (the user's JSON id is the hash tag)."""
+    return PREFIX + bundle_id.encode() + b":{" + orjson.dumps(user) + b"}"
+
+
+def _fingerprint(verified: VerifiedBundle) -> str:
+    """The sha256 over the user files' own sha256s: what a complete load is of."""
+    files = verified.manifest.files
+    joined = "".join(f"{name}={files[name].sha256};" for name in USER_FILES if name in files)
+    return hashlib.sha256(joined.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class UsersMeta:
+    """What a replica needs of a bundle's users in the store: their id kind, how many, the
+    record shape, and the largest norm of their numeric features (the tower's bound)."""
+
+    elsewhere: UsersElsewhere
+    shape: RecordShape
+    users: int
+
+    @classmethod
+    def from_hash(cls, fields: dict[bytes, bytes]) -> UsersMeta:
+        def get(name: str) -> str:
+            return fields[name.encode()].decode()
+
+        shape = RecordShape(int(get("dim")), int(get("n_categorical")), int(get("n_numeric")))
+        kind = get("ids")
+        if kind not in ("int", "str"):
+            raise ValueError(f"unknown id kind {kind!r}")
+        return cls(UsersElsewhere(kind, float(get("numeric_norm"))), shape, int(get("users")))
+
+
+class UserLoader:
+    """Loads bundles' users into the Redis at ``url`` and drops them (``recall publish``).
+    Every failure to reach or use the server is :class:`StoreUnavailable`."""
+
+    def __init__(self, url: str, *, timeout_s: float = 10.0, chunk: int = LOAD_CHUNK) -> None:
+        self.client: redis.Redis = redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
+        self.chunk = chunk
+
+    def ping(self) -> None:
+        try:
+            self.client.ping()
+        except (RedisError, OSError) as e:
+            raise StoreUnavailable(f"Redis did not answer: {e}") from None
+
+    def load(self, verified: VerifiedBundle) -> int:
+        """Load every user of ``verified`` (resuming a load that stopped); returns how many
+        users this call wrote (0 when the bundle was loaded already)."""
+        try:
+            return self._load(verified)
+        except (RedisError, OSError) as e:
+            raise StoreUnavailable(f"loading the users into Redis failed: {e}") from None
+
+    def _load(self, verified: VerifiedBundle) -> int:
+        bundle_id, n = verified.manifest.id, verified.manifest.counts.users
+        key, fingerprint = meta_key(bundle_id), _fingerprint(verified)
+        meta = cast(dict[bytes, bytes], self.client.hgetall(key))
+        if meta.get(b"fingerprint") == fingerprint.encode() and meta.get(b"state") in (
+            b"loading",
+            b"complete",
+        ):
+            if meta[b"state"] == b"complete":
+                logger.info("the users of %s are in the store already", bundle_id)
+                return 0
+            start = int(meta[b"next"])
+            logger.info("resuming the load of %s's users at %d of %d", bundle_id, start, n)
+        else:
+            start = 0
+            self.client.sadd(BUNDLES, bundle_id)
+            self.client.delete(key)
+            self.client.hset(key, mapping=self._meta(verified, fingerprint))
+        ids = verified.user_ids.ids
+        began = time.perf_counter()
+        for first in range(start, n, self.chunk):
+            last = min(first + self.chunk, n)
+            records = encode_users(verified, first, last)
+            keys = [user_key(bundle_id, u) for u in ids[first:last].tolist()]
+            self.client.mset(dict(zip(keys, records, strict=True)))
+            self.client.hset(key, "next", last)
+        self.client.hset(key, "state", "complete")
+        took = time.perf_counter() - began
+        logger.info(
+            "loaded %d users of %s into the store in %.1f s (%.0f users/s)",
+            n - start,
+            bundle_id,
+            took,
+            (n - start) / max(took, 1e-9),
+        )
+        return n - start
+
+    def _meta(self, verified: VerifiedBundle, fingerprint: str) -> dict[FieldT, EncodableT]:
+        spec, history = verified.tower.spec, verified.history
+        numeric_norm = 0.0 if history is None else float(row_norms(history.numeric).max(initial=0))
+        return {
+            "state": "loading",
+            "fingerprint": fingerprint,
+            "ids": "int" if verified.user_ids.is_int else "str",
+            "users": verified.manifest.counts.users,
+            "next": 0,
+            "dim": verified.manifest.dim,
+            "n_categorical": len(spec.categorical),
+            "n_numeric": len(spec.numeric),
+            "numeric_norm": repr(numeric_norm),
+        }
+
+    def loaded(self) -> set[str]:
+        """The bundle ids with user keys in the store (complete or not)."""
+        try:
+            return {m.decode() for m in cast(set[bytes], self.client.smembers(BUNDLES))}
+        except (RedisError, OSError) as e:
+            raise StoreUnavailable(f"Redis did not answer: {e}") from None
+
+    def drop(self, bundle_ids: Iterable[str]) -> None:
+        """Remove every key of these bundles' users (resumable: a meta left ``dropping``
+        is dropped again by the next call)."""
+        try:
+            for bundle_id in bundle_ids:
+                key = meta_key(bundle_id)
+                self.client.hset(key, "state", "dropping")
+                pattern = PREFIX + bundle_id.encode() + b":{*"
+                batch: list[bytes] = []
+                for found in self.client.scan_iter(match=pattern, count=10_000):
+                    batch.append(found)
+                    if len(batch) >= 10_000:
+                        self.client.unlink(*batch)
+                        batch = []
+                if batch:
+                    self.client.unlink(*batch)
+                self.client.unlink(key)
+                self.client.srem(BUNDLES, bundle_id)
+                logger.info("removed the users of %s from the store", bundle_id)
+        except (RedisError, OSError) as e:
+            raise StoreUnavailable(f"removing old users from Redis failed: {e}") from None
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class StoreUsers:
+    """A replica's reads of the users in the Redis at ``url``: each call one round trip,
+    bounded by ``timeout_s``; store trouble is :class:`StoreUnavailable`."""
+
+    def __init__(self, url: str, *, timeout_s: float, write_timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.write_timeout_s = write_timeout_s
+        self._client: AsyncRedis = AsyncRedis.from_url(
+            url, socket_timeout=write_timeout_s, socket_connect_timeout=write_timeout_s
+        )
+
+    async def meta(self, bundle_id: str) -> UsersMeta:
+        """The users' meta of a bundle whose load is complete; :class:`StoreUnavailable`
+        when the store cannot say, LookupError when they are not (all) loaded."""
+        reply = await self._bounded(self._client.hgetall(meta_key(bundle_id)), self.write_timeout_s)
+        fields = cast(dict[bytes, bytes], reply)
+        if fields.get(b"state") != b"complete":
+            raise LookupError(
+                f"the users of bundle {bundle_id} are not loaded into the state store "
+                "(publish it with the same RECALL_STATE_URL)"
+            )
+        try:
+            return UsersMeta.from_hash(fields)
+        except (KeyError, ValueError) as e:
+            raise LookupError(f"the store's meta of bundle {bundle_id} is invalid: {e}") from None
+
+    async def read(
+        self, bundle_id: str, shape: RecordShape, user_ids: Sequence[ExternalId]
+    ) -> list[StoredUser | None]:
+        """Each of ``user_ids`` (canonical) as the store holds them for ``bundle_id``,
+        None where it holds nothing: one MGET."""
+        if not user_ids:
+            return []
+        keys = [user_key(bundle_id, check_id(u)) for u in user_ids]
+        reply = await self._bounded(self._client.mget(keys), self.timeout_s)
+        out: list[StoredUser | None] = []
+        for record in cast(list[bytes | None], reply):
+            if record is None:
+                out.append(None)
+                continue
+            try:
+                out.append(decode_user(record, shape))
+            except ValueError as e:
+                raise StoreUnavailable(f"a user record of {bundle_id} is damaged: {e}") from None
+        return out
+
+    async def _bounded(self, call: Any, bound: float) -> Any:
+        try:
+            async with asyncio.timeout(bound):
+                return await call
+        except TimeoutError:
+            raise StoreUnavailable(f"Redis took longer than {bound:g} s") from None
+        except (RedisError, OSError) as e:
+            raise StoreUnavailable(f"Redis failed: {e}") from None
+
+    async def close(self) -> None:
+        await self._client.aclose()
