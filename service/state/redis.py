@@ -1,18 +1,20 @@
 """The shared state store: Redis through redis-py's asyncio client, for several replicas.
 
-Keys (ids JSON-encoded, so ``7`` and ``"7"`` stay apart and come back typed)::
+Keys (service/state/redis_client.py, docs/state.md "Key layout"; ids JSON-encoded, so
+``7`` and ``"7"`` stay apart and come back typed)::
 
-    recall:r:<user>   sorted set, score = timestamp, member = <item json>@<timestamp>:
-                      the user's last `window` interactions (the same item at another time
-                      is another member; an exact repeat is one); expires `retention_s`
-                      after the user's last interaction
-    recall:s:<user>   sorted set, score = latest timestamp, member = <item json>: impressions
-                      newer than `shown_ttl_s` (trimmed on write, the key expires after it)
-    recall:log        stream, one entry per `add` (field ``e``: the batch as JSON
-                      ``[[kind, user, item, ts], ...]``), trimmed to `retention_s` by entry id
-                      (arrival time, ``XADD MINID ~``)
-    recall:avail      set of <item json>: the disabled items (availability)
-    recall:avail:v    integer, INCR'd in the script call of each change (0: never set)
+    recall:{u:<user>}:r   sorted set, score = timestamp, member = <item json>@<timestamp>:
+                          the user's last `window` interactions (the same item at another
+                          time is another member; an exact repeat is one); expires
+                          `retention_s` after the user's last interaction
+    recall:{u:<user>}:s   sorted set, score = latest timestamp, member = <item json>:
+                          impressions newer than `shown_ttl_s` (trimmed on write, the key
+                          expires after it)
+    recall:{log:0}        stream, one entry per `add` (field ``e``: the batch as JSON
+                          ``[[kind, user, item, ts], ...]``), trimmed to `retention_s` by
+                          entry id (arrival time, ``XADD MINID ~``)
+    recall:{avail}        set of <item json>: the disabled items (availability)
+    recall:{avail}:v      integer, INCR'd in the script call of each change (0: never set)
 
 ``add`` is one Lua script call (one round trip, applied whole; a MULTI pipeline of ~3
 commands per user cost ~4x the client CPU: redis-py packs and parses every command); a
@@ -51,13 +53,13 @@ from recall.service.state.base import (
     check_time,
     id_order,
 )
+from recall.service.state.redis_client import PREFIX, user_key
 
 T = TypeVar("T")
 
-PREFIX = b"recall:"
-LOG = PREFIX + b"log"
-DISABLED = PREFIX + b"avail"
-VERSION = PREFIX + b"avail:v"
+LOG = PREFIX + b"{log:0}"
+DISABLED = PREFIX + b"{avail}"
+VERSION = PREFIX + b"{avail}:v"
 EXPORT_PAGE = 500  # stream entries (batches) per XRANGE
 KINDS: tuple[EventType, ...] = ("interaction", "impression")
 UNPACK = 1000
@@ -117,11 +119,11 @@ def _enc(value: ExternalId) -> bytes:
 
 
 def _recent_key(user: ExternalId) -> bytes:
-    return PREFIX + b"r:" + _enc(user)
+    return user_key(user, b"r")
 
 
 def _shown_key(user: ExternalId) -> bytes:
-    return PREFIX + b"s:" + _enc(user)
+    return user_key(user, b"s")
 
 
 class RedisStore:

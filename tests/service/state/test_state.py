@@ -513,9 +513,9 @@ def test_redis_bounds_what_it_keeps(shared_redis: RedisServer) -> None:
 
     with_store(url, body, retention_s=1.0, shown_ttl_s=60)
     with redis.Redis.from_url(url) as client:
-        assert client.xlen(b"recall:log") < 101  # trimmed by whole stream nodes (100 entries)
-        assert 0 < client.ttl(b"recall:s:1") <= 60
-        assert 0 < client.ttl(b"recall:r:1") <= 1 or not client.exists(b"recall:r:1")
+        assert client.xlen(b"recall:{log:0}") < 101  # trimmed by whole stream nodes (100 entries)
+        assert 0 < client.ttl(b"recall:{u:1}:s") <= 60
+        assert 0 < client.ttl(b"recall:{u:1}:r") <= 1 or not client.exists(b"recall:{u:1}:r")
 
 
 # -- URLs and settings -------------------------------------------------------------------
