@@ -49,6 +49,7 @@ def user_sink(args: argparse.Namespace) -> Iterator[UserSink | None]:
     reachable Redis, or None (no URL, SQLite). A URL that does not parse or a store that
     does not answer is a ValueError naming the setting (the command exits 2)."""
     from recall.service.state import StoreUnavailable, check_url
+    from recall.service.state.redis_client import check_reachable
     from recall.service.state.users import UserLoader
 
     url = args.state_url or os.environ.get(ENV) or None
@@ -63,11 +64,11 @@ def user_sink(args: argparse.Namespace) -> Iterator[UserSink | None]:
     if backend == "sqlite":  # one host: the replica maps the bundle's user files
         yield None
         return
-    loader = UserLoader(url)
+    check_reachable(url, setting)  # a cluster URL: a node answers and is in a cluster
     try:
+        loader = UserLoader(url)
         loader.ping()
     except StoreUnavailable as e:
-        loader.close()
         raise ValueError(
             f"{setting}: the state store is unreachable ({e}); nothing was published"
         ) from None

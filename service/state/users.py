@@ -2,18 +2,19 @@
 
 ``recall publish`` (:class:`UserLoader`, synchronous) loads every user of a bundle before
 ``CURRENT`` names it; replicas (:class:`StoreUsers`, asyncio) read the users of a request
-in one round trip. Keys (a user's JSON id as the hash tag, so one user's keys share a
-Redis Cluster slot)::
+in one round trip per node. Keys (the hash-tag rule of
+:mod:`recall.service.state.redis_client`: a user's record sits in the slot of the user's
+events)::
 
-    recall:ub:<bundle>:{<user json>}   bytes: the user's record (recall.service.users)
-    recall:ub:<bundle>:meta            hash: state (loading | complete | dropping), ids
-                                       (int | str), users, next (rows loaded), dim,
-                                       n_categorical, n_numeric, numeric_norm, fingerprint
-    recall:ub:bundles                  set: the bundle ids that have keys here
+    recall:{u:<user json>}:ub:<bundle>   bytes: the user's record (recall.service.users)
+    recall:{ub:<bundle>}                 hash: state (loading | complete | dropping), ids
+                                         (int | str), users, next (rows loaded), dim,
+                                         n_categorical, n_numeric, numeric_norm, fingerprint
+    recall:{ub}:bundles                  set: the bundle ids that have keys here
 
 Why keyed by bundle id: a record holds item *rows*, a stored vector and encoded features,
 all of which mean something only in the bundle that made them; a replica on bundle B reads
-``recall:ub:B:*`` alone, so a publish of C (loading beside B) or a rollback to A never
+``...:ub:B`` keys alone, so a publish of C (loading beside B) or a rollback to A never
 mixes users of another bundle into B's answers. A publish is resumable (``next``) and
 idempotent (a complete meta with the same fingerprint is left as it is); a replica loads
 a bundle only when its meta says ``complete``. Old bundles' keys go with the bundles
@@ -31,16 +32,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-import orjson
-import redis
-from redis.asyncio import Redis as AsyncRedis
-from redis.exceptions import RedisError
+import redis.asyncio
+from redis.exceptions import RedisClusterException, RedisError
 from redis.typing import EncodableT, FieldT
 
 from recall.index import bundle as b
 from recall.index.ids import ExternalId
 from recall.index.search import row_norms
 from recall.index.verify import UsersElsewhere, VerifiedBundle
+from recall.service.state import redis_client
 from recall.service.state.base import StoreUnavailable, check_id
 from recall.service.users import RecordShape, StoredUser, decode_user, encode_users
 
@@ -48,20 +48,20 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["BUNDLES", "LOAD_CHUNK", "StoreUsers", "UserLoader", "UsersMeta", "user_key"]
 
-PREFIX = b"recall:ub:"
-BUNDLES = PREFIX + b"bundles"
+BUNDLES = redis_client.PREFIX + b"{ub}:bundles"
 LOAD_CHUNK = 2000
 """Users per MSET while loading (about 1-2 MB a command)."""
 USER_FILES = (b.USER_IDS, b.USER_VECTORS, b.USER_SEEN, b.USER_HISTORY)
+ERRORS = (RedisError, RedisClusterException, OSError)
 
 
 def meta_key(bundle_id: str) -> bytes:
-    return PREFIX + bundle_id.encode() + b":meta"
+    return redis_client.PREFIX + b"{ub:" + bundle_id.encode() + b"}"
 
 
 def user_key(bundle_id: str, user: ExternalId) -> bytes:
-    """The key of one user's record of one bundle (the user's JSON id is the hash tag)."""
-    return PREFIX + bundle_id.encode() + b":{" + orjson.dumps(user) + b"}"
+    """The key of one user's record of one bundle, in the user's slot."""
+    return redis_client.user_key(user, b"ub:" + bundle_id.encode())
 
 
 def _fingerprint(verified: VerifiedBundle) -> str:
@@ -97,15 +97,17 @@ class UserLoader:
     Every failure to reach or use the server is :class:`StoreUnavailable`."""
 
     def __init__(self, url: str, *, timeout_s: float = 10.0, chunk: int = LOAD_CHUNK) -> None:
-        self.client: redis.Redis = redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-        )
+        try:  # a cluster client reads the slot map here
+            self.client = redis_client.connect_sync(url, timeout_s=timeout_s)
+        except ERRORS as e:
+            raise StoreUnavailable(f"Redis did not answer: {e}") from None
+        self.cluster = redis_client.is_cluster_url(url)
         self.chunk = chunk
 
     def ping(self) -> None:
         try:
             self.client.ping()
-        except (RedisError, OSError) as e:
+        except ERRORS as e:
             raise StoreUnavailable(f"Redis did not answer: {e}") from None
 
     def load(self, verified: VerifiedBundle) -> int:
@@ -113,7 +115,7 @@ class UserLoader:
         users this call wrote (0 when the bundle was loaded already)."""
         try:
             return self._load(verified)
-        except (RedisError, OSError) as e:
+        except ERRORS as e:
             raise StoreUnavailable(f"loading the users into Redis failed: {e}") from None
 
     def _load(self, verified: VerifiedBundle) -> int:
@@ -140,7 +142,11 @@ class UserLoader:
             last = min(first + self.chunk, n)
             records = encode_users(verified, first, last)
             keys = [user_key(bundle_id, u) for u in ids[first:last].tolist()]
-            self.client.mset(dict(zip(keys, records, strict=True)))
+            mapping = dict(zip(keys, records, strict=True))
+            if self.cluster:  # grouped by slot, one pipeline per node
+                self.client.mset_nonatomic(mapping)  # type: ignore[union-attr]
+            else:
+                self.client.mset(mapping)
             self.client.hset(key, "next", last)
         self.client.hset(key, "state", "complete")
         took = time.perf_counter() - began
@@ -172,7 +178,7 @@ class UserLoader:
         """The bundle ids with user keys in the store (complete or not)."""
         try:
             return {m.decode() for m in cast(set[bytes], self.client.smembers(BUNDLES))}
-        except (RedisError, OSError) as e:
+        except ERRORS as e:
             raise StoreUnavailable(f"Redis did not answer: {e}") from None
 
     def drop(self, bundle_ids: Iterable[str]) -> None:
@@ -182,7 +188,7 @@ class UserLoader:
             for bundle_id in bundle_ids:
                 key = meta_key(bundle_id)
                 self.client.hset(key, "state", "dropping")
-                pattern = PREFIX + bundle_id.encode() + b":{*"
+                pattern = user_key(bundle_id, 0).replace(b"{u:0}", b"{u:*}")
                 batch: list[bytes] = []
                 for found in self.client.scan_iter(match=pattern, count=10_000):
                     batch.append(found)
@@ -194,7 +200,7 @@ class UserLoader:
                 self.client.unlink(key)
                 self.client.srem(BUNDLES, bundle_id)
                 logger.info("removed the users of %s from the store", bundle_id)
-        except (RedisError, OSError) as e:
+        except ERRORS as e:
             raise StoreUnavailable(f"removing old users from Redis failed: {e}") from None
 
     def close(self) -> None:
@@ -208,9 +214,7 @@ class StoreUsers:
     def __init__(self, url: str, *, timeout_s: float, write_timeout_s: float) -> None:
         self.timeout_s = timeout_s
         self.write_timeout_s = write_timeout_s
-        self._client: AsyncRedis = AsyncRedis.from_url(
-            url, socket_timeout=write_timeout_s, socket_connect_timeout=write_timeout_s
-        )
+        self._client = redis_client.connect(url, timeout_s=write_timeout_s)
 
     async def meta(self, bundle_id: str) -> UsersMeta:
         """The users' meta of a bundle whose load is complete; :class:`StoreUnavailable`
@@ -235,7 +239,10 @@ class StoreUsers:
         if not user_ids:
             return []
         keys = [user_key(bundle_id, check_id(u)) for u in user_ids]
-        reply = await self._bounded(self._client.mget(keys), self.timeout_s)
+        if isinstance(self._client, redis.asyncio.RedisCluster):  # one pipeline per node
+            reply = await self._bounded(self._client.mget_nonatomic(keys), self.timeout_s)
+        else:
+            reply = await self._bounded(self._client.mget(keys), self.timeout_s)
         out: list[StoredUser | None] = []
         for record in cast(list[bytes | None], reply):
             if record is None:
@@ -253,7 +260,7 @@ class StoreUsers:
                 return await call
         except TimeoutError:
             raise StoreUnavailable(f"Redis took longer than {bound:g} s") from None
-        except (RedisError, OSError) as e:
+        except ERRORS as e:
             raise StoreUnavailable(f"Redis failed: {e}") from None
 
     async def close(self) -> None:
