@@ -33,7 +33,9 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import redis.asyncio
-from redis.exceptions import RedisClusterException, RedisError
+import redis.cluster
+from redis.crc import key_slot
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.typing import EncodableT, FieldT
 
 from recall.index import bundle as b
@@ -50,7 +52,10 @@ __all__ = ["BUNDLES", "LOAD_CHUNK", "StoreUsers", "UserLoader", "UsersMeta", "us
 
 BUNDLES = redis_client.PREFIX + b"{ub}:bundles"
 LOAD_CHUNK = 2000
-"""Users per MSET while loading (about 1-2 MB a command)."""
+"""Users per MSET into one Redis (~1.4 MB: a command blocks the server ~1 ms)."""
+CLUSTER_CHUNK = 50_000
+"""Users per round of a cluster load: MSETs per slot get ~3 keys (16384 slots), which
+makes the load ~3.5x faster than rounds of 2000 (one key per command)."""
 USER_FILES = (b.USER_IDS, b.USER_VECTORS, b.USER_SEEN, b.USER_HISTORY)
 ERRORS = (RedisError, RedisClusterException, OSError)
 
@@ -96,13 +101,13 @@ class UserLoader:
     """Loads bundles' users into the Redis at ``url`` and drops them (``recall publish``).
     Every failure to reach or use the server is :class:`StoreUnavailable`."""
 
-    def __init__(self, url: str, *, timeout_s: float = 10.0, chunk: int = LOAD_CHUNK) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 10.0, chunk: int | None = None) -> None:
         try:  # a cluster client reads the slot map here
             self.client = redis_client.connect_sync(url, timeout_s=timeout_s)
         except ERRORS as e:
             raise StoreUnavailable(f"Redis did not answer: {e}") from None
-        self.cluster = redis_client.is_cluster_url(url)
-        self.chunk = chunk
+        cluster = isinstance(self.client, redis.cluster.RedisCluster)
+        self.chunk = chunk or (CLUSTER_CHUNK if cluster else LOAD_CHUNK)
 
     def ping(self) -> None:
         try:
@@ -142,11 +147,10 @@ class UserLoader:
             last = min(first + self.chunk, n)
             records = encode_users(verified, first, last)
             keys = [user_key(bundle_id, u) for u in ids[first:last].tolist()]
-            mapping = dict(zip(keys, records, strict=True))
-            if self.cluster:  # grouped by slot, one pipeline per node
-                self.client.mset_nonatomic(mapping)  # type: ignore[union-attr]
-            else:
-                self.client.mset(mapping)
+            if isinstance(self.client, redis.cluster.RedisCluster):
+                _mset_by_node(self.client, keys, records)
+            else:  # one command
+                self.client.mset(dict(zip(keys, records, strict=True)))
             self.client.hset(key, "next", last)
         self.client.hset(key, "state", "complete")
         took = time.perf_counter() - began
@@ -205,6 +209,46 @@ class UserLoader:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _mset_by_node(
+    cluster: redis.cluster.RedisCluster, keys: list[bytes], values: list[bytes]
+) -> None:
+    """SET every key on a cluster: one MSET per slot, all of a master's sent at once on
+    one of its connections, then their replies read. The commands are packed here: redis-py
+    packs each command's arguments in Python (~30 us a command), which bounded the load
+    to ~10-20k users/s, the cluster client's pipeline more."""
+    by_slot: dict[int, list[bytes]] = {}
+    for key, value in zip(keys, values, strict=True):
+        by_slot.setdefault(key_slot(key), [b"MSET"]).extend((key, value))
+    by_node: dict[str, tuple[Any, list[bytes]]] = {}
+    node_of = cluster.nodes_manager.get_node_from_slot
+    for slot, parts in by_slot.items():
+        node = node_of(slot)
+        by_node.setdefault(node.name, (node, []))[1].append(_command(parts))
+    for node, commands in by_node.values():
+        pool = cluster.get_redis_connection(node).connection_pool
+        connection = pool.get_connection()
+        try:
+            connection.send_packed_command([b"".join(commands)])  # type: ignore[no-untyped-call]
+            errors = []
+            for _ in commands:  # every reply read, so the connection stays in step
+                try:
+                    connection.read_response()
+                except ResponseError as e:
+                    errors.append(e)
+            if errors:
+                raise errors[0]
+        except BaseException:
+            connection.disconnect()  # type: ignore[no-untyped-call]
+            raise
+        finally:
+            pool.release(connection)
+
+
+def _command(parts: list[bytes]) -> bytes:
+    """One command in the Redis protocol (RESP): an array of bulk strings."""
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
 
 
 class StoreUsers:

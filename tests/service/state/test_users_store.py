@@ -6,6 +6,7 @@ Real redis-server processes, a real uvicorn server, ``recall`` subprocesses."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -28,10 +29,12 @@ from recall.index.publish import publish
 from recall.index.verify import verify_bundle
 from recall.service.app import create_app
 from recall.service.recaller import ServingBundle
-from recall.service.state.users import BUNDLES, UserLoader, meta_key, user_key
+from recall.service.state.users import BUNDLES, StoreUsers, UserLoader, meta_key, user_key
+from recall.service.users import bundle_users
 from tests.index.test_verify import copy_bundle, edit_manifest
 from tests.index_data import clustered, write_vectors_bundle
 from tests.live import TOKEN, free_port, live_server, settings
+from tests.redis_cluster import redis_cluster
 from tests.redis_server import RedisServer, redis_server
 
 USER_FILES = (b.USER_IDS, b.USER_VECTORS, b.USER_SEEN, b.USER_HISTORY)
@@ -245,3 +248,40 @@ def test_kill_9_during_the_load_leaves_current_and_a_rerun_completes(
         assert f"resuming the load of {new.name}'s users at {stopped_at}" in rerun.stderr
         assert (root / CURRENT).read_text().strip() == new.name
         assert user_keys(client, new.name) == len(users)
+
+
+def test_users_in_a_redis_cluster(
+    published_root: Path, bundle: ServingBundle, tmp_path: Path
+) -> None:
+    """A real 3-master cluster: the load spreads the users over every master, a replica's
+    read of users on several shards answers them all in request order, a rerun writes
+    nothing, and drop removes every key from every master."""
+    current = published_root / (published_root / CURRENT).read_text().strip()
+    verified = verify_bundle(current)
+    with redis_cluster(tmp_path / "cluster") as cluster:
+        loader = UserLoader(cluster.url())
+        assert loader.load(verified) == len(bundle.user_ids)
+        assert loader.load(verified) == 0
+        counts = [cluster.client(port).dbsize() for port in cluster.masters()]
+        assert len(counts) == 3 and min(counts) > len(bundle.user_ids) / 6, counts
+
+        async def read() -> tuple[Any, list[Any]]:
+            users = StoreUsers(cluster.url(), timeout_s=2, write_timeout_s=2)
+            try:
+                meta = await users.meta(current.name)
+                ids = [*bundle.user_ids.ids[:60].tolist(), 10**9]
+                return meta, await users.read(current.name, meta.shape, ids)
+            finally:
+                await users.close()
+
+        meta, stored = asyncio.run(read())
+        assert meta.users == len(bundle.user_ids) and stored[-1] is None
+        expected = bundle_users(bundle.verified, bundle.user_ids.ids[:60].tolist())
+        for got, want in zip(stored[:-1], expected, strict=True):
+            assert got is not None and want is not None
+            np.testing.assert_array_equal(got.vector, want.vector)
+            np.testing.assert_array_equal(got.window, want.window)
+            np.testing.assert_array_equal(got.seen, want.seen)
+        loader.drop([current.name])
+        assert sum(cluster.client(port).dbsize() for port in cluster.masters()) <= 1  # the set
+        loader.close()
