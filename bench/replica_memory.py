@@ -219,8 +219,6 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             bundle = write_bundle(root, args.items, n_users)
             row: dict[str, Any] = {"users": n_users, "items": args.items}
             row["redis_load"] = load(url, bundle)
-            redis.Redis.from_url(url).flushall()
-            row["redis_load"] = load(url, bundle)  # a second, clean run: the number kept
             row["replica_redis"] = replica(root, n_users, url, args.requests)
             sqlite = f"sqlite://{work}/events-{n_users}.sqlite"
             row["replica_sqlite"] = replica(root, n_users, sqlite, args.requests)
@@ -228,7 +226,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             row["fetch_bytes_sqlite"] = fetch_bytes(bundle, False)
             if args.cluster:
                 row["cluster_load"] = cluster_load(work / f"cluster-{n_users}", bundle)
-            redis.Redis.from_url(url).flushall()
+            redis.Redis.from_url(url).flushall(asynchronous=True)
             shutil.rmtree(root)
             rows.append(row)
             logger.info("%s", row)
