@@ -196,7 +196,8 @@ def tree_memory(pid: int) -> dict[str, float]:
 def replica(root: Path, n_users: int, state_url: str, requests: int) -> dict[str, float]:
     """Serve ``root`` with ``state_url``, recall ``requests`` random users, then measure."""
     rng = random.Random(0)
-    with serve(root, 1, env={"RECALL_STATE_URL": state_url}) as server, httpx.Client() as c:
+    env = {"RECALL_STATE_URL": state_url, "RECALL_STATE_TIMEOUT_S": "2"}  # a busy machine
+    with serve(root, 1, env=env) as server, httpx.Client() as c:
         for _ in range(requests):
             response = c.post(
                 f"{server.url}/v1/recall", json={"user_id": rng.randrange(n_users), "k": 50}

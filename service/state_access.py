@@ -151,8 +151,9 @@ class StateAccess:
             op,
             str(error) or type(error).__name__,
             self._unlogged,
-            "recall applies the last known disabled items"
-            if op == "availability"
-            else "recall answers from the bundle alone",
+            {
+                "availability": "recall applies the last known disabled items",
+                "users": "recall by user id answers 503 (or the popular list when asked)",
+            }.get(op, "recall answers from the bundle alone"),
         )
         self._last_log, self._unlogged = now, 0
