@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import orjson
 import redis
@@ -67,6 +67,10 @@ class ClusterUrl:
     username: str | None = None
     password: str | None = None
     tls: bool = False
+    wait_replicas: int = 1
+    """After a write, ``WAIT`` for this many replicas of each node written (0: no wait)."""
+    wait_ms: int = 100
+    """... for at most this long (milliseconds)."""
 
 
 def is_cluster_url(url: str) -> bool:
@@ -80,8 +84,9 @@ def parse_cluster_url(url: str) -> ClusterUrl:
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() not in CLUSTER_SCHEMES:
         raise ValueError(f"a Redis Cluster state URL looks like {CLUSTER_URL_FORM}")
+    rest, _, query = rest.partition("?")
     userinfo, at, hosts = rest.rpartition("@")
-    hosts = hosts.split("?", 1)[0].rstrip("/")
+    hosts = hosts.rstrip("/")
     if "/" in hosts:
         raise ValueError(f"a Redis Cluster has no database number: {CLUSTER_URL_FORM}")
     nodes = tuple(_node(part) for part in hosts.split(","))
@@ -90,7 +95,21 @@ def parse_cluster_url(url: str) -> ClusterUrl:
         user, colon, secret = userinfo.partition(":")
         username = unquote(user) or None
         password = unquote(secret) if colon else None
-    return ClusterUrl(nodes, username, password, tls=scheme.lower() == "rediss+cluster")
+    wait = _wait_options(query)
+    return ClusterUrl(nodes, username, password, scheme.lower() == "rediss+cluster", *wait)
+
+
+def _wait_options(query: str) -> tuple[int, int]:
+    """``(wait_replicas, wait_ms)`` from the URL's query (``wait_replicas=1&wait_ms=100``)."""
+    options = {"wait_replicas": 1, "wait_ms": 100}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name not in options or not value.isdigit():
+            raise ValueError(
+                "a Redis Cluster state URL takes ?wait_replicas=N&wait_ms=M "
+                "(non-negative integers) and no other option"
+            )
+        options[name] = int(value)
+    return options["wait_replicas"], options["wait_ms"]
 
 
 def _node(part: str) -> tuple[str, int]:
