@@ -246,52 +246,78 @@ class RedisStore:
     async def _add_per_user(
         self, batch: bytes, header: list[bytes | str | int], writes: dict[ExternalId, UserWrites]
     ) -> None:
-        """The cluster's add: one script call per user and the log entry in one pipeline
-        (one round trip per node), then WAIT on each node written."""
+        """The cluster's add: a script call per user in one pipeline (a round trip per
+        node) beside the log entry in this writer's bucket, each then WAITs on its nodes."""
         calls = [_script_call([], header, [user_writes]) for user_writes in writes.values()]
-        log = log_key(self._bucket)
-        try:
-            replies = await self._pipeline(calls, log, batch, header[1])
-            missing = [calls[i] for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-            if missing:  # a new master (a failover) or a flushed script cache
-                await cast(RedisCluster, self._client).script_load(ADD_SCRIPT)
-                replies = await self._pipeline(missing)
-            failed = next((r for r in replies if isinstance(r, Exception)), None)
-            if failed is not None:
-                raise failed
-        except BaseException:
-            self._bucket = (self._bucket + 1) % self._buckets  # its shard may be down
-            raise
+        outcomes = await asyncio.gather(
+            self._add_users(calls), self._append_log(batch, header[1]), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
-    async def _pipeline(
-        self,
-        calls: list[tuple[list[bytes], list[bytes | str | int]]],
-        log: bytes | None = None,
-        batch: bytes = b"",
-        min_id: object = 0,
-    ) -> list[Any]:
-        """``calls`` of the add script (and the log entry, when ``log``) in one cluster
-        pipeline, then WAIT on the nodes written; every reply, errors as values."""
-        client = cast(RedisCluster, self._client)
-        await client.initialize()  # the slot map, for the WAITs (a no-op once read)
-        pipe = client.pipeline()
+    async def _add_users(self, calls: list[tuple[list[bytes], list[bytes | str | int]]]) -> None:
+        replies = await self._run(calls)
+        missing = [calls[i] for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:  # a new master (a failover) or a flushed script cache
+            await cast(RedisCluster, self._client).script_load(ADD_SCRIPT)
+            replies = await self._run(missing)
+        failed = next((r for r in replies if isinstance(r, Exception)), None)
+        if failed is not None:
+            raise failed
+
+    async def _run(self, calls: list[tuple[list[bytes], list[bytes | str | int]]]) -> list[Any]:
+        """``calls`` of the add script in one cluster pipeline, then WAIT on the nodes
+        written; every reply, errors as values."""
+        pipe = await self._pipeline()
         for keys, args in calls:
             pipe.evalsha(self._add_script.sha, len(keys), *keys, *args)
-        written = [keys[0] for keys, _ in calls]
-        if log is not None:
-            pipe.xadd(log, {b"e": batch}, minid=cast(int, min_id), approximate=True)
-            written.append(log)
-        replicas, wait_ms = self._wait
-        if replicas:
-            nodes = {}
-            for key in written:
-                node = client.get_node_from_key(cast(str, key))
-                if node is not None:
-                    nodes[node.name] = node
-            for node in nodes.values():
-                pipe.execute_command("WAIT", replicas, wait_ms, target_nodes=node)
+        self._wait_for_replicas(pipe, [keys[0] for keys, _ in calls])
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         return replies
+
+    async def _append_log(self, batch: bytes, min_id: object) -> None:
+        """The batch as one entry of this writer's log bucket; a failure moves the writer
+        to a bucket on another node (its master may be down) and raises."""
+        log = log_key(self._bucket)
+        pipe = await self._pipeline()
+        pipe.xadd(log, {b"e": batch}, minid=cast(int, min_id), approximate=True)
+        self._wait_for_replicas(pipe, [log])
+        try:
+            await pipe.execute()
+        except BaseException:
+            self._bucket = self._bucket_elsewhere(log)
+            raise
+
+    def _bucket_elsewhere(self, log: bytes) -> int:
+        """The next bucket after this writer's whose slot another master serves."""
+        client = cast(RedisCluster, self._client)
+        failed = client.get_node_from_key(cast(str, log))
+        for step in range(1, self._buckets):
+            bucket = (self._bucket + step) % self._buckets
+            if client.get_node_from_key(cast(str, log_key(bucket))) != failed:
+                return bucket
+        return (self._bucket + 1) % self._buckets
+
+    async def _pipeline(self) -> Any:
+        client = cast(RedisCluster, self._client)
+        await client.initialize()  # the slot map, for the WAITs (a no-op once read)
+        return client.pipeline()
+
+    def _wait_for_replicas(self, pipe: Any, keys: list[bytes]) -> None:
+        """Queue ``WAIT replicas ms`` on each node that serves one of ``keys`` (it follows
+        that node's writes on the same connection)."""
+        replicas, wait_ms = self._wait
+        if not replicas:
+            return
+        client = cast(RedisCluster, self._client)
+        nodes = {}
+        for key in keys:
+            node = client.get_node_from_key(cast(str, key))
+            if node is not None:
+                nodes[node.name] = node
+        for node in nodes.values():
+            pipe.execute_command("WAIT", replicas, wait_ms, target_nodes=node)
 
     async def recent(
         self, user_ids: Sequence[ExternalId], after: float

@@ -193,7 +193,7 @@ async def _check_cluster(url: str, setting: str, timeout_s: float) -> None:
         async with asyncio.timeout(timeout_s * 2):
             await client.initialize()
     except (RedisError, RedisClusterException, OSError, TimeoutError) as e:
-        if "cluster support disabled" in str(e).lower():
+        if "cluster mode is not enabled" in str(e).lower():
             raise ValueError(f"{setting}: the server is not a Redis Cluster node") from None
         raise ValueError(f"{setting}: no Redis Cluster node answered ({e})") from None
     finally:
