@@ -38,6 +38,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry as SyncRetry
 
 from recall.index.ids import ExternalId
+from recall.service.state.base import StoreUnavailable
 
 __all__ = [
     "CLUSTER_SCHEMES",
@@ -178,12 +179,16 @@ def connect_sync(url: str, *, timeout_s: float = 1.0) -> SyncClient:
 
 
 def check_reachable(url: str, setting: str, *, timeout_s: float = 2.0) -> None:
-    """For a cluster URL: ValueError naming ``setting`` (e.g. ``RECALL_STATE_URL``) unless a
-    node it names answers and is part of a Redis Cluster. One server's URL is not checked
-    here (a replica starts while its Redis is down and answers from the bundle)."""
+    """For a cluster URL: ValueError naming ``setting`` (e.g. ``RECALL_STATE_URL``) when the
+    URL does not parse or a node it names is not a Redis Cluster node; StoreUnavailable
+    (naming it too) when no node answers within ``timeout_s``. One server's URL is not
+    checked here (a replica starts while its Redis is down and answers from the bundle)."""
     if not is_cluster_url(url):
         return
-    parse_cluster_url(url)
+    try:
+        parse_cluster_url(url)
+    except ValueError as e:
+        raise ValueError(f"{setting}: {e}") from None
     asyncio.run(_check_cluster(url, setting, timeout_s))
 
 
@@ -195,7 +200,7 @@ async def _check_cluster(url: str, setting: str, timeout_s: float) -> None:
     except (RedisError, RedisClusterException, OSError, TimeoutError) as e:
         if "cluster mode is not enabled" in str(e).lower():
             raise ValueError(f"{setting}: the server is not a Redis Cluster node") from None
-        raise ValueError(f"{setting}: no Redis Cluster node answered ({e})") from None
+        raise StoreUnavailable(f"{setting}: no Redis Cluster node answered ({e})") from None
     finally:
         await client.aclose()
 

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -26,6 +30,8 @@ from tests.redis_cluster import RedisCluster
 from tests.redis_server import RedisServer, redis_server
 
 T0 = 1_700_000_000.0
+REPO = Path(__file__).resolve().parents[3]
+RECALL = Path(sys.executable).with_name("recall")  # the console script of this venv
 
 
 @pytest.fixture
@@ -66,7 +72,7 @@ def test_cluster_urls_parse() -> None:
 
 def test_start_up_check_names_the_setting(cluster: RedisCluster, plain_redis: RedisServer) -> None:
     check_reachable(cluster.url(), "RECALL_STATE_URL")  # a healthy cluster passes
-    with pytest.raises(ValueError, match="RECALL_STATE_URL: no Redis Cluster node answered"):
+    with pytest.raises(StoreUnavailable, match="RECALL_STATE_URL: no Redis Cluster node answered"):
         check_reachable(f"redis+cluster://127.0.0.1:{free_port()}", "RECALL_STATE_URL")
     with pytest.raises(ValueError, match="--state-url: the server is not a Redis Cluster"):
         check_reachable(f"redis+cluster://127.0.0.1:{plain_redis.port}", "--state-url")
@@ -238,3 +244,23 @@ def test_a_plain_server_is_not_mistaken_for_a_cluster(plain_redis: RedisServer) 
     asyncio.run(body())
     with redis.Redis(port=plain_redis.port) as client:
         assert client.dbsize() == 0
+
+
+def test_serve_refuses_a_cluster_url_that_leads_nowhere(
+    plain_redis: RedisServer, tmp_path: Path
+) -> None:
+    """``recall serve`` (the real console script) exits 2 naming RECALL_STATE_URL, before
+    any worker starts: a URL that does not parse, no node answering, not a cluster."""
+    cases = {
+        "redis+cluster://h:1/0": "RECALL_STATE_URL: a Redis Cluster has no database number",
+        f"redis+cluster://127.0.0.1:{free_port()}": "RECALL_STATE_URL: no Redis Cluster node",
+        f"redis+cluster://127.0.0.1:{plain_redis.port}": "RECALL_STATE_URL: the server is not",
+    }
+    for url, expected in cases.items():
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RECALL_")}
+        env.update(RECALL_STATE_URL=url, RECALL_ROOT=str(tmp_path), PYTHONPATH=str(REPO))
+        result = subprocess.run(
+            [str(RECALL), "serve"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 2, result.stderr
+        assert expected in result.stderr and "Traceback" not in result.stderr
