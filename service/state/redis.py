@@ -155,6 +155,10 @@ UserWrites = list[tuple[bytes, bytes, list[tuple[bytes, float]]]]
 """One user's part of an add: ``(key, b"r" | b"s", [(member, score), ...])`` chunks."""
 
 
+async def _listed(call: Awaitable[T]) -> list[T]:
+    return [await call]
+
+
 def _script_call(
     keys: list[bytes], header: list[bytes | str | int], users: Iterable[UserWrites]
 ) -> tuple[list[bytes], list[bytes | str | int]]:
@@ -349,12 +353,15 @@ class RedisStore:
     async def _read(self, keys: list[bytes], low: str, op: str) -> list[list[bytes]]:
         """Per key, the members scored >= ``low`` (``(x``: > x), oldest first. One server:
         one script call (a pipeline costs redis-py's per-command overhead per user); a
-        cluster: a ``ZRANGEBYSCORE`` per key in one pipeline, one round trip per node."""
-        if self._cluster:
+        cluster: a ``ZRANGEBYSCORE`` per key in one pipeline, one round trip per node (one
+        key: the command alone)."""
+        if self._cluster and len(keys) == 1:  # a plain command: ~1.5x faster than a pipeline
+            call: Awaitable[object] = _listed(self._client.zrangebyscore(keys[0], low, "+inf"))
+        elif self._cluster:
             pipe = cast(RedisCluster, self._client).pipeline()
             for key in keys:
                 pipe.zrangebyscore(key, low, "+inf")
-            call: Awaitable[object] = pipe.execute()
+            call = pipe.execute()
         else:
             call = self._read_script(keys, [low])
         reply = await self._bounded(call, self.limits.timeout_s, op)
