@@ -19,8 +19,10 @@ events row. Targets (issue 18): cluster p50 within +0.3 ms of one Redis.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
+import math
 import random
 import shutil
 import subprocess
@@ -41,7 +43,7 @@ sys.path.insert(0, str(REPO))
 from bench._bundles import ITEM_ID_OFFSET, BenchBundle, ensure_bundle  # noqa: E402
 from bench._machine import machine  # noqa: E402
 from bench._server import serve  # noqa: E402
-from recall.service.state import sqlite_url  # noqa: E402
+from recall.service.state import Event, open_store, sqlite_url  # noqa: E402
 from tests.redis_cluster import redis_cluster  # noqa: E402
 from tests.redis_server import redis_server  # noqa: E402
 
@@ -78,6 +80,37 @@ def stats(ms: list[float]) -> dict[str, float]:
         "p99_ms": round(float(np.percentile(a, 99)), 3),
         "n": len(ms),
     }
+
+
+def in_process(urls: dict[str, str], rounds: int, calls: int) -> dict[str, dict[str, Any]]:
+    """The store calls alone, in this process (no HTTP: the part that differs between the
+    stores, with far less noise): ``recent([user])`` for a user with 10 events, and
+    ``add`` of 10 events of one user; rounds alternate the stores."""
+
+    async def run() -> dict[str, dict[str, Any]]:
+        stores = {name: open_store(url) for name, url in urls.items()}
+        reads: dict[str, list[float]] = {name: [] for name in stores}
+        adds: dict[str, list[float]] = {name: [] for name in stores}
+        rng = random.Random(1)
+        try:
+            for _ in range(rounds):
+                for name, store in stores.items():
+                    for _ in range(calls):
+                        t = time.perf_counter()
+                        await store.recent([rng.randrange(USERS)], after=-math.inf)
+                        reads[name].append((time.perf_counter() - t) * 1000)
+                    for _ in range(calls // 4):
+                        user = USERS + rng.randrange(10 * USERS)
+                        batch = [Event(user, i, time.time()) for i in range(EVENTS_PER_USER)]
+                        t = time.perf_counter()
+                        await store.add(batch)
+                        adds[name].append((time.perf_counter() - t) * 1000)
+        finally:
+            for store in stores.values():
+                await store.close()
+        return {n: {"recent_1": stats(reads[n]), "add_10": stats(adds[n])} for n in stores}
+
+    return asyncio.run(run())
 
 
 def main() -> None:
@@ -164,6 +197,7 @@ def main() -> None:
                 ]
                 writes[name] += paced(clients[name], batches, "/v1/events", args.rate / 10)
                 logger.info("round %d %s: recall %s", round_, name, stats(recalls[name]))
+        report["in_process"] = in_process(urls, args.rounds * 2, 500)
     report["recall_by_user_id"] = {name: stats(ms) for name, ms in recalls.items()}
     report["post_events_10"] = {name: stats(ms) for name, ms in writes.items()}
     lines = [

@@ -296,11 +296,14 @@ class RedisStore:
     def _bucket_elsewhere(self, log: bytes) -> int:
         """The next bucket after this writer's whose slot another master serves."""
         client = cast(RedisCluster, self._client)
-        failed = client.get_node_from_key(cast(str, log))
-        for step in range(1, self._buckets):
-            bucket = (self._bucket + step) % self._buckets
-            if client.get_node_from_key(cast(str, log_key(bucket))) != failed:
-                return bucket
+        try:
+            failed = client.get_node_from_key(cast(str, log))
+            for step in range(1, self._buckets):
+                bucket = (self._bucket + step) % self._buckets
+                if client.get_node_from_key(cast(str, log_key(bucket))) != failed:
+                    return bucket
+        except STORE_ERRORS:  # the slot map is being read again: just the next one
+            pass
         return (self._bucket + 1) % self._buckets
 
     async def _pipeline(self) -> Any:
