@@ -237,9 +237,7 @@ class RecallCore:
         masks: FilterMasks,
     ) -> RecallAnswer:
         """A user_id query's answer with the user's vector (None: unknown) and state."""
-        fresh = recall_user(
-            bundle, query, user, state.shown[0], self.max_k, state.fresh, masks, state.users_down
-        )
+        fresh = recall_user(bundle, query, user, state.shown[0], self.max_k, state.fresh, masks)
         return self._answer(bundle, fresh.result, fresh.fresh_events, state.fresh, with_attributes)
 
     def _answer(

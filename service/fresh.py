@@ -161,15 +161,12 @@ def recall_user(
     max_k: int,
     store_read: bool = True,
     masks: core.FilterMasks | None = None,
-    users_down: bool = False,
 ) -> FreshRecall:
     """Top-k for a ``user_id`` query whose vector :func:`user_vectors` made (``user``),
     among the items its filter and the availability of ``masks`` allow,
     minus ``shown`` (item ids of recent impressions, when the request asked) and, unless
     ``exclude_seen`` is false, the items the user has seen. ``store_read`` False (the
-    store could not be read): a 404 says that the user's events were not consulted;
-    ``users_down`` (the users live in the store and it could not be read): 503 unless the
-    query falls back to the popular items."""
+    store could not be read) and a user the bundle lacks: StateDown (503), not a 404."""
     if query.user_id is None:
         raise ValueError("recall_user answers user_id queries")
     core.check_k(query.k, max_k)
@@ -178,11 +175,13 @@ def recall_user(
     exclude = bundle.item_ids.rows(dropped) if dropped else np.zeros(0, np.int64)
     exclude = exclude[exclude >= 0]
     if user is None:
-        if query.fallback != "popular" and users_down:
-            raise StateDown("the state store is unavailable: the user could not be read")
+        if query.fallback != "popular" and not store_read:  # their events may exist
+            raise StateDown(
+                f"user_id {clip(query.user_id)} is not in the bundle and the state store "
+                "is unavailable, so their events could not be read; retry later"
+            )
         if query.fallback != "popular":
-            unread = "" if store_read else " (the state store is unavailable: events not read)"
-            raise UnknownId(f"unknown user_id {clip(query.user_id)}{unread}")
+            raise UnknownId(f"unknown user_id {clip(query.user_id)}")
         answer = core.answer(bundle, query.k, Source.POPULAR, None, exclude, allowed)
         return FreshRecall(answer, 0)
     if query.exclude_seen is not False:

@@ -105,8 +105,9 @@ class RedisCluster:
         return next(n for n in self.nodes if n.port == port)
 
     def wait_ok(self, timeout_s: float = 30) -> None:
-        """Until every running node says ``cluster_state:ok`` and they agree on 3 masters
-        covering every slot."""
+        """Until every running node says ``cluster_state:ok``, they agree on the masters
+        covering every slot, and every replica is in sync with its master (a replica that
+        never synced would refuse to take over)."""
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -125,6 +126,9 @@ class RedisCluster:
                 continue
             with self.client(node.port) as client:
                 if client.execute_command("CLUSTER INFO").get("cluster_state") != "ok":
+                    return False
+                replication = client.info("replication")
+                if replication["role"] == "slave" and replication["master_link_status"] != "up":
                     return False
                 slots = client.execute_command("CLUSTER SLOTS")
                 views.append(sorted((int(s), int(e), int(m[1])) for s, e, m, *_ in slots))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import orjson
 import redis
@@ -38,6 +38,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry as SyncRetry
 
 from recall.index.ids import ExternalId
+from recall.service.state.base import StoreUnavailable
 
 __all__ = [
     "CLUSTER_SCHEMES",
@@ -67,6 +68,10 @@ class ClusterUrl:
     username: str | None = None
     password: str | None = None
     tls: bool = False
+    wait_replicas: int = 1
+    """After a write, ``WAIT`` for this many replicas of each node written (0: no wait)."""
+    wait_ms: int = 100
+    """... for at most this long (milliseconds)."""
 
 
 def is_cluster_url(url: str) -> bool:
@@ -80,8 +85,9 @@ def parse_cluster_url(url: str) -> ClusterUrl:
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() not in CLUSTER_SCHEMES:
         raise ValueError(f"a Redis Cluster state URL looks like {CLUSTER_URL_FORM}")
+    rest, _, query = rest.partition("?")
     userinfo, at, hosts = rest.rpartition("@")
-    hosts = hosts.split("?", 1)[0].rstrip("/")
+    hosts = hosts.rstrip("/")
     if "/" in hosts:
         raise ValueError(f"a Redis Cluster has no database number: {CLUSTER_URL_FORM}")
     nodes = tuple(_node(part) for part in hosts.split(","))
@@ -90,7 +96,21 @@ def parse_cluster_url(url: str) -> ClusterUrl:
         user, colon, secret = userinfo.partition(":")
         username = unquote(user) or None
         password = unquote(secret) if colon else None
-    return ClusterUrl(nodes, username, password, tls=scheme.lower() == "rediss+cluster")
+    wait = _wait_options(query)
+    return ClusterUrl(nodes, username, password, scheme.lower() == "rediss+cluster", *wait)
+
+
+def _wait_options(query: str) -> tuple[int, int]:
+    """``(wait_replicas, wait_ms)`` from the URL's query (``wait_replicas=1&wait_ms=100``)."""
+    options = {"wait_replicas": 1, "wait_ms": 100}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name not in options or not value.isdigit():
+            raise ValueError(
+                "a Redis Cluster state URL takes ?wait_replicas=N&wait_ms=M "
+                "(non-negative integers) and no other option"
+            )
+        options[name] = int(value)
+    return options["wait_replicas"], options["wait_ms"]
 
 
 def _node(part: str) -> tuple[str, int]:
@@ -159,12 +179,16 @@ def connect_sync(url: str, *, timeout_s: float = 1.0) -> SyncClient:
 
 
 def check_reachable(url: str, setting: str, *, timeout_s: float = 2.0) -> None:
-    """For a cluster URL: ValueError naming ``setting`` (e.g. ``RECALL_STATE_URL``) unless a
-    node it names answers and is part of a Redis Cluster. One server's URL is not checked
-    here (a replica starts while its Redis is down and answers from the bundle)."""
+    """For a cluster URL: ValueError naming ``setting`` (e.g. ``RECALL_STATE_URL``) when the
+    URL does not parse or a node it names is not a Redis Cluster node; StoreUnavailable
+    (naming it too) when no node answers within ``timeout_s``. One server's URL is not
+    checked here (a replica starts while its Redis is down and answers from the bundle)."""
     if not is_cluster_url(url):
         return
-    parse_cluster_url(url)
+    try:
+        parse_cluster_url(url)
+    except ValueError as e:
+        raise ValueError(f"{setting}: {e}") from None
     asyncio.run(_check_cluster(url, setting, timeout_s))
 
 
@@ -174,9 +198,9 @@ async def _check_cluster(url: str, setting: str, timeout_s: float) -> None:
         async with asyncio.timeout(timeout_s * 2):
             await client.initialize()
     except (RedisError, RedisClusterException, OSError, TimeoutError) as e:
-        if "cluster support disabled" in str(e).lower():
+        if "cluster mode is not enabled" in str(e).lower():
             raise ValueError(f"{setting}: the server is not a Redis Cluster node") from None
-        raise ValueError(f"{setting}: no Redis Cluster node answered ({e})") from None
+        raise StoreUnavailable(f"{setting}: no Redis Cluster node answered ({e})") from None
     finally:
         await client.aclose()
 

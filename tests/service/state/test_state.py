@@ -21,6 +21,7 @@ import redis
 
 from recall.service.settings import Settings
 from recall.service.state import Event, StateStore, StoreUnavailable, check_url, open_store
+from tests.redis_cluster import RedisCluster
 from tests.redis_server import RedisServer, free_port, redis_server
 
 REPO = Path(__file__).resolve().parents[3]
@@ -40,12 +41,16 @@ def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "redis+cluster"])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty store of each backend: a new SQLite file, or the module's Redis
-    flushed."""
+    """A fresh, empty store of each backend: a new SQLite file, the module's Redis flushed,
+    or the session's Redis Cluster flushed."""
     if request.param == "sqlite":
         return f"sqlite://{tmp_path}/state/events.sqlite"
+    if request.param == "redis+cluster":
+        cluster: RedisCluster = request.getfixturevalue("shared_cluster")
+        cluster.flush()
+        return cluster.url()
     server: RedisServer = request.getfixturevalue("shared_redis")
     with redis.Redis.from_url(server.url()) as client:
         client.flushall()

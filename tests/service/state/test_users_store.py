@@ -188,6 +188,13 @@ def test_bad_state_urls_exit_2_and_publish_nothing(published_root: Path, tmp_pat
         assert (root / CURRENT).read_text().strip() == first.name
 
 
+def test_a_plain_redis_is_not_a_cluster(published_root: Path, store: RedisServer) -> None:
+    current = published_root / (published_root / CURRENT).read_text().strip()
+    cluster_url = store.url().replace("redis://", "redis+cluster://").rsplit("/", 1)[0]
+    done = recall_cli("publish", str(current), "--state-url", cluster_url)
+    assert done.returncode == 2 and "not a Redis Cluster" in done.stderr, done.stderr
+
+
 def test_publish_is_idempotent_and_keep_removes_old_users(
     published_root: Path, store: RedisServer, tmp_path: Path
 ) -> None:
