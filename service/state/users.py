@@ -48,7 +48,16 @@ from recall.service.users import RecordShape, StoredUser, decode_user, encode_us
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BUNDLES", "LOAD_CHUNK", "StoreUsers", "UserLoader", "UsersMeta", "user_key"]
+__all__ = [
+    "BUNDLES",
+    "LOAD_CHUNK",
+    "StoreUsers",
+    "UserLoader",
+    "UsersMeta",
+    "meta_key",
+    "records_pattern",
+    "user_key",
+]
 
 BUNDLES = redis_client.PREFIX + b"{ub}:bundles"
 LOAD_CHUNK = 2000
@@ -67,6 +76,11 @@ def meta_key(bundle_id: str) -> bytes:
 def user_key(bundle_id: str, user: ExternalId) -> bytes:
     """The key of one user's record of one bundle, in the user's slot."""
     return redis_client.user_key(user, b"ub:" + bundle_id.encode())
+
+
+def records_pattern(bundle_id: str) -> bytes:
+    """The ``SCAN MATCH`` pattern of every user record of one bundle."""
+    return user_key(bundle_id, 0).replace(b"{u:0}", b"{u:*}")
 
 
 def _fingerprint(verified: VerifiedBundle) -> str:
@@ -178,23 +192,20 @@ class UserLoader:
             "numeric_norm": repr(numeric_norm),
         }
 
-    def loaded(self) -> set[str]:
-        """The bundle ids with user keys in the store (complete or not)."""
-        try:
-            return {m.decode() for m in cast(set[bytes], self.client.smembers(BUNDLES))}
-        except ERRORS as e:
-            raise StoreUnavailable(f"Redis did not answer: {e}") from None
-
     def drop(self, bundle_ids: Iterable[str]) -> None:
-        """Remove every key of these bundles' users (resumable: a meta left ``dropping``
-        is dropped again by the next call)."""
+        """Remove every key of these bundles' users, and finish any drop that stopped
+        midway (a meta left ``dropping``)."""
         try:
-            for bundle_id in bundle_ids:
+            unfinished = {
+                bundle.decode()
+                for bundle in cast(set[bytes], self.client.smembers(BUNDLES))
+                if self.client.hget(meta_key(bundle.decode()), "state") == b"dropping"
+            }
+            for bundle_id in sorted(set(bundle_ids) | unfinished):
                 key = meta_key(bundle_id)
                 self.client.hset(key, "state", "dropping")
-                pattern = user_key(bundle_id, 0).replace(b"{u:0}", b"{u:*}")
                 batch: list[bytes] = []
-                for found in self.client.scan_iter(match=pattern, count=10_000):
+                for found in self.client.scan_iter(match=records_pattern(bundle_id), count=10_000):
                     batch.append(found)
                     if len(batch) >= 10_000:
                         self.client.unlink(*batch)

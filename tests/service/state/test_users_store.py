@@ -29,7 +29,13 @@ from recall.index.publish import publish
 from recall.index.verify import verify_bundle
 from recall.service.app import create_app
 from recall.service.recaller import ServingBundle
-from recall.service.state.users import BUNDLES, StoreUsers, UserLoader, meta_key, user_key
+from recall.service.state.users import (
+    BUNDLES,
+    StoreUsers,
+    UserLoader,
+    meta_key,
+    records_pattern,
+)
 from recall.service.users import bundle_users
 from tests.index.test_verify import copy_bundle, edit_manifest
 from tests.index_data import clustered, write_vectors_bundle
@@ -63,8 +69,7 @@ def recall_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
 
 
 def user_keys(client: redis.Redis, bundle_id: str) -> int:
-    pattern = user_key(bundle_id, 0).replace(b"{u:0}", b"{u:*}")
-    return sum(1 for _ in client.scan_iter(match=pattern, count=10_000))
+    return sum(1 for _ in client.scan_iter(match=records_pattern(bundle_id), count=10_000))
 
 
 def test_replica_serves_users_from_the_store_as_the_bundle_files_do(
@@ -215,6 +220,9 @@ def test_publish_is_idempotent_and_keep_removes_old_users(
     assert {m.decode() for m in client.smembers(BUNDLES)} == set(ids[1:])
     again = recall_cli("publish", str(root / ids[2]), "--state-url", store.url())
     assert again.returncode == 0 and "in the store already" in again.stderr, again.stderr
+    client.hset(meta_key(ids[1]), "state", "dropping")  # as a drop that died midway leaves it
+    UserLoader(store.url()).drop([])
+    assert user_keys(client, ids[1]) == 0 and client.smembers(BUNDLES) == {ids[2].encode()}
 
 
 @pytest.mark.slow
