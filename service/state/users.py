@@ -28,10 +28,11 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+import redis
 import redis.asyncio
 import redis.cluster
 from redis.crc import key_slot
@@ -155,17 +156,13 @@ class UserLoader:
             self.client.sadd(BUNDLES, bundle_id)
             self.client.delete(key)
             self.client.hset(key, mapping=self._meta(verified, fingerprint))
-        ids = verified.user_ids.ids
         began = time.perf_counter()
-        for first in range(start, n, self.chunk):
-            last = min(first + self.chunk, n)
-            records = encode_users(verified, first, last)
-            keys = [user_key(bundle_id, u) for u in ids[first:last].tolist()]
-            if isinstance(self.client, redis.cluster.RedisCluster):
+        if isinstance(self.client, redis.cluster.RedisCluster):
+            for last, keys, records in self._chunks(verified, start):
                 _mset_by_node(self.client, keys, records)
-            else:  # one command
-                self.client.mset(dict(zip(keys, records, strict=True)))
-            self.client.hset(key, "next", last)
+                self.client.hset(key, "next", last)
+        else:
+            self._load_pipelined(self.client, key, self._chunks(verified, start))
         self.client.hset(key, "state", "complete")
         took = time.perf_counter() - began
         logger.info(
@@ -176,6 +173,45 @@ class UserLoader:
             (n - start) / max(took, 1e-9),
         )
         return n - start
+
+    def _chunks(
+        self, verified: VerifiedBundle, start: int
+    ) -> Iterator[tuple[int, list[bytes], list[bytes]]]:
+        """``(end row, keys, records)`` of each chunk of users from row ``start`` on."""
+        bundle_id, ids, n = verified.manifest.id, verified.user_ids.ids, len(verified.user_ids)
+        for first in range(start, n, self.chunk):
+            last = min(first + self.chunk, n)
+            keys = [user_key(bundle_id, u) for u in ids[first:last].tolist()]
+            yield last, keys, encode_users(verified, first, last)
+
+    @staticmethod
+    def _load_pipelined(
+        client: redis.Redis, key: bytes, chunks: Iterator[tuple[int, list[bytes], list[bytes]]]
+    ) -> None:
+        """One MSET per chunk on one connection, each sent before the previous one's reply
+        is read, so the server stores a chunk while the client encodes the next; ``next``
+        moves only past chunks the server acknowledged."""
+        pool = client.connection_pool
+        connection = pool.get_connection()
+        acked_upto: int | None = None
+        try:
+            for last, keys, records in chunks:
+                parts = [b"MSET"]
+                for pair in zip(keys, records, strict=True):
+                    parts.extend(pair)
+                connection.send_packed_command([_command(parts)])  # type: ignore[no-untyped-call]
+                if acked_upto is not None:
+                    connection.read_response()
+                    client.hset(key, "next", acked_upto)
+                acked_upto = last
+            if acked_upto is not None:
+                connection.read_response()
+                client.hset(key, "next", acked_upto)
+        except BaseException:
+            connection.disconnect()  # type: ignore[no-untyped-call]
+            raise
+        finally:
+            pool.release(connection)
 
     def _meta(self, verified: VerifiedBundle, fingerprint: str) -> dict[FieldT, EncodableT]:
         spec, history = verified.tower.spec, verified.history
