@@ -78,7 +78,7 @@ def export(args: argparse.Namespace) -> int:
         raise ValueError(f"--state-url: {e}") from None
     events = read_events(args.state_url, since=args.since, retention_s=retention_s)
     try:
-        check_reachable(args.state_url, "--state-url")  # a node that is not a cluster: 2
+        check_reachable(args.state_url, "--state-url")  # not a cluster: 2; no node up: 3
         with closing(events):
             interactions = _Interactions(events)
             written = write_interactions(args.out, interactions, with_data=args.with_data)

@@ -155,10 +155,6 @@ UserWrites = list[tuple[bytes, bytes, list[tuple[bytes, float]]]]
 """One user's part of an add: ``(key, b"r" | b"s", [(member, score), ...])`` chunks."""
 
 
-async def _listed(call: Awaitable[T]) -> list[T]:
-    return [await call]
-
-
 def _script_call(
     keys: list[bytes], header: list[bytes | str | int], users: Iterable[UserWrites]
 ) -> tuple[list[bytes], list[bytes | str | int]]:
@@ -359,7 +355,7 @@ class RedisStore:
         cluster: a ``ZRANGEBYSCORE`` per key in one pipeline, one round trip per node (one
         key: the command alone)."""
         if self._cluster and len(keys) == 1:  # a plain command: ~1.5x faster than a pipeline
-            call: Awaitable[object] = _listed(self._client.zrangebyscore(keys[0], low, "+inf"))
+            call: Awaitable[object] = self._read_one(keys[0], low)
         elif self._cluster:
             pipe = cast(RedisCluster, self._client).pipeline()
             for key in keys:
@@ -369,6 +365,9 @@ class RedisStore:
             call = self._read_script(keys, [low])
         reply = await self._bounded(call, self.limits.timeout_s, op)
         return cast(list[list[bytes]], reply)
+
+    async def _read_one(self, key: bytes, low: str) -> list[list[bytes]]:
+        return [cast(list[bytes], await self._client.zrangebyscore(key, low, "+inf"))]
 
     async def export(self, since: float | None = None) -> AsyncIterator[Event]:
         """Every bucket's entries merged by entry id (arrival ms, then sequence; a tie

@@ -153,9 +153,9 @@ def connect(url: str, *, timeout_s: float = 1.0) -> AsyncClient:
 
 
 def connect_sync(url: str, *, timeout_s: float = 1.0) -> SyncClient:
-    """The blocking client for ``url``, as :func:`connect` configures it. A cluster client
-    connects here (it reads the slot map): StoreUnavailable-free, it raises redis-py's
-    errors, or ValueError for a URL that does not parse."""
+    """The blocking client for ``url``, configured as :func:`connect` does. A cluster client
+    connects here (it reads the slot map) and raises redis-py's errors when it cannot;
+    ValueError for a URL that does not parse."""
     if not is_cluster_url(url):
         return redis.Redis.from_url(
             url,

@@ -58,7 +58,10 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def with_store(url: str, body: Callable[[StateStore], Awaitable[Any]], **limits: Any) -> Any:
-    """``body(store)`` in one event loop, the store closed after."""
+    """``body(store)`` in one event loop, the store closed after. Writes get 5 s unless the
+    test sets their bound: the contract is about what is stored, and a loaded shared
+    machine has stalled a cluster write past the default 1 s."""
+    limits.setdefault("write_timeout_s", 5.0)
 
     async def main() -> Any:
         store = open_store(url, **limits)
