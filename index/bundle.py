@@ -316,12 +316,17 @@ def read_manifest(bundle: Path) -> Manifest:
         os.close(fd)
     if size > MAX_MANIFEST_BYTES:
         raise BundleError(f"{path}: longer than {MAX_MANIFEST_BYTES} bytes")
+    return parse_manifest(str(path), b"".join(parts))
+
+
+def parse_manifest(where: str, raw: bytes) -> Manifest:
+    """The manifest ``raw`` (UTF-8 JSON) read from ``where`` (named in errors)."""
     try:
-        return Manifest.model_validate(json.loads(b"".join(parts).decode("utf-8")))
+        return Manifest.model_validate(json.loads(raw.decode("utf-8")))
     except RecursionError:  # nested deeper than Python's json reads
-        raise BundleError(f"{path}: invalid manifest: nested too deep") from None
+        raise BundleError(f"{where}: invalid manifest: nested too deep") from None
     except (ValueError, TypeError) as e:  # UnicodeDecodeError is a ValueError
-        raise BundleError(f"{path}: invalid manifest: {e}") from None
+        raise BundleError(f"{where}: invalid manifest: {e}") from None
 
 
 def verify_file(bundle: Path, manifest: Manifest, name: str) -> Path:

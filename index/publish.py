@@ -47,6 +47,7 @@ __all__ = [
     "read_current",
     "retain",
     "verify_bundle",
+    "verify_or_refuse",
 ]
 
 
@@ -109,7 +110,7 @@ def publish(
     if not BUNDLE_ID.fullmatch(bundle.name):
         raise b.BundleError(f"{bundle}: not a bundle directory name")
     with bundle_lock(bundle), _dir_lock(root, "a publish to this root"):
-        verified = _verify(bundle)
+        verified = verify_or_refuse(bundle)
         if users is not None:
             users.load(verified)
         previous = inspect_current(root)  # may be unreadable: publishing repairs that
@@ -133,7 +134,7 @@ def publish(
         return removed
 
 
-def _verify(bundle: Path) -> VerifiedBundle:
+def verify_or_refuse(bundle: Path) -> VerifiedBundle:
     """:func:`verify_bundle`, with any failure a :class:`~recall.index.bundle.BundleError`."""
     try:
         return verify_bundle(bundle)

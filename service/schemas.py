@@ -495,3 +495,9 @@ class ReplicaInfo(BaseModel):
     started_at: float = Field(description="unix seconds")
     bundle_id: str | None
     reloads: list[Reload] = Field(description="the last 50 reload attempts, oldest first")
+    store_reachable: bool = Field(
+        description="whether the bundle store (an s3:// root) answered the last poll"
+    )
+    serving_from_cache: bool = Field(
+        description="serving the last bundle verified in the download cache, not CURRENT"
+    )

@@ -55,11 +55,15 @@ async def model_info(bundle: BundleDep) -> Response:
 async def replica(app: AppStateDep) -> Response:
     """This replica (process): when it started, the bundle it serves (null before the
     first load) and its last 50 reload attempts that loaded or refused a bundle, or
-    found it already served on an admin reload (bundle ids only)."""
+    found it already served on an admin reload (bundle ids only); whether the bundle
+    store answers and whether the bundle comes from the download cache because it does
+    not."""
     current = app.holder.current
     body = {
         "started_at": app.holder.started_at,
         "bundle_id": None if current is None else current.id,
         "reloads": list(app.holder.reloads),
+        "store_reachable": app.holder.store_reachable,
+        "serving_from_cache": app.holder.serving_from_cache,
     }
     return model_response(current, body) if current else JsonResponse(body)
