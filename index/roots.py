@@ -27,7 +27,7 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -393,8 +393,10 @@ class S3Root:
                 raise b.BundleError(f"{where}: the manifest lists a bad file name {name[:80]!r}")
         return raw, manifest
 
-    def download(self, bundle_id: str, dest: Path) -> None:
-        """Download the bundle into the directory ``dest`` (created), the manifest last.
+    def download(self, bundle_id: str, dest: Path, skip: Collection[str] = ()) -> None:
+        """Download the bundle into the directory ``dest`` (created), the manifest last,
+        without the files named in ``skip`` (a replica whose users are in the state store
+        fetches no user file).
 
         A file already in ``dest`` with fewer bytes than the manifest says is resumed
         (a ranged GET of the rest), one with more is downloaded again; one of the right
@@ -405,7 +407,8 @@ class S3Root:
         dest.mkdir(parents=True, exist_ok=True)
         where = self.location.child(bundle_id)
         for name, entry in sorted(manifest.files.items()):
-            self._download_file(where.key(name), dest / name, entry.bytes)
+            if name not in skip:
+                self._download_file(where.key(name), dest / name, entry.bytes)
         b.replace_atomically(dest / b.MANIFEST, lambda tmp: tmp.write_bytes(raw))
 
     def _download_file(self, key: str, path: Path, size: int) -> None:

@@ -37,7 +37,7 @@ from recall.service.routes import admin, console, events, items, operations, rec
 from recall.service.settings import Settings
 from recall.service.state import StoreUnavailable, check_url, open_store
 from recall.service.state.base import DEFAULT_WRITE_TIMEOUT_S
-from recall.service.state.users import StoreUsers
+from recall.service.state.users import USER_FILES, StoreUsers
 from recall.service.state_access import StateAccess
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,14 @@ def bundle_source(settings: Settings) -> BundleSource:
     from recall.service.bundle_cache import S3CachedSource
 
     assert settings.cache_dir is not None  # Settings refuses an s3:// root without one
-    return S3CachedSource(S3Root(settings.root), settings.cache_dir, settings.cache_keep)
+    skip = USER_FILES if users_in_store(settings) else ()
+    return S3CachedSource(S3Root(settings.root), settings.cache_dir, settings.cache_keep, skip)
+
+
+def users_in_store(settings: Settings) -> bool:
+    """Whether the bundles' users are served from the state store (Redis, Redis Cluster)
+    rather than from each bundle's user files (the embedded SQLite store)."""
+    return check_url(settings.state_url) != "sqlite"
 
 
 @asynccontextmanager
@@ -98,7 +105,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         timeout_s=settings.state_timeout_s,
     )
     users = None
-    if check_url(settings.state_url) != "sqlite":  # users in the store, not in the bundle
+    if users_in_store(settings):
         users = StoreUsers(
             settings.state_url,
             timeout_s=settings.state_timeout_s,
