@@ -13,6 +13,11 @@ timestamp)`` pairs, oldest first) and hands them here with the bundle:
   without features -- source ``events``;
 - otherwise: no vector (404, or the popular fallback).
 
+A bundle without a user tower (``recall import``) computes these vectors by its item-mean
+rule instead (:mod:`recall.index.item_mean`: the mean of the items' vectors; a known user's
+stored vector is blended with the fresh events' items); the sources then end in
+``:item-mean``.
+
 Ids from clients and from the store go through :meth:`IdMap.canonical` first, so ``"7"`` and
 ``7`` name the same user or item of an int-typed bundle (as :class:`IdMap` matches them).
 """
@@ -24,7 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recall.index import bundle as b
 from recall.index.ids import ExternalId
+from recall.index.item_mean import ItemMean
 from recall.service import recaller as core
 from recall.service.domain_errors import StateDown, UnknownId, clip
 from recall.service.recaller import RecallQuery, RecallResult, ServingBundle, Source
@@ -110,6 +117,7 @@ def user_vectors(
         users = bundle_users(bundle.verified, user_ids)
     length = bundle.tower.spec.history_length
     trained_until = bundle.trained_until
+    has_windows = b.USER_HISTORY in bundle.manifest.files
     out: list[UserVector | None] = [None] * len(user_ids)
     refresh: list[tuple[int, StoredUser, np.ndarray]] = []  # (position, user, fresh rows)
     new: list[tuple[int, np.ndarray]] = []  # (position, event rows)
@@ -119,7 +127,7 @@ def user_vectors(
             if len(event_rows):
                 new.append((j, event_rows))
             continue
-        if trained_until is None:  # v1: no window to extend
+        if trained_until is None or not has_windows:  # v1, or no user_history: no window
             seen = np.concatenate([user.seen, _event_rows(bundle, user_events, None)])
             out[j] = UserVector(Source.USER, user.vector, seen, 0)
             continue
@@ -129,19 +137,28 @@ def user_vectors(
         else:
             refresh.append((j, user, fresh))
     if refresh:
-        windows = [np.concatenate([user.window, fresh])[-length:] for _, user, fresh in refresh]
-        vectors = bundle.tower.encode_encoded(
-            windows,
-            np.stack([user.categorical for _, user, _ in refresh]),
-            np.stack([user.numeric for _, user, _ in refresh]),
-        )
+        if isinstance(bundle.tower, ItemMean):  # the stored vector moved by the events
+            vectors = bundle.tower.refresh(
+                np.stack([user.vector for _, user, _ in refresh]),
+                np.array([len(user.window) for _, user, _ in refresh], dtype=np.int64),
+                [fresh for _, _, fresh in refresh],
+            )
+        else:
+            windows = [np.concatenate([user.window, fresh])[-length:] for _, user, fresh in refresh]
+            vectors = bundle.tower.encode_encoded(
+                windows,
+                np.stack([user.categorical for _, user, _ in refresh]),
+                np.stack([user.numeric for _, user, _ in refresh]),
+            )
+        source = bundle.computed(Source.USER_EVENTS)
         for (j, user, fresh), vector in zip(refresh, vectors, strict=True):
             seen = np.concatenate([user.seen, fresh])
-            out[j] = UserVector(Source.USER_EVENTS, vector, seen, min(len(fresh), length))
+            out[j] = UserVector(source, vector, seen, min(len(fresh), length))
     if new:
         vectors = bundle.tower.encode([event_rows for _, event_rows in new])
+        source = bundle.computed(Source.EVENTS)
         for (j, event_rows), vector in zip(new, vectors, strict=True):
-            out[j] = UserVector(Source.EVENTS, vector, event_rows, min(len(event_rows), length))
+            out[j] = UserVector(source, vector, event_rows, min(len(event_rows), length))
     return out
 
 

@@ -34,7 +34,8 @@ async def prometheus_metrics(app: AppStateDep) -> Response:
 
 @router.get("/v1/model", response_model=ModelInfo, responses=ERRORS, tags=["model"])
 async def model_info(bundle: BundleDep) -> Response:
-    """The bundle being served: id, dims, counts, index and trainer metrics."""
+    """The bundle being served: id, dims, counts, index and trainer metrics, or where its
+    imported vectors came from."""
     m = bundle.manifest
     return model_response(
         bundle,
@@ -47,6 +48,9 @@ async def model_info(bundle: BundleDep) -> Response:
             "trainer_metrics": m.trainer.get("metrics", {}),
             "item_attributes": (None if bundle.attributes is None else bundle.attributes.schema()),
             "columns": m.trainer.get("columns"),
+            "metric": m.metric,
+            "history_rule": None if m.history_rule is None else m.history_rule.model_dump(),
+            "source": None if m.source is None else m.source.model_dump(),
         },
     )
 

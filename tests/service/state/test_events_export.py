@@ -181,7 +181,7 @@ def test_export_from_a_cluster_merges_every_writers_log(
     events = [Event(i % 3, i, 1_700_000_000.0 + i) for i in range(40)]
 
     async def write() -> None:
-        stores = [open_store(url) for _ in range(8)]
+        stores = [open_store(url, write_timeout_s=5.0) for _ in range(8)]  # a loaded machine
         try:
             for i, event in enumerate(events):
                 await stores[i % 8].add([event])
