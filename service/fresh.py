@@ -32,7 +32,7 @@ import numpy as np
 from recall.index.ids import ExternalId
 from recall.index.item_mean import ItemMean
 from recall.service import recaller as core
-from recall.service.domain_errors import UnknownId, clip
+from recall.service.domain_errors import StateDown, UnknownId, clip
 from recall.service.recaller import RecallQuery, RecallResult, ServingBundle, Source
 
 __all__ = [
@@ -166,7 +166,7 @@ def recall_user(
     among the items its filter and the availability of ``masks`` allow,
     minus ``shown`` (item ids of recent impressions, when the request asked) and, unless
     ``exclude_seen`` is false, the items the user has seen. ``store_read`` False (the
-    store could not be read): a 404 says that the user's events were not consulted."""
+    store could not be read) and a user the bundle lacks: StateDown (503), not a 404."""
     if query.user_id is None:
         raise ValueError("recall_user answers user_id queries")
     core.check_k(query.k, max_k)
@@ -175,9 +175,13 @@ def recall_user(
     exclude = bundle.item_ids.rows(dropped) if dropped else np.zeros(0, np.int64)
     exclude = exclude[exclude >= 0]
     if user is None:
+        if query.fallback != "popular" and not store_read:  # their events may exist
+            raise StateDown(
+                f"user_id {clip(query.user_id)} is not in the bundle and the state store "
+                "is unavailable, so their events could not be read; retry later"
+            )
         if query.fallback != "popular":
-            unread = "" if store_read else " (the state store is unavailable: events not read)"
-            raise UnknownId(f"unknown user_id {clip(query.user_id)}{unread}")
+            raise UnknownId(f"unknown user_id {clip(query.user_id)}")
         answer = core.answer(bundle, query.k, Source.POPULAR, None, exclude, allowed)
         return FreshRecall(answer, 0)
     if query.exclude_seen is not False:

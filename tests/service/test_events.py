@@ -380,10 +380,13 @@ def _store_down_checks(
         json={"requests": [{"user_id": user_id, "k": 2}, {"vector": [0.1] * bundle.dim}]},
     )
     assert [r["fresh"] for r in batch.json()["results"]] == [False, True]  # vector: no store
-    unknown = c.post("/v1/recall", json={"user_id": "nobody-at-all"})
-    assert unknown.status_code == 404 and "events not read" in unknown.json()["error"]["message"]
+    unknown = c.post("/v1/recall", json={"user_id": "nobody-at-all"})  # may have events
+    assert unknown.status_code == 503 and unknown.headers["retry-after"] == "1"
+    assert unknown.json()["error"]["code"] == "state_unavailable"
+    popular = c.post("/v1/recall", json={"user_id": "nobody-at-all", "fallback": "popular"})
+    assert popular.status_code == 200 and popular.json()["source"] == "popular"
     down = c.post("/v1/events", json={"events": [{"user_id": user_id, "item_id": 1}]})
-    assert down.status_code == 503
+    assert down.status_code == 503 and down.headers["retry-after"] == "1"
     assert down.json()["error"]["code"] == "state_unavailable"
     metrics = c.get("/metrics").text
     assert metric(metrics, 'recall_events_total{result="unavailable"}') >= 1
