@@ -423,13 +423,15 @@ def verify_file(bundle: Path, manifest: Manifest, name: str) -> Path:
 
 
 def load_array(bundle: Path, manifest: Manifest, name: str, *, mmap: bool = False) -> np.ndarray:
-    """Load a verified ``.npy`` file (memory-mapped read-only when ``mmap``)."""
+    """Load a verified ``.npy`` file (memory-mapped read-only when ``mmap``: a plain,
+    read-only ``np.ndarray`` view of the map, as :func:`map_arrays` gives; the
+    ``np.memmap`` subclass would run Python code on every slice of the serving path)."""
     path = verify_file(bundle, manifest, name)
     try:
         array: np.ndarray = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except ValueError as e:
         raise BundleError(f"{bundle}: {name} is not a plain numpy array: {e}") from None
-    return array
+    return array.view(np.ndarray) if mmap else array
 
 
 def load_arrays(bundle: Path, manifest: Manifest, name: str) -> dict[str, np.ndarray]:

@@ -103,7 +103,8 @@ class RecallCore:
             result = recaller.recall_plain(bundle, query, self.max_k, masks)
             return self._answer(bundle, result, 0, True, with_attributes)
         user_id = bundle.user_ids.canonical(query.user_id)
-        query = replace(query, user_id=user_id)
+        if type(user_id) is not type(query.user_id) or user_id != query.user_id:
+            query = replace(query, user_id=user_id)
         state = state or UserState.empty(1)
         user = user_vectors(bundle, [user_id], state.events, state.users)[0]
         return self._recall_user(bundle, query, user, state, with_attributes, masks)

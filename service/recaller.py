@@ -467,8 +467,8 @@ def vectors_of(
     ids, vectors = _table(bundle, kind)
     rows = ids.rows(ids_)
     found = rows >= 0
-    if found.all():  # a plain ndarray (not a memmap subclass, which orjson refuses)
-        return np.asarray(vectors).take(rows, axis=0), found
+    if found.all():
+        return vectors.take(rows, axis=0), found
     out = np.full((len(rows), bundle.dim), np.nan, dtype=np.float32)
     out[found] = vectors[rows[found]]
     return out, found
