@@ -98,3 +98,17 @@ def redis_server(directory: Path, *, appendonly: bool = False) -> Iterator[Redis
         yield server
     finally:
         server.kill()
+
+
+def load_users(url: str, bundle: Path) -> None:
+    """Load the users of bundle directory ``bundle`` into the Redis at ``url`` (what
+    ``recall publish --state-url`` does before switching CURRENT), so that a replica on
+    that Redis serves the bundle."""
+    from recall.index.verify import verify_bundle
+    from recall.service.state.users import UserLoader
+
+    loader = UserLoader(url)
+    try:
+        loader.load(verify_bundle(bundle))
+    finally:
+        loader.close()

@@ -744,9 +744,16 @@ def _exported(url: str) -> list[tuple[int, int, float]]:
 def _two_replicas_behind_nginx(
     processes: Processes, nginx: str, tmp_path: Path, root: Path, bundle_id: str, state_url: str
 ) -> tuple[list[str], str]:
-    """Two ``recall serve`` replicas of ``root`` with RECALL_STATE_URL ``state_url``, behind
-    the real nginx (its prefix ``tmp_path/nginx``), all ready on ``bundle_id``: (the
-    replicas' base URLs, nginx's)."""
+    """Two ``recall serve`` replicas of ``root`` with RECALL_STATE_URL ``state_url`` (Redis:
+    the bundle published again with it, which loads its users), behind the real nginx (its
+    prefix ``tmp_path/nginx``), all ready on ``bundle_id``: (the replicas' base URLs,
+    nginx's)."""
+    if state_url.startswith("redis"):  # the users live in the store: publish loads them
+        subprocess.run(
+            [str(VENV_BIN / "recall"), "publish", str(root / bundle_id), "--state-url", state_url],
+            check=True,
+            timeout=120,
+        )
     ports = [free_port(), free_port()]
     replicas = [f"http://127.0.0.1:{p}" for p in ports]
     for i, port in enumerate(ports):

@@ -1,7 +1,7 @@
 """A shard of the Redis Cluster killed under HTTP traffic (a real uvicorn server on the
-session's six-node cluster): recall keeps answering, only the dead shard's users lose
-their fresh events (``fresh: false``), and after the failover everything answers again
-with no restart."""
+session's six-node cluster, the bundle's users loaded into it): recall keeps answering,
+only the dead shard's users are unavailable (503, or the popular list when asked: their
+records live there), and after the failover everything answers again with no restart."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from recall.service.recaller import ServingBundle
 from recall.service.state.redis_client import user_key
 from tests.live import live_server, settings
 from tests.redis_cluster import RedisCluster
+from tests.redis_server import load_users
 from tests.service.test_events import metric, post_events, recall, unseen_items, user
 
 
@@ -38,6 +39,7 @@ def test_a_shard_killed_under_traffic(published_root: Path, shared_cluster: Redi
     cluster = shared_cluster
     cluster.flush()
     bundle = ServingBundle.load(published_root / (published_root / CURRENT).read_text().strip())
+    load_users(cluster.url(), bundle.path)
     down_row, down_user, up_row, up_user = _two_users(bundle, cluster)
     port = cluster.master_of(user_key(down_user, b"r"))
     app = create_app(settings(published_root, state_url=cluster.url(), state_timeout_s=0.05))
@@ -48,7 +50,8 @@ def test_a_shard_killed_under_traffic(published_root: Path, shared_cluster: Redi
         with httpx.Client(base_url=base, timeout=10) as c:
             while not stop.is_set():
                 for u in (down_user, up_user):
-                    statuses.append(c.post("/v1/recall", json={"user_id": u, "k": 5}).status_code)
+                    body = {"user_id": u, "k": 5, "fallback": "popular"}
+                    statuses.append(c.post("/v1/recall", json=body).status_code)
 
     with live_server(app) as base, httpx.Client(base_url=base, timeout=10) as c:
         for row, u in ((down_row, down_user), (up_row, up_user)):
@@ -62,9 +65,12 @@ def test_a_shard_killed_under_traffic(published_root: Path, shared_cluster: Redi
             killed_at = time.monotonic()
             for _ in range(3):
                 started = time.perf_counter()
-                body = recall(c, user_id=down_user, k=5)
+                down = c.post("/v1/recall", json={"user_id": down_user, "k": 5})
                 assert time.perf_counter() - started < 0.5  # within the read bound
-                assert body["fresh"] is False and body["source"] == "user"
+                assert down.status_code == 503, down.text
+                assert down.json()["error"]["code"] == "state_unavailable"
+                body = recall(c, user_id=down_user, k=5, fallback="popular")
+                assert body["fresh"] is False and body["source"] == "popular"
                 other = recall(c, user_id=up_user, k=5)
                 assert other["fresh"] is True and other["fresh_events"] == 2
             similar = c.get(f"/v1/items/{bundle.item_ids.ids[0].item()}/similar")
@@ -78,11 +84,11 @@ def test_a_shard_killed_under_traffic(published_root: Path, shared_cluster: Redi
             down = c.post("/v1/events", json={"events": [{"user_id": down_user, "item_id": 1}]})
             assert down.status_code == 503
             assert down.json()["error"]["code"] == "state_unavailable"
-            errors = metric(c.get("/metrics").text, 'recall_state_errors_total{op="recent"}')
+            errors = metric(c.get("/metrics").text, 'recall_state_errors_total{op="users"}')
             assert errors >= 3
             # The replica takes over: the same server answers fresh again, nothing lost.
             while True:
-                body = recall(c, user_id=down_user, k=5)
+                body = recall(c, user_id=down_user, k=5, fallback="popular")
                 if body["fresh"]:
                     break
                 assert time.monotonic() - killed_at < 20, "no failover within 20 s"
