@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -30,6 +32,20 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 logger = logging.getLogger(__name__)
+
+
+class PeerLost(RuntimeError):
+    """A collective failed: another rank died, or did not answer within the timeout."""
+
+
+@contextmanager
+def _collective(what: str) -> Iterator[None]:
+    """Turn a failed collective (gloo and NCCL raise plain RuntimeErrors) into PeerLost."""
+    try:
+        yield
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PeerLost(f"{what} failed: {first}") from e
 
 
 @dataclass(frozen=True)
@@ -126,7 +142,8 @@ def rank_seed(seed: int, ranks: Ranks) -> int:
 
 def all_sum(values: Tensor) -> Tensor:
     """``values`` summed over the ranks (in place; returned for chaining)."""
-    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    with _collective("all-reduce"):
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
 
 
@@ -155,7 +172,7 @@ def sum_gradients(dense: list[nn.Parameter], sparse: list[nn.Parameter], extra: 
 def _empty_sparse(p: nn.Parameter) -> Tensor:
     rows = torch.zeros((1, 0), dtype=torch.int64, device=p.device)
     values = torch.zeros((0, *p.shape[1:]), dtype=p.dtype, device=p.device)
-    return torch.sparse_coo_tensor(rows, values, p.shape)
+    return torch.sparse_coo_tensor(rows, values, p.shape, check_invariants=False)
 
 
 def _gather_sparse(grad: Tensor) -> Tensor:
@@ -166,7 +183,8 @@ def _gather_sparse(grad: Tensor) -> Tensor:
     world = dist.get_world_size()
     size = torch.tensor([len(rows)], device=rows.device)
     sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
+    with _collective("all-gather of sparse gradient sizes"):
+        dist.all_gather(sizes, size)
     longest = int(max(int(s) for s in sizes))
     padded_rows = torch.zeros(longest, dtype=rows.dtype, device=rows.device)
     padded_rows[: len(rows)] = rows
@@ -176,12 +194,14 @@ def _gather_sparse(grad: Tensor) -> Tensor:
     padded_values[: len(rows)] = values
     all_rows = [torch.empty_like(padded_rows) for _ in range(world)]
     all_values = [torch.empty_like(padded_values) for _ in range(world)]
-    dist.all_gather(all_rows, padded_rows)
-    dist.all_gather(all_values, padded_values)
+    with _collective("all-gather of sparse gradients"):
+        dist.all_gather(all_rows, padded_rows)
+        dist.all_gather(all_values, padded_values)
     kept = [int(s) for s in sizes]
     rows = torch.cat([r[:k] for r, k in zip(all_rows, kept, strict=True)])
     values = torch.cat([v[:k] for v, k in zip(all_values, kept, strict=True)])
-    return torch.sparse_coo_tensor(rows.unsqueeze(0), values, grad.shape)
+    # rows come from coalesced gradients: in range by construction, no check needed
+    return torch.sparse_coo_tensor(rows.unsqueeze(0), values, grad.shape, check_invariants=False)
 
 
 def gather_states(state: Tensor, device: torch.device) -> list[Tensor]:
@@ -191,5 +211,6 @@ def gather_states(state: Tensor, device: torch.device) -> list[Tensor]:
         return [state]
     moved = state.to(device)
     out = [torch.empty_like(moved) for _ in range(dist.get_world_size())]
-    dist.all_gather(out, moved)
+    with _collective("all-gather of RNG states"):
+        dist.all_gather(out, moved)
     return [t.cpu() for t in out]

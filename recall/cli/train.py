@@ -69,6 +69,8 @@ def add_parser(sub: Subcommands) -> None:
 def run(args: argparse.Namespace) -> int:
     from torch.distributed import DistError
 
+    from recall.trainer.distributed import PeerLost
+
     if args.checkpoint_steps is not None and args.checkpoint_steps < 1:
         raise ValueError(f"--checkpoint-steps must be at least 1, got {args.checkpoint_steps}")
     if args.collective_timeout <= 0:
@@ -84,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             checkpoint_steps=args.checkpoint_steps,
             collective_timeout=args.collective_timeout,
         )
-    except DistError as e:  # another rank died or hung: this one stops, nothing is written
+    except (PeerLost, DistError) as e:  # another rank died or hung: stop, write nothing
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         logger.error(
             "recall train: lost the other ranks (%s); no bundle was written; `recall train "

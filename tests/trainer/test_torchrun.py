@@ -40,18 +40,24 @@ DEADLINE_S = 120  # generous: two ranks share two busy cores
 
 
 def _torchrun(
-    data: Path, out: Path, config: Path, *extra: str, nproc: int = 2
+    data: Path,
+    out: Path,
+    config: Path,
+    *extra: str,
+    nnodes: int = 1,
+    nproc: int = 2,
+    endpoint: str | None = None,
 ) -> subprocess.Popen[str]:
     command = [
         str(BIN / "torchrun"),
         "--nnodes",
-        "1",
+        str(nnodes),
         "--nproc-per-node",
         str(nproc),
         "--rdzv-backend",
         "c10d",
         "--rdzv-endpoint",
-        f"127.0.0.1:{free_port()}",
+        endpoint or f"127.0.0.1:{free_port()}",
         "--no-python",
         str(BIN / "recall"),
         "train",
@@ -141,13 +147,13 @@ def test_sampled_softmax_on_two_ranks_writes_a_verified_bundle(uninterrupted: Pa
     assert metrics["valid_hr@50"] > 2 * metrics["popularity"]["valid_hr@50"]
 
 
-def _worker(launcher: int, rank: int) -> int:
-    """The pid of ``launcher``'s child with RANK=``rank`` in its environment."""
+def _worker(launcher: int, rank: int) -> int | None:
+    """The pid of ``launcher``'s child with RANK=``rank`` in its environment, or None."""
     for child in Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split():
         environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
         if f"RANK={rank}".encode() in environ:
             return int(child)
-    raise LookupError(f"no rank {rank} under {launcher}")
+    return None
 
 
 def _when_checkpointed(root: Path, process: subprocess.Popen[str]) -> None:
@@ -163,36 +169,49 @@ def _when_checkpointed(root: Path, process: subprocess.Popen[str]) -> None:
 @pytest.fixture
 def killed_rank(
     synthetic_dir: Path, configs: dict[str, Path], tmp_path: Path
-) -> Iterator[tuple[Path, float, int, str]]:
-    """A 2-rank run whose rank 1 was SIGKILLed after the first checkpoint: (root, seconds
-    from the kill to the launcher's exit, its exit code, its stderr)."""
-    process = _torchrun(synthetic_dir, tmp_path, configs["sampled"], "--checkpoint-steps", "10")
+) -> Iterator[tuple[Path, float, list[int], str]]:
+    """Two nodes (two torchrun agents of one process each, one rendezvous) whose rank 1
+    was SIGKILLed after the first checkpoint: (root, seconds from the kill until both
+    agents exited, their exit codes, the stderr of rank 0's agent)."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    config, every = configs["sampled"], ("--checkpoint-steps", "10")
+    agents = [
+        _torchrun(synthetic_dir, tmp_path, config, *every, nnodes=2, nproc=1, endpoint=endpoint)
+        for _ in range(2)
+    ]
     try:
-        _when_checkpointed(tmp_path, process)
-        os.kill(_worker(process.pid, 1), signal.SIGKILL)
+        _when_checkpointed(tmp_path, agents[0])
+        rank0 = next(a for a in agents if _worker(a.pid, 0) is not None)
+        rank1 = next(pid for a in agents if (pid := _worker(a.pid, 1)) is not None)
+        os.kill(rank1, signal.SIGKILL)
         killed = time.monotonic()
-        code, _, err = _finish(process)
-        yield tmp_path, time.monotonic() - killed, code, err
+        finished = {id(a): _finish(a) for a in agents}
+        seconds = time.monotonic() - killed
+        codes = [finished[id(a)][0] for a in agents]
+        yield tmp_path, seconds, codes, finished[id(rank0)][2]
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        for agent in agents:
+            if agent.poll() is None:
+                agent.kill()
+                agent.communicate()
 
 
 def test_a_rank_killed_mid_epoch_fails_the_job_in_bounded_time_and_writes_nothing(
-    killed_rank: tuple[Path, float, int, str],
+    killed_rank: tuple[Path, float, list[int], str],
 ) -> None:
-    root, seconds, code, err = killed_rank
-    assert code != 0
+    root, seconds, codes, rank0_err = killed_rank
+    assert all(code != 0 for code in codes)
     assert seconds < 60
-    assert "Signal 9 (SIGKILL)" in err or "lost the other ranks" in err
+    # The survivor says what happened, in one line, before it exits.
+    assert "recall train: lost the other ranks" in rank0_err
+    assert "no bundle was written" in rank0_err
     assert _bundles(root) == []
     state = ckpt.load(ckpt.checkpoint_path(root))  # the last checkpoint stays valid
     assert state["world_size"] == 2
 
 
 def test_resume_after_a_kill_writes_the_uninterrupted_bundle(
-    killed_rank: tuple[Path, float, int, str],
+    killed_rank: tuple[Path, float, list[int], str],
     uninterrupted: Path,
     synthetic_dir: Path,
     configs: dict[str, Path],
