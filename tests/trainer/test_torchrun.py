@@ -210,6 +210,36 @@ def test_a_rank_killed_mid_epoch_fails_the_job_in_bounded_time_and_writes_nothin
     assert state["world_size"] == 2
 
 
+def test_a_hung_rank_fails_the_others_after_the_collective_timeout(
+    synthetic_dir: Path, configs: dict[str, Path], tmp_path: Path
+) -> None:
+    process = _torchrun(
+        synthetic_dir,
+        tmp_path,
+        configs["sampled"],
+        "--checkpoint-steps",
+        "10",
+        "--collective-timeout",
+        "5",
+    )
+    try:
+        _when_checkpointed(tmp_path, process)
+        rank1 = _worker(process.pid, 1)
+        assert rank1 is not None
+        os.kill(rank1, signal.SIGSTOP)  # alive, holding its sockets, never answering
+        stopped = time.monotonic()
+        code, _, err = _finish(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert code != 0
+    assert time.monotonic() - stopped < 5 + 60  # the timeout, then torchrun's own cleanup
+    assert "recall train: lost the other ranks" in err
+    assert _bundles(tmp_path) == []
+    ckpt.load(ckpt.checkpoint_path(tmp_path))
+
+
 def test_resume_after_a_kill_writes_the_uninterrupted_bundle(
     killed_rank: tuple[Path, float, list[int], str],
     uninterrupted: Path,
