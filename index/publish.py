@@ -34,7 +34,7 @@ from pathlib import Path
 
 from recall.index import bundle as b
 from recall.index.current import BUNDLE_ID, CURRENT, inspect_current, read_current
-from recall.index.verify import verify_bundle
+from recall.index.verify import VerifiedBundle, verify_bundle
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ __all__ = [
     "read_current",
     "retain",
     "verify_bundle",
+    "verify_or_refuse",
 ]
 
 
@@ -93,7 +94,7 @@ def publish(bundle: Path, *, keep: int = 3, stale_hours: float = 24.0) -> list[P
     if not BUNDLE_ID.fullmatch(bundle.name):
         raise b.BundleError(f"{bundle}: not a bundle directory name")
     with bundle_lock(bundle), _dir_lock(root, "a publish to this root"):
-        _verify(bundle)
+        verify_or_refuse(bundle)
         previous = inspect_current(root)  # may be unreadable: publishing repairs that
         if previous.bundle_id == bundle.name:
             logger.info("%s is already CURRENT: nothing to switch", bundle)
@@ -108,10 +109,10 @@ def publish(bundle: Path, *, keep: int = 3, stale_hours: float = 24.0) -> list[P
             return []
 
 
-def _verify(bundle: Path) -> None:
+def verify_or_refuse(bundle: Path) -> VerifiedBundle:
     """:func:`verify_bundle`, with any failure a :class:`~recall.index.bundle.BundleError`."""
     try:
-        verify_bundle(bundle)
+        return verify_bundle(bundle)
     except b.BundleError:
         raise
     except Exception as e:  # a loader's own error on content that passed its checksum

@@ -15,6 +15,9 @@ every replica loads, and the other way round. The rules:
   starts at 0, never decreases, ends at ``len(indices)``; indices are item rows in
   ``[0, n_items)``;
 - ``user_tower``: a valid tower whose width is ``dim - 1`` and whose catalog is n_items;
+  a bundle without one (``recall import``) has the manifest's ``history_rule`` instead,
+  and its history encoder is :class:`recall.index.item_mean.ItemMean`;
+- ``metric`` cosine: every user and item vector has unit norm (within 1e-3);
 - ``user_history`` (schema_version 2, which has it and ``trained_until``; version 1 has
   neither): :meth:`recall.index.history.UserHistory.from_arrays` (shapes vs counts, CSR, windows
   no longer than the tower's ``history_length``, item rows in range, timestamps finite,
@@ -46,6 +49,7 @@ from recall.index.attributes import ItemAttributes
 from recall.index.current import BUNDLE_ID
 from recall.index.history import UserHistory
 from recall.index.ids import IdMap
+from recall.index.item_mean import HistoryEncoder, ItemMean
 from recall.index.search import ItemIndex, check_vectors, max_row_norm, row_norms
 from recall.index.tower import FLOAT32_MAX, UserTower
 
@@ -69,7 +73,7 @@ class VerifiedBundle:
     user_vectors: npt.NDArray[np.float32]  # (n_users, dim)
     seen_indptr: npt.NDArray[np.integer]  # (n_users + 1,)
     seen_items: npt.NDArray[np.integer]  # (nnz,) item rows
-    tower: UserTower
+    tower: HistoryEncoder  # the user tower, or the item mean of a bundle without one
     popularity: npt.NDArray[np.float32]  # (n_items,) training interactions per item
     index: ItemIndex  # holds item_vectors (n_items, dim) float32 as ``index.items``
     history: UserHistory | None  # schema_version 2: each user's training window + features
@@ -100,10 +104,13 @@ def verify_bundle(bundle: Path) -> VerifiedBundle:
     user_vectors = b.load_array(bundle, manifest, b.USER_VECTORS, mmap=True)
     check_vectors(bundle, b.USER_VECTORS, user_vectors, n_users, dim)
     indptr, indices = _seen(bundle, manifest, n_users, n_items)
-    tower = _tower(bundle, manifest)
+    index = ItemIndex.load(bundle, manifest)  # item vectors + index.faiss, all checked
+    tower = _history_encoder(bundle, manifest, index.items)
     history = _history(bundle, manifest, tower)
     attributes = _attributes(bundle, manifest)
-    index = ItemIndex.load(bundle, manifest)  # item vectors + index.faiss, all checked
+    if manifest.metric == "cosine":
+        _check_unit_norms(bundle, b.ITEM_VECTORS, index.items)
+        _check_unit_norms(bundle, b.USER_VECTORS, user_vectors)
     _check_score_range(bundle, user_vectors, index.items, tower, history)
     _check_metadata(bundle, manifest)
     return VerifiedBundle(
@@ -170,6 +177,28 @@ def _seen(
     return indptr, indices
 
 
+def _history_encoder(
+    bundle: Path, manifest: b.Manifest, item_vectors: npt.NDArray[np.float32]
+) -> HistoryEncoder:
+    """The one place that chooses how this bundle turns a history into a query vector:
+    its trained user tower, or (a bundle without one) the rule of its ``history_rule``."""
+    rule = manifest.history_rule
+    if rule is None:
+        return _tower(bundle, manifest)
+    return ItemMean(item_vectors, rule.history_length, normalize=manifest.metric == "cosine")
+
+
+def _check_unit_norms(bundle: Path, name: str, vectors: npt.NDArray[np.float32]) -> None:
+    """A cosine bundle's vectors (n, dim) have unit norm (within 1e-3)."""
+    off = np.abs(row_norms(vectors) - 1.0) > 1e-3
+    if off.any():
+        first = int(np.flatnonzero(off)[0])
+        raise b.BundleError(
+            f"{bundle}: the metric is cosine but {name} has {int(off.sum())} row(s) not of "
+            f"unit norm (first: row {first})"
+        )
+
+
 def _tower(bundle: Path, manifest: b.Manifest) -> UserTower:
     arrays = b.load_arrays(bundle, manifest, b.USER_TOWER)
     try:
@@ -185,7 +214,7 @@ def _tower(bundle: Path, manifest: b.Manifest) -> UserTower:
     return tower
 
 
-def _history(bundle: Path, manifest: b.Manifest, tower: UserTower) -> UserHistory | None:
+def _history(bundle: Path, manifest: b.Manifest, tower: HistoryEncoder) -> UserHistory | None:
     """``user_history.npz`` of a schema_version 2 bundle, checked; None for version 1."""
     if manifest.schema_version == 1:
         return None
@@ -232,7 +261,7 @@ def _check_score_range(
     bundle: Path,
     user_vectors: npt.NDArray[np.float32],
     item_vectors: npt.NDArray[np.float32],
-    tower: UserTower,
+    tower: HistoryEncoder,
     history: UserHistory | None,
 ) -> None:
     """Every query vector the bundle itself makes scores within float32, by the service's

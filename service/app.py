@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager, suppress
 import faiss
 from fastapi import FastAPI
 
+from recall.index.roots import S3Location
 from recall.service.app_state import AppState
 from recall.service.availability import Availability
 from recall.service.deps import app_state_of
@@ -31,7 +32,7 @@ from recall.service.limits import BodyLimitMiddleware
 from recall.service.metrics import Metrics, MetricsMiddleware
 from recall.service.parent_watch import die_with_parent
 from recall.service.pool import SearchPool
-from recall.service.reloader import BundleHolder
+from recall.service.reloader import BundleHolder, BundleSource, LocalSource
 from recall.service.routes import admin, console, events, items, operations, recall, vectors
 from recall.service.settings import Settings
 from recall.service.state import StoreUnavailable, open_store
@@ -52,9 +53,8 @@ def create_app(settings: Settings) -> FastAPI:
         docs_url=None,  # service.docs serves /docs from the package, not from a CDN
         redoc_url=None,
     )
-    app.state.recall = AppState(
-        settings, metrics, BundleHolder(settings.root, metrics), SearchPool(settings.search_threads)
-    )
+    holder = BundleHolder(bundle_source(settings), metrics)
+    app.state.recall = AppState(settings, metrics, holder, SearchPool(settings.search_threads))
     # Middleware, innermost first: the error catch-all (so metrics counts the 500), HEAD
     # as GET (counted as HEAD), the body limit, the metrics.
     install_error_handlers(app)
@@ -68,6 +68,17 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(group.router)
     app.mount(console.ASSETS_PATH, console.ConsoleAssets(), name="console-assets")
     return app
+
+
+def bundle_source(settings: Settings) -> BundleSource:
+    """The local root read in place, or an s3:// root through the download cache."""
+    if not isinstance(settings.root, S3Location):
+        return LocalSource(settings.root)
+    from recall.index.roots import S3Root
+    from recall.service.bundle_cache import S3CachedSource
+
+    assert settings.cache_dir is not None  # Settings refuses an s3:// root without one
+    return S3CachedSource(S3Root(settings.root), settings.cache_dir, settings.cache_keep)
 
 
 @asynccontextmanager

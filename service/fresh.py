@@ -13,6 +13,11 @@ timestamp)`` pairs, oldest first) and hands them here with the bundle:
   without features -- source ``events``;
 - otherwise: no vector (404, or the popular fallback).
 
+A bundle without a user tower (``recall import``) computes these vectors by its item-mean
+rule instead (:mod:`recall.index.item_mean`: the mean of the items' vectors; a known user's
+stored vector is blended with the fresh events' items); the sources then end in
+``:item-mean``.
+
 Ids from clients and from the store go through :meth:`IdMap.canonical` first, so ``"7"`` and
 ``7`` name the same user or item of an int-typed bundle (as :class:`IdMap` matches them).
 """
@@ -25,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from recall.index.ids import ExternalId
+from recall.index.item_mean import ItemMean
 from recall.service import recaller as core
 from recall.service.domain_errors import UnknownId, clip
 from recall.service.recaller import RecallQuery, RecallResult, ServingBundle, Source
@@ -112,20 +118,30 @@ def user_vectors(
         else:
             refresh.append((j, row, fresh))
     if refresh and history is not None:
-        windows = [
-            np.concatenate([history.window(row)[0], fresh])[-length:] for _, row, fresh in refresh
-        ]
         user_rows = np.array([row for _, row, _ in refresh], dtype=np.int64)
-        vectors = bundle.tower.encode_encoded(
-            windows, history.categorical[user_rows], history.numeric[user_rows]
-        )
+        if isinstance(bundle.tower, ItemMean):  # the stored vector moved by the events
+            vectors = bundle.tower.refresh(
+                bundle.user_vectors[user_rows],
+                np.diff(history.indptr)[user_rows],
+                [fresh for _, _, fresh in refresh],
+            )
+        else:
+            windows = [
+                np.concatenate([history.window(row)[0], fresh])[-length:]
+                for _, row, fresh in refresh
+            ]
+            vectors = bundle.tower.encode_encoded(
+                windows, history.categorical[user_rows], history.numeric[user_rows]
+            )
+        source = bundle.computed(Source.USER_EVENTS)
         for (j, row, fresh), vector in zip(refresh, vectors, strict=True):
             seen = np.concatenate([bundle.seen(row), fresh])
-            out[j] = UserVector(Source.USER_EVENTS, vector, seen, min(len(fresh), length))
+            out[j] = UserVector(source, vector, seen, min(len(fresh), length))
     if new:
         vectors = bundle.tower.encode([event_rows for _, event_rows in new])
+        source = bundle.computed(Source.EVENTS)
         for (j, event_rows), vector in zip(new, vectors, strict=True):
-            out[j] = UserVector(Source.EVENTS, vector, event_rows, min(len(event_rows), length))
+            out[j] = UserVector(source, vector, event_rows, min(len(event_rows), length))
     return out
 
 

@@ -27,6 +27,7 @@ from recall.index.attributes import AttributeFilterError, ItemAttributes
 from recall.index.filters import FilterError, compile_filter
 from recall.index.history import UserHistory
 from recall.index.ids import ExternalId, IdMap
+from recall.index.item_mean import HistoryEncoder, ItemMean
 from recall.index.search import Found, ItemIndex, Strategy, max_row_norm
 from recall.index.tower import FLOAT32_MAX, FeatureError, FeatureValue, UserTower
 from recall.index.verify import VerifiedBundle, verify_bundle
@@ -43,6 +44,10 @@ class Source(StrEnum):
     USER_EVENTS = "user+events"  # the user's training window + newer events (service.fresh)
     EVENTS = "events"  # a user known only from events (service.fresh)
     HISTORY = "history"
+    # the same three from a bundle without a user tower, by its item-mean rule
+    USER_EVENTS_MEAN = "user+events:item-mean"
+    EVENTS_MEAN = "events:item-mean"
+    HISTORY_MEAN = "history:item-mean"
     VECTOR = "vector"
     ITEM = "item"
     POPULAR = "popular"
@@ -115,7 +120,8 @@ class ServingBundle:
         return self.verified.user_vectors
 
     @property
-    def tower(self) -> UserTower:
+    def tower(self) -> HistoryEncoder:
+        """The user tower, or the item mean of a bundle without one (``recall import``)."""
         return self.verified.tower
 
     @property
@@ -145,6 +151,14 @@ class ServingBundle:
     @property
     def dim(self) -> int:
         return self.manifest.dim
+
+    def computed(self, source: Source) -> Source:
+        """The source of a vector computed from a history (``history``, ``user+events``,
+        ``events``): its ``:item-mean`` form when the bundle has the item-mean rule
+        (:mod:`recall.index.item_mean`) instead of a user tower."""
+        if not isinstance(self.tower, ItemMean):
+            return source
+        return Source(f"{source.value}:item-mean")
 
     @cached_property
     def filters(self) -> FilterCache:
@@ -237,7 +251,7 @@ def plain_query(
             raise InvalidRequest(str(e)) from None
         if query.exclude_seen is not False:
             exclude = np.concatenate([exclude, history])
-        return Source.HISTORY, vector, exclude
+        return bundle.computed(Source.HISTORY), vector, exclude
     return Source.VECTOR, _query_vector(bundle, query.vector or ()), exclude
 
 
@@ -373,15 +387,17 @@ def similar(
     exclude: Sequence[ExternalId] = (),
     available: AllowedItems | None = None,
 ) -> RecallResult:
-    """Item-to-item neighbours by ``W_i . W_j`` (the query's bias slot is 0) among the
-    items the filter ``spec`` and ``available`` allow, the item and ``exclude`` dropped."""
+    """Item-to-item neighbours by ``W_i . W_j`` (a trained bundle's bias slot is 0 in the
+    query; imported vectors have none) among the items the filter ``spec`` and
+    ``available`` allow, the item and ``exclude`` dropped."""
     check_k(k, max_k)
     allowed = allowed_items(bundle, spec, available)
     row = bundle.item_ids.row(item_id)
     if row is None:
         raise UnknownId(f"unknown item id {clip(item_id)}")
     query = np.array(bundle.item_vectors[row], dtype=np.float32)
-    query[-1] = 0.0
+    if isinstance(bundle.tower, UserTower):
+        query[-1] = 0.0
     dropped = np.concatenate([_rows(bundle.item_ids, exclude), [row]]).astype(np.int64)
     found = _search(bundle, query[None, :], k, dropped, allowed)
     return RecallResult(

@@ -25,7 +25,7 @@ from recall.index.current import CURRENT
 from recall.service.app import create_app
 from recall.service.metrics import Metrics
 from recall.service.recaller import ServingBundle
-from recall.service.reloader import BundleHolder
+from recall.service.reloader import BundleHolder, LocalSource
 from recall.service.settings import Settings
 from tests.index.test_verify import OTHER_ID, copy_bundle, resign
 from tests.live import TOKEN, live_server
@@ -304,7 +304,7 @@ def test_a_reload_cancelled_as_it_gets_the_lock_is_cancelled(tmp_path: Path) -> 
     normally then, the poller polled on and the server's shutdown waited for it forever."""
 
     async def scenario() -> None:
-        holder = BundleHolder(tmp_path, Metrics())
+        holder = BundleHolder(LocalSource(tmp_path), Metrics())
         lock = holder._lock
         await lock.acquire()  # a reload in progress
         waiting = asyncio.create_task(holder.reload())
