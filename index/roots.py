@@ -27,14 +27,17 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from recall.index import bundle as b
 from recall.index.current import BUNDLE_ID, CURRENT, MAX_CURRENT_BYTES, CurrentState
+
+if TYPE_CHECKING:
+    from recall.index.publish import UserSink
 
 S3Client = Any  # boto3's client classes are made at run time
 logger = logging.getLogger(__name__)
@@ -72,8 +75,9 @@ class Root(Protocol):
 
     url: str
 
-    def publish(self, bundle: Path, *, keep: int) -> None:
-        """Make the local bundle directory ``bundle`` CURRENT of this root, then retain."""
+    def publish(self, bundle: Path, *, keep: int, users: UserSink | None = None) -> None:
+        """Make the local bundle directory ``bundle`` CURRENT of this root, then retain;
+        with ``users``, its users are loaded there before CURRENT changes."""
         ...
 
     def current_id(self) -> str | None:
@@ -141,7 +145,7 @@ class LocalRoot:
         self.path = Path(os.path.abspath(path))
         self.url = str(self.path)
 
-    def publish(self, bundle: Path, *, keep: int) -> None:
+    def publish(self, bundle: Path, *, keep: int, users: UserSink | None = None) -> None:
         from recall.index.publish import publish
 
         bundle = Path(os.path.abspath(bundle))
@@ -150,7 +154,7 @@ class LocalRoot:
                 f"{bundle}: not a bundle of the root {self.path} (a local root publishes "
                 "the bundles inside it)"
             )
-        publish(bundle, keep=keep)
+        publish(bundle, keep=keep, users=users)
 
     def current_id(self) -> str | None:
         from recall.index.current import read_current
@@ -246,8 +250,16 @@ class S3Root:
 
     # -- publishing -------------------------------------------------------------------
 
-    def publish(self, bundle: Path, *, keep: int, stale_hours: float = 24.0) -> None:
-        """Verify the local ``bundle``, upload it, switch CURRENT conditionally, retain."""
+    def publish(
+        self,
+        bundle: Path,
+        *,
+        keep: int,
+        users: UserSink | None = None,
+        stale_hours: float = 24.0,
+    ) -> None:
+        """Verify the local ``bundle``, upload it, load its ``users`` (when given), switch
+        CURRENT conditionally, retain (and drop the users of the bundles removed)."""
         from recall.index.publish import bundle_lock, verify_or_refuse
 
         if keep < 1:
@@ -259,9 +271,18 @@ class S3Root:
             verified = verify_or_refuse(bundle)
             seen = self._current_or_absent()
             self._upload(bundle, verified.manifest)
-            self._commit(bundle.name, seen, keep, stale_hours)
+            if users is not None:
+                users.load(verified)
+            self._commit(bundle.name, seen, keep, stale_hours, users)
 
-    def rollback(self, bundle_id: str, *, keep: int, stale_hours: float = 24.0) -> None:
+    def rollback(
+        self,
+        bundle_id: str,
+        *,
+        keep: int,
+        users: UserSink | None = None,
+        stale_hours: float = 24.0,
+    ) -> None:
         """Make the bundle ``bundle_id`` already in the bucket CURRENT again, after
         downloading and verifying it (the replicas' rule) in a temporary directory."""
         import tempfile
@@ -274,15 +295,24 @@ class S3Root:
         with tempfile.TemporaryDirectory(prefix="recall-rollback-") as tmp:
             local = Path(tmp) / bundle_id
             self.download(bundle_id, local)
-            verify_or_refuse(local)
-        self._commit(bundle_id, seen, keep, stale_hours)
+            verified = verify_or_refuse(local)
+            if users is not None:  # loaded again if they left the store
+                users.load(verified)
+        self._commit(bundle_id, seen, keep, stale_hours, users)
 
     def _current_or_absent(self) -> RemoteCurrent:
         seen = self.current()
         assert seen is not None  # an unconditional GET never answers 304
         return seen
 
-    def _commit(self, bundle_id: str, seen: RemoteCurrent, keep: int, stale_hours: float) -> None:
+    def _commit(
+        self,
+        bundle_id: str,
+        seen: RemoteCurrent,
+        keep: int,
+        stale_hours: float,
+        users: UserSink | None = None,
+    ) -> None:
         if seen.state.bundle_id == bundle_id:
             logger.info("%s/%s is already CURRENT: nothing to switch", self.url, bundle_id)
         else:
@@ -290,9 +320,15 @@ class S3Root:
             was = seen.state.bundle_id or seen.state.problem or "absent"
             logger.info("published %s/%s (CURRENT was %s)", self.url, bundle_id, was)
         try:
-            self.retain(keep, stale_hours=stale_hours)
+            removed = self.retain(keep, stale_hours=stale_hours)
         except (ObjectStoreUnavailable, b.BundleError) as e:  # CURRENT is switched: published
             logger.warning("retention failed after publishing %s: %s", bundle_id, e)
+            return
+        if users is not None:
+            try:
+                users.drop(removed)
+            except Exception:
+                logger.exception("removing the users of %s failed", removed)
 
     def _upload(self, bundle: Path, manifest: b.Manifest) -> None:
         """Every file, then the manifest; what the bucket holds already is checked, not
@@ -357,8 +393,10 @@ class S3Root:
                 raise b.BundleError(f"{where}: the manifest lists a bad file name {name[:80]!r}")
         return raw, manifest
 
-    def download(self, bundle_id: str, dest: Path) -> None:
-        """Download the bundle into the directory ``dest`` (created), the manifest last.
+    def download(self, bundle_id: str, dest: Path, skip: Collection[str] = ()) -> None:
+        """Download the bundle into the directory ``dest`` (created), the manifest last,
+        without the files named in ``skip`` (a replica whose users are in the state store
+        fetches no user file).
 
         A file already in ``dest`` with fewer bytes than the manifest says is resumed
         (a ranged GET of the rest), one with more is downloaded again; one of the right
@@ -369,7 +407,8 @@ class S3Root:
         dest.mkdir(parents=True, exist_ok=True)
         where = self.location.child(bundle_id)
         for name, entry in sorted(manifest.files.items()):
-            self._download_file(where.key(name), dest / name, entry.bytes)
+            if name not in skip:
+                self._download_file(where.key(name), dest / name, entry.bytes)
         b.replace_atomically(dest / b.MANIFEST, lambda tmp: tmp.write_bytes(raw))
 
     def _download_file(self, key: str, path: Path, size: int) -> None:

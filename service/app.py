@@ -35,7 +35,9 @@ from recall.service.pool import SearchPool
 from recall.service.reloader import BundleHolder, BundleSource, LocalSource
 from recall.service.routes import admin, console, events, items, operations, recall, vectors
 from recall.service.settings import Settings
-from recall.service.state import StoreUnavailable, open_store
+from recall.service.state import StoreUnavailable, check_url, open_store
+from recall.service.state.base import DEFAULT_WRITE_TIMEOUT_S
+from recall.service.state.users import USER_FILES, StoreUsers
 from recall.service.state_access import StateAccess
 
 logger = logging.getLogger(__name__)
@@ -78,7 +80,14 @@ def bundle_source(settings: Settings) -> BundleSource:
     from recall.service.bundle_cache import S3CachedSource
 
     assert settings.cache_dir is not None  # Settings refuses an s3:// root without one
-    return S3CachedSource(S3Root(settings.root), settings.cache_dir, settings.cache_keep)
+    skip = USER_FILES if users_in_store(settings) else ()
+    return S3CachedSource(S3Root(settings.root), settings.cache_dir, settings.cache_keep, skip)
+
+
+def users_in_store(settings: Settings) -> bool:
+    """Whether the bundles' users are served from the state store (Redis, Redis Cluster)
+    rather than from each bundle's user files (the embedded SQLite store)."""
+    return check_url(settings.state_url) != "sqlite"
 
 
 @asynccontextmanager
@@ -95,8 +104,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         retention_s=settings.events_retention_s,
         timeout_s=settings.state_timeout_s,
     )
+    users = None
+    if users_in_store(settings):
+        users = StoreUsers(
+            settings.state_url,
+            timeout_s=settings.state_timeout_s,
+            write_timeout_s=DEFAULT_WRITE_TIMEOUT_S,
+        )
+    state.holder.users = users
     state.access = StateAccess(
-        store, state.metrics, timeout_s=settings.state_timeout_s, shown_ttl_s=settings.shown_ttl_s
+        store,
+        state.metrics,
+        timeout_s=settings.state_timeout_s,
+        shown_ttl_s=settings.shown_ttl_s,
+        users=users,
     )
     availability = state.availability = Availability(state.access, settings.availability_poll_s)
     try:
@@ -118,6 +139,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.pool.shutdown()
     with suppress(StoreUnavailable):
         await store.close()
+    if users is not None:
+        await users.close()
 
 
 def create_app_from_env() -> FastAPI:

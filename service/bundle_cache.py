@@ -24,6 +24,7 @@ import fcntl
 import logging
 import os
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 
 from recall.index import bundle as b
@@ -43,12 +44,17 @@ class S3CachedSource:
     Every method blocks (call it in a thread); :meth:`inspect` and :meth:`fetch` raise
     :class:`~recall.index.roots.ObjectStoreUnavailable` when the store does not answer."""
 
-    def __init__(self, root: S3Root, cache: Path, keep: int = 2) -> None:
+    def __init__(
+        self, root: S3Root, cache: Path, keep: int = 2, skip: Collection[str] = ()
+    ) -> None:
+        """``skip``: bundle files never downloaded (the user files when the users are in
+        the state store)."""
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
         self.root = root
         self.cache = cache
         self.keep = keep
+        self.skip = skip
         self.where = root.url
         self._seen: RemoteCurrent | None = None
         cache.mkdir(parents=True, exist_ok=True)
@@ -80,7 +86,7 @@ class S3CachedSource:
                 bundle_id,
                 self.cache,
             )
-            self.root.download(bundle_id, staging)
+            self.root.download(bundle_id, staging, self.skip)
             os.rename(staging, path)
             b.fsync_path(self.cache)
         return path

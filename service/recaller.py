@@ -30,9 +30,10 @@ from recall.index.ids import ExternalId, IdMap
 from recall.index.item_mean import HistoryEncoder, ItemMean
 from recall.index.search import Found, ItemIndex, Strategy, max_row_norm
 from recall.index.tower import FLOAT32_MAX, FeatureError, FeatureValue, UserTower
-from recall.index.verify import VerifiedBundle, verify_bundle
+from recall.index.verify import UsersElsewhere, VerifiedBundle, verify_bundle
 from recall.service.domain_errors import InvalidRequest, UnknownId, clip
 from recall.service.filter_cache import FilterCache, filter_key
+from recall.service.users import RecordShape
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,9 @@ class ServingBundle:
 
     verified: VerifiedBundle
     popular_rows: np.ndarray  # (n_items,) item rows, most popular first
+    #: The shape of this bundle's user records in the state store (Redis mode: the
+    #: bundle's user files are not opened); None: the users come from the bundle's files.
+    store_records: RecordShape | None = None
 
     @property
     def id(self) -> str:
@@ -171,27 +175,40 @@ class ServingBundle:
         return max_row_norm(self.item_vectors)
 
     @classmethod
-    def load(cls, path: Path) -> ServingBundle:
+    def load(
+        cls,
+        path: Path,
+        users: tuple[UsersElsewhere, RecordShape] | None = None,
+    ) -> ServingBundle:
         """Verify (:func:`recall.index.verify.verify_bundle`: the rules publish applies), load,
-        and warm up. Raises :class:`~recall.index.bundle.BundleError` for a bundle that is not
-        servable."""
+        and warm up; ``users``: the bundle's users are in the state store (its user files
+        are not opened). Raises :class:`~recall.index.bundle.BundleError` for a bundle that
+        is not servable."""
         started = time.perf_counter()
-        verified = verify_bundle(path)
-        bundle = cls(verified, np.argsort(-verified.popularity, kind="stable"))
+        elsewhere, shape = users if users is not None else (None, None)
+        verified = verify_bundle(path, elsewhere)
+        if shape is not None and shape.dim != verified.manifest.dim:
+            raise b.BundleError(
+                f"{path}: the store's user records are {shape.dim} wide, the bundle "
+                f"{verified.manifest.dim}"
+            )
+        bundle = cls(verified, np.argsort(-verified.popularity, kind="stable"), shape)
         bundle.warm_up()
         logger.info(
-            "loaded bundle %s (%d items, %d users) in %.2f s",
+            "loaded bundle %s (%d items, %d users%s) in %.2f s",
             bundle.id,
             len(bundle.item_ids),
-            len(bundle.user_ids),
+            bundle.manifest.counts.users,
+            " in the state store" if shape is not None else "",
             time.perf_counter() - started,
         )
         return bundle
 
     def warm_up(self) -> None:
         """Run one search of each kind so the first real request pays no first-touch cost."""
-        if len(self.user_ids):
-            self.index.search(np.asarray(self.user_vectors[:1]), 10)
+        query = self.user_vectors if len(self.user_ids) else self.item_vectors
+        if len(query):
+            self.index.search(np.asarray(query[:1]), 10)
         self.tower.encode([np.zeros(1, dtype=np.int64)])
         _ = self.max_item_norm
         _ = self.filters  # made once here, not raced for by the first requests

@@ -48,6 +48,8 @@ from recall.index.roots import ObjectStoreUnavailable
 from recall.service.domain_errors import BundleNotReady, ReloadRefused
 from recall.service.metrics import Metrics
 from recall.service.recaller import ServingBundle
+from recall.service.state import StoreUnavailable
+from recall.service.state.users import StoreUsers
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +132,8 @@ class BundleHolder:
         self.store_reachable = True
         self.serving_from_cache = False
         self._lock = asyncio.Lock()
+        #: Where the bundles' users are (Redis mode: the state store; None: their files).
+        self.users: StoreUsers | None = None
         self.started_at = time.time()  # unix seconds
         self.reloads: deque[dict[str, Any]] = deque(maxlen=KEPT_RELOADS)
 
@@ -212,7 +216,11 @@ class BundleHolder:
         except Exception as e:
             raise await self._refuse(state, f"unexpected error: {e!r}", trace=True) from None
         try:
-            bundle = await asyncio.to_thread(ServingBundle.load, path)
+            bundle = await self._load(path, state.bundle_id)
+        except StoreUnavailable as e:  # the users' state store: retried at the next poll
+            raise self._failure(state, f"the state store: {e}", remember=False) from None
+        except LookupError as e:  # its users are not (all) in the store: not the bundle's fault
+            raise await self._refuse(state, str(e)) from None
         except (BundleError, OSError) as e:
             await asyncio.to_thread(self.source.refused, state.bundle_id)
             raise await self._refuse(state, str(e)) from None
@@ -221,6 +229,16 @@ class BundleHolder:
             raise await self._refuse(state, f"unexpected error: {e!r}", trace=True) from None
         return await self._serve(bundle, from_cache=False), True
 
+    async def _load(self, path: Path, bundle_id: str) -> ServingBundle:
+        """:meth:`ServingBundle.load`; in Redis mode with the users' meta read from the
+        state store first (:class:`StoreUnavailable` when it does not answer, LookupError
+        when the bundle's users are not all loaded there): the user files stay closed."""
+        users = None
+        if self.users is not None:
+            meta = await self.users.meta(bundle_id)
+            users = (meta.elsewhere, meta.shape)
+        return await asyncio.to_thread(ServingBundle.load, path, users)
+
     async def _serve(self, bundle: ServingBundle, *, from_cache: bool) -> ServingBundle:
         await asyncio.to_thread(self.source.loaded, bundle.id)
         self._current = bundle
@@ -228,7 +246,7 @@ class BundleHolder:
         self.serving_from_cache = from_cache
         self.metrics.reloads.labels("success").inc()
         self._record(bundle.id, "success")
-        self.metrics.bundle_loaded(bundle.id, len(bundle.item_ids), len(bundle.user_ids))
+        self.metrics.bundle_loaded(bundle.id, len(bundle.item_ids), bundle.manifest.counts.users)
         cached = " from the cache (the bundle store is unreachable)" if from_cache else ""
         logger.info("serving bundle %s%s", bundle.id, cached)
         return bundle
@@ -254,8 +272,8 @@ class BundleHolder:
             raise BundleNotReady("the bundle store is unreachable and no bundle is cached")
         try:
             path = await asyncio.to_thread(self.source.fetch, state.bundle_id)
-            bundle = await asyncio.to_thread(ServingBundle.load, path)
-        except (BundleError, OSError, ObjectStoreUnavailable) as e:
+            bundle = await self._load(path, state.bundle_id)
+        except (BundleError, OSError, ObjectStoreUnavailable, StoreUnavailable, LookupError) as e:
             logger.error("the cached bundle %s cannot be served: %s", state.bundle_id, e)
             raise BundleNotReady("no verified bundle is cached") from None
         if error is not None:
@@ -298,8 +316,12 @@ class BundleHolder:
         what = f"bundle {bundle_id}" if bundle_id else "CURRENT (it names no bundle id)"
         return f"{what} was refused; {serving}; the server log says why"
 
-    def _failure(self, state: CurrentState, why: str, *, trace: bool = False) -> ReloadRefused:
-        self._failed_key = state.key
+    def _failure(
+        self, state: CurrentState, why: str, *, trace: bool = False, remember: bool = True
+    ) -> ReloadRefused:
+        """Count and log a refused load; ``remember``: the poller skips this state of
+        CURRENT until it changes (False: the cause may pass, the next poll retries)."""
+        self._failed_key = state.key if remember else None
         self.metrics.reloads.labels("failure").inc()
         self._record(state.bundle_id, "failure", self._refusal(state.bundle_id))
         serving = self._current.id if self._current else "nothing"

@@ -19,13 +19,14 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from recall.index.ids import ExternalId
 from recall.service.domain_errors import StateDown
 from recall.service.fresh import UserState
 from recall.service.metrics import Metrics
 from recall.service.pool import SearchPool
+from recall.service.recaller import ServingBundle
 from recall.service.state import (
     Event,
     ReadsInThread,
@@ -33,6 +34,7 @@ from recall.service.state import (
     StoreTimeout,
     StoreUnavailable,
 )
+from recall.service.state.users import StoreUsers
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,8 @@ WRITE_GUARD_S = 5.0
 
 
 class StateAccess:
-    """Bounded, counted calls to one :class:`StateStore`."""
+    """Bounded, counted calls to one :class:`StateStore`, and to the ``users`` of the
+    bundles that keep them in the store (Redis mode)."""
 
     def __init__(
         self,
@@ -53,8 +56,10 @@ class StateAccess:
         timeout_s: float,
         shown_ttl_s: float,
         log_every_s: float = 10.0,
+        users: StoreUsers | None = None,
     ) -> None:
         self.store = store
+        self.users = users
         self.metrics = metrics
         self.timeout_s = timeout_s
         self.shown_ttl_s = shown_ttl_s
@@ -80,14 +85,17 @@ class StateAccess:
         *,
         after: float,
         with_shown: bool,
+        bundle: ServingBundle | None = None,
     ) -> T:
         """``fn(state of user_ids)`` in a search thread (:meth:`read` says what the state
         holds). A store that reads in the caller's thread (SQLite) is read in that search
         thread first, its bound starting then: one hand-off, and no queue in front of the
-        read counts against the store. Others (Redis) are read on the event loop first."""
+        read counts against the store. Others (Redis), and a ``bundle`` whose users live in
+        the store, are read on the event loop first."""
         store = self._in_thread
-        if store is None or not user_ids:
-            state = await self.read(user_ids, after=after, with_shown=with_shown)
+        users_in_store = bundle is not None and bundle.store_records is not None
+        if store is None or not user_ids or users_in_store:
+            state = await self.read(user_ids, after=after, with_shown=with_shown, bundle=bundle)
             return await pool.run(fn, state)
         return await pool.run(self._read_then, store, user_ids, fn, after, with_shown)
 
@@ -112,34 +120,47 @@ class StateAccess:
         return fn(UserState(events, shown, True))
 
     async def read(
-        self, user_ids: Sequence[ExternalId], *, after: float, with_shown: bool
+        self,
+        user_ids: Sequence[ExternalId],
+        *,
+        after: float,
+        with_shown: bool,
+        bundle: ServingBundle | None = None,
     ) -> UserState:
         """Recent interactions after ``after`` (unix seconds; ``-inf``: all the store
-        keeps) and, when ``with_shown``, impressions within the shown TTL, for each user.
-        Never raises for store trouble: returns empty lists and ``fresh=False``."""
+        keeps) and, when ``with_shown``, impressions within the shown TTL, for each user;
+        and the users themselves when ``bundle`` keeps them in the store (read at the
+        same time). Never raises for store trouble: returns empty lists and
+        ``fresh=False`` (``users_down`` when the users could not be read)."""
         n = len(user_ids)
         empty = UserState.empty(n)
         if not n:
             return empty
-        recent = self._bounded("recent", self.store.recent(user_ids, after))
-        if not with_shown:
-            events = await recent
-            if isinstance(events, Exception):
-                self._count_unfresh(events, n)
-                return UserState(empty.events, empty.shown, False)
-            return UserState(events, empty.shown, True)
-        since = time.time() - self.shown_ttl_s
-        events, shown = await asyncio.gather(
-            recent, self._bounded("shown", self.store.shown(user_ids, since))
+        calls: list[Awaitable[Any]] = [self._bounded("recent", self.store.recent(user_ids, after))]
+        if with_shown:
+            since = time.time() - self.shown_ttl_s
+            calls.append(self._bounded("shown", self.store.shown(user_ids, since)))
+        shape = None if bundle is None else bundle.store_records
+        if shape is not None and bundle is not None:
+            if self.users is None:
+                raise RuntimeError("a bundle with users in the store needs StateAccess.users")
+            calls.append(self._bounded("users", self.users.read(bundle.id, shape, user_ids)))
+        raw = await asyncio.gather(*calls)
+        errors = [r for r in raw if isinstance(r, Exception)]
+        if errors:
+            self._count_unfresh(errors[0], n)
+        replies = [None if isinstance(r, Exception) else r for r in raw]
+        events = replies[0]
+        shown = replies[1] if with_shown else empty.shown
+        users = replies[-1] if shape is not None else None
+        fresh = all(reply is not None for reply in replies)
+        return UserState(
+            events if events is not None else empty.events,
+            shown if shown is not None else empty.shown,
+            fresh,
+            users if users is not None or shape is None else [None] * n,
+            users_down=shape is not None and users is None,
         )
-        if isinstance(events, Exception):
-            self._count_unfresh(events, n)
-            shown_ = empty.shown if isinstance(shown, Exception) else shown
-            return UserState(empty.events, shown_, False)
-        if isinstance(shown, Exception):
-            self._count_unfresh(shown, n)
-            return UserState(events, empty.shown, False)
-        return UserState(events, shown, True)
 
     async def add(self, events: Sequence[Event]) -> None:
         """Store ``events`` (durable when this returns), or raise :class:`StateDown`."""
@@ -203,8 +224,9 @@ class StateAccess:
             op,
             str(error) or type(error).__name__,
             self._unlogged,
-            "recall applies the last known disabled items"
-            if op == "availability"
-            else "recall answers from the bundle alone",
+            {
+                "availability": "recall applies the last known disabled items",
+                "users": "recall by user id answers 503 (or the popular list when asked)",
+            }.get(op, "recall answers from the bundle alone"),
         )
         self._last_log, self._unlogged = now, 0

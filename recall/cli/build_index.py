@@ -37,6 +37,7 @@ def add_parser(sub: Subcommands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from recall.cli.users import user_sink
     from recall.index.build import BuildOptions, build_index
 
     options = BuildOptions(
@@ -57,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         build_index(args.bundle, options)
     if args.publish:
-        code = publish_bundle(args.bundle, args.root, keep=args.keep)
+        with user_sink(args) as users:
+            code = publish_bundle(args.bundle, args.root, keep=args.keep, users=users)
         if code != 0:
             return code
     sys.stdout.write(f"{args.bundle}\n")

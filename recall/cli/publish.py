@@ -10,8 +10,13 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from recall.cli.command import Subcommands, add_command
+from recall.cli.users import add_state_url
+
+if TYPE_CHECKING:
+    from recall.index.publish import UserSink
 
 logger = logging.getLogger("recall")
 
@@ -27,22 +32,29 @@ def add_parser(sub: Subcommands) -> None:
 
 
 def add_root_flags(parser: argparse.ArgumentParser) -> None:
-    """``--root`` and ``--keep``, shared with ``recall build-index --publish``."""
+    """``--root``, ``--keep`` and ``--state-url``, shared with ``recall build-index
+    --publish``."""
     parser.add_argument(
         "--root",
         help="publish the local bundle to this root, e.g. s3://bucket/prefix "
         "(default: the bundle's parent directory)",
     )
     parser.add_argument("--keep", type=int, default=3, help="bundles to keep (CURRENT always)")
+    add_state_url(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    return publish_bundle(args.bundle, args.root, keep=args.keep)
+    from recall.cli.users import user_sink
+
+    with user_sink(args) as users:
+        return publish_bundle(args.bundle, args.root, keep=args.keep, users=users)
 
 
-def publish_bundle(bundle: str | Path, root: str | None, *, keep: int) -> int:
+def publish_bundle(
+    bundle: str | Path, root: str | None, *, keep: int, users: UserSink | None = None
+) -> int:
     """Publish ``bundle`` to ``root`` (None: its parent; ``s3://.../<id>``: a rollback in
-    the bucket); the command's exit code."""
+    the bucket), its ``users`` loaded first when given; the command's exit code."""
     from recall.index.roots import (
         ObjectStoreUnavailable,
         PublishConflict,
@@ -57,10 +69,10 @@ def publish_bundle(bundle: str | Path, root: str | None, *, keep: int) -> int:
             if root is not None:
                 raise ValueError("--root goes with a local bundle, not an s3:// one")
             location = S3Location.parse(bundle)
-            S3Root(location.parent).rollback(location.name, keep=keep)
+            S3Root(location.parent).rollback(location.name, keep=keep, users=users)
         else:
             path = Path(bundle)
-            open_root(root or str(path.absolute().parent)).publish(path, keep=keep)
+            open_root(root or str(path.absolute().parent)).publish(path, keep=keep, users=users)
     except ObjectStoreUnavailable as e:
         logger.error("recall publish: the object store did not answer: %s", e)
         return STORE_UNAVAILABLE

@@ -42,11 +42,17 @@ def run_server(
     from recall.service.header_timeout import HeaderTimeoutProtocol
     from recall.service.metrics_dir import multiprocess_metrics_dir
     from recall.service.settings import load_settings
+    from recall.service.state import StoreUnavailable
+    from recall.service.state.redis_client import check_reachable
 
     for name, value in (("ROOT", root), ("HOST", host), ("PORT", port), ("WORKERS", workers)):
         if value is not None:
             os.environ[f"RECALL_{name}"] = str(value)
     settings = load_settings(SERVE_FLAGS)  # fail fast, before any worker starts
+    try:  # a cluster client cannot start without a slot map: a wrong URL stops here
+        check_reachable(settings.state_url, "RECALL_STATE_URL")
+    except StoreUnavailable as e:
+        raise ValueError(str(e)) from None
     logger.info(
         "serving %s on http://%s:%d (API docs at /docs), %d worker(s)",
         settings.root,

@@ -65,7 +65,12 @@ async def recall(body: RecallRequest, request: Request) -> Response:
     else:
         users = [query.user_id]
         content = await state.run_with_state(
-            app.pool, users, answer, after=fresh_after(bundle, users), with_shown=body.exclude_shown
+            app.pool,
+            users,
+            answer,
+            after=fresh_after(bundle, users),
+            with_shown=body.exclude_shown,
+            bundle=bundle,
         )
     return raw_json_response(bundle, content)
 
@@ -95,7 +100,12 @@ async def recall_batch(
     with_shown = any(isinstance(e, tuple) and e[1] for e in entries)
     respond = partial(_batch_response, app.core, bundle, entries, users)
     return await state.run_with_state(
-        app.pool, users, respond, after=fresh_after(bundle, users), with_shown=with_shown
+        app.pool,
+        users,
+        respond,
+        after=fresh_after(bundle, users),
+        with_shown=with_shown,
+        bundle=bundle,
     )
 
 

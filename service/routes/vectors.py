@@ -16,7 +16,7 @@ from recall.index.ids import ExternalId
 from recall.service.accept import NPY_MEDIA_TYPE, wants_npy
 from recall.service.core import RecallCore
 from recall.service.deps import AppStateDep, BundleDep, StateDep
-from recall.service.domain_errors import OverLimit
+from recall.service.domain_errors import OverLimit, StateDown
 from recall.service.fresh import UserState
 from recall.service.http_common import (
     BODY_ERRORS,
@@ -65,6 +65,7 @@ async def user_vector(id: PathId, app: AppStateDep, bundle: BundleDep, state: St
         partial(app.core.user_vector, bundle, users[0]),
         after=fresh_after(bundle, users),
         with_shown=False,
+        bundle=bundle,
     )
     user = found.user
     body = {
@@ -102,6 +103,7 @@ async def many_user_vectors(
         partial(_user_vectors, app.core, bundle, ids, users),
         after=fresh_after(bundle, users),
         with_shown=False,
+        bundle=bundle,
     )
     return _vectors_response(
         bundle,
@@ -126,8 +128,12 @@ def _user_vectors(
 ) -> tuple[np.ndarray, np.ndarray, list[int], bool]:
     """In a search thread: :meth:`RecallCore.user_vectors` of ``ids`` with the ``state``
     of ``users`` (the distinct ``ids``), and whether that state was read."""
-    by_user = dict(zip(users, state.events, strict=True))
-    vectors, found, fresh_events = core.user_vectors(bundle, ids, [by_user[i] for i in ids])
+    if state.users_down:
+        raise StateDown("the state store is unavailable: the users could not be read")
+    position = {user: j for j, user in enumerate(users)}
+    events = [state.events[position[i]] for i in ids]
+    stored = None if state.users is None else [state.users[position[i]] for i in ids]
+    vectors, found, fresh_events = core.user_vectors(bundle, ids, events, stored)
     return vectors, found, fresh_events, state.fresh
 
 

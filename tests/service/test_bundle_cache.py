@@ -159,3 +159,34 @@ def test_the_store_killed_mid_download_then_back(
     assert holder.store_reachable and failures(holder) == 1
     assert reload(fresh) == new.name  # the cache has it now: no second download
     assert not fresh.serving_from_cache and fresh.store_reachable
+
+
+def test_with_users_in_the_store_a_replica_downloads_no_user_file(
+    root: S3Root, tmp_path: Path
+) -> None:
+    """Redis mode on an s3:// root: the replica's cache holds every file but the user
+    files, and it serves the users from the store (what it fetches no longer grows with
+    the users)."""
+    from recall.service.state.users import USER_FILES, StoreUsers
+    from tests.redis_server import load_users, redis_server
+
+    first = bundle(tmp_path / "local", 1)
+    root.publish(first, keep=3)
+    cache = tmp_path / "cache"
+    with redis_server(tmp_path / "redis") as redis:
+        load_users(redis.url(), first)
+        holder = BundleHolder(
+            S3CachedSource(S3Root(root.location), cache, skip=USER_FILES), Metrics()
+        )
+        users = holder.users = StoreUsers(redis.url(), timeout_s=2, write_timeout_s=2)
+
+        async def served() -> str:
+            try:
+                return (await holder.reload())[0].id
+            finally:
+                await users.close()
+
+        assert asyncio.run(served()) == first.name
+    cached = {p.name for p in (cache / first.name).iterdir()}
+    assert cached == set(b.read_manifest(first).files) - set(USER_FILES) | {b.MANIFEST}
+    assert holder.current is not None and len(holder.current.user_ids) == 0

@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -171,11 +172,11 @@ def test_a_failing_load_of_any_kind_does_not_stop_the_poller(
     """An exception nobody expected (not a BundleError) is a counted failure too."""
     real = ServingBundle.load
 
-    def explode_once(path: Path) -> ServingBundle:
+    def explode_once(path: Path, users: Any = None) -> ServingBundle:
         if path.name == OTHER_ID and not getattr(explode_once, "done", False):
             explode_once.done = True  # type: ignore[attr-defined]
             raise RuntimeError("a bug in the loader")
-        return real(path)
+        return real(path, users)
 
     monkeypatch.setattr(ServingBundle, "load", staticmethod(explode_once))
     with live_server(create_app(_settings(root))) as url, httpx.Client(base_url=url) as client:
