@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,7 +38,9 @@ from typing import Any
 import numpy as np
 
 from recall.index import bundle as b
+from recall.index.attributes import ItemAttributes
 from recall.index.build import BuildOptions, build_index
+from recall.index.history import UserHistory
 from recall.index.publish import publish, read_current
 from recall.index.tower import SPEC_KEY, TowerSpec
 
@@ -225,3 +228,65 @@ def summary(section: dict[str, Any]) -> dict[str, Any]:
         "recall_target_met": recall.get("target_met"),
         "build_latency_ms": section.get("latency_ms"),
     }
+
+
+TRAINED_UNTIL = 1_700_000_000.0
+"""``trained_until`` of :func:`serving_v2`'s bundles: events after it are fresh."""
+WINDOW = 50
+FILTER_ATTRIBUTE = "decile"
+""":func:`serving_v2`'s numeric item attribute, 0..9 (~10% of the items each)."""
+
+
+def serving_v2(v1: Path, root: Path) -> Path:
+    """A schema_version 2 copy of bundle ``v1``, published under ``root`` (reused when
+    there), for the fresh-events and filter paths: big files hard-linked,
+    ``user_history.npz`` (each user's last <= 50 seen items, in time order before
+    :data:`TRAINED_UNTIL`) and ``item_attributes.npz`` (``decile``: a seeded random
+    0..9 per item) written. The stored user vectors stay those the index was tuned on, so
+    a recall of a user without fresh events searches exactly as on ``v1``."""
+    target = root / v1.name
+    if root.is_dir() and read_current(root) == v1.name:
+        return target
+    if root.exists():
+        shutil.rmtree(root)
+    target.mkdir(parents=True)
+    manifest = b.read_manifest(v1)
+    for name in manifest.files:
+        os.link(v1 / name, target / name)
+    seen = np.load(v1 / b.USER_SEEN)
+    indptr, indices = seen["indptr"], seen["indices"]
+    lengths = np.minimum(np.diff(indptr), WINDOW)
+    window_indptr = np.zeros_like(indptr)
+    np.cumsum(lengths, out=window_indptr[1:])
+    starts = np.repeat(indptr[1:] - lengths, lengths)  # each user's last `length` items
+    position = np.arange(int(lengths.sum())) - np.repeat(window_indptr[:-1], lengths)
+    n_users = len(lengths)
+    history = UserHistory(
+        indptr=window_indptr.astype(np.int64),
+        items=indices[starts + position].astype(np.int32),
+        timestamps=TRAINED_UNTIL - 86_400.0 + position.astype(np.float64),
+        categorical=np.zeros((n_users, 0), dtype=np.int64),
+        numeric=np.zeros((n_users, 0), dtype=np.float32),
+    )
+    b.save_array(target / b.USER_HISTORY, history.arrays())
+    n_items = manifest.counts.items
+    decile = np.random.default_rng(7).integers(0, 10, n_items).astype(np.float64)
+    attributes = ItemAttributes.from_raw({FILTER_ATTRIBUTE: decile}, n_items, {})
+    b.save_array(target / b.ITEM_ATTRIBUTES, attributes.arrays())
+    files = {
+        **manifest.files,
+        b.USER_HISTORY: b.file_entry(target / b.USER_HISTORY),
+        b.ITEM_ATTRIBUTES: b.file_entry(target / b.ITEM_ATTRIBUTES),
+    }
+    upgraded = b.Manifest.model_validate(
+        {
+            **manifest.model_dump(),
+            "schema_version": 2,
+            "trained_until": TRAINED_UNTIL,
+            "item_attributes": attributes.schema(),
+            "files": files,
+        }
+    )
+    b.write_json_atomic(target / b.MANIFEST, upgraded.model_dump_json())
+    publish(target)
+    return target

@@ -2,10 +2,10 @@
 
 The Lua script is kept here (written to a temp file per run) so the benchmark is one
 Python entry point. Each request asks for a uniformly random known user id
-(``0..n_users-1``) with ``k`` items; ``exclude_seen`` keeps the server default (on) unless
-``extra`` adds fields. ``delay_ms`` > 0 makes each connection wait that long after each
-response (wrk 4 ``delay()``): with ``c`` connections the rate is at most
-``c / (latency + delay)``, a crude way to hold a moderate rate without wrk2's ``-R``.
+(``first_user .. first_user + n_users - 1``) with ``k`` items; ``exclude_seen`` keeps the
+server default (on) unless ``extra`` adds fields. ``delay_ms`` > 0 makes each connection
+wait that long after each response (wrk 4 ``delay()``): with ``c`` connections the rate
+is at most ``c / (latency + delay)``, a crude way to hold a moderate rate without wrk2's ``-R``.
 The latencies are wrk's (send to last byte, microseconds), from a closed loop, so they
 do not include time a request would have waited in an open-loop queue.
 """
@@ -26,6 +26,7 @@ logger = logging.getLogger("bench.wrk")
 
 RECALL_LUA = r"""
 local n_users = tonumber(os.getenv("BENCH_USERS"))
+local first_user = tonumber(os.getenv("BENCH_FIRST_USER") or "0")
 local k = tonumber(os.getenv("BENCH_K") or "100")
 local extra = os.getenv("BENCH_EXTRA") or ""
 local delay_ms = tonumber(os.getenv("BENCH_DELAY_MS") or "0")
@@ -46,7 +47,8 @@ request = function()
   if get_path ~= "" then
     return wrk.format("GET", get_path)
   end
-  local body = '{"user_id":' .. math.random(0, n_users - 1) .. ',"k":' .. k .. extra .. '}'
+  local user = first_user + math.random(0, n_users - 1)
+  local body = '{"user_id":' .. user .. ',"k":' .. k .. extra .. '}'
   return wrk.format("POST", "/v1/recall", headers, body)
 end
 
@@ -118,6 +120,7 @@ def run_wrk(
     n_users: int,
     seconds: float,
     connections: int,
+    first_user: int = 0,
     threads: int = 1,
     k: int = 100,
     delay_ms: float = 0.0,
@@ -134,6 +137,7 @@ def run_wrk(
         env = {
             **os.environ,
             "BENCH_USERS": str(n_users),
+            "BENCH_FIRST_USER": str(first_user),
             "BENCH_K": str(k),
             "BENCH_EXTRA": extra,
             "BENCH_DELAY_MS": f"{delay_ms:g}",

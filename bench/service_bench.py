@@ -1,35 +1,42 @@
-"""Service benchmark: recall over HTTP (``recall serve`` + wrk) vs the same queries in process.
+"""Service benchmark: recall over HTTP (``recall serve`` + wrk) vs the same recalls in process.
 
-For each catalog size (default 100k and 1M items, d = 64 + bias) and index kind (Flat, and
-HNSW tuned by ``recall.index.build`` to recall@100 >= 0.95), on bundles of structured vectors
-cached under ``--cache`` (see ``bench/_bundles.py``):
+For each catalog size (default 100k and 1M items, d = 64 + bias), on a bundle of structured
+vectors with an HNSW index tuned by ``recall.index.build`` to recall@100 >= 0.95 (cached under
+``--cache``, see ``bench/_bundles.py``; made schema_version 2 by ``serving_v2``: training
+windows, a numeric item attribute ``decile``), and three loads, each k = 100, the user's
+seen items excluded (the HTTP default):
 
-1. In process, single thread (``faiss.omp_set_num_threads(1)``, the service's setting),
-   random known users, k = 100, the user's seen items excluded (the HTTP default):
-   (a) ``ItemIndex.search`` alone, (b) ``recall.service.core.RecallCore.recall`` (the whole core: id
-   lookup, seen list, search, id mapping), and (b) again on two threads.
-2. Over HTTP: ``recall serve`` (a real subprocess, uvloop + httptools) with 1 and 2
-   workers, ``wrk`` POSTing ``/v1/recall {"user_id": <random known id>, "k": 100}``:
-   requests/s, p50, p99 at saturation; then, one worker, a moderate rate (about half of
-   what one worker holds; few connections with a think time, wrk has no ``-R``).
-   The figure is HTTP requests/s / in-process queries/s, measured in the same run.
+- ``default``: a random known user without events;
+- ``events``: a random one of ``--fresh-users`` users with 10 events after the bundle's
+  training data in the SQLite state store (window + events through the tower);
+- ``filter``: a ``default`` user with ``{"decile": {"lt": 1}}``, 10% of the catalog.
+
+1. In process: ``RecallCore.recall`` (the production path the route runs in a search
+   thread, minus the store read and the JSON) on 1 and 2 threads, each with one OpenMP
+   thread (the service's setting), the user's stored events handed in for ``events``.
+2. Over HTTP: ``recall serve`` (a real subprocess, uvloop + httptools, the SQLite store)
+   with 1 and 2 workers; ``wrk`` POSTing ``/v1/recall`` at saturation (``--connections``
+   per worker): requests/s, the ratio to in process, server CPU per request from
+   ``/proc`` and what it costs beyond the in-process recall, the answers the server
+   counted ``fresh: false`` (``recall_unfresh_answers_total``); on one worker, p50/p99
+   at about half the rate it held (few connections with a think time: wrk has no
+   ``-R``), and GET /healthz (the HTTP floor).
 3. ``POST /v1/items/vectors`` with 1,000 and 10,000 ids, JSON vs ``Accept:
-   application/x-npy``: client time including decode (httpx + orjson + np.asarray, or
-   np.load), bytes.
+   application/x-npy``: client time including decode, bytes.
 4. With ``--micro-batch``: one worker, ``POST /v1/recall`` coalesced into one search per
-   batch (``bench/_batcher.py``) vs not, same load, alternated rounds (at 1M items by
-   default). Also GET /healthz on one worker: the HTTP floor.
+   batch (``bench/_batcher.py``) vs not, alternated rounds (1M items by default).
 
 The machine has 2 cores shared with wrk (and other jobs): read ratios measured side by
 side, not absolute numbers. Writes a JSON report (``--out``) and prints Markdown tables.
 
-    .venv/bin/python bench/service_bench.py --micro-batch          # everything, ~15 min
-    .venv/bin/python bench/service_bench.py --sizes 100000 --seconds 5   # quick look
+    .venv/bin/python bench/service_bench.py --out bench/results/service_bench.json   # ~10 min
+    .venv/bin/python bench/service_bench.py --sizes 100000 --seconds 5   # a quick look
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import io
 import json
@@ -41,6 +48,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -51,20 +59,33 @@ import httpx
 import numpy as np
 import orjson
 import uvicorn
-from _bundles import BenchBundle, ensure_bundle, summary
-from _machine import cpu_model
+from _bundles import (
+    FILTER_ATTRIBUTE,
+    TRAINED_UNTIL,
+    BenchBundle,
+    ensure_bundle,
+    serving_v2,
+    summary,
+)
+from _machine import machine as bench_machine
 from _server import Server, serve
 from _wrk import WrkResult, run_wrk
 
 from recall.index import bundle as b
+from recall.index.ids import ExternalId
 from recall.service.core import RecallCore
+from recall.service.fresh import UserState
 from recall.service.recaller import RecallQuery, ServingBundle
+from recall.service.state import Event, ReadsInThread, open_store, sqlite_url
 
 logger = logging.getLogger("bench.service")
 
 K = 100
 MAX_K = 1000
 NPY = "application/x-npy"
+EVENTS_PER_USER = 10
+FILTER = {FILTER_ATTRIBUTE: {"lt": 1}}  # 10% of the catalog
+LOADS = ("default", "events", "filter")
 
 
 # --------------------------------------------------------------------------- in process
@@ -97,52 +118,132 @@ def _stats(n: int, wall: float, lat: list[float]) -> dict[str, float]:
     }
 
 
-def in_process(bundle: ServingBundle, rows: np.ndarray, seconds: float) -> dict[str, Any]:
-    """Single-thread q/s of (a) ItemIndex.search alone and (b) the recall core, and (b) on
-    two threads; same users, seen items excluded, k = 100."""
-    faiss.omp_set_num_threads(1)
-    vectors = bundle.user_vectors
-    ids = bundle.user_ids.ids
+@dataclass(frozen=True)
+class Load:
+    """One kind of request: users ``first_user .. first_user + n_users - 1``, JSON fields
+    ``extra`` added to ``{"user_id", "k"}``."""
 
-    def search(row: np.int64) -> None:
-        q = np.asarray(vectors[row])[None, :]
-        bundle.index.search(q, K, exclude=[bundle.seen(int(row))])
+    name: str
+    first_user: int
+    n_users: int
+    extra: str = ""
 
-    recaller = RecallCore(MAX_K)  # the path production runs (no stored events)
+    def wrk(self) -> dict[str, Any]:
+        return {"n_users": self.n_users, "first_user": self.first_user, "extra": self.extra}
 
-    def recall(row: np.int64) -> None:
-        recaller.recall(bundle, RecallQuery(user_id=int(ids[row]), k=K))
 
-    for fn in (search, recall):  # warm the pages these users touch
-        _timed_loop(fn, rows, min(1.0, seconds / 4))
-    out = {
-        "search_1t": _stats(*_timed_loop(search, rows, seconds)),
-        "recall_1t": _stats(*_timed_loop(recall, rows, seconds)),
+def loads_of(n_users: int, fresh_users: int) -> dict[str, Load]:
+    """The benchmark's loads: the last ``fresh_users`` users have events, the others none."""
+    stale = n_users - fresh_users
+    filter_json = orjson.dumps(FILTER).decode()
+    return {
+        "default": Load("default", 0, stale),
+        "events": Load("events", stale, fresh_users),
+        "filter": Load("filter", 0, stale, f',"filter":{filter_json}'),
     }
+
+
+def add_events(state_url: str, bundle: ServingBundle, load: Load) -> dict[ExternalId, Any]:
+    """``EVENTS_PER_USER`` events after the bundle's training data for each user of
+    ``load``, written to the store; returns each user's events as the store gives them."""
+    users = [int(u) for u in bundle.user_ids.ids[load.first_user : load.first_user + load.n_users]]
+    rng = np.random.default_rng(3)
+    items = bundle.item_ids.ids[rng.integers(len(bundle.item_ids), size=(len(users), 10))]
+
+    async def write() -> Any:
+        store = open_store(state_url, timeout_s=10, write_timeout_s=30)
+        try:
+            for start in range(0, len(users), 500):
+                await store.add(
+                    [
+                        Event(u, int(items[j, e]), TRAINED_UNTIL + 1 + e)
+                        for j, u in enumerate(users[start : start + 500], start)
+                        for e in range(EVENTS_PER_USER)
+                    ]
+                )
+            return await store.recent(users, TRAINED_UNTIL)
+        finally:
+            await store.close()
+
+    return dict(zip(users, asyncio.run(write()), strict=True))
+
+
+def _one_and_two_threads(fn: Any, users: np.ndarray, seconds: float) -> dict[str, Any]:
+    """q/s of ``fn(user row)`` on one thread, then on two (each half of ``users``)."""
+    _timed_loop(fn, users, min(1.0, seconds / 4))  # warm the pages these users touch
+    cpu0 = time.thread_time()
+    n, wall, lat = _timed_loop(fn, users, seconds)
+    # CPU, not wall, per recall: what the server's CPU per request is compared with (a
+    # shared machine's other jobs stretch the wall time, not the CPU time)
+    one = {**_stats(n, wall, lat), "cpu_ms": round(1e3 * (time.thread_time() - cpu0) / n, 3)}
     results: list[tuple[int, float, list[float]]] = []
 
     def run(part: np.ndarray) -> None:
-        faiss.omp_set_num_threads(1)  # per thread (libgomp), as the service's search threads
-        results.append(_timed_loop(recall, part, seconds))
+        faiss.omp_set_num_threads(1)  # per thread (libgomp), as the search threads do
+        results.append(_timed_loop(fn, part, seconds))
 
-    threads = [threading.Thread(target=run, args=(h,)) for h in np.array_split(rows, 2)]
+    threads = [threading.Thread(target=run, args=(h,)) for h in np.array_split(users, 2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     total = sum(r[0] for r in results)
     wall = max(r[1] for r in results)
-    out["recall_2t"] = _stats(total, wall, [x for r in results for x in r[2]])
+    return {"recall_1t": one, "recall_2t": _stats(total, wall, [x for r in results for x in r[2]])}
+
+
+def store_read_us(state_url: str, loads: dict[str, Load], reads: int = 5000) -> dict[str, float]:
+    """CPU microseconds of the read a recall by user_id makes in its search thread
+    (``SQLiteStore.read_in_thread`` of one user, events after ``TRAINED_UNTIL``), for a
+    user without events and for one with ``EVENTS_PER_USER``."""
+    store = open_store(state_url)
+    assert isinstance(store, ReadsInThread)
+    out = {}
+    for name in ("default", "events"):
+        user = loads[name].first_user
+        store.read_in_thread([user], TRAINED_UNTIL, None)  # the connection, opened once
+        cpu0 = time.thread_time()
+        for _ in range(reads):
+            store.read_in_thread([user], TRAINED_UNTIL, None)
+        out[name] = round(1e6 * (time.thread_time() - cpu0) / reads, 1)
+    asyncio.run(store.close())
+    return out
+
+
+def in_process(
+    bundle: ServingBundle,
+    loads: dict[str, Load],
+    events: dict[ExternalId, Any],
+    seconds: float,
+) -> dict[str, Any]:
+    """q/s of ``RecallCore.recall`` for each load on one thread and on two, the same users
+    the HTTP runs ask for (seeded), the ``events`` users' events handed in."""
+    faiss.omp_set_num_threads(1)
+    core = RecallCore(MAX_K)
+    ids = bundle.user_ids.ids
+    no_state = UserState.empty(1)
+    out: dict[str, Any] = {}
+    for name, load in loads.items():
+        query = {"k": K, "filter": FILTER if name == "filter" else None}
+
+        def recall(row: np.int64, query: dict[str, Any] = query) -> None:
+            user_id = int(ids[row])
+            state = UserState([events[user_id]], [[]], True) if user_id in events else no_state
+            core.recall(bundle, RecallQuery(user_id=user_id, **query), state)
+
+        users = load.first_user + np.random.default_rng(0).integers(0, load.n_users, 20_000)
+        out[name] = _one_and_two_threads(recall, users, seconds)
+        logger.info("in process, %s: %s", name, json.dumps(out[name]))
     return out
 
 
 # --------------------------------------------------------------------------- over HTTP
 
 
-def _load(server: Server, n_users: int, seconds: float, connections: int, **kw: Any) -> WrkResult:
+def _load(server: Server, seconds: float, connections: int, **kw: Any) -> WrkResult:
     """wrk against the server, with the server's CPU time per request recorded."""
     cpu0 = server.cpu_seconds()
-    result = run_wrk(server.url, n_users=n_users, seconds=seconds, connections=connections, **kw)
+    result = run_wrk(server.url, seconds=seconds, connections=connections, **kw)
     result.server_cpu_s = server.cpu_seconds() - cpu0
     if result.failed:
         logger.warning("%d failed requests: %s", result.failed, result.errors)
@@ -153,36 +254,47 @@ def _result(r: WrkResult) -> dict[str, Any]:
     return r.as_dict()
 
 
-def _warm(server: Server, n_users: int) -> None:
+def _warm(server: Server, n_users: int, **kw: Any) -> None:
     """Short loads until one has no failed request (every worker ready and warm)."""
     for _ in range(10):
-        r = run_wrk(server.url, n_users=n_users, seconds=2, connections=4)
+        r = run_wrk(server.url, n_users=n_users, seconds=2, connections=4, **kw)
         if r.failed == 0 and r.requests > 0:
             return
         logger.info("warm-up: %d failed, again", r.failed)
     raise RuntimeError("the server keeps failing requests during warm-up")
 
 
+def unfresh_answers(server: Server) -> float:
+    """``recall_unfresh_answers_total`` over its reasons, from the server's /metrics."""
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("recall_unfresh_answers_total{")
+    )
+
+
 def http_runs(
-    root: Path,
-    n_users: int,
-    args: argparse.Namespace,
-    env: dict[str, str],
-    with_moderate: bool,
+    root: Path, loads: dict[str, Load], args: argparse.Namespace, env: dict[str, str]
 ) -> dict[str, Any]:
-    """Saturation with 1 and 2 workers, and (optionally) a moderate rate on 1 worker."""
+    """Per worker count and load: saturation, and on one worker a moderate rate; with each
+    run the answers counted fresh: false. One worker also serves GET /healthz."""
     out: dict[str, Any] = {}
     for workers in args.workers:
+        conns = args.connections * workers
         with serve(root, workers, env) as server:
-            _warm(server, n_users)
-            conns = args.connections * workers
-            sat = _load(server, n_users, args.seconds, conns)
-            out[f"{workers}w"] = {"connections": conns, **_result(sat)}
-            logger.info("%d worker(s): %s", workers, json.dumps(out[f"{workers}w"]))
-            if with_moderate and workers == 1:
-                out["moderate"] = _moderate(server, n_users, sat, args)
-                logger.info("moderate: %s", json.dumps(out["moderate"]))
-                floor = _load(server, n_users, args.seconds / 2, conns, get_path="/healthz")
+            for load in loads.values():
+                _warm(server, **load.wrk())
+                before = unfresh_answers(server)
+                sat = _load(server, args.seconds, conns, **load.wrk())
+                run = {"connections": conns, **_result(sat)}
+                if workers == 1:
+                    run["moderate"] = _moderate(server, load, sat, args)
+                run["unfresh_answers"] = unfresh_answers(server) - before
+                out.setdefault(load.name, {})[f"{workers}w"] = run
+                logger.info("%d worker(s), %s: %s", workers, load.name, json.dumps(run))
+            if workers == 1:
+                floor = _load(server, args.seconds / 2, conns, n_users=1, get_path="/healthz")
                 out["healthz_1w"] = {"connections": conns, **_result(floor)}
                 logger.info("GET /healthz: %s", json.dumps(out["healthz_1w"]))
     return out
@@ -200,7 +312,7 @@ def micro_batch_ab(root: Path, n_users: int, args: argparse.Namespace) -> dict[s
                 env = {"BENCH_MICRO_BATCH": flag}
                 with serve(root, 1, env, app_factory="_batcher:create_app") as server:
                     _warm(server, n_users)
-                    r = _load(server, n_users, args.seconds, args.connections, extra=extra)
+                    r = _load(server, args.seconds, args.connections, n_users=n_users, extra=extra)
                 runs.setdefault(variant, {}).setdefault(load, []).append(r)
     out: dict[str, Any] = {}
     for variant, loads in runs.items():
@@ -211,14 +323,14 @@ def micro_batch_ab(root: Path, n_users: int, args: argparse.Namespace) -> dict[s
     return out
 
 
-def _moderate(server: Server, n_users: int, sat: WrkResult, args: argparse.Namespace) -> Any:
+def _moderate(server: Server, load: Load, sat: WrkResult, args: argparse.Namespace) -> Any:
     """About ``args.moderate_share`` of the saturated rate on few connections: each
     connection waits ``c / target - service time`` after each response."""
     c = args.moderate_connections
     target = max(1.0, args.moderate_share * sat.rps)
     service_ms = 1e3 / max(sat.rps, 1.0)
     delay = max(0.0, 1e3 * c / target - service_ms)
-    r = _load(server, n_users, args.seconds, c, delay_ms=round(delay, 1))
+    r = _load(server, args.seconds, c, delay_ms=round(delay, 1), **load.wrk())
     return {"connections": c, "target_rps": round(target, 1), "delay_ms": round(delay, 1)} | (
         _result(r)
     )
@@ -277,15 +389,14 @@ def vector_fetch(server: Server, item_ids: np.ndarray, sizes: list[int], repeats
 
 
 def machine() -> dict[str, Any]:
-    cpu = cpu_model()
+    """``bench/_machine.machine()`` plus memory, kernel and the versions that matter here."""
     mem = next(
         (x.split()[1] for x in Path("/proc/meminfo").read_text().splitlines() if "MemTotal" in x),
         "0",
     )
     wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
     return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
+        **bench_machine(),
         "memory_gib": round(int(mem) / 2**20, 1),
         "kernel": platform.release(),
         "versions": {
@@ -313,66 +424,50 @@ def _index_label(r: dict[str, Any]) -> str:
 def tables(report: dict[str, Any]) -> str:
     """Markdown tables of a report."""
     lines = [
-        "| items | index | recall@100 | search 1t q/s | recall 1t q/s | recall 2t q/s "
-        "| HTTP 1w req/s | p50 ms | p99 ms | 1w / search 1t | 1w / recall 1t "
-        "| HTTP 2w req/s | p50 ms | p99 ms | 2w / recall 2t |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| items | index | load | recall 1t q/s | HTTP 1w req/s | 1w / 1t | recall 2t q/s "
+        "| HTTP 2w req/s | 2w / 2t | recall CPU ms (1t) | server CPU ms/req (1w) | beyond ms "
+        "| half rate req/s | p50 ms | p99 ms | fresh:false |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in report["recall"]:
-        inp, http = r["in_process"], r["http"]["default"]
-        row = (
-            f"| {r['n_items']:,} | {_index_label(r)} | {r['index']['recall_at_100']:.3f} "
-            f"| {inp['search_1t']['qps']:,.0f} | {inp['recall_1t']['qps']:,.0f} "
-            f"| {inp['recall_2t']['qps']:,.0f} "
-        )
-        w1, w2 = http.get("1w"), http.get("2w")
-        if w1:
-            row += (
-                f"| {w1['rps']:,.0f} | {_ms(w1['p50_ms'])} | {_ms(w1['p99_ms'])} "
-                f"| {w1['rps'] / inp['search_1t']['qps']:.0%} "
-                f"| {w1['rps'] / inp['recall_1t']['qps']:.0%} "
-            )
-        else:
-            row += "| - | - | - | - | - "
-        if w2:
-            row += (
-                f"| {w2['rps']:,.0f} | {_ms(w2['p50_ms'])} | {_ms(w2['p99_ms'])} "
-                f"| {w2['rps'] / inp['recall_2t']['qps']:.0%} |"
-            )
-        else:
-            row += "| - | - | - | - |"
-        lines.append(row)
+        for name in LOADS:
+            inp, http = r["in_process"][name], r["http"].get(name, {})
+            one, two = inp["recall_1t"], inp["recall_2t"]
+            w1, w2 = http.get("1w"), http.get("2w")
+            recall_ms = one["cpu_ms"]
+            row = f"| {r['n_items']:,} | {_index_label(r)} | {name} | {one['qps']:,.0f} "
+            row += f"| {w1['rps']:,.0f} | {w1['rps'] / one['qps']:.0%} " if w1 else "| - | - "
+            row += f"| {two['qps']:,.0f} "
+            row += f"| {w2['rps']:,.0f} | {w2['rps'] / two['qps']:.0%} " if w2 else "| - | - "
+            row += f"| {recall_ms:.2f} "
+            if w1:
+                cpu = w1["server_cpu_ms_per_request"]
+                m = w1["moderate"]
+                row += (
+                    f"| {cpu:.2f} | {cpu - recall_ms:+.2f} | {m['rps']:,.0f} "
+                    f"| {_ms(m['p50_ms'])} | {_ms(m['p99_ms'])} "
+                )
+            else:
+                row += "| - | - | - | - | - "
+            runs = [w for w in (w1, w2) if w]
+            unfresh = sum(w["unfresh_answers"] for w in runs)
+            asked = sum(w["requests"] + w.get("moderate", {}).get("requests", 0) for w in runs)
+            lines.append(row + f"| {unfresh:,.0f} of {asked:,} |")
     lines += [
         "",
-        "| items | index | in-process recall ms/query (1t) | HTTP 1w server CPU ms/request "
-        "| GET /healthz 1w req/s | /healthz server CPU ms/request |",
-        "|---:|---|---:|---:|---:|---:|",
+        "| items | GET /healthz 1w req/s | /healthz server CPU ms/request "
+        "| store read CPU us, no events | ..., 10 events |",
+        "|---:|---:|---:|---:|---:|",
     ]
     for r in report["recall"]:
-        http = r["http"]["default"]
-        w1, floor = http.get("1w"), http.get("healthz_1w")
-        if w1 and floor:
+        floor, read = r["http"].get("healthz_1w"), r["store_read_us"]
+        if floor:
             lines.append(
-                f"| {r['n_items']:,} | {_index_label(r)} "
-                f"| {1e3 / r['in_process']['recall_1t']['qps']:.2f} "
-                f"| {w1['server_cpu_ms_per_request']:.2f} | {floor['rps']:,.0f} "
-                f"| {floor['server_cpu_ms_per_request']:.2f} |"
+                f"| {r['n_items']:,} | {floor['rps']:,.0f} "
+                f"| {floor['server_cpu_ms_per_request']:.2f} "
+                f"| {read['default']:.1f} | {read['events']:.1f} |"
             )
-    lines += [
-        "",
-        "| items | index | connections | think ms | achieved req/s | p50 ms | p90 ms | p99 ms "
-        "| p99.9 ms | max ms |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in report["recall"]:
-        m = r["http"]["default"].get("moderate")
-        if m:
-            lines.append(
-                f"| {r['n_items']:,} | {_index_label(r)} | {m['connections']} "
-                f"| {m['delay_ms']} | {m['rps']:,.0f} | {_ms(m['p50_ms'])} | {_ms(m['p90_ms'])} "
-                f"| {_ms(m['p99_ms'])} | {_ms(m['p999_ms'])} | {_ms(m['max_ms'])} |"
-            )
-    if any("batch_off" in r["http"] for r in report["recall"]):
+    if any("micro_batch" in r for r in report["recall"]):
         lines += [
             "",
             "| items | index | request | micro-batch | req/s (median) | all runs | p50 ms "
@@ -382,7 +477,7 @@ def tables(report: dict[str, Any]) -> str:
         for r in report["recall"]:
             for load in ("seen", "no-seen"):
                 for variant in ("batch_off", "batch_on"):
-                    v = r["http"].get(variant, {}).get(load)
+                    v = r.get("micro_batch", {}).get(variant, {}).get(load)
                     if v is None:
                         continue
                     request = "exclude_seen (default)" if load == "seen" else "exclude_seen=false"
@@ -417,17 +512,16 @@ def bundle_specs(args: argparse.Namespace) -> list[BenchBundle]:
     specs = []
     for n in args.sizes:
         users = min(args.users, max(1000, n // 2))
-        for kind in args.kinds:
-            efc = args.ef_construction_1m if n >= 1_000_000 else args.ef_construction
-            specs.append(BenchBundle(n, users, kind, ef_construction=efc))
+        efc = args.ef_construction_1m if n >= 1_000_000 else args.ef_construction
+        specs.append(BenchBundle(n, users, "hnsw", ef_construction=efc))
     return specs
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
-    p.add_argument("--kinds", nargs="+", default=["flat", "hnsw"], choices=["flat", "hnsw"])
     p.add_argument("--users", type=int, default=100_000, help="users per bundle (at most n/2)")
+    p.add_argument("--fresh-users", type=int, default=2000, help="users with events")
     p.add_argument("--ef-construction", type=int, default=64)
     p.add_argument("--ef-construction-1m", type=int, default=64, help="for >= 1M items")
     p.add_argument("--cache", type=Path, default=Path("/tmp/recall-bench"))
@@ -443,7 +537,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vector-sizes", type=int, nargs="+", default=[1_000, 10_000])
     p.add_argument("--vector-repeats", type=int, default=9)
     p.add_argument("--no-vectors", action="store_true")
-    p.add_argument("--out", type=Path, default=Path("bench/results/service.json"))
+    p.add_argument("--out", type=Path, default=Path("bench/results/service_bench.json"))
     return p.parse_args(argv)
 
 
@@ -460,29 +554,36 @@ def main(argv: list[str] | None = None) -> int:
         "vectors": [],
     }
     for spec in bundle_specs(args):
-        path = ensure_bundle(args.cache, spec)
+        v1 = ensure_bundle(args.cache, spec)
+        path = serving_v2(v1, args.cache / f"{spec.name}-v2")
         manifest = b.read_manifest(path)
         entry: dict[str, Any] = {
             "n_items": spec.n_items,
             "n_users": spec.n_users,
-            "kind": spec.kind,
             "index": summary(dict(manifest.index or {})),
             "load_average": [round(x, 2) for x in os.getloadavg()],
         }
+        state = args.cache / f"{spec.name}-state" / "events.sqlite"
+        for old in state.parent.glob("events.sqlite*"):
+            old.unlink()
+        state_url = sqlite_url(state)
+        loads = loads_of(spec.n_users, args.fresh_users)
         bundle = ServingBundle.load(path)
-        rng = np.random.default_rng(0)
-        rows = rng.integers(0, spec.n_users, size=20_000).astype(np.int64)
-        entry["in_process"] = in_process(bundle, rows, args.inproc_seconds)
-        logger.info("%s in process: %s", spec.name, json.dumps(entry["in_process"]))
+        events = add_events(state_url, bundle, loads["events"])
+        entry["store_read_us"] = store_read_us(state_url, loads)
+        logger.info("store read, CPU us: %s", json.dumps(entry["store_read_us"]))
+        entry["in_process"] = in_process(bundle, loads, events, args.inproc_seconds)
         item_ids = np.asarray(bundle.item_ids.ids)
         del bundle
         gc.collect()
-        entry["http"] = {"default": http_runs(path.parent, spec.n_users, args, {}, True)}
+        env = {"RECALL_STATE_URL": state_url}
+        entry["http"] = http_runs(path.parent, loads, args, env)
         if args.micro_batch and spec.n_items in args.micro_batch_sizes:
-            entry["http"].update(micro_batch_ab(path.parent, spec.n_users, args))
-            logger.info("%s micro-batch A/B: %s", spec.name, json.dumps(entry["http"]))
-        if not args.no_vectors and spec.kind == args.kinds[-1]:
-            with serve(path.parent, 1) as server:
+            stale = loads["default"].n_users
+            entry["micro_batch"] = micro_batch_ab(path.parent, stale, args)
+            logger.info("%s micro-batch A/B: %s", spec.name, json.dumps(entry["micro_batch"]))
+        if not args.no_vectors:
+            with serve(path.parent, 1, env) as server:
                 rows_v = vector_fetch(server, item_ids, args.vector_sizes, args.vector_repeats)
             report["vectors"].append({"n_items": spec.n_items, "rows": rows_v})
         report["recall"].append(entry)

@@ -8,7 +8,7 @@ import math
 from typing import Any
 
 import orjson
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from recall.index.ids import ExternalId
 from recall.service.recaller import ServingBundle
@@ -21,6 +21,7 @@ __all__ = [
     "error_responses",
     "fresh_after",
     "model_response",
+    "raw_json_response",
 ]
 
 
@@ -36,6 +37,12 @@ class JsonResponse(JSONResponse):
 def model_response(bundle: ServingBundle, content: Any, **kwargs: Any) -> JsonResponse:
     """``content`` as JSON with the ``X-Bundle-Id`` header of the bundle that answered."""
     return JsonResponse(content, headers={"X-Bundle-Id": bundle.id}, **kwargs)
+
+
+def raw_json_response(bundle: ServingBundle, content: bytes) -> Response:
+    """JSON already serialized (in a search thread) with the answering bundle's
+    ``X-Bundle-Id``."""
+    return Response(content, media_type=JsonResponse.media_type, headers={"X-Bundle-Id": bundle.id})
 
 
 def fresh_after(bundle: ServingBundle, user_ids: list[ExternalId]) -> float:

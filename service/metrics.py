@@ -41,6 +41,8 @@ __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware"]
 
 STATE_OPS = ("recent", "shown", "add", "availability")
 """The ``op`` label values of ``recall_state_errors_total``."""
+UNFRESH_REASONS = ("timeout", "unavailable")
+"""The ``reason`` label values of ``recall_unfresh_answers_total``."""
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _LIVE_GAUGE_FILE = re.compile(r"^gauge_live\w+?_(\d+)\.db$")
 
@@ -111,6 +113,14 @@ class Metrics:
             ["op"],
             registry=self.registry,
         )
+        self.unfresh = Counter(
+            "recall_unfresh_answers",
+            "users answered from the bundle alone (fresh: false) because the state store "
+            "could not be read, by reason: timeout (slower than RECALL_STATE_TIMEOUT_S), "
+            "unavailable (down or failing); one per user of the read",
+            ["reason"],
+            registry=self.registry,
+        )
         self.events = Counter(
             "recall_events",
             "events of POST /v1/events by result: stored, rejected (invalid), unavailable "
@@ -133,6 +143,8 @@ class Metrics:
         self.reloads.labels("failure")
         for op in STATE_OPS:
             self.state_errors.labels(op)
+        for reason in UNFRESH_REASONS:
+            self.unfresh.labels(reason)
         for result in ("stored", "rejected", "unavailable"):
             self.events.labels(result)
         self._bundle_id: str | None = None
@@ -162,6 +174,9 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # (route, method, status) -> (its counter, its histogram): labels() per request
+        # costs a lock and a lookup of its own in prometheus-client
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -179,7 +194,13 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
-            self.metrics.requests.labels(template, scope["method"], str(status)).inc()
-            self.metrics.latency.labels(template).observe(time.perf_counter() - started)
+            key = (getattr(scope.get("route"), "path", "unmatched"), scope["method"], status)
+            children = self._children.get(key)
+            if children is None:  # bounded: route templates x methods x statuses
+                template, method, _ = key
+                children = self._children[key] = (
+                    self.metrics.requests.labels(template, method, str(status)),
+                    self.metrics.latency.labels(template),
+                )
+            children[0].inc()
+            children[1].observe(time.perf_counter() - started)

@@ -1,11 +1,15 @@
 """The HTTP layer's use of the state store: every call bounded, failures counted and logged.
 
 A read that fails (store down, slow past its timeout, any :class:`StoreUnavailable`)
-returns None: recall then answers from the bundle alone and says ``"fresh": false``. A
-write that fails raises :class:`~recall.service.domain_errors.StateDown` (503). Each
-failure counts in ``recall_state_errors_total{op}``; the log gets one line per
-``log_every_s`` at most (the count of failures since the last line included), so a dead
-store cannot flood it.
+gives no events: recall then answers from the bundle alone and says ``"fresh": false``
+(counted per user in ``recall_unfresh_answers_total{reason}``). A write that fails raises
+:class:`~recall.service.domain_errors.StateDown` (503). Each failure counts in
+``recall_state_errors_total{op}``; the log gets one line per ``log_every_s`` at most (the
+count of failures since the last line included), so a dead store cannot flood it.
+
+:meth:`StateAccess.run_with_state` is what the routes use: the read and the work that
+needs it in one hand-off to a search thread when the store reads in the caller's thread
+(SQLite), else the read on the event loop (Redis: network I/O) and then the hand-off.
 """
 
 from __future__ import annotations
@@ -14,15 +18,22 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from recall.index.ids import ExternalId
 from recall.service.domain_errors import StateDown
 from recall.service.fresh import UserState
 from recall.service.metrics import Metrics
+from recall.service.pool import SearchPool
 from recall.service.recaller import ServingBundle
-from recall.service.state import Event, StateStore, StoreUnavailable
+from recall.service.state import (
+    Event,
+    ReadsInThread,
+    StateStore,
+    StoreTimeout,
+    StoreUnavailable,
+)
 from recall.service.state.users import StoreUsers
 
 logger = logging.getLogger(__name__)
@@ -56,6 +67,58 @@ class StateAccess:
         self._last_log = -math.inf
         self._unlogged = 0
 
+    @property
+    def store(self) -> StateStore:
+        return self._store
+
+    @store.setter
+    def store(self, store: StateStore) -> None:
+        self._store = store
+        # checked once: isinstance against a Protocol costs microseconds
+        self._in_thread = store if isinstance(store, ReadsInThread) else None
+
+    async def run_with_state(
+        self,
+        pool: SearchPool,
+        user_ids: Sequence[ExternalId],
+        fn: Callable[[UserState], T],
+        *,
+        after: float,
+        with_shown: bool,
+        bundle: ServingBundle | None = None,
+    ) -> T:
+        """``fn(state of user_ids)`` in a search thread (:meth:`read` says what the state
+        holds). A store that reads in the caller's thread (SQLite) is read in that search
+        thread first, its bound starting then: one hand-off, and no queue in front of the
+        read counts against the store. Others (Redis), and a ``bundle`` whose users live in
+        the store, are read on the event loop first."""
+        store = self._in_thread
+        users_in_store = bundle is not None and bundle.store_records is not None
+        if store is None or not user_ids or users_in_store:
+            state = await self.read(user_ids, after=after, with_shown=with_shown, bundle=bundle)
+            return await pool.run(fn, state)
+        return await pool.run(self._read_then, store, user_ids, fn, after, with_shown)
+
+    def _read_then(
+        self,
+        store: ReadsInThread,
+        user_ids: Sequence[ExternalId],
+        fn: Callable[[UserState], T],
+        after: float,
+        with_shown: bool,
+    ) -> T:
+        since = time.time() - self.shown_ttl_s if with_shown else None
+        try:
+            events, shown = store.read_in_thread(user_ids, after, since)
+        except StoreUnavailable as e:
+            for op in ("recent", "shown") if with_shown else ("recent",):  # neither was read
+                self.failed(op, e)
+            self._count_unfresh(e, len(user_ids))
+            return fn(UserState.empty(len(user_ids), fresh=False))
+        if shown is None:
+            return fn(UserState(events, [[] for _ in user_ids], True))
+        return fn(UserState(events, shown, True))
+
     async def read(
         self,
         user_ids: Sequence[ExternalId],
@@ -70,7 +133,7 @@ class StateAccess:
         same time). Never raises for store trouble: returns empty lists and
         ``fresh=False`` (``users_down`` when the users could not be read)."""
         n = len(user_ids)
-        empty = UserState([[] for _ in range(n)], [[] for _ in range(n)], True)
+        empty = UserState.empty(n)
         if not n:
             return empty
         calls: list[Awaitable[Any]] = [self._bounded("recent", self.store.recent(user_ids, after))]
@@ -82,7 +145,11 @@ class StateAccess:
             if self.users is None:
                 raise RuntimeError("a bundle with users in the store needs StateAccess.users")
             calls.append(self._bounded("users", self.users.read(bundle.id, shape, user_ids)))
-        replies = await asyncio.gather(*calls)
+        raw = await asyncio.gather(*calls)
+        errors = [r for r in raw if isinstance(r, Exception)]
+        if errors:
+            self._count_unfresh(errors[0], n)
+        replies = [None if isinstance(r, Exception) else r for r in raw]
         events = replies[0]
         shown = replies[1] if with_shown else empty.shown
         users = replies[-1] if shape is not None else None
@@ -106,15 +173,21 @@ class StateAccess:
                 "the state store is unavailable: the events were not stored; retry later"
             ) from None
 
-    async def _bounded(self, op: str, call: Awaitable[T]) -> T | None:
+    async def _bounded(self, op: str, call: Awaitable[T]) -> T | Exception:
         """``await call`` within twice the read timeout (the store bounds it by the read
-        timeout itself; this is the backstop), None on store trouble."""
+        timeout itself; this is the backstop); on store trouble, counted and logged, the
+        error."""
         try:
             async with asyncio.timeout(2 * self.timeout_s):
                 return await call
         except (StoreUnavailable, TimeoutError) as e:
             self.failed(op, e)
-            return None
+            return e
+
+    def _count_unfresh(self, error: BaseException, users: int) -> None:
+        """``users`` answers go without the store's state because of ``error``."""
+        timeout = isinstance(error, StoreTimeout | TimeoutError)
+        self.metrics.unfresh.labels("timeout" if timeout else "unavailable").inc(users)
 
     async def set_availability(
         self, disable: Sequence[ExternalId], enable: Sequence[ExternalId]

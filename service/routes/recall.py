@@ -1,29 +1,33 @@
 """Recall: top-k items for a user, a history or a vector, many at once, and item-to-item.
 
-The routes translate HTTP to :class:`~recall.service.core.RecallCore` and back; the core
-runs in the search pool, after the state store was read for the user_id queries.
+The routes translate HTTP to :class:`~recall.service.core.RecallCore` and back. A recall
+makes one hand-off to the search pool, where the state store is read for a user_id query
+(:meth:`~recall.service.state_access.StateAccess.run_with_state`), the core answers and
+the answer becomes JSON; the event loop only parses the request and sends the bytes.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
+from recall.index.ids import ExternalId
 from recall.service.core import RecallAnswer, RecallCore
-from recall.service.deps import AppStateDep, BundleDep, StateDep
+from recall.service.deps import AppStateDep, BundleDep, StateDep, app_state_of
 from recall.service.domain_errors import InvalidRequest, OverLimit, RecallError
 from recall.service.errors import describe_errors, envelope, error_body
 from recall.service.fresh import UserState
 from recall.service.http_common import (
     BODY_ERRORS,
     ERRORS,
-    JsonResponse,
     fresh_after,
     model_response,
+    raw_json_response,
 )
 from recall.service.recaller import RecallQuery, ServingBundle
 from recall.service.schemas import (
@@ -37,7 +41,6 @@ from recall.service.schemas import (
     conditions,
 )
 from recall.service.settings import Settings
-from recall.service.state_access import StateAccess
 
 router = APIRouter(tags=["recall"])
 
@@ -47,17 +50,29 @@ Entry = tuple[RecallQuery, bool, bool] | dict[str, Any]
 
 
 @router.post("/v1/recall", response_model=RecallResponse, responses=BODY_ERRORS)
-async def recall(
-    body: RecallRequest, app: AppStateDep, bundle: BundleDep, state: StateDep
-) -> Response:
+async def recall(body: RecallRequest, request: Request) -> Response:
     """Top-k items for a user (the bundle's vector, or their training history followed by
     their newer events), a history, or a raw vector."""
+    # What AppStateDep, BundleDep and StateDep give, without FastAPI's dependency solving:
+    # on this, the hottest route, it took ~15% of the event loop's time (docs/performance.md)
+    app = app_state_of(request.app)
+    bundle = app.holder.require()
+    state = app.state_access()
     query = app.core.canonical(bundle, _query(body, app.settings))
-    read = None
-    if query.user_id is not None:
-        read = await _read_state(state, bundle, [query.user_id], body.exclude_shown)
-    answer = await app.pool.run(_recall_one, app.core, bundle, query, read, body.with_attributes)
-    return model_response(bundle, _recall_body(answer))
+    answer = partial(_recall_json, app.core, bundle, query, body.with_attributes)
+    if query.user_id is None:
+        content = await app.pool.run(answer, None)
+    else:
+        users = [query.user_id]
+        content = await state.run_with_state(
+            app.pool,
+            users,
+            answer,
+            after=fresh_after(bundle, users),
+            with_shown=body.exclude_shown,
+            bundle=bundle,
+        )
+    return raw_json_response(bundle, content)
 
 
 @router.post("/v1/recall/batch", response_model=BatchRecallResponse, responses=BODY_ERRORS)
@@ -83,8 +98,15 @@ async def recall_batch(
         )
     )
     with_shown = any(isinstance(e, tuple) and e[1] for e in entries)
-    read = await _read_state(state, bundle, users, with_shown)
-    return await app.pool.run(_batch_response, app.core, bundle, entries, users, read)
+    respond = partial(_batch_response, app.core, bundle, entries, users)
+    return await state.run_with_state(
+        app.pool,
+        users,
+        respond,
+        after=fresh_after(bundle, users),
+        with_shown=with_shown,
+        bundle=bundle,
+    )
 
 
 @router.get("/v1/items/{item_id}/similar", response_model=RecallResponse, responses=ERRORS)
@@ -131,28 +153,33 @@ def _recall_body(answer: RecallAnswer) -> dict[str, Any]:
     }
 
 
-async def _read_state(
-    state: StateAccess, bundle: ServingBundle, user_ids: list[Any], with_shown: bool
-) -> UserState:
-    after = fresh_after(bundle, user_ids)
-    return await state.read(user_ids, after=after, with_shown=with_shown, bundle=bundle)
-
-
 def _query(request: RecallRequest, settings: Settings) -> RecallQuery:
     if request.history is not None and len(request.history) > settings.max_history:
         raise InvalidRequest(f"history may hold at most {settings.max_history} items")
-    fields = request.model_dump(exclude={"exclude_shown", "filter", "with_attributes"})
-    return RecallQuery(**fields, filter=conditions(request.filter))
+    return RecallQuery(
+        user_id=request.user_id,
+        history=request.history,
+        features=request.features,
+        vector=request.vector,
+        k=request.k,
+        exclude_seen=request.exclude_seen,
+        exclude=request.exclude,
+        fallback=request.fallback,
+        filter=conditions(request.filter),
+    )
 
 
-def _recall_one(
+def _recall_json(
     core: RecallCore,
     bundle: ServingBundle,
     query: RecallQuery,
-    state: UserState | None,
     with_attributes: bool,
-) -> RecallAnswer:
-    return core.recall(bundle, query, state, with_attributes=with_attributes)
+    state: UserState | None,
+) -> bytes:
+    """In a search thread: the answer to ``query`` with the user's ``state`` (None: not a
+    user_id query), as the JSON body."""
+    answer = core.recall(bundle, query, state, with_attributes=with_attributes)
+    return orjson.dumps(_recall_body(answer), option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def _parse_batch(
@@ -178,7 +205,7 @@ def _batch_response(
     core: RecallCore,
     bundle: ServingBundle,
     entries: list[Entry],
-    users: list[Any],
+    users: list[ExternalId],
     state: UserState,
 ) -> Response:
     """The batch's answers, serialized here in the pool, one entry per orjson call:
@@ -202,7 +229,7 @@ def _batch_response(
     rows = b",".join([orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) for r in results])
     head = orjson.dumps(bundle.id)
     content = b'{"bundle_id":' + head + b',"results":[' + rows + b"]}"
-    return Response(content, media_type=JsonResponse.media_type, headers={"X-Bundle-Id": bundle.id})
+    return raw_json_response(bundle, content)
 
 
 def _similar(

@@ -5,15 +5,19 @@ or one made from the user's training history followed by newer events."""
 from __future__ import annotations
 
 import io
+from functools import partial
 from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Header
 from starlette.responses import Response
 
+from recall.index.ids import ExternalId
 from recall.service.accept import NPY_MEDIA_TYPE, wants_npy
+from recall.service.core import RecallCore
 from recall.service.deps import AppStateDep, BundleDep, StateDep
 from recall.service.domain_errors import OverLimit, StateDown
+from recall.service.fresh import UserState
 from recall.service.http_common import (
     BODY_ERRORS,
     ERRORS,
@@ -54,10 +58,15 @@ ITEM_VECTORS_DOC = (
 async def user_vector(id: PathId, app: AppStateDep, bundle: BundleDep, state: StateDep) -> Response:
     """One user's vector, as a recall by user_id uses it: the stored one, or from the
     user's training history followed by newer events (`source`, `fresh_events`)."""
-    user_id = bundle.user_ids.canonical(id)
-    after = fresh_after(bundle, [user_id])
-    read = await state.read([user_id], after=after, with_shown=False, bundle=bundle)
-    found = await app.pool.run(app.core.user_vector, bundle, user_id, read)
+    users = [bundle.user_ids.canonical(id)]
+    found = await state.run_with_state(
+        app.pool,
+        users,
+        partial(app.core.user_vector, bundle, users[0]),
+        after=fresh_after(bundle, users),
+        with_shown=False,
+        bundle=bundle,
+    )
     user = found.user
     body = {
         "bundle_id": bundle.id,
@@ -65,7 +74,7 @@ async def user_vector(id: PathId, app: AppStateDep, bundle: BundleDep, state: St
         "vector": user.vector,
         "source": user.source.value,
         "fresh_events": user.fresh_events,
-        "fresh": read.fresh,
+        "fresh": found.fresh,
     }
     return model_response(bundle, body)
 
@@ -88,16 +97,13 @@ async def many_user_vectors(
     _check_count(app, body)
     ids = [bundle.user_ids.canonical(i) for i in body.ids]
     users = list(dict.fromkeys(ids))
-    read = await state.read(
-        users, after=fresh_after(bundle, users), with_shown=False, bundle=bundle
-    )
-    if read.users_down:
-        raise StateDown("the state store is unavailable: the users could not be read")
-    position = {user: j for j, user in enumerate(users)}
-    events = [read.events[position[i]] for i in ids]
-    stored = None if read.users is None else [read.users[position[i]] for i in ids]
-    vectors, found, fresh_events = await app.pool.run(
-        app.core.user_vectors, bundle, ids, events, stored
+    vectors, found, fresh_events, fresh = await state.run_with_state(
+        app.pool,
+        users,
+        partial(_user_vectors, app.core, bundle, ids, users),
+        after=fresh_after(bundle, users),
+        with_shown=False,
+        bundle=bundle,
     )
     return _vectors_response(
         bundle,
@@ -107,10 +113,28 @@ async def many_user_vectors(
         accept,
         headers={
             "X-Fresh-Count": str(sum(n > 0 for n in fresh_events)),
-            "X-Fresh": "true" if read.fresh else "false",
+            "X-Fresh": "true" if fresh else "false",
         },
-        body={"fresh_events": fresh_events, "fresh": read.fresh},
+        body={"fresh_events": fresh_events, "fresh": fresh},
     )
+
+
+def _user_vectors(
+    core: RecallCore,
+    bundle: ServingBundle,
+    ids: list[ExternalId],
+    users: list[ExternalId],
+    state: UserState,
+) -> tuple[np.ndarray, np.ndarray, list[int], bool]:
+    """In a search thread: :meth:`RecallCore.user_vectors` of ``ids`` with the ``state``
+    of ``users`` (the distinct ``ids``), and whether that state was read."""
+    if state.users_down:
+        raise StateDown("the state store is unavailable: the users could not be read")
+    position = {user: j for j, user in enumerate(users)}
+    events = [state.events[position[i]] for i in ids]
+    stored = None if state.users is None else [state.users[position[i]] for i in ids]
+    vectors, found, fresh_events = core.user_vectors(bundle, ids, events, stored)
+    return vectors, found, fresh_events, state.fresh
 
 
 @router.get("/v1/items/{id}/vector", response_model=VectorResponse, responses=ERRORS)

@@ -18,8 +18,10 @@ from recall.service.state.base import (
     DEFAULT_WRITE_TIMEOUT_S,
     Event,
     EventType,
+    ReadsInThread,
     StateStore,
     StoreLimits,
+    StoreTimeout,
     StoreUnavailable,
 )
 from recall.service.state.redis_client import CLUSTER_SCHEMES, parse_cluster_url
@@ -28,8 +30,10 @@ __all__ = [
     "DEFAULT_RETENTION_S",
     "Event",
     "EventType",
+    "ReadsInThread",
     "StateStore",
     "StoreLimits",
+    "StoreTimeout",
     "StoreUnavailable",
     "check_url",
     "open_store",

@@ -13,7 +13,7 @@ import math
 import operator
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, SupportsIndex
+from typing import Literal, Protocol, SupportsIndex, runtime_checkable
 
 from recall.index.ids import ExternalId
 
@@ -63,6 +63,11 @@ class StoreUnavailable(Exception):
     read answered from the bundle alone (``fresh: false``) or, for a write, the domain
     error :class:`~recall.service.domain_errors.StateDown` (503 ``state_unavailable``,
     which the client raises as its own ``recall.client.StateUnavailable``)."""
+
+
+class StoreTimeout(StoreUnavailable):
+    """A store call ran past its bound (the store is slow, or stalled): counted apart from
+    other store trouble in ``recall_unfresh_answers_total{reason="timeout"}``."""
 
 
 class StateStore(Protocol):
@@ -129,6 +134,25 @@ class StateStore(Protocol):
 
     async def close(self) -> None:
         """Release connections and threads; later calls raise StoreUnavailable."""
+        ...
+
+
+Recent = list[list[tuple[ExternalId, float]]]
+"""Per user: interactions ``(item_id, timestamp)``, oldest first (:meth:`StateStore.recent`)."""
+
+
+@runtime_checkable
+class ReadsInThread(Protocol):
+    """A store that can also read in the caller's own thread (SQLite: a local file): a
+    recall then reads and searches in one hand-off to a search thread, and the read's bound
+    starts when the read does, never while it waits in a queue."""
+
+    def read_in_thread(
+        self, user_ids: Sequence[ExternalId], after: float, shown_since: float | None
+    ) -> tuple[Recent, list[list[ExternalId]] | None]:
+        """``(recent(user_ids, after), shown(user_ids, shown_since))`` as one blocking call
+        (shown None when ``shown_since`` is None), bounded by ``timeout_s`` from its start;
+        raises :class:`StoreUnavailable` (:class:`StoreTimeout` past the bound)."""
         ...
 
 

@@ -62,6 +62,7 @@ from recall.service.state.base import (
     Event,
     EventType,
     StoreLimits,
+    StoreTimeout,
     StoreUnavailable,
     check_availability,
     check_event,
@@ -197,7 +198,7 @@ class RedisStore:
             async with asyncio.timeout(bound):  # not wait_for: see StateStore (base.py)
                 reply = await call
         except TimeoutError:
-            raise StoreUnavailable(f"Redis {op} took longer than {bound:g} s") from None
+            raise StoreTimeout(f"Redis {op} took longer than {bound:g} s") from None
         except STORE_ERRORS as e:
             raise StoreUnavailable(f"Redis {op} failed: {e}") from e
         task = asyncio.current_task()

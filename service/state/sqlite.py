@@ -4,9 +4,13 @@ one replica.
 WAL (readers never wait for the writer) and ``synchronous=FULL``: ``add`` returns after the
 commit is fsynced, so an acknowledged event survives a crash of the process or the machine.
 Calls run on a small thread pool with one connection per thread; each waits at most its
-bound (``asyncio.wait_for``), and a write waits for another process's write lock at most
-``write_timeout_s`` (``busy_timeout``). Ids are stored in columns without a declared type,
-so SQLite keeps each value's storage class: an int comes back an int, ``"7"`` a str.
+bound (``asyncio.timeout``), and a write waits for another process's write lock at most
+``write_timeout_s`` (``busy_timeout``). A recall's read runs in the search thread that
+answers it instead (:meth:`SQLiteStore.read_in_thread`, one connection per search
+thread): no hand-off of its own, and its bound starts when the read does (a busy handler
+and a progress handler end it), so a saturated service never times out a healthy store.
+Ids are stored in columns without a declared type, so SQLite keeps each value's storage
+class: an int comes back an int, ``"7"`` a str.
 
 The store watches its files: after every write batch (before it is acknowledged) and in
 the background at most every ``CHECK_EVERY_S`` it checks that the path still names the
@@ -48,7 +52,9 @@ from recall.index.ids import ExternalId
 from recall.service.state.base import (
     Event,
     EventType,
+    Recent,
     StoreLimits,
+    StoreTimeout,
     StoreUnavailable,
     check_availability,
     check_event,
@@ -80,6 +86,9 @@ IN_CHUNK = 500
 CHECK_EVERY_S = 1.0
 """How often (at most, per process, while calls come) the files' identity is checked off
 the write path; every write batch checks it too, before its events are acknowledged."""
+PROGRESS_STEPS = 1000
+"""SQLite VM steps between two deadline checks of a read in a search thread (a point read
+of one user takes far fewer: the check costs a healthy read nothing)."""
 QUICK_CHECK_EVERY_S = 60.0
 """Least time between two ``PRAGMA quick_check`` runs (each reads the whole file)."""
 QUICK_CHECK_SHARE = 0.01
@@ -150,22 +159,22 @@ class SQLiteStore:
 
     # -- the thread side -------------------------------------------------------------
 
-    def _conn(self) -> sqlite3.Connection:
+    def _conn(self, wait_s: float | None = None) -> sqlite3.Connection:
+        """This thread's connection, opened on first use (waiting at most ``wait_s``, default
+        ``write_timeout_s``, for each lock its set-up takes)."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None:
             return conn
+        wait_s = self.limits.write_timeout_s if wait_s is None else wait_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: no implicit transactions; writes use BEGIN IMMEDIATE, so a
         # writer takes the lock up front and busy_timeout applies (no deadlocked upgrade).
         conn = sqlite3.connect(
-            self.path,
-            timeout=self.limits.write_timeout_s,
-            isolation_level=None,
-            check_same_thread=False,
+            self.path, timeout=wait_s, isolation_level=None, check_same_thread=False
         )
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.limits.write_timeout_s * 1000)}")
-            self._wal(conn)
+            conn.execute(f"PRAGMA busy_timeout = {max(1, round(wait_s * 1000))}")
+            self._wal(conn, wait_s)
             conn.execute("PRAGMA synchronous = FULL")
             conn.executescript(SCHEMA)
         except BaseException:
@@ -281,10 +290,11 @@ class SQLiteStore:
         finally:
             self._check = None
 
-    def _wal(self, conn: sqlite3.Connection) -> None:
+    def _wal(self, conn: sqlite3.Connection, wait_s: float) -> None:
         """Switch the file to WAL (once per file). Two processes opening a new file race for
-        this and the loser gets "database is locked" without the busy handler: retry it."""
-        deadline = time.monotonic() + self.limits.write_timeout_s
+        this and the loser gets "database is locked" without the busy handler: retry it for
+        at most ``wait_s``."""
+        deadline = time.monotonic() + wait_s
         while True:
             try:
                 if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal":
@@ -350,11 +360,16 @@ class SQLiteStore:
         self._trim_at = time.monotonic() + (0.0 if more else TRIM_EVERY_S)
 
     def _select_by_user(
-        self, sql: str, user_ids: list[ExternalId], bound: float
+        self,
+        sql: str,
+        user_ids: list[ExternalId],
+        bound: float,
+        conn: sqlite3.Connection | None = None,
     ) -> list[tuple[ExternalId, ExternalId, float]]:
         """``sql`` (with ``{ids}`` for the placeholders and one ``?`` for ``bound``) over
-        ``user_ids`` in chunks: rows ``(user, item, ts)``."""
-        conn = self._conn()
+        ``user_ids`` in chunks, on ``conn`` (default: this thread's): rows ``(user, item,
+        ts)``."""
+        conn = conn or self._conn()
         out: list[tuple[ExternalId, ExternalId, float]] = []
         for start in range(0, len(user_ids), IN_CHUNK):
             chunk = user_ids[start : start + IN_CHUNK]
@@ -363,12 +378,13 @@ class SQLiteStore:
         return out
 
     def _recent(
-        self, user_ids: list[ExternalId], after: float
-    ) -> list[list[tuple[ExternalId, float]]]:
+        self, user_ids: list[ExternalId], after: float, conn: sqlite3.Connection | None = None
+    ) -> Recent:
         rows = self._select_by_user(
             "SELECT user, item, ts FROM recent WHERE user IN ({ids}) AND ts > ? ORDER BY ts, item",
             user_ids,
             after,
+            conn,
         )
         # 7 and "7" are different keys
         per_user: dict[ExternalId, list[tuple[ExternalId, float]]] = {}
@@ -377,16 +393,63 @@ class SQLiteStore:
         # The table is capped on insert; cut again in case `window` shrank since.
         return [per_user.get(u, [])[-self.limits.window :] for u in user_ids]
 
-    def _shown(self, user_ids: list[ExternalId], since: float) -> list[list[ExternalId]]:
+    def _shown(
+        self, user_ids: list[ExternalId], since: float, conn: sqlite3.Connection | None = None
+    ) -> list[list[ExternalId]]:
         rows = self._select_by_user(
             "SELECT user, item, ts FROM shown WHERE user IN ({ids}) AND ts >= ? ORDER BY ts",
             user_ids,
             since,
+            conn,
         )
         per_user: dict[ExternalId, list[ExternalId]] = {}
         for user, item, _ in rows:
             per_user.setdefault(user, []).append(item)
         return [per_user.get(u, []) for u in user_ids]
+
+    def _reader(self) -> sqlite3.Connection:
+        """This (search) thread's connection, set up for reads bounded by ``timeout_s`` from
+        their start (``self._local.deadline``, monotonic): opened with a busy handler that
+        waits at most that long for a lock, and a progress handler that interrupts a query
+        running past it."""
+        conn = self._conn(self.limits.timeout_s)
+        local = self._local
+        if not getattr(local, "reader", False):
+            conn.set_progress_handler(lambda: time.monotonic() > local.deadline, PROGRESS_STEPS)
+            local.reader = True
+        return conn
+
+    def read_in_thread(
+        self, user_ids: Sequence[ExternalId], after: float, shown_since: float | None
+    ) -> tuple[Recent, list[list[ExternalId]] | None]:
+        """:meth:`recent` and, when ``shown_since`` is given, :meth:`shown`, in the calling
+        thread (a search thread; blocking), within ``timeout_s`` of the moment it starts.
+        Raises :class:`StoreUnavailable`, :class:`StoreTimeout` past the bound. (A read
+        stuck in the kernel, on a hung disk, is not interrupted: nor would the bundle's
+        memory maps on that disk be.)"""
+        if self._closed:
+            raise StoreUnavailable("the state store is closed")
+        if self._broken is not None:
+            raise StoreUnavailable(f"SQLite read refused: the store is unusable: {self._broken}")
+        ids = _ids(user_ids)
+        after = check_time(after)
+        since = None
+        if shown_since is not None:  # exact TTL, trimmed or not
+            since = max(check_time(shown_since), time.time() - self.limits.shown_ttl_s)
+        try:
+            conn = self._reader()
+            self._local.deadline = time.monotonic() + self.limits.timeout_s
+            recent = self._recent(ids, after, conn)
+            shown = None if since is None else self._shown(ids, since, conn)
+        except sqlite3.Error as e:
+            self._note(e)
+            if "interrupted" in str(e) or "locked" in str(e):
+                bound = self.limits.timeout_s
+                raise StoreTimeout(f"SQLite read took longer than {bound:g} s ({e})") from None
+            raise StoreUnavailable(f"SQLite read failed: {e}") from e
+        except OSError as e:
+            raise StoreUnavailable(f"SQLite read failed: {e}") from e
+        return recent, shown
 
     def _export_page(self, after_seq: int, since: float | None) -> list[tuple[int, Event]]:
         # Exact retention whenever the rows were trimmed: what arrived before is not exported.
@@ -460,7 +523,7 @@ class SQLiteStore:
             async with asyncio.timeout(bound):  # not wait_for: see StateStore (base.py)
                 return await loop.run_in_executor(pool, fn)
         except TimeoutError:
-            raise StoreUnavailable(f"SQLite {op} took longer than {bound:g} s") from None
+            raise StoreTimeout(f"SQLite {op} took longer than {bound:g} s") from None
         except sqlite3.Error as e:
             self._note(e)
             raise StoreUnavailable(f"SQLite {op} failed: {e}") from e

@@ -675,6 +675,12 @@ class CountingStore:
         self.calls.append(("shown", len(user_ids)))
         return await self.store.shown(user_ids, since)
 
+    def read_in_thread(self, user_ids: list[Any], after: float, shown_since: float | None) -> Any:
+        self.calls.append(("recent", len(user_ids)))
+        if shown_since is not None:
+            self.calls.append(("shown", len(user_ids)))
+        return self.store.read_in_thread(user_ids, after, shown_since)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
 
