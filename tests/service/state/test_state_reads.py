@@ -100,9 +100,9 @@ def test_a_saturated_service_reads_a_healthy_store_in_time(
     published_root: Path, bundle: ServingBundle
 ) -> None:
     """48 clients at once against one search thread, with a read bound (10 ms) far below
-    the queue they build in front of it: every answer is fresh and carries the user's
-    events; nothing is counted as unfresh. (A read timed from when the request asked for
-    it, on the store's own threads, ran out in that queue.)"""
+    the queue they build in front of it: every answer but at most one (0.1%), which the
+    metric counts, is fresh and carries the user's events. (A read timed from when the
+    request asked for it, on the store's own threads, ran out in that queue.)"""
     app = create_app(settings(published_root, state_timeout_s=0.01, search_threads=1))
     row = 5
     user_id = user(bundle, row)
@@ -116,10 +116,17 @@ def test_a_saturated_service_reads_a_healthy_store_in_time(
         with ThreadPoolExecutor(48) as clients:
             answers = [a for batch in clients.map(recalls, [15] * 48) for a in batch]
         assert len(answers) == 720
-        assert [a for a in answers if not a["fresh"] or a["fresh_events"] != 2] == []
+        unfresh = [a for a in answers if not a["fresh"]]
+        # the issue's bound, 0.1%, rounded up to one answer: a read whose thread the OS
+        # deschedules for over 10 ms mid-read is rightly cut (main before the fix: 425)
+        assert len(unfresh) <= 1, unfresh
+        assert all(a["fresh_events"] == 2 for a in answers if a["fresh"])
         text = c.get("/metrics").text
-    for reason in ("timeout", "unavailable"):
-        assert metric(text, f'recall_unfresh_answers_total{{reason="{reason}"}}') == 0
+    counted = sum(
+        metric(text, f'recall_unfresh_answers_total{{reason="{reason}"}}')
+        for reason in ("timeout", "unavailable")
+    )
+    assert counted == len(unfresh)
 
 
 def test_a_stalled_store_answers_from_the_bundle_within_the_bound(
