@@ -54,10 +54,13 @@ def weight_shapes(length: int, dim: int) -> dict[str, tuple[int, ...]]:
 
 
 def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """LayerNorm over the last axis (biased variance, eps 1e-5, as torch), float32."""
-    mean = x.mean(axis=-1, keepdims=True)
-    centred = x - mean
-    var = (centred * centred).mean(axis=-1, keepdims=True)
+    """LayerNorm over the last axis (biased variance, eps 1e-5, as torch), float32.
+
+    ``sum * (1/d)`` rather than ``mean``: the same float32 result within rounding, and
+    several microseconds less per call for one user (``np.mean`` runs Python code)."""
+    scale = np.float32(1.0 / x.shape[-1])
+    centred = x - x.sum(axis=-1, keepdims=True) * scale
+    var = np.square(centred).sum(axis=-1, keepdims=True) * scale
     out: np.ndarray = centred / np.sqrt(var + np.float32(LAYER_NORM_EPS)) * weight + bias
     return out
 
@@ -81,17 +84,27 @@ class AttentionReadout:
             if not np.isfinite(array).all():
                 raise ValueError(f"user tower weight {PREFIX + name!r} holds NaN/Inf")
             w[name] = array
-        self.heads, self.head_dim = heads, dim // heads
+        # Folded at load (float64, then float32), so that a call is a few matmuls:
+        # scores_h = x_t . r_h with r = last @ query_key + query_key_bias, (B, H * d);
+        # attention = pooled (B, H * d) @ value_output + value_output_bias.
+        h, dh = heads, dim // heads
+        wq, bq = w["query.weight"].astype(np.float64), w["query.bias"].astype(np.float64)
+        key = w["key.weight"].astype(np.float64).reshape(h, dh, dim)
+        value = w["value.weight"].astype(np.float64).reshape(h, dh, dim)
+        wo = w["output.weight"].astype(np.float64)
+        key_blocks = np.zeros((dim, h * dim))  # q_h -> W_k,h^T q_h, scaled by 1/sqrt(d/H)
+        value_blocks = np.zeros((h * dim, dim))  # pooled_h -> W_v,h pooled_h, head h's slice
+        for j in range(h):
+            key_blocks[j * dh : (j + 1) * dh, j * dim : (j + 1) * dim] = key[j] / math.sqrt(dh)
+            value_blocks[j * dim : (j + 1) * dim, j * dh : (j + 1) * dh] = value[j].T
+        self.heads = heads
         self.position = w["position.weight"]
-        self.query_t = np.ascontiguousarray(w["query.weight"].T)
-        self.query_bias = w["query.bias"]
-        self.key = w["key.weight"].reshape(heads, self.head_dim, dim)  # (H, d/H, d)
-        self.value_t = np.ascontiguousarray(
-            w["value.weight"].reshape(heads, self.head_dim, dim).transpose(0, 2, 1)
-        )  # (H, d, d/H)
-        self.value_bias = w["value.bias"]
-        self.output_t = np.ascontiguousarray(w["output.weight"].T)
-        self.output_bias = w["output.bias"]
+        self.query_key = (wq.T @ key_blocks).astype(np.float32)
+        self.query_key_bias = (bq @ key_blocks).astype(np.float32)
+        self.value_output = (value_blocks @ wo.T).astype(np.float32)
+        self.value_output_bias = (
+            w["value.bias"].astype(np.float64) @ wo.T + w["output.bias"]
+        ).astype(np.float32)
         self.norm1 = (w["norm1.weight"], w["norm1.bias"])
         self.ffn_in_t = np.ascontiguousarray(w["ffn_in.weight"].T)
         self.ffn_in_bias = w["ffn_in.bias"]
@@ -110,20 +123,20 @@ class AttentionReadout:
         b, _, dim = tokens.shape
         x = tokens + self.position  # (B, L, d)
         last = x[:, -1]  # (B, d)
-        q = (last @ self.query_t + self.query_bias).reshape(b, self.heads, 1, self.head_dim)
-        r = q @ self.key  # (B, H, 1, d): W_k,h^T q_h
-        scores = (r @ x.transpose(0, 2, 1)[:, None]) * np.float32(1 / math.sqrt(self.head_dim))
-        valid = mask[:, None, None, :]  # (B, 1, 1, L)
-        scores = np.where(valid, scores, np.float32(-np.inf))
-        present = mask.any(axis=1)
-        scores[~present] = 0.0  # an empty window: finite, zeroed below
+        r = (last @ self.query_key + self.query_key_bias).reshape(b, self.heads, dim)
+        scores = r @ x.transpose(0, 2, 1)  # (B, H, L)
+        present = np.asarray(mask.any(axis=1))
+        if not mask.all():  # padded slots get -inf; an empty window attends to all (zeroed)
+            attend = (mask | ~present[:, None])[:, None]
+            scores = np.where(attend, scores, np.float32(-np.inf))
         scores -= scores.max(axis=-1, keepdims=True)
         a = np.exp(scores)
-        a /= a.sum(axis=-1, keepdims=True)  # (B, H, 1, L)
-        pooled = a @ x[:, None]  # (B, H, 1, d)
-        heads = (pooled @ self.value_t).reshape(b, dim) + self.value_bias
-        y = layer_norm(last + heads @ self.output_t + self.output_bias, *self.norm1)
+        a /= a.sum(axis=-1, keepdims=True)
+        pooled = (a @ x).reshape(b, self.heads * dim)  # each head's weighted token mean
+        attended = pooled @ self.value_output + self.value_output_bias
+        y = layer_norm(last + attended, *self.norm1)
         hidden = np.maximum(y @ self.ffn_in_t + self.ffn_in_bias, 0.0)
         z = layer_norm(y + hidden @ self.ffn_out_t + self.ffn_out_bias, *self.norm2)
-        z[~present] = 0.0
+        if not present.all():
+            z[~present] = 0.0
         return z.astype(np.float32, copy=False)
