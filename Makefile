@@ -13,6 +13,11 @@ NPM ?= npm
 ESLINT := node_modules/.bin/eslint
 COMPOSE := docker-compose -f docker/docker-compose.yml --env-file docker/.env.example
 
+# docker/k8s/: every manifest against the schemas of a Kubernetes release supported today
+# (kubernetes-validate ships them: no cluster, no network).
+K8S_VERSION := 1.37.0
+K8S_MANIFESTS := $(filter-out %/kustomization.yaml,$(wildcard docker/k8s/*.yaml docker/k8s/*/*.yaml))
+
 .PHONY: setup demo test lint lint-docker clean
 
 setup: $(VENV)/.installed
@@ -34,6 +39,7 @@ lint: setup node_modules/.installed
 	$(BIN)/mypy
 	$(ESLINT) .
 	$(BIN)/lint-imports
+	$(BIN)/kubernetes-validate --strict --quiet -k $(K8S_VERSION) $(K8S_MANIFESTS)
 
 node_modules/.installed: package.json package-lock.json
 	@command -v $(NPM) >/dev/null || { echo "npm not found: install Node.js 18.18 or newer" \
@@ -49,7 +55,7 @@ lint-docker: setup $(VENV)/.docker-linters
 		"apt-get install -y docker-compose (.ci/run installs it)" >&2; exit 1; }
 	$(COMPOSE) config -q
 	$(BIN)/hadolint docker/Dockerfile.service docker/Dockerfile.trainer
-	$(BIN)/shellcheck docker/train-and-publish.sh
+	$(BIN)/shellcheck docker/train-and-publish.sh docker/train-distributed.sh
 
 $(VENV)/.docker-linters: $(VENV)/.installed Makefile
 	$(BIN)/pip install --quiet $(DOCKER_LINTERS)

@@ -75,7 +75,7 @@ def _recall_cli() -> str:
 
 @contextmanager
 def serve(
-    root: Path,
+    root: Path | str,
     workers: int,
     env: Mapping[str, str] | None = None,
     ready_timeout_s: float = 180,

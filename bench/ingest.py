@@ -165,10 +165,9 @@ def storage(backend: str, url: str, sqlite_file: Path) -> dict[str, Any]:
         size = sum(p.stat().st_size for p in sqlite_file.parent.glob(sqlite_file.name + "*"))
         return {"logged_events": events, "users": users, "file_mb": round(size / 2**20, 1)}
     with redis.Redis.from_url(url) as client:
-        events = sum(
-            len(json.loads(fields[b"e"])) for _, fields in client.xrange(b"recall:log", count=10**9)
-        )
-        log_bytes = client.memory_usage(b"recall:log", samples=0) or 0
+        log = b"recall:{log:0}"
+        events = sum(len(json.loads(fields[b"e"])) for _, fields in client.xrange(log, count=10**9))
+        log_bytes = client.memory_usage(log, samples=0) or 0
         keys = list(client.scan_iter(b"recall:r:*", count=1000))
         sample = keys[:: max(1, len(keys) // 500)]
         per_user = sum(client.memory_usage(k) or 0 for k in sample) / max(1, len(sample))

@@ -1,11 +1,16 @@
 """Training speed and memory: full training on MovieLens 100K, and sampled-softmax
-training steps on a synthetic 1M-user x 1M-item catalog.
+training steps on a synthetic 1M-user x 1M-item catalog; with ``ranks``, examples/s of
+one process against two ``torchrun`` ranks, and with ``ranks-quality``, test HR@50 on
+MovieLens 100K of one process against two ranks over seeds (the protocol of
+docs/quality.md).
 
 Each case runs in its own process so its peak RSS is its own. Prints a table and writes
 JSON (machine, date, load average) for docs/training.md to quote.
 
-    .venv/bin/python bench/train_speed.py                  # both cases
+    .venv/bin/python bench/train_speed.py                  # ml-100k and synth-1m
     .venv/bin/python bench/train_speed.py --cases ml-100k  # one
+    .venv/bin/python bench/train_speed.py --cases ranks ranks-quality --seeds 0 1 2 \
+        --out bench/results/train_ranks.json
 
 MovieLens 100K is read from ``$RECALL_ML100K_DIR`` (default ``../shared/data/ml-100k``).
 """
@@ -18,8 +23,11 @@ import logging
 import os
 import platform
 import resource
+import socket
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -106,6 +114,107 @@ def run_synth_1m(device: str, steps: int) -> dict[str, Any]:
     }
 
 
+def _recall_train(
+    ranks: int, data: Path, out: Path, flags: list[str], threads: int | None = None
+) -> Path:
+    """``recall train`` in one process (``ranks`` 1) or under ``torchrun`` with ``ranks``
+    gloo processes on 127.0.0.1; the bundle it wrote."""
+    recall = [str(Path(sys.executable).parent / "recall"), "train"]
+    args = ["--data", str(data), "--out", str(out), "--no-progress", *flags]
+    if ranks == 1:
+        command = [*recall, *args]
+    else:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        command = [
+            str(Path(sys.executable).parent / "torchrun"),
+            f"--nproc-per-node={ranks}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint=127.0.0.1:{port}",
+            "--no-python",
+            *recall,
+            *args,
+        ]
+    env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    child = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True, env=env)
+    return Path(child.stdout.strip().splitlines()[-1])
+
+
+RANK_RUNS = [  # (label, ranks, threads per process; None = torch's default)
+    ("1 process, default threads", 1, None),
+    ("1 process, 1 thread", 1, 1),
+    ("2 ranks x 1 thread (torchrun, gloo)", 2, 1),
+]
+
+
+def run_ranks(work: Path, steps: int) -> list[dict[str, Any]]:
+    """Examples/s of one process and of two ranks, side by side: ML-100K (full softmax,
+    1 epoch) and a synthetic 100k x 100k catalog (sampled softmax, ``steps`` steps)."""
+    from recall.index import bundle as b
+    from recall.trainer.synth import SynthConfig, write_synthetic
+
+    synth = work / "synth-100k"
+    if not (synth / "interactions.csv").exists():
+        write_synthetic(synth, SynthConfig(n_users=100_000, n_items=100_000, mean_history=20))
+    sampled = work / "sampled.toml"
+    sampled.write_text(
+        f'loss = "sampled"\nepochs = 1\nmax_steps_per_epoch = {steps}\n'
+        "batch_size = 1024\nvalidation_users = 1000\n"
+    )
+    cases = [
+        ("ml-100k, full softmax, 1 epoch", ml100k_dir(), ["--epochs", "1"]),
+        (f"synthetic 100k x 100k, sampled, {steps} steps", synth, ["--config", str(sampled)]),
+    ]
+    rows = []
+    for case, data, flags in cases:
+        for label, ranks, threads in RANK_RUNS:
+            logger.info("%s: %s", case, label)
+            t0 = time.perf_counter()
+            bundle = _recall_train(ranks, data, work / "out", flags, threads)
+            wall = time.perf_counter() - t0
+            metrics = b.read_manifest(bundle).trainer["metrics"]
+            rows.append(
+                {
+                    "case": case,
+                    "run": label,
+                    "ranks": ranks,
+                    "wall_s": round(wall, 1),
+                    "examples_per_s": metrics["examples_per_second"],
+                }
+            )
+    return rows
+
+
+def run_ranks_quality(work: Path, seeds: list[int]) -> dict[str, Any]:
+    """Test metrics on ML-100K (docs/quality.md protocol, the default config) of one
+    process and of two ranks, per seed, with mean and sample std of HR@50."""
+    from recall.trainer.data import load_dataset
+    from recall.trainer.evaluate import evaluate_bundle
+
+    dataset = load_dataset(ml100k_dir())
+    per_seed: dict[str, list[dict[str, Any]]] = {"1 process": [], "2 ranks": []}
+    for seed in seeds:
+        for label, ranks in (("1 process", 1), ("2 ranks", 2)):
+            logger.info("quality: seed %d, %s", seed, label)
+            bundle = _recall_train(ranks, ml100k_dir(), work / "out", ["--seed", str(seed)], 1)
+            metrics = evaluate_bundle(bundle, dataset)["model"]
+            epochs = len(
+                json.loads((bundle / "manifest.json").read_text())["trainer"]["metrics"]["epochs"]
+            )
+            per_seed[label].append({"seed": seed, "epochs_run": epochs, **metrics})
+    summary = {}
+    for label, runs in per_seed.items():
+        hr = [r["hr@50"] for r in runs]
+        summary[label] = {
+            "hr@50_mean": round(statistics.mean(hr), 4),
+            "hr@50_std": round(statistics.stdev(hr), 4) if len(hr) > 1 else 0.0,
+        }
+    return {"seeds": seeds, "per_seed": per_seed, "summary": summary}
+
+
 def machine() -> dict[str, Any]:
     import numpy
     import torch
@@ -126,7 +235,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=["ml-100k", "synth-1m"])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--steps", type=int, default=300, help="steps for synth-1m")
+    parser.add_argument("--steps", type=int, default=300, help="steps for synth-1m and ranks")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="ranks-quality")
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/train_speed.json")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # child process mode
     args = parser.parse_args()
@@ -141,11 +251,23 @@ def main() -> None:
         sys.stdout.write(json.dumps(result) + "\n")
         return
 
-    if "ml-100k" in args.cases:
+    if {"ml-100k", "ranks", "ranks-quality"} & set(args.cases):
         ml100k_dir()  # fail now, naming RECALL_ML100K_DIR, not after the other cases
     env_machine = machine()
-    results = []
-    for case in args.cases:
+    results: list[dict[str, Any]] = []
+    report: dict[str, Any] = {"machine": env_machine, "results": results}
+    work = Path(tempfile.mkdtemp(prefix="recall-train-speed-"))
+    if "ranks" in args.cases:
+        report["ranks"] = run_ranks(work, args.steps)
+        for r in report["ranks"]:
+            sys.stdout.write(
+                f"{r['case']} | {r['run']} | {r['wall_s']} s | {r['examples_per_s']} ex/s\n"
+            )
+    if "ranks-quality" in args.cases:
+        report["ranks_quality"] = run_ranks_quality(work, args.seeds)
+        for label, row in report["ranks_quality"]["summary"].items():
+            sys.stdout.write(f"{label}: test HR@50 {row['hr@50_mean']} ± {row['hr@50_std']}\n")
+    for case in (c for c in args.cases if c in ("ml-100k", "synth-1m")):
         logger.info("running %s", case)
         child = subprocess.run(
             [
@@ -168,7 +290,7 @@ def main() -> None:
     for r in results:
         sys.stdout.write(" | ".join(str(r.get(c, "")) for c in columns) + "\n")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": env_machine, "results": results}, indent=2))
+    args.out.write_text(json.dumps(report, indent=2))
     logger.info("wrote %s", args.out)
 
 

@@ -8,7 +8,10 @@
 # the exported ones (and a copy of users/items). A state store that does not answer is
 # logged and skipped (the events stay there for the next run); bad data fails the job.
 #
-#   RECALL_ROOT          bundle root (a volume shared with the service, read-only there)
+#   RECALL_ROOT          bundle root: a volume shared with the service (read-only there),
+#                        or s3://bucket/prefix (endpoint AWS_ENDPOINT_URL, credentials from
+#                        the AWS chain): the bundle is built in TRAINER_BUNDLES, then uploaded
+#   TRAINER_BUNDLES      where an s3:// root's bundles are built (default /tmp/recall-bundles)
 #   RECALL_STATE_URL     the service's state store (redis://... or sqlite:///...); unset:
 #                        train on the data alone
 #   TRAINER_DATA         input data directory (default /data)
@@ -56,11 +59,16 @@ if [ -n "${RECALL_STATE_URL:-}" ]; then
     fi
 fi
 
-mkdir -p "$root"
+case "$root" in
+    s3://*) build_root="${TRAINER_BUNDLES:-/tmp/recall-bundles}" publish_to="$root" ;;
+    *) build_root="$root" publish_to="" ;;
+esac
+mkdir -p "$build_root"
 # `recall train` prints the new bundle's path as its last line on stdout (logs go to stderr).
 # shellcheck disable=SC2086
-out="$(recall train --data "$data" --out "$root" --no-progress $train_args)"
+out="$(recall train --data "$data" --out "$build_root" --no-progress $train_args)"
 bundle="$(printf '%s\n' "$out" | tail -n 1)"
 # shellcheck disable=SC2086
-recall build-index "$bundle" --publish --keep "$keep" $index_args >/dev/null
-echo "train-and-publish: published $bundle" >&2
+recall build-index "$bundle" --publish ${publish_to:+--root "$publish_to"} --keep "$keep" \
+    $index_args >/dev/null
+echo "train-and-publish: published $bundle${publish_to:+ to $publish_to}" >&2

@@ -5,9 +5,10 @@ by :mod:`recall.index.faiss_index` (``auto``: exact up to 50k items; above, both
 and ``hnsw`` are built and the faster one at the recall target is kept). It tunes the
 search parameter (efSearch / nprobe, HNSW landmark entry points, the re-rank ``k_factor``
 of quantized kinds, the clusters an HNSW index answers selective filters from and their
-``cluster_factor``) on a sample of the bundle's real user vectors against exact brute
-force, measures recall@10 / recall@k and single-query latency on a *disjoint* sample
-with the chosen setting, then recall and latency under filters of ~50/10/1/0.1%
+``cluster_factor``) on a sample of the bundle's real user vectors (its item vectors, the
+queries of item-to-item recall, when it has no users) against exact brute force,
+measures recall@10 / recall@k and single-query latency on a *disjoint* sample with the
+chosen setting, then recall and latency under filters of ~50/10/1/0.1%
 selectivity (``filtered``, :mod:`recall.index.filtered_recall`: the bundle's own attributes where
 one fits, random masks otherwise), and writes ``index.faiss`` (and ``item_clusters.npz``)
 and the updated manifest atomically (temp file + ``os.replace``, fsync). A build that
@@ -188,6 +189,9 @@ def build_index(bundle: Path, options: BuildOptions | None = None) -> dict[str, 
         check_vectors(bundle, b.ITEM_VECTORS, items, manifest.counts.items, manifest.dim)
         users = b.load_array(bundle, manifest, b.USER_VECTORS, mmap=True)
         check_vectors(bundle, b.USER_VECTORS, users, manifest.counts.users, manifest.dim)
+        if not len(users):  # items only (imported item2vec, graph embeddings): their queries
+            logger.info("%s has no user vectors: tuning on item vectors as queries", bundle)
+            users = items
         attributes = load_attributes(bundle, manifest)
         filters = choose_filters(attributes, manifest.counts.items, opts.seed)
         section = _build(items, users, opts, filters)

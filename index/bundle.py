@@ -6,6 +6,10 @@ records the sha256 and size of every file. schema_version 2 adds ``user_history.
 manifest's ``trained_until``; a bundle is version 2 exactly when it has that file.
 Version 2 may also hold ``item_attributes.npz`` (the items file's columns,
 :mod:`recall.index.attributes`), described by the manifest's ``item_attributes``: both or neither.
+A bundle that ``recall import`` wrote from vectors made elsewhere (:mod:`recall.index.importer`)
+has no ``user_tower.npz``: its manifest's ``history_rule`` says how a history becomes a query
+vector (:mod:`recall.index.item_mean`), ``source`` records the import and its inputs, and
+``metric`` may be ``cosine`` (every vector of unit norm; scores are cosines).
 Writers stage everything under ``<root>/.staging-<id>/`` and rename the finished
 directory into place, so a reader never sees half a bundle. Readers verify sizes and
 checksums before trusting a file, and open every file as :func:`open_bundle_file` says
@@ -96,6 +100,41 @@ class AttributeSpec(BaseModel):
     kind: Literal["categorical", "multi", "numeric"]
 
 
+class HistoryRule(BaseModel):
+    """The manifest's ``history_rule``, for a bundle without a user tower: a history's query
+    vector is the mean of the item vectors of its last ``history_length`` items, normalized
+    to unit norm when the metric is cosine (:class:`recall.index.item_mean.ItemMean`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rule: Literal["item_mean"] = "item_mean"
+    history_length: int = Field(ge=1, le=10_000)
+
+
+class InputFile(BaseModel):
+    """One input file of ``recall import`` as it was read."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str
+    sha256: str
+    bytes: int = Field(ge=0)
+    rows: int = Field(ge=0)
+    columns: list[str] = Field(description="the arrays or columns read from it")
+
+
+class ImportSource(BaseModel):
+    """The manifest's ``source`` of an imported bundle: the command and what it read."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["import"] = "import"
+    model: str | None = Field(None, description="what made the vectors, as the user named it")
+    command: str = Field(description="the `recall import` command line")
+    inputs: dict[Literal["items", "users", "interactions", "item_attributes"], InputFile]
+    normalized: bool = Field(description="vectors scaled to unit norm at import (cosine)")
+
+
 class Manifest(BaseModel):
     """``manifest.json``: what a bundle holds and how it was made."""
 
@@ -105,8 +144,10 @@ class Manifest(BaseModel):
     schema_version: Literal[1, 2] = 1
     id: str
     created_at: datetime
-    dim: int = Field(ge=2, description="vector width, bias coordinate included")
-    metric: Literal["inner_product"] = "inner_product"
+    dim: int = Field(ge=2, description="vector width (a trained bundle's bias coordinate included)")
+    metric: Literal["inner_product", "cosine"] = Field(
+        "inner_product", description="cosine: every vector has unit norm, scores are cosines"
+    )
     counts: Counts
     files: dict[str, FileEntry]
     trainer: dict[str, Any] = Field(default_factory=dict)
@@ -121,6 +162,26 @@ class Manifest(BaseModel):
         default=None,
         description=f"the columns of {ITEM_ATTRIBUTES} (schema_version 2, optional)",
     )
+    history_rule: HistoryRule | None = Field(
+        default=None,
+        description=f"a bundle without {USER_TOWER}: how a history becomes a query vector "
+        "(null: through the user tower)",
+    )
+    source: ImportSource | None = Field(
+        default=None, description="where the vectors came from (null: `recall train`)"
+    )
+
+    @model_validator(mode="after")
+    def _user_side(self) -> Manifest:
+        """A bundle has the user tower or a history rule, never both (verification needs
+        one); cosine is for imports."""
+        if self.history_rule is not None and USER_TOWER in self.files:
+            raise ValueError(f"a bundle has {USER_TOWER} or a history_rule, not both")
+        if self.metric == "cosine" and self.history_rule is None:
+            raise ValueError(
+                "metric cosine needs a history_rule (a user tower scores by inner product)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _version_fields(self) -> Manifest:
@@ -218,13 +279,17 @@ def write_bundle(
     trainer: Mapping[str, Any],
     trained_until: float | None = None,
     item_attributes: Sequence[Mapping[str, str]] | None = None,
+    metric: Literal["inner_product", "cosine"] = "inner_product",
+    history_rule: HistoryRule | None = None,
+    source: ImportSource | None = None,
 ) -> Path:
     """Write a new bundle atomically and return its final directory ``root/bundle_id``.
 
     ``arrays`` maps file names (``*.npy`` or ``*.npz``) to an array or a mapping of arrays.
     With :data:`USER_HISTORY` among them (and ``trained_until``, unix seconds) the bundle is
     schema_version 2, else 1. ``item_attributes`` (``[{"name", "kind"}]``) is the schema of
-    :data:`ITEM_ATTRIBUTES` among ``arrays`` (version 2 only).
+    :data:`ITEM_ATTRIBUTES` among ``arrays`` (version 2 only). An imported bundle gives
+    ``history_rule`` in place of :data:`USER_TOWER`, its ``source`` and maybe ``metric``.
     Files are written and fsynced under ``root/.staging-<id>/``, the manifest last, then
     the directory is renamed into place. On any failure the staging directory is removed
     and nothing appears under ``root/<id>``.
@@ -250,6 +315,9 @@ def write_bundle(
             item_attributes=None
             if item_attributes is None
             else [AttributeSpec.model_validate(dict(a)) for a in item_attributes],
+            metric=metric,
+            history_rule=history_rule,
+            source=source,
         )
         write_json_atomic(staging / MANIFEST, manifest.model_dump_json(indent=2))
         fsync_path(staging)
@@ -316,12 +384,17 @@ def read_manifest(bundle: Path) -> Manifest:
         os.close(fd)
     if size > MAX_MANIFEST_BYTES:
         raise BundleError(f"{path}: longer than {MAX_MANIFEST_BYTES} bytes")
+    return parse_manifest(str(path), b"".join(parts))
+
+
+def parse_manifest(where: str, raw: bytes) -> Manifest:
+    """The manifest ``raw`` (UTF-8 JSON) read from ``where`` (named in errors)."""
     try:
-        return Manifest.model_validate(json.loads(b"".join(parts).decode("utf-8")))
+        return Manifest.model_validate(json.loads(raw.decode("utf-8")))
     except RecursionError:  # nested deeper than Python's json reads
-        raise BundleError(f"{path}: invalid manifest: nested too deep") from None
+        raise BundleError(f"{where}: invalid manifest: nested too deep") from None
     except (ValueError, TypeError) as e:  # UnicodeDecodeError is a ValueError
-        raise BundleError(f"{path}: invalid manifest: {e}") from None
+        raise BundleError(f"{where}: invalid manifest: {e}") from None
 
 
 def verify_file(bundle: Path, manifest: Manifest, name: str) -> Path:
@@ -350,13 +423,15 @@ def verify_file(bundle: Path, manifest: Manifest, name: str) -> Path:
 
 
 def load_array(bundle: Path, manifest: Manifest, name: str, *, mmap: bool = False) -> np.ndarray:
-    """Load a verified ``.npy`` file (memory-mapped read-only when ``mmap``)."""
+    """Load a verified ``.npy`` file (memory-mapped read-only when ``mmap``: a plain,
+    read-only ``np.ndarray`` view of the map, as :func:`map_arrays` gives; the
+    ``np.memmap`` subclass would run Python code on every slice of the serving path)."""
     path = verify_file(bundle, manifest, name)
     try:
         array: np.ndarray = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except ValueError as e:
         raise BundleError(f"{bundle}: {name} is not a plain numpy array: {e}") from None
-    return array
+    return array.view(np.ndarray) if mmap else array
 
 
 def load_arrays(bundle: Path, manifest: Manifest, name: str) -> dict[str, np.ndarray]:

@@ -32,6 +32,7 @@ Flat/HNSW into anonymous memory. A mapped index must not be modified.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass, replace
@@ -336,9 +337,10 @@ def search_hnsw_from(
     entries: EntryPoints,
     settings: SearchSettings,
     selector: Any | None,
-) -> npt.NDArray[np.int64]:
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
     """HNSW level-0 search of padded queries (B, index_dim) from their nearest landmarks,
-    one shared candidate queue per query. Returns labels (B, k) int64 (-1 when short)."""
+    one shared candidate queue per query. Returns (squared L2 distances (B, k) float32,
+    labels (B, k) int64), ascending, -1 labels when short."""
     probe = settings.entry_probe or 1
     nearest, nearest_d = entries.nearest(padded, probe)
     n = padded.shape[0]
@@ -358,11 +360,26 @@ def search_hnsw_from(
         2,  # search_type 2: all entry points in one queue
         params,
     )
-    return labels
+    return distances, labels
 
 
 def search_parameters(kind: Kind, settings: SearchSettings, selector: Any | None) -> Any:
-    """A fresh ``faiss.SearchParameters*`` for one call (never mutate a shared index)."""
+    """The ``faiss.SearchParameters*`` of one search: without a selector one shared object
+    per (kind, settings), which FAISS only reads (never set anything on it); with one, a
+    fresh object for this call."""
+    if selector is None:
+        return _shared_parameters(kind, settings)
+    params = _new_parameters(kind, settings)
+    params.sel = selector
+    return params
+
+
+@functools.lru_cache(maxsize=64)
+def _shared_parameters(kind: Kind, settings: SearchSettings) -> Any:
+    return _new_parameters(kind, settings)
+
+
+def _new_parameters(kind: Kind, settings: SearchSettings) -> Any:
     if kind == "hnsw":
         params = _faiss.SearchParametersHNSW()
         if settings.ef_search is not None:
@@ -373,9 +390,53 @@ def search_parameters(kind: Kind, settings: SearchSettings, selector: Any | None
             params.nprobe = settings.nprobe
     else:
         params = faiss.SearchParameters()
-    if selector is not None:
-        params.sel = selector
     return params
+
+
+@functools.lru_cache(maxsize=64)
+def hnsw_queue(settings: SearchSettings) -> int:
+    """The ``efSearch`` an HNSW search with ``settings`` runs with (FAISS's default for
+    ``SearchParametersHNSW`` when unset)."""
+    return int(_shared_parameters("hnsw", settings).efSearch)
+
+
+def drop_excluded(
+    distances: npt.NDArray[np.float32],
+    labels: npt.NDArray[np.int64],
+    excluded: npt.NDArray[np.int64],
+    want: int,
+) -> npt.NDArray[np.int64] | None:
+    """The first ``want`` labels (-1 padded) that are not ``excluded`` (sorted unique rows)
+    of one HNSW answer (distances (m,) ascending, labels (m,)) asked for ``m > want +
+    len(excluded)`` items without a selector, when that is exactly what FAISS answers for
+    ``want`` items with an ``IDSelectorNot(excluded)``; None when it may not be.
+
+    Why it is the same answer (faiss/impl/HNSW.cpp, ``search_from_candidates``): the walk
+    (candidate queue, visited nodes, stopping rule) never looks at the selector nor at k
+    while ``k <= efSearch`` (the queue holds ``max(efSearch, k)``); the selector only gates
+    the result heap, a bounded heap that keeps a node when it is strictly nearer than its
+    current worst. So both heaps draw from the same visited nodes: the selector's keeps the
+    ``want`` nearest non-excluded ones, this one the ``m`` nearest of all, which hold them
+    (at most ``len(excluded)`` of the ``m`` are excluded) when the ``want``-th is strictly
+    nearer than the ``m``-th. The two can differ only when distances tie at the cut (which
+    of the tied nodes a bounded heap keeps depends on the order they came and left in):
+    then None, and the caller asks FAISS with the selector."""
+    if excluded.size:
+        at = np.minimum(np.searchsorted(excluded, labels), excluded.size - 1)
+        keep = (labels >= 0) & (excluded[at] != labels)
+    else:
+        keep = labels >= 0
+    members = np.flatnonzero(keep)
+    if members.size < want:  # the walk reached fewer nodes than asked: all of them are here
+        out = np.full(want, -1, dtype=np.int64)
+        out[: members.size] = labels[members]
+        return out
+    cut = distances[members[want - 1]]
+    if labels[-1] >= 0 and not cut < distances[-1]:
+        return None  # a node tied with the cut may have been left out of the m
+    if members.size > want and not distances[members[want]] > cut:
+        return None  # two non-excluded nodes tie at the cut
+    return labels[members[:want]]
 
 
 def probed_allowed(

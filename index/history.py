@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from recall.index.item_mean import MeanSpec
 from recall.index.tower import TowerSpec
 
 __all__ = ["KEYS", "UserHistory"]
@@ -66,7 +67,7 @@ class UserHistory:
         *,
         n_users: int,
         n_items: int,
-        spec: TowerSpec,
+        spec: TowerSpec | MeanSpec,
         trained_until: float,
     ) -> UserHistory:
         """Check the contents of ``user_history.npz`` against the bundle and build it.

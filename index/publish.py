@@ -28,23 +28,26 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Protocol
 
 from recall.index import bundle as b
 from recall.index.current import BUNDLE_ID, CURRENT, inspect_current, read_current
-from recall.index.verify import verify_bundle
+from recall.index.verify import VerifiedBundle, verify_bundle
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "CURRENT",
+    "UserSink",
     "bundle_lock",
     "publish",
     "read_current",
     "retain",
     "verify_bundle",
+    "verify_or_refuse",
 ]
 
 
@@ -77,9 +80,23 @@ def _write_current(root: Path, bundle_id: str) -> None:
     b.fsync_path(root)
 
 
-def publish(bundle: Path, *, keep: int = 3, stale_hours: float = 24.0) -> list[Path]:
+class UserSink(Protocol):
+    """Where a bundle's users are served from when not from its files (the state store):
+    :meth:`load` puts every user of a verified bundle there (resumable and idempotent,
+    raises when it cannot), :meth:`drop` removes the users of bundles retention removed."""
+
+    def load(self, verified: VerifiedBundle) -> object: ...
+
+    def drop(self, bundle_ids: Iterable[str]) -> None: ...
+
+
+def publish(
+    bundle: Path, *, keep: int = 3, stale_hours: float = 24.0, users: UserSink | None = None
+) -> list[Path]:
     """Verify ``bundle`` and make it ``CURRENT`` of its parent directory, atomically; then
-    apply :func:`retain`. Returns the directories retention removed.
+    apply :func:`retain`. Returns the directories retention removed. With ``users``, the
+    bundle's users are loaded there before ``CURRENT`` changes (a failure raises and
+    leaves ``CURRENT`` as it was), and the users of the bundles retention removed go too.
 
     Used for a new bundle and for rollback to an older one; publishing the bundle that is
     already ``CURRENT`` verifies it and leaves ``CURRENT`` untouched. Any refusal is a
@@ -93,7 +110,9 @@ def publish(bundle: Path, *, keep: int = 3, stale_hours: float = 24.0) -> list[P
     if not BUNDLE_ID.fullmatch(bundle.name):
         raise b.BundleError(f"{bundle}: not a bundle directory name")
     with bundle_lock(bundle), _dir_lock(root, "a publish to this root"):
-        _verify(bundle)
+        verified = verify_or_refuse(bundle)
+        if users is not None:
+            users.load(verified)
         previous = inspect_current(root)  # may be unreadable: publishing repairs that
         if previous.bundle_id == bundle.name:
             logger.info("%s is already CURRENT: nothing to switch", bundle)
@@ -102,16 +121,23 @@ def publish(bundle: Path, *, keep: int = 3, stale_hours: float = 24.0) -> list[P
             was = previous.bundle_id or previous.problem or "absent"
             logger.info("published %s (CURRENT was %s)", bundle, was)
         try:
-            return _retain(root, keep, stale_hours)
+            removed = _retain(root, keep, stale_hours)
         except Exception:  # CURRENT is switched: the publish is done whatever happens here
             logger.exception("retention failed after publishing %s; CURRENT names it", bundle)
             return []
+        if users is not None:
+            gone = [p.name for p in removed if BUNDLE_ID.fullmatch(p.name)]
+            try:
+                users.drop(gone)
+            except Exception:
+                logger.exception("removing the users of %s failed; CURRENT names %s", gone, bundle)
+        return removed
 
 
-def _verify(bundle: Path) -> None:
+def verify_or_refuse(bundle: Path) -> VerifiedBundle:
     """:func:`verify_bundle`, with any failure a :class:`~recall.index.bundle.BundleError`."""
     try:
-        verify_bundle(bundle)
+        return verify_bundle(bundle)
     except b.BundleError:
         raise
     except Exception as e:  # a loader's own error on content that passed its checksum

@@ -5,16 +5,19 @@ item vectors. ``search`` returns ``(scores, rows)``: rows are item rows (= FAISS
 ``item_ids[row]`` is the external id), scores the exact inner products ``items[row] . q``
 recomputed in float32 from the item vectors and sorted by them, whatever the index kind.
 
-Exclusions are pushed into FAISS as a per-query ``IDSelectorNot`` (``SearchParameters``),
-so the index itself skips excluded items. When exclusions leave at most 4096 items, those
-are scanned exactly instead. A filter (``allowed``, :class:`~recall.index.allowed.AllowedItems`)
-picks its strategy by how many items it leaves (:meth:`ItemIndex.filter_strategy`): an
-exact scan of few, the item clusters (:mod:`recall.index.clusters`) or the index with a bitmap
-selector (quantized kinds: every allowed item of the probed lists, scored exactly,
-:func:`recall.index.faiss_index.probed_allowed`). When an approximate index still comes back with
-fewer than
-the needed candidates (possible for HNSW/IVF under heavy exclusion, or IVF with few
-probes), that query is answered by exact brute force. Result width:
+Exclusions: an HNSW search asks FAISS for ``k + len(excluded) + 1`` items and drops the
+excluded ones when that fits its queue (``efSearch``), which is exactly the answer of a
+search that skips them by a selector (:func:`recall.index.faiss_index.drop_excluded` says why
+and when it would not be, then the selector is used); other kinds, and HNSW beyond that,
+push them into FAISS as a per-query ``IDSelectorNot`` (``SearchParameters``). When
+exclusions leave at most 4096 items, those are scanned exactly instead. A filter
+(``allowed``, :class:`~recall.index.allowed.AllowedItems`) picks its strategy by how many
+items it leaves (:meth:`ItemIndex.filter_strategy`): an exact scan of few, the item
+clusters (:mod:`recall.index.clusters`) or the index with a bitmap selector (quantized
+kinds: every allowed item of the probed lists, scored exactly,
+:func:`recall.index.faiss_index.probed_allowed`). When an approximate index still comes
+back with fewer than the needed candidates (possible for HNSW/IVF under heavy exclusion,
+or IVF with few probes), that query is answered by exact brute force. Result width:
 ``k' = min(k, eligible)``, where ``eligible`` is the smallest number of non-excluded items
 over the batch's queries; so the result is ``k`` wide unless the catalog is smaller than
 ``k`` plus the exclusions. Labels are never -1.
@@ -23,10 +26,11 @@ HNSW indexes may carry landmark entry points (``entry_rows`` in the manifest): s
 with ``entry_probe`` start the level-0 search from the landmarks nearest each query
 (:func:`recall.index.faiss_index.search_hnsw_from`) instead of FAISS's single greedy entry.
 
-Thread safety: ``search`` never mutates shared state (search parameters are built per call)
-and FAISS releases the GIL while it searches, so one :class:`ItemIndex` serves concurrent
-callers. OpenMP threads are a process-wide FAISS setting left to the caller (the service
-wants ``faiss.omp_set_num_threads(1)`` for single queries).
+Thread safety: ``search`` never mutates shared state (search parameters are shared only
+where FAISS just reads them, :func:`recall.index.faiss_index.search_parameters`) and FAISS
+releases the GIL while it searches, so one :class:`ItemIndex` serves concurrent callers.
+OpenMP threads are a process-wide FAISS setting left to the caller (the service wants
+``faiss.omp_set_num_threads(1)`` for single queries).
 """
 
 from __future__ import annotations
@@ -389,7 +393,7 @@ class ItemIndex:
             if e is None and a is None
         ]
         if plain:
-            rows[plain] = self._faiss_search(padded[plain], fetch, use, None)
+            rows[plain] = self._faiss_search(padded[plain], fetch, use, None)[1]
         for i, (e, allow) in enumerate(zip(excluded, allows, strict=True)):
             if e is None and allow is None:
                 continue
@@ -401,8 +405,7 @@ class ItemIndex:
                     rows[i, :want] = self._scan(q[i], eligible, want)
                     strategies[i] = "scan"
                     continue
-                sel = fi.ExclusionSelector(e, n)
-                rows[i, :want] = self._faiss_search(padded[i : i + 1], want, use, sel.selector)[0]
+                rows[i, :want] = self._search_excluding(padded[i : i + 1], want, use, e)
                 continue
             strategy = force or self.filter_strategy(counts[i], want, use)
             strategies[i] = strategy
@@ -417,7 +420,7 @@ class ItemIndex:
                     rows[i, : found_rows.size] = found_rows
                     continue
                 found = self._faiss_search(padded[i : i + 1], want, wide, allowed_sel.selector)
-                rows[i, :want] = found[0]
+                rows[i, :want] = found[1][0]
                 continue
             if strategy == "scan":
                 eligible = allow.rows
@@ -430,11 +433,14 @@ class ItemIndex:
             if e is not None:
                 eligible = eligible[~np.isin(eligible, e, assume_unique=True)]
             rows[i, :want] = self._scan(q[i], eligible, want)
-        valid = rows >= 0
-        safe = np.where(valid, rows, 0)
+        short = rows < 0
+        if not short.any():  # the common case: every query got all it asked for
+            scores = np.einsum("bkd,bd->bk", self.items[rows], q, dtype=np.float32)
+            return (*topk_by_score(scores, rows, k_out), strategies)
+        safe = np.where(short, 0, rows)
         scores = np.einsum("bkd,bd->bk", self.items[safe], q, dtype=np.float32)
-        scores[~valid] = -np.inf
-        safe[~valid] = _NO_ROW  # sorts after every real row among equal (-inf) scores
+        scores[short] = -np.inf
+        safe[short] = _NO_ROW  # sorts after every real row among equal (-inf) scores
         top_s, top_r = topk_by_score(scores, safe, k_out)
         top_r[top_r == _NO_ROW] = -1
         return top_s, top_r, strategies
@@ -463,13 +469,37 @@ class ItemIndex:
         k: int,
         use: fi.SearchSettings,
         selector: Any | None,
-    ) -> npt.NDArray[np.int64]:
-        """FAISS labels (B, k) int64 for padded queries, -1 where the index came back short."""
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """FAISS's (distances (B, k) float32, labels (B, k) int64) for padded queries, -1
+        labels where the index came back short."""
         if use.entry_probe and self.entries is not None:
             return fi.search_hnsw_from(self.index, padded, k, self.entries, use, selector)
         params = fi.search_parameters(self.kind, use, selector)
-        _, labels = self.index.search(padded, k, params=params)
-        return np.asarray(labels, dtype=np.int64)
+        distances, labels = self.index.search(padded, k, params=params)
+        return distances, np.asarray(labels, dtype=np.int64)
+
+    def _search_excluding(
+        self,
+        padded: npt.NDArray[np.float32],
+        want: int,
+        use: fi.SearchSettings,
+        excluded: npt.NDArray[np.int64],
+    ) -> npt.NDArray[np.int64]:
+        """FAISS's top ``want`` labels (want,) for one padded query (1, index_dim) without
+        the ``excluded`` rows (sorted unique). HNSW asks for ``want + len(excluded) + 1``
+        items (one more, so that the cut lies before the last even when every excluded row
+        is among them) and drops the excluded ones when that fits its queue (the very answer
+        of a selector, :func:`recall.index.faiss_index.drop_excluded`), saving the selector
+        and its checks; otherwise, or when distances tie at the cut, an ``IDSelectorNot``."""
+        wide = want + excluded.size + 1
+        if self.kind == "hnsw" and wide <= fi.hnsw_queue(use):
+            distances, labels = self._faiss_search(padded, wide, use, None)
+            kept = fi.drop_excluded(distances[0], labels[0], excluded, want)
+            if kept is not None:
+                return kept
+        kept_alive = fi.ExclusionSelector(excluded, self.n_items)  # owns the selector's buffers
+        _, labels = self._faiss_search(padded, want, use, kept_alive.selector)
+        return np.asarray(labels[0], dtype=np.int64)
 
     def _check_queries(self, queries: npt.ArrayLike) -> npt.NDArray[np.float32]:
         try:
@@ -536,7 +566,9 @@ class ItemIndex:
                 continue
             if arr.ndim != 1 or arr.dtype.kind not in "iu":
                 raise ValueError(f"exclude entries must be 1-D integer rows, got {arr.dtype}")
-            if int(arr.min()) < 0 or int(arr.max()) >= self.n_items:
+            if arr.size > 1 and not (arr[1:] > arr[:-1]).all():  # often sorted already
+                arr = np.unique(arr)
+            if int(arr[0]) < 0 or int(arr[-1]) >= self.n_items:
                 raise ValueError(f"exclude rows must be in [0, {self.n_items})")
-            out.append(np.unique(arr.astype(np.int64)))
+            out.append(arr.astype(np.int64, copy=False))
         return out

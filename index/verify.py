@@ -15,6 +15,9 @@ every replica loads, and the other way round. The rules:
   starts at 0, never decreases, ends at ``len(indices)``; indices are item rows in
   ``[0, n_items)``;
 - ``user_tower``: a valid tower whose width is ``dim - 1`` and whose catalog is n_items;
+  a bundle without one (``recall import``) has the manifest's ``history_rule`` instead,
+  and its history encoder is :class:`recall.index.item_mean.ItemMean`;
+- ``metric`` cosine: every user and item vector has unit norm (within 1e-3);
 - ``user_history`` (schema_version 2, which has it and ``trained_until``; version 1 has
   neither): :meth:`recall.index.history.UserHistory.from_arrays` (shapes vs counts, CSR, windows
   no longer than the tower's ``history_length``, item rows in range, timestamps finite,
@@ -46,12 +49,13 @@ from recall.index.attributes import ItemAttributes
 from recall.index.current import BUNDLE_ID
 from recall.index.history import UserHistory
 from recall.index.ids import IdMap
+from recall.index.item_mean import HistoryEncoder, ItemMean
 from recall.index.search import ItemIndex, check_vectors, max_row_norm, row_norms
 from recall.index.tower import FLOAT32_MAX, UserTower
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MAX_METADATA_DEPTH", "VerifiedBundle", "verify_bundle"]
+__all__ = ["MAX_METADATA_DEPTH", "UsersElsewhere", "VerifiedBundle", "verify_bundle"]
 
 #: How deep the manifest's JSON may nest (orjson, which the service answers with, refuses
 #: more than 254 levels; the service nests manifest sections inside its answers).
@@ -69,7 +73,7 @@ class VerifiedBundle:
     user_vectors: npt.NDArray[np.float32]  # (n_users, dim)
     seen_indptr: npt.NDArray[np.integer]  # (n_users + 1,)
     seen_items: npt.NDArray[np.integer]  # (nnz,) item rows
-    tower: UserTower
+    tower: HistoryEncoder  # the user tower, or the item mean of a bundle without one
     popularity: npt.NDArray[np.float32]  # (n_items,) training interactions per item
     index: ItemIndex  # holds item_vectors (n_items, dim) float32 as ``index.items``
     history: UserHistory | None  # schema_version 2: each user's training window + features
@@ -77,8 +81,23 @@ class VerifiedBundle:
     attributes: ItemAttributes | None = None  # schema_version 2, optional: items.csv columns
 
 
-def verify_bundle(bundle: Path) -> VerifiedBundle:
-    """Verify the bundle directory ``bundle`` (whose parent is its root) and load it."""
+@dataclass(frozen=True)
+class UsersElsewhere:
+    """A bundle whose users are served from elsewhere (the state store, where publishing
+    loaded them from this bundle, fully verified): their ids' ``kind`` (``"int"`` or
+    ``"str"``) and the largest L2 norm of their numeric features (the tower's bound)."""
+
+    kind: str
+    numeric_norm: float
+
+
+def verify_bundle(bundle: Path, users_elsewhere: UsersElsewhere | None = None) -> VerifiedBundle:
+    """Verify the bundle directory ``bundle`` (whose parent is its root) and load it.
+
+    With ``users_elsewhere`` the per-user files (``user_ids``, ``user_vectors``,
+    ``user_seen``, ``user_history``) are neither opened nor mapped: the result holds no
+    user (an empty id map of the given kind, history None) and the score-range check
+    bounds the tower by the given numeric norm."""
     _check_location(bundle)
     manifest = b.read_manifest(bundle)
     if manifest.id != bundle.name:
@@ -87,7 +106,6 @@ def verify_bundle(bundle: Path) -> VerifiedBundle:
         raise b.BundleError(f"{bundle}: no index (run `recall build-index {bundle}`)")
     n_items, n_users, dim = manifest.counts.items, manifest.counts.users, manifest.dim
     item_ids = _ids(bundle, manifest, b.ITEM_IDS, n_items)
-    user_ids = _ids(bundle, manifest, b.USER_IDS, n_users)
     popularity = b.load_array(bundle, manifest, b.ITEM_POPULARITY)
     if popularity.ndim != 1 or popularity.shape[0] != n_items or popularity.dtype.kind not in "iuf":
         raise b.BundleError(
@@ -97,14 +115,28 @@ def verify_bundle(bundle: Path) -> VerifiedBundle:
     popularity = popularity.astype(np.float32)
     if not np.isfinite(popularity).all():
         raise b.BundleError(f"{bundle}: {b.ITEM_POPULARITY} holds NaN/Inf")
-    user_vectors = b.load_array(bundle, manifest, b.USER_VECTORS, mmap=True)
-    check_vectors(bundle, b.USER_VECTORS, user_vectors, n_users, dim)
-    indptr, indices = _seen(bundle, manifest, n_users, n_items)
-    tower = _tower(bundle, manifest)
-    history = _history(bundle, manifest, tower)
-    attributes = _attributes(bundle, manifest)
+    if users_elsewhere is None:
+        user_ids = _ids(bundle, manifest, b.USER_IDS, n_users)
+        user_vectors = b.load_array(bundle, manifest, b.USER_VECTORS, mmap=True)
+        check_vectors(bundle, b.USER_VECTORS, user_vectors, n_users, dim)
+        indptr, indices = _seen(bundle, manifest, n_users, n_items)
+    else:
+        kind = np.int64 if users_elsewhere.kind == "int" else np.str_
+        user_ids = IdMap(np.zeros(0, dtype=kind))
+        user_vectors = np.zeros((0, dim), dtype=np.float32)
+        indptr, indices = np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int32)
     index = ItemIndex.load(bundle, manifest)  # item vectors + index.faiss, all checked
-    _check_score_range(bundle, user_vectors, index.items, tower, history)
+    tower = _history_encoder(bundle, manifest, index.items)
+    if users_elsewhere is None:
+        history = _history(bundle, manifest, tower)
+        numeric_norm = 0.0 if history is None else float(row_norms(history.numeric).max(initial=0))
+    else:
+        history, numeric_norm = None, users_elsewhere.numeric_norm
+    attributes = _attributes(bundle, manifest)
+    if manifest.metric == "cosine":
+        _check_unit_norms(bundle, b.ITEM_VECTORS, index.items)
+        _check_unit_norms(bundle, b.USER_VECTORS, user_vectors)
+    _check_score_range(bundle, user_vectors, index.items, tower, numeric_norm)
     _check_metadata(bundle, manifest)
     return VerifiedBundle(
         path=bundle,
@@ -170,6 +202,28 @@ def _seen(
     return indptr, indices
 
 
+def _history_encoder(
+    bundle: Path, manifest: b.Manifest, item_vectors: npt.NDArray[np.float32]
+) -> HistoryEncoder:
+    """The one place that chooses how this bundle turns a history into a query vector:
+    its trained user tower, or (a bundle without one) the rule of its ``history_rule``."""
+    rule = manifest.history_rule
+    if rule is None:
+        return _tower(bundle, manifest)
+    return ItemMean(item_vectors, rule.history_length, normalize=manifest.metric == "cosine")
+
+
+def _check_unit_norms(bundle: Path, name: str, vectors: npt.NDArray[np.float32]) -> None:
+    """A cosine bundle's vectors (n, dim) have unit norm (within 1e-3)."""
+    off = np.abs(row_norms(vectors) - 1.0) > 1e-3
+    if off.any():
+        first = int(np.flatnonzero(off)[0])
+        raise b.BundleError(
+            f"{bundle}: the metric is cosine but {name} has {int(off.sum())} row(s) not of "
+            f"unit norm (first: row {first})"
+        )
+
+
 def _tower(bundle: Path, manifest: b.Manifest) -> UserTower:
     arrays = b.load_arrays(bundle, manifest, b.USER_TOWER)
     try:
@@ -185,7 +239,7 @@ def _tower(bundle: Path, manifest: b.Manifest) -> UserTower:
     return tower
 
 
-def _history(bundle: Path, manifest: b.Manifest, tower: UserTower) -> UserHistory | None:
+def _history(bundle: Path, manifest: b.Manifest, tower: HistoryEncoder) -> UserHistory | None:
     """``user_history.npz`` of a schema_version 2 bundle, checked; None for version 1."""
     if manifest.schema_version == 1:
         return None
@@ -232,14 +286,15 @@ def _check_score_range(
     bundle: Path,
     user_vectors: npt.NDArray[np.float32],
     item_vectors: npt.NDArray[np.float32],
-    tower: UserTower,
-    history: UserHistory | None,
+    tower: HistoryEncoder,
+    numeric_norm: float,
 ) -> None:
     """Every query vector the bundle itself makes scores within float32, by the service's
     rule (``|q| * max |item| <= FLOAT32_MAX / 2``, :func:`recall.service.recaller._check_range`,
     with the item norm taken as at least 1): each stored user vector, each item vector (the
     query of a similar-items search) and the largest vector the tower can compute from a
-    history with the stored features (:meth:`recall.index.tower.UserTower.norm_bound`)."""
+    history with numeric features of L2 norm up to ``numeric_norm``
+    (:meth:`recall.index.tower.UserTower.norm_bound`)."""
     item_norm = max_row_norm(item_vectors)
     limit = FLOAT32_MAX / 2 / max(item_norm, 1.0)
     why = f"with item vectors of norm up to {item_norm:.3g}, a query's must stay <= {limit:.3g}"
@@ -253,7 +308,6 @@ def _check_score_range(
             f"{bundle}: {b.USER_VECTORS} has {int(too_large.sum())} row(s) too large to score "
             f"(first: row {first}, norm {norms[first]:.3g}): {why}"
         )
-    numeric_norm = 0.0 if history is None else float(row_norms(history.numeric).max(initial=0.0))
     bound = tower.norm_bound(numeric_norm)
     if not bound <= limit:
         raise b.BundleError(

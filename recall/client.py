@@ -206,8 +206,9 @@ class Item:
 @dataclass(frozen=True)
 class RecallResult:
     """Items best first; ``source``: user, user+events, events, history, vector, item or
-    popular; ``fresh_events``: the user's newer events in the query vector; ``fresh``
-    False when the service answered without its state store."""
+    popular (user+events, events and history end in ``:item-mean`` for imported vectors,
+    README "Bring your own vectors"); ``fresh_events``: the user's newer events in the query
+    vector; ``fresh`` False when the service answered without its state store."""
 
     bundle_id: str
     source: str

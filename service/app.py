@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager, suppress
 import faiss
 from fastapi import FastAPI
 
+from recall.index.roots import S3Location
 from recall.service.app_state import AppState
 from recall.service.availability import Availability
 from recall.service.deps import app_state_of
@@ -31,10 +32,12 @@ from recall.service.limits import BodyLimitMiddleware
 from recall.service.metrics import Metrics, MetricsMiddleware
 from recall.service.parent_watch import die_with_parent
 from recall.service.pool import SearchPool
-from recall.service.reloader import BundleHolder
+from recall.service.reloader import BundleHolder, BundleSource, LocalSource
 from recall.service.routes import admin, console, events, items, operations, recall, vectors
 from recall.service.settings import Settings
-from recall.service.state import StoreUnavailable, open_store
+from recall.service.state import StoreUnavailable, check_url, open_store
+from recall.service.state.base import DEFAULT_WRITE_TIMEOUT_S
+from recall.service.state.users import USER_FILES, StoreUsers
 from recall.service.state_access import StateAccess
 
 logger = logging.getLogger(__name__)
@@ -52,9 +55,8 @@ def create_app(settings: Settings) -> FastAPI:
         docs_url=None,  # service.docs serves /docs from the package, not from a CDN
         redoc_url=None,
     )
-    app.state.recall = AppState(
-        settings, metrics, BundleHolder(settings.root, metrics), SearchPool(settings.search_threads)
-    )
+    holder = BundleHolder(bundle_source(settings), metrics)
+    app.state.recall = AppState(settings, metrics, holder, SearchPool(settings.search_threads))
     # Middleware, innermost first: the error catch-all (so metrics counts the 500), HEAD
     # as GET (counted as HEAD), the body limit, the metrics.
     install_error_handlers(app)
@@ -68,6 +70,24 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(group.router)
     app.mount(console.ASSETS_PATH, console.ConsoleAssets(), name="console-assets")
     return app
+
+
+def bundle_source(settings: Settings) -> BundleSource:
+    """The local root read in place, or an s3:// root through the download cache."""
+    if not isinstance(settings.root, S3Location):
+        return LocalSource(settings.root)
+    from recall.index.roots import S3Root
+    from recall.service.bundle_cache import S3CachedSource
+
+    assert settings.cache_dir is not None  # Settings refuses an s3:// root without one
+    skip = USER_FILES if users_in_store(settings) else ()
+    return S3CachedSource(S3Root(settings.root), settings.cache_dir, settings.cache_keep, skip)
+
+
+def users_in_store(settings: Settings) -> bool:
+    """Whether the bundles' users are served from the state store (Redis, Redis Cluster)
+    rather than from each bundle's user files (the embedded SQLite store)."""
+    return check_url(settings.state_url) != "sqlite"
 
 
 @asynccontextmanager
@@ -84,8 +104,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         retention_s=settings.events_retention_s,
         timeout_s=settings.state_timeout_s,
     )
+    users = None
+    if users_in_store(settings):
+        users = StoreUsers(
+            settings.state_url,
+            timeout_s=settings.state_timeout_s,
+            write_timeout_s=DEFAULT_WRITE_TIMEOUT_S,
+        )
+    state.holder.users = users
     state.access = StateAccess(
-        store, state.metrics, timeout_s=settings.state_timeout_s, shown_ttl_s=settings.shown_ttl_s
+        store,
+        state.metrics,
+        timeout_s=settings.state_timeout_s,
+        shown_ttl_s=settings.shown_ttl_s,
+        users=users,
     )
     availability = state.availability = Availability(state.access, settings.availability_poll_s)
     try:
@@ -107,6 +139,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.pool.shutdown()
     with suppress(StoreUnavailable):
         await store.close()
+    if users is not None:
+        await users.close()
 
 
 def create_app_from_env() -> FastAPI:

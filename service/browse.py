@@ -1,6 +1,6 @@
 """What the console shows of users and items, without HTTP (pure functions over a bundle).
 
-- :func:`history_rows`: a user's training window (``user_history.npz``) and their newer
+- :func:`history_rows`: a user's training window (:func:`training_window`) and their newer
   events from the state store, newest first, with the items' attributes;
 - :func:`search_items`: items whose ``title`` attribute (or id, for a bundle without
   titles) contains a text, case-insensitively, most popular first.
@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from recall.index.ids import ExternalId
 from recall.service.recaller import ServingBundle
+from recall.service.users import StoredUser
 
 __all__ = ["TITLE", "history_rows", "search_items", "training_window"]
 
@@ -23,14 +24,15 @@ TITLE = "title"
 """The attribute :func:`search_items` matches (items.csv's ``title`` column)."""
 
 
-def training_window(bundle: ServingBundle, user_row: int | None) -> list[tuple[ExternalId, float]]:
+def training_window(
+    bundle: ServingBundle, user: StoredUser | None
+) -> list[tuple[ExternalId, float]]:
     """A known user's training window as (item id, unix seconds), oldest first; [] for an
-    unknown user (``user_row`` None) or a bundle without ``user_history.npz``."""
-    if user_row is None or bundle.history is None:
+    unknown user (None) or a bundle without windows (schema_version 1)."""
+    if user is None:
         return []
-    rows, times = bundle.history.window(user_row)
-    ids = bundle.item_ids.ids[rows].tolist()
-    return list(zip(ids, times.tolist(), strict=True))
+    ids = bundle.item_ids.ids[user.window].tolist()
+    return list(zip(ids, user.timestamps.tolist(), strict=True))
 
 
 def history_rows(

@@ -23,7 +23,7 @@ from recall.index.allowed import AllowedItems
 from recall.index.ids import ExternalId
 from recall.index.search import Strategy
 from recall.service import recaller
-from recall.service.domain_errors import RecallError, UnknownId, clip
+from recall.service.domain_errors import RecallError, StateDown, UnknownId, clip
 from recall.service.fresh import UserState, UserVector, recall_user, user_vectors
 from recall.service.recaller import (
     FilterMasks,
@@ -32,6 +32,7 @@ from recall.service.recaller import (
     ServingBundle,
     check_one_source,
 )
+from recall.service.users import StoredUser
 
 logger = logging.getLogger(__name__)
 
@@ -102,9 +103,10 @@ class RecallCore:
             result = recaller.recall_plain(bundle, query, self.max_k, masks)
             return self._answer(bundle, result, 0, True, with_attributes)
         user_id = bundle.user_ids.canonical(query.user_id)
-        query = replace(query, user_id=user_id)
+        if type(user_id) is not type(query.user_id) or user_id != query.user_id:
+            query = replace(query, user_id=user_id)
         state = state or UserState.empty(1)
-        user = user_vectors(bundle, [user_id], state.events)[0]
+        user = user_vectors(bundle, [user_id], state.events, state.users)[0]
         return self._recall_user(bundle, query, user, state, with_attributes, masks)
 
     def recall_batch(
@@ -124,7 +126,7 @@ class RecallCore:
         vectors: list[UserVector | None] | None = []
         if users:
             try:
-                vectors = user_vectors(bundle, users, state.events)
+                vectors = user_vectors(bundle, users, state.events, state.users)
             except Exception:  # a user's vector failed: each entry computes its own below
                 logger.exception("user vectors of a batch failed; computing them one by one")
                 vectors = None
@@ -137,13 +139,12 @@ class RecallCore:
                     )
                     continue
                 j = position[query.user_id]
+                one = state.one(j, with_shown=exclude_shown)
                 user = (
                     vectors[j]
                     if vectors is not None
-                    else user_vectors(bundle, [query.user_id], [state.events[j]])[0]
+                    else user_vectors(bundle, [query.user_id], one.events, one.users)[0]
                 )
-                shown = state.shown[j] if exclude_shown else []
-                one = UserState([state.events[j]], [shown], state.fresh)
                 out.append(self._recall_user(bundle, query, user, one, with_attributes, masks))
             except RecallError as e:
                 out.append(e)
@@ -174,7 +175,9 @@ class RecallCore:
         """One user's vector as a recall by ``user_id`` (canonical) uses it, with ``state``
         (their events) read by the caller; :class:`UnknownId` when neither the bundle nor
         their events know them."""
-        user = user_vectors(bundle, [user_id], state.events)[0]
+        user = user_vectors(bundle, [user_id], state.events, state.users)[0]
+        if user is None and state.users_down:
+            raise StateDown("the state store is unavailable: the user could not be read")
         if user is None:
             raise UnknownId(f"unknown user id {clip(user_id)}")
         row = bundle.user_ids.row(user_id)
@@ -186,15 +189,23 @@ class RecallCore:
         bundle: ServingBundle,
         ids: list[ExternalId],
         events: list[list[tuple[ExternalId, float]]],
+        users: list[StoredUser | None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """(vectors (n, dim) float32, NaN rows where unknown; found (n,) bool; fresh events
-        per id) of canonical ``ids`` with their ``events``: the stored rows, replaced by
-        :func:`~recall.service.fresh.user_vectors` for ids with events."""
+        per id) of canonical ``ids`` with their ``events`` (and ``users``, when the state
+        store holds them): the stored rows, replaced by
+        :func:`~recall.service.fresh.user_vectors` for ids with events (every id when the
+        users come from the store)."""
         vectors, found = recaller.vectors_of(bundle, "users", ids)
         fresh_events = [0] * len(ids)
-        touched = [j for j, e in enumerate(events) if e]
+        touched = [j for j, e in enumerate(events) if e or users is not None]
         if touched:
-            made = user_vectors(bundle, [ids[j] for j in touched], [events[j] for j in touched])
+            made = user_vectors(
+                bundle,
+                [ids[j] for j in touched],
+                [events[j] for j in touched],
+                None if users is None else [users[j] for j in touched],
+            )
             vectors = np.array(vectors)  # writable, not the memory map
             for j, user in zip(touched, made, strict=True):
                 if user is not None:

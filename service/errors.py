@@ -48,6 +48,11 @@ STATUS: dict[type[RecallError], int] = {
 }
 
 
+STATE_RETRY_AFTER_S = "1"
+"""``Retry-After`` (seconds) of a 503 ``state_unavailable``: a restarted Redis or a
+cluster's failover is back within seconds."""
+
+
 def status_of(error: RecallError) -> int:
     """The HTTP status of a domain error (500 for one :data:`STATUS` does not name)."""
     return STATUS.get(type(error), 500)
@@ -144,7 +149,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RecallError)
     async def _domain_error(request: Request, exc: RecallError) -> Response:
-        return error_response(status_of(exc), exc.code, exc.message)
+        retry = {"Retry-After": STATE_RETRY_AFTER_S} if isinstance(exc, StateDown) else None
+        return error_response(status_of(exc), exc.code, exc.message, retry)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:

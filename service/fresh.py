@@ -13,6 +13,11 @@ timestamp)`` pairs, oldest first) and hands them here with the bundle:
   without features -- source ``events``;
 - otherwise: no vector (404, or the popular fallback).
 
+A bundle without a user tower (``recall import``) computes these vectors by its item-mean
+rule instead (:mod:`recall.index.item_mean`: the mean of the items' vectors; a known user's
+stored vector is blended with the fresh events' items); the sources then end in
+``:item-mean``.
+
 Ids from clients and from the store go through :meth:`IdMap.canonical` first, so ``"7"`` and
 ``7`` name the same user or item of an int-typed bundle (as :class:`IdMap` matches them).
 """
@@ -24,10 +29,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recall.index import bundle as b
 from recall.index.ids import ExternalId
+from recall.index.item_mean import ItemMean
 from recall.service import recaller as core
-from recall.service.domain_errors import UnknownId, clip
+from recall.service.domain_errors import StateDown, UnknownId, clip
 from recall.service.recaller import RecallQuery, RecallResult, ServingBundle, Source
+from recall.service.users import StoredUser, bundle_users
 
 __all__ = [
     "FreshRecall",
@@ -45,16 +53,27 @@ Events = Sequence[tuple[ExternalId, float]]
 class UserState:
     """What the store holds for some users, in their order: ``events[j]`` (item_id,
     timestamp) oldest first, ``shown[j]`` item ids of recent impressions (empty lists when
-    not asked); ``fresh`` False when the store could not be read (lists then empty)."""
+    not asked); ``fresh`` False when the store could not be read (lists then empty).
+    ``users``: the users as the bundle stored them, read from the state store (Redis mode,
+    :mod:`recall.service.users`), None where the bundle's own files say (SQLite mode);
+    ``users_down`` True when they had to be read from the store and could not be."""
 
     events: list[list[tuple[ExternalId, float]]]
     shown: list[list[ExternalId]]
     fresh: bool
+    users: list[StoredUser | None] | None = None
+    users_down: bool = False
 
     @classmethod
     def empty(cls, n: int, fresh: bool = True) -> UserState:
         """No events and no impressions for ``n`` users."""
         return cls([[] for _ in range(n)], [[] for _ in range(n)], fresh)
+
+    def one(self, j: int, with_shown: bool = True) -> UserState:
+        """User ``j``'s part alone (its impressions only ``with_shown``)."""
+        users = None if self.users is None else [self.users[j]]
+        shown = self.shown[j] if with_shown else []
+        return UserState([self.events[j]], [shown], self.fresh, users, self.users_down)
 
 
 @dataclass(frozen=True)
@@ -82,50 +101,64 @@ def _event_rows(bundle: ServingBundle, events: Events, after: float | None) -> n
 
 
 def user_vectors(
-    bundle: ServingBundle, user_ids: Sequence[ExternalId], events: Sequence[Events]
+    bundle: ServingBundle,
+    user_ids: Sequence[ExternalId],
+    events: Sequence[Events],
+    users: Sequence[StoredUser | None] | None = None,
 ) -> list[UserVector | None]:
     """The query vector of each user (see the module docstring), None where neither the
     bundle nor usable events know the user. ``events[j]`` are ``user_ids[j]``'s, from the
-    store (empty when the store was not read). The tower runs once per kind of user."""
+    store (empty when the store was not read); ``users[j]`` the user as the bundle stored
+    them, read from the state store (None: from the bundle's files). The tower runs once
+    per kind of user."""
     if len(user_ids) != len(events):
         raise ValueError("events must have one entry per user")
+    if users is None:
+        users = bundle_users(bundle.verified, user_ids)
     length = bundle.tower.spec.history_length
-    rows = bundle.user_ids.rows(list(user_ids)) if len(user_ids) else np.zeros(0, np.int64)
-    history, trained_until = bundle.history, bundle.trained_until
+    trained_until = bundle.trained_until
+    has_windows = b.USER_HISTORY in bundle.manifest.files
     out: list[UserVector | None] = [None] * len(user_ids)
-    refresh: list[tuple[int, int, np.ndarray]] = []  # (position, user row, fresh rows)
+    refresh: list[tuple[int, StoredUser, np.ndarray]] = []  # (position, user, fresh rows)
     new: list[tuple[int, np.ndarray]] = []  # (position, event rows)
-    for j, (row, user_events) in enumerate(zip(rows.tolist(), events, strict=True)):
-        if row < 0:
+    for j, (user, user_events) in enumerate(zip(users, events, strict=True)):
+        if user is None:
             event_rows = _event_rows(bundle, user_events, None)
             if len(event_rows):
                 new.append((j, event_rows))
             continue
-        stored = np.asarray(bundle.user_vectors[row])
-        if history is None or trained_until is None:  # v1: no window to extend
-            seen = np.concatenate([bundle.seen(row), _event_rows(bundle, user_events, None)])
-            out[j] = UserVector(Source.USER, stored, seen, 0)
+        if trained_until is None or not has_windows:  # v1, or no user_history: no window
+            seen = np.concatenate([user.seen, _event_rows(bundle, user_events, None)])
+            out[j] = UserVector(Source.USER, user.vector, seen, 0)
             continue
         fresh = _event_rows(bundle, user_events, trained_until)
         if not len(fresh):
-            out[j] = UserVector(Source.USER, stored, bundle.seen(row), 0)
+            out[j] = UserVector(Source.USER, user.vector, user.seen, 0)
         else:
-            refresh.append((j, row, fresh))
-    if refresh and history is not None:
-        windows = [
-            np.concatenate([history.window(row)[0], fresh])[-length:] for _, row, fresh in refresh
-        ]
-        user_rows = np.array([row for _, row, _ in refresh], dtype=np.int64)
-        vectors = bundle.tower.encode_encoded(
-            windows, history.categorical[user_rows], history.numeric[user_rows]
-        )
-        for (j, row, fresh), vector in zip(refresh, vectors, strict=True):
-            seen = np.concatenate([bundle.seen(row), fresh])
-            out[j] = UserVector(Source.USER_EVENTS, vector, seen, min(len(fresh), length))
+            refresh.append((j, user, fresh))
+    if refresh:
+        if isinstance(bundle.tower, ItemMean):  # the stored vector moved by the events
+            vectors = bundle.tower.refresh(
+                np.stack([user.vector for _, user, _ in refresh]),
+                np.array([len(user.window) for _, user, _ in refresh], dtype=np.int64),
+                [fresh for _, _, fresh in refresh],
+            )
+        else:
+            windows = [np.concatenate([user.window, fresh])[-length:] for _, user, fresh in refresh]
+            vectors = bundle.tower.encode_encoded(
+                windows,
+                np.stack([user.categorical for _, user, _ in refresh]),
+                np.stack([user.numeric for _, user, _ in refresh]),
+            )
+        source = bundle.computed(Source.USER_EVENTS)
+        for (j, user, fresh), vector in zip(refresh, vectors, strict=True):
+            seen = np.concatenate([user.seen, fresh])
+            out[j] = UserVector(source, vector, seen, min(len(fresh), length))
     if new:
         vectors = bundle.tower.encode([event_rows for _, event_rows in new])
+        source = bundle.computed(Source.EVENTS)
         for (j, event_rows), vector in zip(new, vectors, strict=True):
-            out[j] = UserVector(Source.EVENTS, vector, event_rows, min(len(event_rows), length))
+            out[j] = UserVector(source, vector, event_rows, min(len(event_rows), length))
     return out
 
 
@@ -150,7 +183,7 @@ def recall_user(
     among the items its filter and the availability of ``masks`` allow,
     minus ``shown`` (item ids of recent impressions, when the request asked) and, unless
     ``exclude_seen`` is false, the items the user has seen. ``store_read`` False (the
-    store could not be read): a 404 says that the user's events were not consulted."""
+    store could not be read) and a user the bundle lacks: StateDown (503), not a 404."""
     if query.user_id is None:
         raise ValueError("recall_user answers user_id queries")
     core.check_k(query.k, max_k)
@@ -159,9 +192,13 @@ def recall_user(
     exclude = bundle.item_ids.rows(dropped) if dropped else np.zeros(0, np.int64)
     exclude = exclude[exclude >= 0]
     if user is None:
+        if query.fallback != "popular" and not store_read:  # their events may exist
+            raise StateDown(
+                f"user_id {clip(query.user_id)} is not in the bundle and the state store "
+                "is unavailable, so their events could not be read; retry later"
+            )
         if query.fallback != "popular":
-            unread = "" if store_read else " (the state store is unavailable: events not read)"
-            raise UnknownId(f"unknown user_id {clip(query.user_id)}{unread}")
+            raise UnknownId(f"unknown user_id {clip(query.user_id)}")
         answer = core.answer(bundle, query.k, Source.POPULAR, None, exclude, allowed)
         return FreshRecall(answer, 0)
     if query.exclude_seen is not False:

@@ -27,11 +27,13 @@ from recall.index.attributes import AttributeFilterError, ItemAttributes
 from recall.index.filters import FilterError, compile_filter
 from recall.index.history import UserHistory
 from recall.index.ids import ExternalId, IdMap
+from recall.index.item_mean import HistoryEncoder, ItemMean
 from recall.index.search import Found, ItemIndex, Strategy, max_row_norm
 from recall.index.tower import FLOAT32_MAX, FeatureError, FeatureValue, UserTower
-from recall.index.verify import VerifiedBundle, verify_bundle
+from recall.index.verify import UsersElsewhere, VerifiedBundle, verify_bundle
 from recall.service.domain_errors import InvalidRequest, UnknownId, clip
 from recall.service.filter_cache import FilterCache, filter_key
+from recall.service.users import RecordShape
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,10 @@ class Source(StrEnum):
     USER_EVENTS = "user+events"  # the user's training window + newer events (service.fresh)
     EVENTS = "events"  # a user known only from events (service.fresh)
     HISTORY = "history"
+    # the same three from a bundle without a user tower, by its item-mean rule
+    USER_EVENTS_MEAN = "user+events:item-mean"
+    EVENTS_MEAN = "events:item-mean"
+    HISTORY_MEAN = "history:item-mean"
     VECTOR = "vector"
     ITEM = "item"
     POPULAR = "popular"
@@ -83,6 +89,9 @@ class ServingBundle:
 
     verified: VerifiedBundle
     popular_rows: np.ndarray  # (n_items,) item rows, most popular first
+    #: The shape of this bundle's user records in the state store (Redis mode: the
+    #: bundle's user files are not opened); None: the users come from the bundle's files.
+    store_records: RecordShape | None = None
 
     @property
     def id(self) -> str:
@@ -115,7 +124,8 @@ class ServingBundle:
         return self.verified.user_vectors
 
     @property
-    def tower(self) -> UserTower:
+    def tower(self) -> HistoryEncoder:
+        """The user tower, or the item mean of a bundle without one (``recall import``)."""
         return self.verified.tower
 
     @property
@@ -146,6 +156,14 @@ class ServingBundle:
     def dim(self) -> int:
         return self.manifest.dim
 
+    def computed(self, source: Source) -> Source:
+        """The source of a vector computed from a history (``history``, ``user+events``,
+        ``events``): its ``:item-mean`` form when the bundle has the item-mean rule
+        (:mod:`recall.index.item_mean`) instead of a user tower."""
+        if not isinstance(self.tower, ItemMean):
+            return source
+        return Source(f"{source.value}:item-mean")
+
     @cached_property
     def filters(self) -> FilterCache:
         """The masks of the filters recent requests used (:mod:`recall.service.filter_cache`)."""
@@ -157,27 +175,40 @@ class ServingBundle:
         return max_row_norm(self.item_vectors)
 
     @classmethod
-    def load(cls, path: Path) -> ServingBundle:
+    def load(
+        cls,
+        path: Path,
+        users: tuple[UsersElsewhere, RecordShape] | None = None,
+    ) -> ServingBundle:
         """Verify (:func:`recall.index.verify.verify_bundle`: the rules publish applies), load,
-        and warm up. Raises :class:`~recall.index.bundle.BundleError` for a bundle that is not
-        servable."""
+        and warm up; ``users``: the bundle's users are in the state store (its user files
+        are not opened). Raises :class:`~recall.index.bundle.BundleError` for a bundle that
+        is not servable."""
         started = time.perf_counter()
-        verified = verify_bundle(path)
-        bundle = cls(verified, np.argsort(-verified.popularity, kind="stable"))
+        elsewhere, shape = users if users is not None else (None, None)
+        verified = verify_bundle(path, elsewhere)
+        if shape is not None and shape.dim != verified.manifest.dim:
+            raise b.BundleError(
+                f"{path}: the store's user records are {shape.dim} wide, the bundle "
+                f"{verified.manifest.dim}"
+            )
+        bundle = cls(verified, np.argsort(-verified.popularity, kind="stable"), shape)
         bundle.warm_up()
         logger.info(
-            "loaded bundle %s (%d items, %d users) in %.2f s",
+            "loaded bundle %s (%d items, %d users%s) in %.2f s",
             bundle.id,
             len(bundle.item_ids),
-            len(bundle.user_ids),
+            bundle.manifest.counts.users,
+            " in the state store" if shape is not None else "",
             time.perf_counter() - started,
         )
         return bundle
 
     def warm_up(self) -> None:
         """Run one search of each kind so the first real request pays no first-touch cost."""
-        if len(self.user_ids):
-            self.index.search(np.asarray(self.user_vectors[:1]), 10)
+        query = self.user_vectors if len(self.user_ids) else self.item_vectors
+        if len(query):
+            self.index.search(np.asarray(query[:1]), 10)
         self.tower.encode([np.zeros(1, dtype=np.int64)])
         _ = self.max_item_norm
         _ = self.filters  # made once here, not raced for by the first requests
@@ -237,7 +268,7 @@ def plain_query(
             raise InvalidRequest(str(e)) from None
         if query.exclude_seen is not False:
             exclude = np.concatenate([exclude, history])
-        return Source.HISTORY, vector, exclude
+        return bundle.computed(Source.HISTORY), vector, exclude
     return Source.VECTOR, _query_vector(bundle, query.vector or ()), exclude
 
 
@@ -373,15 +404,17 @@ def similar(
     exclude: Sequence[ExternalId] = (),
     available: AllowedItems | None = None,
 ) -> RecallResult:
-    """Item-to-item neighbours by ``W_i . W_j`` (the query's bias slot is 0) among the
-    items the filter ``spec`` and ``available`` allow, the item and ``exclude`` dropped."""
+    """Item-to-item neighbours by ``W_i . W_j`` (a trained bundle's bias slot is 0 in the
+    query; imported vectors have none) among the items the filter ``spec`` and
+    ``available`` allow, the item and ``exclude`` dropped."""
     check_k(k, max_k)
     allowed = allowed_items(bundle, spec, available)
     row = bundle.item_ids.row(item_id)
     if row is None:
         raise UnknownId(f"unknown item id {clip(item_id)}")
     query = np.array(bundle.item_vectors[row], dtype=np.float32)
-    query[-1] = 0.0
+    if isinstance(bundle.tower, UserTower):
+        query[-1] = 0.0
     dropped = np.concatenate([_rows(bundle.item_ids, exclude), [row]]).astype(np.int64)
     found = _search(bundle, query[None, :], k, dropped, allowed)
     return RecallResult(
@@ -434,8 +467,8 @@ def vectors_of(
     ids, vectors = _table(bundle, kind)
     rows = ids.rows(ids_)
     found = rows >= 0
-    if found.all():  # a plain ndarray (not a memmap subclass, which orjson refuses)
-        return np.asarray(vectors).take(rows, axis=0), found
+    if found.all():
+        return vectors.take(rows, axis=0), found
     out = np.full((len(rows), bundle.dim), np.nan, dtype=np.float32)
     out[found] = vectors[rows[found]]
     return out, found

@@ -223,8 +223,19 @@ class ScoredItem(BaseModel):
     )
 
 
-Source = Literal["user", "user+events", "events", "history", "vector", "item", "popular"]
-UserSource = Literal["user", "user+events", "events"]
+Source = Literal[
+    "user",
+    "user+events",
+    "events",
+    "history",
+    "user+events:item-mean",
+    "events:item-mean",
+    "history:item-mean",
+    "vector",
+    "item",
+    "popular",
+]
+UserSource = Literal["user", "user+events", "events", "user+events:item-mean", "events:item-mean"]
 
 FRESH_EVENTS = Field(
     0,
@@ -243,7 +254,9 @@ class RecallResponse(BaseModel):
     source: Source = Field(
         description="user: the bundle's vector; user+events: the user's training history "
         "followed by newer events through the tower; events: a user known only from "
-        "events; history, vector, item, popular: as asked or the fallback"
+        "events; history, vector, item, popular: as asked or the fallback; "
+        "...:item-mean: computed by the item-mean rule of a bundle without a user tower "
+        "(imported vectors: the mean of the items' vectors)"
     )
     items: list[ScoredItem]
     fresh_events: int = FRESH_EVENTS
@@ -355,6 +368,21 @@ class ModelInfo(BaseModel):
         '{"items": [...], "users": [...]}, each {"name", "kind", "declared", '
         '"made_missing", "examples"} (non-blank values of a numeric column that were not '
         "numbers, made missing; up to 5 of them); null for a bundle without this record",
+    )
+    metric: Literal["inner_product", "cosine"] = Field(
+        "inner_product", description="cosine: every vector has unit norm, scores are cosines"
+    )
+    history_rule: dict[str, Any] | None = Field(
+        None,
+        description='a bundle without a user tower: {"rule": "item_mean", "history_length"}, '
+        "a history's vector is the mean of its last history_length items' vectors "
+        "(normalized for cosine); null: the trained user tower",
+    )
+    source: dict[str, Any] | None = Field(
+        None,
+        description='an imported bundle: {"kind": "import", "model", "command", "inputs": '
+        '{"items" | "users" | "interactions" | "item_attributes": {"path", "sha256", '
+        '"bytes", "rows", "columns"}}, "normalized"}; null: trained by `recall train`',
     )
 
 
@@ -495,3 +523,9 @@ class ReplicaInfo(BaseModel):
     started_at: float = Field(description="unix seconds")
     bundle_id: str | None
     reloads: list[Reload] = Field(description="the last 50 reload attempts, oldest first")
+    store_reachable: bool = Field(
+        description="whether the bundle store (an s3:// root) answered the last poll"
+    )
+    serving_from_cache: bool = Field(
+        description="serving the last bundle verified in the download cache, not CURRENT"
+    )

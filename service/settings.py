@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from recall.index.roots import S3Location, is_s3_url
 from recall.service.state import DEFAULT_RETENTION_S, check_url, sqlite_url
 
 MIN_ADMIN_TOKEN_LENGTH = 16
@@ -34,7 +35,13 @@ class Settings(EventLogSettings):
     """Everything an operator can set (with ``events_retention_s`` of
     :class:`EventLogSettings`); created by the caller, never at import time."""
 
-    root: Path = Field(description="bundle root: holds CURRENT and the bundles")
+    root: Path | S3Location = Field(
+        description="bundle root: a directory or s3://bucket/prefix; holds CURRENT and the bundles"
+    )
+    # An s3:// root's replica downloads bundles here (service/bundle_cache.py) and starts
+    # from the last verified one when the store is down.
+    cache_dir: Path | None = Field(None, description="download cache of an s3:// root")
+    cache_keep: int = Field(2, ge=1, le=100, description="bundles the cache keeps")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(1, ge=1, le=64)
@@ -77,13 +84,29 @@ class Settings(EventLogSettings):
         check_admin_token(token.get_secret_value())
         return token
 
+    @field_validator("root", mode="before")
+    @classmethod
+    def _s3_root(cls, root: Any) -> Any:
+        """``s3://bucket/prefix`` is an S3 root (a ValueError when malformed)."""
+        return S3Location.parse(root) if isinstance(root, str) and is_s3_url(root) else root
+
     @model_validator(mode="before")
     @classmethod
     def _default_state_url(cls, data: Any) -> Any:
-        """Unset (or empty) ``state_url``: the SQLite file ``<root>/.state/events.sqlite``."""
+        """Unset (or empty) ``state_url``: the SQLite file ``.state/events.sqlite`` under
+        the root (a local one) or the cache (of an s3:// root)."""
         if isinstance(data, dict) and not data.get("state_url") and data.get("root"):
-            data = {**data, "state_url": sqlite_url(Path(data["root"]) / STATE_FILE)}
+            root = data["root"]
+            home = data.get("cache_dir") if str(root).startswith("s3:") else root
+            if home:
+                data = {**data, "state_url": sqlite_url(Path(home) / STATE_FILE)}
         return data
+
+    @model_validator(mode="after")
+    def _s3_needs_cache(self) -> Settings:
+        if isinstance(self.root, S3Location) and self.cache_dir is None:
+            raise ValueError("an s3:// root needs RECALL_CACHE_DIR (the download cache)")
+        return self
 
     @field_validator("state_url")
     @classmethod
@@ -128,7 +151,9 @@ def describe_errors(error: ValidationError, flags: Mapping[str, str]) -> str:
         field = str(item["loc"][0]) if item["loc"] else ""
         variable = f"RECALL_{field.upper()}"
         name = f"{flags[field]} or {variable}" if field in flags else variable
-        if item["type"] == "missing":
+        if not field:  # a rule between fields: its message names them
+            parts.append(str(item["msg"]).removeprefix("Value error, "))
+        elif item["type"] == "missing":
             parts.append(f"set {name}")
         else:
             parts.append(f"{name}: {str(item['msg']).removeprefix('Value error, ')}")

@@ -15,13 +15,15 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from recall.index.ids import ExternalId
 from recall.service.domain_errors import StateDown
 from recall.service.fresh import UserState
 from recall.service.metrics import Metrics
+from recall.service.recaller import ServingBundle
 from recall.service.state import Event, StateStore, StoreUnavailable
+from recall.service.state.users import StoreUsers
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +34,8 @@ WRITE_GUARD_S = 5.0
 
 
 class StateAccess:
-    """Bounded, counted calls to one :class:`StateStore`."""
+    """Bounded, counted calls to one :class:`StateStore`, and to the ``users`` of the
+    bundles that keep them in the store (Redis mode)."""
 
     def __init__(
         self,
@@ -42,8 +45,10 @@ class StateAccess:
         timeout_s: float,
         shown_ttl_s: float,
         log_every_s: float = 10.0,
+        users: StoreUsers | None = None,
     ) -> None:
         self.store = store
+        self.users = users
         self.metrics = metrics
         self.timeout_s = timeout_s
         self.shown_ttl_s = shown_ttl_s
@@ -52,28 +57,43 @@ class StateAccess:
         self._unlogged = 0
 
     async def read(
-        self, user_ids: Sequence[ExternalId], *, after: float, with_shown: bool
+        self,
+        user_ids: Sequence[ExternalId],
+        *,
+        after: float,
+        with_shown: bool,
+        bundle: ServingBundle | None = None,
     ) -> UserState:
         """Recent interactions after ``after`` (unix seconds; ``-inf``: all the store
-        keeps) and, when ``with_shown``, impressions within the shown TTL, for each user.
-        Never raises for store trouble: returns empty lists and ``fresh=False``."""
+        keeps) and, when ``with_shown``, impressions within the shown TTL, for each user;
+        and the users themselves when ``bundle`` keeps them in the store (read at the
+        same time). Never raises for store trouble: returns empty lists and
+        ``fresh=False`` (``users_down`` when the users could not be read)."""
         n = len(user_ids)
         empty = UserState([[] for _ in range(n)], [[] for _ in range(n)], True)
         if not n:
             return empty
-        recent = self._bounded("recent", self.store.recent(user_ids, after))
-        if not with_shown:
-            events = await recent
-            if events is None:
-                return UserState(empty.events, empty.shown, False)
-            return UserState(events, empty.shown, True)
-        since = time.time() - self.shown_ttl_s
-        events, shown = await asyncio.gather(
-            recent, self._bounded("shown", self.store.shown(user_ids, since))
+        calls: list[Awaitable[Any]] = [self._bounded("recent", self.store.recent(user_ids, after))]
+        if with_shown:
+            since = time.time() - self.shown_ttl_s
+            calls.append(self._bounded("shown", self.store.shown(user_ids, since)))
+        shape = None if bundle is None else bundle.store_records
+        if shape is not None and bundle is not None:
+            if self.users is None:
+                raise RuntimeError("a bundle with users in the store needs StateAccess.users")
+            calls.append(self._bounded("users", self.users.read(bundle.id, shape, user_ids)))
+        replies = await asyncio.gather(*calls)
+        events = replies[0]
+        shown = replies[1] if with_shown else empty.shown
+        users = replies[-1] if shape is not None else None
+        fresh = all(reply is not None for reply in replies)
+        return UserState(
+            events if events is not None else empty.events,
+            shown if shown is not None else empty.shown,
+            fresh,
+            users if users is not None or shape is None else [None] * n,
+            users_down=shape is not None and users is None,
         )
-        if events is None or shown is None:
-            return UserState(events or empty.events, shown or empty.shown, False)
-        return UserState(events, shown, True)
 
     async def add(self, events: Sequence[Event]) -> None:
         """Store ``events`` (durable when this returns), or raise :class:`StateDown`."""
@@ -131,8 +151,9 @@ class StateAccess:
             op,
             str(error) or type(error).__name__,
             self._unlogged,
-            "recall applies the last known disabled items"
-            if op == "availability"
-            else "recall answers from the bundle alone",
+            {
+                "availability": "recall applies the last known disabled items",
+                "users": "recall by user id answers 503 (or the popular list when asked)",
+            }.get(op, "recall answers from the bundle alone"),
         )
         self._last_log, self._unlogged = now, 0

@@ -22,6 +22,7 @@ from recall.trainer.synth import SynthConfig, write_synthetic
 from tests.browser import READ_ONLY_POST, TIMEOUT_MS, Browser, Tab, open_browser
 from tests.index_data import write_dataset_bundle
 from tests.live import live_server, settings
+from tests.redis_cluster import RedisCluster, redis_cluster
 
 if TYPE_CHECKING:
     from recall.trainer.train import Trained
@@ -41,6 +42,14 @@ SMALL = TrainConfig(
     lr=1e-2,
     validation_users=300,
 )
+
+
+@pytest.fixture(scope="session")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """One real Redis Cluster (six redis-server processes) for the whole run; a test that
+    kills a node restarts it (``RedisCluster.restart``) before it ends."""
+    with redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

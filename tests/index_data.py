@@ -225,3 +225,29 @@ def dataset_attributes(dataset: Dataset) -> ItemAttributes | None:
         return None
     kinds = {c.name: c.kind for c in dataset.item_columns}
     return ItemAttributes.from_raw(dict(dataset.item_attributes), dataset.n_items, kinds)
+
+
+# -- damaged bundles: what bit rot, a broken copy or a trainer bug leaves ------------
+
+
+def flip_a_byte(path: Path) -> None:
+    """One bit of item_vectors.npy flipped (its sha256 no longer matches)."""
+    data = bytearray((path / b.ITEM_VECTORS).read_bytes())
+    data[len(data) // 2] ^= 0x40
+    (path / b.ITEM_VECTORS).write_bytes(bytes(data))
+
+
+def truncate_the_index(path: Path) -> None:
+    """index.faiss without its last 100 bytes."""
+    (path / b.INDEX).write_bytes((path / b.INDEX).read_bytes()[:-100])
+
+
+def nan_with_fixed_up_sha(path: Path) -> None:
+    """A NaN in item_vectors.npy, and a manifest whose sha256 and size say it is fine."""
+    items = np.load(path / b.ITEM_VECTORS, allow_pickle=False)
+    items[7, 0] = np.nan
+    b.save_array(path / b.ITEM_VECTORS, items)
+    manifest = b.read_manifest(path)
+    files = {**manifest.files, b.ITEM_VECTORS: b.file_entry(path / b.ITEM_VECTORS)}
+    forged = b.Manifest.model_validate({**manifest.model_dump(), "files": files})
+    b.write_json_atomic(path / b.MANIFEST, forged.model_dump_json())

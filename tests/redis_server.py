@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -39,10 +39,18 @@ class RedisServer:
     """One ``redis-server`` with its data in ``directory``; ``kill`` and ``start`` again keep
     the port (and, with ``appendonly``, the data: AOF fsynced on every write)."""
 
-    def __init__(self, directory: Path, *, appendonly: bool = False) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        appendonly: bool = False,
+        port: int | None = None,
+        extra: Sequence[str] = (),
+    ) -> None:
         self.directory = directory
         self.appendonly = appendonly
-        self.port = free_port()
+        self.port = free_port() if port is None else port
+        self.extra = tuple(extra)  # more redis-server options, e.g. --cluster-enabled yes
         self.process: subprocess.Popen[bytes] | None = None
 
     def url(self, db: int = 0) -> str:
@@ -56,6 +64,7 @@ class RedisServer:
             *("--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.directory)),
             *("--save", "", "--appendonly", "no", *aof, "--protected-mode", "yes"),
             *("--daemonize", "no", "--logfile", str(self.directory / "redis.log")),
+            *self.extra,
         ]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
@@ -89,3 +98,17 @@ def redis_server(directory: Path, *, appendonly: bool = False) -> Iterator[Redis
         yield server
     finally:
         server.kill()
+
+
+def load_users(url: str, bundle: Path) -> None:
+    """Load the users of bundle directory ``bundle`` into the Redis at ``url`` (what
+    ``recall publish --state-url`` does before switching CURRENT), so that a replica on
+    that Redis serves the bundle."""
+    from recall.index.verify import verify_bundle
+    from recall.service.state.users import UserLoader
+
+    loader = UserLoader(url)
+    try:
+        loader.load(verify_bundle(bundle))
+    finally:
+        loader.close()

@@ -61,6 +61,7 @@ class TrainConfig(BaseModel):
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     max_steps_per_epoch: int | None = Field(None, ge=1, description="for benchmarks")
+    bf16: bool = Field(True, description="bf16 autocast of the training forward pass on CUDA")
 
     # Validation (early stopping): HR@k of the validation item over a user sample.
     validation_users: int = Field(5000, ge=1)

@@ -14,14 +14,24 @@ import logging
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from recall.cli import build_index, demo, eval, events, publish, serve, synth, train
+from recall.cli import (
+    build_index,
+    demo,
+    eval,
+    events,
+    import_vectors,
+    publish,
+    serve,
+    synth,
+    train,
+)
 from recall.index.bundle import BundleError
 
 __all__ = ["build_parser", "main"]
 
 logger = logging.getLogger("recall")
 
-COMMANDS = (demo, synth, train, eval, build_index, serve, publish, events)
+COMMANDS = (demo, synth, train, import_vectors, eval, build_index, serve, publish, events)
 """The command modules, in the order ``recall --help`` lists them."""
 
 

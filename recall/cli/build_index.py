@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from recall.cli.command import Subcommands, add_command
+from recall.cli.publish import add_root_flags, publish_bundle
 
 logger = logging.getLogger("recall")
 
@@ -32,12 +33,12 @@ def add_parser(sub: Subcommands) -> None:
     bi.add_argument("--nlist", type=int, help="IVF lists (default ~4 sqrt(n))")
     bi.add_argument("--pq-m", type=int, help="PQ sub-quantizers (default (dim+1)/2)")
     bi.add_argument("--publish", action="store_true", help="then make it CURRENT")
-    bi.add_argument("--keep", type=int, default=3, help="bundles to keep when publishing")
+    add_root_flags(bi)
 
 
 def run(args: argparse.Namespace) -> int:
+    from recall.cli.users import user_sink
     from recall.index.build import BuildOptions, build_index
-    from recall.index.publish import publish
 
     options = BuildOptions(
         kind=args.kind,
@@ -50,20 +51,27 @@ def run(args: argparse.Namespace) -> int:
         nlist=args.nlist,
         pq_m=args.pq_m,
     )
-    if args.publish and _is_current(args.bundle):  # a re-run after the publish was done
+    if args.publish and _is_current(args.bundle, args.root):  # a re-run after the publish
         logger.info(
             "%s is already CURRENT: not rebuilt (published bundles are immutable)", args.bundle
         )
     else:
         build_index(args.bundle, options)
     if args.publish:
-        publish(args.bundle, keep=args.keep)
+        with user_sink(args) as users:
+            code = publish_bundle(args.bundle, args.root, keep=args.keep, users=users)
+        if code != 0:
+            return code
     sys.stdout.write(f"{args.bundle}\n")
     return 0
 
 
-def _is_current(bundle: Path) -> bool:
-    from recall.index.current import inspect_current
+def _is_current(bundle: Path, root: str | None) -> bool:
+    from recall.index.bundle import BundleError
+    from recall.index.roots import open_root
 
     bundle = Path(os.path.abspath(bundle))
-    return inspect_current(bundle.parent).bundle_id == bundle.name
+    try:
+        return open_root(root or str(bundle.parent)).current_id() == bundle.name
+    except BundleError:  # a CURRENT that names no bundle: publishing repairs it
+        return False

@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
         write_synthetic(data, SynthConfig(n_users=args.users, n_items=args.items, seed=args.seed))
     logger.info("demo: training on %s", data)
     bundle = run_training(data, work / "bundles", None, {"seed": args.seed}, progress=True)
+    assert bundle is not None  # one process: rank 0, the writer
     logger.info("demo: evaluating %s", bundle)
     run_eval(bundle, data, work / f"eval-{bundle.name}.json", None)
     logger.info("demo: building the index of %s", bundle)

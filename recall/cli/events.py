@@ -66,13 +66,19 @@ class _Interactions:
 
 def export(args: argparse.Namespace) -> int:
     from recall.service.settings import load_event_log_settings
-    from recall.service.state import StoreUnavailable
+    from recall.service.state import StoreUnavailable, check_url
+    from recall.service.state.redis_client import check_reachable
     from recall.service.state.retraining_log import read_events
     from recall.trainer.input_files import write_interactions
 
     retention_s = load_event_log_settings().events_retention_s
+    try:
+        check_url(args.state_url)
+    except ValueError as e:
+        raise ValueError(f"--state-url: {e}") from None
     events = read_events(args.state_url, since=args.since, retention_s=retention_s)
     try:
+        check_reachable(args.state_url, "--state-url")  # not a cluster: 2; no node up: 3
         with closing(events):
             interactions = _Interactions(events)
             written = write_interactions(args.out, interactions, with_data=args.with_data)

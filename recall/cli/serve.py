@@ -17,7 +17,9 @@ SERVE_FLAGS = {"root": "--root", "host": "--host", "port": "--port", "workers": 
 
 def add_parser(sub: Subcommands) -> None:
     serve = add_command(sub, "serve", run, "serve the published bundle over HTTP (API v1)")
-    serve.add_argument("--root", type=Path, help="bundle root (RECALL_ROOT)")
+    serve.add_argument(
+        "--root", help="bundle root: a directory or s3://bucket/prefix (RECALL_ROOT)"
+    )
     serve.add_argument("--host", help="bind address (RECALL_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (RECALL_PORT, default 8000)")
     serve.add_argument("--workers", type=int, help="worker processes (RECALL_WORKERS)")
@@ -28,7 +30,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_server(root: Path | None, host: str | None, port: int | None, workers: int | None) -> None:
+def run_server(
+    root: str | Path | None, host: str | None, port: int | None, workers: int | None
+) -> None:
     """Run uvicorn with the app factory; flags override ``RECALL_*`` variables, which the
     workers read (they are separate processes when ``workers > 1``)."""
     import functools
@@ -38,11 +42,17 @@ def run_server(root: Path | None, host: str | None, port: int | None, workers: i
     from recall.service.header_timeout import HeaderTimeoutProtocol
     from recall.service.metrics_dir import multiprocess_metrics_dir
     from recall.service.settings import load_settings
+    from recall.service.state import StoreUnavailable
+    from recall.service.state.redis_client import check_reachable
 
     for name, value in (("ROOT", root), ("HOST", host), ("PORT", port), ("WORKERS", workers)):
         if value is not None:
             os.environ[f"RECALL_{name}"] = str(value)
     settings = load_settings(SERVE_FLAGS)  # fail fast, before any worker starts
+    try:  # a cluster client cannot start without a slot map: a wrong URL stops here
+        check_reachable(settings.state_url, "RECALL_STATE_URL")
+    except StoreUnavailable as e:
+        raise ValueError(str(e)) from None
     logger.info(
         "serving %s on http://%s:%d (API docs at /docs), %d worker(s)",
         settings.root,

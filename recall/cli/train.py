@@ -1,12 +1,19 @@
-"""``recall train``: train the model on a data directory and write a bundle."""
+"""``recall train``: train the model on a data directory and write a bundle.
+
+Under ``torchrun`` every process runs this command; rank 0 writes the bundle and prints
+its path (docs/training.md).
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 from recall.cli.command import Subcommands, add_command
+
+logger = logging.getLogger(__name__)
 
 
 def add_parser(sub: Subcommands) -> None:
@@ -42,13 +49,59 @@ def add_parser(sub: Subcommands) -> None:
         help="declare users.csv column kinds (numeric, categorical) over inference",
     )
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the checkpoint under --out if there is one (same config, data "
+        "and number of processes), else start from the beginning",
+    )
+    tr.add_argument(
+        "--checkpoint-steps",
+        type=int,
+        metavar="N",
+        help="also checkpoint every N steps (always: after every epoch)",
+    )
+    tr.add_argument(
+        "--collective-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="under torchrun: how long a rank waits for the others before it fails "
+        "(default %(default)s)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    bundle = run_training(
-        args.data, args.out, args.config, _overrides(args), progress=not args.no_progress
-    )
-    sys.stdout.write(f"{bundle}\n")
+    from torch.distributed import DistError
+
+    from recall.trainer.distributed import PeerLost
+
+    if args.checkpoint_steps is not None and args.checkpoint_steps < 1:
+        raise ValueError(f"--checkpoint-steps must be at least 1, got {args.checkpoint_steps}")
+    if args.collective_timeout <= 0:
+        raise ValueError(f"--collective-timeout must be positive, got {args.collective_timeout}")
+    try:
+        bundle = run_training(
+            args.data,
+            args.out,
+            args.config,
+            _overrides(args),
+            progress=not args.no_progress,
+            resume=args.resume,
+            checkpoint_steps=args.checkpoint_steps,
+            collective_timeout=args.collective_timeout,
+        )
+    except (PeerLost, DistError) as e:  # another rank died or hung: stop, write nothing
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        logger.error(
+            "recall train: lost the other ranks (%s); no bundle was written; `recall train "
+            "--resume` continues from the last checkpoint under %s",
+            first_line,
+            args.out,
+        )
+        return 1
+    if bundle is not None:
+        sys.stdout.write(f"{bundle}\n")
     return 0
 
 
@@ -70,16 +123,44 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def run_training(
-    data: Path, out: Path, config_file: Path | None, overrides: dict[str, object], progress: bool
-) -> Path:
-    """Train on ``data`` with the config file plus ``overrides``; the written bundle's path
-    (under ``out``)."""
+    data: Path,
+    out: Path,
+    config_file: Path | None,
+    overrides: dict[str, object],
+    progress: bool,
+    *,
+    resume: bool = False,
+    checkpoint_steps: int | None = None,
+    collective_timeout: float = 300.0,
+) -> Path | None:
+    """Train on ``data`` with the config file plus ``overrides``, checkpointing under
+    ``out``; the written bundle's path (under ``out``), None on ranks other than 0. The
+    checkpoint is removed once the bundle is written."""
+    from recall.trainer import distributed
+    from recall.trainer.checkpoint import checkpoint_path, remove_leftovers
     from recall.trainer.config import load_config
     from recall.trainer.data import load_dataset
     from recall.trainer.export import export_bundle
-    from recall.trainer.train import train
+    from recall.trainer.train import RunOptions, train
 
     config = load_config(config_file, overrides)
-    dataset = load_dataset(data, config.item_schema, config.user_schema)
-    trained = train(dataset, config, progress=progress)
-    return export_bundle(trained, dataset, config, out)
+    ranks = distributed.from_environment()
+    checkpoint = checkpoint_path(out)
+    distributed.start(ranks, distributed.device_for(config.device, ranks), collective_timeout)
+    if not ranks.is_writer:  # rank 0 tells the story; the others only warn and fail
+        logging.getLogger("recall").setLevel(logging.WARNING)
+    try:
+        if ranks.is_writer:
+            remove_leftovers(checkpoint)
+        dataset = load_dataset(data, config.item_schema, config.user_schema)
+        run = RunOptions(ranks, checkpoint, checkpoint_steps, resume)
+        trained = train(dataset, config, progress=progress, run=run)
+        if not ranks.is_writer:
+            return None
+        bundle = export_bundle(trained, dataset, config, out)
+        checkpoint.unlink(missing_ok=True)
+        if checkpoint.parent.exists() and not any(checkpoint.parent.iterdir()):
+            checkpoint.parent.rmdir()
+        return bundle
+    finally:
+        distributed.stop(ranks)

@@ -32,12 +32,38 @@ export async function modelPage() {
   view.replaceChildren(
     h("h1", {}, "Model"),
     summary,
-    h("div", { class: "grid" }, trainingCard(model.trainer_metrics ?? {}), qualityCard(model.trainer_metrics ?? {})),
+    model.source
+      ? sourceCard(model)
+      : h("div", { class: "grid" }, trainingCard(model.trainer_metrics ?? {}), qualityCard(model.trainer_metrics ?? {})),
     h("div", { class: "grid" }, indexCard(model.index ?? {}), tuningCard(model.index ?? {})),
     filteredCard(model.index ?? {}),
     replicaCard(replica),
   );
   if (replica instanceof Error) showError(replica);
+}
+
+/** Where an imported bundle's vectors came from: the command, its input files, the rule. */
+function sourceCard(model) {
+  const source = model.source;
+  const rule = model.history_rule;
+  const facts = [
+    ["made by", source.model ?? "not named (recall import --model)"],
+    ["metric", model.metric === "cosine" ? "cosine (vectors normalized at import)" : "inner product"],
+    ["history rule", rule ? `mean of the last ${rule.history_length} items' vectors${model.metric === "cosine" ? ", normalized" : ""}` : "user tower"],
+  ];
+  const inputs = Object.entries(source.inputs ?? {});
+  return card(
+    "Imported vectors",
+    h("p", { class: "mono", "data-testid": "import-command" }, source.command),
+    table(["", ""], facts.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, v)))),
+    table(
+      ["input", "file", "rows ", "columns", "sha256"],
+      inputs.map(([role, f]) =>
+        h("tr", { "data-testid": `import-input-${role}` }, h("td", {}, role), h("td", { class: "mono" }, f.path), h("td", { class: "num" }, Number(f.rows).toLocaleString("en")),
+          h("td", {}, (f.columns ?? []).join(", ")), h("td", { class: "mono", title: f.sha256 }, String(f.sha256).slice(0, 12))),
+      ),
+    ),
+  );
 }
 
 /** Per-epoch records of the trainer's metrics: [{epoch, loss, hr}]. */

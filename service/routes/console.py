@@ -19,9 +19,10 @@ from starlette.types import Scope
 
 from recall.service.browse import history_rows, training_window
 from recall.service.deps import AppStateDep, BundleDep, StateDep
-from recall.service.domain_errors import UnknownId, clip
+from recall.service.domain_errors import StateDown, UnknownId, clip
 from recall.service.http_common import error_responses, fresh_after, model_response
 from recall.service.schemas import HistoryResponse, PathId, QueryInt
+from recall.service.users import bundle_users
 
 __all__ = ["ASSETS_PATH", "CONSOLE_DIR", "ConsoleAssets", "router"]
 
@@ -78,21 +79,22 @@ async def user_history(
     made from) and their interactions stored after the training data (`fresh_events`),
     each newest first with the items' attributes; 404 when the bundle does not know
     the user and the state store holds no event of theirs."""
-    user_id = bundle.user_ids.canonical(id)
-    row = bundle.user_ids.row(user_id)
-    known = row is not None
-    read = await state.read([user_id], after=fresh_after(bundle, [user_id]), with_shown=False)
+    user_id = bundle.user_ids.canonical(id)  # as the bundle types it
+    after = fresh_after(bundle, [user_id])
+    read = await state.read([user_id], after=after, with_shown=False, bundle=bundle)
+    if read.users_down:
+        raise StateDown("the state store is unavailable: the user could not be read")
+    user = (read.users or bundle_users(bundle.verified, [user_id]))[0]
     events = read.events[0]
-    if not known and not events:
+    if user is None and not events:
         raise UnknownId(f"unknown user id {clip(id)}")
-    typed_id = bundle.user_ids.ids[row].item() if row is not None else user_id
 
     def body() -> dict[str, Any]:
         return {
             "bundle_id": bundle.id,
-            "user_id": typed_id,
-            "known": known,
-            "history": history_rows(bundle, training_window(bundle, row), limit),
+            "user_id": user_id,
+            "known": user is not None,
+            "history": history_rows(bundle, training_window(bundle, user), limit),
             "fresh_events": history_rows(bundle, events, limit),
             "fresh": read.fresh,
         }

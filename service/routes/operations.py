@@ -34,7 +34,8 @@ async def prometheus_metrics(app: AppStateDep) -> Response:
 
 @router.get("/v1/model", response_model=ModelInfo, responses=ERRORS, tags=["model"])
 async def model_info(bundle: BundleDep) -> Response:
-    """The bundle being served: id, dims, counts, index and trainer metrics."""
+    """The bundle being served: id, dims, counts, index and trainer metrics, or where its
+    imported vectors came from."""
     m = bundle.manifest
     return model_response(
         bundle,
@@ -47,6 +48,9 @@ async def model_info(bundle: BundleDep) -> Response:
             "trainer_metrics": m.trainer.get("metrics", {}),
             "item_attributes": (None if bundle.attributes is None else bundle.attributes.schema()),
             "columns": m.trainer.get("columns"),
+            "metric": m.metric,
+            "history_rule": None if m.history_rule is None else m.history_rule.model_dump(),
+            "source": None if m.source is None else m.source.model_dump(),
         },
     )
 
@@ -55,11 +59,15 @@ async def model_info(bundle: BundleDep) -> Response:
 async def replica(app: AppStateDep) -> Response:
     """This replica (process): when it started, the bundle it serves (null before the
     first load) and its last 50 reload attempts that loaded or refused a bundle, or
-    found it already served on an admin reload (bundle ids only)."""
+    found it already served on an admin reload (bundle ids only); whether the bundle
+    store answers and whether the bundle comes from the download cache because it does
+    not."""
     current = app.holder.current
     body = {
         "started_at": app.holder.started_at,
         "bundle_id": None if current is None else current.id,
         "reloads": list(app.holder.reloads),
+        "store_reachable": app.holder.store_reachable,
+        "serving_from_cache": app.holder.serving_from_cache,
     }
     return model_response(current, body) if current else JsonResponse(body)

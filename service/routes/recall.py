@@ -134,7 +134,8 @@ def _recall_body(answer: RecallAnswer) -> dict[str, Any]:
 async def _read_state(
     state: StateAccess, bundle: ServingBundle, user_ids: list[Any], with_shown: bool
 ) -> UserState:
-    return await state.read(user_ids, after=fresh_after(bundle, user_ids), with_shown=with_shown)
+    after = fresh_after(bundle, user_ids)
+    return await state.read(user_ids, after=after, with_shown=with_shown, bundle=bundle)
 
 
 def _query(request: RecallRequest, settings: Settings) -> RecallQuery:

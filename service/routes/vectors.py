@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from recall.service.accept import NPY_MEDIA_TYPE, wants_npy
 from recall.service.deps import AppStateDep, BundleDep, StateDep
-from recall.service.domain_errors import OverLimit
+from recall.service.domain_errors import OverLimit, StateDown
 from recall.service.http_common import (
     BODY_ERRORS,
     ERRORS,
@@ -55,7 +55,8 @@ async def user_vector(id: PathId, app: AppStateDep, bundle: BundleDep, state: St
     """One user's vector, as a recall by user_id uses it: the stored one, or from the
     user's training history followed by newer events (`source`, `fresh_events`)."""
     user_id = bundle.user_ids.canonical(id)
-    read = await state.read([user_id], after=fresh_after(bundle, [user_id]), with_shown=False)
+    after = fresh_after(bundle, [user_id])
+    read = await state.read([user_id], after=after, with_shown=False, bundle=bundle)
     found = await app.pool.run(app.core.user_vector, bundle, user_id, read)
     user = found.user
     body = {
@@ -87,10 +88,17 @@ async def many_user_vectors(
     _check_count(app, body)
     ids = [bundle.user_ids.canonical(i) for i in body.ids]
     users = list(dict.fromkeys(ids))
-    read = await state.read(users, after=fresh_after(bundle, users), with_shown=False)
-    by_user = dict(zip(users, read.events, strict=True))
-    events = [by_user[i] for i in ids]
-    vectors, found, fresh_events = await app.pool.run(app.core.user_vectors, bundle, ids, events)
+    read = await state.read(
+        users, after=fresh_after(bundle, users), with_shown=False, bundle=bundle
+    )
+    if read.users_down:
+        raise StateDown("the state store is unavailable: the users could not be read")
+    position = {user: j for j, user in enumerate(users)}
+    events = [read.events[position[i]] for i in ids]
+    stored = None if read.users is None else [read.users[position[i]] for i in ids]
+    vectors, found, fresh_events = await app.pool.run(
+        app.core.user_vectors, bundle, ids, events, stored
+    )
     return _vectors_response(
         bundle,
         vectors,

@@ -3,6 +3,7 @@
     sqlite:///abs/path/events.sqlite   embedded (stdlib sqlite3, WAL): one replica's workers
     sqlite:relative/path.sqlite        the same, relative to the working directory
     redis://host:port/db               Redis (``rediss://`` with TLS): several replicas
+    redis+cluster://host:port[,host:port...]   a Redis Cluster (``rediss+cluster://``: TLS)
 
 ``open_store`` connects lazily: nothing is opened until the first call (``ping`` at
 startup surfaces a bad path or an unreachable server).
@@ -21,6 +22,7 @@ from recall.service.state.base import (
     StoreLimits,
     StoreUnavailable,
 )
+from recall.service.state.redis_client import CLUSTER_SCHEMES, parse_cluster_url
 
 __all__ = [
     "DEFAULT_RETENTION_S",
@@ -34,21 +36,26 @@ __all__ = [
     "sqlite_url",
 ]
 
-SCHEMES = ("sqlite", "redis", "rediss")
+SCHEMES = ("sqlite", "redis", "rediss", *CLUSTER_SCHEMES)
 
 
 def check_url(url: str) -> str:
-    """The backend of ``url`` (``"sqlite"`` or ``"redis"``), or ValueError saying which URLs
-    work. The message never quotes the URL (a Redis URL may hold a password)."""
+    """The backend of ``url`` (``"sqlite"``, ``"redis"`` or ``"redis+cluster"``), or
+    ValueError saying which URLs work. The message never quotes the URL (a Redis URL may
+    hold a password)."""
     scheme, sep, rest = url.partition(":")
     if not sep or scheme.lower() not in SCHEMES:
         raise ValueError(
             "unsupported state URL scheme: use sqlite:///abs/path/events.sqlite, "
-            "sqlite:relative/path.sqlite or redis://host:port/db"
+            "sqlite:relative/path.sqlite, redis://host:port/db or "
+            "redis+cluster://host:port[,host:port...]"
         )
     if scheme.lower() == "sqlite":
         _sqlite_path(url)
         return "sqlite"
+    if scheme.lower() in CLUSTER_SCHEMES:
+        parse_cluster_url(url)
+        return "redis+cluster"
     if not rest.startswith("//") or len(rest) <= 2:
         raise ValueError("a Redis state URL looks like redis://host:port/db")
     return "redis"

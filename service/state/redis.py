@@ -1,43 +1,61 @@
-"""The shared state store: Redis through redis-py's asyncio client, for several replicas.
+"""The shared state store: one Redis server or a Redis Cluster, through redis-py's asyncio
+clients (:func:`~recall.service.state.redis_client.connect`), for several replicas.
 
-Keys (ids JSON-encoded, so ``7`` and ``"7"`` stay apart and come back typed)::
+Keys (service/state/redis_client.py, docs/state.md "Key layout"; ids JSON-encoded, so
+``7`` and ``"7"`` stay apart and come back typed)::
 
-    recall:r:<user>   sorted set, score = timestamp, member = <item json>@<timestamp>:
-                      the user's last `window` interactions (the same item at another time
-                      is another member; an exact repeat is one); expires `retention_s`
-                      after the user's last interaction
-    recall:s:<user>   sorted set, score = latest timestamp, member = <item json>: impressions
-                      newer than `shown_ttl_s` (trimmed on write, the key expires after it)
-    recall:log        stream, one entry per `add` (field ``e``: the batch as JSON
-                      ``[[kind, user, item, ts], ...]``), trimmed to `retention_s` by entry id
-                      (arrival time, ``XADD MINID ~``)
-    recall:avail      set of <item json>: the disabled items (availability)
-    recall:avail:v    integer, INCR'd in the script call of each change (0: never set)
+    recall:{u:<user>}:r   sorted set, score = timestamp, member = <item json>@<timestamp>:
+                          the user's last `window` interactions (the same item at another
+                          time is another member; an exact repeat is one); expires
+                          `retention_s` after the user's last interaction
+    recall:{u:<user>}:s   sorted set, score = latest timestamp, member = <item json>:
+                          impressions newer than `shown_ttl_s` (trimmed on write, the key
+                          expires after it)
+    recall:{log:<n>}      streams, one entry per `add` (field ``e``: the batch as JSON
+                          ``[[kind, user, item, ts], ...]``), trimmed to `retention_s` by
+                          entry id (arrival time, ``XADD MINID ~``); one (n = 0) on a
+                          server, LOG_BUCKETS on a cluster
+    recall:{avail}        set of <item json>: the disabled items (availability)
+    recall:{avail}:v      integer, INCR'd in the script call of each change (0: never set)
 
-``add`` is one Lua script call (one round trip, applied whole; a MULTI pipeline of ~3
-commands per user cost ~4x the client CPU: redis-py packs and parses every command); a
-read is one script call too (``ZRANGEBYSCORE`` per user, server-side). Every call is
-bounded (``asyncio.wait_for``): reads by ``timeout_s``, writes, ``ping`` and each page of
-``export`` by ``write_timeout_s``; a timeout or a connection error raises
-StoreUnavailable. The connection pool reconnects by itself once the server is back (and
-redis-py reloads the scripts a restarted server forgot). Durability is the server's: with
-``appendonly yes`` and ``appendfsync everysec`` a crash of Redis loses at most about the
-last second of writes.
+**One server**: ``add`` is one Lua script call over the log and every user's keys (one round
+trip, applied whole; a MULTI pipeline of ~3 commands per user cost ~4x the client CPU:
+redis-py packs and parses every command); a read is one script call too (``ZRANGEBYSCORE``
+per user, server-side).
+
+**A cluster** refuses a script whose keys are in several slots, so every script call is
+one user's (their ``{u:...}`` keys), and a call's commands go in one cluster pipeline,
+which redis-py groups by node and sends to the nodes concurrently: an ``add`` or a read of
+several users is one round trip per node. The store instance appends its batches to one
+log bucket of its own (picked at random when it opens, so writers spread over the
+masters; the next bucket after a failed add), and ``export`` merges the buckets by entry
+id (arrival time). An ``add`` on a cluster is applied per user, not whole: one that
+raised may have stored some users' events (the contract allows it; an exact repeat is
+kept once). After the writes, ``WAIT <replicas> <ms>`` on each node written
+(``?wait_replicas=1&wait_ms=100`` in the URL, the default): the add returns once a
+replica has the events or the wait passed (docs/state.md, "Durability").
+
+Every call is bounded (``asyncio.timeout``): reads by ``timeout_s``, writes, ``ping`` and
+each page of ``export`` by ``write_timeout_s``; a timeout or a connection error raises
+StoreUnavailable. The client reconnects by itself once the server is back (a cluster
+client reads the slot map again after a failover; scripts a new master does not know are
+loaded again). Durability is the server's: with ``appendonly yes`` and ``appendfsync
+everysec`` a crash of Redis loses at most about the last second of writes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import math
+import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
-from typing import TypeVar, cast
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
+from typing import Any, TypeVar, cast
 
 import orjson
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.asyncio import RedisCluster
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from recall.index.ids import ExternalId
 from recall.service.state.base import (
@@ -51,28 +69,40 @@ from recall.service.state.base import (
     check_time,
     id_order,
 )
+from recall.service.state.redis_client import (
+    PREFIX,
+    connect,
+    is_cluster_url,
+    parse_cluster_url,
+    user_key,
+)
 
 T = TypeVar("T")
 
-PREFIX = b"recall:"
-LOG = PREFIX + b"log"
-DISABLED = PREFIX + b"avail"
-VERSION = PREFIX + b"avail:v"
+LOG_BUCKETS = 16
+"""Log streams on a cluster: their 16 slots spread over the masters (5/5/6 of them on a
+three-master cluster split evenly), so up to 16 masters take log writes."""
+DISABLED = PREFIX + b"{avail}"
+VERSION = PREFIX + b"{avail}:v"
 EXPORT_PAGE = 500  # stream entries (batches) per XRANGE
 KINDS: tuple[EventType, ...] = ("interaction", "impression")
 UNPACK = 1000
 """Most members one ZADD in the script gets (Lua's unpack() stops at ~8000 values)."""
+STORE_ERRORS = (RedisError, RedisClusterException, OSError)
 
 ADD_SCRIPT = """
--- One add, atomically, in one round trip. KEYS[1] the log stream, then the recent keys,
--- then the shown keys. ARGV: batch, minid, window, keep_s, ttl_s, shown cutoff,
--- number of recent keys, then per key: n, then n (score, member) pairs.
-redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[2], '*', 'e', ARGV[1])
-local window, n_recent, pos = tonumber(ARGV[3]), tonumber(ARGV[7]), 8
-for k = 2, #KEYS do
-    local n = tonumber(ARGV[pos])
-    local first, last = pos + 1, pos + 2 * n
-    if k - 1 <= n_recent then
+-- One add, atomically, in one round trip. KEYS: the log stream when ARGV[1] (the batch) is
+-- not empty, then users' keys. ARGV: batch, minid, window, keep_s, ttl_s, shown cutoff, then
+-- per user key: 'r' (recent) or 's' (shown), n, then n (score, member) pairs.
+local first_key, pos, window = 1, 7, tonumber(ARGV[3])
+if ARGV[1] ~= '' then
+    redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[2], '*', 'e', ARGV[1])
+    first_key = 2
+end
+for k = first_key, #KEYS do
+    local kind, n = ARGV[pos], tonumber(ARGV[pos + 1])
+    local first, last = pos + 2, pos + 1 + 2 * n
+    if kind == 'r' then
         redis.call('ZADD', KEYS[k], unpack(ARGV, first, last))
         redis.call('ZREMRANGEBYRANK', KEYS[k], 0, -window - 1)
         redis.call('EXPIRE', KEYS[k], ARGV[4])
@@ -116,32 +146,42 @@ def _enc(value: ExternalId) -> bytes:
     return orjson.dumps(value)
 
 
-def _recent_key(user: ExternalId) -> bytes:
-    return PREFIX + b"r:" + _enc(user)
+def log_key(bucket: int) -> bytes:
+    """``recall:{log:<bucket>}``: one stream of the retraining log."""
+    return PREFIX + b"{log:%d}" % bucket
 
 
-def _shown_key(user: ExternalId) -> bytes:
-    return PREFIX + b"s:" + _enc(user)
+UserWrites = list[tuple[bytes, bytes, list[tuple[bytes, float]]]]
+"""One user's part of an add: ``(key, b"r" | b"s", [(member, score), ...])`` chunks."""
+
+
+def _script_call(
+    keys: list[bytes], header: list[bytes | str | int], users: Iterable[UserWrites]
+) -> tuple[list[bytes], list[bytes | str | int]]:
+    """KEYS and ARGV of one ADD_SCRIPT call: ``keys`` (the log, or none), then every chunk of
+    ``users``' writes."""
+    keys, args = list(keys), list(header)
+    for user_writes in users:
+        for key, name, pairs in user_writes:
+            keys.append(key)
+            args += (name, len(pairs))
+            for member, ts in pairs:
+                args += (repr(ts), member)
+    return keys, args
 
 
 class RedisStore:
-    """:class:`~recall.service.state.base.StateStore` on the Redis server at ``url``."""
+    """:class:`~recall.service.state.base.StateStore` on the Redis server or Redis Cluster at
+    ``url``."""
 
-    def __init__(
-        self,
-        url: str,
-        limits: StoreLimits,
-    ) -> None:
+    def __init__(self, url: str, limits: StoreLimits) -> None:
         self.limits = limits
-        # One retry, at once: a pooled connection that died with a restarted server is
-        # replaced within the same call. wait_for bounds the whole call either way.
-        self._client: Redis = Redis.from_url(
-            url,
-            socket_timeout=limits.write_timeout_s,
-            socket_connect_timeout=limits.write_timeout_s,
-            retry=Retry(NoBackoff(), 1),
-            decode_responses=False,
-        )
+        self._client = connect(url, timeout_s=limits.write_timeout_s)
+        self._cluster = isinstance(self._client, RedisCluster)
+        self._buckets = LOG_BUCKETS if self._cluster else 1
+        self._bucket = random.randrange(self._buckets)  # this writer's log stream
+        parsed = parse_cluster_url(url) if is_cluster_url(url) else None
+        self._wait = (parsed.wait_replicas, parsed.wait_ms) if parsed else (0, 0)
         self._add_script = self._client.register_script(ADD_SCRIPT)
         self._read_script = self._client.register_script(READ_SCRIPT)
         self._availability_script = self._client.register_script(AVAILABILITY_SCRIPT)
@@ -158,7 +198,7 @@ class RedisStore:
                 reply = await call
         except TimeoutError:
             raise StoreUnavailable(f"Redis {op} took longer than {bound:g} s") from None
-        except (RedisError, OSError) as e:
+        except STORE_ERRORS as e:
             raise StoreUnavailable(f"Redis {op} failed: {e}") from e
         task = asyncio.current_task()
         if task is not None and task.cancelling():
@@ -172,41 +212,115 @@ class RedisStore:
         if not rows:
             return
         now = time.time()
-        recent: dict[bytes, dict[bytes, float]] = {}
-        shown: dict[bytes, dict[bytes, float]] = {}
+        recent: dict[ExternalId, dict[bytes, float]] = {}
+        shown: dict[ExternalId, dict[bytes, float]] = {}
         for user, item, ts, kind in rows:
             if kind == "interaction":
-                member = _enc(item) + b"@" + repr(ts).encode()
-                recent.setdefault(_recent_key(user), {})[member] = ts
+                recent.setdefault(user, {})[_enc(item) + b"@" + repr(ts).encode()] = ts
             else:
-                items = shown.setdefault(_shown_key(user), {})
+                items = shown.setdefault(user, {})
                 member = _enc(item)
                 items[member] = max(ts, items.get(member, -math.inf))
+        writes: dict[ExternalId, UserWrites] = {}
+        for name, groups in ((b"r", recent), (b"s", shown)):
+            for user, members in groups.items():
+                key, pairs = user_key(user, name), list(members.items())
+                for start in range(0, len(pairs), UNPACK):  # a key may come more than once
+                    writes.setdefault(user, []).append((key, name, pairs[start : start + UNPACK]))
         batch = orjson.dumps([[KINDS.index(k), u, i, ts] for u, i, ts, k in rows])
-        min_id = max(0, int((now - self.limits.retention_s) * 1000))
-        keys: list[bytes] = [LOG]
-        args: list[bytes | str | int] = [
-            batch,
-            min_id,
+        header: list[bytes | str | int] = [
+            b"",  # the batch, when this call also writes the log
+            max(0, int((now - self.limits.retention_s) * 1000)),  # the log's MINID
             self.limits.window,
             math.ceil(self.limits.retention_s),
             math.ceil(self.limits.shown_ttl_s),
             repr(now - self.limits.shown_ttl_s),
-            0,  # the number of recent keys, set below
         ]
-        n_recent = 0
-        for groups in (recent, shown):
-            for key, members in groups.items():
-                pairs = list(members.items())
-                for start in range(0, len(pairs), UNPACK):  # a key may come more than once
-                    chunk = pairs[start : start + UNPACK]
-                    keys.append(key)
-                    args.append(len(chunk))
-                    for member, ts in chunk:
-                        args += (repr(ts), member)
-                    n_recent += groups is recent
-        args[6] = n_recent
-        await self._bounded(self._add_script(keys, args), self.limits.write_timeout_s, "add")
+        if self._cluster:
+            call: Awaitable[object] = self._add_per_user(batch, header, writes)
+        else:
+            keys, args = _script_call([log_key(0)], [batch, *header[1:]], writes.values())
+            call = self._add_script(keys, args)
+        await self._bounded(call, self.limits.write_timeout_s, "add")
+
+    async def _add_per_user(
+        self, batch: bytes, header: list[bytes | str | int], writes: dict[ExternalId, UserWrites]
+    ) -> None:
+        """The cluster's add: a script call per user in one pipeline (a round trip per
+        node) beside the log entry in this writer's bucket, each then WAITs on its nodes."""
+        calls = [_script_call([], header, [user_writes]) for user_writes in writes.values()]
+        outcomes = await asyncio.gather(
+            self._add_users(calls), self._append_log(batch, header[1]), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def _add_users(self, calls: list[tuple[list[bytes], list[bytes | str | int]]]) -> None:
+        replies = await self._run(calls)
+        missing = [calls[i] for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:  # a new master (a failover) or a flushed script cache
+            await cast(RedisCluster, self._client).script_load(ADD_SCRIPT)
+            replies = await self._run(missing)
+        failed = next((r for r in replies if isinstance(r, Exception)), None)
+        if failed is not None:
+            raise failed
+
+    async def _run(self, calls: list[tuple[list[bytes], list[bytes | str | int]]]) -> list[Any]:
+        """``calls`` of the add script in one cluster pipeline, then WAIT on the nodes
+        written; every reply, errors as values."""
+        pipe = await self._pipeline()
+        for keys, args in calls:
+            pipe.evalsha(self._add_script.sha, len(keys), *keys, *args)
+        self._wait_for_replicas(pipe, [keys[0] for keys, _ in calls])
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
+
+    async def _append_log(self, batch: bytes, min_id: object) -> None:
+        """The batch as one entry of this writer's log bucket; a failure moves the writer
+        to a bucket on another node (its master may be down) and raises."""
+        log = log_key(self._bucket)
+        pipe = await self._pipeline()
+        pipe.xadd(log, {b"e": batch}, minid=cast(int, min_id), approximate=True)
+        self._wait_for_replicas(pipe, [log])
+        try:
+            await pipe.execute()
+        except BaseException:
+            self._bucket = self._bucket_elsewhere(log)
+            raise
+
+    def _bucket_elsewhere(self, log: bytes) -> int:
+        """The next bucket after this writer's whose slot another master serves."""
+        client = cast(RedisCluster, self._client)
+        try:
+            failed = client.get_node_from_key(cast(str, log))
+            for step in range(1, self._buckets):
+                bucket = (self._bucket + step) % self._buckets
+                if client.get_node_from_key(cast(str, log_key(bucket))) != failed:
+                    return bucket
+        except STORE_ERRORS:  # the slot map is being read again: just the next one
+            pass
+        return (self._bucket + 1) % self._buckets
+
+    async def _pipeline(self) -> Any:
+        client = cast(RedisCluster, self._client)
+        await client.initialize()  # the slot map, for the WAITs (a no-op once read)
+        return client.pipeline()
+
+    def _wait_for_replicas(self, pipe: Any, keys: list[bytes]) -> None:
+        """Queue ``WAIT replicas ms`` on each node that serves one of ``keys`` (it follows
+        that node's writes on the same connection)."""
+        replicas, wait_ms = self._wait
+        if not replicas:
+            return
+        client = cast(RedisCluster, self._client)
+        nodes = {}
+        for key in keys:
+            node = client.get_node_from_key(cast(str, key))
+            if node is not None:
+                nodes[node.name] = node
+        for node in nodes.values():
+            pipe.execute_command("WAIT", replicas, wait_ms, target_nodes=node)
 
     async def recent(
         self, user_ids: Sequence[ExternalId], after: float
@@ -216,7 +330,7 @@ class RedisStore:
             return []
         after = check_time(after)
         low = "-inf" if after == -math.inf else f"({after!r}"
-        replies = await self._read([_recent_key(u) for u in ids], low, "recent")
+        replies = await self._read([user_key(u, b"r") for u in ids], low, "recent")
         out = []
         for reply in replies:
             items = []
@@ -232,29 +346,68 @@ class RedisStore:
             return []
         # exact TTL, trimmed or not
         since = max(check_time(since), time.time() - self.limits.shown_ttl_s)
-        replies = await self._read([_shown_key(u) for u in ids], repr(since), "shown")
+        replies = await self._read([user_key(u, b"s") for u in ids], repr(since), "shown")
         return [[orjson.loads(member) for member in reply] for reply in replies]
 
     async def _read(self, keys: list[bytes], low: str, op: str) -> list[list[bytes]]:
-        """Per key, the members scored >= ``low`` (``(x``: > x), oldest first: one script
-        call (a pipeline costs redis-py's per-command overhead per user)."""
-        reply = await self._bounded(self._read_script(keys, [low]), self.limits.timeout_s, op)
+        """Per key, the members scored >= ``low`` (``(x``: > x), oldest first. One server:
+        one script call (a pipeline costs redis-py's per-command overhead per user); a
+        cluster: a ``ZRANGEBYSCORE`` per key in one pipeline, one round trip per node (one
+        key: the command alone)."""
+        if self._cluster and len(keys) == 1:  # a plain command: ~1.5x faster than a pipeline
+            call: Awaitable[object] = self._read_one(keys[0], low)
+        elif self._cluster:
+            pipe = cast(RedisCluster, self._client).pipeline()
+            for key in keys:
+                pipe.zrangebyscore(key, low, "+inf")
+            call = pipe.execute()
+        else:
+            call = self._read_script(keys, [low])
+        reply = await self._bounded(call, self.limits.timeout_s, op)
         return cast(list[list[bytes]], reply)
 
+    async def _read_one(self, key: bytes, low: str) -> list[list[bytes]]:
+        return [cast(list[bytes], await self._client.zrangebyscore(key, low, "+inf"))]
+
     async def export(self, since: float | None = None) -> AsyncIterator[Event]:
+        """Every bucket's entries merged by entry id (arrival ms, then sequence; a tie
+        between buckets in one millisecond goes by bucket number)."""
         # Exact retention whenever the stream was trimmed: entry ids are arrival times (ms).
-        start = str(max(0, int((time.time() - self.limits.retention_s) * 1000)))
+        start = max(0, int((time.time() - self.limits.retention_s) * 1000))
+        streams = [self._entries(log_key(b), start) for b in range(self._buckets)]
+        heads: list[tuple[tuple[int, int], int, bytes]] = []
+        for bucket, stream in enumerate(streams):
+            entry = await anext(stream, None)
+            if entry is not None:
+                heads.append((entry[0], bucket, entry[1]))
+        heapq.heapify(heads)
+        while heads:
+            _, bucket, batch = heads[0]
+            for kind, user, item, ts in orjson.loads(batch):
+                if since is None or ts >= since:
+                    yield Event(user, item, ts, KINDS[kind])
+            entry = await anext(streams[bucket], None)
+            if entry is None:
+                heapq.heappop(heads)
+            else:
+                heapq.heapreplace(heads, (entry[0], bucket, entry[1]))
+
+    async def _entries(
+        self, log: bytes, start_ms: int
+    ) -> AsyncIterator[tuple[tuple[int, int], bytes]]:
+        """``((ms, seq), batch json)`` of the stream ``log`` from ``start_ms`` on, a page at
+        a time."""
+        start = str(start_ms)
         while True:
             reply = await self._bounded(
-                self._client.xrange(LOG, min=start, max="+", count=EXPORT_PAGE),
+                self._client.xrange(log, min=start, max="+", count=EXPORT_PAGE),
                 self.limits.write_timeout_s,
                 "export",
             )
             page = cast(list[tuple[bytes, dict[bytes, bytes]]], reply or [])
-            for _, fields in page:
-                for kind, user, item, ts in orjson.loads(fields[b"e"]):
-                    if since is None or ts >= since:
-                        yield Event(user, item, ts, KINDS[kind])
+            for entry_id, fields in page:
+                ms, _, seq = entry_id.partition(b"-")
+                yield (int(ms), int(seq)), fields[b"e"]
             if len(page) < EXPORT_PAGE:
                 return
             start = "(" + page[-1][0].decode()

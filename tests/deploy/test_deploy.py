@@ -38,6 +38,7 @@ import yaml
 from recall.client import Query, RecallClient, RecallError
 from recall.service.state import Event, open_store, sqlite_url
 from tests.live import free_port
+from tests.redis_cluster import RedisCluster
 
 logger = logging.getLogger(__name__)
 
@@ -743,9 +744,16 @@ def _exported(url: str) -> list[tuple[int, int, float]]:
 def _two_replicas_behind_nginx(
     processes: Processes, nginx: str, tmp_path: Path, root: Path, bundle_id: str, state_url: str
 ) -> tuple[list[str], str]:
-    """Two ``recall serve`` replicas of ``root`` with RECALL_STATE_URL ``state_url``, behind
-    the real nginx (its prefix ``tmp_path/nginx``), all ready on ``bundle_id``: (the
-    replicas' base URLs, nginx's)."""
+    """Two ``recall serve`` replicas of ``root`` with RECALL_STATE_URL ``state_url`` (Redis:
+    the bundle published again with it, which loads its users), behind the real nginx (its
+    prefix ``tmp_path/nginx``), all ready on ``bundle_id``: (the replicas' base URLs,
+    nginx's)."""
+    if state_url.startswith("redis"):  # the users live in the store: publish loads them
+        subprocess.run(
+            [str(VENV_BIN / "recall"), "publish", str(root / bundle_id), "--state-url", state_url],
+            check=True,
+            timeout=120,
+        )
     ports = [free_port(), free_port()]
     replicas = [f"http://127.0.0.1:{p}" for p in ports]
     for i, port in enumerate(ports):
@@ -877,6 +885,39 @@ def test_two_replicas_share_events_through_redis(tmp_path: Path, processes: Proc
         )
     finally:
         redis.kill()
+
+
+@pytest.mark.slow
+def test_two_replicas_share_events_through_a_redis_cluster(
+    tmp_path: Path, processes: Processes, published_root: Path, shared_cluster: RedisCluster
+) -> None:
+    """Two ``recall serve`` replicas on the session's real six-node Redis Cluster
+    (``redis+cluster://``), behind the real nginx: an event posted through nginx moves the
+    next recall on both replicas, for a user of the bundle and for a new one."""
+    shared_cluster.flush()
+    nginx = _nginx_binary()
+    bundle_id = (published_root / "CURRENT").read_text().strip()
+    users = np.load(published_root / bundle_id / "user_ids.npy", allow_pickle=False).tolist()
+    items = np.load(published_root / bundle_id / "item_ids.npy", allow_pickle=False).tolist()
+    replicas, lb = _two_replicas_behind_nginx(
+        processes, nginx, tmp_path, published_root, bundle_id, shared_cluster.url()
+    )
+    known, new = int(users[0]), int(max(users)) + 1
+    before = [httpx.post(f"{u}/v1/recall", json={"user_id": known, "k": 20}) for u in replicas]
+    assert {b.json()["source"] for b in before} == {"user"}
+    now = time.time()
+    events = [
+        {"user_id": known, "item_id": items[1], "timestamp": now},
+        {"user_id": new, "item_id": items[2], "timestamp": now},
+    ]
+    posted = httpx.post(f"{lb}/v1/events", json={"events": events})
+    assert posted.status_code == 200 and posted.json()["accepted"] == 2, posted.text
+    for url, old in zip(replicas, before, strict=True):
+        mine = httpx.post(f"{url}/v1/recall", json={"user_id": known, "k": 20}).json()
+        assert (mine["source"], mine["fresh_events"], mine["fresh"]) == ("user+events", 1, True)
+        assert mine["items"] != old.json()["items"]
+        theirs = httpx.post(f"{url}/v1/recall", json={"user_id": new, "k": 20}).json()
+        assert (theirs["source"], theirs["fresh_events"]) == ("events", 1), url
 
 
 # -- the slow availability test: two replicas, one Redis, nginx --------------------------

@@ -196,7 +196,11 @@ def test_mmap_load_maps_the_index_file_shared(
     maps = Path("/proc/self/maps").read_text().splitlines()
     mapped = [m for m in maps if m.endswith(str((bundle / b.INDEX).resolve()))]
     assert mapped and all(m.split()[1] == "r--s" for m in mapped)
-    assert isinstance(index.items, np.memmap)
+    # the item vectors are a plain read-only view of a map: no memmap subclass on the hot path
+    assert type(index.items) is np.ndarray and isinstance(index.items.base, np.memmap)
+    assert not index.items.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        index.items[0, 0] = 1.0
 
 
 def _damage(bundle: Path, name: str, how: str) -> None:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -163,10 +164,10 @@ def test_admin_reload_waits_a_bounded_time_for_a_reload_in_progress(
     409 after ``ADMIN_WAIT_S`` instead of waiting for it, and the load still lands."""
     real = ServingBundle.load
 
-    def slow_load(path: Path) -> ServingBundle:
+    def slow_load(path: Path, users: Any = None) -> ServingBundle:
         if path.name == OTHER_ID:
             time.sleep(4)
-        return real(path)
+        return real(path, users)
 
     monkeypatch.setattr(ServingBundle, "load", staticmethod(slow_load))
     monkeypatch.setattr(reloader, "ADMIN_WAIT_S", 0.5, raising=False)

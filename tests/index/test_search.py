@@ -235,3 +235,88 @@ def test_exact_topk_among_answers_in_item_rows(vectors: tuple[np.ndarray, np.nda
     np.testing.assert_array_equal(exact_topk_among(users[:5], items, rows, 20), want)
     assert exact_topk_among(users[:5], items, rows[:3], 20).shape == (5, 3)
     assert exact_topk_among(users[:5], items, rows[:0], 20).shape == (5, 0)
+
+
+def _hnsw_over(items: np.ndarray) -> ItemIndex:
+    """An HNSW ItemIndex over ``items`` with landmarks, built without a bundle."""
+    spec = fi.make_spec("hnsw", items.shape[0], items.shape[1], ef_construction=40)
+    space, _ = fi.to_index_space(items, spec)
+    entry = fi.choose_entry_points(spec, space)
+    index = ItemIndex(fi.create_index(spec, space), items, "hnsw", entry_rows=entry)
+    index.scan_eligible = 0
+    return index
+
+
+def _selector_answer(
+    index: ItemIndex, queries: np.ndarray, k: int, exclude: list[np.ndarray], use: fi.SearchSettings
+) -> list[set[int]]:
+    """The rows FAISS itself returns with the exclusions as an IDSelectorNot (the oracle of
+    the search that drops them afterwards)."""
+    out = []
+    padded = fi.pad_queries(queries, int(index.index.d))
+    for i, rows in enumerate(exclude):
+        kept_alive = fi.ExclusionSelector(np.unique(rows).astype(np.int64), index.n_items)
+        one = padded[i : i + 1]
+        if use.entry_probe:
+            assert index.entries is not None
+            _, labels = fi.search_hnsw_from(
+                index.index, one, k, index.entries, use, kept_alive.selector
+            )
+        else:
+            params = fi.search_parameters("hnsw", use, kept_alive.selector)
+            _, labels = index.index.search(one, k, params=params)
+        out.append({int(r) for r in labels[0]})
+    return out
+
+
+@pytest.mark.parametrize("entry_probe", [None, 4])
+@pytest.mark.parametrize("duplicates", [1, 4])
+def test_hnsw_exclusions_answer_as_faiss_with_a_selector(
+    vectors: tuple[np.ndarray, np.ndarray], entry_probe: int | None, duplicates: int
+) -> None:
+    """Dropping the excluded rows from a wider search gives exactly the rows of FAISS's own
+    selector search, within the queue (k + excluded <= efSearch) and beyond it; with every
+    item vector repeated (``duplicates``), distances tie at the cut and the search must see
+    it and ask the selector."""
+    items, users = vectors
+    items = np.repeat(items[: N_ITEMS // duplicates], duplicates, axis=0)
+    index = _hnsw_over(items)
+    use = fi.SearchSettings(ef_search=48, entry_probe=entry_probe)
+    rng = np.random.default_rng(7)
+    k, n = 20, 80
+    sizes = rng.choice([0, 1, 5, 20, 27, 28, 60], size=n)  # 27 fits efSearch 48 with k 20
+    # exclude items the query would rank high, so the drop really removes results
+    near = np.argsort(-(users[:n] @ items.T), axis=1)[:, :100]
+    exclude = [rng.choice(near[i], size=s, replace=False) for i, s in enumerate(sizes)]
+    _, rows = index.search(users[:n], k, exclude=exclude, settings=use)
+    want = _selector_answer(index, users[:n], k, exclude, use)
+    assert [set(r.tolist()) for r in rows] == want
+
+
+def test_drop_excluded_refuses_a_tie_at_the_cut() -> None:
+    labels = np.array([4, 9, 2, 7, 5, 8], dtype=np.int64)
+    excluded = np.array([2, 9], dtype=np.int64)
+    distances = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], dtype=np.float32)
+    np.testing.assert_array_equal(fi.drop_excluded(distances, labels, excluded, 3), [4, 7, 5])
+    # the 3rd kept ties with the last of the m asked: a node left out may tie with it
+    tied_last = np.array([0.1, 0.2, 0.3, 0.4, 0.6, 0.6], dtype=np.float32)
+    assert fi.drop_excluded(tied_last, labels, excluded, 3) is None
+    # two kept nodes tie at the cut (the answer is short of m): a selector's heap may have
+    # kept the other one
+    short = np.array([4, 9, 2, 7, 5, 8, -1], dtype=np.int64)
+    tied_kept = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.5, np.finfo(np.float32).max], np.float32)
+    assert fi.drop_excluded(tied_kept, short, excluded, 3) is None
+    # fewer non-excluded nodes than wanted: the walk reached no more, padded with -1
+    np.testing.assert_array_equal(fi.drop_excluded(tied_kept, short, excluded, 5), [4, 7, 5, 8, -1])
+
+
+def test_shared_search_parameters_never_carry_a_selector(hnsw: ItemIndex) -> None:
+    """Parameters without a selector are one object per settings, shared by every search
+    (and thread): a search with a selector gets its own, so none leaks into the next."""
+    use = fi.SearchSettings(ef_search=64)
+    shared = fi.search_parameters("hnsw", use, None)
+    assert fi.search_parameters("hnsw", use, None) is shared and shared.efSearch == 64
+    kept_alive = fi.ExclusionSelector(np.arange(5, dtype=np.int64), hnsw.n_items)
+    own = fi.search_parameters("hnsw", use, kept_alive.selector)
+    assert own is not shared and own.sel is not None and shared.sel is None
+    assert fi.hnsw_queue(use) == 64 and fi.hnsw_queue(fi.SearchSettings()) == 16

@@ -17,6 +17,7 @@ import re
 import signal
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from recall.service.state import sqlite_url
 from tests.index.test_history import make_v1
 from tests.index.test_verify import copy_bundle
 from tests.live import live_server, settings
-from tests.redis_server import redis_server
+from tests.redis_server import load_users, redis_server
 from tests.service.test_metrics_workers import recall_serve
 
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
@@ -380,14 +381,53 @@ def _store_down_checks(
         json={"requests": [{"user_id": user_id, "k": 2}, {"vector": [0.1] * bundle.dim}]},
     )
     assert [r["fresh"] for r in batch.json()["results"]] == [False, True]  # vector: no store
-    unknown = c.post("/v1/recall", json={"user_id": "nobody-at-all"})
-    assert unknown.status_code == 404 and "events not read" in unknown.json()["error"]["message"]
+    unknown = c.post("/v1/recall", json={"user_id": "nobody-at-all"})  # may have events
+    assert unknown.status_code == 503 and unknown.headers["retry-after"] == "1"
+    assert unknown.json()["error"]["code"] == "state_unavailable"
+    popular = c.post("/v1/recall", json={"user_id": "nobody-at-all", "fallback": "popular"})
+    assert popular.status_code == 200 and popular.json()["source"] == "popular"
     down = c.post("/v1/events", json={"events": [{"user_id": user_id, "item_id": 1}]})
-    assert down.status_code == 503
+    assert down.status_code == 503 and down.headers["retry-after"] == "1"
     assert down.json()["error"]["code"] == "state_unavailable"
     metrics = c.get("/metrics").text
     assert metric(metrics, 'recall_events_total{result="unavailable"}') >= 1
     for op in ("recent", "shown", "add"):
+        assert metric(metrics, f'recall_state_errors_total{{op="{op}"}}') >= 1
+
+
+@contextmanager
+def _users_loaded(url: str, bundle: ServingBundle) -> Iterator[None]:
+    load_users(url, bundle.path)
+    yield
+
+
+def _users_down_checks(
+    c: httpx.Client, bundle: ServingBundle, budget_s: float, user_row: int = 2
+) -> None:
+    """The users live in the store and it is down: recall by user id 503 state_unavailable
+    within ``budget_s`` (the popular list when asked for), vector lookups of users 503,
+    history and vector recalls answer; events 503; each failure counted."""
+    user_id = user(bundle, user_row)
+    for _ in range(3):
+        started = time.perf_counter()
+        down = c.post("/v1/recall", json={"user_id": user_id, "k": 5})
+        assert time.perf_counter() - started < budget_s
+        assert down.status_code == 503 and down.json()["error"]["code"] == "state_unavailable"
+    popular = recall(c, user_id=user_id, k=5, fallback="popular")
+    assert popular["source"] == "popular" and popular["fresh"] is False
+    assert c.get(f"/v1/users/{user_id}/vector").status_code == 503
+    assert c.post("/v1/users/vectors", json={"ids": [user_id]}).status_code == 503
+    batch = c.post(
+        "/v1/recall/batch",
+        json={"requests": [{"user_id": user_id, "k": 2}, {"vector": [0.1] * bundle.dim}]},
+    )
+    assert [r["status"] for r in batch.json()["results"]] == [503, 200]
+    history = recall(c, history=bundle.item_ids.ids[:3].tolist(), k=5)
+    assert history["source"] == "history" and len(history["items"]) == 5
+    down = c.post("/v1/events", json={"events": [{"user_id": user_id, "item_id": 1}]})
+    assert down.status_code == 503
+    metrics = c.get("/metrics").text
+    for op in ("recent", "users", "add"):
         assert metric(metrics, f'recall_state_errors_total{{op="{op}"}}') >= 1
 
 
@@ -464,14 +504,16 @@ def test_openapi_documents_the_event_fields(client: httpx.Client) -> None:
 def test_redis_store_paused_then_killed_then_back(
     published_root: Path, bundle: ServingBundle, tmp_path: Path
 ) -> None:
-    """A real redis-server: events work through it; stopped (SIGSTOP: connections open, no
-    answers) or killed, recall still answers from the bundle within the read bound and
-    events get 503; back, everything acknowledged before is still there."""
+    """A real redis-server holding the users and their events: stopped (SIGSTOP:
+    connections open, no answers) or killed, a recall by user id answers 503 (or the
+    popular list when asked) within the read bound, recall by history or vector is
+    unaffected, events get 503; back, everything acknowledged before is still there."""
     row = 12
     user_id = user(bundle, row)
     items = unseen_items(bundle, row, 2)
     with (
         redis_server(tmp_path / "redis", appendonly=True) as redis,
+        _users_loaded(redis.url(), bundle),
         live_server(
             create_app(settings(published_root, state_url=redis.url(), state_timeout_s=0.05))
         ) as base,
@@ -482,12 +524,12 @@ def test_redis_store_paused_then_killed_then_back(
         assert redis.process is not None
         redis.process.send_signal(signal.SIGSTOP)
         try:
-            _store_down_checks(c, bundle, user_row=2, budget_s=0.5)
+            _users_down_checks(c, bundle, user_row=2, budget_s=0.5)
         finally:
             redis.process.send_signal(signal.SIGCONT)
         assert recall(c, user_id=user_id, k=3)["fresh"] is True
         redis.kill()
-        _store_down_checks(c, bundle, user_row=2, budget_s=0.5)
+        _users_down_checks(c, bundle, user_row=2, budget_s=0.5)
         redis.start()
         deadline = time.monotonic() + 10
         while c.post("/v1/recall", json={"user_id": user_id}).json()["fresh"] is False:

@@ -259,3 +259,13 @@ def test_unknown_ids_are_echoed_as_a_short_prefix(bundle: ServingBundle) -> None
         with pytest.raises(UnknownId) as caught:
             call()
         assert len(caught.value.message) < 120 and caught.value.message.endswith("…")
+
+
+def test_mapped_vectors_are_plain_read_only_views(bundle: ServingBundle) -> None:
+    """The memory-mapped vectors are plain ndarrays (no memmap subclass code on every
+    slice of a recall) over the shared map, and they still refuse writes."""
+    for vectors in (bundle.user_vectors, bundle.item_vectors):
+        assert type(vectors) is np.ndarray and isinstance(vectors.base, np.memmap)
+        assert type(vectors[:3]) is np.ndarray and not vectors.flags.writeable
+        with pytest.raises(ValueError, match="read-only"):
+            vectors[0, 0] = 0.0

@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -25,7 +26,7 @@ from recall.index.current import CURRENT
 from recall.service.app import create_app
 from recall.service.metrics import Metrics
 from recall.service.recaller import ServingBundle
-from recall.service.reloader import BundleHolder
+from recall.service.reloader import BundleHolder, LocalSource
 from recall.service.settings import Settings
 from tests.index.test_verify import OTHER_ID, copy_bundle, resign
 from tests.live import TOKEN, live_server
@@ -171,11 +172,11 @@ def test_a_failing_load_of_any_kind_does_not_stop_the_poller(
     """An exception nobody expected (not a BundleError) is a counted failure too."""
     real = ServingBundle.load
 
-    def explode_once(path: Path) -> ServingBundle:
+    def explode_once(path: Path, users: Any = None) -> ServingBundle:
         if path.name == OTHER_ID and not getattr(explode_once, "done", False):
             explode_once.done = True  # type: ignore[attr-defined]
             raise RuntimeError("a bug in the loader")
-        return real(path)
+        return real(path, users)
 
     monkeypatch.setattr(ServingBundle, "load", staticmethod(explode_once))
     with live_server(create_app(_settings(root))) as url, httpx.Client(base_url=url) as client:
@@ -304,7 +305,7 @@ def test_a_reload_cancelled_as_it_gets_the_lock_is_cancelled(tmp_path: Path) -> 
     normally then, the poller polled on and the server's shutdown waited for it forever."""
 
     async def scenario() -> None:
-        holder = BundleHolder(tmp_path, Metrics())
+        holder = BundleHolder(LocalSource(tmp_path), Metrics())
         lock = holder._lock
         await lock.acquire()  # a reload in progress
         waiting = asyncio.create_task(holder.reload())

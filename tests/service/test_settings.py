@@ -97,3 +97,18 @@ def test_load_settings_names_variables_and_flags(monkeypatch: pytest.MonkeyPatch
         "set --root or RECALL_ROOT; RECALL_SEARCH_THREADS: Input should be a valid integer, "
         "unable to parse string as an integer"
     )
+
+
+def test_an_s3_root_needs_a_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from recall.index.roots import S3Location
+
+    monkeypatch.setenv("RECALL_ROOT", "s3://my-bucket/recall/")
+    with pytest.raises(SettingsError, match=r"^an s3:// root needs RECALL_CACHE_DIR"):
+        load_settings()
+    monkeypatch.setenv("RECALL_CACHE_DIR", str(tmp_path / "cache"))
+    settings = load_settings()
+    assert settings.root == S3Location("my-bucket", "recall")
+    assert settings.state_url == f"sqlite://{tmp_path}/cache/.state/events.sqlite"
+    monkeypatch.setenv("RECALL_ROOT", "s3://Not_A_Bucket/x")
+    with pytest.raises(SettingsError, match=r"RECALL_ROOT: .*not a valid S3 bucket name"):
+        load_settings()

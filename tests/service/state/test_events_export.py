@@ -13,6 +13,9 @@ from recall.cli import main
 from recall.service.state import Event, open_store, sqlite_url
 from recall.trainer.data import load_dataset
 from recall.trainer.synth import SynthConfig, write_synthetic
+from tests.live import free_port
+from tests.redis_cluster import RedisCluster
+from tests.redis_server import redis_server
 
 EVENTS = [
     Event(7, 100, 1_700_000_000.0),
@@ -129,8 +132,6 @@ def test_bad_arguments_exit_2(tmp_path: Path) -> None:
 
 def test_export_from_redis(tmp_path: Path) -> None:
     """The compose trainer job's case: the replicas' Redis, exported the same way."""
-    from tests.redis_server import redis_server
-
     with redis_server(tmp_path / "redis") as server:
         _store_events(server.url(), EVENTS)
         out = tmp_path / "out"
@@ -168,3 +169,42 @@ def test_retention_is_read_through_settings(
     assert main(argv) == 2
     assert "RECALL_EVENTS_RETENTION_S: Input should be greater than 0" in caplog.text
     assert not (tmp_path / "out" / "interactions.csv").exists()
+
+
+def test_export_from_a_cluster_merges_every_writers_log(
+    shared_cluster: RedisCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Writers on several log buckets (one store each), one CSV in arrival order; a URL
+    at a server that is not a cluster exits 2 naming the flag, a cluster with no node up 3."""
+    shared_cluster.flush()
+    url = shared_cluster.url()
+    events = [Event(i % 3, i, 1_700_000_000.0 + i) for i in range(40)]
+
+    async def write() -> None:
+        stores = [open_store(url, write_timeout_s=5.0) for _ in range(8)]  # a loaded machine
+        try:
+            for i, event in enumerate(events):
+                await stores[i % 8].add([event])
+                await asyncio.sleep(0.002)
+        finally:
+            for store in stores:
+                await store.close()
+
+    asyncio.run(write())
+    out = tmp_path / "out"
+    assert main(["events", "export", "--state-url", url, "--out", str(out)]) == 0
+    assert _rows(out / "interactions.csv")[1:] == [
+        [str(e.user_id), str(e.item_id), str(int(e.timestamp))] for e in events
+    ]
+    with redis_server(tmp_path / "plain") as plain:
+        not_a_cluster = f"redis+cluster://127.0.0.1:{plain.port}"
+        argv = ["events", "export", "--state-url", not_a_cluster, "--out", str(tmp_path / "x")]
+        assert main(argv) == 2
+    nobody = f"redis+cluster://127.0.0.1:{free_port()}"
+    assert main(["events", "export", "--state-url", nobody, "--out", str(tmp_path / "y")]) == 3
+    assert main(["events", "export", "--state-url", "redis+cluster://h", "--out", "z"]) == 2
+    errors = caplog.text
+    assert "--state-url: the server is not a Redis Cluster node" in errors
+    assert "--state-url: no Redis Cluster node answered" in errors
+    assert "--state-url: each node of a cluster state URL is host:port" in errors
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

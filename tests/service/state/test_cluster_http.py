@@ -1,0 +1,102 @@
+"""A shard of the Redis Cluster killed under HTTP traffic (a real uvicorn server on the
+session's six-node cluster, the bundle's users loaded into it): recall keeps answering,
+only the dead shard's users are unavailable (503, or the popular list when asked: their
+records live there), and after the failover everything answers again with no restart."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from recall.index.current import CURRENT
+from recall.service.app import create_app
+from recall.service.recaller import ServingBundle
+from recall.service.state.redis_client import user_key
+from tests.live import live_server, settings
+from tests.redis_cluster import RedisCluster
+from tests.redis_server import load_users
+from tests.service.test_events import metric, post_events, recall, unseen_items, user
+
+
+def _two_users(bundle: ServingBundle, cluster: RedisCluster) -> tuple[int, int, int, int]:
+    """Rows and ids of two bundle users whose slots are on different masters."""
+    first = user(bundle, 0)
+    port = cluster.master_of(user_key(first, b"r"))
+    row = next(
+        r
+        for r in range(1, len(bundle.user_ids))
+        if cluster.master_of(user_key(user(bundle, r), b"r")) != port
+    )
+    return 0, first, row, user(bundle, row)
+
+
+@pytest.mark.slow
+def test_a_shard_killed_under_traffic(published_root: Path, shared_cluster: RedisCluster) -> None:
+    cluster = shared_cluster
+    cluster.flush()
+    bundle = ServingBundle.load(published_root / (published_root / CURRENT).read_text().strip())
+    load_users(cluster.url(), bundle.path)
+    down_row, down_user, up_row, up_user = _two_users(bundle, cluster)
+    port = cluster.master_of(user_key(down_user, b"r"))
+    app = create_app(settings(published_root, state_url=cluster.url(), state_timeout_s=0.05))
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def traffic(base: str) -> None:  # recalls of both users all along
+        with httpx.Client(base_url=base, timeout=10) as c:
+            while not stop.is_set():
+                for u in (down_user, up_user):
+                    body = {"user_id": u, "k": 5, "fallback": "popular"}
+                    statuses.append(c.post("/v1/recall", json=body).status_code)
+
+    with live_server(app) as base, httpx.Client(base_url=base, timeout=10) as c:
+        for row, u in ((down_row, down_user), (up_row, up_user)):
+            post_events(c, [{"user_id": u, "item_id": i} for i in unseen_items(bundle, row, 2)])
+            assert recall(c, user_id=u, k=5)["fresh_events"] == 2
+        thread = threading.Thread(target=traffic, args=(base,))
+        thread.start()
+        try:
+            time.sleep(0.3)
+            cluster.kill(port)
+            killed_at = time.monotonic()
+            for _ in range(3):
+                started = time.perf_counter()
+                down = c.post("/v1/recall", json={"user_id": down_user, "k": 5})
+                assert time.perf_counter() - started < 0.5  # within the read bound
+                assert down.status_code == 503, down.text
+                assert down.json()["error"]["code"] == "state_unavailable"
+                body = recall(c, user_id=down_user, k=5, fallback="popular")
+                assert body["fresh"] is False and body["source"] == "popular"
+                other = recall(c, user_id=up_user, k=5)
+                assert other["fresh"] is True and other["fresh_events"] == 2
+            similar = c.get(f"/v1/items/{bundle.item_ids.ids[0].item()}/similar")
+            assert similar.status_code == 200
+            assert recall(c, vector=[0.1] * bundle.dim, k=3)["fresh"] is True
+            event = {"user_id": up_user, "item_id": unseen_items(bundle, up_row, 3)[2]}
+            event["timestamp"] = time.time()  # a retry of the same event counts once
+            codes = [c.post("/v1/events", json={"events": [event]}) for _ in range(3)]
+            assert [r.status_code for r in codes].count(200) >= 2  # the log bucket moves on
+            assert all(r.status_code in (200, 503) for r in codes)
+            down = c.post("/v1/events", json={"events": [{"user_id": down_user, "item_id": 1}]})
+            assert down.status_code == 503
+            assert down.json()["error"]["code"] == "state_unavailable"
+            errors = metric(c.get("/metrics").text, 'recall_state_errors_total{op="users"}')
+            assert errors >= 3
+            # The replica takes over: the same server answers fresh again, nothing lost.
+            while True:
+                body = recall(c, user_id=down_user, k=5, fallback="popular")
+                if body["fresh"]:
+                    break
+                assert time.monotonic() - killed_at < 20, "no failover within 20 s"
+                time.sleep(0.1)
+            assert body["fresh_events"] == 2  # acknowledged before the kill: on the replica
+            assert recall(c, user_id=up_user, k=5)["fresh_events"] == 3
+        finally:
+            stop.set()
+            thread.join()
+            cluster.restart(port)
+    assert statuses and set(statuses) == {200}, "a recall failed while the shard was down"
