@@ -1,4 +1,4 @@
-"""Baselines for the quality benchmark: item-kNN (cosine) and implicit's ALS.
+"""Baselines for the quality benchmark: item-kNN (cosine), implicit's ALS and BPR, PureSVD.
 
 Every baseline sees only the training part of the leave-last-out split, as a binary
 user x item matrix, and is tuned on the validation item (never the test item). Each
@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
+from implicit.cpu.bpr import BayesianPersonalizedRanking
+from scipy.sparse.linalg import svds
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 from recall.trainer.evaluate import EvalTask, ScoreFn, evaluate
@@ -32,6 +34,24 @@ ALS_FACTORS = (32, 64, 128)
 ALS_REGULARIZATION = (0.01, 0.1, 1.0, 10.0)
 ALS_ALPHA = (1.0, 3.0, 10.0, 40.0)
 ALS_ITERATIONS = (15, 20, 25, 30)  # checkpoints of one run: fit() resumes from its factors
+BPR_FACTORS = (32, 64, 128)
+BPR_LEARNING_RATE = (0.01, 0.05)
+BPR_REGULARIZATION = (0.001, 0.01)
+BPR_ITERATIONS = (50, 100, 200)  # checkpoints of one run, as for ALS
+SVD_FACTORS = (8, 16, 32, 48, 64, 96, 128)
+ALS_SEARCH_SPACE = {
+    "factors": list(ALS_FACTORS),
+    "regularization": list(ALS_REGULARIZATION),
+    "alpha": list(ALS_ALPHA),
+    "iterations": list(ALS_ITERATIONS),
+    "confidence": "1 + alpha * r on a binary matrix",
+}
+BPR_SEARCH_SPACE = {
+    "factors": list(BPR_FACTORS),
+    "learning_rate": list(BPR_LEARNING_RATE),
+    "regularization": list(BPR_REGULARIZATION),
+    "iterations": list(BPR_ITERATIONS),
+}
 
 
 @dataclass
@@ -213,4 +233,105 @@ def tune_als(
     logger.info(
         "ALS seed %d: chose %s (valid %s %.4f)", seed, params, TUNE_METRIC, best[TUNE_METRIC]
     )
+    return Tuned(params, valid_metrics, grid, round(time.perf_counter() - started, 3))
+
+
+# ---------------------------------------------------------------------------------- BPR
+
+
+def _bpr(factors: int, learning_rate: float, regularization: float, seed: int) -> Any:
+    """implicit's BPR on one thread (deterministic for a seed); iterations set per fit."""
+    return BayesianPersonalizedRanking(
+        factors=factors,
+        learning_rate=learning_rate,
+        regularization=regularization,
+        num_threads=1,
+        random_state=seed,
+    )
+
+
+def fit_bpr(
+    matrix: sp.csr_matrix,
+    factors: int,
+    learning_rate: float,
+    regularization: float,
+    iterations: int,
+    seed: int,
+) -> ScoreFn:
+    """Fit implicit's BPR on the binary matrix and score with its factors (which carry the
+    item bias as one more column)."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        model = _bpr(factors, learning_rate, regularization, seed)
+        model.iterations = iterations
+        model.fit(matrix, show_progress=False)
+    return als_scorer(model)
+
+
+def tune_bpr(
+    matrix: sp.csr_matrix,
+    valid: EvalTask,
+    seed: int,
+    factors: Sequence[int] = BPR_FACTORS,
+    learning_rates: Sequence[float] = BPR_LEARNING_RATE,
+    regularizations: Sequence[float] = BPR_REGULARIZATION,
+    iterations: Sequence[int] = BPR_ITERATIONS,
+) -> Tuned:
+    """Grid search by validation HR@50; iteration counts are checkpoints of one run."""
+    started = time.perf_counter()
+    checkpoints = sorted(iterations)
+    grid: list[dict[str, Any]] = []
+    for f, lr, reg in itertools.product(factors, learning_rates, regularizations):
+        with threadpool_limits(limits=1, user_api="blas"):
+            model = _bpr(f, lr, reg, seed)
+            done = 0
+            for total in checkpoints:
+                model.iterations = total - done
+                model.fit(matrix, show_progress=False)
+                done = total
+                metrics = evaluate(als_scorer(model), valid)
+                row = {
+                    "factors": f,
+                    "learning_rate": lr,
+                    "regularization": reg,
+                    "iterations": total,
+                }
+                grid.append({**row, **metrics})
+                logger.debug("BPR %s: valid %s", row, metrics)
+    return _chosen(
+        "BPR", grid, ("factors", "learning_rate", "regularization", "iterations"), started
+    )
+
+
+# ------------------------------------------------------------------------------ PureSVD
+
+
+def fit_puresvd(matrix: sp.csr_matrix, factors: int) -> ScoreFn:
+    """PureSVD (Cremonesi et al. 2010): the top ``factors`` right singular vectors ``V`` of
+    the binary matrix; ``score(u) = r_u V V^T``. Deterministic (fixed start vector)."""
+    start = np.ones(min(matrix.shape), dtype=np.float64)
+    _, _, vt = svds(matrix.astype(np.float64), k=factors, v0=start)
+    items = np.ascontiguousarray(vt.T, dtype=np.float32)  # (n_items, factors)
+    users = np.asarray(matrix @ items, dtype=np.float32)  # (n_users, factors)
+
+    def score(rows: np.ndarray) -> np.ndarray:
+        return np.asarray(users[rows] @ items.T)
+
+    return score
+
+
+def tune_puresvd(
+    matrix: sp.csr_matrix, valid: EvalTask, factors: Sequence[int] = SVD_FACTORS
+) -> Tuned:
+    """The number of factors by validation HR@50."""
+    started = time.perf_counter()
+    grid = [{"factors": f, **evaluate(fit_puresvd(matrix, f), valid)} for f in factors]
+    return _chosen("PureSVD", grid, ("factors",), started)
+
+
+def _chosen(name: str, grid: list[dict[str, Any]], keys: Sequence[str], started: float) -> Tuned:
+    """The grid point with the best validation :data:`TUNE_METRIC`."""
+    best = max(grid, key=lambda row: row[TUNE_METRIC])
+    params = {key: best[key] for key in keys}
+    valid_metrics = {key: v for key, v in best.items() if key not in params}
+    logger.info("%s: chose %s (valid %s %.4f)", name, params, TUNE_METRIC, best[TUNE_METRIC])
     return Tuned(params, valid_metrics, grid, round(time.perf_counter() - started, 3))

@@ -28,6 +28,8 @@ docs/state.md to quote.
 
     .venv/bin/python bench/freshness.py
     .venv/bin/python bench/freshness.py --events 1000 --epochs 3 --out /tmp/freshness.json
+    .venv/bin/python bench/freshness.py --tower attention \
+        --out bench/results/freshness-attention.json
 
 MovieLens 100K is read from ``--data``, else ``$RECALL_ML100K_DIR``, else
 ``../shared/data/ml-100k`` beside the repository. ``--workdir`` keeps the trained bundle:
@@ -116,11 +118,11 @@ def _recall_cli() -> str:
     return str(candidate) if candidate.exists() else "recall"
 
 
-def train_and_publish(split: Path, root: Path, seed: int, epochs: int | None) -> float:
+def train_and_publish(split: Path, root: Path, seed: int, epochs: int | None, tower: str) -> float:
     """``recall train`` + ``recall build-index --publish``; seconds taken."""
     started = time.perf_counter()
     cmd = [_recall_cli(), "train", "--data", str(split), "--out", str(root), "--seed", str(seed)]
-    cmd += ["--no-progress", *(["--epochs", str(epochs)] if epochs else [])]
+    cmd += ["--tower", tower, "--no-progress", *(["--epochs", str(epochs)] if epochs else [])]
     out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
     bundle = out.strip().splitlines()[-1]
     subprocess.run(
@@ -216,7 +218,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="recall-freshness-"))
     split, root = workdir / "data", workdir / "bundles"
-    stamp = {"quantile": args.quantile, "seed": args.seed, "epochs": args.epochs}
+    stamp = {
+        "quantile": args.quantile,
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "tower": args.tower,
+    }
     stamp_path = workdir / "trained.json"
     previous = json.loads(stamp_path.read_text()) if stamp_path.is_file() else {}
     if {k: previous.get(k) for k in stamp} == stamp and (root / "CURRENT").is_file():
@@ -226,7 +233,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(split, ignore_errors=True)
         shutil.rmtree(root, ignore_errors=True)
         write_split(data, train_rows, split)
-        train_s = train_and_publish(split, root, args.seed, args.epochs)
+        train_s = train_and_publish(split, root, args.seed, args.epochs, args.tower)
         stamp_path.write_text(json.dumps({**stamp, "train_seconds": train_s}))
         logger.info("trained and published in %.0f s", train_s)
     bundle = root / (root / "CURRENT").read_text().strip()
@@ -285,6 +292,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "train_seconds": None if train_s is None else round(train_s, 1),
         "seed": args.seed,
         "epochs": args.epochs,
+        "tower": args.tower,
         "modes": results,
         "ratios": {
             "fresh/stale": {g: round(fresh[g] / stale[g], 3) for g in fresh if stale[g]},
@@ -300,7 +308,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_table(report: dict[str, Any]) -> None:
-    print(f"HR@{K} over {report['events']} later events (MovieLens 100K, replay in time order)")
+    print(
+        f"HR@{K} over {report['events']} later events (MovieLens 100K, replay in time order, "
+        f"{report['tower']} tower)"
+    )
     print(f"{'mode':<13}{'all':>8}{'known':>8}{'new':>8}{'not fresh':>11}")
     for mode in MODES:
         m = report["modes"][mode]
@@ -322,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantile", type=float, default=0.8, help="training cut (time)")
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--epochs", type=int, help="training epochs (default: the config's)")
+    parser.add_argument("--tower", choices=["mean", "attention"], default="mean")
     parser.add_argument("--workdir", type=Path, help="keeps data, bundle, state (default tmp)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "freshness.json")
     args = parser.parse_args(argv)

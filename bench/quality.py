@@ -1,4 +1,5 @@
-"""Offline quality on MovieLens 100K: our model against popularity, item-kNN and ALS.
+"""Offline quality on MovieLens 100K: our model (each user tower) against popularity,
+item-kNN, ALS, BPR and PureSVD.
 
 The protocol of docs/quality.md (leave-last-out on time, rank all items, training
 items excluded), the same EvalTask for every method, mean +- std over seeds. Baselines are
@@ -7,7 +8,9 @@ writes JSON (per-seed numbers, chosen hyper-parameters, machine, date, versions)
 docs/quality.md to quote.
 
     .venv/bin/python bench/quality.py
-    .venv/bin/python bench/quality.py --seeds 0 --out /tmp/quality.json
+    .venv/bin/python bench/quality.py --seeds 0 --towers attention --out /tmp/quality.json
+
+The JSON is rewritten after every seed, so an interrupted run keeps the seeds it finished.
 
 MovieLens 100K is read from ``--data``, else ``$RECALL_ML100K_DIR``, else
 ``../shared/data/ml-100k`` beside the repository.
@@ -56,13 +59,19 @@ from recall.trainer.train import train  # noqa: E402
 logger = logging.getLogger("bench.quality")
 
 METRICS = [*(f"hr@{k}" for k in HIT_RATE_KS), f"ndcg@{NDCG_K}", f"coverage@{COVERAGE_K}"]
-METHODS = ("model", "popularity", "item-knn", "als")
+TOWERS = ("mean", "attention")
+BASELINES = ("popularity", "item-knn", "als", "bpr", "puresvd")
 
 
-def run_model(dataset: Dataset, seed: int, task: EvalTask) -> dict[str, Any]:
-    """Train with the default config and ``seed``; evaluate the exported vectors."""
+def model_method(tower: str) -> str:
+    """The table's name for the model with ``tower``."""
+    return f"model ({tower})"
+
+
+def run_model(dataset: Dataset, seed: int, tower: str, task: EvalTask) -> dict[str, Any]:
+    """Train with the default config, ``seed`` and ``tower``; evaluate the exported vectors."""
     started = time.perf_counter()
-    config = TrainConfig.model_validate({"seed": seed})  # = TrainConfig(seed=seed)
+    config = TrainConfig.model_validate({"seed": seed, "tower": tower})
     trained = train(dataset, config, progress=False)
     seconds = time.perf_counter() - started
     arrays = bundle_arrays(trained, dataset)
@@ -89,7 +98,6 @@ def run_model(dataset: Dataset, seed: int, task: EvalTask) -> dict[str, Any]:
             "examples": m["examples"],
             "loss": m["loss"],
         },
-        "item_counts": trained.prepared.item_counts,
     }
 
 
@@ -109,10 +117,12 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
 
 
-def summarize(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+def summarize(
+    per_seed: list[dict[str, Any]], methods: list[str]
+) -> dict[str, dict[str, dict[str, float]]]:
     """method -> metric (and fit_seconds) -> {mean, std} over seeds."""
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for method in METHODS:
+    for method in methods:
         out[method] = {}
         for metric in [*METRICS, "fit_seconds"]:
             mean, std = _mean_std([run[method][metric] for run in per_seed])
@@ -167,6 +177,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--data", type=Path, help=f"MovieLens 100K directory (default: ${ML100K_ENV})"
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--towers", nargs="+", choices=TOWERS, default=list(TOWERS))
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/quality.json")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every grid point")
     return parser.parse_args(argv)
@@ -199,56 +210,88 @@ def main(argv: list[str] | None = None) -> int:
         matrix.nnz,
     )
 
-    # Item-kNN and popularity are deterministic: tune / build once, score every seed.
+    # Item-kNN, PureSVD and popularity are deterministic: tune / build once, score every seed.
     knn_tuned = baselines.tune_itemknn(matrix, valid)
-    t0 = time.perf_counter()
-    knn = baselines.fit_itemknn(matrix, **knn_tuned.params)
-    knn_seconds = time.perf_counter() - t0
-    knn_test = evaluate(knn, test)
+    svd_tuned = baselines.tune_puresvd(matrix, valid)
+    fixed: dict[str, dict[str, Any]] = {}
+    for name, tuned, fit in (
+        ("item-knn", knn_tuned, baselines.fit_itemknn),
+        ("puresvd", svd_tuned, baselines.fit_puresvd),
+    ):
+        t0 = time.perf_counter()
+        scorer = fit(matrix, **tuned.params)
+        fixed[name] = {**evaluate(scorer, test), "fit_seconds": round(time.perf_counter() - t0, 3)}
+    popularity = evaluate(
+        popularity_scorer(np.bincount(split.train_items, minlength=dataset.n_items)), test
+    )
+    methods = [*(model_method(t) for t in args.towers), *BASELINES]
 
     per_seed: list[dict[str, Any]] = []
-    als_tuned: dict[int, baselines.Tuned] = {}
+    seeded: dict[str, dict[int, baselines.Tuned]] = {"als": {}, "bpr": {}}
     for seed in args.seeds:
-        logger.info("seed %d: training the model", seed)
-        model = run_model(dataset, seed, test)
-        logger.info("seed %d: model %s", seed, model["metrics"])
-        popularity = evaluate(popularity_scorer(model.pop("item_counts")), test)
-
-        tuned = baselines.tune_als(matrix, valid, seed)
-        als_tuned[seed] = tuned
-        t0 = time.perf_counter()
-        als = baselines.fit_als(matrix, seed=seed, **tuned.params)
-        als_seconds = time.perf_counter() - t0
-        als_test = evaluate(als, test)
-        logger.info("seed %d: ALS %s", seed, als_test)
-        per_seed.append(
-            {
-                "seed": seed,
-                "model": {
-                    **model["metrics"],
-                    "fit_seconds": model["fit_seconds"],
-                    "trainer": model["trainer"],
-                },
-                "popularity": {**popularity, "fit_seconds": 0.0},
-                "item-knn": {**knn_test, "fit_seconds": round(knn_seconds, 3)},
-                "als": {
-                    **als_test,
-                    "fit_seconds": round(als_seconds, 3),
-                    "params": tuned.params,
-                    "valid": tuned.valid,
-                    "tuning_seconds": tuned.seconds,
-                },
+        run: dict[str, Any] = {"seed": seed}
+        for tower in args.towers:
+            logger.info("seed %d: training the model, %s tower", seed, tower)
+            model = run_model(dataset, seed, tower, test)
+            logger.info("seed %d: model (%s) %s", seed, tower, model["metrics"])
+            run[model_method(tower)] = {
+                **model["metrics"],
+                "fit_seconds": model["fit_seconds"],
+                "trainer": model["trainer"],
             }
-        )
+        run["popularity"] = {**popularity, "fit_seconds": 0.0}
+        run.update(fixed)
+        for name, tune, fit in (
+            ("als", baselines.tune_als, baselines.fit_als),
+            ("bpr", baselines.tune_bpr, baselines.fit_bpr),
+        ):
+            tuned = tune(matrix, valid, seed)
+            seeded[name][seed] = tuned
+            t0 = time.perf_counter()
+            scored = evaluate(fit(matrix, seed=seed, **tuned.params), test)
+            logger.info("seed %d: %s %s", seed, name, scored)
+            run[name] = {
+                **scored,
+                "fit_seconds": round(time.perf_counter() - t0, 3),
+                "params": tuned.params,
+                "valid": tuned.valid,
+                "tuning_seconds": tuned.seconds,
+            }
+        per_seed.append(run)
+        result = report(args, date, data, test, valid, matrix, dataset, methods, per_seed)
+        result["baselines"] = {
+            "item-knn": _deterministic(knn_tuned),
+            "puresvd": _deterministic(svd_tuned),
+            "als": _seeded(seeded["als"], baselines.ALS_SEARCH_SPACE),
+            "bpr": _seeded(seeded["bpr"], baselines.BPR_SEARCH_SPACE),
+        }
+        result["seconds_total"] = round(time.perf_counter() - started, 1)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        logger.info("seed %d done; wrote %s", seed, args.out)
 
-    summary = summarize(per_seed)
-    table = format_table(summary)
+    table = format_table(summarize(per_seed, methods))
     sys.stdout.write(
         f"MovieLens 100K, leave-last-out, {len(test.users)} test users, "
         f"seeds {args.seeds} (mean ± sample std)\n{table}\n"
     )
+    logger.info("done in %.0f s", time.perf_counter() - started)
+    return 0
 
-    result = {
+
+def report(
+    args: argparse.Namespace,
+    date: str,
+    data: Path,
+    test: EvalTask,
+    valid: EvalTask,
+    matrix: Any,
+    dataset: Dataset,
+    methods: list[str],
+    per_seed: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The JSON document for the seeds done so far (baselines' grids added by the caller)."""
+    return {
         "benchmark": "quality",
         "date": date,
         "data": str(data.resolve()),
@@ -259,39 +302,32 @@ def main(argv: list[str] | None = None) -> int:
         "validation_users": len(valid.users),
         "training_interactions": int(matrix.nnz),
         "n_items": dataset.n_items,
-        "seeds": args.seeds,
-        "summary": summary,
+        "seeds": [run["seed"] for run in per_seed],
+        "summary": summarize(per_seed, methods),
         "per_seed": per_seed,
-        "baselines": {
-            "item-knn": {
-                "params": knn_tuned.params,
-                "valid": knn_tuned.valid,
-                "tuning_seconds": knn_tuned.seconds,
-                "grid": _top(knn_tuned, len(knn_tuned.grid)),
-            },
-            "als": {
-                "search_space": {
-                    "factors": list(baselines.ALS_FACTORS),
-                    "regularization": list(baselines.ALS_REGULARIZATION),
-                    "alpha": list(baselines.ALS_ALPHA),
-                    "iterations": list(baselines.ALS_ITERATIONS),
-                    "confidence": "1 + alpha * r on a binary matrix",
-                },
-                "params_by_seed": {str(s): t.params for s, t in als_tuned.items()},
-                "valid_by_seed": {str(s): t.valid for s, t in als_tuned.items()},
-                "tuning_seconds_by_seed": {str(s): t.seconds for s, t in als_tuned.items()},
-                "grid_points": len(next(iter(als_tuned.values())).grid) if als_tuned else 0,
-                "top_by_seed": {str(s): _top(t, 10) for s, t in als_tuned.items()},
-            },
-        },
         "machine": machine(),
         "versions": versions(),
-        "seconds_total": round(time.perf_counter() - started, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    logger.info("wrote %s in %.0f s", args.out, result["seconds_total"])
-    return 0
+
+
+def _deterministic(tuned: baselines.Tuned) -> dict[str, Any]:
+    return {
+        "params": tuned.params,
+        "valid": tuned.valid,
+        "tuning_seconds": tuned.seconds,
+        "grid": _top(tuned, len(tuned.grid)),
+    }
+
+
+def _seeded(tuned: dict[int, baselines.Tuned], space: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "search_space": space,
+        "params_by_seed": {str(s): t.params for s, t in tuned.items()},
+        "valid_by_seed": {str(s): t.valid for s, t in tuned.items()},
+        "tuning_seconds_by_seed": {str(s): t.seconds for s, t in tuned.items()},
+        "grid_points": len(next(iter(tuned.values())).grid) if tuned else 0,
+        "top_by_seed": {str(s): _top(t, 10) for s, t in tuned.items()},
+    }
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ the weights and a :class:`TowerSpec` into ``user_tower.npz`` and the service run
 forward pass online for users the bundle does not know. Inputs, in order, concatenated:
 
 - mean of the input embeddings of the last ``history_length`` items watched,
+- (``attention`` tower only) the readout of a self-attention block over those items
+  (:mod:`recall.index.attention`),
 - mean of the genre embeddings of those items' genres (when the catalog has genres),
 - one embedding per categorical user feature (row 0 = unknown / out of vocabulary),
 - standardized numeric user features (0 when missing),
@@ -27,12 +29,20 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
+from typing import Literal, Self, get_args
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from recall.index.attention import AttentionReadout
 
 AGE_FEATURES = 3
 SPEC_KEY = "spec"
+TowerKind = Literal["mean", "attention"]
+"""``mean``: the history enters the tower as the mean of its item embeddings (the YouTube
+tower); ``attention``: as that mean and the readout of a self-attention block over the
+window (:mod:`recall.index.attention`)."""
+TOWER_KINDS: tuple[str, ...] = get_args(TowerKind)
 
 FeatureValue = str | int | float | None
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -78,6 +88,17 @@ class TowerSpec(BaseModel):
     numeric: list[NumericFeature] = Field(default_factory=list)
     hidden: list[int] = Field(min_length=1, description="layer widths; the last is dim(u)")
     history_length: int = Field(ge=1, default=50)
+    tower: TowerKind = "mean"
+    attention_heads: int = Field(ge=1, default=2, description="attention tower only")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> Self:
+        if self.tower == "attention" and self.item_dim % self.attention_heads:
+            raise ValueError(
+                f"item_dim {self.item_dim} is not a multiple of attention_heads "
+                f"{self.attention_heads}"
+            )
+        return self
 
     @property
     def has_genres(self) -> bool:
@@ -86,7 +107,7 @@ class TowerSpec(BaseModel):
     @property
     def input_width(self) -> int:
         return (
-            self.item_dim
+            self.item_dim * (2 if self.tower == "attention" else 1)
             + (self.genre_dim if self.has_genres else 0)
             + sum(c.dim for c in self.categorical)
             + len(self.numeric)
@@ -248,6 +269,11 @@ class UserTower:
             if item_genres.size and (item_genres.min() < 0 or item_genres.max() >= n_genre_rows):
                 raise ValueError("item_genres holds genre rows out of range")
             self.item_genres = item_genres.astype(np.int64)
+        self.attention: AttentionReadout | None = None
+        if spec.tower == "attention":
+            self.attention = AttentionReadout(
+                weights, length=spec.history_length, dim=spec.item_dim, heads=spec.attention_heads
+            )
         self.categorical = [
             _matrix(weights, f"categorical.{j}", (len(c.vocabulary) + 1, c.dim))
             for j, c in enumerate(spec.categorical)
@@ -267,6 +293,8 @@ class UserTower:
         at most ``numeric_norm``, example age 0: each pooled part is at most its table's
         largest row norm, and a ReLU layer maps norm ``x`` to at most ``|W|_F x + |b|``."""
         parts = [_max_row_norm(self.item_embedding), numeric_norm]
+        if self.attention is not None:
+            parts.append(self.attention.norm_bound())
         if self.genre_embedding is not None:
             parts.append(_max_row_norm(self.genre_embedding))
         parts.extend(_max_row_norm(table) for table in self.categorical)
@@ -279,9 +307,15 @@ class UserTower:
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> UserTower:
-        """Build from the contents of ``user_tower.npz`` (weights + ``spec`` JSON)."""
-        spec = TowerSpec.model_validate(json.loads(str(arrays[SPEC_KEY])))
-        return cls(spec, arrays)
+        """Build from the contents of ``user_tower.npz`` (weights + ``spec`` JSON); a spec
+        without ``tower`` (bundles from before tower kinds) is the mean tower."""
+        raw = json.loads(str(arrays[SPEC_KEY]))
+        kind = raw.get("tower", "mean") if isinstance(raw, dict) else "mean"
+        if kind not in TOWER_KINDS:  # a bundle from a newer trainer, say
+            raise ValueError(
+                f"unknown tower kind {kind!r}; this version runs {', '.join(TOWER_KINDS)}"
+            )
+        return cls(TowerSpec.model_validate(raw), arrays)
 
     def forward(
         self,
@@ -298,7 +332,10 @@ class UserTower:
         """
         weights = mask.astype(np.float32)[..., None]
         count = np.maximum(weights.sum(axis=1), 1.0)
-        parts = [(self.item_embedding[history] * weights).sum(axis=1) / count]
+        tokens = self.item_embedding[history]  # (B, L, item_dim)
+        parts = [(tokens * weights).sum(axis=1) / count]
+        if self.attention is not None:
+            parts.append(self.attention(tokens, mask))
         if self.genre_embedding is not None and self.item_genres is not None:
             tokens = self.item_genres[history]  # (B, L, G)
             token_weights = ((tokens > 0) & mask[..., None]).astype(np.float32)[..., None]

@@ -7,9 +7,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from recall.index.columns import USER_KINDS, Kind, parse_schema
+from recall.index.tower import TowerKind
 
 
 class ConfigError(ValueError):
@@ -31,6 +39,10 @@ class TrainConfig(BaseModel):
     min_category_count: int = Field(5, ge=1, description="rarer values share the OOV row")
     hidden: list[int] = Field(default=[256, 64], min_length=1, description="last = dim(u)")
     history_length: int = Field(50, ge=1)
+    tower: TowerKind = Field(
+        "mean", description="history pooling: mean, or mean + a self-attention readout"
+    )
+    attention_heads: int = Field(2, ge=1, description="attention tower; divides item_dim")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
     # Examples.
@@ -69,6 +81,14 @@ class TrainConfig(BaseModel):
     @classmethod
     def _user_schema(cls, value: Any) -> dict[str, Kind]:
         return parse_schema(value, USER_KINDS)
+
+    @model_validator(mode="after")
+    def _heads_divide_item_dim(self) -> TrainConfig:
+        if self.tower == "attention" and self.item_dim % self.attention_heads:
+            raise ValueError(
+                f"attention_heads ({self.attention_heads}) must divide item_dim ({self.item_dim})"
+            )
+        return self
 
     def resolved_loss(self, n_items: int) -> Literal["full", "sampled"]:
         if self.loss != "auto":

@@ -48,6 +48,8 @@ def build_spec(dataset: Dataset, config: TrainConfig) -> TowerSpec:
         numeric=numeric,
         hidden=list(config.hidden),
         history_length=config.history_length,
+        tower=config.tower,
+        attention_heads=config.attention_heads,
     )
 
 

@@ -1,6 +1,8 @@
 """The next-watch softmax model of YouTube's candidate generation (Covington et al. 2016).
 
-User side: the tower of :mod:`recall.index.tower` (same inputs, same order). Output side: a
+User side: the tower of :mod:`recall.index.tower` (same inputs, same order; with
+``spec.tower == "attention"`` the window also goes through :class:`AttentionReadout`). Output
+side: a
 separate softmax weight matrix ``W`` (n_items, dim) and bias ``b`` (n_items,), not tied to
 the input item embeddings. The model's logit for (user, item) is ``u . W_i + b_i``.
 """
@@ -11,7 +13,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from recall.index.attention import PREFIX as ATTENTION_PREFIX
 from recall.index.tower import SPEC_KEY, TowerSpec
+from recall.trainer.attention import AttentionReadout
 
 
 class UserBatch:
@@ -61,6 +65,11 @@ class CandidateModel(nn.Module):
             nn.init.normal_(self.genre_embedding.weight, std=0.05)
             with torch.no_grad():
                 self.genre_embedding.weight[0].zero_()
+        self.attention: AttentionReadout | None = None
+        if spec.tower == "attention":
+            self.attention = AttentionReadout(
+                spec.history_length, spec.item_dim, spec.attention_heads
+            )
         self.register_buffer("item_genres", torch.as_tensor(item_genres, dtype=torch.int64))
         tables = [nn.Embedding(len(c.vocabulary) + 1, c.dim) for c in spec.categorical]
         for table in tables:
@@ -83,7 +92,10 @@ class CandidateModel(nn.Module):
         """User vectors ``u``: (B, dim)."""
         weights = batch.mask.unsqueeze(-1).float()
         count = weights.sum(dim=1).clamp(min=1.0)
-        parts = [(self.item_embedding(batch.history) * weights).sum(dim=1) / count]
+        tokens = self.item_embedding(batch.history)  # (B, L, item_dim)
+        parts = [(tokens * weights).sum(dim=1) / count]
+        if self.attention is not None:
+            parts.append(self.attention(tokens, batch.mask))
         if self.genre_embedding is not None:
             tokens = self.item_genres[batch.history]  # (B, L, G)
             token_weights = ((tokens > 0) & batch.mask.unsqueeze(-1)).float().unsqueeze(-1)
@@ -121,6 +133,9 @@ class CandidateModel(nn.Module):
             "item_embedding": arr(self.item_embedding.weight),
             "item_genres": arr(self.item_genres).astype(np.int32),
         }
+        if self.attention is not None:
+            for name, value in self.attention.named_parameters():
+                arrays[ATTENTION_PREFIX + name] = arr(value)
         if self.genre_embedding is not None:
             arrays["genre_embedding"] = arr(self.genre_embedding.weight)
         for j, table in enumerate(self.categorical):

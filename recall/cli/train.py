@@ -31,6 +31,11 @@ def add_parser(sub: Subcommands) -> None:
         choices=["auto", "full", "sampled"],
         help="softmax: full, sampled (log-Q), or auto by catalog size",
     )
+    tr.add_argument(
+        "--tower",
+        choices=["mean", "attention"],
+        help="user tower: mean of the history, or mean + self-attention over it",
+    )
     tr.add_argument("--hidden", type=int, nargs="+", help="tower widths; the last is dim(u)")
     tr.add_argument("--max-examples-per-user", type=int, help="cap on training examples")
     tr.add_argument(
@@ -109,6 +114,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
         "batch_size": args.batch_size,
         "lr": args.lr,
         "loss": args.loss,
+        "tower": args.tower,
         "hidden": args.hidden,
         "max_examples_per_user": args.max_examples_per_user,
         "item_schema": args.item_schema,

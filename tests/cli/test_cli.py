@@ -46,10 +46,11 @@ def test_synth_train_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     data, root = tmp_path / "data", tmp_path / "bundles"
     assert main(["synth", "--out", str(data), "--users", "200", "--items", "80"]) == 0
     train = ["train", "--data", str(data), "--out", str(root), "--epochs", "2"]
-    assert main([*train, "--hidden", "16", "--no-progress"]) == 0
+    assert main([*train, "--hidden", "16", "--tower", "attention", "--no-progress"]) == 0
     bundle = Path(capsys.readouterr().out.strip())
     assert bundle.parent == root
-    assert b.read_manifest(bundle).trainer["config"]["hidden"] == [16]
+    config = b.read_manifest(bundle).trainer["config"]
+    assert config["hidden"] == [16] and config["tower"] == "attention"
 
     report = tmp_path / "eval.json"
     assert main(["eval", str(bundle), "--data", str(data), "--out", str(report)]) == 0

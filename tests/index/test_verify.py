@@ -261,6 +261,21 @@ def _tower_bad_spec(bundle: Path) -> Path:
     return bundle
 
 
+def _tower_spec(**changes: object) -> Callable[[dict[str, np.ndarray]], None]:
+    """Edit the tower's spec JSON: set ``changes``; a value None drops the key."""
+
+    def edit(tower: dict[str, np.ndarray]) -> None:
+        spec = json.loads(str(tower[SPEC_KEY]))
+        for key, value in changes.items():
+            if value is None:
+                spec.pop(key, None)
+            else:
+                spec[key] = value
+        tower[SPEC_KEY] = np.asarray(json.dumps(spec))
+
+    return edit
+
+
 def _short_index(bundle: Path) -> Path:
     items = _array(bundle, b.ITEM_VECTORS)
     index = faiss.IndexFlatIP(items.shape[1])
@@ -479,6 +494,16 @@ CORRUPTIONS: list[tuple[str, Callable[[Path], Path], str]] = [
     ("tower-of-another-catalog", _wrong_tower, "the user tower .* does not match"),
     ("tower-without-a-weight", _tower_without_bias, "invalid user tower"),
     ("tower-spec-invalid", _tower_bad_spec, "invalid user tower"),
+    (
+        "tower-kind-unknown",
+        _tower(_tower_spec(tower="transformer")),
+        "invalid user tower: unknown tower kind 'transformer'; this version runs mean, attention",
+    ),
+    (
+        "tower-attention-without-its-weights",
+        _tower(_tower_spec(tower="attention")),
+        "invalid user tower: user tower weights lack 'attention.position.weight'",
+    ),
     (
         "popularity-short",
         _set(b.ITEM_POPULARITY, lambda a: a[:-1]),
@@ -838,6 +863,17 @@ def test_an_intact_copy_passes_both(published_root: Path, root: Path, caller: st
         assert read_current(root) == OTHER_ID
     else:
         assert ServingBundle.load(bundle).id == OTHER_ID
+
+
+def test_a_tower_spec_from_before_tower_kinds_loads_as_the_mean_tower(
+    published_root: Path, root: Path
+) -> None:
+    """Bundles written before the attention tower have no ``tower`` in their spec."""
+    bundle = copy_bundle(published_root, root, OTHER_ID)
+    _tower(_tower_spec(tower=None, attention_heads=None))(bundle)
+    spec = json.loads(str(_arrays(bundle, b.USER_TOWER)[SPEC_KEY]))
+    assert "tower" not in spec
+    assert verify_bundle(bundle).tower.spec.tower == "mean"
 
 
 def test_a_symlink_inside_the_root_under_its_own_name_is_served(

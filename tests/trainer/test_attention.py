@@ -1,0 +1,126 @@
+"""The attention user tower: trained in torch, served in numpy, the bundle's invariants kept
+(``dot(user_vectors[u], item_vectors[i])`` is the model's logit; the online vector from a
+history is the trained user vector)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recall.index import bundle as b
+from recall.index.build import BuildOptions, build_index
+from recall.index.tower import UserTower, pad_histories
+from recall.index.verify import verify_bundle
+from recall.trainer.config import ConfigError, TrainConfig, load_config
+from recall.trainer.data import Dataset, load_dataset
+from recall.trainer.export import bundle_arrays, export_bundle
+from recall.trainer.model import UserBatch
+from recall.trainer.train import Trained, train
+from tests.conftest import SMALL
+
+ATTENTION = SMALL.model_copy(update={"tower": "attention"})
+
+
+@pytest.fixture(scope="module")
+def trained_attention(synthetic: Dataset) -> Trained:
+    return train(synthetic, ATTENTION, progress=False)
+
+
+def _torch_vectors(trained: Trained, histories: list[np.ndarray]) -> np.ndarray:
+    """The torch tower's ``u`` for item-row histories, no features, age 0: (B, dim)."""
+    spec = trained.prepared.spec
+    rows, mask = pad_histories(histories, spec.history_length)
+    n = len(histories)
+    batch = UserBatch(
+        torch.as_tensor(rows),
+        torch.as_tensor(mask),
+        torch.zeros((n, len(spec.categorical)), dtype=torch.int64),
+        torch.zeros((n, len(spec.numeric))),
+        torch.zeros(n),
+    )
+    trained.model.eval()
+    with torch.no_grad():
+        return trained.model(batch).numpy()  # type: ignore[no-any-return]
+
+
+def test_the_numpy_tower_equals_the_torch_tower(trained_attention: Trained) -> None:
+    spec = trained_attention.prepared.spec
+    assert spec.tower == "attention"
+    tower = UserTower.from_arrays(trained_attention.model.tower_arrays())
+    assert tower.attention is not None
+    rng = np.random.default_rng(1)
+    # empty, one item, shorter than the window, exactly the window, longer (the tail counts)
+    histories = [rng.integers(0, spec.n_items, size=n) for n in (0, 1, 7, 50, 80)]
+    ours = tower.encode(histories)
+    theirs = _torch_vectors(trained_attention, histories)
+    np.testing.assert_allclose(ours[:, :-1], theirs, rtol=1e-5, atol=2e-6)
+
+
+def test_the_readout_depends_on_order_the_mean_does_not(trained_attention: Trained) -> None:
+    """The point of the tower: the same items in another order give another vector."""
+    tower = UserTower.from_arrays(trained_attention.model.tower_arrays())
+    history = np.arange(20)
+    forward, backward = tower.encode([history, history[::-1].copy()])
+    assert np.abs(forward - backward).max() > 1e-3
+    assert tower.attention is not None
+    empty = tower.attention(np.zeros((1, 50, 16), np.float32), np.zeros((1, 50), bool))
+    np.testing.assert_array_equal(empty, 0.0)
+
+
+def test_the_dot_product_is_the_logit(trained_attention: Trained, synthetic: Dataset) -> None:
+    arrays = bundle_arrays(trained_attention, synthetic)
+    users, items = arrays[b.USER_VECTORS], arrays[b.ITEM_VECTORS]
+    assert isinstance(users, np.ndarray) and isinstance(items, np.ndarray)
+    with torch.no_grad():
+        logits = trained_attention.model.logits(torch.as_tensor(users[:, :-1])).numpy()
+    np.testing.assert_allclose(users @ items.T, logits, rtol=1e-5, atol=1e-5)
+
+
+def test_the_exported_bundle_records_the_kind_verifies_and_serves_its_users(
+    trained_attention: Trained, synthetic: Dataset, tmp_path: Path
+) -> None:
+    bundle = export_bundle(trained_attention, synthetic, ATTENTION, tmp_path, "bundle-1")
+    manifest = b.read_manifest(bundle)
+    assert manifest.trainer["config"]["tower"] == "attention"
+    build_index(bundle, BuildOptions(kind="flat", sample_queries=50, latency_queries=5))
+    verified = verify_bundle(bundle)
+    assert verified.tower.spec.tower == "attention"
+    # every user's online vector from the stored window and features = the trained vector
+    history = b.load_arrays(bundle, manifest, b.USER_HISTORY)
+    indptr = history["indptr"]
+    windows = [history["items"][indptr[u] : indptr[u + 1]] for u in range(len(indptr) - 1)]
+    online = verified.tower.encode_encoded(windows, history["categorical"], history["numeric"])
+    stored = b.load_array(bundle, manifest, b.USER_VECTORS)
+    np.testing.assert_allclose(online, stored, rtol=1e-5, atol=2e-6)
+    assert np.linalg.norm(stored, axis=1).max() <= verified.tower.norm_bound()
+
+
+def test_heads_must_divide_the_item_width() -> None:
+    with pytest.raises(ConfigError, match=r"attention_heads \(3\) must divide item_dim \(64\)"):
+        load_config(None, {"tower": "attention", "attention_heads": 3})
+    with pytest.raises(ConfigError, match="tower"):
+        load_config(None, {"tower": "transformer"})
+    assert TrainConfig().tower == "mean"
+
+
+@pytest.mark.slow
+def test_on_movielens_every_online_vector_is_the_trained_one(ml100k_dir: Path) -> None:
+    """Every ML-100K user: the numpy tower on the user's window (oldest first, as the
+    service keeps it) equals the torch-computed user vector of the bundle."""
+    dataset = load_dataset(ml100k_dir)
+    config = TrainConfig(tower="attention", epochs=1, max_steps_per_epoch=20)
+    trained = train(dataset, config, progress=False)
+    arrays = bundle_arrays(trained, dataset)
+    tower = UserTower.from_arrays(arrays[b.USER_TOWER])  # type: ignore[arg-type]
+    history = arrays[b.USER_HISTORY]
+    assert isinstance(history, dict)
+    indptr = history["indptr"]
+    windows = [history["items"][indptr[u] : indptr[u + 1]] for u in range(dataset.n_users)]
+    assert max(len(w) for w in windows) == 50
+    online = tower.encode_encoded(windows, history["categorical"], history["numeric"])
+    stored = arrays[b.USER_VECTORS]
+    assert isinstance(stored, np.ndarray) and len(stored) == dataset.n_users == 943
+    np.testing.assert_allclose(online, stored, rtol=1e-5, atol=2e-6)
