@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recall.index.current import read_current
 from tests.live import free_port
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -60,7 +61,9 @@ def test_bring_your_own_vectors_runs_as_written(tmp_path: Path) -> None:
             os.killpg(shell.pid, signal.SIGTERM)
     answer = json.loads(output.read_text().strip().splitlines()[-1])
     assert answer["source"] == "user" and len(answer["items"]) == 10
-    bundle = next(p for p in (tmp_path / "bundles").iterdir() if p.name != "CURRENT")
+    current = read_current(tmp_path / "bundles")  # beside it: CURRENT, the server's .state/
+    assert current is not None
+    bundle = tmp_path / "bundles" / current
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["source"]["model"] == "implicit ALS"
     assert manifest["counts"] == {"users": 300, "items": 400, "interactions": 6000}
