@@ -24,12 +24,14 @@ from recall.index import bundle as b
 from recall.index.build import BuildOptions, build_index
 from recall.index.current import CURRENT
 from recall.index.experiment import CONTROL, EXPERIMENT, arm_of, parse_experiment
+from recall.index.roots import S3Location, S3Root
 from recall.service.app import create_app
 from recall.trainer.config import TrainConfig
 from recall.trainer.data import Dataset
 from tests.index.test_verify import copy_bundle
 from tests.index_data import flip_a_byte, write_dataset_bundle
 from tests.live import live_server, settings
+from tests.moto_server import BUCKET, moto_server, s3_environment
 from tests.redis_server import RedisServer, redis_server
 from tests.service.test_reload import wait_until
 
@@ -317,3 +319,32 @@ def test_redis_mode_serves_an_arm_from_its_users_in_the_store(
         arm = client.get("/v1/replica").json()["experiment"]["arms"][0]
         assert arm["state"] == "fallback"
         assert fallbacks(client, "other") == 1
+
+
+def test_an_s3_root_serves_the_arms_through_the_cache(root: Path, tmp_path: Path) -> None:
+    """EXPERIMENT read from the bucket (conditional polls), the arm's bundle downloaded into
+    the replica's cache and kept there while the arm runs, whatever CURRENT does."""
+    with moto_server(tmp_path / "moto.log") as moto, s3_environment(moto):
+        s3 = S3Root(S3Location(BUCKET, "exp"))
+        for bundle_id in (CANARY_ID, OTHER_ID, CONTROL_ID):  # CONTROL_ID last: CURRENT
+            s3.publish(root / bundle_id, keep=10)
+        main(["experiment", "start", s3.url, "--arm", f"canary={CANARY_ID}", "--share", "0.5"])
+        experiment = s3.experiment().experiment
+        assert experiment is not None
+        user = next(u for u in KNOWN if arm_of(experiment, u) == "canary")
+        cache = tmp_path / "cache"
+        app = create_app(settings(s3.url, cache_dir=cache, cache_keep=1, reload_interval_s=POLL_S))
+        with live_server(app) as url, httpx.Client(base_url=url) as client:
+
+            def served(arm: str, bundle_id: str) -> bool:
+                answer = client.post("/v1/recall", json={"user_id": user, "k": 5}).json()
+                return (answer["arm"], answer["bundle_id"]) == (arm, bundle_id)
+
+            assert served("canary", CANARY_ID)
+            s3.publish(root / OTHER_ID, keep=10)  # a new CURRENT: the cache prunes to 1 + arms
+            wait_until(lambda: client.get("/readyz").json()["bundle_id"] == OTHER_ID)
+            assert served("canary", CANARY_ID)
+            assert sorted(p.name for p in cache.iterdir() if p.is_dir()) == [CANARY_ID, OTHER_ID]
+            assert main(["experiment", "stop", s3.url]) == 0
+            wait_until(lambda: served(CONTROL, OTHER_ID))
+            assert client.get("/v1/replica").json()["experiment"] is None
