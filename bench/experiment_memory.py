@@ -24,7 +24,9 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,9 @@ from recall.index.roots import LocalRoot
 logger = logging.getLogger("bench.experiment_memory")
 
 
-def with_arm(root: Path, bundle_id: str, measure: Any) -> dict[str, float]:
+def with_arm(
+    root: Path, bundle_id: str, measure: Callable[[], dict[str, float]]
+) -> dict[str, float]:
     """``measure()`` while an experiment gives half the users an arm on ``bundle_id``."""
     local = LocalRoot(root)
     arm = Arm(name="canary", bundle_id=bundle_id, share=0.5)
@@ -45,8 +49,7 @@ def with_arm(root: Path, bundle_id: str, measure: Any) -> dict[str, float]:
         Experiment(id=f"exp-bench-{bundle_id}", salt="bench", started_at=time.time(), arms=(arm,))
     )
     try:
-        result: dict[str, float] = measure()
-        return result
+        return measure()
     finally:
         local.stop_experiment(local.experiment())
 
@@ -59,9 +62,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         other = write_bundle(root, n_items, args.users, seed=1)
         control = write_bundle(root, n_items, args.users, seed=0)  # published last: CURRENT
         sqlite = f"sqlite://{work}/events-{n_items}.sqlite"
-
-        def measure(root: Path = root) -> dict[str, float]:
-            return replica(root, args.users, sqlite, args.requests)
+        measure = partial(replica, root, args.users, sqlite, args.requests)
 
         row: dict[str, Any] = {
             "items": n_items,
