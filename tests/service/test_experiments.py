@@ -7,9 +7,11 @@ start --state-url``."""
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -348,3 +350,26 @@ def test_an_s3_root_serves_the_arms_through_the_cache(root: Path, tmp_path: Path
             assert main(["experiment", "stop", s3.url]) == 0
             wait_until(lambda: served(CONTROL, OTHER_ID))
             assert client.get("/v1/replica").json()["experiment"] is None
+
+
+def test_an_invalid_experiment_file_keeps_the_experiment_served_logged_once(
+    root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    start(root, ("canary", CANARY_ID, 0.5))
+    experiment = parse_experiment((root / EXPERIMENT).read_bytes())
+    user = next(u for u in KNOWN if arm_of(experiment, u) == "canary")
+    app = create_app(settings(root, reload_interval_s=POLL_S))
+    with live_server(app) as url, httpx.Client(base_url=url) as client:
+
+        def arm() -> str:
+            return str(client.post("/v1/recall", json={"user_id": user, "k": 3}).json()["arm"])
+
+        assert arm() == "canary"
+        caplog.set_level(logging.INFO, logger="recall.service.experiments")
+        (root / EXPERIMENT).write_text('{"format": 1, "id": "x"')  # cut short
+        time.sleep(12 * POLL_S)  # a dozen polls
+        assert arm() == "canary"
+        refused = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(refused) == 1 and "EXPERIMENT refused" in refused[0].getMessage()
+        stop(root)  # removes the invalid file: no experiment
+        wait_until(lambda: arm() == CONTROL)
