@@ -34,7 +34,8 @@ from tests.index.test_verify import copy_bundle
 from tests.index_data import flip_a_byte, write_dataset_bundle
 from tests.live import live_server, settings
 from tests.moto_server import BUCKET, moto_server, s3_environment
-from tests.redis_server import RedisServer, redis_server
+from tests.redis_cluster import RedisCluster
+from tests.redis_server import redis_server
 from tests.service.test_reload import wait_until
 
 CONTROL_ID = "20260101T000000Z-aaaaaa"
@@ -272,20 +273,25 @@ def test_arms_swap_and_stop_under_traffic_without_a_failed_request(root: Path) -
     assert len(traffic.answers) > 100  # two waits above saw more than 50 each
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[RedisServer]:
+@pytest.fixture(params=["redis", "cluster"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of a real redis-server of this test's own, or of the session's Redis
+    Cluster (six redis-server processes), emptied first."""
+    if request.param == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("shared_cluster")
+        cluster.flush()
+        yield cluster.url()
+        return
     with redis_server(tmp_path / "redis") as server:
-        yield server
+        yield server.url()
 
 
-def test_redis_mode_serves_an_arm_from_its_users_in_the_store(
-    root: Path, store: RedisServer
-) -> None:
+def test_redis_mode_serves_an_arm_from_its_users_in_the_store(root: Path, store_url: str) -> None:
     """``experiment start --state-url`` loads the arm's users: a Redis-mode replica (user
     files deleted from every bundle) answers the arm's users as a SQLite-mode replica
     of the canary alone does; an arm whose users were not loaded stays on control."""
-    assert main(["publish", str(root / CONTROL_ID), "--state-url", store.url()]) == 0
-    start(root, ("canary", CANARY_ID, 0.5), state_url=store.url())
+    assert main(["publish", str(root / CONTROL_ID), "--state-url", store_url]) == 0
+    start(root, ("canary", CANARY_ID, 0.5), state_url=store_url)
     experiment = parse_experiment((root / EXPERIMENT).read_bytes())
     canary_only = root.parent / "canary-only"
     shutil.copytree(root / CANARY_ID, canary_only / CANARY_ID)
@@ -294,7 +300,7 @@ def test_redis_mode_serves_an_arm_from_its_users_in_the_store(
         for name in (b.USER_IDS, b.USER_VECTORS, b.USER_SEEN, b.USER_HISTORY):
             (root / bundle_id / name).unlink()
     users = [u for u in KNOWN if arm_of(experiment, u) == "canary"][:20]
-    in_store = create_app(settings(root, state_url=store.url()))
+    in_store = create_app(settings(root, state_url=store_url))
     alone = create_app(settings(canary_only))
     with live_server(in_store) as a, live_server(alone) as c, httpx.Client(timeout=30) as client:
         for user in users:
@@ -313,7 +319,7 @@ def test_redis_mode_serves_an_arm_from_its_users_in_the_store(
     experiment = parse_experiment((root / EXPERIMENT).read_bytes())
     user = next(u for u in KNOWN if arm_of(experiment, u) == "other")
     with (
-        live_server(create_app(settings(root, state_url=store.url()))) as a,
+        live_server(create_app(settings(root, state_url=store_url))) as a,
         httpx.Client(base_url=a) as client,
     ):
         answer = client.post("/v1/recall", json={"user_id": user, "k": 5}).json()
