@@ -236,6 +236,13 @@ def test_retention_removes_nothing_while_the_experiment_file_is_invalid(root: Pa
     assert all((root / i).is_dir() for i in (CONTROL_ID, CANARY_ID, OTHER_ID))
 
 
+def test_the_temp_file_of_a_start_that_died_goes_with_the_next_publish(root: Path) -> None:
+    dead = root / f".{EXPERIMENT}.tmp-0badf00d"  # written, never linked: the start died
+    dead.write_bytes(b"{}")
+    removed = publish(root / OTHER_ID, keep=10)
+    assert dead in removed and not dead.exists()
+
+
 # -- S3 ---------------------------------------------------------------------------------
 
 
