@@ -32,7 +32,7 @@ from recall.trainer.config import TrainConfig
 from recall.trainer.data import Dataset
 from tests.index.test_verify import copy_bundle
 from tests.index_data import flip_a_byte, write_dataset_bundle
-from tests.live import live_server, settings
+from tests.live import TOKEN, live_server, settings
 from tests.moto_server import BUCKET, moto_server, s3_environment
 from tests.redis_cluster import RedisCluster
 from tests.redis_server import redis_server
@@ -164,7 +164,9 @@ def test_requests_without_a_user_go_to_control_unless_they_name_an_arm(root: Pat
         assert results[1]["status"] == 422
 
 
-def test_a_refused_arm_leaves_its_users_on_control_counted(root: Path) -> None:
+def test_a_refused_arm_leaves_its_users_on_control_counted_until_the_experiment_changes(
+    root: Path,
+) -> None:
     start(root, ("broken", CANARY_ID, 0.5))
     (root / EXPERIMENT).write_bytes(  # start refuses a broken bundle: write it as a bug would
         (root / EXPERIMENT).read_bytes().replace(CANARY_ID.encode(), BROKEN_ID.encode())
@@ -183,6 +185,17 @@ def test_a_refused_arm_leaves_its_users_on_control_counted(root: Path) -> None:
         named = client.post("/v1/recall", json={"vector": [0.1] * 17, "arm": "broken"})
         assert named.json()["arm"] == CONTROL
         assert fallbacks(client, "broken") == len(users) + 1
+        flip_a_byte(root / BROKEN_ID)  # repaired (the bit flipped back) ...
+        admin = {"Authorization": f"Bearer {TOKEN}"}
+        assert client.post("/v1/admin/reload", headers=admin).status_code == 200
+        assert client.post("/v1/recall", json={"user_id": users[0]}).json()["arm"] == CONTROL
+        stop(root)  # ... served once an experiment names it again
+        start(root, ("broken", BROKEN_ID, 0.5))
+        again = parse_experiment((root / EXPERIMENT).read_bytes())
+        assert client.post("/v1/admin/reload", headers=admin).status_code == 200
+        user = next(u for u in KNOWN if arm_of(again, u) == "broken")
+        answer = client.post("/v1/recall", json={"user_id": user}).json()
+        assert (answer["arm"], answer["bundle_id"]) == ("broken", BROKEN_ID)
 
 
 def test_an_arm_on_currents_bundle_shares_it(root: Path) -> None:
