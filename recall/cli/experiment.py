@@ -171,7 +171,7 @@ def run_status(args: argparse.Namespace) -> int:
     if experiment is None:
         sys.stdout.write(f"no experiment is running; CURRENT is {control['bundle_id']}\n")
         return 0
-    started = datetime.fromtimestamp(experiment["started_at"], UTC).isoformat()
+    started = datetime.fromtimestamp(experiment["started_at"], UTC).isoformat(timespec="seconds")
     lines = [f"experiment {experiment['id']} (started {started})"]
     rows = [("control", str(control["bundle_id"]) + " (CURRENT)", control["share"])]
     rows += [(a["name"], a["bundle_id"], a["share"]) for a in experiment["arms"]]
@@ -210,6 +210,6 @@ def run_stop(args: argparse.Namespace) -> int:
         if code != 0:
             return code
     root.stop_experiment(seen)
-    promoted = f"; CURRENT is {root.current_id()}" if args.promote else ""
-    logger.info("stopped the experiment of %s%s", root.url, promoted)
+    if args.promote is not None:
+        logger.info("promoted %s: CURRENT is %s", args.promote, root.current_id())
     return 0
