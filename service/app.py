@@ -33,7 +33,16 @@ from recall.service.metrics import Metrics, MetricsMiddleware
 from recall.service.parent_watch import die_with_parent
 from recall.service.pool import SearchPool
 from recall.service.reloader import BundleHolder, BundleSource, LocalSource
-from recall.service.routes import admin, console, events, items, operations, recall, vectors
+from recall.service.routes import (
+    admin,
+    console,
+    events,
+    experiment,
+    items,
+    operations,
+    recall,
+    vectors,
+)
 from recall.service.settings import Settings
 from recall.service.state import StoreUnavailable, check_url, open_store
 from recall.service.state.base import DEFAULT_WRITE_TIMEOUT_S
@@ -66,7 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
     # Routes: no two groups' paths overlap, so their order does not matter (inside a
     # group it may: routes/items.py).
     install_docs(app, max_k=settings.max_k)
-    for group in (operations, recall, items, vectors, events, admin, console):
+    for group in (operations, recall, items, vectors, events, experiment, admin, console):
         app.include_router(group.router)
     app.mount(console.ASSETS_PATH, console.ConsoleAssets(), name="console-assets")
     return app
@@ -93,7 +102,8 @@ def users_in_store(settings: Settings) -> bool:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Open the state store and the item availability, load the bundle CURRENT names (a
-    failure leaves the app not ready), poll CURRENT; on shutdown, undo it all."""
+    failure leaves the app not ready) and the experiment's arms, poll CURRENT and
+    EXPERIMENT; on shutdown, undo it all."""
     state = app_state_of(app)
     settings = state.settings
     faiss.omp_set_num_threads(1)  # one thread per search; concurrency comes from requests
@@ -103,6 +113,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         shown_ttl_s=settings.shown_ttl_s,
         retention_s=settings.events_retention_s,
         timeout_s=settings.state_timeout_s,
+        served_ttl_s=settings.served_ttl_s,
     )
     users = None
     if users_in_store(settings):
@@ -126,12 +137,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.warning("state store unavailable at startup: %s", e)
     with suppress(ReloadRefused, BundleNotReady):
         await state.holder.reload()
+    await state.arms.refresh()
     await availability.start()  # the disabled items before the first request
-    poller = None
+    pollers = []
     if settings.reload_interval_s > 0:
-        poller = asyncio.create_task(state.holder.poll_forever(settings.reload_interval_s))
+        interval = settings.reload_interval_s
+        pollers = [
+            asyncio.create_task(state.holder.poll_forever(interval)),
+            asyncio.create_task(state.arms.poll_forever(interval)),
+        ]
     yield
-    if poller is not None:
+    for poller in pollers:
         poller.cancel()
         with suppress(asyncio.CancelledError):
             await poller
