@@ -113,8 +113,9 @@ FIXTURE_METRICS: dict[str, Any] = {
 
 
 def random_tower(spec: TowerSpec, item_genres: np.ndarray, seed: int) -> dict[str, np.ndarray]:
-    """The contents of ``user_tower.npz`` for ``spec`` with seeded random weights, named as
-    :class:`~recall.index.tower.UserTower` reads them (and as the trainer writes them);
+    """The contents of ``user_tower.npz`` for ``spec`` (either tower kind) with seeded
+    random weights, named as :class:`~recall.index.tower.UserTower` reads them (and as
+    the trainer writes them);
     ``item_genres`` (n_items, max_genres_per_item) int32 genre rows."""
     rng = np.random.default_rng(seed)
 
