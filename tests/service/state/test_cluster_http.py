@@ -22,6 +22,14 @@ from tests.redis_server import load_users
 from tests.service.test_events import metric, post_events, recall, unseen_items, user
 
 
+def _users_loaded(published_root: Path, cluster: RedisCluster) -> ServingBundle:
+    """The published bundle, its users alone in the (flushed) cluster."""
+    cluster.flush()
+    bundle = ServingBundle.load(published_root / (published_root / CURRENT).read_text().strip())
+    load_users(cluster.url(), bundle.path)
+    return bundle
+
+
 def _two_users(bundle: ServingBundle, cluster: RedisCluster) -> tuple[int, int, int, int]:
     """Rows and ids of two bundle users whose slots are on different masters."""
     first = user(bundle, 0)
@@ -37,9 +45,7 @@ def _two_users(bundle: ServingBundle, cluster: RedisCluster) -> tuple[int, int, 
 @pytest.mark.slow
 def test_a_shard_killed_under_traffic(published_root: Path, shared_cluster: RedisCluster) -> None:
     cluster = shared_cluster
-    cluster.flush()
-    bundle = ServingBundle.load(published_root / (published_root / CURRENT).read_text().strip())
-    load_users(cluster.url(), bundle.path)
+    bundle = _users_loaded(published_root, cluster)
     down_row, down_user, up_row, up_user = _two_users(bundle, cluster)
     port = cluster.master_of(user_key(down_user, b"r"))
     app = create_app(settings(published_root, state_url=cluster.url(), state_timeout_s=0.05))
@@ -110,9 +116,7 @@ def test_a_batch_answers_the_live_shards_users(
     recall of that user alone would (the dead shard's user 503, or the popular list when
     asked, ``fresh: false``; the other user from the store, ``fresh: true``)."""
     cluster = shared_cluster
-    cluster.flush()
-    bundle = ServingBundle.load(published_root / (published_root / CURRENT).read_text().strip())
-    load_users(cluster.url(), bundle.path)
+    bundle = _users_loaded(published_root, cluster)
     down_row, down_user, up_row, up_user = _two_users(bundle, cluster)
     port = cluster.master_of(user_key(down_user, b"r"))
     app = create_app(settings(published_root, state_url=cluster.url(), state_timeout_s=0.05))
