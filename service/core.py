@@ -79,12 +79,6 @@ class RecallCore:
         self.available_items = available_items
         self.on_search = on_search
 
-    def canonical(self, bundle: ServingBundle, query: RecallQuery) -> RecallQuery:
-        """``query`` with its user id as the bundle's ids type it (``"7"`` -> 7)."""
-        if query.user_id is None:
-            return query
-        return replace(query, user_id=bundle.user_ids.canonical(query.user_id))
-
     def recall(
         self,
         bundle: ServingBundle,

@@ -41,6 +41,15 @@ def body_openapi(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"content": {"application/json": {"schema": schema}}, "required": True}}
 
 
+def _content_type(request: Request) -> str | None:
+    """The request's Content-Type, read from the ASGI scope (without building
+    ``request.headers``)."""
+    for name, value in request.scope["headers"]:
+        if name == b"content-type":
+            return str(value.decode("latin-1"))
+    return None
+
+
 def _is_json(content_type: str | None) -> bool:
     """``application/json`` or ``application/*+json``, parameters and case aside (what
     FastAPI parses the body as JSON for); no content type is not JSON."""
@@ -55,7 +64,7 @@ async def read_body(request: Request, model: type[M]) -> M:
     """The request's body as ``model``; :class:`RequestValidationError` (422) or a 400
     :class:`HTTPException` as FastAPI's body parameter raises them."""
     raw = await request.body()
-    is_json = _is_json(request.headers.get("content-type"))
+    is_json = _is_json(_content_type(request))
     if raw and is_json:
         try:
             return model.model_validate_json(raw)

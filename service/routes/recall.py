@@ -66,7 +66,7 @@ async def recall(request: Request) -> Response:
     app = app_state_of(request.app)
     bundle = app.holder.require()
     state = app.state_access()
-    query = app.core.canonical(bundle, _query(body, app.settings))
+    query = _query(body, app.settings, bundle)
     answer = partial(_recall_json, app.core, bundle, query, body.with_attributes)
     if query.user_id is None:
         content = await app.pool.run(answer, None)
@@ -161,11 +161,13 @@ def _recall_body(answer: RecallAnswer) -> dict[str, Any]:
     }
 
 
-def _query(request: RecallRequest, settings: Settings) -> RecallQuery:
+def _query(request: RecallRequest, settings: Settings, bundle: ServingBundle) -> RecallQuery:
+    """The request as the core's query, its user id typed as ``bundle`` types its ids
+    (``"7"`` -> 7)."""
     if request.history is not None and len(request.history) > settings.max_history:
         raise InvalidRequest(f"history may hold at most {settings.max_history} items")
     return RecallQuery(
-        user_id=request.user_id,
+        user_id=None if request.user_id is None else bundle.user_ids.canonical(request.user_id),
         history=request.history,
         features=request.features,
         vector=request.vector,
@@ -199,7 +201,7 @@ def _parse_batch(
     for item in raw:
         try:
             request = RecallRequest.model_validate(item)
-            query = core.canonical(bundle, _query(request, settings))
+            query = _query(request, settings, bundle)
             out.append((query, request.exclude_shown, request.with_attributes))
         except ValidationError as e:
             message = describe_errors(list(e.errors()))
