@@ -204,6 +204,9 @@ class IdMap:
         ``str()``). Bools, floats, non-canonical strings ("042", "abc") and other values
         match nothing.
         """
+        if type(ids) is list and len(ids) == 1:  # one id (a recall's user): no arrays
+            row = self.row(ids[0])
+            return np.array([-1 if row is None else row], dtype=np.int64)
         keys, ok = self._keys(ids)
         n = int(keys.shape[0])
         if n == 0 or len(self) == 0:
@@ -221,7 +224,7 @@ class IdMap:
 
     def row(self, id: int | str) -> int | None:
         """Row of one id, or None when it is unknown (or of a kind that cannot match):
-        what :meth:`rows` gives for ``[id]``, in one binary search without the arrays."""
+        what :meth:`rows` gives for it among many, in one binary search without arrays."""
         key = _int_key(id) if self._is_int else self._fitting(_str_key(id))
         n = len(self)
         if key is None or n == 0:

@@ -188,7 +188,8 @@ def test_matches_a_dict_oracle() -> None:
 
 @pytest.mark.parametrize("sort", [True, False])
 def test_row_answers_as_rows_does_for_one_id(sort: bool) -> None:
-    """``row`` (one binary search) and ``rows([id])`` agree on every kind of query."""
+    """``row`` (one binary search, also ``rows`` of a one-id list) answers as the arrays
+    of ``rows`` do for the same id among others, for every kind of query."""
     rng = np.random.default_rng(5)
     ints = rng.choice(10**12, size=500, replace=False).astype(np.int64)
     ints = np.sort(ints) if sort else ints
@@ -203,5 +204,6 @@ def test_row_answers_as_rows_does_for_one_id(sort: bool) -> None:
     for ids, queries in ((ints, int_queries), (words, str_queries)):
         m = IdMap(ids)
         for q in queries:
-            expected = int(m.rows([q])[0])
+            expected = int(m.rows([q, q])[0])
             assert m.row(q) == (None if expected < 0 else expected), (ids.dtype, q)
+            assert m.rows([q]).tolist() == [expected], (ids.dtype, q)
