@@ -51,11 +51,7 @@ def fresh_after(bundle: ServingBundle, user_ids: list[ExternalId]) -> float:
     bundle cannot tell fresh from trained). :mod:`recall.service.fresh` filters per user."""
     if bundle.trained_until is None or bundle.history is None:
         return -math.inf
-    if len(user_ids) == 1:  # a recall: one binary search, no arrays
-        unknown = bundle.user_ids.row(user_ids[0]) is None
-    else:
-        unknown = bool((bundle.user_ids.rows(user_ids) < 0).any())
-    if unknown:
+    if (bundle.user_ids.rows(user_ids) < 0).any():
         return -math.inf
     return bundle.trained_until
 
