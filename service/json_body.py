@@ -10,9 +10,9 @@ validate), 400 ``bad_request`` for bytes that are no JSON text. Only valid bodie
 fast path, and pydantic's JSON mode accepts the same values as its Python mode on what
 ``json.loads`` gives (the body models use strict types).
 
-A route using it declares its body with :func:`body_openapi` (``openapi_extra``), and the
-app lists the model in :data:`BODY_MODELS` for the OpenAPI document
-(:func:`recall.service.docs.install_docs` adds their schemas).
+A route using it declares its body with :func:`body_openapi` (its ``openapi_extra``),
+which lists the model in :data:`BODY_MODELS`: :func:`recall.service.docs.install_docs`
+adds their schemas to the OpenAPI document.
 """
 
 from __future__ import annotations
