@@ -26,10 +26,9 @@ The replay of issue 9, through the HTTP API of a real ``recall serve`` process:
 Prints a table and writes ``bench/results/freshness.json`` (machine, date) for
 docs/state.md to quote.
 
-    .venv/bin/python bench/freshness.py
+    .venv/bin/python bench/freshness.py                  # the default (attention) tower
     .venv/bin/python bench/freshness.py --events 1000 --epochs 3 --out /tmp/freshness.json
-    .venv/bin/python bench/freshness.py --tower attention \
-        --out bench/results/freshness-attention.json
+    .venv/bin/python bench/freshness.py --tower mean --out bench/results/freshness-mean.json
 
 MovieLens 100K is read from ``--data``, else ``$RECALL_ML100K_DIR``, else
 ``../shared/data/ml-100k`` beside the repository. ``--workdir`` keeps the trained bundle:
@@ -65,7 +64,9 @@ if __package__ in (None, ""):
 from bench._data import ML100K_ENV, ml100k_dir  # noqa: E402
 from bench._machine import cpu_model  # noqa: E402
 from bench._server import serve  # noqa: E402
+from recall.index.tower import TOWER_KINDS  # noqa: E402
 from recall.service.state import sqlite_url  # noqa: E402
+from recall.trainer.config import TrainConfig  # noqa: E402
 
 logger = logging.getLogger("bench.freshness")
 
@@ -333,7 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantile", type=float, default=0.8, help="training cut (time)")
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--epochs", type=int, help="training epochs (default: the config's)")
-    parser.add_argument("--tower", choices=["mean", "attention"], default="mean")
+    default_tower = TrainConfig.model_fields["tower"].default
+    parser.add_argument(
+        "--tower", choices=TOWER_KINDS, default=default_tower, help=f"default {default_tower}"
+    )
     parser.add_argument("--workdir", type=Path, help="keeps data, bundle, state (default tmp)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "freshness.json")
     args = parser.parse_args(argv)

@@ -9,6 +9,8 @@ JSON (machine, date, load average) for docs/training.md to quote.
 
     .venv/bin/python bench/train_speed.py                  # ml-100k and synth-1m
     .venv/bin/python bench/train_speed.py --cases ml-100k  # one
+    .venv/bin/python bench/train_speed.py --cases ml-100k ml-100k-mean \
+        --out bench/results/train_towers.json              # the default tower vs mean
     .venv/bin/python bench/train_speed.py --cases ranks ranks-quality --seeds 0 1 2 \
         --out bench/results/train_ranks.json
 
@@ -46,8 +48,9 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_ml100k(device: str) -> dict[str, Any]:
-    """Full training with the default config (early stopping included)."""
+def run_ml100k(device: str, tower: str | None = None) -> dict[str, Any]:
+    """Full training with the default config (early stopping included), or with its
+    ``tower`` replaced."""
     from recall.trainer.config import TrainConfig
     from recall.trainer.data import load_dataset
     from recall.trainer.train import train
@@ -55,11 +58,13 @@ def run_ml100k(device: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     dataset = load_dataset(ml100k_dir())
     load_s = time.perf_counter() - t0
-    trained = train(dataset, TrainConfig(device=device), progress=False)
+    config = TrainConfig(device=device, **({"tower": tower} if tower else {}))
+    trained = train(dataset, config, progress=False)
     m = trained.metrics
     return {
-        "case": "ml-100k full training",
+        "case": "ml-100k full training" + (f", {tower} tower" if tower else ""),
         "device": device,
+        "tower": config.tower,
         "load_s": round(load_s, 2),
         "train_s": m["seconds_total"],
         "epochs": len(m["epochs"]),
@@ -243,15 +248,14 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     if args.case:
-        result = (
-            run_ml100k(args.device)
-            if args.case == "ml-100k"
-            else run_synth_1m(args.device, args.steps)
-        )
+        if args.case == "synth-1m":
+            result = run_synth_1m(args.device, args.steps)
+        else:
+            result = run_ml100k(args.device, "mean" if args.case == "ml-100k-mean" else None)
         sys.stdout.write(json.dumps(result) + "\n")
         return
 
-    if {"ml-100k", "ranks", "ranks-quality"} & set(args.cases):
+    if {"ml-100k", "ml-100k-mean", "ranks", "ranks-quality"} & set(args.cases):
         ml100k_dir()  # fail now, naming RECALL_ML100K_DIR, not after the other cases
     env_machine = machine()
     results: list[dict[str, Any]] = []
@@ -267,7 +271,7 @@ def main() -> None:
         report["ranks_quality"] = run_ranks_quality(work, args.seeds)
         for label, row in report["ranks_quality"]["summary"].items():
             sys.stdout.write(f"{label}: test HR@50 {row['hr@50_mean']} ± {row['hr@50_std']}\n")
-    for case in (c for c in args.cases if c in ("ml-100k", "synth-1m")):
+    for case in (c for c in args.cases if c in ("ml-100k", "ml-100k-mean", "synth-1m")):
         logger.info("running %s", case)
         child = subprocess.run(
             [

@@ -231,7 +231,35 @@ def _as_float(value: FeatureValue) -> float | None:
 def age_features(age: np.ndarray) -> np.ndarray:
     """Example age ``x`` in [0, 1], shape (B,) -> ``(x, x^2, sqrt x)``, shape (B, 3) float32."""
     x = np.asarray(age, dtype=np.float32)
-    return np.stack([x, x * x, np.sqrt(x)], axis=1)
+    out = np.empty((len(x), AGE_FEATURES), dtype=np.float32)
+    out[:, 0] = x
+    np.multiply(x, x, out=out[:, 1])
+    np.sqrt(x, out=out[:, 2])
+    return out
+
+
+def window_rows(
+    item_embedding: np.ndarray, genre_embedding: np.ndarray | None, item_genres: np.ndarray
+) -> np.ndarray:
+    """What the tower pools over a window, one row per item, so that pooling is one gather
+    and one masked matmul: ``[E_i, 1]``, then with genres ``[sum of the item's genre
+    embeddings, their count]``; (n_items, item_dim + 1 [+ genre_dim + 1]) float32.
+
+    item_embedding (n_items, item_dim); genre_embedding (n_genres + 1, genre_dim), row 0
+    padding; item_genres (n_items, G) genre rows, 0 = none."""
+    n_items, item_dim = item_embedding.shape
+    genre_width = 0 if genre_embedding is None else genre_embedding.shape[1] + 1
+    rows = np.ones((n_items, item_dim + 1 + genre_width), dtype=np.float32)
+    rows[:, :item_dim] = item_embedding
+    if genre_embedding is not None:
+        table = genre_embedding.astype(np.float64)
+        table[0] = 0.0  # padding
+        sums = np.zeros((n_items, genre_width - 1))
+        for column in item_genres.T:  # a genre slot at a time: (n_items, genre_dim) temporaries
+            sums += table[column]
+        rows[:, item_dim + 1 : -1] = sums
+        rows[:, -1] = (item_genres > 0).sum(axis=1)
+    return rows
 
 
 def pad_histories(histories: Sequence[np.ndarray], length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -255,9 +283,9 @@ class UserTower:
 
     def __init__(self, spec: TowerSpec, weights: Mapping[str, np.ndarray]) -> None:
         self.spec = spec
-        self.item_embedding = _matrix(weights, "item_embedding", (spec.n_items, spec.item_dim))
+        item_embedding = _matrix(weights, "item_embedding", (spec.n_items, spec.item_dim))
         self.genre_embedding: np.ndarray | None = None
-        self.item_genres: np.ndarray | None = None
+        item_genres = np.zeros((spec.n_items, 0), dtype=np.int64)
         if spec.has_genres:
             n_genre_rows = len(spec.genre_vocab) + 1
             self.genre_embedding = _matrix(
@@ -268,7 +296,8 @@ class UserTower:
                 raise ValueError(f"item_genres has shape {item_genres.shape}")
             if item_genres.size and (item_genres.min() < 0 or item_genres.max() >= n_genre_rows):
                 raise ValueError("item_genres holds genre rows out of range")
-            self.item_genres = item_genres.astype(np.int64)
+        self.item_rows = window_rows(item_embedding, self.genre_embedding, item_genres)
+        self.item_embedding = self.item_rows[:, : spec.item_dim]  # a view
         self.attention: AttentionReadout | None = None
         if spec.tower == "attention":
             self.attention = AttentionReadout(
@@ -278,6 +307,7 @@ class UserTower:
             _matrix(weights, f"categorical.{j}", (len(c.vocabulary) + 1, c.dim))
             for j, c in enumerate(spec.categorical)
         ]
+        self.category_rows = np.array([len(t) for t in self.categorical], dtype=np.int64)
         self.layers: list[tuple[np.ndarray, np.ndarray]] = []
         width = spec.input_width
         for j, out in enumerate(spec.hidden):
@@ -330,18 +360,14 @@ class UserTower:
         history: (B, L) int64 item rows; mask: (B, L) bool; categorical: (B, n_cat) int64
         rows; numeric: (B, n_num) float32 standardized; age: (B,) example age in [0, 1].
         """
-        weights = mask.astype(np.float32)[..., None]
-        count = np.maximum(weights.sum(axis=1), 1.0)
-        tokens = self.item_embedding[history]  # (B, L, item_dim)
-        parts = [(tokens * weights).sum(axis=1) / count]
+        d = self.spec.item_dim
+        rows = self.item_rows[history]  # (B, L, width of window_rows)
+        sums = (mask.astype(np.float32)[:, None, :] @ rows)[:, 0]  # over the window's items
+        parts = [sums[:, :d] / np.maximum(sums[:, d : d + 1], 1.0)]
         if self.attention is not None:
-            parts.append(self.attention(tokens, mask))
-        if self.genre_embedding is not None and self.item_genres is not None:
-            tokens = self.item_genres[history]  # (B, L, G)
-            token_weights = ((tokens > 0) & mask[..., None]).astype(np.float32)[..., None]
-            token_count = np.maximum(token_weights.sum(axis=(1, 2)), 1.0)
-            bag = (self.genre_embedding[tokens] * token_weights).sum(axis=(1, 2))
-            parts.append(bag / token_count)
+            parts.append(self.attention(rows[..., :d], mask))
+        if self.genre_embedding is not None:
+            parts.append(sums[:, d + 1 : -1] / np.maximum(sums[:, -1:], 1.0))
         parts.extend(table[categorical[:, j]] for j, table in enumerate(self.categorical))
         parts.append(np.asarray(numeric, dtype=np.float32).reshape(len(history), -1))
         parts.append(age_features(age))
@@ -399,10 +425,12 @@ class UserTower:
             raise ValueError(
                 f"numeric must have shape {(n, len(self.spec.numeric))}, got {numeric.shape}"
             )
-        for j, table in enumerate(self.categorical):
-            column = categorical[:, j]
-            if column.size and (column.min() < 0 or column.max() >= len(table)):
-                raise ValueError(f"categorical rows of feature {j} out of range [0, {len(table)})")
+        bad = ((categorical < 0) | (categorical >= self.category_rows)).any(axis=0)
+        if bad.any():  # one test for every feature: each reduction costs a microsecond
+            j = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"categorical rows of feature {j} out of range [0, {self.category_rows[j]})"
+            )
         for history in histories:
             h = np.asarray(history)
             if h.size and (h.min() < 0 or h.max() >= self.spec.n_items):
@@ -421,7 +449,9 @@ class UserTower:
 
 def fold_user(u: np.ndarray) -> np.ndarray:
     """``[u, 1]``: (B, d) -> (B, d + 1) float32."""
-    return np.concatenate([u, np.ones((len(u), 1), dtype=np.float32)], axis=1).astype(np.float32)
+    folded = np.ones((len(u), u.shape[1] + 1), dtype=np.float32)
+    folded[:, :-1] = u
+    return folded
 
 
 def _matrix(weights: Mapping[str, np.ndarray], key: str, shape: tuple[int, int]) -> np.ndarray:

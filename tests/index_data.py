@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from recall.index import attention
 from recall.index import bundle as b
 from recall.index.attributes import ItemAttributes
 from recall.index.history import UserHistory
@@ -112,8 +113,9 @@ FIXTURE_METRICS: dict[str, Any] = {
 
 
 def random_tower(spec: TowerSpec, item_genres: np.ndarray, seed: int) -> dict[str, np.ndarray]:
-    """The contents of ``user_tower.npz`` for ``spec`` with seeded random weights, named as
-    :class:`~recall.index.tower.UserTower` reads them (and as the trainer writes them);
+    """The contents of ``user_tower.npz`` for ``spec`` (either tower kind) with seeded
+    random weights, named as :class:`~recall.index.tower.UserTower` reads them (and as
+    the trainer writes them);
     ``item_genres`` (n_items, max_genres_per_item) int32 genre rows."""
     rng = np.random.default_rng(seed)
 
@@ -129,12 +131,28 @@ def random_tower(spec: TowerSpec, item_genres: np.ndarray, seed: int) -> dict[st
         arrays["genre_embedding"] = table(len(spec.genre_vocab) + 1, spec.genre_dim)
     for j, feature in enumerate(spec.categorical):
         arrays[f"categorical.{j}"] = table(len(feature.vocabulary) + 1, feature.dim)
+    if spec.tower == "attention":
+        for name, shape in attention.weight_shapes(spec.history_length, spec.item_dim).items():
+            arrays[attention.PREFIX + name] = random_attention_weight(name, shape, rng)
     width = spec.input_width
     for j, out in enumerate(spec.hidden):
         arrays[f"layers.{j}.weight"] = table(out, width) / np.float32(np.sqrt(width))
         arrays[f"layers.{j}.bias"] = np.full(out, 0.1, dtype=np.float32)
         width = out
     return arrays
+
+
+def random_attention_weight(
+    name: str, shape: tuple[int, ...], rng: np.random.Generator
+) -> np.ndarray:
+    """One seeded weight of the attention readout (:func:`recall.index.attention.weight_shapes`
+    names it), float32 at the scale of a trained one: a matrix ~ N(0, 1 / fan-in), a
+    LayerNorm scale near 1, a bias or slot embedding near 0."""
+    noise = rng.standard_normal(shape)
+    if len(shape) == 2 and not name.startswith("position"):
+        return (noise / np.sqrt(shape[1])).astype(np.float32)
+    centre = 1.0 if name.startswith("norm") and name.endswith(".weight") else 0.0
+    return (centre + 0.1 * noise).astype(np.float32)
 
 
 def popular_leaning_items(counts: np.ndarray, dim: int, rng: np.random.Generator) -> np.ndarray:

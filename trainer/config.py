@@ -40,7 +40,7 @@ class TrainConfig(BaseModel):
     hidden: list[int] = Field(default=[256, 64], min_length=1, description="last = dim(u)")
     history_length: int = Field(50, ge=1)
     tower: TowerKind = Field(
-        "mean", description="history pooling: mean, or mean + a self-attention readout"
+        "attention", description="history pooling: mean + a self-attention readout, or mean"
     )
     attention_heads: int = Field(2, ge=1, description="attention tower; divides item_dim")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)

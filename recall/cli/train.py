@@ -34,7 +34,7 @@ def add_parser(sub: Subcommands) -> None:
     tr.add_argument(
         "--tower",
         choices=["mean", "attention"],
-        help="user tower: mean of the history, or mean + self-attention over it",
+        help="user tower: mean + self-attention over the history (default), or its mean only",
     )
     tr.add_argument("--hidden", type=int, nargs="+", help="tower widths; the last is dim(u)")
     tr.add_argument("--max-examples-per-user", type=int, help="cap on training examples")

@@ -25,10 +25,12 @@ from recall.index.build import BuildOptions, build_index
 from recall.index.clusters import build_clusters
 from recall.index.current import CURRENT, read_current
 from recall.index.publish import publish
-from recall.index.tower import SPEC_KEY
+from recall.index.tower import SPEC_KEY, UserTower
 from recall.index.verify import MAX_METADATA_DEPTH, verify_bundle
 from recall.service.recaller import ServingBundle
-from tests.index_data import tower_arrays
+from recall.trainer.config import TrainConfig
+from recall.trainer.data import Dataset
+from tests.index_data import tower_arrays, write_dataset_bundle
 
 OTHER_ID = "20260101T000000Z-bbbbbb"
 
@@ -500,9 +502,15 @@ CORRUPTIONS: list[tuple[str, Callable[[Path], Path], str]] = [
         "invalid user tower: unknown tower kind 'transformer'; this version runs mean, attention",
     ),
     (
-        "tower-attention-without-its-weights",
-        _tower(_tower_spec(tower="attention")),
+        "tower-attention-without-a-weight",
+        _tower(lambda t: t.pop("attention.position.weight")),
         "invalid user tower: user tower weights lack 'attention.position.weight'",
+    ),
+    (
+        "tower-attention-weight-of-another-shape",
+        _tower(lambda t: t.update({"attention.key.weight": t["attention.key.weight"][:-1]})),
+        r"invalid user tower: user tower weight 'attention.key.weight' has shape \(15, 16\), "
+        r"expected \(16, 16\)",
     ),
     (
         "popularity-short",
@@ -866,14 +874,28 @@ def test_an_intact_copy_passes_both(published_root: Path, root: Path, caller: st
 
 
 def test_a_tower_spec_from_before_tower_kinds_loads_as_the_mean_tower(
-    published_root: Path, root: Path
+    synthetic: Dataset, small_config: TrainConfig, root: Path
 ) -> None:
-    """Bundles written before the attention tower have no ``tower`` in their spec."""
-    bundle = copy_bundle(published_root, root, OTHER_ID)
+    """Bundles written before the attention tower (a mean tower, no ``tower`` in the spec,
+    no ``attention.*`` weights) load as the mean tower and recompute their user vectors."""
+    mean = small_config.model_copy(update={"tower": "mean"})
+    bundle = write_dataset_bundle(root, synthetic, mean, OTHER_ID)
     _tower(_tower_spec(tower=None, attention_heads=None))(bundle)
-    spec = json.loads(str(_arrays(bundle, b.USER_TOWER)[SPEC_KEY]))
-    assert "tower" not in spec
-    assert verify_bundle(bundle).tower.spec.tower == "mean"
+    arrays = _arrays(bundle, b.USER_TOWER)
+    assert "tower" not in json.loads(str(arrays[SPEC_KEY]))
+    assert not [name for name in arrays if name.startswith("attention.")]
+    build_index(bundle, BuildOptions(kind="flat", sample_queries=20, latency_queries=2))
+    verified = verify_bundle(bundle)
+    tower, history = verified.tower, verified.history
+    assert isinstance(tower, UserTower) and history is not None
+    assert tower.spec.tower == "mean" and tower.attention is None
+    windows = [history.window(u)[0] for u in range(4)]
+    np.testing.assert_allclose(
+        tower.encode_encoded(windows, history.categorical[:4], history.numeric[:4]),
+        verified.user_vectors[:4],
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_a_symlink_inside_the_root_under_its_own_name_is_served(

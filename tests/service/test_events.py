@@ -720,8 +720,8 @@ def test_a_users_failing_vector_fails_only_that_batch_entry(
         row, other = 11, 12
         item, good = unseen_items(bundle, row, 2, skip=1)  # not row 0 (padding reads it)
         tower = copy.copy(served.tower)
-        tower.item_embedding = served.tower.item_embedding.copy()
-        tower.item_embedding[bundle.item_ids.row(item)] = np.nan
+        tower.item_rows = served.tower.item_rows.copy()  # what the tower pools per item
+        tower.item_rows[bundle.item_ids.row(item)] = np.nan
         verified = dataclasses.replace(served.verified, tower=tower)
         app_state_of(app).holder._current = dataclasses.replace(served, verified=verified)
         post_events(c, [{"user_id": user(bundle, row), "item_id": item}])
