@@ -28,8 +28,10 @@ __all__ = [
     "CURRENT",
     "MAX_CURRENT_BYTES",
     "CurrentState",
+    "SmallFile",
     "inspect_current",
     "read_current",
+    "read_small_file",
 ]
 
 CURRENT = "CURRENT"
@@ -55,50 +57,71 @@ class CurrentState:
     problem: str | None = None
 
 
-def inspect_current(root: Path) -> CurrentState:
-    """Read ``root/CURRENT`` without following symlinks or blocking on odd files."""
-    path = root / CURRENT
+@dataclass(frozen=True)
+class SmallFile:
+    """What a small control file of a root (CURRENT, EXPERIMENT) holds now: ``key`` as
+    :class:`CurrentState`'s (None: no such file); ``raw`` its bytes (at most the limit
+    plus one), or None with ``problem`` saying why it cannot be read."""
+
+    key: Key | None
+    raw: bytes | None = None
+    problem: str | None = None
+
+
+def read_small_file(path: Path, max_bytes: int) -> SmallFile:
+    """Read a regular file of at most ``max_bytes`` without following symlinks or
+    blocking on odd files; never raises."""
     try:
         before = os.lstat(path)
     except FileNotFoundError:
-        return CurrentState(None)
+        return SmallFile(None)
     except OSError as e:
-        return CurrentState(("lstat", e.errno), problem=f"{path}: cannot stat: {e.strerror}")
+        return SmallFile(("lstat", e.errno), problem=f"{path}: cannot stat: {e.strerror}")
     if not stat.S_ISREG(before.st_mode):
         what = "a symlink" if stat.S_ISLNK(before.st_mode) else "not a regular file"
         target = _link_target(path) if stat.S_ISLNK(before.st_mode) else ""
-        return CurrentState(
+        return SmallFile(
             (*_stat_key(before), target), problem=f"{path}: is {what}{target and ' to '}{target}"
         )
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as e:
         why = "became a symlink" if e.errno == errno.ELOOP else e.strerror
-        return CurrentState(
+        return SmallFile(
             (*_stat_key(before), "open", e.errno), problem=f"{path}: cannot open: {why}"
         )
     try:
         st = os.fstat(fd)
-        raw = os.read(fd, MAX_CURRENT_BYTES + 1) if stat.S_ISREG(st.st_mode) else b""
+        raw = os.read(fd, max_bytes + 1) if stat.S_ISREG(st.st_mode) else b""
     except OSError as e:
-        return CurrentState(
+        return SmallFile(
             (*_stat_key(before), "read", e.errno), problem=f"{path}: cannot read: {e.strerror}"
         )
     finally:
         os.close(fd)
     key = (*_stat_key(st), raw)
     if not stat.S_ISREG(st.st_mode):
-        return CurrentState(key, problem=f"{path}: not a regular file")
-    if len(raw) > MAX_CURRENT_BYTES:
-        return CurrentState(key, problem=f"{path}: longer than {MAX_CURRENT_BYTES} bytes")
+        return SmallFile(key, problem=f"{path}: not a regular file")
+    if len(raw) > max_bytes:
+        return SmallFile(key, problem=f"{path}: longer than {max_bytes} bytes")
+    return SmallFile(key, raw)
+
+
+def inspect_current(root: Path) -> CurrentState:
+    """Read ``root/CURRENT`` without following symlinks or blocking on odd files."""
+    path = root / CURRENT
+    found = read_small_file(path, MAX_CURRENT_BYTES)
+    if found.raw is None:
+        return CurrentState(found.key, problem=found.problem)
+    raw = found.raw
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        return CurrentState(key, problem=f"{path}: not UTF-8 text: {raw[:80]!r}")
+        return CurrentState(found.key, problem=f"{path}: not UTF-8 text: {raw[:80]!r}")
     value = text.strip()
     if not BUNDLE_ID.fullmatch(value):
-        return CurrentState(key, problem=f"{path}: not a bundle id: {text[:80]!r}")
-    return CurrentState(key, bundle_id=value)
+        return CurrentState(found.key, problem=f"{path}: not a bundle id: {text[:80]!r}")
+    return CurrentState(found.key, bundle_id=value)
 
 
 def read_current(root: Path) -> str | None:

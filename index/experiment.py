@@ -10,7 +10,10 @@ the *control* arm, which is whatever ``CURRENT`` names. The file is JSON::
 worker and replica, independent of request order. Arms take consecutive ranges of the
 unit interval in file order; the rest is control. Parsing is strict (unknown fields,
 bad names, shares outside (0, 1) or summing to 1 or more are errors), and nothing here
-reads or writes a root: that is :mod:`recall.index.roots`' and the CLI's job.
+writes a root: that is :mod:`recall.index.roots`' and the CLI's job.
+:class:`ExperimentState` is what a root's EXPERIMENT holds at one moment, as
+:class:`recall.index.current.CurrentState` is for CURRENT; :func:`inspect_experiment`
+reads it from a local root the way :func:`recall.index.current.inspect_current` does.
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from recall.index.bundle import BundleError
-from recall.index.current import BUNDLE_ID
+from recall.index.current import BUNDLE_ID, Key, read_small_file
 from recall.index.ids import ExternalId
 
 __all__ = [
@@ -33,7 +38,9 @@ __all__ = [
     "MAX_EXPERIMENT_BYTES",
     "Arm",
     "Experiment",
+    "ExperimentState",
     "arm_of",
+    "inspect_experiment",
     "parse_experiment",
     "user_point",
 ]
@@ -107,6 +114,42 @@ def parse_experiment(raw: bytes, where: str = EXPERIMENT) -> Experiment:
         raise BundleError(
             f"{where}: not a valid experiment: {loc + ': ' if loc else ''}{first['msg']}"
         ) from None
+
+
+@dataclass(frozen=True)
+class ExperimentState:
+    """What a root's EXPERIMENT holds now. ``key``: None when there is none (no
+    experiment running), else a value that changes whenever the file does (local: as
+    CURRENT's; S3: ``("s3", etag)``). ``experiment``: the valid experiment it holds;
+    ``problem``: why it holds none (server-log text), else None."""
+
+    key: Key | None
+    experiment: Experiment | None = None
+    problem: str | None = None
+
+    @classmethod
+    def parse(cls, key: Key, raw: bytes, where: str) -> ExperimentState:
+        """The state of a file ``where`` whose bytes are ``raw``; never raises."""
+        try:
+            return cls(key, parse_experiment(raw, where))
+        except BundleError as e:
+            return cls(key, problem=str(e))
+
+    def running(self) -> Experiment | None:
+        """The experiment, None when there is none; BundleError when the file is invalid."""
+        if self.problem is not None:
+            raise BundleError(self.problem)
+        return self.experiment
+
+
+def inspect_experiment(root: Path) -> ExperimentState:
+    """What ``root/EXPERIMENT`` holds now (a regular file, not followed if a symlink)."""
+    found = read_small_file(root / EXPERIMENT, MAX_EXPERIMENT_BYTES)
+    if found.key is None:
+        return ExperimentState(None)
+    if found.raw is None:
+        return ExperimentState(found.key, problem=found.problem)
+    return ExperimentState.parse(found.key, found.raw, str(root / EXPERIMENT))
 
 
 def user_point(salt: str, user_id: ExternalId) -> float:

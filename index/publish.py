@@ -4,9 +4,10 @@
 the whole bundle (every file's size and sha256, shapes, finite vectors, the index loads),
 then replaces ``CURRENT`` via a temp file + fsync + ``os.replace`` + fsync of ``root``, and
 finally applies retention: the newest ``keep`` bundles (by ``created_at``, then id) stay,
-``CURRENT`` always stays, the others are renamed to ``.trash-*`` and removed; leftover
-``.staging-*`` directories older than ``stale_hours`` go too, and so do ``.CURRENT.tmp-*``
-files left by a publish that died between writing its temp file and ``os.replace``.
+``CURRENT`` and every arm of the running ``EXPERIMENT`` always stay, the others are
+renamed to ``.trash-*`` and removed; leftover ``.staging-*`` directories older than
+``stale_hours`` go too, and so do ``.CURRENT.tmp-*`` files left by a publish that died
+between writing its temp file and ``os.replace``.
 Retention reads other bundles' manifests: what it cannot read it logs and leaves alone,
 and once ``CURRENT`` is switched nothing it meets makes :func:`publish` raise.
 
@@ -35,6 +36,7 @@ from typing import Protocol
 
 from recall.index import bundle as b
 from recall.index.current import BUNDLE_ID, CURRENT, inspect_current, read_current
+from recall.index.experiment import inspect_experiment
 from recall.index.verify import VerifiedBundle, verify_bundle
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ __all__ = [
     "publish",
     "read_current",
     "retain",
+    "root_lock",
     "verify_bundle",
     "verify_or_refuse",
 ]
@@ -73,6 +76,11 @@ def _dir_lock(path: Path, what: str) -> Iterator[None]:
 def bundle_lock(bundle: Path) -> AbstractContextManager[None]:
     """Exclusive lock of one bundle directory (held by builds and publishes)."""
     return _dir_lock(bundle, "a build or publish of this bundle")
+
+
+def root_lock(root: Path) -> AbstractContextManager[None]:
+    """Exclusive lock of a root (held by publishes, retention and experiment changes)."""
+    return _dir_lock(root, "a publish or experiment change of this root")
 
 
 def _write_current(root: Path, bundle_id: str) -> None:
@@ -109,7 +117,7 @@ def publish(
     root = bundle.parent
     if not BUNDLE_ID.fullmatch(bundle.name):
         raise b.BundleError(f"{bundle}: not a bundle directory name")
-    with bundle_lock(bundle), _dir_lock(root, "a publish to this root"):
+    with bundle_lock(bundle), root_lock(root):
         verified = verify_or_refuse(bundle)
         if users is not None:
             users.load(verified)
@@ -146,13 +154,14 @@ def verify_or_refuse(bundle: Path) -> VerifiedBundle:
 
 
 def retain(root: Path, keep: int = 3, *, stale_hours: float = 24.0) -> list[Path]:
-    """Remove all but the newest ``keep`` bundles of ``root``, never ``CURRENT`` nor a
-    bundle being built; also stale ``.staging-*`` directories and leftover
-    ``.CURRENT.tmp-*`` files. Returns what it removed. Raises
-    :class:`~recall.index.bundle.BundleError` (removing nothing) when CURRENT names no bundle id."""
+    """Remove all but the newest ``keep`` bundles of ``root``, never ``CURRENT``, an arm of
+    the running experiment nor a bundle being built; also stale ``.staging-*``
+    directories and leftover ``.CURRENT.tmp-*`` files. Returns what it removed. Raises
+    :class:`~recall.index.bundle.BundleError` (removing nothing) when CURRENT names no bundle id
+    or EXPERIMENT is not a valid experiment."""
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
-    with _dir_lock(root, "a publish to this root"):
+    with root_lock(root):
         return _retain(root, keep, stale_hours)
 
 
@@ -170,6 +179,7 @@ def _remove_current_temps(root: Path) -> list[Path]:
 
 def _retain(root: Path, keep: int, stale_hours: float) -> list[Path]:
     current = read_current(root)
+    experiment = inspect_experiment(root).running()  # an invalid one: nothing is removed
     bundles: list[tuple[str, str, Path]] = []
     for path in root.iterdir():
         if path.name.startswith(".") or not BUNDLE_ID.fullmatch(path.name):
@@ -187,6 +197,8 @@ def _retain(root: Path, keep: int, stale_hours: float) -> list[Path]:
     keep_names = {name for _, name, _ in bundles[-keep:]}
     if current is not None:
         keep_names.add(current)
+    if experiment is not None:
+        keep_names.update(arm.bundle_id for arm in experiment.arms)
     removed: list[Path] = []
     for _, name, path in bundles:
         if name in keep_names:

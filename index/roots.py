@@ -14,7 +14,16 @@ then replaces ``CURRENT`` with a conditional PutObject (``If-Match`` the ETag it
 :class:`PublishConflict`: ``CURRENT`` is the winner's. Objects are immutable: a bundle id
 already in the bucket with other content is refused, the same content is not uploaded
 again (so a publish that died is simply run again). Retention keeps the newest ``keep``
-bundles by ``created_at`` and whatever ``CURRENT`` names when it deletes.
+bundles by ``created_at``, whatever ``CURRENT`` names and every bundle an arm of the
+running experiment names when it deletes.
+
+``EXPERIMENT`` (:mod:`recall.index.experiment`) sits beside ``CURRENT`` on both kinds:
+:meth:`Root.start_experiment` verifies every arm's bundle (the replicas' rule), loads its
+users where the state store keeps them, and creates the file only if there is none
+(local: a hard link of a synced temp file, under the root's lock; S3: a PutObject with
+``If-None-Match: *``), so two starts cannot both win; :meth:`Root.stop_experiment`
+removes the experiment it saw and no other (local: under the lock; S3: DeleteObject with
+``If-Match`` its ETag).
 
 The endpoint comes from the standard ``AWS_ENDPOINT_URL`` (``AWS_ENDPOINT_URL_S3``), the
 credentials and region from the standard AWS chain; boto3 is imported only when an S3
@@ -28,6 +37,7 @@ import logging
 import os
 import re
 from collections.abc import Collection, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,14 +45,23 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from recall.index import bundle as b
 from recall.index.current import BUNDLE_ID, CURRENT, MAX_CURRENT_BYTES, CurrentState
+from recall.index.experiment import (
+    EXPERIMENT,
+    MAX_EXPERIMENT_BYTES,
+    Experiment,
+    ExperimentState,
+    inspect_experiment,
+)
 
 if TYPE_CHECKING:
     from recall.index.publish import UserSink
+    from recall.index.verify import VerifiedBundle
 
 S3Client = Any  # boto3's client classes are made at run time
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ExperimentConflict",
     "LocalRoot",
     "ObjectStoreUnavailable",
     "PublishConflict",
@@ -70,6 +89,11 @@ class PublishConflict(b.BundleError):
     """Another publish replaced ``CURRENT`` while this one ran: this one did not switch it."""
 
 
+class ExperimentConflict(b.BundleError):
+    """EXPERIMENT is not what the caller saw: one is running already (a start), or it
+    changed or went meanwhile (a stop). Nothing was written."""
+
+
 class Root(Protocol):
     """Where bundles are published: a local directory or an S3 prefix."""
 
@@ -82,6 +106,24 @@ class Root(Protocol):
 
     def current_id(self) -> str | None:
         """The bundle id CURRENT names (None: nothing published)."""
+        ...
+
+    def verified(self, bundle_id: str) -> AbstractContextManager[VerifiedBundle]:
+        """The bundle ``bundle_id`` of this root, verified (the replicas' rule), for the
+        block; BundleError when there is none or it fails verification."""
+        ...
+
+    def experiment(self) -> ExperimentState:
+        """What EXPERIMENT holds now."""
+        ...
+
+    def start_experiment(self, experiment: Experiment, *, users: UserSink | None = None) -> None:
+        """Verify every arm's bundle, load its ``users`` (when given), then create
+        EXPERIMENT; :class:`ExperimentConflict` when one is running."""
+        ...
+
+    def stop_experiment(self, seen: ExperimentState) -> None:
+        """Remove EXPERIMENT if it is still ``seen``; else :class:`ExperimentConflict`."""
         ...
 
 
@@ -160,6 +202,42 @@ class LocalRoot:
         from recall.index.current import read_current
 
         return read_current(self.path)
+
+    @contextmanager
+    def verified(self, bundle_id: str) -> Iterator[VerifiedBundle]:
+        from recall.index.publish import bundle_lock, verify_or_refuse
+
+        path = self.path / bundle_id
+        if not BUNDLE_ID.fullmatch(bundle_id) or not path.is_dir():
+            raise b.BundleError(f"{self.url}: no bundle {bundle_id[:80]!r}")
+        with bundle_lock(path):
+            yield verify_or_refuse(path)
+
+    def experiment(self) -> ExperimentState:
+        return inspect_experiment(self.path)
+
+    def start_experiment(self, experiment: Experiment, *, users: UserSink | None = None) -> None:
+        from recall.index.publish import root_lock
+
+        with root_lock(self.path):  # no publish retains an arm's bundle meanwhile
+            _refuse_running(self.url, self.experiment())
+            _require_current(self.url, self.current_id())
+            for arm in experiment.arms:
+                with self.verified(arm.bundle_id) as verified:
+                    if users is not None:
+                        users.load(verified)
+            _create_exclusively(self.path / EXPERIMENT, experiment.to_json())
+        logger.info("started experiment %s in %s", experiment.id, self.url)
+
+    def stop_experiment(self, seen: ExperimentState) -> None:
+        from recall.index.publish import root_lock
+
+        with root_lock(self.path):
+            now = self.experiment()
+            _refuse_changed(self.url, seen, now)
+            (self.path / EXPERIMENT).unlink()
+            b.fsync_path(self.path)
+        logger.info("stopped the experiment of %s", self.url)
 
 
 @dataclass(frozen=True)
@@ -285,20 +363,99 @@ class S3Root:
     ) -> None:
         """Make the bundle ``bundle_id`` already in the bucket CURRENT again, after
         downloading and verifying it (the replicas' rule) in a temporary directory."""
+        seen = self._current_or_absent()
+        with self.verified(bundle_id) as verified:
+            if users is not None:  # loaded again if they left the store
+                users.load(verified)
+        self._commit(bundle_id, seen, keep, stale_hours, users)
+
+    @contextmanager
+    def verified(self, bundle_id: str) -> Iterator[VerifiedBundle]:
+        """Downloaded into a temporary directory (removed after the block) and verified."""
         import tempfile
 
         from recall.index.publish import verify_or_refuse
 
         if not BUNDLE_ID.fullmatch(bundle_id):
-            raise b.BundleError(f"{bundle_id!r}: not a bundle id")
-        seen = self._current_or_absent()
-        with tempfile.TemporaryDirectory(prefix="recall-rollback-") as tmp:
+            raise b.BundleError(f"{bundle_id[:80]!r}: not a bundle id")
+        with tempfile.TemporaryDirectory(prefix="recall-verify-") as tmp:
             local = Path(tmp) / bundle_id
             self.download(bundle_id, local)
-            verified = verify_or_refuse(local)
-            if users is not None:  # loaded again if they left the store
-                users.load(verified)
-        self._commit(bundle_id, seen, keep, stale_hours, users)
+            yield verify_or_refuse(local)
+
+    # -- EXPERIMENT -------------------------------------------------------------------
+
+    def experiment(self) -> ExperimentState:
+        state = self.experiment_if_changed(None)
+        assert state is not None  # an unconditional GET never answers 304
+        return state
+
+    def experiment_if_changed(self, if_none_match: str | None) -> ExperimentState | None:
+        """EXPERIMENT now (key ``("s3", etag)``); None when its ETag is still
+        ``if_none_match`` (a conditional GET: nothing is transferred then)."""
+        key = self.location.key(EXPERIMENT)
+        kwargs: dict[str, Any] = {"Bucket": self.location.bucket, "Key": key}
+        if if_none_match is not None:
+            kwargs["IfNoneMatch"] = if_none_match
+        where = f"{self.url}/{EXPERIMENT}"
+        with _S3Errors(f"reading {where}", missing_ok=True) as missing:
+            response = self.client.get_object(**kwargs)
+            raw = response["Body"].read(MAX_EXPERIMENT_BYTES + 1)
+            response["Body"].close()
+        if missing.code == _NOT_MODIFIED:
+            return None
+        if missing.code is not None:
+            return ExperimentState(None)
+        return ExperimentState.parse(("s3", str(response["ETag"])), raw, where)
+
+    def start_experiment(self, experiment: Experiment, *, users: UserSink | None = None) -> None:
+        _refuse_running(self.url, self.experiment())
+        _require_current(self.url, self.current_id())
+        for arm in experiment.arms:
+            with self.verified(arm.bundle_id) as verified:
+                if users is not None:
+                    users.load(verified)
+        key = self.location.key(EXPERIMENT)
+        with _S3Errors(f"writing {self.url}/{EXPERIMENT}", conflicts=True) as conflict:
+            written = self.client.put_object(
+                Bucket=self.location.bucket,
+                Key=key,
+                Body=experiment.to_json(),
+                ContentType="application/json",
+                CacheControl="no-cache",
+                IfNoneMatch="*",
+            )
+        if conflict.code is not None:
+            _refuse_running(self.url, self.experiment())
+            raise ExperimentConflict(f"{self.url}: another experiment started meanwhile")
+        # A retention that read EXPERIMENT before it existed may have removed an arm's
+        # bundle since it was verified: then the experiment goes again.
+        for arm in experiment.arms:
+            try:
+                self.read_manifest(arm.bundle_id)
+            except b.BundleError:
+                self._delete_experiment(str(written["ETag"]))
+                raise b.BundleError(
+                    f"{self.url}: bundle {arm.bundle_id} was removed while the experiment "
+                    "started (a publish's retention); nothing was started"
+                ) from None
+        logger.info("started experiment %s in %s", experiment.id, self.url)
+
+    def stop_experiment(self, seen: ExperimentState) -> None:
+        _refuse_changed(self.url, seen, self.experiment())
+        assert seen.key is not None  # _refuse_changed: there is one
+        if not self._delete_experiment(str(seen.key[1])):
+            _refuse_changed(self.url, seen, self.experiment())
+            raise ExperimentConflict(f"{self.url}: EXPERIMENT changed while it was stopped")
+        logger.info("stopped the experiment of %s", self.url)
+
+    def _delete_experiment(self, etag: str) -> bool:
+        """Delete EXPERIMENT if its ETag is ``etag``; False when it is not (or is gone)."""
+        with _S3Errors(f"deleting {self.url}/{EXPERIMENT}", conflicts=True) as conflict:
+            self.client.delete_object(
+                Bucket=self.location.bucket, Key=self.location.key(EXPERIMENT), IfMatch=etag
+            )
+        return conflict.code is None
 
     def _current_or_absent(self) -> RemoteCurrent:
         seen = self.current()
@@ -443,9 +600,9 @@ class S3Root:
     # -- retention --------------------------------------------------------------------
 
     def retain(self, keep: int, *, stale_hours: float = 24.0) -> list[str]:
-        """Delete all but the newest ``keep`` bundles (by ``created_at``, then id) and
-        CURRENT's; also unfinished uploads (no manifest) older than ``stale_hours``.
-        Returns the bundle ids (prefixes) deleted."""
+        """Delete all but the newest ``keep`` bundles (by ``created_at``, then id),
+        CURRENT's and the running experiment's arms'; also unfinished uploads (no
+        manifest) older than ``stale_hours``. Returns the bundle ids (prefixes) deleted."""
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
         bundles: list[tuple[str, str]] = []
@@ -465,10 +622,11 @@ class S3Root:
         doomed = [bundle_id for _, bundle_id in bundles if bundle_id not in keep_ids]
         cutoff = datetime.now(UTC).timestamp() - stale_hours * 3600
         doomed += [u for u in unfinished if self._newest_object_at(u) < cutoff]
-        current = self.current_id()  # read last: a rollback may just have named one
+        # read last: a rollback may just have named one, an experiment started
+        spared = {self.current_id(), *_arm_bundles(self.experiment())}
         removed = []
         for bundle_id in doomed:
-            if bundle_id == current:
+            if bundle_id in spared:
                 continue
             self._delete_prefix(bundle_id)
             removed.append(bundle_id)
@@ -569,6 +727,54 @@ class _S3Errors:
         if isinstance(error, BotoCoreError | OSError):
             raise ObjectStoreUnavailable(f"{self.doing}: {type(error).__name__}: {error}") from None
         return False
+
+
+def _arm_bundles(state: ExperimentState) -> set[str]:
+    """The bundle ids the arms of the experiment ``state`` holds name (BundleError when
+    EXPERIMENT is not a valid one: retention then removes nothing)."""
+    experiment = state.running()
+    return set() if experiment is None else {arm.bundle_id for arm in experiment.arms}
+
+
+def _refuse_running(url: str, state: ExperimentState) -> None:
+    if state.problem is not None:
+        raise ExperimentConflict(
+            f"{url}: {EXPERIMENT} exists but is not a valid experiment ({state.problem}); "
+            "remove it with `recall experiment stop` first"
+        )
+    if state.experiment is not None:
+        arms = ", ".join(f"{a.name}={a.bundle_id}" for a in state.experiment.arms)
+        raise ExperimentConflict(
+            f"{url}: experiment {state.experiment.id} is running ({arms}); stop it first"
+        )
+
+
+def _require_current(url: str, current: str | None) -> None:
+    if current is None:
+        raise b.BundleError(f"{url}: nothing is published: the control arm is CURRENT's bundle")
+
+
+def _refuse_changed(url: str, seen: ExperimentState, now: ExperimentState) -> None:
+    if now.key is None:
+        raise ExperimentConflict(f"{url}: no experiment is running")
+    if now.key != seen.key:
+        raise ExperimentConflict(f"{url}: {EXPERIMENT} changed meanwhile; nothing was stopped")
+
+
+def _create_exclusively(path: Path, payload: bytes) -> None:
+    """Create ``path`` holding ``payload`` unless it exists (ExperimentConflict): a synced
+    temp file hard-linked to the name (``link`` never replaces), then the directory synced."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.urandom(4).hex()}")
+    try:
+        tmp.write_bytes(payload)
+        b.fsync_path(tmp)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise ExperimentConflict(f"{path}: an experiment is running; stop it first") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    b.fsync_path(path.parent)
 
 
 class _HashingReader:

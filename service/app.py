@@ -93,7 +93,8 @@ def users_in_store(settings: Settings) -> bool:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Open the state store and the item availability, load the bundle CURRENT names (a
-    failure leaves the app not ready), poll CURRENT; on shutdown, undo it all."""
+    failure leaves the app not ready) and the experiment's arms, poll CURRENT and
+    EXPERIMENT; on shutdown, undo it all."""
     state = app_state_of(app)
     settings = state.settings
     faiss.omp_set_num_threads(1)  # one thread per search; concurrency comes from requests
@@ -126,12 +127,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.warning("state store unavailable at startup: %s", e)
     with suppress(ReloadRefused, BundleNotReady):
         await state.holder.reload()
+    await state.arms.refresh()
     await availability.start()  # the disabled items before the first request
-    poller = None
+    pollers = []
     if settings.reload_interval_s > 0:
-        poller = asyncio.create_task(state.holder.poll_forever(settings.reload_interval_s))
+        interval = settings.reload_interval_s
+        pollers = [
+            asyncio.create_task(state.holder.poll_forever(interval)),
+            asyncio.create_task(state.arms.poll_forever(interval)),
+        ]
     yield
-    if poller is not None:
+    for poller in pollers:
         poller.cancel()
         with suppress(asyncio.CancelledError):
             await poller

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from recall.index.allowed import AllowedItems
+from recall.index.experiment import Experiment
 from recall.service.availability import Availability
 from recall.service.core import RecallCore
+from recall.service.experiments import Arms
 from recall.service.metrics import Metrics
 from recall.service.pool import SearchPool
 from recall.service.recaller import ServingBundle
@@ -18,8 +20,8 @@ from recall.service.state_access import StateAccess
 @dataclass
 class AppState:
     """One app's settings, metrics, bundle holder and search pool (made by
-    :func:`recall.service.app.create_app`), its recall core, and its state store and item
-    availability (opened by the lifespan, None before it runs)."""
+    :func:`recall.service.app.create_app`), its recall core, the experiment's arms, and its
+    state store and item availability (opened by the lifespan, None before it runs)."""
 
     settings: Settings
     metrics: Metrics
@@ -28,9 +30,16 @@ class AppState:
     access: StateAccess | None = None
     availability: Availability | None = None
     core: RecallCore = field(init=False)
+    arms: Arms = field(init=False)
 
     def __post_init__(self) -> None:
         self.core = RecallCore(self.settings.max_k, self.available_items, self._count_search)
+        self.arms = Arms(self.holder, self.metrics)
+
+    @property
+    def experiment(self) -> Experiment | None:
+        """The verified experiment being served now (None: none)."""
+        return self.arms.experiment
 
     def _count_search(self, strategy: str) -> None:
         self.metrics.searches.labels(strategy).inc()

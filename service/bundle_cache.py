@@ -12,10 +12,11 @@ manifest last) and is renamed to ``<id>/`` when complete. Nothing reads it befor
 :class:`~recall.service.reloader.BundleHolder` loads it with
 :func:`recall.index.verify.verify_bundle` (every file's size and sha256, then the
 contents): one that fails is deleted, so the next try downloads it again, and only a
-bundle that loaded is written to ``<cache>/CURRENT``. The cache keeps that bundle and at
-most ``keep - 1`` others (the newest, downloads cut off included). Worker processes of
-one replica share the cache: a ``flock`` on the directory lets one of them download at a
-time (the others skip their turn and find the bundle there on their next poll).
+bundle that loaded is written to ``<cache>/CURRENT``. The cache keeps that bundle, the
+bundles of the experiment's arms (:meth:`S3CachedSource.pin`) and at most ``keep - 1``
+others (the newest, downloads cut off included). Worker processes of one replica share
+the cache: a ``flock`` on the directory lets one of them download at a time (the others
+skip their turn and find the bundle there on their next poll).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from recall.index import bundle as b
 from recall.index.current import CurrentState, inspect_current
+from recall.index.experiment import ExperimentState
 from recall.index.roots import RemoteCurrent, S3Root
 from recall.service.reloader import SourceBusy
 
@@ -57,6 +59,8 @@ class S3CachedSource:
         self.skip = skip
         self.where = root.url
         self._seen: RemoteCurrent | None = None
+        self._experiment: ExperimentState | None = None
+        self._pinned: frozenset[str] = frozenset()
         cache.mkdir(parents=True, exist_ok=True)
 
     def inspect(self) -> CurrentState:
@@ -68,6 +72,20 @@ class S3CachedSource:
             self._seen = now
         assert self._seen is not None
         return self._seen.state
+
+    def experiment(self) -> ExperimentState:
+        """EXPERIMENT of the bucket, by a conditional GET as :meth:`inspect`'s."""
+        seen = self._experiment
+        etag = str(seen.key[1]) if seen is not None and seen.key is not None else None
+        now = self.root.experiment_if_changed(etag)
+        if now is not None:
+            self._experiment = now
+        assert self._experiment is not None
+        return self._experiment
+
+    def pin(self, bundle_ids: set[str]) -> None:
+        """The experiment's arms' bundles: never pruned from the cache while pinned."""
+        self._pinned = frozenset(bundle_ids)
 
     def fetch(self, bundle_id: str) -> Path:
         """The local directory of ``bundle_id``, downloaded first unless the cache has it."""
@@ -113,13 +131,15 @@ class S3CachedSource:
         return state if state.bundle_id is not None else None
 
     def _prune(self, serving: str) -> None:
-        """Keep ``serving`` and the newest ``keep - 1`` other bundles or downloads."""
+        """Keep ``serving``, the pinned arms' bundles and the newest ``keep - 1`` other
+        bundles or downloads."""
+        kept = {serving, *self._pinned}
         others = sorted(
             (path.stat().st_mtime, path)
             for path in self.cache.iterdir()
             if path.is_dir()
             and not path.is_symlink()
-            and path.name not in (serving, f"{DOWNLOAD_PREFIX}{serving}")
+            and path.name.removeprefix(DOWNLOAD_PREFIX) not in kept
             and (path.name.startswith(DOWNLOAD_PREFIX) or not path.name.startswith("."))
         )
         for _, path in others[: max(0, len(others) - (self.keep - 1))]:

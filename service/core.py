@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from recall.index.allowed import AllowedItems
+from recall.index.experiment import CONTROL
 from recall.index.ids import ExternalId
 from recall.index.search import Strategy
 from recall.service import recaller
@@ -44,12 +45,14 @@ AvailableItemsOf = Callable[[ServingBundle], AllowedItems | None]
 class RecallAnswer:
     """One recall's answer: the result, how many fresh events its query vector used, and
     ``fresh`` False when the user's state could not be read; ``attributes`` one dict per
-    item when asked for and the bundle has them."""
+    item when asked for and the bundle has them; the experiment ``arm`` whose bundle
+    answered (:data:`~recall.index.experiment.CONTROL` when no experiment runs)."""
 
     result: RecallResult
     fresh_events: int = 0
     fresh: bool = True
     attributes: list[dict[str, Any]] | None = None
+    arm: str = CONTROL
 
 
 @dataclass(frozen=True)
@@ -93,21 +96,23 @@ class RecallCore:
         *,
         with_attributes: bool = False,
         masks: FilterMasks | None = None,
+        arm: str = CONTROL,
     ) -> RecallAnswer:
-        """Top-k for one query. A user_id query uses ``state`` (the user's events and
-        impressions; None: none, as from an empty store): the user's stored vector, or one
-        from their training window and newer events (:mod:`recall.service.fresh`)."""
+        """Top-k for one query on ``bundle`` (the bundle of experiment ``arm``). A user_id
+        query uses ``state`` (the user's events and impressions; None: none, as from an
+        empty store): the user's stored vector, or one from their training window and
+        newer events (:mod:`recall.service.fresh`)."""
         check_one_source(query)
         masks = masks or FilterMasks(bundle, self.available_items(bundle))
         if query.user_id is None:
             result = recaller.recall_plain(bundle, query, self.max_k, masks)
-            return self._answer(bundle, result, 0, True, with_attributes)
+            return self._answer(bundle, result, 0, True, with_attributes, arm)
         user_id = bundle.user_ids.canonical(query.user_id)
         if type(user_id) is not type(query.user_id) or user_id != query.user_id:
             query = replace(query, user_id=user_id)
         state = state or UserState.empty(1)
         user = user_vectors(bundle, [user_id], state.events, state.users)[0]
-        return self._recall_user(bundle, query, user, state, with_attributes, masks)
+        return self._recall_user(bundle, query, user, state, with_attributes, masks, arm)
 
     def recall_batch(
         self,
@@ -115,12 +120,14 @@ class RecallCore:
         queries: Sequence[tuple[RecallQuery, bool, bool]],
         users: list[ExternalId],
         state: UserState,
+        arm: str = CONTROL,
     ) -> list[RecallAnswer | Exception]:
         """Each ``(query, exclude_shown, with_attributes)`` answered, or its error in its
         slot (one entry's failure never fails the others). ``users``: the distinct
         canonical user ids of the user_id queries, ``state`` theirs in that order (the
         store read once for the batch); one availability and each distinct filter compiled
-        once for the whole batch."""
+        once for the whole batch. Every query is of experiment ``arm``, whose bundle
+        ``bundle`` is."""
         position = {user: j for j, user in enumerate(users)}
         masks = FilterMasks(bundle, self.available_items(bundle))
         vectors: list[UserVector | None] | None = []
@@ -135,7 +142,9 @@ class RecallCore:
             try:
                 if query.user_id is None:
                     out.append(
-                        self.recall(bundle, query, with_attributes=with_attributes, masks=masks)
+                        self.recall(
+                            bundle, query, with_attributes=with_attributes, masks=masks, arm=arm
+                        )
                     )
                     continue
                 j = position[query.user_id]
@@ -145,7 +154,7 @@ class RecallCore:
                     if vectors is not None
                     else user_vectors(bundle, [query.user_id], one.events, one.users)[0]
                 )
-                out.append(self._recall_user(bundle, query, user, one, with_attributes, masks))
+                out.append(self._recall_user(bundle, query, user, one, with_attributes, masks, arm))
             except RecallError as e:
                 out.append(e)
             except Exception as e:  # one entry's bug must not fail the others
@@ -161,13 +170,14 @@ class RecallCore:
         spec: Mapping[str, Mapping[str, object]] | None = None,
         exclude: Sequence[ExternalId] = (),
         with_attributes: bool = False,
+        arm: str = CONTROL,
     ) -> RecallAnswer:
         """Item-to-item neighbours of ``item_id`` among the items the filter ``spec``
-        allows, ``exclude`` and the item itself dropped."""
+        allows, ``exclude`` and the item itself dropped (``bundle``: experiment ``arm``'s)."""
         result = recaller.similar(
             bundle, item_id, k, self.max_k, spec, exclude, self.available_items(bundle)
         )
-        return self._answer(bundle, result, 0, True, with_attributes)
+        return self._answer(bundle, result, 0, True, with_attributes, arm)
 
     def user_vector(
         self, bundle: ServingBundle, user_id: ExternalId, state: UserState
@@ -236,10 +246,13 @@ class RecallCore:
         state: UserState,
         with_attributes: bool,
         masks: FilterMasks,
+        arm: str,
     ) -> RecallAnswer:
         """A user_id query's answer with the user's vector (None: unknown) and state."""
         fresh = recall_user(bundle, query, user, state.shown[0], self.max_k, state.fresh, masks)
-        return self._answer(bundle, fresh.result, fresh.fresh_events, state.fresh, with_attributes)
+        return self._answer(
+            bundle, fresh.result, fresh.fresh_events, state.fresh, with_attributes, arm
+        )
 
     def _answer(
         self,
@@ -248,8 +261,9 @@ class RecallCore:
         fresh_events: int,
         fresh: bool,
         with_attributes: bool,
+        arm: str,
     ) -> RecallAnswer:
         if result.strategy is not None and self.on_search is not None:
             self.on_search(result.strategy)
         attributes = recaller.attributes_of(bundle, result.item_ids) if with_attributes else None
-        return RecallAnswer(result, fresh_events, fresh, attributes)
+        return RecallAnswer(result, fresh_events, fresh, attributes, arm)

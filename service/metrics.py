@@ -137,6 +137,13 @@ class Metrics:
             ["strategy"],
             registry=self.registry,
         )
+        self.experiment_fallbacks = Counter(
+            "recall_experiment_fallbacks",
+            'requests of an experiment arm answered by control (arm: "control") because '
+            "the arm's bundle is refused or not loaded here, by arm",
+            ["arm"],
+            registry=self.registry,
+        )
         self.reloads.labels("success")
         for strategy in STRATEGIES:
             self.searches.labels(strategy)

@@ -38,12 +38,14 @@ import logging
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, Protocol
 
 from recall.index.bundle import BundleError
 from recall.index.current import CURRENT, CurrentState, Key, inspect_current
+from recall.index.experiment import ExperimentState, inspect_experiment
 from recall.index.roots import ObjectStoreUnavailable
 from recall.service.domain_errors import BundleNotReady, ReloadRefused
 from recall.service.metrics import Metrics
@@ -94,6 +96,14 @@ class BundleSource(Protocol):
         """What to serve while the store is down and nothing is served (None: nothing)."""
         ...
 
+    def experiment(self) -> ExperimentState:
+        """What EXPERIMENT holds now (its ``key`` changes whenever it does)."""
+        ...
+
+    def pin(self, bundle_ids: set[str]) -> None:
+        """Keep these bundles (the experiment's arms) wherever the source caches bundles."""
+        ...
+
 
 class LocalSource:
     """A local bundle root, read in place."""
@@ -117,13 +127,26 @@ class LocalSource:
     def fallback(self) -> CurrentState | None:
         return None
 
+    def experiment(self) -> ExperimentState:
+        return inspect_experiment(self.root)
+
+    def pin(self, bundle_ids: set[str]) -> None:
+        pass  # read in place: nothing is cached
+
 
 class BundleHolder:
-    """The bundle being served, and the one way to replace it."""
+    """The bundle being served, and the one way to replace it. ``primary``: the holder of
+    CURRENT, counted in ``recall_reloads_total`` and ``recall_bundle_info``; False: an
+    experiment arm's (:mod:`recall.service.experiments`), logged and kept in
+    :attr:`reloads` only."""
 
-    def __init__(self, source: BundleSource, metrics: Metrics) -> None:
+    def __init__(self, source: BundleSource, metrics: Metrics, *, primary: bool = True) -> None:
         self.source = source
         self.metrics = metrics
+        self.primary = primary
+        #: A bundle already loaded here under another holder (an experiment arm's), by
+        #: id: served as it is instead of loading a second copy.
+        self.loaded_elsewhere: Callable[[str], ServingBundle | None] | None = None
         self._current: ServingBundle | None = None
         self._failed_key: Key | None = None  # the state of CURRENT whose load failed
         self._said_missing = False
@@ -202,6 +225,9 @@ class BundleHolder:
             raise ReloadRefused(self._refusal(state.bundle_id))
         if state.bundle_id is None:
             raise self._failure(state, state.problem or "names no bundle")
+        shared = self.loaded_elsewhere(state.bundle_id) if self.loaded_elsewhere else None
+        if shared is not None:
+            return await self._serve(shared, from_cache=False), True
         try:
             path = await asyncio.to_thread(self.source.fetch, state.bundle_id)
         except ObjectStoreUnavailable as e:  # retried at the next poll, counted once
@@ -244,11 +270,19 @@ class BundleHolder:
         self._current = bundle
         self._failed_key = None
         self.serving_from_cache = from_cache
-        self.metrics.reloads.labels("success").inc()
         self._record(bundle.id, "success")
-        self.metrics.bundle_loaded(bundle.id, len(bundle.item_ids), bundle.manifest.counts.users)
+        if self.primary:
+            self.metrics.reloads.labels("success").inc()
+            self.metrics.bundle_loaded(
+                bundle.id, len(bundle.item_ids), bundle.manifest.counts.users
+            )
         cached = " from the cache (the bundle store is unreachable)" if from_cache else ""
-        logger.info("serving bundle %s%s", bundle.id, cached)
+        logger.info(
+            "serving bundle %s%s%s",
+            bundle.id,
+            cached,
+            "" if self.primary else f" for {self.source.where}",
+        )
         return bundle
 
     async def _refuse(self, state: CurrentState, why: str, *, trace: bool = False) -> Exception:
@@ -284,7 +318,8 @@ class BundleHolder:
         """Log and count the first failure of an outage; the next ones are only retried."""
         if self.store_reachable:
             self.store_reachable = False
-            self.metrics.reloads.labels("failure").inc()
+            if self.primary:
+                self.metrics.reloads.labels("failure").inc()
             serving = self._current.id if self._current else "nothing"
             self._record(None, "failure", "the bundle store is unreachable")
             logger.error(
@@ -322,7 +357,8 @@ class BundleHolder:
         """Count and log a refused load; ``remember``: the poller skips this state of
         CURRENT until it changes (False: the cause may pass, the next poll retries)."""
         self._failed_key = state.key if remember else None
-        self.metrics.reloads.labels("failure").inc()
+        if self.primary:
+            self.metrics.reloads.labels("failure").inc()
         self._record(state.bundle_id, "failure", self._refusal(state.bundle_id))
         serving = self._current.id if self._current else "nothing"
         target = state.bundle_id or CURRENT

@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from recall.index.experiment import ARM_NAME, CONTROL
 from recall.index.ids import MAX_ID_BYTES, id_problem
 
 # Strict JSON types throughout: coercion (true -> 1, "5" -> 5, "yes" -> true) would hide
@@ -118,6 +119,20 @@ FiniteFloat = Annotated[StrictFloat, Field(allow_inf_nan=False)]
 FeatureValue = Annotated[StrictInt | FiniteFloat | Text | None, BeforeValidator(_feature_type)]
 
 
+ArmName = Annotated[
+    StrictStr,
+    Field(
+        pattern=f"^{ARM_NAME.pattern}$",
+        description="the experiment arm to answer from (default control); only without "
+        "user_id: a user's arm is the hash of their id",
+    ),
+]
+ARM = Field(
+    CONTROL,
+    description="the experiment arm whose bundle answered: control (CURRENT's bundle, "
+    "also when no experiment runs or the arm's bundle is not served here) or an arm's name",
+)
+
 FilterNumber = Annotated[Int64 | FiniteFloat, BeforeValidator(_number)]
 FilterValue = Annotated[Int64 | FiniteFloat | Text, BeforeValidator(_filter_value)]
 
@@ -202,12 +217,15 @@ class RecallRequest(BaseModel):
     )
     filter: Filter | None = None
     with_attributes: StrictBool = WITH_ATTRIBUTES
+    arm: ArmName | None = None
 
     @model_validator(mode="after")
     def _exactly_one_query(self) -> RecallRequest:
         given = [self.user_id is not None, self.history is not None, self.vector is not None]
         if sum(given) != 1:
             raise ValueError("give exactly one of user_id, history, vector")
+        if self.arm is not None and self.user_id is not None:
+            raise ValueError("arm goes without user_id (a user's arm is the hash of their id)")
         if self.features is not None and self.history is None:
             raise ValueError("features go with history")
         if self.exclude_shown and self.user_id is None:
@@ -251,6 +269,7 @@ FRESH = Field(
 
 class RecallResponse(BaseModel):
     bundle_id: str
+    arm: str = ARM
     source: Source = Field(
         description="user: the bundle's vector; user+events: the user's training history "
         "followed by newer events through the tower; events: a user known only from "
@@ -280,6 +299,7 @@ class SimilarRequest(BaseModel):
     filter: Filter | None = None
     exclude: list[JsonId] = Field(default_factory=list, description="item ids to drop")
     with_attributes: StrictBool = WITH_ATTRIBUTES
+    arm: ArmName | None = None
 
 
 class ItemResponse(BaseModel):
@@ -303,6 +323,8 @@ class ErrorResponse(BaseModel):
 
 class BatchItemResult(BaseModel):
     status: int
+    bundle_id: str | None = Field(None, description="the bundle that answered this entry")
+    arm: str | None = Field(None, description="the arm that answered this entry (as `arm`)")
     source: Source | None = None
     items: list[ScoredItem] | None = None
     fresh_events: int | None = None
@@ -519,6 +541,23 @@ class Reload(BaseModel):
     reason: str | None = Field(None, description="why a reload failed (bundle ids only)")
 
 
+class ReplicaArm(BaseModel):
+    name: str
+    bundle_id: str
+    share: float = Field(description="the share of users in this arm (0..1)")
+    state: Literal["loaded", "shared", "fallback"] = Field(
+        description="loaded: its bundle is served here; shared: it is CURRENT's bundle, "
+        "loaded once; fallback: refused or not loaded yet, its users get control"
+    )
+    reason: str | None = Field(None, description="fallback: why (bundle ids only)")
+
+
+class ReplicaExperiment(BaseModel):
+    id: str
+    started_at: float = Field(description="unix seconds")
+    arms: list[ReplicaArm]
+
+
 class ReplicaInfo(BaseModel):
     started_at: float = Field(description="unix seconds")
     bundle_id: str | None
@@ -528,4 +567,7 @@ class ReplicaInfo(BaseModel):
     )
     serving_from_cache: bool = Field(
         description="serving the last bundle verified in the download cache, not CURRENT"
+    )
+    experiment: ReplicaExperiment | None = Field(
+        None, description="the experiment this replica serves beside CURRENT (null: none)"
     )

@@ -24,8 +24,10 @@ router = APIRouter(tags=["operations"], dependencies=AdminOnly)
     "/v1/admin/reload", response_model=ReloadResponse, responses=error_responses(401, 403, 409)
 )
 async def admin_reload(app: AppStateDep) -> Response:
-    """Load the bundle CURRENT names now (Authorization: Bearer <RECALL_ADMIN_TOKEN>)."""
+    """Load the bundle CURRENT names, and the arms EXPERIMENT names, now (Authorization:
+    Bearer <RECALL_ADMIN_TOKEN>)."""
     bundle, changed = await app.holder.reload()
+    await app.arms.refresh()
     return model_response(bundle, {"bundle_id": bundle.id, "changed": changed})
 
 

@@ -61,7 +61,7 @@ async def replica(app: AppStateDep) -> Response:
     first load) and its last 50 reload attempts that loaded or refused a bundle, or
     found it already served on an admin reload (bundle ids only); whether the bundle
     store answers and whether the bundle comes from the download cache because it does
-    not."""
+    not; the experiment served beside CURRENT and each arm's state here."""
     current = app.holder.current
     body = {
         "started_at": app.holder.started_at,
@@ -69,5 +69,6 @@ async def replica(app: AppStateDep) -> Response:
         "reloads": list(app.holder.reloads),
         "store_reachable": app.holder.store_reachable,
         "serving_from_cache": app.holder.serving_from_cache,
+        "experiment": app.arms.describe(),
     }
     return model_response(current, body) if current else JsonResponse(body)

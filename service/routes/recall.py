@@ -4,10 +4,15 @@ The routes translate HTTP to :class:`~recall.service.core.RecallCore` and back. 
 makes one hand-off to the search pool, where the state store is read for a user_id query
 (:meth:`~recall.service.state_access.StateAccess.run_with_state`), the core answers and
 the answer becomes JSON; the event loop only parses the request and sends the bytes.
+Which bundle answers is :meth:`recall.service.experiments.Arms.route`'s choice: a user's
+experiment arm, else the arm asked for, else control (CURRENT's); a batch is answered
+arm by arm, one hand-off each.
 """
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any
 
@@ -16,11 +21,14 @@ from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
+from recall.index.experiment import ARM_NAME
 from recall.index.ids import ExternalId
+from recall.service.app_state import AppState
 from recall.service.core import RecallAnswer, RecallCore
 from recall.service.deps import AppStateDep, BundleDep, StateDep, app_state_of
 from recall.service.domain_errors import InvalidRequest, OverLimit, RecallError
 from recall.service.errors import describe_errors, envelope, error_body
+from recall.service.experiments import Arms
 from recall.service.fresh import UserState
 from recall.service.http_common import (
     BODY_ERRORS,
@@ -29,6 +37,7 @@ from recall.service.http_common import (
     model_response,
     raw_json_response,
 )
+from recall.service.pool import SearchPool
 from recall.service.recaller import RecallQuery, ServingBundle
 from recall.service.schemas import (
     BatchRecallRequest,
@@ -41,12 +50,25 @@ from recall.service.schemas import (
     conditions,
 )
 from recall.service.settings import Settings
+from recall.service.state_access import StateAccess
 
 router = APIRouter(tags=["recall"])
 
-#: One batch entry: (query with a canonical user id, exclude_shown, with_attributes), or
-#: its error's answer.
-Entry = tuple[RecallQuery, bool, bool] | dict[str, Any]
+
+@dataclass(frozen=True)
+class _Entry:
+    """One batch entry, parsed: its arm and that arm's bundle, the query (its user id
+    canonical in that bundle) and its two flags."""
+
+    arm: str
+    bundle: ServingBundle
+    query: RecallQuery
+    exclude_shown: bool
+    with_attributes: bool
+
+
+#: One batch entry, or its error's answer.
+Entry = _Entry | dict[str, Any]
 
 
 @router.post("/v1/recall", response_model=RecallResponse, responses=BODY_ERRORS)
@@ -56,10 +78,13 @@ async def recall(body: RecallRequest, request: Request) -> Response:
     # What AppStateDep, BundleDep and StateDep give, without FastAPI's dependency solving:
     # on this, the hottest route, it took ~15% of the event loop's time (docs/performance.md)
     app = app_state_of(request.app)
-    bundle = app.holder.require()
+    control = app.holder.require()
     state = app.state_access()
-    query = app.core.canonical(bundle, _query(body, app.settings))
-    answer = partial(_recall_json, app.core, bundle, query, body.with_attributes)
+    query = app.core.canonical(control, _query(body, app.settings))
+    arm, bundle = app.arms.route(control, query.user_id, body.arm)
+    if bundle is not control:
+        query = app.core.canonical(bundle, query)
+    answer = partial(_recall_json, app.core, bundle, query, body.with_attributes, arm)
     if query.user_id is None:
         content = await app.pool.run(answer, None)
     else:
@@ -79,44 +104,73 @@ async def recall(body: RecallRequest, request: Request) -> Response:
 async def recall_batch(
     body: BatchRecallRequest, app: AppStateDep, bundle: BundleDep, state: StateDep
 ) -> Response:
-    """Many recalls on one bundle; results in request order, errors inline. The state
-    store is read once for every user_id entry."""
+    """Many recalls; results in request order, errors inline. Each user_id entry is
+    answered in its user's experiment arm; the state store is read once per arm for
+    every user_id entry of it."""
     settings = app.settings
     if len(body.requests) > settings.max_batch:
         raise OverLimit(f"at most {settings.max_batch} requests per batch")
-    entries = await app.pool.run(_parse_batch, app.core, settings, bundle, body.requests)
+    entries = await app.pool.run(_parse_batch, app.core, app.arms, settings, bundle, body.requests)
     # an entry over max_k fails on its own (422 inline): it counts as max_k
-    asked = sum(min(e[0].k, settings.max_k) for e in entries if isinstance(e, tuple))
+    asked = sum(min(e.query.k, settings.max_k) for e in entries if isinstance(e, _Entry))
     if asked > settings.max_batch_items:
         raise OverLimit(
             f"a batch may ask for at most {settings.max_batch_items} items in all "
             f"(the sum of k over its requests); this one asks for {asked}"
         )
-    users = list(
-        dict.fromkeys(
-            e[0].user_id for e in entries if isinstance(e, tuple) and e[0].user_id is not None
+    arms: dict[tuple[str, str], list[int]] = {}
+    for j, entry in enumerate(entries):
+        if isinstance(entry, _Entry):
+            arms.setdefault((entry.arm, entry.bundle.id), []).append(j)
+    rows: list[bytes] = [
+        b"" if isinstance(e, _Entry) else orjson.dumps(e, option=orjson.OPT_SERIALIZE_NUMPY)
+        for e in entries
+    ]
+    answered = await asyncio.gather(
+        *(
+            _batch_of_arm(app.core, state, app.pool, [entries[j] for j in js])
+            for js in arms.values()
         )
     )
-    with_shown = any(isinstance(e, tuple) and e[1] for e in entries)
-    respond = partial(_batch_response, app.core, bundle, entries, users)
+    for js, arm_rows in zip(arms.values(), answered, strict=True):
+        for j, row in zip(js, arm_rows, strict=True):
+            rows[j] = row
+    content = b'{"bundle_id":' + orjson.dumps(bundle.id) + b',"results":[' + b",".join(rows) + b"]}"
+    return raw_json_response(bundle, content)
+
+
+async def _batch_of_arm(
+    core: RecallCore, state: StateAccess, pool: SearchPool, entries: list[Entry]
+) -> list[bytes]:
+    """The rows of a batch's entries of one arm (one bundle): one hand-off, the store
+    read once for their users."""
+    parsed = [e for e in entries if isinstance(e, _Entry)]
+    bundle = parsed[0].bundle
+    users = list(dict.fromkeys(e.query.user_id for e in parsed if e.query.user_id is not None))
     return await state.run_with_state(
-        app.pool,
+        pool,
         users,
-        respond,
+        partial(_batch_rows, core, parsed, users),
         after=fresh_after(bundle, users),
-        with_shown=with_shown,
+        with_shown=any(e.exclude_shown for e in parsed),
         bundle=bundle,
     )
 
 
 @router.get("/v1/items/{item_id}/similar", response_model=RecallResponse, responses=ERRORS)
 async def similar(
-    item_id: PathId, app: AppStateDep, bundle: BundleDep, k: Annotated[QueryInt, Query()] = 100
+    item_id: PathId,
+    app: AppStateDep,
+    bundle: BundleDep,
+    k: Annotated[QueryInt, Query()] = 100,
+    arm: Annotated[
+        str | None,
+        Query(pattern=f"^{ARM_NAME.pattern}$", description="the experiment arm (default control)"),
+    ] = None,
 ) -> Response:
     """Item-to-item neighbours by inner product of item vectors (the item excluded);
     POST the same path for a filter, exclusions or attributes."""
-    answer = await app.pool.run(_similar, app.core, bundle, item_id, SimilarRequest(k=k))
-    return model_response(bundle, _recall_body(answer))
+    return await _similar(app, bundle, item_id, SimilarRequest(k=k, arm=arm))
 
 
 @router.post(
@@ -130,8 +184,7 @@ async def similar_filtered(
 ) -> Response:
     """Item-to-item neighbours among the items a filter allows, with exclusions and
     attributes on request (the GET form without a body)."""
-    answer = await app.pool.run(_similar, app.core, bundle, item_id, body)
-    return model_response(bundle, _recall_body(answer))
+    return await _similar(app, bundle, item_id, body)
 
 
 def _recall_body(answer: RecallAnswer) -> dict[str, Any]:
@@ -146,6 +199,7 @@ def _recall_body(answer: RecallAnswer) -> dict[str, Any]:
             item["attributes"] = attrs
     return {
         "bundle_id": result.bundle_id,
+        "arm": answer.arm,
         "source": result.source.value,
         "items": items,
         "fresh_events": answer.fresh_events,
@@ -174,25 +228,33 @@ def _recall_json(
     bundle: ServingBundle,
     query: RecallQuery,
     with_attributes: bool,
+    arm: str,
     state: UserState | None,
 ) -> bytes:
-    """In a search thread: the answer to ``query`` with the user's ``state`` (None: not a
-    user_id query), as the JSON body."""
-    answer = core.recall(bundle, query, state, with_attributes=with_attributes)
+    """In a search thread: the answer to ``query`` on ``bundle`` (experiment ``arm``'s)
+    with the user's ``state`` (None: not a user_id query), as the JSON body."""
+    answer = core.recall(bundle, query, state, with_attributes=with_attributes, arm=arm)
     return orjson.dumps(_recall_body(answer), option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def _parse_batch(
-    core: RecallCore, settings: Settings, bundle: ServingBundle, raw: list[dict[str, Any]]
+    core: RecallCore,
+    arms: Arms,
+    settings: Settings,
+    control: ServingBundle,
+    raw: list[dict[str, Any]],
 ) -> list[Entry]:
-    """Each entry as (query with a canonical user id, exclude_shown, with_attributes),
-    or its error."""
+    """Each entry parsed, in its arm (its user id canonical in the arm's bundle), or its
+    error."""
     out: list[Entry] = []
     for item in raw:
         try:
             request = RecallRequest.model_validate(item)
-            query = core.canonical(bundle, _query(request, settings))
-            out.append((query, request.exclude_shown, request.with_attributes))
+            query = core.canonical(control, _query(request, settings))
+            arm, bundle = arms.route(control, query.user_id, request.arm)
+            if bundle is not control:
+                query = core.canonical(bundle, query)
+            out.append(_Entry(arm, bundle, query, request.exclude_shown, request.with_attributes))
         except ValidationError as e:
             message = describe_errors(list(e.errors()))
             out.append({"status": 422, **envelope("invalid_input", message)})
@@ -201,40 +263,42 @@ def _parse_batch(
     return out
 
 
-def _batch_response(
-    core: RecallCore,
-    bundle: ServingBundle,
-    entries: list[Entry],
-    users: list[ExternalId],
-    state: UserState,
-) -> Response:
-    """The batch's answers, serialized here in the pool, one entry per orjson call:
-    orjson holds the GIL for a whole call, so one call over a 30 MB answer would stall
-    the event loop (/healthz) for as long; between entries the loop gets it back."""
-    queries = [e for e in entries if isinstance(e, tuple)]
-    answers = iter(core.recall_batch(bundle, queries, users, state))
-    results: list[dict[str, Any]] = []
-    for entry in entries:
-        if isinstance(entry, dict):
-            results.append(entry)
-            continue
-        answer = next(answers)
+def _batch_rows(
+    core: RecallCore, entries: list[_Entry], users: list[ExternalId], state: UserState
+) -> list[bytes]:
+    """The answers of a batch's entries of one arm, serialized here in the pool, one
+    entry per orjson call: orjson holds the GIL for a whole call, so one call over a 30 MB
+    answer would stall the event loop (/healthz) for as long; between entries the loop
+    gets it back."""
+    bundle, arm = entries[0].bundle, entries[0].arm
+    queries = [(e.query, e.exclude_shown, e.with_attributes) for e in entries]
+    rows = []
+    for answer in core.recall_batch(bundle, queries, users, state, arm):
         if isinstance(answer, RecallAnswer):
-            body = _recall_body(answer)
-            results.append({"status": 200, **{k: v for k, v in body.items() if k != "bundle_id"}})
+            result: dict[str, Any] = {"status": 200, **_recall_body(answer)}
         elif isinstance(answer, RecallError):
-            results.append(error_body(answer))
+            result = error_body(answer)
         else:  # logged by the core
-            results.append({"status": 500, **envelope("internal", "internal error")})
-    rows = b",".join([orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) for r in results])
-    head = orjson.dumps(bundle.id)
-    content = b'{"bundle_id":' + head + b',"results":[' + rows + b"]}"
-    return raw_json_response(bundle, content)
+            result = {"status": 500, **envelope("internal", "internal error")}
+        rows.append(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY))
+    return rows
 
 
-def _similar(
-    core: RecallCore, bundle: ServingBundle, item_id: str, body: SimilarRequest
-) -> RecallAnswer:
-    return core.similar(
-        bundle, item_id, body.k, conditions(body.filter), body.exclude, body.with_attributes
+async def _similar(
+    app: AppState, control: ServingBundle, item_id: str, body: SimilarRequest
+) -> Response:
+    """Item-to-item neighbours in the arm ``body`` names (default control)."""
+    arm, bundle = app.arms.route(control, None, body.arm)
+    answer = await app.pool.run(
+        partial(
+            app.core.similar,
+            bundle,
+            item_id,
+            body.k,
+            conditions(body.filter),
+            body.exclude,
+            body.with_attributes,
+            arm,
+        )
     )
+    return model_response(bundle, _recall_body(answer))
