@@ -29,7 +29,7 @@ def fresh_state_url() -> str:
     return sqlite_url(Path(tempfile.mkdtemp(dir=_STATE_DIRS.name)) / "events.sqlite")
 
 
-def settings(root: Path, **overrides: object) -> Settings:
+def settings(root: Path | str, **overrides: object) -> Settings:
     """Small limits (so tests reach them cheaply), no polling, admin token :data:`TOKEN`,
     an empty state store of its own (:func:`fresh_state_url`), and a store read bound of
     1 s instead of 50 ms, so a busy test machine does not turn a healthy store's answers

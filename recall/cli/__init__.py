@@ -19,6 +19,7 @@ from recall.cli import (
     demo,
     eval,
     events,
+    experiment,
     import_vectors,
     publish,
     serve,
@@ -31,7 +32,18 @@ __all__ = ["build_parser", "main"]
 
 logger = logging.getLogger("recall")
 
-COMMANDS = (demo, synth, train, import_vectors, eval, build_index, serve, publish, events)
+COMMANDS = (
+    demo,
+    synth,
+    train,
+    import_vectors,
+    eval,
+    build_index,
+    serve,
+    publish,
+    experiment,
+    events,
+)
 """The command modules, in the order ``recall --help`` lists them."""
 
 

@@ -80,10 +80,7 @@ async def recall(body: RecallRequest, request: Request) -> Response:
     app = app_state_of(request.app)
     control = app.holder.require()
     state = app.state_access()
-    query = app.core.canonical(control, _query(body, app.settings))
-    arm, bundle = app.arms.route(control, query.user_id, body.arm)
-    if bundle is not control:
-        query = app.core.canonical(bundle, query)
+    arm, bundle, query = _in_arm(app.core, app.arms, control, _query(body, app.settings), body.arm)
     answer = partial(_recall_json, app.core, bundle, query, body.with_attributes, arm)
     if query.user_id is None:
         content = await app.pool.run(answer, None)
@@ -118,21 +115,18 @@ async def recall_batch(
             f"a batch may ask for at most {settings.max_batch_items} items in all "
             f"(the sum of k over its requests); this one asks for {asked}"
         )
-    arms: dict[tuple[str, str], list[int]] = {}
-    for j, entry in enumerate(entries):
-        if isinstance(entry, _Entry):
-            arms.setdefault((entry.arm, entry.bundle.id), []).append(j)
-    rows: list[bytes] = [
-        b"" if isinstance(e, _Entry) else orjson.dumps(e, option=orjson.OPT_SERIALIZE_NUMPY)
-        for e in entries
-    ]
+    parsed = {j: e for j, e in enumerate(entries) if isinstance(e, _Entry)}
+    by_arm: dict[tuple[str, str], list[int]] = {}
+    for j, entry in parsed.items():
+        by_arm.setdefault((entry.arm, entry.bundle.id), []).append(j)
+    rows = [b"" if j in parsed else orjson.dumps(e) for j, e in enumerate(entries)]
     answered = await asyncio.gather(
         *(
-            _batch_of_arm(app.core, state, app.pool, [entries[j] for j in js])
-            for js in arms.values()
+            _batch_of_arm(app.core, state, app.pool, [parsed[j] for j in js])
+            for js in by_arm.values()
         )
     )
-    for js, arm_rows in zip(arms.values(), answered, strict=True):
+    for js, arm_rows in zip(by_arm.values(), answered, strict=True):
         for j, row in zip(js, arm_rows, strict=True):
             rows[j] = row
     content = b'{"bundle_id":' + orjson.dumps(bundle.id) + b',"results":[' + b",".join(rows) + b"]}"
@@ -140,19 +134,18 @@ async def recall_batch(
 
 
 async def _batch_of_arm(
-    core: RecallCore, state: StateAccess, pool: SearchPool, entries: list[Entry]
+    core: RecallCore, state: StateAccess, pool: SearchPool, entries: list[_Entry]
 ) -> list[bytes]:
     """The rows of a batch's entries of one arm (one bundle): one hand-off, the store
     read once for their users."""
-    parsed = [e for e in entries if isinstance(e, _Entry)]
-    bundle = parsed[0].bundle
-    users = list(dict.fromkeys(e.query.user_id for e in parsed if e.query.user_id is not None))
+    bundle = entries[0].bundle
+    users = list(dict.fromkeys(e.query.user_id for e in entries if e.query.user_id is not None))
     return await state.run_with_state(
         pool,
         users,
-        partial(_batch_rows, core, parsed, users),
+        partial(_batch_rows, core, entries, users),
         after=fresh_after(bundle, users),
-        with_shown=any(e.exclude_shown for e in parsed),
+        with_shown=any(e.exclude_shown for e in entries),
         bundle=bundle,
     )
 
@@ -223,6 +216,17 @@ def _query(request: RecallRequest, settings: Settings) -> RecallQuery:
     )
 
 
+def _in_arm(
+    core: RecallCore, arms: Arms, control: ServingBundle, query: RecallQuery, asked: str | None
+) -> tuple[str, ServingBundle, RecallQuery]:
+    """``(arm, its bundle, query)`` for a request on ``control``: the user id made
+    canonical as control types it (what the arm is hashed from), then as the arm's bundle
+    types it."""
+    query = core.canonical(control, query)
+    arm, bundle = arms.route(control, query.user_id, asked)
+    return arm, bundle, query if bundle is control else core.canonical(bundle, query)
+
+
 def _recall_json(
     core: RecallCore,
     bundle: ServingBundle,
@@ -250,10 +254,9 @@ def _parse_batch(
     for item in raw:
         try:
             request = RecallRequest.model_validate(item)
-            query = core.canonical(control, _query(request, settings))
-            arm, bundle = arms.route(control, query.user_id, request.arm)
-            if bundle is not control:
-                query = core.canonical(bundle, query)
+            arm, bundle, query = _in_arm(
+                core, arms, control, _query(request, settings), request.arm
+            )
             out.append(_Entry(arm, bundle, query, request.exclude_shown, request.with_attributes))
         except ValidationError as e:
             message = describe_errors(list(e.errors()))

@@ -128,7 +128,8 @@ def all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser
 
 def test_every_flag_has_a_help_line_without_rest_markup() -> None:
     parsers = all_parsers(build_parser())
-    assert len(parsers) == 11  # recall + 8 subcommands + events + events export
+    # recall + 9 subcommands + events export + experiment start, status, stop
+    assert len(parsers) == 15
     for parser in parsers:
         for action in parser._actions:
             where = f"{parser.prog} {'/'.join(action.option_strings) or action.dest}"

@@ -19,18 +19,32 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
+from recall.index.current import CURRENT
+from recall.index.experiment import Arm, Experiment
+from recall.index.roots import LocalRoot
 from recall.service.app import create_app
 from recall.service.settings import Settings
+from tests.index.test_verify import copy_bundle
 from tests.live import fresh_state_url, live_server
 
 MAX_K = 500
+ARM_ID = "20260102T000000Z-cccccc"
 
 
 @pytest.fixture(scope="module")
-def url(published_root: Path) -> Iterator[str]:
+def url(published_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The published bundle with an experiment running: half the users in an arm."""
+    root = tmp_path_factory.mktemp("fuzzed-root")
+    control = copy_bundle(published_root, root)
+    copy_bundle(published_root, root, ARM_ID)
+    (root / CURRENT).write_text(f"{control.name}\n")
+    arm = Arm(name="canary", bundle_id=ARM_ID, share=0.5)
+    LocalRoot(root).start_experiment(
+        Experiment(id="exp-fuzz", salt="s", started_at=0.0, arms=(arm,))
+    )
     app = create_app(
         Settings(
-            root=published_root,
+            root=root,
             reload_interval_s=0,
             max_body_bytes=64 << 10,
             max_k=MAX_K,
