@@ -135,13 +135,13 @@ def train_bundle(split: Path, root: Path, seed: int, epochs: int) -> str:
 
 
 def prepare(
-    args: argparse.Namespace, data: Path, train_rows: list[Interaction]
+    workdir: Path, data: Path, train_rows: list[Interaction], seed: int, epochs: int
 ) -> tuple[Path, dict[str, str], float | None]:
-    """The bundle root with the ``full`` and ``half`` bundles (trained now, or reused from
-    ``--workdir`` when trained with the same flags): (root, {arm: bundle id}, seconds)."""
-    workdir = args.workdir
+    """``workdir/bundles`` with the control and the :data:`ARM` bundle (trained now, or
+    reused when trained on the same rows with the same flags): (root, {arm: bundle id},
+    training seconds)."""
     root = workdir / "bundles"
-    stamp = {"quantile": args.quantile, "seed": args.seed, "epochs": args.epochs}
+    stamp = {"data": str(data), "rows": len(train_rows), "seed": seed, "epochs": epochs}
     stamp_path = workdir / "trained.json"
     previous = json.loads(stamp_path.read_text()) if stamp_path.is_file() else {}
     if {k: previous.get(k) for k in stamp} == stamp and all(
@@ -152,11 +152,11 @@ def prepare(
     shutil.rmtree(root, ignore_errors=True)
     started = time.perf_counter()
     bundles = {}
-    for name, rows in ((CONTROL, train_rows), (ARM, half_of(train_rows, args.seed))):
+    for name, rows in ((CONTROL, train_rows), (ARM, half_of(train_rows, seed))):
         split = workdir / f"data-{name}"
         shutil.rmtree(split, ignore_errors=True)
         write_split(data, rows, split)
-        bundles[name] = train_bundle(split, root, args.seed, args.epochs)
+        bundles[name] = train_bundle(split, root, seed, epochs)
         logger.info("trained %s on %d interactions: %s", name, len(rows), bundles[name])
     seconds = time.perf_counter() - started
     stamp_path.write_text(json.dumps({**stamp, "bundles": bundles, "train_seconds": seconds}))
@@ -319,7 +319,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )  # fmt: skip
     args.workdir = args.workdir or Path(tempfile.mkdtemp(prefix="recall-experiment-replay-"))
     args.workdir.mkdir(parents=True, exist_ok=True)
-    root, bundles, train_s = prepare(args, data, train_rows)
+    root, bundles, train_s = prepare(args.workdir, data, train_rows, args.seed, args.epochs)
     runs = [run_one(kind, args, root, bundles, events) for kind in args.state]
     return {
         "benchmark": "experiment_replay",
@@ -376,7 +376,7 @@ def print_table(report: dict[str, Any], k: int = 50) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, help=f"MovieLens 100K (default ${ML100K_ENV})")
-    parser.add_argument("--events", type=int, default=12000, help="later events to replay")
+    parser.add_argument("--events", type=int, default=6000, help="later events to replay")
     parser.add_argument("--quantile", type=float, default=0.8, help="training cut (time)")
     parser.add_argument("--seed", type=int, default=0, help="training and split seed")
     parser.add_argument("--epochs", type=int, default=4, help="training epochs (quick)")
