@@ -33,7 +33,16 @@ from recall.service.metrics import Metrics, MetricsMiddleware
 from recall.service.parent_watch import die_with_parent
 from recall.service.pool import SearchPool
 from recall.service.reloader import BundleHolder, BundleSource, LocalSource
-from recall.service.routes import admin, console, events, items, operations, recall, vectors
+from recall.service.routes import (
+    admin,
+    console,
+    events,
+    experiment,
+    items,
+    operations,
+    recall,
+    vectors,
+)
 from recall.service.settings import Settings
 from recall.service.state import StoreUnavailable, check_url, open_store
 from recall.service.state.base import DEFAULT_WRITE_TIMEOUT_S
@@ -66,7 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
     # Routes: no two groups' paths overlap, so their order does not matter (inside a
     # group it may: routes/items.py).
     install_docs(app, max_k=settings.max_k)
-    for group in (operations, recall, items, vectors, events, admin, console):
+    for group in (operations, recall, items, vectors, events, experiment, admin, console):
         app.include_router(group.router)
     app.mount(console.ASSETS_PATH, console.ConsoleAssets(), name="console-assets")
     return app
@@ -104,6 +113,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         shown_ttl_s=settings.shown_ttl_s,
         retention_s=settings.events_retention_s,
         timeout_s=settings.state_timeout_s,
+        served_ttl_s=settings.served_ttl_s,
     )
     users = None
     if users_in_store(settings):

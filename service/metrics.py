@@ -39,7 +39,7 @@ from recall.service.metrics_dir import MULTIPROC_ENV, process_alive
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware"]
 
-STATE_OPS = ("recent", "shown", "add", "availability")
+STATE_OPS = ("recent", "shown", "add", "availability", "remember", "served", "live_counts")
 """The ``op`` label values of ``recall_state_errors_total``."""
 UNFRESH_REASONS = ("timeout", "unavailable")
 """The ``reason`` label values of ``recall_unfresh_answers_total``."""
@@ -144,6 +144,30 @@ class Metrics:
             ["arm"],
             registry=self.registry,
         )
+        self.live_events = Counter(
+            "recall_live_events",
+            "interaction events of users with a served list (the last recall by user id, "
+            "within RECALL_SERVED_TTL_S, served before the event), by the list's arm",
+            ["arm"],
+            registry=self.registry,
+        )
+        self.live_hits = Counter(
+            "recall_live_hits",
+            "live events whose item was in the served list's top k, by arm and k "
+            "(live HR@k = hits / events)",
+            ["arm", "k"],
+            registry=self.registry,
+        )
+        self.live_unremembered = Counter(
+            "recall_live_unremembered",
+            "served lists not remembered (their users' next events are not counted), by "
+            "reason: timeout, unavailable (the write failed), unread (the recall could not "
+            "read the store, so no write was tried)",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in ("timeout", "unavailable", "unread"):
+            self.live_unremembered.labels(reason)
         self.reloads.labels("success")
         for strategy in STRATEGIES:
             self.searches.labels(strategy)

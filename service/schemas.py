@@ -571,3 +571,58 @@ class ReplicaInfo(BaseModel):
     experiment: ReplicaExperiment | None = Field(
         None, description="the experiment this replica serves beside CURRENT (null: none)"
     )
+
+
+class LiveRate(BaseModel):
+    value: float | None = Field(description="hits / events (null: no events)")
+    low: float | None = Field(description="95% Wilson score interval, low end")
+    high: float | None = Field(description="... high end")
+
+
+class LiveArm(BaseModel):
+    name: str
+    bundle_ids: list[str] = Field(description="bundles that answered its counted events")
+    share: float = Field(description="the share of users in this arm (0..1)")
+    events: int = Field(description="interaction events of users with a served list")
+    hits: dict[str, int] = Field(description="per K: events whose item ranked < K")
+    hr: dict[str, LiveRate] = Field(description="per K: live HR@K with its interval")
+
+
+class LiveDifference(BaseModel):
+    arm: str
+    vs: str = Field(description="the arm compared with (control)")
+    k: str
+    value: float | None = Field(description="HR@K of arm minus that of vs (null: no events)")
+    low: float | None = Field(description="95% Newcombe hybrid score interval, low end")
+    high: float | None = Field(description="... high end")
+
+
+class LiveBucket(BaseModel):
+    arm: str
+    t: float = Field(description="the bucket's start, unix seconds")
+    events: int
+    hits: dict[str, int]
+
+
+class ExperimentArmInfo(BaseModel):
+    name: str
+    bundle_id: str
+    share: float
+
+
+class ExperimentInfo(BaseModel):
+    id: str
+    started_at: float = Field(description="unix seconds")
+    arms: list[ExperimentArmInfo]
+
+
+class ExperimentReport(BaseModel):
+    experiment: ExperimentInfo | None = Field(
+        description="the experiment served now (null: none; control alone is counted)"
+    )
+    ks: list[int] = Field(description="the K of the live hits")
+    arms: list[LiveArm] = Field(description="control first, then the experiment's arms")
+    differences: list[LiveDifference] = Field(description="each arm vs control, per K")
+    series: list[LiveBucket] = Field(
+        description="per arm and time bucket, in time order; the last 1,000 buckets per arm"
+    )

@@ -10,7 +10,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from recall.index.roots import S3Location, is_s3_url
-from recall.service.state import DEFAULT_RETENTION_S, check_url, sqlite_url
+from recall.service.state import DEFAULT_RETENTION_S, DEFAULT_SERVED_TTL_S, check_url, sqlite_url
 
 MIN_ADMIN_TOKEN_LENGTH = 16
 PLACEHOLDER_PREFIXES = ("changeme", "replaceme", "yourtoken", "yoursecret", "placeholder")
@@ -67,6 +67,13 @@ class Settings(EventLogSettings):
     state_timeout_s: float = Field(0.05, gt=0, le=10, description="bound on a store read")
     state_window: int = Field(50, ge=1, le=10_000, description="interactions kept per user")
     shown_ttl_s: float = Field(3600, gt=0, description="impressions excluded this long")
+    # Live quality (service/live_quality.py, docs/experiments.md "Live quality").
+    served_ttl_s: float = Field(
+        DEFAULT_SERVED_TTL_S, gt=0, description="a served list counts live hits this long"
+    )
+    live_bucket_s: float = Field(
+        60.0, ge=1, le=86400, description="time bucket of the live counts (seconds)"
+    )
     max_events: int = Field(1000, ge=1, le=100_000, description="most events per POST")
     # Item availability (service/availability.py): every replica polls the store's version.
     availability_poll_s: float = Field(

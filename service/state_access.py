@@ -10,6 +10,10 @@ count of failures since the last line included), so a dead store cannot flood it
 :meth:`StateAccess.run_with_state` is what the routes use: the read and the work that
 needs it in one hand-off to a search thread when the store reads in the caller's thread
 (SQLite), else the read on the event loop (Redis: network I/O) and then the hand-off.
+:meth:`StateAccess.run_and_remember` also keeps the lists a recall by user id served (in
+that search thread for SQLite, one pipelined write after it for Redis); a list that
+could not be kept never fails the recall: it is counted in
+``recall_live_unremembered_total{reason}``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 from recall.index.ids import ExternalId
@@ -29,7 +34,9 @@ from recall.service.pool import SearchPool
 from recall.service.recaller import ServingBundle
 from recall.service.state import (
     Event,
+    LiveCount,
     ReadsInThread,
+    ServedList,
     StateStore,
     StoreTimeout,
     StoreUnavailable,
@@ -39,6 +46,10 @@ from recall.service.state.users import StoreUsers
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+Served = tuple[T, Sequence[ServedList]]
+"""What a recall's work returns to :meth:`StateAccess.run_and_remember`: its answer and the
+lists it served to users by id."""
 
 WRITE_GUARD_S = 5.0
 """Outer bound on a write; the store's own write timeout (1 s) normally ends it first."""
@@ -98,6 +109,77 @@ class StateAccess:
             state = await self.read(user_ids, after=after, with_shown=with_shown, bundle=bundle)
             return await pool.run(fn, state)
         return await pool.run(self._read_then, store, user_ids, fn, after, with_shown)
+
+    async def run_and_remember(
+        self,
+        pool: SearchPool,
+        user_ids: Sequence[ExternalId],
+        fn: Callable[[UserState], Served[T]],
+        *,
+        after: float,
+        with_shown: bool,
+        bundle: ServingBundle | None = None,
+    ) -> T:
+        """:meth:`run_with_state`, and the lists ``fn`` served remembered before this
+        returns (so an event posted after the answer finds them): in the search thread
+        for a store that writes there (SQLite), else one store call after it. Not tried
+        when the user's state could not be read (the store is down or slow)."""
+        store = self._in_thread
+        work = partial(self._answer_then_remember, fn, store)
+        out, pending = await self.run_with_state(
+            pool, user_ids, work, after=after, with_shown=with_shown, bundle=bundle
+        )
+        if pending:
+            await self.remember(pending)
+        return out
+
+    def _answer_then_remember(
+        self, fn: Callable[[UserState], Served[T]], store: ReadsInThread | None, state: UserState
+    ) -> tuple[T, Sequence[ServedList]]:
+        """In the search thread: ``fn(state)``, its lists remembered here when ``store``
+        writes in this thread; the lists still to remember otherwise."""
+        out, lists = fn(state)
+        if not lists:
+            return out, ()
+        if not state.fresh:
+            self.metrics.live_unremembered.labels("unread").inc(len(lists))
+            return out, ()
+        if store is None:
+            return out, lists
+        try:
+            store.remember_in_thread(lists)
+        except StoreUnavailable as e:
+            self._count_unremembered(e, len(lists))
+        return out, ()
+
+    async def remember(self, lists: Sequence[ServedList]) -> None:
+        """Keep ``lists`` as their users' last served lists; never raises for store
+        trouble (counted)."""
+        done = await self._bounded("remember", self.store.remember(lists))
+        if isinstance(done, Exception):
+            self._count_unremembered(done, len(lists))
+
+    def _count_unremembered(self, error: BaseException, lists: int) -> None:
+        self.failed("remember", error)
+        timeout = isinstance(error, StoreTimeout | TimeoutError)
+        self.metrics.live_unremembered.labels("timeout" if timeout else "unavailable").inc(lists)
+
+    async def served(self, user_ids: Sequence[ExternalId]) -> list[ServedList | None] | None:
+        """Each user's last served list (None: none, or older than the TTL); None when the
+        store could not be read (counted)."""
+        if not user_ids:
+            return []
+        reply = await self._bounded("served", self.store.served(user_ids))
+        return None if isinstance(reply, Exception) else reply
+
+    async def live_counts(self, experiment_id: str) -> list[LiveCount]:
+        """The live counts of an experiment (``""``: none), or raise :class:`StateDown`."""
+        try:
+            async with asyncio.timeout(WRITE_GUARD_S):
+                return await self.store.live_counts(experiment_id)
+        except (StoreUnavailable, TimeoutError) as e:
+            self.failed("live_counts", e)
+            raise StateDown("the state store is unavailable; retry later") from None
 
     def _read_then(
         self,
@@ -162,11 +244,12 @@ class StateAccess:
             users_down=shape is not None and users is None,
         )
 
-    async def add(self, events: Sequence[Event]) -> None:
-        """Store ``events`` (durable when this returns), or raise :class:`StateDown`."""
+    async def add(self, events: Sequence[Event], live: Sequence[LiveCount] = ()) -> None:
+        """Store ``events`` and the ``live`` counts they make (durable when this returns),
+        or raise :class:`StateDown`."""
         try:
             async with asyncio.timeout(WRITE_GUARD_S):
-                await self.store.add(events)
+                await self.store.add(events, live)
         except (StoreUnavailable, TimeoutError) as e:
             self.failed("add", e)
             raise StateDown(

@@ -1,4 +1,6 @@
-"""``POST /v1/events``: what users did, into the state store."""
+"""``POST /v1/events``: what users did, into the state store, with the live hits it makes
+(:mod:`recall.service.live_quality`): the users' served lists are read first (one store
+read), then the events and their counts written in one go."""
 
 from __future__ import annotations
 
@@ -7,11 +9,16 @@ import time
 from fastapi import APIRouter
 from starlette.responses import Response
 
+from recall.service.app_state import AppState
 from recall.service.deps import AppStateDep, BundleDep, StateDep
 from recall.service.domain_errors import OverLimit, StateDown
 from recall.service.events import parse_events
 from recall.service.http_common import error_responses, model_response
+from recall.service.live_quality import count_live
+from recall.service.metrics import Metrics
 from recall.service.schemas import EventsRequest, EventsResponse
+from recall.service.state import LIVE_KS, Event, LiveCount
+from recall.service.state_access import StateAccess
 
 router = APIRouter()
 
@@ -34,12 +41,14 @@ async def post_events(
     counts = app.metrics.events
     counts.labels("rejected").inc(len(parsed.rejected))
     if parsed.events:
+        live = await _live_counts(app, state, parsed.events)
         try:
-            await state.add(parsed.events)
+            await state.add(parsed.events, live)
         except StateDown:
             counts.labels("unavailable").inc(len(parsed.events))
             raise
         counts.labels("stored").inc(len(parsed.events))
+        _count_metrics(app.metrics, live)
     return model_response(
         bundle,
         {
@@ -48,3 +57,23 @@ async def post_events(
             "unknown_items": parsed.unknown_items,
         },
     )
+
+
+async def _live_counts(app: AppState, state: StateAccess, events: list[Event]) -> list[LiveCount]:
+    """The live counts ``events`` make against their users' served lists (none when the
+    lists could not be read: the add that follows then most likely fails too)."""
+    users = list(dict.fromkeys(e.user_id for e in events if e.type == "interaction"))
+    lists = await state.served(users)
+    if not lists:
+        return []
+    served = {user: s for user, s in zip(users, lists, strict=True) if s is not None}
+    return count_live(events, served, app.settings.live_bucket_s)
+
+
+def _count_metrics(metrics: Metrics, live: list[LiveCount]) -> None:
+    """``recall_live_events_total`` and ``recall_live_hits_total`` of stored counts."""
+    for count in live:
+        metrics.live_events.labels(count.arm).inc(count.events)
+        for k, hits in zip(LIVE_KS, count.hits, strict=True):
+            if hits:
+                metrics.live_hits.labels(count.arm, str(k)).inc(hits)

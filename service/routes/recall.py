@@ -12,6 +12,7 @@ arm by arm, one hand-off each.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any
@@ -50,6 +51,7 @@ from recall.service.schemas import (
     conditions,
 )
 from recall.service.settings import Settings
+from recall.service.state import LIVE_KS, ServedList
 from recall.service.state_access import StateAccess
 
 router = APIRouter(tags=["recall"])
@@ -81,15 +83,16 @@ async def recall(body: RecallRequest, request: Request) -> Response:
     control = app.holder.require()
     state = app.state_access()
     arm, bundle, query = _in_arm(app.core, app.arms, control, _query(body, app.settings), body.arm)
+    experiment_id = _experiment_id(app)
     answer = partial(_recall_json, app.core, bundle, query, body.with_attributes, arm)
     if query.user_id is None:
-        content = await app.pool.run(answer, None)
+        content, _ = await app.pool.run(answer, "", None)
     else:
         users = [query.user_id]
-        content = await state.run_with_state(
+        content = await state.run_and_remember(
             app.pool,
             users,
-            answer,
+            partial(answer, experiment_id),
             after=fresh_after(bundle, users),
             with_shown=body.exclude_shown,
             bundle=bundle,
@@ -120,9 +123,10 @@ async def recall_batch(
     for j, entry in parsed.items():
         by_arm.setdefault((entry.arm, entry.bundle.id), []).append(j)
     rows = [b"" if j in parsed else orjson.dumps(e) for j, e in enumerate(entries)]
+    experiment_id = _experiment_id(app)
     answered = await asyncio.gather(
         *(
-            _batch_of_arm(app.core, state, app.pool, [parsed[j] for j in js])
+            _batch_of_arm(app.core, state, app.pool, [parsed[j] for j in js], experiment_id)
             for js in by_arm.values()
         )
     )
@@ -134,16 +138,20 @@ async def recall_batch(
 
 
 async def _batch_of_arm(
-    core: RecallCore, state: StateAccess, pool: SearchPool, entries: list[_Entry]
+    core: RecallCore,
+    state: StateAccess,
+    pool: SearchPool,
+    entries: list[_Entry],
+    experiment_id: str,
 ) -> list[bytes]:
     """The rows of a batch's entries of one arm (one bundle): one hand-off, the store
-    read once for their users."""
+    read once for their users and written once with the lists they were served."""
     bundle = entries[0].bundle
     users = list(dict.fromkeys(e.query.user_id for e in entries if e.query.user_id is not None))
-    return await state.run_with_state(
+    return await state.run_and_remember(
         pool,
         users,
-        partial(_batch_rows, core, entries, users),
+        partial(_batch_rows, core, entries, users, experiment_id),
         after=fresh_after(bundle, users),
         with_shown=any(e.exclude_shown for e in entries),
         bundle=bundle,
@@ -227,18 +235,39 @@ def _in_arm(
     return arm, bundle, query if bundle is control else core.canonical(bundle, query)
 
 
+def _experiment_id(app: AppState) -> str:
+    """The id of the experiment served now (``""``: none): what served lists are counted
+    under."""
+    experiment = app.experiment
+    return "" if experiment is None else experiment.id
+
+
+def _served(query: RecallQuery, answer: RecallAnswer, experiment_id: str) -> list[ServedList]:
+    """The list a user_id query served, to remember (none for other queries)."""
+    if query.user_id is None:
+        return []
+    result = answer.result
+    items = tuple(result.item_ids[: LIVE_KS[-1]])
+    return [
+        ServedList(query.user_id, experiment_id, answer.arm, result.bundle_id, items, time.time())
+    ]
+
+
 def _recall_json(
     core: RecallCore,
     bundle: ServingBundle,
     query: RecallQuery,
     with_attributes: bool,
     arm: str,
+    experiment_id: str,
     state: UserState | None,
-) -> bytes:
+) -> tuple[bytes, list[ServedList]]:
     """In a search thread: the answer to ``query`` on ``bundle`` (experiment ``arm``'s)
-    with the user's ``state`` (None: not a user_id query), as the JSON body."""
+    with the user's ``state`` (None: not a user_id query), as the JSON body, and the
+    list it served."""
     answer = core.recall(bundle, query, state, with_attributes=with_attributes, arm=arm)
-    return orjson.dumps(_recall_body(answer), option=orjson.OPT_SERIALIZE_NUMPY)
+    body = orjson.dumps(_recall_body(answer), option=orjson.OPT_SERIALIZE_NUMPY)
+    return body, _served(query, answer, experiment_id)
 
 
 def _parse_batch(
@@ -267,24 +296,31 @@ def _parse_batch(
 
 
 def _batch_rows(
-    core: RecallCore, entries: list[_Entry], users: list[ExternalId], state: UserState
-) -> list[bytes]:
+    core: RecallCore,
+    entries: list[_Entry],
+    users: list[ExternalId],
+    experiment_id: str,
+    state: UserState,
+) -> tuple[list[bytes], list[ServedList]]:
     """The answers of a batch's entries of one arm, serialized here in the pool, one
     entry per orjson call: orjson holds the GIL for a whole call, so one call over a 30 MB
     answer would stall the event loop (/healthz) for as long; between entries the loop
-    gets it back."""
+    gets it back. And the lists its user_id entries served."""
     bundle, arm = entries[0].bundle, entries[0].arm
     queries = [(e.query, e.exclude_shown, e.with_attributes) for e in entries]
     rows = []
-    for answer in core.recall_batch(bundle, queries, users, state, arm):
+    served: list[ServedList] = []
+    answers = core.recall_batch(bundle, queries, users, state, arm)
+    for entry, answer in zip(entries, answers, strict=True):
         if isinstance(answer, RecallAnswer):
+            served += _served(entry.query, answer, experiment_id)
             result: dict[str, Any] = {"status": 200, **_recall_body(answer)}
         elif isinstance(answer, RecallError):
             result = error_body(answer)
         else:  # logged by the core
             result = {"status": 500, **envelope("internal", "internal error")}
         rows.append(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY))
-    return rows
+    return rows, served
 
 
 async def _similar(

@@ -15,10 +15,14 @@ from pathlib import Path
 
 from recall.service.state.base import (
     DEFAULT_RETENTION_S,
+    DEFAULT_SERVED_TTL_S,
     DEFAULT_WRITE_TIMEOUT_S,
+    LIVE_KS,
     Event,
     EventType,
+    LiveCount,
     ReadsInThread,
+    ServedList,
     StateStore,
     StoreLimits,
     StoreTimeout,
@@ -28,9 +32,13 @@ from recall.service.state.redis_client import CLUSTER_SCHEMES, parse_cluster_url
 
 __all__ = [
     "DEFAULT_RETENTION_S",
+    "DEFAULT_SERVED_TTL_S",
+    "LIVE_KS",
     "Event",
     "EventType",
+    "LiveCount",
     "ReadsInThread",
+    "ServedList",
     "StateStore",
     "StoreLimits",
     "StoreTimeout",
@@ -89,18 +97,23 @@ def open_store(
     retention_s: float = DEFAULT_RETENTION_S,
     timeout_s: float = 0.05,
     write_timeout_s: float = DEFAULT_WRITE_TIMEOUT_S,
+    served_ttl_s: float = DEFAULT_SERVED_TTL_S,
 ) -> StateStore:
     """The store at ``url``: per user the last ``window`` interactions, impressions for
-    ``shown_ttl_s`` and the retraining log for ``retention_s`` (seconds, wall clock). Reads
-    are bounded by ``timeout_s``, writes by ``write_timeout_s``."""
-    if window < 1 or shown_ttl_s <= 0 or retention_s <= 0 or timeout_s <= 0:
-        raise ValueError("window, shown_ttl_s, retention_s and timeout_s must be positive")
+    ``shown_ttl_s``, the last served list for ``served_ttl_s`` and the retraining log for
+    ``retention_s`` (seconds, wall clock). Reads are bounded by ``timeout_s``, writes by
+    ``write_timeout_s``."""
+    if min(window, shown_ttl_s, retention_s, timeout_s, served_ttl_s) <= 0:
+        raise ValueError(
+            "window, shown_ttl_s, retention_s, timeout_s and served_ttl_s must be positive"
+        )
     limits = StoreLimits(
         window=window,
         shown_ttl_s=shown_ttl_s,
         retention_s=retention_s,
         timeout_s=timeout_s,
         write_timeout_s=max(write_timeout_s, timeout_s),
+        served_ttl_s=served_ttl_s,
     )
     if check_url(url) == "sqlite":
         from recall.service.state.sqlite import SQLiteStore

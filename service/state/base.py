@@ -26,6 +26,14 @@ DEFAULT_RETENTION_S = 30 * 86400.0
 """How long the retraining log keeps an event after it arrived (seconds, wall clock): the
 default of ``RECALL_EVENTS_RETENTION_S`` (:class:`recall.service.settings.Settings`)."""
 
+DEFAULT_SERVED_TTL_S = 86400.0
+"""How long a user's served list counts live hits (seconds, wall clock): the default of
+``RECALL_SERVED_TTL_S``."""
+
+LIVE_KS: tuple[int, ...] = (10, 50, 100)
+"""The cut-offs of live hits: an event is a hit at K when its item's rank in the served
+list is < K; a served list keeps the top ``LIVE_KS[-1]``."""
+
 DEFAULT_WRITE_TIMEOUT_S = 1.0
 """Bound on a write (``add``), ``ping`` and each page of ``export``: a write waits for the
 disk (SQLite's fsync, another worker's write lock) and a refused write costs the client a
@@ -35,15 +43,16 @@ retry, so it gets longer than the read bound ``timeout_s`` that guards recall la
 @dataclass(frozen=True, slots=True)
 class StoreLimits:
     """What a backend keeps and how long it may take: per user the last ``window``
-    interactions, impressions for ``shown_ttl_s`` and the retraining log for
-    ``retention_s`` (seconds, wall clock); reads bounded by ``timeout_s``, writes, ``ping``
-    and each page of ``export`` by ``write_timeout_s``."""
+    interactions, impressions for ``shown_ttl_s``, the retraining log for ``retention_s``
+    and the last served list for ``served_ttl_s`` (seconds, wall clock); reads bounded by
+    ``timeout_s``, writes, ``ping`` and each page of ``export`` by ``write_timeout_s``."""
 
     window: int
     shown_ttl_s: float
     retention_s: float
     timeout_s: float
     write_timeout_s: float
+    served_ttl_s: float = DEFAULT_SERVED_TTL_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +63,33 @@ class Event:
     item_id: ExternalId
     timestamp: float
     type: EventType = "interaction"
+
+
+@dataclass(frozen=True, slots=True)
+class ServedList:
+    """What the last recall by user id returned to a user: the top ``LIVE_KS[-1]`` item
+    ids in rank order, the experiment (``""``: none), arm and bundle that answered, and
+    ``served_at`` (unix seconds)."""
+
+    user_id: ExternalId
+    experiment_id: str
+    arm: str
+    bundle_id: str
+    item_ids: tuple[ExternalId, ...]
+    served_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class LiveCount:
+    """Live events of one (experiment, arm, bundle, time bucket) and their hits at each K
+    of :data:`LIVE_KS` (``hits[j]``: at ``LIVE_KS[j]``); ``bucket``: its start, unix s."""
+
+    experiment_id: str
+    arm: str
+    bundle_id: str
+    bucket: float
+    events: int
+    hits: tuple[int, ...]
 
 
 class StoreUnavailable(Exception):
@@ -79,10 +115,28 @@ class StateStore(Protocol):
     ``asyncio.timeout``) and redis-py 8.1 return the answer then instead, and a poller
     stopped by ``cancel()`` kept polling, hanging its worker's shutdown."""
 
-    async def add(self, events: Sequence[Event]) -> None:
-        """Store ``events``; durable when this returns (SQLite: committed and fsynced; Redis:
-        per the server's AOF policy). Bounded by the write timeout. A call that raised may
-        still have stored its events (the write finished after the deadline)."""
+    async def add(self, events: Sequence[Event], live: Sequence[LiveCount] = ()) -> None:
+        """Store ``events`` and add ``live`` to the live counts (the same transaction on
+        SQLite and one Redis server; on a cluster per slot); durable when this returns
+        (SQLite: committed and fsynced; Redis: per the server's AOF policy). Bounded by
+        the write timeout. A call that raised may still have stored its events (the write
+        finished after the deadline)."""
+        ...
+
+    async def remember(self, lists: Sequence[ServedList]) -> None:
+        """Keep each list as its user's last served list (replacing the one before), for
+        ``served_ttl_s``. Not durable (SQLite: no fsync; a power cut may lose the last
+        ones). Bounded by ``timeout_s``: it is on a recall's path."""
+        ...
+
+    async def served(self, user_ids: Sequence[ExternalId]) -> list[ServedList | None]:
+        """Per user (same order): their last served list, None when there is none or it is
+        older than ``served_ttl_s``. Bounded by ``timeout_s``."""
+        ...
+
+    async def live_counts(self, experiment_id: str) -> list[LiveCount]:
+        """Every live count of the experiment (``""``: of no experiment), one per (arm,
+        bundle, bucket), in no set order. Bounded by the write timeout."""
         ...
 
     async def recent(
@@ -153,6 +207,11 @@ class ReadsInThread(Protocol):
         """``(recent(user_ids, after), shown(user_ids, shown_since))`` as one blocking call
         (shown None when ``shown_since`` is None), bounded by ``timeout_s`` from its start;
         raises :class:`StoreUnavailable` (:class:`StoreTimeout` past the bound)."""
+        ...
+
+    def remember_in_thread(self, lists: Sequence[ServedList]) -> None:
+        """:meth:`StateStore.remember` as one blocking call in the caller's thread, bounded
+        by ``timeout_s`` from its start."""
         ...
 
 

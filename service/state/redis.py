@@ -17,6 +17,14 @@ Keys (service/state/redis_client.py, docs/state.md "Key layout"; ids JSON-encode
                           server, LOG_BUCKETS on a cluster
     recall:{avail}        set of <item json>: the disabled items (availability)
     recall:{avail}:v      integer, INCR'd in the script call of each change (0: never set)
+    recall:{u:<user>}:served  string, served.py's JSON: the user's last served list (SET EX
+                          `served_ttl_s`)
+    recall:{live:<experiment id>}  hash, field ``[arm, bundle, bucket, n]`` (JSON; n: 0 for
+                          events, 1.. for hits at LIVE_KS) -> count (HINCRBY); expires
+                          `retention_s` after its last count. One hash per experiment: one
+                          slot, so a count is one command and ``live_counts`` one HGETALL
+                          (a hot key on a cluster: every count of an experiment goes to one
+                          master, a few HINCRBYs per events request)
 
 **One server**: ``add`` is one Lua script call over the log and every user's keys (one round
 trip, applied whole; a MULTI pipeline of ~3 commands per user cost ~4x the client CPU:
@@ -58,9 +66,13 @@ from redis.asyncio import RedisCluster
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from recall.index.ids import ExternalId
+from recall.service.state import served as served_codec
 from recall.service.state.base import (
+    LIVE_KS,
     Event,
     EventType,
+    LiveCount,
+    ServedList,
     StoreLimits,
     StoreTimeout,
     StoreUnavailable,
@@ -147,6 +159,23 @@ def _enc(value: ExternalId) -> bytes:
     return orjson.dumps(value)
 
 
+def live_key(experiment_id: str) -> bytes:
+    """``recall:{live:<experiment id>}``: the live counts of one experiment (``""``: none)."""
+    return PREFIX + b"{live:" + experiment_id.encode() + b"}"
+
+
+def _live_increments(live: Sequence[LiveCount]) -> dict[bytes, dict[bytes, int]]:
+    """Per live hash, its fields' increments (zero increments left out)."""
+    out: dict[bytes, dict[bytes, int]] = {}
+    for count in live:
+        fields = out.setdefault(live_key(count.experiment_id), {})
+        for n, value in enumerate((count.events, *count.hits)):
+            if value:
+                field = orjson.dumps([count.arm, count.bundle_id, count.bucket, n])
+                fields[field] = fields.get(field, 0) + value
+    return out
+
+
 def log_key(bucket: int) -> bytes:
     """``recall:{log:<bucket>}``: one stream of the retraining log."""
     return PREFIX + b"{log:%d}" % bucket
@@ -208,9 +237,11 @@ class RedisStore:
             raise asyncio.CancelledError
         return reply
 
-    async def add(self, events: Sequence[Event]) -> None:
+    async def add(self, events: Sequence[Event], live: Sequence[LiveCount] = ()) -> None:
         rows = [check_event(e) for e in events]
         if not rows:
+            if live:
+                await self._bounded(self._count(live), self.limits.write_timeout_s, "add")
             return
         now = time.time()
         recent: dict[ExternalId, dict[bytes, float]] = {}
@@ -238,21 +269,54 @@ class RedisStore:
             repr(now - self.limits.shown_ttl_s),
         ]
         if self._cluster:
-            call: Awaitable[object] = self._add_per_user(batch, header, writes)
+            call: Awaitable[object] = self._add_per_user(batch, header, writes, live)
         else:
             keys, args = _script_call([log_key(0)], [batch, *header[1:]], writes.values())
-            call = self._add_script(keys, args)
+            call = self._add_script(keys, args) if not live else self._add_counted(keys, args, live)
         await self._bounded(call, self.limits.write_timeout_s, "add")
 
+    async def _add_counted(
+        self, keys: list[bytes], args: list[bytes | str | int], live: Sequence[LiveCount]
+    ) -> None:
+        """One server: the add script and the live counts in one MULTI/EXEC (one round
+        trip, applied whole)."""
+        pipe = self._client.pipeline(transaction=True)
+        await self._add_script(keys, args, client=pipe)  # type: ignore[arg-type]
+        self._queue_counts(pipe, live)
+        await pipe.execute()
+
+    async def _count(self, live: Sequence[LiveCount]) -> None:
+        """The live counts alone (an add without events; on a cluster, beside the users')."""
+        pipe = await self._pipeline() if self._cluster else self._client.pipeline()
+        keys = self._queue_counts(pipe, live)
+        if self._cluster:
+            self._wait_for_replicas(pipe, keys)
+        await pipe.execute()
+
+    def _queue_counts(self, pipe: Any, live: Sequence[LiveCount]) -> list[bytes]:
+        """Queue the HINCRBYs of ``live`` and each hash's EXPIRE on ``pipe``; the keys."""
+        increments = _live_increments(live)
+        for key, fields in increments.items():
+            for field, value in fields.items():
+                pipe.hincrby(key, field, value)
+            pipe.expire(key, math.ceil(self.limits.retention_s))
+        return list(increments)
+
     async def _add_per_user(
-        self, batch: bytes, header: list[bytes | str | int], writes: dict[ExternalId, UserWrites]
+        self,
+        batch: bytes,
+        header: list[bytes | str | int],
+        writes: dict[ExternalId, UserWrites],
+        live: Sequence[LiveCount],
     ) -> None:
         """The cluster's add: a script call per user in one pipeline (a round trip per
-        node) beside the log entry in this writer's bucket, each then WAITs on its nodes."""
+        node) beside the log entry in this writer's bucket and the live counts (their
+        hash's node), each then WAITs on its nodes."""
         calls = [_script_call([], header, [user_writes]) for user_writes in writes.values()]
-        outcomes = await asyncio.gather(
-            self._add_users(calls), self._append_log(batch, header[1]), return_exceptions=True
-        )
+        writing = [self._add_users(calls), self._append_log(batch, header[1])]
+        if live:
+            writing.append(self._count(live))
+        outcomes = await asyncio.gather(*writing, return_exceptions=True)
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
@@ -340,6 +404,60 @@ class RedisStore:
                 items.append((orjson.loads(item), float(ts)))
             out.append(items)
         return out
+
+    async def remember(self, lists: Sequence[ServedList]) -> None:
+        """One ``SET EX`` per user: in one pipeline (one server: one round trip; a cluster:
+        one per node, sent concurrently); a single list, the command alone."""
+        values = {check_id(s.user_id): served_codec.encode(s) for s in lists}
+        if not values:
+            return
+        ttl = math.ceil(self.limits.served_ttl_s)
+        if len(values) == 1:
+            ((user, value),) = values.items()
+            call: Awaitable[object] = self._client.set(user_key(user, b"served"), value, ex=ttl)
+        else:
+            pipe = self._client.pipeline(transaction=False)
+            for user, value in values.items():
+                pipe.set(user_key(user, b"served"), value, ex=ttl)
+            call = pipe.execute()
+        await self._bounded(call, self.limits.timeout_s, "remember")
+
+    async def served(self, user_ids: Sequence[ExternalId]) -> list[ServedList | None]:
+        ids = [check_id(u) for u in user_ids]
+        if not ids:
+            return []
+        keys = [user_key(u, b"served") for u in ids]
+        if self._cluster:
+            client = cast(RedisCluster, self._client)
+            call: Awaitable[object] = client.mget_nonatomic(keys)
+        else:
+            call = self._client.mget(keys)
+        replies = cast(
+            list[bytes | None], await self._bounded(call, self.limits.timeout_s, "served")
+        )
+        since = time.time() - self.limits.served_ttl_s  # exact TTL: EX rounds up
+        out: list[ServedList | None] = []
+        for user, value in zip(ids, replies, strict=True):
+            served = None if value is None else served_codec.decode(user, value)
+            out.append(served if served is not None and served.served_at >= since else None)
+        return out
+
+    async def live_counts(self, experiment_id: str) -> list[LiveCount]:
+        reply = await self._bounded(
+            self._client.hgetall(live_key(experiment_id)),
+            self.limits.write_timeout_s,
+            "live_counts",
+        )
+        totals: dict[tuple[str, str, float], list[int]] = {}
+        for field, value in cast(dict[bytes, bytes], reply).items():
+            arm, bundle_id, bucket, n = orjson.loads(field)
+            totals.setdefault((arm, bundle_id, float(bucket)), [0] * (1 + len(LIVE_KS)))[n] = int(
+                value
+            )
+        return [
+            LiveCount(experiment_id, arm, bundle_id, bucket, counts[0], tuple(counts[1:]))
+            for (arm, bundle_id, bucket), counts in totals.items()
+        ]
 
     async def shown(self, user_ids: Sequence[ExternalId], since: float) -> list[list[ExternalId]]:
         ids = [check_id(u) for u in user_ids]

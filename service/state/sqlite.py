@@ -30,6 +30,16 @@ Tables::
     log(seq, received, ts, kind, user, item)   every event, `retention_s` after arrival
     disabled(item)                         items made unavailable (availability)
     availability(one, version)             one row: bumped in the transaction of a change
+    served(user, at, list)                 each user's last served list (served.py's JSON)
+    live(experiment, arm, bundle, bucket, events, hits_10, hits_50, hits_100)
+                                           live counts, added in the transaction of the
+                                           events they count
+
+A served list is written by the search thread that answered the recall (its reading
+connection, ``synchronous=NORMAL``: the WAL is appended, not fsynced), so remembering
+costs a recall no hand-off and no fsync; it waits for the write lock at most
+``timeout_s`` (an events commit holds it through its fsync), else the list is not
+remembered.
 """
 
 from __future__ import annotations
@@ -49,10 +59,14 @@ from pathlib import Path
 from typing import TypeVar
 
 from recall.index.ids import ExternalId
+from recall.service.state import served as served_codec
 from recall.service.state.base import (
+    LIVE_KS,
     Event,
     EventType,
+    LiveCount,
     Recent,
+    ServedList,
     StoreLimits,
     StoreTimeout,
     StoreUnavailable,
@@ -67,8 +81,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Row = tuple[ExternalId, ExternalId, float, EventType]
-Pending = tuple[list[Row], asyncio.Future[None], float]
-"""An add waiting for its group commit: rows, its future, its deadline (loop time)."""
+Pending = tuple[list[Row], list[LiveCount], asyncio.Future[None], float]
+"""An add waiting for its group commit: rows, live counts, its future, its deadline (loop
+time)."""
 
 THREADS = 4
 TRIM_EVERY_S = 10.0
@@ -116,7 +131,28 @@ CREATE TABLE IF NOT EXISTS disabled (item NOT NULL PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS availability (
     one INTEGER PRIMARY KEY CHECK (one = 0), version INTEGER NOT NULL
 );
-"""
+CREATE TABLE IF NOT EXISTS served (
+    user NOT NULL PRIMARY KEY, at REAL NOT NULL, list BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS served_at ON served (at);
+CREATE TABLE IF NOT EXISTS live (
+    experiment TEXT NOT NULL, arm TEXT NOT NULL, bundle TEXT NOT NULL, bucket REAL NOT NULL,
+    events INTEGER NOT NULL, {hits},
+    PRIMARY KEY (experiment, arm, bundle, bucket)
+) WITHOUT ROWID;
+""".replace("{hits}", ", ".join(f"hits_{k} INTEGER NOT NULL" for k in LIVE_KS))
+
+HITS = ", ".join(f"hits_{k}" for k in LIVE_KS)
+ADD_LIVE = (
+    f"INSERT INTO live (experiment, arm, bundle, bucket, events, {HITS}) "
+    f"VALUES ({', '.join('?' * (5 + len(LIVE_KS)))}) "
+    "ON CONFLICT (experiment, arm, bundle, bucket) DO UPDATE SET events = events + "
+    "excluded.events, " + ", ".join(f"hits_{k} = hits_{k} + excluded.hits_{k}" for k in LIVE_KS)
+)
+REMEMBER = (
+    "INSERT INTO served (user, at, list) VALUES (?, ?, ?) "
+    "ON CONFLICT (user) DO UPDATE SET at = excluded.at, list = excluded.list"
+)
 
 
 class SQLiteStore:
@@ -305,7 +341,9 @@ class SQLiteStore:
                     raise
                 time.sleep(0.01)
 
-    def _add(self, rows: list[Row], wait_s: float | None = None) -> None:
+    def _add(
+        self, rows: list[Row], live: Sequence[LiveCount] = (), wait_s: float | None = None
+    ) -> None:
         """One transaction; waits at most ``wait_s`` for another process's write lock. Raises
         after the commit when the path no longer names the file written (not acknowledged)."""
         self._refuse_if_broken()
@@ -338,6 +376,10 @@ class SQLiteStore:
                 "FROM recent WHERE user = ?1 ORDER BY ts DESC, item DESC LIMIT 1 OFFSET ?2)",
                 [(u, self.limits.window) for u in users],
             )
+            conn.executemany(
+                ADD_LIVE,
+                [(c.experiment_id, c.arm, c.bundle_id, c.bucket, c.events, *c.hits) for c in live],
+            )
             if time.monotonic() >= self._trim_at:
                 self._trim(conn, now)
             conn.execute("COMMIT")
@@ -351,6 +393,11 @@ class SQLiteStore:
         """Drop impressions past the TTL and up to TRIM_CHUNK log rows past retention (the
         oldest rowids: arrival order, so no index on ``received`` is needed)."""
         conn.execute("DELETE FROM shown WHERE ts < ?", (now - self.limits.shown_ttl_s,))
+        conn.execute(
+            "DELETE FROM served WHERE user IN (SELECT user FROM served WHERE at < ? LIMIT ?)",
+            (now - self.limits.served_ttl_s, TRIM_CHUNK),
+        )
+        conn.execute("DELETE FROM live WHERE bucket < ?", (now - self.limits.retention_s,))
         deleted = conn.execute(
             "DELETE FROM log WHERE seq IN (SELECT seq FROM (SELECT seq, received FROM log "
             "ORDER BY seq LIMIT ?) WHERE received < ?)",
@@ -451,6 +498,69 @@ class SQLiteStore:
             raise StoreUnavailable(f"SQLite read failed: {e}") from e
         return recent, shown
 
+    def remember_in_thread(self, lists: Sequence[ServedList]) -> None:
+        """:meth:`remember` in the calling (search) thread, on its reading connection,
+        within ``timeout_s`` of the moment it starts."""
+        if self._closed:
+            raise StoreUnavailable("the state store is closed")
+        if self._broken is not None:
+            raise StoreUnavailable(f"SQLite write refused: the store is unusable: {self._broken}")
+        rows = _served_rows(lists)
+        try:
+            conn = self._reader()
+            self._local.deadline = time.monotonic() + self.limits.timeout_s
+            self._remember(rows, conn)
+        except sqlite3.Error as e:
+            self._note(e)
+            if "interrupted" in str(e) or "locked" in str(e):
+                bound = self.limits.timeout_s
+                raise StoreTimeout(f"SQLite remember took longer than {bound:g} s ({e})") from None
+            raise StoreUnavailable(f"SQLite remember failed: {e}") from e
+        except OSError as e:
+            raise StoreUnavailable(f"SQLite remember failed: {e}") from e
+
+    def _remember(
+        self, rows: list[tuple[ExternalId, float, bytes]], conn: sqlite3.Connection | None = None
+    ) -> None:
+        """The served lists ``rows`` in one transaction, without an fsync (this connection's
+        ``synchronous=NORMAL``: a served list need not survive a power cut)."""
+        conn = conn or self._conn()
+        if not getattr(self._local, "relaxed", False):
+            conn.execute("PRAGMA synchronous = NORMAL")  # never the writer's connection
+            self._local.relaxed = True
+        if len(rows) == 1:
+            conn.execute(REMEMBER, rows[0])  # its own transaction
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(REMEMBER, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _served(self, user_ids: list[ExternalId]) -> list[ServedList | None]:
+        since = time.time() - self.limits.served_ttl_s
+        found: dict[ExternalId, ServedList] = {}
+        conn = self._conn()
+        for start in range(0, len(user_ids), IN_CHUNK):
+            chunk = user_ids[start : start + IN_CHUNK]
+            sql = f"SELECT user, list FROM served WHERE user IN ({','.join('?' * len(chunk))}) "
+            for user, value in conn.execute(sql + "AND at >= ?", [*chunk, since]):
+                found[user] = served_codec.decode(user, value)
+        return [found.get(u) for u in user_ids]
+
+    def _live_counts(self, experiment_id: str) -> list[LiveCount]:
+        rows = self._conn().execute(
+            f"SELECT arm, bundle, bucket, events, {HITS} FROM live WHERE experiment = ?",
+            (experiment_id,),
+        )
+        return [
+            LiveCount(experiment_id, arm, bundle, bucket, events, tuple(hits))
+            for arm, bundle, bucket, events, *hits in rows
+        ]
+
     def _export_page(self, after_seq: int, since: float | None) -> list[tuple[int, Event]]:
         # Exact retention whenever the rows were trimmed: what arrived before is not exported.
         sql = "SELECT seq, ts, kind, user, item FROM log WHERE seq > ? AND received >= ?"
@@ -532,11 +642,11 @@ class SQLiteStore:
         except RuntimeError as e:  # the executor shut down under us
             raise StoreUnavailable(f"SQLite {op} failed: {e}") from e
 
-    async def add(self, events: Sequence[Event]) -> None:
+    async def add(self, events: Sequence[Event], live: Sequence[LiveCount] = ()) -> None:
         """Group commit: batches that arrive while a commit runs wait for the next one, which
         writes them all in one transaction (one fsync for many concurrent requests)."""
         rows = [check_event(e) for e in events]
-        if not rows:
+        if not rows and not live:
             return
         if self._closed:
             raise StoreUnavailable("the state store is closed")
@@ -546,7 +656,7 @@ class SQLiteStore:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         done.add_done_callback(_retrieve)  # a caller that timed out never reads it
-        self._pending.append((rows, done, loop.time() + self.limits.write_timeout_s))
+        self._pending.append((rows, list(live), done, loop.time() + self.limits.write_timeout_s))
         if self._committer is None:
             self._committer = asyncio.create_task(self._commit_pending())
         try:
@@ -569,23 +679,24 @@ class SQLiteStore:
                 size = 0
                 while self._pending and (not group or size + len(self._pending[0][0]) <= GROUP):
                     entry = self._pending.popleft()
-                    if not entry[1].done():
+                    if not entry[2].done():
                         group.append(entry)
                         size += len(entry[0])
                 if not group:
                     continue
-                rows = [row for batch, _, _ in group for row in batch]
+                rows = [row for batch, _, _, _ in group for row in batch]
+                live = [count for _, counts, _, _ in group for count in counts]
                 # Give up on the lock a little before the earliest caller does.
-                wait_s = min(deadline for _, _, deadline in group) - loop.time() - 0.02
+                wait_s = min(deadline for _, _, _, deadline in group) - loop.time() - 0.02
                 error: BaseException | None = None
                 try:
-                    await loop.run_in_executor(self._writer, self._add, rows, wait_s)
+                    await loop.run_in_executor(self._writer, self._add, rows, live, wait_s)
                 except (sqlite3.Error, OSError, RuntimeError) as e:
                     if isinstance(e, sqlite3.Error):
                         self._note(e)
                     error = StoreUnavailable(f"SQLite add failed: {e}")
                     error.__cause__ = e
-                for _, done, _ in group:
+                for _, _, done, _ in group:
                     if not done.done():
                         if error is None:
                             done.set_result(None)
@@ -610,6 +721,22 @@ class SQLiteStore:
         # exact TTL, trimmed or not
         since = max(check_time(since), time.time() - self.limits.shown_ttl_s)
         return await self._call(lambda: self._shown(ids, since), self.limits.timeout_s, "shown")
+
+    async def remember(self, lists: Sequence[ServedList]) -> None:
+        rows = _served_rows(lists)
+        if rows:
+            await self._call(partial(self._remember, rows), self.limits.timeout_s, "remember")
+
+    async def served(self, user_ids: Sequence[ExternalId]) -> list[ServedList | None]:
+        ids = _ids(user_ids)
+        if not ids:
+            return []
+        return await self._call(partial(self._served, ids), self.limits.timeout_s, "served")
+
+    async def live_counts(self, experiment_id: str) -> list[LiveCount]:
+        return await self._call(
+            partial(self._live_counts, experiment_id), self.limits.write_timeout_s, "live_counts"
+        )
 
     async def export(self, since: float | None = None) -> AsyncIterator[Event]:
         after_seq = 0
@@ -677,3 +804,9 @@ def _retrieve(done: asyncio.Future[None]) -> None:
 
 def _ids(user_ids: Iterable[object]) -> list[ExternalId]:
     return [check_id(u) for u in user_ids]
+
+
+def _served_rows(lists: Sequence[ServedList]) -> list[tuple[ExternalId, float, bytes]]:
+    """``(user, served_at, encoded list)`` rows, the last list of a user kept."""
+    rows = {check_id(s.user_id): (s.served_at, served_codec.encode(s)) for s in lists}
+    return [(user, at, value) for user, (at, value) in rows.items()]

@@ -124,6 +124,7 @@ def test_every_answer_is_documented_and_none_is_a_server_error(
     assert len(operations) >= 13
     paths = {operation.path for operation in operations}
     assert {"/v1/events", "/v1/users/vectors", "/v1/recall/batch", "/v1/items/{id}"} <= paths
+    assert "/v1/experiment" in paths
     methods = {(operation.method.upper(), operation.path) for operation in operations}
     assert ("POST", "/v1/items/{item_id}/similar") in methods
     for operation in operations:
