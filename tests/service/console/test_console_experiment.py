@@ -20,7 +20,7 @@ from recall.service.app import create_app
 from recall.service.recaller import ServingBundle
 from recall.trainer.config import TrainConfig
 from recall.trainer.data import Dataset
-from tests.browser import Browser, Tab
+from tests.browser import TIMEOUT_MS, Browser, Tab
 from tests.index.test_verify import copy_bundle
 from tests.index_data import write_dataset_bundle
 from tests.live import live_server, settings
@@ -28,7 +28,8 @@ from tests.live import live_server, settings
 
 @pytest.fixture
 def module_tab(browser: Browser, server: tuple[str, httpx.Client, ServingBundle]) -> Iterator[Tab]:
-    """A page on the console (so experiment.js imports from the same origin)."""
+    """A page on the console (so experiment.js imports from the same origin). The page
+    polls /v1/experiment every 5 s: waits for a poll use TIMEOUT_MS (10 s)."""
     with browser.tab() as opened:
         opened.page.goto(f"{server[0]}/console#/model")
         opened.page.get_by_test_id("bundle-id").wait_for()
@@ -169,7 +170,9 @@ def test_the_page_shows_the_experiments_arms_differences_and_curves(
         # the next poll shows a new event
         next(u for u in range(41, 400) if recall_then_act(client, u, 0) == "control")
         events = page.get_by_test_id("experiment-arms").locator("tr[data-arm=control]")
-        expect(events.get_by_test_id("arm-events")).to_have_text(str(control["events"] + 1))
+        expect(events.get_by_test_id("arm-events")).to_have_text(
+            str(control["events"] + 1), timeout=TIMEOUT_MS
+        )
 
 
 def test_with_no_experiment_and_no_events_the_page_says_so(tab: Tab, published_root: Path) -> None:
@@ -187,7 +190,7 @@ def test_with_no_experiment_and_no_events_the_page_says_so(tab: Tab, published_r
         expect(page.get_by_text("Difference from control")).to_be_hidden()
         # control's live hit rate alone, once an event counts
         assert recall_then_act(client, 3, 0) == "control"
-        expect(control.get_by_test_id("arm-events")).to_have_text("1")
+        expect(control.get_by_test_id("arm-events")).to_have_text("1", timeout=TIMEOUT_MS)
         expect(control.locator("td[data-k='10']")).to_contain_text("100.0%")
         expect(page.get_by_test_id("experiment-chart").locator("circle.arm-control")).to_have_count(
             1
