@@ -6,8 +6,9 @@ then replaces ``CURRENT`` via a temp file + fsync + ``os.replace`` + fsync of ``
 finally applies retention: the newest ``keep`` bundles (by ``created_at``, then id) stay,
 ``CURRENT`` and every arm of the running ``EXPERIMENT`` always stay, the others are
 renamed to ``.trash-*`` and removed; leftover ``.staging-*`` directories older than
-``stale_hours`` go too, and so do ``.CURRENT.tmp-*`` files left by a publish that died
-between writing its temp file and ``os.replace``.
+``stale_hours`` go too, and so do ``.CURRENT.tmp-*`` (``.EXPERIMENT.tmp-*``) files left
+by a publish (an experiment's start) that died between writing its temp file and the
+rename (the link).
 Retention reads other bundles' manifests: what it cannot read it logs and leaves alone,
 and once ``CURRENT`` is switched nothing it meets makes :func:`publish` raise.
 
@@ -17,8 +18,9 @@ loads bundles with: a bundle that publishes is one every replica serves.
 Locks (``flock`` on directories, no lock files): a build holds its bundle's lock, a publish
 holds the bundle's lock and the root's; so a bundle cannot be published mid-build, nor
 rebuilt once it is ``CURRENT``, and retention skips bundles being built. The only writer
-of ``.CURRENT.tmp-*`` is a publish, under the root's lock; so whoever holds that lock
-knows every such file is a dead writer's and may remove it (both publish and retain do).
+of ``.CURRENT.tmp-*`` is a publish, and of ``.EXPERIMENT.tmp-*`` an experiment's start,
+both under the root's lock; so whoever holds that lock knows every such file is a dead
+writer's and may remove it (both publish and retain do).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from typing import Protocol
 
 from recall.index import bundle as b
 from recall.index.current import BUNDLE_ID, CURRENT, inspect_current, read_current
-from recall.index.experiment import inspect_experiment
+from recall.index.experiment import EXPERIMENT, inspect_experiment
 from recall.index.verify import VerifiedBundle, verify_bundle
 
 logger = logging.getLogger(__name__)
@@ -156,24 +158,25 @@ def verify_or_refuse(bundle: Path) -> VerifiedBundle:
 def retain(root: Path, keep: int = 3, *, stale_hours: float = 24.0) -> list[Path]:
     """Remove all but the newest ``keep`` bundles of ``root``, never ``CURRENT``, an arm of
     the running experiment nor a bundle being built; also stale ``.staging-*``
-    directories and leftover ``.CURRENT.tmp-*`` files. Returns what it removed. Raises
-    :class:`~recall.index.bundle.BundleError` (removing nothing) when CURRENT names no bundle id
-    or EXPERIMENT is not a valid experiment."""
+    directories and leftover ``.CURRENT.tmp-*`` and ``.EXPERIMENT.tmp-*`` files. Returns
+    what it removed. Raises :class:`~recall.index.bundle.BundleError` (removing nothing)
+    when CURRENT names no bundle id or EXPERIMENT is not a valid experiment."""
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
     with root_lock(root):
         return _retain(root, keep, stale_hours)
 
 
-def _remove_current_temps(root: Path) -> list[Path]:
-    """Remove ``.CURRENT.tmp-*`` files; call only under the root's lock (see the module
-    docstring: no live writer can be using one then)."""
+def _remove_dead_temps(root: Path) -> list[Path]:
+    """Remove ``.CURRENT.tmp-*`` and ``.EXPERIMENT.tmp-*`` files; call only under the
+    root's lock (see the module docstring: no live writer can be using one then)."""
     removed = []
-    for path in root.glob(f".{CURRENT}.tmp-*"):
-        if path.is_file() and not path.is_symlink():
-            path.unlink(missing_ok=True)
-            removed.append(path)
-            logger.info("removed %s, left by a publish that died", path)
+    for name in (CURRENT, EXPERIMENT):
+        for path in root.glob(f".{name}.tmp-*"):
+            if path.is_file() and not path.is_symlink():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+                logger.info("removed %s, left by a writer that died", path)
     return removed
 
 
@@ -213,7 +216,7 @@ def _retain(root: Path, keep: int, stale_hours: float) -> list[Path]:
         shutil.rmtree(trash, ignore_errors=True)
         removed.append(path)
         logger.info("retention: removed %s", path)
-    removed.extend(_remove_current_temps(root))
+    removed.extend(_remove_dead_temps(root))
     cutoff = time.time() - stale_hours * 3600
     for path in root.iterdir():
         stale = path.name.startswith(".trash-") or (

@@ -92,7 +92,9 @@ class Arms:
         self.control = control
         self.metrics = metrics
         self.serving = Serving()
-        self._holders: dict[tuple[str, str], BundleHolder] = {}  # (arm, bundle id)
+        #: (experiment id, arm, bundle id) -> the holder of an arm's own copy; a refused
+        #: arm is retried (with a new holder) when the experiment changes
+        self._holders: dict[tuple[str, str, str], BundleHolder] = {}
         self._key: Key | None = None  # the state of EXPERIMENT served (or refused)
         self._lock = asyncio.Lock()
         control.loaded_elsewhere = self.loaded_bundle
@@ -193,20 +195,22 @@ class Arms:
             self.serving, self._holders = Serving(), {}
             self.control.source.pin(set())
             return
-        holders: dict[tuple[str, str], BundleHolder] = {}
+        holders: dict[tuple[str, str, str], BundleHolder] = {}
         bundles: dict[str, ServingBundle] = {}
         missing: dict[str, str] = {}
         self.control.source.pin({arm.bundle_id for arm in experiment.arms})
         for arm in experiment.arms:
-            kept = self.serving.bundles.get(arm.name)
-            key = (arm.name, arm.bundle_id)
             if control is not None and arm.bundle_id == control.id:
                 bundles[arm.name] = control
                 continue
-            if kept is not None and kept.id == arm.bundle_id and key not in self._holders:
-                bundles[arm.name] = kept  # control's bundle once: CURRENT moved on since
-                continue
-            holder = self._holders.get(key) or self._holder(experiment, arm)
+            key = (experiment.id, arm.name, arm.bundle_id)
+            holder = self._holders.get(key)
+            if holder is None:  # new to this experiment: loaded here already?
+                loaded = self.loaded_bundle(arm.bundle_id)  # e.g. control's, before CURRENT moved
+                if loaded is not None:
+                    bundles[arm.name] = loaded
+                    continue
+                holder = self._holder(experiment, arm)
             holders[key] = holder
             try:
                 bundle, _ = await holder.reload(retry_failed=False)

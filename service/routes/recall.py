@@ -82,8 +82,8 @@ async def recall(body: RecallRequest, request: Request) -> Response:
     app = app_state_of(request.app)
     control = app.holder.require()
     state = app.state_access()
-    arm, bundle, query = _in_arm(app.core, app.arms, control, _query(body, app.settings), body.arm)
     experiment_id = _experiment_id(app)
+    arm, bundle, query = _in_arm(app.core, app.arms, control, _query(body, app.settings), body.arm)
     answer = partial(_recall_json, app.core, bundle, query, body.with_attributes, arm)
     if query.user_id is None:
         content, _ = await app.pool.run(answer, "", None)
@@ -224,17 +224,6 @@ def _query(request: RecallRequest, settings: Settings) -> RecallQuery:
     )
 
 
-def _in_arm(
-    core: RecallCore, arms: Arms, control: ServingBundle, query: RecallQuery, asked: str | None
-) -> tuple[str, ServingBundle, RecallQuery]:
-    """``(arm, its bundle, query)`` for a request on ``control``: the user id made
-    canonical as control types it (what the arm is hashed from), then as the arm's bundle
-    types it."""
-    query = core.canonical(control, query)
-    arm, bundle = arms.route(control, query.user_id, asked)
-    return arm, bundle, query if bundle is control else core.canonical(bundle, query)
-
-
 def _experiment_id(app: AppState) -> str:
     """The id of the experiment served now (``""``: none): what served lists are counted
     under."""
@@ -251,6 +240,17 @@ def _served(query: RecallQuery, answer: RecallAnswer, experiment_id: str) -> lis
     return [
         ServedList(query.user_id, experiment_id, answer.arm, result.bundle_id, items, time.time())
     ]
+
+
+def _in_arm(
+    core: RecallCore, arms: Arms, control: ServingBundle, query: RecallQuery, asked: str | None
+) -> tuple[str, ServingBundle, RecallQuery]:
+    """``(arm, its bundle, query)`` for a request on ``control``: the user id made
+    canonical as control types it (what the arm is hashed from), then as the arm's bundle
+    types it."""
+    query = core.canonical(control, query)
+    arm, bundle = arms.route(control, query.user_id, asked)
+    return arm, bundle, query if bundle is control else core.canonical(bundle, query)
 
 
 def _recall_json(

@@ -32,9 +32,10 @@ from recall.trainer.config import TrainConfig
 from recall.trainer.data import Dataset
 from tests.index.test_verify import copy_bundle
 from tests.index_data import flip_a_byte, write_dataset_bundle
-from tests.live import live_server, settings
+from tests.live import TOKEN, live_server, settings
 from tests.moto_server import BUCKET, moto_server, s3_environment
-from tests.redis_server import RedisServer, redis_server
+from tests.redis_cluster import RedisCluster
+from tests.redis_server import redis_server
 from tests.service.test_reload import wait_until
 
 CONTROL_ID = "20260101T000000Z-aaaaaa"
@@ -163,7 +164,9 @@ def test_requests_without_a_user_go_to_control_unless_they_name_an_arm(root: Pat
         assert results[1]["status"] == 422
 
 
-def test_a_refused_arm_leaves_its_users_on_control_counted(root: Path) -> None:
+def test_a_refused_arm_leaves_its_users_on_control_counted_until_the_experiment_changes(
+    root: Path,
+) -> None:
     start(root, ("broken", CANARY_ID, 0.5))
     (root / EXPERIMENT).write_bytes(  # start refuses a broken bundle: write it as a bug would
         (root / EXPERIMENT).read_bytes().replace(CANARY_ID.encode(), BROKEN_ID.encode())
@@ -182,6 +185,17 @@ def test_a_refused_arm_leaves_its_users_on_control_counted(root: Path) -> None:
         named = client.post("/v1/recall", json={"vector": [0.1] * 17, "arm": "broken"})
         assert named.json()["arm"] == CONTROL
         assert fallbacks(client, "broken") == len(users) + 1
+        flip_a_byte(root / BROKEN_ID)  # repaired (the bit flipped back) ...
+        admin = {"Authorization": f"Bearer {TOKEN}"}
+        assert client.post("/v1/admin/reload", headers=admin).status_code == 200
+        assert client.post("/v1/recall", json={"user_id": users[0]}).json()["arm"] == CONTROL
+        stop(root)  # ... served once an experiment names it again
+        start(root, ("broken", BROKEN_ID, 0.5))
+        again = parse_experiment((root / EXPERIMENT).read_bytes())
+        assert client.post("/v1/admin/reload", headers=admin).status_code == 200
+        user = next(u for u in KNOWN if arm_of(again, u) == "broken")
+        answer = client.post("/v1/recall", json={"user_id": user}).json()
+        assert (answer["arm"], answer["bundle_id"]) == ("broken", BROKEN_ID)
 
 
 def test_an_arm_on_currents_bundle_shares_it(root: Path) -> None:
@@ -272,20 +286,25 @@ def test_arms_swap_and_stop_under_traffic_without_a_failed_request(root: Path) -
     assert len(traffic.answers) > 100  # two waits above saw more than 50 each
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[RedisServer]:
+@pytest.fixture(params=["redis", "cluster"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of a real redis-server of this test's own, or of the session's Redis
+    Cluster (six redis-server processes), emptied first."""
+    if request.param == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("shared_cluster")
+        cluster.flush()
+        yield cluster.url()
+        return
     with redis_server(tmp_path / "redis") as server:
-        yield server
+        yield server.url()
 
 
-def test_redis_mode_serves_an_arm_from_its_users_in_the_store(
-    root: Path, store: RedisServer
-) -> None:
+def test_redis_mode_serves_an_arm_from_its_users_in_the_store(root: Path, store_url: str) -> None:
     """``experiment start --state-url`` loads the arm's users: a Redis-mode replica (user
     files deleted from every bundle) answers the arm's users as a SQLite-mode replica
     of the canary alone does; an arm whose users were not loaded stays on control."""
-    assert main(["publish", str(root / CONTROL_ID), "--state-url", store.url()]) == 0
-    start(root, ("canary", CANARY_ID, 0.5), state_url=store.url())
+    assert main(["publish", str(root / CONTROL_ID), "--state-url", store_url]) == 0
+    start(root, ("canary", CANARY_ID, 0.5), state_url=store_url)
     experiment = parse_experiment((root / EXPERIMENT).read_bytes())
     canary_only = root.parent / "canary-only"
     shutil.copytree(root / CANARY_ID, canary_only / CANARY_ID)
@@ -294,7 +313,7 @@ def test_redis_mode_serves_an_arm_from_its_users_in_the_store(
         for name in (b.USER_IDS, b.USER_VECTORS, b.USER_SEEN, b.USER_HISTORY):
             (root / bundle_id / name).unlink()
     users = [u for u in KNOWN if arm_of(experiment, u) == "canary"][:20]
-    in_store = create_app(settings(root, state_url=store.url()))
+    in_store = create_app(settings(root, state_url=store_url))
     alone = create_app(settings(canary_only))
     with live_server(in_store) as a, live_server(alone) as c, httpx.Client(timeout=30) as client:
         for user in users:
@@ -313,7 +332,7 @@ def test_redis_mode_serves_an_arm_from_its_users_in_the_store(
     experiment = parse_experiment((root / EXPERIMENT).read_bytes())
     user = next(u for u in KNOWN if arm_of(experiment, u) == "other")
     with (
-        live_server(create_app(settings(root, state_url=store.url()))) as a,
+        live_server(create_app(settings(root, state_url=store_url))) as a,
         httpx.Client(base_url=a) as client,
     ):
         answer = client.post("/v1/recall", json={"user_id": user, "k": 5}).json()

@@ -18,12 +18,16 @@ import pytest
 import redis
 
 from recall.index.current import CURRENT
+from recall.index.experiment import CONTROL, EXPERIMENT, parse_experiment
 from recall.service.app import create_app
 from recall.service.live_quality import wilson
 from recall.service.state import sqlite_url
 from tests.live import live_server, settings
 from tests.redis_cluster import RedisCluster
 from tests.redis_server import RedisServer, load_users, redis_server
+from tests.service.test_experiments import CANARY_ID, CONTROL_ID, bundles, root, start
+
+__all__ = ["bundles", "root"]
 
 UNKNOWN_ITEM = 987_654_321
 
@@ -157,3 +161,32 @@ def test_redis_down_recall_answers_events_503(published_root: Path, tmp_path: Pa
             text = client.get("/metrics").text
             assert metric(text, "recall_live_unremembered_total", reason="unread") >= 1
             assert metric(text, "recall_live_events_total", arm="control") == 0
+
+
+def test_arms_of_an_experiment_are_counted_apart(root: Path) -> None:
+    """Batch recalls of 60 users with an experiment running, then one event per user: its
+    top-1 item for even users, its 60th for odd ones; each arm gets exactly its users'."""
+    start(root, ("canary", CANARY_ID, 0.5))
+    experiment = parse_experiment((root / EXPERIMENT).read_bytes())
+    app = create_app(settings(root, max_batch=60, max_batch_items=6000, max_body_bytes=1 << 20))
+    users = list(range(1, 61))
+    with live_server(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        batch = [{"user_id": u, "k": 100} for u in users]
+        results = client.post("/v1/recall/batch", json={"requests": batch}).json()["results"]
+        arms = {u: r["arm"] for u, r in zip(users, results, strict=True)}
+        events = [
+            {"user_id": u, "item_id": r["items"][0 if u % 2 == 0 else 59]["item_id"]}
+            for u, r in zip(users, results, strict=True)
+        ]
+        post(client, *events)
+        body = client.get("/v1/experiment").json()
+    assert body["experiment"]["id"] == experiment.id
+    by_arm = {a["name"]: a for a in body["arms"]}
+    assert [(a["name"], a["share"]) for a in body["arms"]] == [("control", 0.5), ("canary", 0.5)]
+    for arm, bundle_id in ((CONTROL, CONTROL_ID), ("canary", CANARY_ID)):
+        mine = [u for u in users if arms[u] == arm]
+        even = sum(u % 2 == 0 for u in mine)
+        assert by_arm[arm]["events"] == len(mine) > 0
+        assert by_arm[arm]["hits"] == {"10": even, "50": even, "100": len(mine)}
+        assert by_arm[arm]["bundle_ids"] == [bundle_id]
+    assert [d["k"] for d in body["differences"]] == ["10", "50", "100"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,11 +14,12 @@ from pathlib import Path
 import pytest
 
 from recall.cli import main
+from recall.cli.experiment import new_experiment
 from recall.index import bundle as b
 from recall.index.current import CURRENT
 from recall.index.experiment import EXPERIMENT, parse_experiment
 from recall.index.publish import publish, read_current
-from recall.index.roots import ExperimentConflict, LocalRoot, S3Location, S3Root
+from recall.index.roots import ExperimentConflict, LocalRoot, Root, S3Location, S3Root
 from tests.index.test_verify import copy_bundle, edit_manifest
 from tests.index_data import flip_a_byte
 from tests.moto_server import BUCKET, MotoServer, moto_server, s3_environment
@@ -234,6 +236,13 @@ def test_retention_removes_nothing_while_the_experiment_file_is_invalid(root: Pa
     assert all((root / i).is_dir() for i in (CONTROL_ID, CANARY_ID, OTHER_ID))
 
 
+def test_the_temp_file_of_a_start_that_died_goes_with_the_next_publish(root: Path) -> None:
+    dead = root / f".{EXPERIMENT}.tmp-0badf00d"  # written, never linked: the start died
+    dead.write_bytes(b"{}")
+    removed = publish(root / OTHER_ID, keep=10)
+    assert dead in removed and not dead.exists()
+
+
 # -- S3 ---------------------------------------------------------------------------------
 
 
@@ -345,3 +354,44 @@ def test_s3_object_store_down_exits_3(tmp_path: Path, caplog: pytest.LogCaptureF
         env.setenv("AWS_DEFAULT_REGION", "us-east-1")
         assert main(["experiment", "status", "s3://recall-test/nothing"]) == 3
     assert "did not answer" in errors(caplog)[0]
+
+
+def _race(root: Root, arms: list[str]) -> tuple[list[str], list[BaseException]]:
+    """Start one experiment per arm name at once, each in its own thread: (the names
+    that started, the errors of the others)."""
+    won: list[str] = []
+    lost: list[BaseException] = []
+    barrier = threading.Barrier(len(arms))
+
+    def one(name: str) -> None:
+        experiment = new_experiment([f"{name}={CANARY_ID}"], [0.1], None)
+        barrier.wait()
+        try:
+            root.start_experiment(experiment)
+            won.append(name)
+        except b.BundleError as e:
+            lost.append(e)
+
+    threads = [threading.Thread(target=one, args=(name,)) for name in arms]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return won, lost
+
+
+def test_of_two_starts_at_once_one_wins_local(root: Path) -> None:
+    won, lost = _race(LocalRoot(root), ["a", "b"])
+    assert len(won) == 1 and len(lost) == 1, (won, lost)
+    running = LocalRoot(root).experiment().experiment
+    assert running is not None and running.arms[0].name == won[0]
+
+
+def test_of_two_starts_at_once_one_wins_s3(s3_root: S3Root) -> None:
+    """Both pass the check that none runs (each downloads and verifies the arm's bundle
+    meanwhile); the conditional PutObject lets one of them write."""
+    won, lost = _race(s3_root, ["a", "b", "c"])
+    assert len(won) == 1 and len(lost) == 2, (won, lost)
+    assert all(isinstance(e, ExperimentConflict) for e in lost), lost
+    running = s3_root.experiment().experiment
+    assert running is not None and running.arms[0].name == won[0]
