@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -22,8 +22,9 @@ from implicit.cpu.bpr import BayesianPersonalizedRanking
 from scipy.sparse.linalg import svds
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
-from recall.trainer.evaluate import EvalTask, ScoreFn, evaluate
-from recall.trainer.split import NO_ITEM, Split
+from recall.trainer.data import Dataset
+from recall.trainer.evaluate import EvalTask, ScoreFn, evaluate, task_from_data
+from recall.trainer.split import NO_ITEM, Split, leave_last_out
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,30 @@ def validation_task(split: Split, n_items: int) -> EvalTask:
     users = np.flatnonzero(split.valid_items != NO_ITEM)
     indptr, indices = split.seen()
     return EvalTask(users, split.valid_items[users].astype(np.int64), indptr, indices, n_items)
+
+
+class Protocol(NamedTuple):
+    """docs/quality.md's protocol over one data set: what every method is fit and scored on."""
+
+    split: Split  # leave-last-out on time
+    test: EvalTask  # each user's last item, training and validation items excluded
+    valid: EvalTask  # the item before it, training items excluded: for tuning only
+    matrix: sp.csr_matrix  # (n_users, n_items) binary training interactions
+
+
+def protocol(dataset: Dataset) -> Protocol:
+    """The split, test and validation tasks and training matrix of ``dataset``."""
+    split = leave_last_out(
+        dataset.user_rows, dataset.item_rows, dataset.timestamps, dataset.n_users
+    )
+    seen_indptr, seen_indices = split.seen()
+    test = task_from_data(dataset, dataset.user_ids, dataset.item_ids, seen_indptr, seen_indices)
+    return Protocol(
+        split,
+        test,
+        validation_task(split, dataset.n_items),
+        training_matrix(split, dataset.n_items),
+    )
 
 
 # ----------------------------------------------------------------------------- item-kNN

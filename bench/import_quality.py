@@ -51,8 +51,8 @@ from bench._data import ml100k_dir  # noqa: E402
 from bench._machine import machine  # noqa: E402
 from bench._server import serve  # noqa: E402
 from recall.trainer.data import Dataset, load_dataset  # noqa: E402
-from recall.trainer.evaluate import EvalTask, ScoreFn, evaluate, task_from_data  # noqa: E402
-from recall.trainer.split import Split, leave_last_out  # noqa: E402
+from recall.trainer.evaluate import EvalTask, ScoreFn, evaluate  # noqa: E402
+from recall.trainer.split import Split  # noqa: E402
 
 logger = logging.getLogger("bench.import_quality")
 
@@ -227,13 +227,7 @@ def main(argv: list[str] | None = None) -> int:
 
     data: Path = args.data or ml100k_dir()
     dataset = load_dataset(data)
-    split = leave_last_out(
-        dataset.user_rows, dataset.item_rows, dataset.timestamps, dataset.n_users
-    )
-    seen_indptr, seen_indices = split.seen()
-    test = task_from_data(dataset, dataset.user_ids, dataset.item_ids, seen_indptr, seen_indices)
-    valid = baselines.validation_task(split, dataset.n_items)
-    matrix = baselines.training_matrix(split, dataset.n_items)
+    split, test, valid, matrix = baselines.protocol(dataset)
     quality = json.loads((REPO / "bench" / "results" / "quality.json").read_text())
     als_params = next(s for s in quality["per_seed"] if s["seed"] == args.seed)["als"]["params"]
 

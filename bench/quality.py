@@ -50,10 +50,8 @@ from recall.trainer.evaluate import (  # noqa: E402
     dot_scorer,
     evaluate,
     popularity_scorer,
-    task_from_data,
 )
 from recall.trainer.export import bundle_arrays  # noqa: E402
-from recall.trainer.split import leave_last_out  # noqa: E402
 from recall.trainer.train import train  # noqa: E402
 
 logger = logging.getLogger("bench.quality")
@@ -196,13 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 
     data: Path = args.data or ml100k_dir()
     dataset = load_dataset(data)
-    split = leave_last_out(
-        dataset.user_rows, dataset.item_rows, dataset.timestamps, dataset.n_users
-    )
-    seen_indptr, seen_indices = split.seen()
-    test = task_from_data(dataset, dataset.user_ids, dataset.item_ids, seen_indptr, seen_indices)
-    valid = baselines.validation_task(split, dataset.n_items)
-    matrix = baselines.training_matrix(split, dataset.n_items)
+    split, test, valid, matrix = baselines.protocol(dataset)
     logger.info(
         "%d test users, %d validation users, %d training interactions",
         len(test.users),

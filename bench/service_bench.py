@@ -21,6 +21,8 @@ seen items excluded (the HTTP default):
    counted ``fresh: false`` (``recall_unfresh_answers_total``); on one worker, p50/p99
    at about half the rate it held (few connections with a think time: wrk has no
    ``-R``), and GET /healthz (the HTTP floor).
+   The floor of ``POST /v1/recall`` (one worker): a bare Starlette and a bare FastAPI app
+   (``bench/_floor.py``) answering a real answer's bytes without any work.
 3. ``POST /v1/items/vectors`` with 1,000 and 10,000 ids, JSON vs ``Accept:
    application/x-npy``: client time including decode, bytes.
 4. With ``--micro-batch``: one worker, ``POST /v1/recall`` coalesced into one search per
@@ -46,6 +48,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -297,6 +300,25 @@ def http_runs(
                 floor = _load(server, args.seconds / 2, conns, n_users=1, get_path="/healthz")
                 out["healthz_1w"] = {"connections": conns, **_result(floor)}
                 logger.info("GET /healthz: %s", json.dumps(out["healthz_1w"]))
+                answer = httpx.post(f"{server.url}/v1/recall", json={"user_id": 0}, timeout=30)
+        if workers == 1:
+            out["floor_1w"] = http_floor(answer.content, loads["default"], args)
+    return out
+
+
+def http_floor(answer: bytes, load: Load, args: argparse.Namespace) -> dict[str, Any]:
+    """``POST /v1/recall`` on a bare Starlette and a bare FastAPI app (``bench/_floor.py``)
+    answering ``answer`` without any work: what the framework alone costs, one worker."""
+    out: dict[str, Any] = {}
+    with tempfile.NamedTemporaryFile(suffix=".json") as body:
+        Path(body.name).write_bytes(answer)
+        for kind in ("starlette", "fastapi"):
+            env = {"BENCH_FLOOR_KIND": kind, "BENCH_FLOOR_BODY": body.name}
+            with serve(Path("/nonexistent"), 1, env, app_factory="_floor:create_app") as server:
+                _warm(server, **load.wrk())
+                r = _load(server, args.seconds / 2, args.connections, **load.wrk())
+            out[kind] = {"connections": args.connections, **_result(r)}
+            logger.info("floor, %s: %s", kind, json.dumps(out[kind]))
     return out
 
 
@@ -456,15 +478,23 @@ def tables(report: dict[str, Any]) -> str:
     lines += [
         "",
         "| items | GET /healthz 1w req/s | /healthz server CPU ms/request "
+        "| floor POST, Starlette: req/s, CPU ms/req | floor POST, FastAPI: req/s, CPU ms/req "
         "| store read CPU us, no events | ..., 10 events |",
-        "|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---|---|---:|---:|",
     ]
     for r in report["recall"]:
         floor, read = r["http"].get("healthz_1w"), r["store_read_us"]
+        bare = r["http"].get("floor_1w", {})
+        cells = [
+            f"{bare[kind]['rps']:,.0f}, {bare[kind]['server_cpu_ms_per_request']:.2f}"
+            if kind in bare
+            else "-"
+            for kind in ("starlette", "fastapi")
+        ]
         if floor:
             lines.append(
                 f"| {r['n_items']:,} | {floor['rps']:,.0f} "
-                f"| {floor['server_cpu_ms_per_request']:.2f} "
+                f"| {floor['server_cpu_ms_per_request']:.2f} | {cells[0]} | {cells[1]} "
                 f"| {read['default']:.1f} | {read['events']:.1f} |"
             )
     if any("micro_batch" in r for r in report["recall"]):

@@ -6,6 +6,12 @@ each console page in headless chromium (tests/browser.py: Debian's binary, every
 beyond 127.0.0.1 refused) at a laptop size, 1366x850 CSS pixels. Writes
 ``docs/console-{model,user,builder,live}.png``; fails if a page logged an error or reached
 beyond 127.0.0.1.
+
+``docs/console-experiment.png`` is a small run of ``bench/experiment_replay.py``'s protocol
+on synthetic data (``runs/demo/experiment``: 1,500 users, 800 items): two bundles trained
+on the first 80% by time (all of it, and a random half of it), an experiment with the half
+one at share 0.5, and the later interactions replayed (recall, then the event) while the
+page polls ``/v1/experiment``, with live counts in 2-second buckets.
 """
 
 from __future__ import annotations
@@ -23,7 +29,10 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.experiment_replay import prepare, replay, start_experiment  # noqa: E402
+from bench.freshness import read_interactions, split_at_quantile  # noqa: E402
 from recall.service.app import create_app  # noqa: E402
+from recall.trainer.synth import SynthConfig, write_synthetic  # noqa: E402
 from tests.browser import Browser, Tab, open_browser  # noqa: E402
 from tests.live import live_server, settings  # noqa: E402
 
@@ -101,13 +110,44 @@ def screenshots(browser: Browser, url: str, client: httpx.Client, out: Path) -> 
         sender.join()
 
 
+EXPERIMENT_DATA = SynthConfig(n_users=1500, n_items=800, seed=0)
+EXPERIMENT_EVENTS = 2500
+"""Later interactions the experiment screenshot replays (about half a minute)."""
+
+
+def experiment_screenshot(browser: Browser, workdir: Path, out: Path) -> None:
+    """``console-experiment.png``: the replay of the module docstring, the page polling."""
+    data = workdir / "experiment" / "data"
+    if not (data / "interactions.csv").exists():
+        write_synthetic(data, EXPERIMENT_DATA)
+    train_rows, later, _ = split_at_quantile(read_interactions(data / "interactions.csv"), 0.8)
+    root, bundles, _ = prepare(workdir / "experiment", data, train_rows, seed=0, epochs=3)
+    start_experiment(root, bundles, share=0.5, seed=0)
+    app = create_app(settings(root, max_k=500, live_bucket_s=2))
+    with live_server(app) as url, browser.tab() as tab:
+        tab.page.goto(f"{url}/console#/experiment")
+        sender = threading.Thread(target=replay, args=(url, later[:EXPERIMENT_EVENTS]))
+        sender.start()
+        sender.join()
+        tab.page.wait_for_timeout(6_000)  # the next poll
+        tab.page.get_by_test_id("experiment-chart").wait_for()
+        shoot(tab, out / "console-experiment.png", full_page=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=DEMO, help="the demo's directory")
     parser.add_argument("--out", type=Path, default=REPO / "docs", help="where PNGs go")
+    parser.add_argument(
+        "--only-experiment", action="store_true", help="console-experiment.png alone"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    if args.only_experiment:
+        with open_browser() as browser:
+            experiment_screenshot(browser, args.workdir, args.out)
+        return 0
     root = demo_root(args.workdir)
     with (
         live_server(create_app(settings(root, max_k=500))) as url,
@@ -116,6 +156,7 @@ def main() -> int:
     ):
         traffic(url, 1.0)
         screenshots(browser, url, client, args.out)
+        experiment_screenshot(browser, args.workdir, args.out)
     return 0
 
 

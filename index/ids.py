@@ -204,6 +204,9 @@ class IdMap:
         ``str()``). Bools, floats, non-canonical strings ("042", "abc") and other values
         match nothing.
         """
+        if type(ids) is list and len(ids) == 1:  # one id (a recall's user): no arrays
+            row = self.row(ids[0])
+            return np.array([-1 if row is None else row], dtype=np.int64)
         keys, ok = self._keys(ids)
         n = int(keys.shape[0])
         if n == 0 or len(self) == 0:
@@ -220,9 +223,16 @@ class IdMap:
         return np.where(hit, rows, -1).astype(np.int64, copy=False)
 
     def row(self, id: int | str) -> int | None:
-        """Row of one id, or None when it is unknown (or of a kind that cannot match)."""
-        r = int(self.rows([id])[0])
-        return None if r < 0 else r
+        """Row of one id, or None when it is unknown (or of a kind that cannot match):
+        what :meth:`rows` gives for it among many, in one binary search without arrays."""
+        key = _int_key(id) if self._is_int else self._fitting(_str_key(id))
+        n = len(self)
+        if key is None or n == 0:
+            return None
+        pos = int(self._sorted.searchsorted(key))
+        if pos == n or self._sorted[pos] != key:
+            return None
+        return pos if self._order is None else int(self._order[pos])
 
     def canonical(self, value: int | str) -> int | str:
         """``value`` typed as this map types its ids when it can be (the key :meth:`rows`

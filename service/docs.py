@@ -4,7 +4,8 @@ FastAPI's built-in page loads Swagger UI from a CDN; this one loads the vendored
 ``service/static/swagger-ui/`` (npm ``swagger-ui-dist``, see its README.md) from
 ``/docs/assets/``. ReDoc is turned off (``redoc_url=None`` in the app): one docs page.
 The OpenAPI document also states the limits that are settings rather than schema
-constants (``k``'s maximum, ``RECALL_MAX_K``).
+constants (``k``'s maximum, ``RECALL_MAX_K``), and holds the schemas of the bodies routes
+read themselves (:mod:`recall.service.json_body`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.models import Schema
 from fastapi.staticfiles import StaticFiles
+from pydantic.json_schema import models_json_schema
 from starlette.responses import HTMLResponse
+
+from recall.service.json_body import BODY_MODELS
 
 ASSETS_DIR = Path(__file__).resolve().parent / "static" / "swagger-ui"
 ASSETS_PATH = "/docs/assets"
@@ -55,6 +61,7 @@ def _document_k(app: FastAPI, max_k: int) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             document = build()
+            _add_body_models(document)
             bounds = {"minimum": 1, "maximum": max_k}
             for schema in document.get("components", {}).get("schemas", {}).values():
                 k = schema.get("properties", {}).get("k")
@@ -69,3 +76,18 @@ def _document_k(app: FastAPI, max_k: int) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _add_body_models(document: dict[str, Any]) -> None:
+    """The schemas of :data:`~recall.service.json_body.BODY_MODELS` (and of the models
+    they use) in ``document``'s components, as FastAPI gives a body parameter's (passed
+    through its OpenAPI models: ``le=2**63-1`` as a float, no ``default: null``)."""
+    _, top = models_json_schema(
+        [(model, "validation") for model in BODY_MODELS],
+        ref_template="#/components/schemas/{model}",
+    )
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    for name, schema in top.get("$defs", {}).items():
+        if name not in schemas:
+            schemas[name] = jsonable_encoder(Schema(**schema), by_alias=True, exclude_none=True)
+    document["components"]["schemas"] = dict(sorted(schemas.items()))

@@ -56,13 +56,17 @@ class UserState:
     not asked); ``fresh`` False when the store could not be read (lists then empty).
     ``users``: the users as the bundle stored them, read from the state store (Redis mode,
     :mod:`recall.service.users`), None where the bundle's own files say (SQLite mode);
-    ``users_down`` True when they had to be read from the store and could not be."""
+    ``users_down`` True when they had to be read from the store and could not be.
+    ``unread``: the positions of the users whose reads failed when the others' did not (a
+    Redis Cluster shard down): their lists are empty and ``fresh`` is False for the whole,
+    but :meth:`one` gives each of the others ``fresh``."""
 
     events: list[list[tuple[ExternalId, float]]]
     shown: list[list[ExternalId]]
     fresh: bool
     users: list[StoredUser | None] | None = None
     users_down: bool = False
+    unread: frozenset[int] = frozenset()
 
     @classmethod
     def empty(cls, n: int, fresh: bool = True) -> UserState:
@@ -73,7 +77,10 @@ class UserState:
         """User ``j``'s part alone (its impressions only ``with_shown``)."""
         users = None if self.users is None else [self.users[j]]
         shown = self.shown[j] if with_shown else []
-        return UserState([self.events[j]], [shown], self.fresh, users, self.users_down)
+        fresh, users_down = self.fresh, self.users_down
+        if self.unread:
+            fresh, users_down = j not in self.unread, users_down and j in self.unread
+        return UserState([self.events[j]], [shown], fresh, users, users_down)
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,11 @@ class Settings(EventLogSettings):
     )
     reload_interval_s: float = Field(5.0, ge=0, description="CURRENT poll period; 0 = off")
     search_threads: int = Field(4, ge=1, le=256, description="threads running FAISS")
+    # FastAPI's native OpenTelemetry looks up the global providers (os.environ) on every
+    # request even when none is set: ~8% of the event loop's time (docs/performance.md).
+    opentelemetry: bool = Field(
+        False, description="FastAPI's OpenTelemetry spans, metrics, logs (global providers)"
+    )
     admin_token: SecretStr | None = Field(None, description="unset = admin API disabled")
     # Online state (service/state, docs/state.md). The default lives beside the bundles, in
     # a dot directory that bundle retention ignores.

@@ -41,7 +41,9 @@ from recall.service.state import (
     StoreTimeout,
     StoreUnavailable,
 )
+from recall.service.state.redis import RedisStore
 from recall.service.state.users import StoreUsers
+from recall.service.users import StoredUser
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +89,7 @@ class StateAccess:
         self._store = store
         # checked once: isinstance against a Protocol costs microseconds
         self._in_thread = store if isinstance(store, ReadsInThread) else None
+        self._sharded = isinstance(store, RedisStore) and store.cluster
 
     async def run_with_state(
         self,
@@ -213,36 +216,60 @@ class StateAccess:
         keeps) and, when ``with_shown``, impressions within the shown TTL, for each user;
         and the users themselves when ``bundle`` keeps them in the store (read at the
         same time). Never raises for store trouble: returns empty lists and
-        ``fresh=False`` (``users_down`` when the users could not be read)."""
+        ``fresh=False`` (``users_down`` when the users could not be read). On a Redis
+        Cluster a read of several users that failed (one shard down fails the whole
+        pipeline) is made again a user at a time: only the users it cannot read go
+        without (``unread``), at the cost of one more read bound."""
+        n = len(user_ids)
+        if not n:
+            return UserState.empty(0)
+        if bundle is not None and bundle.store_records is not None and self.users is None:
+            raise RuntimeError("a bundle with users in the store needs StateAccess.users")
+        state, error = await self._read(user_ids, after, with_shown, bundle)
+        if error is not None and n > 1 and self._sharded:
+            alone = await asyncio.gather(
+                *(self._read([user], after, with_shown, bundle) for user in user_ids)
+            )
+            errors = [e for _, e in alone if e is not None]
+            if len(errors) < n:  # some users' shards answered
+                state = _joined(alone)
+                error, n = (errors[0] if errors else None), len(errors)
+        if error is not None:
+            self._count_unfresh(error, n)
+        return state
+
+    async def _read(
+        self,
+        user_ids: Sequence[ExternalId],
+        after: float,
+        with_shown: bool,
+        bundle: ServingBundle | None,
+    ) -> tuple[UserState, Exception | None]:
+        """The state of ``user_ids`` (each part read concurrently), and the first error of
+        the parts that failed (logged and counted per part), None when none did."""
         n = len(user_ids)
         empty = UserState.empty(n)
-        if not n:
-            return empty
         calls: list[Awaitable[Any]] = [self._bounded("recent", self.store.recent(user_ids, after))]
         if with_shown:
             since = time.time() - self.shown_ttl_s
             calls.append(self._bounded("shown", self.store.shown(user_ids, since)))
         shape = None if bundle is None else bundle.store_records
-        if shape is not None and bundle is not None:
-            if self.users is None:
-                raise RuntimeError("a bundle with users in the store needs StateAccess.users")
+        if shape is not None and bundle is not None and self.users is not None:
             calls.append(self._bounded("users", self.users.read(bundle.id, shape, user_ids)))
         raw = await asyncio.gather(*calls)
-        errors = [r for r in raw if isinstance(r, Exception)]
-        if errors:
-            self._count_unfresh(errors[0], n)
+        error = next((r for r in raw if isinstance(r, Exception)), None)
         replies = [None if isinstance(r, Exception) else r for r in raw]
         events = replies[0]
         shown = replies[1] if with_shown else empty.shown
         users = replies[-1] if shape is not None else None
-        fresh = all(reply is not None for reply in replies)
-        return UserState(
+        state = UserState(
             events if events is not None else empty.events,
             shown if shown is not None else empty.shown,
-            fresh,
+            error is None,
             users if users is not None or shape is None else [None] * n,
             users_down=shape is not None and users is None,
         )
+        return state, error
 
     async def add(self, events: Sequence[Event], live: Sequence[LiveCount] = ()) -> None:
         """Store ``events`` and the ``live`` counts they make (durable when this returns),
@@ -313,3 +340,26 @@ class StateAccess:
             }.get(op, "recall answers from the bundle alone"),
         )
         self._last_log, self._unlogged = now, 0
+
+
+def _joined(alone: Sequence[tuple[UserState, Exception | None]]) -> UserState:
+    """One state of users read one at a time, ``(their state, the error of its read)``
+    each: a user whose read failed in any part goes without all of it (``unread``)."""
+    events: list[list[tuple[ExternalId, float]]] = []
+    shown: list[list[ExternalId]] = []
+    users: list[StoredUser | None] = []
+    for state, error in alone:
+        failed = error is not None
+        events.append([] if failed else state.events[0])
+        shown.append([] if failed else state.shown[0])
+        users.append(None if failed or state.users is None else state.users[0])
+    unread = frozenset(j for j, (_, error) in enumerate(alone) if error is not None)
+    in_store = alone[0][0].users is not None
+    return UserState(
+        events,
+        shown,
+        not unread,
+        users if in_store else None,
+        users_down=in_store and bool(unread),
+        unread=unread,
+    )

@@ -26,6 +26,7 @@ from recall.cli import (
     synth,
     train,
 )
+from recall.cli.command import STORE_DID_NOT_ANSWER, StoreDidNotAnswer
 from recall.index.bundle import BundleError
 
 __all__ = ["build_parser", "main"]
@@ -77,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command ``argv`` names (default ``sys.argv[1:]``); the exit code: the
-    command's own, 2 for bad input (one error line, no traceback)."""
+    command's own, 2 for bad input, 3 when a store did not answer (one error line each,
+    no traceback)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -89,4 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BundleError, ValueError, OSError) as e:  # bad input: one line, no traceback
         logger.error("recall %s: %s", args.command, e)
         return 2
+    except StoreDidNotAnswer as e:
+        logger.error("recall %s: %s", args.command, e)
+        return STORE_DID_NOT_ANSWER
     return code

@@ -15,7 +15,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from recall.cli.command import Subcommands
+from recall.cli.command import StoreDidNotAnswer, Subcommands
 
 if TYPE_CHECKING:
     from recall.service.state import Event
@@ -83,8 +83,7 @@ def export(args: argparse.Namespace) -> int:
             interactions = _Interactions(events)
             written = write_interactions(args.out, interactions, with_data=args.with_data)
     except StoreUnavailable as e:  # exit 3: the store, not the input (train-and-publish.sh)
-        logger.error("recall events export: state store unavailable: %s", e)
-        return 3
+        raise StoreDidNotAnswer(f"the state store did not answer: {e}") from None
     logger.info(
         "events export: %s: %d data rows, %d events (%d impressions skipped)",
         written.path,

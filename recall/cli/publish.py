@@ -1,8 +1,8 @@
 """``recall publish``: verify a bundle and make it ``CURRENT`` (also the rollback).
 
-Exit codes past the usual (0 done, 2 bad input): 3 the object store of an ``s3://`` root
-did not answer (nothing switched), 4 another publish replaced ``CURRENT`` meanwhile (this
-bundle is uploaded but not ``CURRENT``).
+Exit codes past the usual (0 done, 2 bad input, 3 a store did not answer: the state store
+the users go to, or an ``s3://`` root's object store; nothing switched): 4 another publish
+replaced ``CURRENT`` meanwhile (this bundle is uploaded but not ``CURRENT``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from recall.cli.command import Subcommands, add_command
+from recall.cli.command import StoreDidNotAnswer, Subcommands, add_command
 from recall.cli.users import add_state_url
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("recall")
 
-STORE_UNAVAILABLE, LOST_RACE = 3, 4
+LOST_RACE = 4
 
 
 def add_parser(sub: Subcommands) -> None:
@@ -74,8 +74,7 @@ def publish_bundle(
             path = Path(bundle)
             open_root(root or str(path.absolute().parent)).publish(path, keep=keep, users=users)
     except ObjectStoreUnavailable as e:
-        logger.error("recall publish: the object store did not answer: %s", e)
-        return STORE_UNAVAILABLE
+        raise StoreDidNotAnswer(f"the object store did not answer: {e}") from None
     except PublishConflict as e:
         logger.error("recall publish: %s", e)
         return LOST_RACE

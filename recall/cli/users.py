@@ -9,6 +9,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from recall.cli.command import StoreDidNotAnswer
+
 if TYPE_CHECKING:  # imported when a publish runs, not when the parser is built
     from recall.index.publish import UserSink
     from recall.index.verify import VerifiedBundle
@@ -37,7 +39,7 @@ class _Sink:
         try:
             return self.loader.load(verified)
         except StoreUnavailable as e:
-            raise ValueError(f"{self.setting}: {e}; nothing was published") from None
+            raise StoreDidNotAnswer(f"{self.setting}: {e}; nothing was published") from None
 
     def drop(self, bundle_ids: Iterable[str]) -> None:
         self.loader.drop(bundle_ids)
@@ -64,13 +66,13 @@ def user_sink(args: argparse.Namespace) -> Iterator[UserSink | None]:
     if backend == "sqlite":  # one host: the replica maps the bundle's user files
         yield None
         return
-    check_reachable(url, setting)  # a cluster URL: a node answers and is in a cluster
     try:
+        check_reachable(url, setting)  # a cluster URL: a node answers and is in a cluster
         loader = UserLoader(url)
         loader.ping()
     except StoreUnavailable as e:
-        raise ValueError(
-            f"{setting}: the state store is unreachable ({e}); nothing was published"
+        raise StoreDidNotAnswer(
+            f"{setting}: the state store did not answer ({e}); nothing was published"
         ) from None
     try:
         yield _Sink(loader, setting)

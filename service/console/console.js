@@ -1,11 +1,12 @@
 // recall console: the hash router over the pages (Model, User, new-user builder, Item,
-// Live). Read-only: the pages call only GET endpoints and the read-only POSTs
+// Live, Experiment). Read-only: the pages call only GET endpoints and the read-only POSTs
 // /v1/recall and /v1/items/{id}/similar. Every API error shows the envelope's message in
 // #error (api.js).
 
 import { clearError, showError } from "./api.js";
 import { h } from "./dom.js";
 import { builderPage } from "./builder.js";
+import { experimentPage } from "./experiment.js";
 import { itemPage } from "./item.js";
 import { livePage } from "./live.js";
 import { modelPage } from "./model.js";
@@ -30,6 +31,7 @@ async function route() {
     else if (page === "user") await builderPage();
     else if (page === "item" && arg) await itemPage(decodeURIComponent(arg));
     else if (page === "live") await livePage(current.signal);
+    else if (page === "experiment") await experimentPage(current.signal);
     else {
       view.replaceChildren(h("h1", {}, "Not found"), h("p", {}, "No such page: ", h("code", {}, hash), ". Try ", h("a", { href: "#/model" }, "Model"), "."));
     }

@@ -218,6 +218,12 @@ class RedisStore:
         self._read_availability_script = self._client.register_script(READ_AVAILABILITY_SCRIPT)
         self._closed = False
 
+    @property
+    def cluster(self) -> bool:
+        """Whether this store is a Redis Cluster: a read of several users may then fail
+        for some of them alone (one node down fails the whole pipeline)."""
+        return self._cluster
+
     async def _bounded(self, call: Awaitable[T], bound: float, op: str) -> T:
         if self._closed:
             if asyncio.iscoroutine(call):

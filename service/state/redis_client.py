@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import orjson
@@ -129,26 +130,11 @@ def connect(url: str, *, timeout_s: float = 1.0) -> AsyncClient:
     socket connect and read bounded by ``timeout_s``, one immediate retry (a pooled
     connection that died with a restarted server is replaced within the call), raw bytes
     replies. ValueError when the URL does not parse."""
-    if not is_cluster_url(url):
-        return redis.asyncio.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 1),
-            decode_responses=False,
-        )
-    parsed = parse_cluster_url(url)
+    nodes, options = _client_options(url, timeout_s, Retry(NoBackoff(), 1))
+    if not nodes:
+        return redis.asyncio.Redis.from_url(url, **options)
     return redis.asyncio.RedisCluster(
-        startup_nodes=[ClusterNode(host, port) for host, port in parsed.nodes],
-        username=parsed.username,
-        password=parsed.password,
-        ssl=parsed.tls,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 1),
-        # a shard down must not stop the others: the client starts with slots uncovered
-        require_full_coverage=False,
-        decode_responses=False,
+        startup_nodes=[ClusterNode(host, port) for host, port in nodes], **options
     )
 
 
@@ -156,26 +142,38 @@ def connect_sync(url: str, *, timeout_s: float = 1.0) -> SyncClient:
     """The blocking client for ``url``, configured as :func:`connect` does. A cluster client
     connects here (it reads the slot map) and raises redis-py's errors when it cannot;
     ValueError for a URL that does not parse."""
-    if not is_cluster_url(url):
-        return redis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=SyncRetry(NoBackoff(), 1),
-            decode_responses=False,
-        )
-    parsed = parse_cluster_url(url)
+    nodes, options = _client_options(url, timeout_s, SyncRetry(NoBackoff(), 1))
+    if not nodes:
+        return redis.Redis.from_url(url, **options)
     return redis.cluster.RedisCluster(
-        startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in parsed.nodes],  # type: ignore[no-untyped-call]
+        startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in nodes],  # type: ignore[no-untyped-call]
+        **options,
+    )
+
+
+def _client_options(
+    url: str, timeout_s: float, retry: Retry | SyncRetry
+) -> tuple[tuple[tuple[str, int], ...], dict[str, Any]]:
+    """(a cluster URL's seed nodes, () for one server's URL; the keyword arguments that
+    redis-py's client for it takes, blocking or asyncio alike). ValueError when a cluster
+    URL does not parse."""
+    options: dict[str, Any] = {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        "retry": retry,
+        "decode_responses": False,
+    }
+    if not is_cluster_url(url):
+        return (), options
+    parsed = parse_cluster_url(url)
+    options.update(
         username=parsed.username,
         password=parsed.password,
         ssl=parsed.tls,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        retry=SyncRetry(NoBackoff(), 1),
+        # a shard down must not stop the others: the client starts with slots uncovered
         require_full_coverage=False,
-        decode_responses=False,
     )
+    return parsed.nodes, options
 
 
 def check_reachable(url: str, setting: str, *, timeout_s: float = 2.0) -> None:

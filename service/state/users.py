@@ -230,7 +230,8 @@ class UserLoader:
 
     def drop(self, bundle_ids: Iterable[str]) -> None:
         """Remove every key of these bundles' users, and finish any drop that stopped
-        midway (a meta left ``dropping``)."""
+        midway (a meta left ``dropping``). The records are found by ``SCAN``: it walks the
+        whole keyspace, 10,000 keys a call (docs/state.md, "What the drop costs")."""
         try:
             unfinished = {
                 bundle.decode()

@@ -35,8 +35,9 @@ import pytest
 import redis as redis_py
 import yaml
 
-from recall.client import Query, RecallClient, RecallError
+from recall.client import RecallClient, RecallError
 from recall.service.state import Event, open_store, sqlite_url
+from tests.deploy.traffic import MAX_TRAFFIC_S, ready_id, recall_traffic, switch_watch
 from tests.live import free_port
 from tests.redis_cluster import RedisCluster
 
@@ -62,8 +63,6 @@ validation_users = 200
 """
 SYNTH_ARGS = "--users 2000 --items 500"
 RELOAD_INTERVAL_S = 0.5
-CLIENT_THREADS = 2
-MAX_TRAFFIC_S = 300.0  # request loops stop by themselves after this, whatever happens
 
 
 def _compose() -> dict[str, Any]:
@@ -515,44 +514,6 @@ def _service_env(root: Path, port: int) -> dict[str, str]:
     return env
 
 
-def _ready_id(url: str) -> str | None:
-    response = httpx.get(f"{url}/readyz", timeout=2)
-    return str(response.json()["bundle_id"]) if response.status_code == 200 else None
-
-
-@dataclass
-class Traffic:
-    """What the client threads saw: (send time, bundle id or None) and the failures."""
-
-    sent: list[tuple[float, str | None]] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def drive(self, url: str, user_ids: list[int], item_ids: list[int], seed: int) -> None:
-        rng = np.random.default_rng(seed)
-        deadline = time.monotonic() + MAX_TRAFFIC_S
-        with RecallClient(url, timeout=30) as client:
-            while not self.stop.is_set() and time.monotonic() < deadline:
-                sent = time.time()
-                try:
-                    if rng.random() < 0.8:
-                        user = int(rng.choice(user_ids))
-                        result = client.recall(user_id=user, k=50, fallback="popular")
-                    else:
-                        history = [int(i) for i in rng.choice(item_ids, 5)]
-                        result = client.recall_query(Query(history=history, k=50))
-                    bundle_id: str | None = result.bundle_id
-                    if len(result.items) != 50:
-                        raise AssertionError(f"{len(result.items)} items instead of 50")
-                except (RecallError, AssertionError) as e:
-                    bundle_id = None
-                    with self.lock:
-                        self.failures.append(f"{type(e).__name__}: {e}")
-                with self.lock:
-                    self.sent.append((sent, bundle_id))
-
-
 @pytest.mark.slow
 def test_retrain_under_traffic_through_nginx(tmp_path: Path, processes: Processes) -> None:
     nginx = _nginx_binary()
@@ -567,7 +528,7 @@ def test_retrain_under_traffic_through_nginx(tmp_path: Path, processes: Processe
     for i, port in enumerate(ports):
         proc = processes.start(f"service-{i + 1}", ["recall", "serve"], _service_env(root, port))
         url = replicas[i]
-        _wait_until(f"replica {url}", lambda url=url: _ready_id(url) == old_id, 120, proc)
+        _wait_until(f"replica {url}", lambda url=url: ready_id(url) == old_id, 120, proc)
         healthcheck = subprocess.run(
             [sys.executable, str(HEALTHCHECK)],
             env={**os.environ, "RECALL_PORT": str(port)},
@@ -585,50 +546,17 @@ def test_retrain_under_traffic_through_nginx(tmp_path: Path, processes: Processe
 
     users = np.load(root / old_id / "user_ids.npy", allow_pickle=False)
     items = np.load(root / old_id / "item_ids.npy", allow_pickle=False)
-    traffic = Traffic()
-    threads = [
-        threading.Thread(
-            target=traffic.drive,
-            args=(lb, users[:500].tolist(), items.tolist(), seed),
-            daemon=True,
-        )
-        for seed in range(CLIENT_THREADS)
-    ]
-    switched: dict[str, float] = {}
-
-    def watch_replicas() -> None:
-        deadline = time.monotonic() + MAX_TRAFFIC_S
-        while len(switched) < len(replicas) and time.monotonic() < deadline:
-            for url in replicas:
-                if url not in switched:
-                    try:
-                        if _ready_id(url) not in (None, old_id):
-                            switched[url] = time.time()
-                    except httpx.HTTPError:
-                        pass
-            time.sleep(0.02)
-
-    for thread in threads:
-        thread.start()
-    try:
-        time.sleep(1.0)  # traffic on the old bundle first
+    with recall_traffic(lb, users[:500].tolist(), items.tolist()) as seen:
         retrain_started = time.time()
-        watcher = threading.Thread(target=watch_replicas, daemon=True)
-        watcher.start()
-        retrain_s = _run_trainer(tmp_path, root, seed=1)
-        new_id = (root / "CURRENT").read_text().strip()
-        published_at = (root / "CURRENT").stat().st_mtime  # os.replace of the new CURRENT
-        watcher.join(timeout=120)
-        both_at = max(switched.values()) if len(switched) == len(replicas) else None
-        time.sleep(1.0)  # traffic on the new bundle after the swap
-    finally:
-        traffic.stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
+        with switch_watch(replicas, old_id) as switched:
+            retrain_s = _run_trainer(tmp_path, root, seed=1)
+            new_id = (root / "CURRENT").read_text().strip()
+            published_at = (root / "CURRENT").stat().st_mtime  # os.replace of the new CURRENT
+    both_at = max(switched.values()) if len(switched) == len(replicas) else None
 
     assert new_id != old_id
     assert both_at is not None, f"replicas switched: {switched}"
-    during = [s for s in traffic.sent if retrain_started <= s[0] <= both_at]
+    during = [s for s in seen.sent if retrain_started <= s[0] <= both_at]
     access_log = (tmp_path / "nginx.log").read_text()
     per_replica = {
         u: access_log.count(f"upstream=127.0.0.1:{p} ")
@@ -636,9 +564,9 @@ def test_retrain_under_traffic_through_nginx(tmp_path: Path, processes: Processe
     }
     report = {
         "retrain_seconds": round(retrain_s, 2),
-        "requests_total": len(traffic.sent),
+        "requests_total": len(seen.sent),
         "requests_during_retrain": len(during),
-        "failures": len(traffic.failures),
+        "failures": len(seen.failures),
         "publish_to_both_replicas_s": round(both_at - published_at, 3),
         "publish_to_replica_s": {u: round(t - published_at, 3) for u, t in switched.items()},
         "requests_per_replica": per_replica,
@@ -649,11 +577,11 @@ def test_retrain_under_traffic_through_nginx(tmp_path: Path, processes: Processe
     (tmp_path / "deploy.json").write_text(json.dumps(report, indent=2))
     logger.info("deployment test: %s", json.dumps(report))
 
-    assert traffic.failures == [], traffic.failures[:5]
+    assert seen.failures == [], seen.failures[:5]
     assert len(during) > 0
-    assert min(per_replica.values()) > len(traffic.sent) / 10, per_replica  # both balanced
-    assert {bundle for _, bundle in traffic.sent} <= {old_id, new_id}
-    assert traffic.sent[-1][1] == new_id
+    assert min(per_replica.values()) > len(seen.sent) / 10, per_replica  # both balanced
+    assert {bundle for _, bundle in seen.sent} <= {old_id, new_id}
+    assert seen.sent[-1][1] == new_id
     for url in replicas:
         with RecallClient(url) as replica:
             assert replica.ready() == new_id
@@ -671,7 +599,7 @@ def test_retrain_under_traffic_through_nginx(tmp_path: Path, processes: Processe
     )
     assert rollback.returncode == 0, rollback.stderr
     deadline = time.monotonic() + 30
-    while {_ready_id(url) for url in replicas} != {old_id}:
+    while {ready_id(url) for url in replicas} != {old_id}:
         assert time.monotonic() < deadline, "replicas did not roll back"
         time.sleep(0.05)
 
@@ -759,7 +687,7 @@ def _two_replicas_behind_nginx(
     for i, port in enumerate(ports):
         env = {**_service_env(root, port), "RECALL_STATE_URL": state_url}
         proc = processes.start(f"service-{i + 1}", ["recall", "serve"], env)
-        _wait_until(replicas[i], lambda u=replicas[i]: _ready_id(u) == bundle_id, 120, proc)
+        _wait_until(replicas[i], lambda u=replicas[i]: ready_id(u) == bundle_id, 120, proc)
     return replicas, _start_nginx(processes, nginx, tmp_path / "nginx", ports, bundle_id)
 
 
@@ -776,7 +704,7 @@ def _start_nginx(
     )
     lb = f"http://127.0.0.1:{lb_port}"
     nginx_proc = processes.start("nginx", [nginx, "-c", str(conf), "-p", f"{prefix}/"], {})
-    _wait_until("nginx", lambda: _ready_id(lb) == bundle_id, 60, nginx_proc)
+    _wait_until("nginx", lambda: ready_id(lb) == bundle_id, 60, nginx_proc)
     return lb
 
 

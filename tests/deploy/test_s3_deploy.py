@@ -16,7 +16,6 @@ import json
 import logging
 import shutil
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -27,19 +26,16 @@ import pytest
 from recall.index.build import BuildOptions, build_index
 from recall.index.roots import S3Location, S3Root
 from tests.deploy.test_deploy import (
-    CLIENT_THREADS,
-    MAX_TRAFFIC_S,
     TRAIN_SCRIPT,
     Processes,
-    Traffic,
     _nginx_binary,
-    _ready_id,
     _service_env,
     _start_nginx,
     _trainer_env,
     _wait_until,
     processes,
 )
+from tests.deploy.traffic import ready_id, recall_traffic, switch_watch
 from tests.index_data import clustered, write_vectors_bundle
 from tests.live import free_port
 from tests.moto_server import BUCKET, MotoServer, moto_server, s3_environment
@@ -125,65 +121,34 @@ def test_replicas_follow_an_s3_root_through_nginx(tmp_path: Path, processes: Pro
                 f"service-{i + 1}", ["recall", "serve"], _replica_env(moto, port, caches[i])
             )
             procs.append(proc)
-            _wait_until(url, lambda u=url: _ready_id(u) == old_id, 120, proc)
+            _wait_until(url, lambda u=url: ready_id(u) == old_id, 120, proc)
         assert all((c / "CURRENT").read_text().strip() == old_id for c in caches)
         lb = _start_nginx(processes, nginx, tmp_path / "nginx", ports, old_id)
 
         built = tmp_path / "built"
         users = np.load(built / old_id / "user_ids.npy", allow_pickle=False)
         items = np.load(built / old_id / "item_ids.npy", allow_pickle=False)
-        traffic = Traffic()
-        threads = [
-            threading.Thread(
-                target=traffic.drive,
-                args=(lb, users[:500].tolist(), items.tolist(), seed),
-                daemon=True,
-            )
-            for seed in range(CLIENT_THREADS)
-        ]
-        switched: dict[str, float] = {}
-
-        def watch() -> None:
-            deadline = time.monotonic() + MAX_TRAFFIC_S
-            while len(switched) < len(replicas) and time.monotonic() < deadline:
-                for url in replicas:
-                    if url not in switched:
-                        try:
-                            if _ready_id(url) not in (None, old_id):
-                                switched[url] = time.time()
-                        except httpx.HTTPError:
-                            pass
-                time.sleep(0.02)
-
-        for thread in threads:
-            thread.start()
-        try:
-            time.sleep(1.0)
-            watcher = threading.Thread(target=watch, daemon=True)
-            watcher.start()
+        with (
+            recall_traffic(lb, users[:500].tolist(), items.tolist()) as seen,
+            switch_watch(replicas, old_id) as switched,
+        ):
             new_id, retrain_s = _publish_job(tmp_path, moto, seed=1)
             published_at = time.time()  # CURRENT switched at most this long ago
-            watcher.join(timeout=120)
-            time.sleep(1.0)
-        finally:
-            traffic.stop.set()
-            for thread in threads:
-                thread.join(timeout=60)
         assert new_id != old_id
         assert len(switched) == 2, switched
         both_s = max(switched.values()) - published_at
         report = {
             "retrain_seconds": round(retrain_s, 2),
-            "requests_total": len(traffic.sent),
-            "failures": len(traffic.failures),
+            "requests_total": len(seen.sent),
+            "failures": len(seen.failures),
             "current_to_both_replicas_s_at_most": round(both_s, 3),
             "poll_interval_s": POLL_S,
         }
         (tmp_path / "s3-deploy.json").write_text(json.dumps(report, indent=2))
         logger.info("S3 deployment test: %s", json.dumps(report))
-        assert traffic.failures == [], traffic.failures[:5]
-        assert {bundle for _, bundle in traffic.sent} <= {old_id, new_id}
-        assert traffic.sent[-1][1] == new_id
+        assert seen.failures == [], seen.failures[:5]
+        assert {bundle for _, bundle in seen.sent} <= {old_id, new_id}
+        assert seen.sent[-1][1] == new_id
         assert both_s < POLL_S * 1.2 + 10, report  # a poll (jittered) + download + verify
 
         # The store killed while replica 1 downloads a large bundle.
@@ -200,7 +165,7 @@ def test_replicas_follow_an_s3_root_through_nginx(tmp_path: Path, processes: Pro
         time.sleep(3 * POLL_S)
         # replica 1 keeps serving the old bundle and shows the outage (replica 2 may have
         # finished its own download before the kill)
-        assert _ready_id(replicas[0]) == new_id
+        assert ready_id(replicas[0]) == new_id
         assert _replica(replicas[0])["store_reachable"] is False
         assert not (caches[0] / big_id).exists()
 
@@ -211,7 +176,7 @@ def test_replicas_follow_an_s3_root_through_nginx(tmp_path: Path, processes: Pro
         proc = processes.start(
             "service-3", ["recall", "serve"], _replica_env(moto, fresh_port, fresh_cache)
         )
-        _wait_until(fresh, lambda: _ready_id(fresh) == new_id, 120, proc)
+        _wait_until(fresh, lambda: ready_id(fresh) == new_id, 120, proc)
         info = _replica(fresh)
         assert info["serving_from_cache"] is True and info["store_reachable"] is False
         assert "serving the cached bundle" in (tmp_path / "service-3.log").read_text()
@@ -221,7 +186,7 @@ def test_replicas_follow_an_s3_root_through_nginx(tmp_path: Path, processes: Pro
         republish = _recall(moto, log, "publish", big_path, "--root", ROOT_URL)
         assert republish.wait(timeout=300) == 0, log.read_text()[-2000:]
         for url, p in zip([*replicas, fresh], [*procs, proc], strict=True):
-            _wait_until(url, lambda u=url: _ready_id(u) == big_id, 120, p)
+            _wait_until(url, lambda u=url: ready_id(u) == big_id, 120, p)
         info = _replica(fresh)
         assert info["serving_from_cache"] is False and info["store_reachable"] is True
         assert "resuming the download" in (tmp_path / "service-1.log").read_text()

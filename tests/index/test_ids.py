@@ -184,3 +184,26 @@ def test_matches_a_dict_oracle() -> None:
     strs = IdMap(ids.astype(str))
     assert strs.rows(queries.astype(str)).tolist() == expected
     assert strs.rows(queries).tolist() == expected
+
+
+@pytest.mark.parametrize("sort", [True, False])
+def test_row_answers_as_rows_does_for_one_id(sort: bool) -> None:
+    """``row`` (one binary search, also ``rows`` of a one-id list) answers as the arrays
+    of ``rows`` do for the same id among others, for every kind of query."""
+    rng = np.random.default_rng(5)
+    ints = rng.choice(10**12, size=500, replace=False).astype(np.int64)
+    ints = np.sort(ints) if sort else ints
+    ints[:3] = [0, -7, 2**63 - 1]
+    words = np.array([f"u{v}" for v in ints[:200]] + ["", "日本", "a\x01b"])
+    words = np.sort(words) if sort else words
+    int_queries: list[Any] = [*ints[:50].tolist(), *map(str, ints[:20].tolist())]
+    int_queries += [1, -1, 2**63, -(2**63), 2**70, "0", "-0", "007", " 7", True, 1.0, None]
+    int_queries += [np.int64(ints[3]), np.uint64(5), "9" * 25, "x", b"1"]
+    str_queries: list[Any] = [*words[:50].tolist(), "", "日本", "日", "a\x01b", "u", "uu" * 300]
+    str_queries += ["u1\x00", 7, -1, True, 1.5, None, np.int64(3)]
+    for ids, queries in ((ints, int_queries), (words, str_queries)):
+        m = IdMap(ids)
+        for q in queries:
+            expected = int(m.rows([q, q])[0])
+            assert m.row(q) == (None if expected < 0 else expected), (ids.dtype, q)
+            assert m.rows([q]).tolist() == [expected], (ids.dtype, q)

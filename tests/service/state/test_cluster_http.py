@@ -22,6 +22,14 @@ from tests.redis_server import load_users
 from tests.service.test_events import metric, post_events, recall, unseen_items, user
 
 
+def _users_loaded(published_root: Path, cluster: RedisCluster) -> ServingBundle:
+    """The published bundle, its users alone in the (flushed) cluster."""
+    cluster.flush()
+    bundle = ServingBundle.load(published_root / (published_root / CURRENT).read_text().strip())
+    load_users(cluster.url(), bundle.path)
+    return bundle
+
+
 def _two_users(bundle: ServingBundle, cluster: RedisCluster) -> tuple[int, int, int, int]:
     """Rows and ids of two bundle users whose slots are on different masters."""
     first = user(bundle, 0)
@@ -37,9 +45,7 @@ def _two_users(bundle: ServingBundle, cluster: RedisCluster) -> tuple[int, int, 
 @pytest.mark.slow
 def test_a_shard_killed_under_traffic(published_root: Path, shared_cluster: RedisCluster) -> None:
     cluster = shared_cluster
-    cluster.flush()
-    bundle = ServingBundle.load(published_root / (published_root / CURRENT).read_text().strip())
-    load_users(cluster.url(), bundle.path)
+    bundle = _users_loaded(published_root, cluster)
     down_row, down_user, up_row, up_user = _two_users(bundle, cluster)
     port = cluster.master_of(user_key(down_user, b"r"))
     app = create_app(settings(published_root, state_url=cluster.url(), state_timeout_s=0.05))
@@ -100,3 +106,44 @@ def test_a_shard_killed_under_traffic(published_root: Path, shared_cluster: Redi
             thread.join()
             cluster.restart(port)
     assert statuses and set(statuses) == {200}, "a recall failed while the shard was down"
+
+
+@pytest.mark.slow
+def test_a_batch_answers_the_live_shards_users(
+    published_root: Path, shared_cluster: RedisCluster
+) -> None:
+    """A batch recall of users on two masters while one is down: each entry answers as a
+    recall of that user alone would (the dead shard's user 503, or the popular list when
+    asked, ``fresh: false``; the other user from the store, ``fresh: true``)."""
+    cluster = shared_cluster
+    bundle = _users_loaded(published_root, cluster)
+    down_row, down_user, up_row, up_user = _two_users(bundle, cluster)
+    port = cluster.master_of(user_key(down_user, b"r"))
+    app = create_app(settings(published_root, state_url=cluster.url(), state_timeout_s=0.05))
+    with live_server(app) as base, httpx.Client(base_url=base, timeout=10) as c:
+        for row, u in ((down_row, down_user), (up_row, up_user)):
+            post_events(c, [{"user_id": u, "item_id": i} for i in unseen_items(bundle, row, 2)])
+        cluster.kill(port)
+        try:
+            requests = [
+                {"user_id": down_user, "k": 5},
+                {"user_id": up_user, "k": 5},
+                {"user_id": down_user, "k": 5, "fallback": "popular"},
+                {"vector": [0.1] * bundle.dim, "k": 3},
+            ]
+            started = time.perf_counter()
+            batch = c.post("/v1/recall/batch", json={"requests": requests})
+            assert time.perf_counter() - started < 1.0  # within the read bounds
+            assert batch.status_code == 200, batch.text
+            down, up, popular, by_vector = batch.json()["results"]
+            assert down["status"] == 503 and down["error"]["code"] == "state_unavailable"
+            assert up["status"] == 200 and up["fresh"] is True and up["fresh_events"] == 2
+            assert popular["status"] == 200 and popular["source"] == "popular"
+            assert popular["fresh"] is False
+            assert by_vector["status"] == 200 and by_vector["fresh"] is True
+            unfresh = metric(
+                c.get("/metrics").text, 'recall_unfresh_answers_total{reason="unavailable"}'
+            )
+            assert unfresh == 1  # the one user the store could not give
+        finally:
+            cluster.restart(port)

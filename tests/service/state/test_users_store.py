@@ -1,7 +1,8 @@
 """Users in the store (Redis mode): ``recall publish --state-url`` loads each user's record
 before ``CURRENT`` changes; a replica serves by user id from the store, opening no
-``user_*`` file, with the answers the bundle's own files give; bad URLs exit 2; an
-interrupted load leaves ``CURRENT`` alone and resumes; retention removes old users.
+``user_*`` file, with the answers the bundle's own files give; bad URLs exit 2 and a
+store that does not answer 3; an interrupted load leaves ``CURRENT`` alone and resumes;
+retention removes old users.
 Real redis-server processes, a real uvicorn server, ``recall`` subprocesses."""
 
 from __future__ import annotations
@@ -173,23 +174,30 @@ def test_a_replica_on_a_bundle_whose_users_are_not_loaded_is_not_ready(
         assert httpx.get(f"{base}/readyz").status_code == 200
 
 
-def test_bad_state_urls_exit_2_and_publish_nothing(published_root: Path, tmp_path: Path) -> None:
+def test_bad_or_dead_state_urls_publish_nothing(published_root: Path, tmp_path: Path) -> None:
+    """A URL that does not parse exits 2, a store that does not answer (one Redis, or no
+    node of a cluster) exits 3, as an s3:// root's object store does: one line naming the
+    setting, CURRENT untouched."""
     root = tmp_path / "root"
     root.mkdir()
     first = copy_bundle(published_root, root, "20260101T000000Z-first0")
     second = copy_bundle(published_root, root, "20260101T000000Z-second")
     publish(first)
     dead = f"redis://127.0.0.1:{free_port()}/0"
-    for args, env, setting in (
-        (["--state-url", dead], None, "--state-url"),
-        ([], {"RECALL_STATE_URL": dead}, "RECALL_STATE_URL"),
-        ([], {"RECALL_STATE_URL": "memcached://x"}, "RECALL_STATE_URL"),
-        (["--state-url", "redis+cluster://127.0.0.1"], None, "--state-url"),
+    dead_cluster = f"redis+cluster://127.0.0.1:{free_port()}"
+    for args, env, setting, code in (
+        (["--state-url", dead], None, "--state-url", 3),
+        ([], {"RECALL_STATE_URL": dead}, "RECALL_STATE_URL", 3),
+        (["--state-url", dead_cluster], None, "--state-url", 3),
+        ([], {"RECALL_STATE_URL": "memcached://x"}, "RECALL_STATE_URL", 2),
+        (["--state-url", "redis+cluster://127.0.0.1"], None, "--state-url", 2),
     ):
         done = recall_cli("publish", str(second), *args, env=env)
-        assert done.returncode == 2, done.stderr
+        assert done.returncode == code, done.stderr
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and setting in lines[0], done.stderr
+        if code == 3:
+            assert "did not answer" in lines[0] and "nothing was published" in lines[0]
         assert (root / CURRENT).read_text().strip() == first.name
 
 
