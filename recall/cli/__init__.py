@@ -28,6 +28,7 @@ from recall.cli import (
 )
 from recall.cli.command import STORE_DID_NOT_ANSWER, StoreDidNotAnswer
 from recall.index.bundle import BundleError
+from recall.index.roots import ObjectStoreUnavailable
 
 __all__ = ["build_parser", "main"]
 
@@ -93,5 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except StoreDidNotAnswer as e:
         logger.error("recall %s: %s", args.command, e)
+        return STORE_DID_NOT_ANSWER
+    except ObjectStoreUnavailable as e:  # an s3:// root's object store, from any command
+        logger.error("recall %s: the object store did not answer: %s", args.command, e)
         return STORE_DID_NOT_ANSWER
     return code

@@ -14,7 +14,6 @@ promotion (EXPERIMENT then stays).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import secrets
@@ -24,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from recall.cli.command import Handler, Subcommands
+from recall.cli.command import Subcommands
 from recall.cli.users import add_state_url
 
 if TYPE_CHECKING:
@@ -32,8 +31,6 @@ if TYPE_CHECKING:
     from recall.index.roots import Root
 
 logger = logging.getLogger("recall")
-
-STORE_UNAVAILABLE = 3
 
 
 def add_parser(sub: Subcommands) -> None:
@@ -92,22 +89,6 @@ def add_parser(sub: Subcommands) -> None:
     add_state_url(stop)
 
 
-def _store_down_is_3(handler: Handler) -> Handler:
-    """``handler``, exiting 3 with one line when the object store does not answer."""
-
-    @functools.wraps(handler)
-    def run(args: argparse.Namespace) -> int:
-        from recall.index.roots import ObjectStoreUnavailable
-
-        try:
-            return handler(args)
-        except ObjectStoreUnavailable as e:
-            logger.error("recall experiment: the object store did not answer: %s", e)
-            return STORE_UNAVAILABLE
-
-    return run
-
-
 def new_experiment(arms: list[str], shares: list[float], salt: str | None) -> Experiment:
     """The experiment the flags describe, with a time-ordered id; ValueError naming the
     first problem."""
@@ -136,7 +117,6 @@ def new_experiment(arms: list[str], shares: list[float], salt: str | None) -> Ex
         raise ValueError(str(e)) from None
 
 
-@_store_down_is_3
 def run_start(args: argparse.Namespace) -> int:
     from recall.cli.users import user_sink
     from recall.index.roots import open_root
@@ -159,7 +139,6 @@ def status_of(root: Root) -> dict[str, Any]:
     }
 
 
-@_store_down_is_3
 def run_status(args: argparse.Namespace) -> int:
     from recall.index.roots import open_root
 
@@ -181,7 +160,6 @@ def run_status(args: argparse.Namespace) -> int:
     return 0
 
 
-@_store_down_is_3
 def run_stop(args: argparse.Namespace) -> int:
     from recall.cli.publish import publish_bundle
     from recall.cli.users import user_sink

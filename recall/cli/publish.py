@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from recall.cli.command import StoreDidNotAnswer, Subcommands, add_command
+from recall.cli.command import Subcommands, add_command
 from recall.cli.users import add_state_url
 
 if TYPE_CHECKING:
@@ -56,7 +56,6 @@ def publish_bundle(
     """Publish ``bundle`` to ``root`` (None: its parent; ``s3://.../<id>``: a rollback in
     the bucket), its ``users`` loaded first when given; the command's exit code."""
     from recall.index.roots import (
-        ObjectStoreUnavailable,
         PublishConflict,
         S3Location,
         S3Root,
@@ -73,8 +72,6 @@ def publish_bundle(
         else:
             path = Path(bundle)
             open_root(root or str(path.absolute().parent)).publish(path, keep=keep, users=users)
-    except ObjectStoreUnavailable as e:
-        raise StoreDidNotAnswer(f"the object store did not answer: {e}") from None
     except PublishConflict as e:
         logger.error("recall publish: %s", e)
         return LOST_RACE
