@@ -474,50 +474,49 @@ class SQLiteStore:
         Raises :class:`StoreUnavailable`, :class:`StoreTimeout` past the bound. (A read
         stuck in the kernel, on a hung disk, is not interrupted: nor would the bundle's
         memory maps on that disk be.)"""
-        if self._closed:
-            raise StoreUnavailable("the state store is closed")
-        if self._broken is not None:
-            raise StoreUnavailable(f"SQLite read refused: the store is unusable: {self._broken}")
+        self._check_usable("read")
         ids = _ids(user_ids)
         after = check_time(after)
         since = None
         if shown_since is not None:  # exact TTL, trimmed or not
             since = max(check_time(shown_since), time.time() - self.limits.shown_ttl_s)
-        try:
-            conn = self._reader()
-            self._local.deadline = time.monotonic() + self.limits.timeout_s
+
+        def read(conn: sqlite3.Connection) -> tuple[Recent, list[list[ExternalId]] | None]:
             recent = self._recent(ids, after, conn)
-            shown = None if since is None else self._shown(ids, since, conn)
-        except sqlite3.Error as e:
-            self._note(e)
-            if "interrupted" in str(e) or "locked" in str(e):
-                bound = self.limits.timeout_s
-                raise StoreTimeout(f"SQLite read took longer than {bound:g} s ({e})") from None
-            raise StoreUnavailable(f"SQLite read failed: {e}") from e
-        except OSError as e:
-            raise StoreUnavailable(f"SQLite read failed: {e}") from e
-        return recent, shown
+            return recent, None if since is None else self._shown(ids, since, conn)
+
+        return self._on_reader("read", read)
 
     def remember_in_thread(self, lists: Sequence[ServedList]) -> None:
         """:meth:`remember` in the calling (search) thread, on its reading connection,
         within ``timeout_s`` of the moment it starts."""
+        self._check_usable("write")
+        rows = _served_rows(lists)
+        self._on_reader("remember", partial(self._remember, rows))
+
+    def _check_usable(self, op: str) -> None:
+        """:class:`StoreUnavailable` when the store is closed or unusable (``op``: the
+        call's name in the message)."""
         if self._closed:
             raise StoreUnavailable("the state store is closed")
         if self._broken is not None:
-            raise StoreUnavailable(f"SQLite write refused: the store is unusable: {self._broken}")
-        rows = _served_rows(lists)
+            raise StoreUnavailable(f"SQLite {op} refused: the store is unusable: {self._broken}")
+
+    def _on_reader(self, op: str, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work`` on the calling thread's reading connection, interrupted ``timeout_s``
+        after it starts; SQLite's errors as :class:`StoreTimeout` / :class:`StoreUnavailable`."""
         try:
             conn = self._reader()
             self._local.deadline = time.monotonic() + self.limits.timeout_s
-            self._remember(rows, conn)
+            return work(conn)
         except sqlite3.Error as e:
             self._note(e)
             if "interrupted" in str(e) or "locked" in str(e):
                 bound = self.limits.timeout_s
-                raise StoreTimeout(f"SQLite remember took longer than {bound:g} s ({e})") from None
-            raise StoreUnavailable(f"SQLite remember failed: {e}") from e
+                raise StoreTimeout(f"SQLite {op} took longer than {bound:g} s ({e})") from None
+            raise StoreUnavailable(f"SQLite {op} failed: {e}") from e
         except OSError as e:
-            raise StoreUnavailable(f"SQLite remember failed: {e}") from e
+            raise StoreUnavailable(f"SQLite {op} failed: {e}") from e
 
     def _remember(
         self, rows: list[tuple[ExternalId, float, bytes]], conn: sqlite3.Connection | None = None
@@ -622,10 +621,7 @@ class SQLiteStore:
         op: str,
         executor: ThreadPoolExecutor | None = None,
     ) -> T:
-        if self._closed:
-            raise StoreUnavailable("the state store is closed")
-        if self._broken is not None:
-            raise StoreUnavailable(f"SQLite {op} refused: the store is unusable: {self._broken}")
+        self._check_usable(op)
         self._start_check()
         loop = asyncio.get_running_loop()
         pool = executor or self._executor
