@@ -283,20 +283,32 @@ class S3Root:
     def current(self, if_none_match: str | None = None) -> RemoteCurrent | None:
         """``CURRENT`` now; None when its ETag is still ``if_none_match`` (a conditional
         GET: nothing is transferred then)."""
-        key = self.location.key(CURRENT)
-        kwargs: dict[str, Any] = {"Bucket": self.location.bucket, "Key": key}
+        got = self._read_if_changed(CURRENT, MAX_CURRENT_BYTES, if_none_match)
+        if got is None:
+            return None
+        etag, raw = got
+        if etag is None:
+            return RemoteCurrent(None, CurrentState(None))
+        return RemoteCurrent(etag, _parse_current(f"{self.url}/{CURRENT}", ("s3", etag), raw))
+
+    def _read_if_changed(
+        self, name: str, limit: int, if_none_match: str | None
+    ) -> tuple[str | None, bytes] | None:
+        """The root's small file ``name``: its ETag and at most ``limit + 1`` bytes, or
+        ``(None, b"")`` when there is none; None when its ETag is still ``if_none_match``
+        (a conditional GET: nothing is transferred then)."""
+        kwargs: dict[str, Any] = {"Bucket": self.location.bucket, "Key": self.location.key(name)}
         if if_none_match is not None:
             kwargs["IfNoneMatch"] = if_none_match
-        with _S3Errors(f"reading {self.url}/{CURRENT}", missing_ok=True) as missing:
+        with _S3Errors(f"reading {self.url}/{name}", missing_ok=True) as missing:
             response = self.client.get_object(**kwargs)
-            raw = response["Body"].read(MAX_CURRENT_BYTES + 1)
+            raw: bytes = response["Body"].read(limit + 1)
             response["Body"].close()
         if missing.code == _NOT_MODIFIED:
             return None
         if missing.code is not None:
-            return RemoteCurrent(None, CurrentState(None))
-        etag = str(response["ETag"])
-        return RemoteCurrent(etag, _parse_current(f"{self.url}/{CURRENT}", ("s3", etag), raw))
+            return None, b""
+        return str(response["ETag"]), raw
 
     def current_id(self) -> str | None:
         current = self.current()
@@ -393,20 +405,13 @@ class S3Root:
     def experiment_if_changed(self, if_none_match: str | None) -> ExperimentState | None:
         """EXPERIMENT now (key ``("s3", etag)``); None when its ETag is still
         ``if_none_match`` (a conditional GET: nothing is transferred then)."""
-        key = self.location.key(EXPERIMENT)
-        kwargs: dict[str, Any] = {"Bucket": self.location.bucket, "Key": key}
-        if if_none_match is not None:
-            kwargs["IfNoneMatch"] = if_none_match
-        where = f"{self.url}/{EXPERIMENT}"
-        with _S3Errors(f"reading {where}", missing_ok=True) as missing:
-            response = self.client.get_object(**kwargs)
-            raw = response["Body"].read(MAX_EXPERIMENT_BYTES + 1)
-            response["Body"].close()
-        if missing.code == _NOT_MODIFIED:
+        got = self._read_if_changed(EXPERIMENT, MAX_EXPERIMENT_BYTES, if_none_match)
+        if got is None:
             return None
-        if missing.code is not None:
+        etag, raw = got
+        if etag is None:
             return ExperimentState(None)
-        return ExperimentState.parse(("s3", str(response["ETag"])), raw, where)
+        return ExperimentState.parse(("s3", etag), raw, f"{self.url}/{EXPERIMENT}")
 
     def start_experiment(self, experiment: Experiment, *, users: UserSink | None = None) -> None:
         _refuse_running(self.url, self.experiment())
