@@ -177,6 +177,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(split, ignore_errors=True)
         shutil.rmtree(root, ignore_errors=True)
         write_split(data, train_rows, split)
+        logger.info("training the %s tower (recall train; its log shows on failure)", args.tower)
         train_s = train_and_publish(split, root, args.seed, args.epochs, args.tower)
         stamp_path.write_text(json.dumps({**stamp, "train_seconds": train_s}))
         logger.info("trained and published in %.0f s", train_s)
