@@ -9,6 +9,12 @@ request (``time.process_time``: the loop and the search threads) is set against 
 ``GET /healthz`` through the same app. What uvicorn adds on top (httptools, the sockets)
 is the HTTP floor of ``bench/service_bench.py``.
 
+Beside them: the loop's function calls per recall (``loop_calls``, a count the machine's
+load does not move) and the framework's floor in process, a bare Starlette and a bare
+FastAPI route (``bench/_floor.py``) that read the body and answer a real answer's bytes.
+``--profile FILE``: one run of this checkout with a cProfile of the loop's recalls, on CPU
+time (a wall-clock profile charges the loop for its waits on the GIL).
+
 With ``--base DIR`` (a source tree, e.g. ``git archive <commit> | tar -x -C DIR``) the same
 measurement runs for that tree and for this checkout in fresh processes, alternated for
 ``--rounds`` rounds; the report gives each round and the medians.
