@@ -43,6 +43,7 @@ from recall.service.http_common import (
 from recall.service.json_body import body_openapi, read_body
 from recall.service.pool import SearchPool
 from recall.service.recaller import RecallQuery, ServingBundle
+from recall.service.request_route import RequestRoute
 from recall.service.schemas import (
     BatchRecallRequest,
     BatchRecallResponse,
@@ -57,7 +58,9 @@ from recall.service.settings import Settings
 from recall.service.state import LIVE_KS, ServedList
 from recall.service.state_access import StateAccess
 
-router = APIRouter(tags=["recall"])
+#: ``POST /v1/recall`` takes the request and builds its response: called without
+#: FastAPI's per-request handler (:mod:`recall.service.request_route`)
+router = APIRouter(tags=["recall"], route_class=RequestRoute)
 
 
 @dataclass(frozen=True)
