@@ -160,7 +160,7 @@ async def _batch_of_route(
     # one pair per user: the store's key and the id as the arm's bundle types it
     pairs = dict.fromkeys((e.key, e.query.user_id) for e in entries if e.key is not None)
     keys = [key for key, _ in pairs]
-    users = [user for _, user in pairs if user is not None]
+    users = [user for _, user in pairs if user is not None]  # None only where key is
     return await state.run_and_remember(
         pool,
         keys,
