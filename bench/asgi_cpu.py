@@ -9,6 +9,12 @@ request (``time.process_time``: the loop and the search threads) is set against 
 ``GET /healthz`` through the same app. What uvicorn adds on top (httptools, the sockets)
 is the HTTP floor of ``bench/service_bench.py``.
 
+Beside them: the loop's function calls per recall (``loop_calls``, a count the machine's
+load does not move) and the framework's floor in process, a bare Starlette and a bare
+FastAPI route (``bench/_floor.py``) that read the body and answer a real answer's bytes.
+``--profile FILE``: one run of this checkout with a cProfile of the loop's recalls, on CPU
+time (a wall-clock profile charges the loop for its waits on the GIL).
+
 With ``--base DIR`` (a source tree, e.g. ``git archive <commit> | tar -x -C DIR``) the same
 measurement runs for that tree and for this checkout in fresh processes, alternated for
 ``--rounds`` rounds; the report gives each round and the medians.
@@ -105,6 +111,27 @@ async def drive(
     return (time.process_time() - cpu) / n, (time.thread_time() - loop) / n
 
 
+async def calls_per_request(
+    app: Asgi, requests: list[tuple[str, str, bytes]], concurrency: int
+) -> float:
+    """Python and C function calls (a coroutine's resumption counts as one) the event
+    loop's thread makes per request: what its CPU figure would be without the machine's
+    noise."""
+    calls = 0
+
+    def count(frame: object, event: str, arg: object) -> None:
+        nonlocal calls
+        if event in ("call", "c_call"):
+            calls += 1
+
+    sys.setprofile(count)  # this thread only: the loop's
+    try:
+        await drive(app, requests, concurrency)
+    finally:
+        sys.setprofile(None)
+    return calls / len(requests)
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """One process's figures (µs of CPU per request) for the code ``recall`` imports."""
     import faiss
@@ -136,6 +163,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 profile.dump_stats(args.profile)
             recall, recall_loop = await drive(app, recalls, args.concurrency)
             healthz, _ = await drive(app, health, args.concurrency)
+            calls = await calls_per_request(app, recalls[:500], args.concurrency)
             answer: list[bytes] = []
             await call(app, *recalls[0], answer=answer)
         # the framework alone: a bare route that reads the body and answers a real answer
@@ -146,6 +174,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         return {
             "recall_us": 1e6 * recall,
             "loop_us": 1e6 * recall_loop,
+            "loop_calls": calls,
             "healthz_us": 1e6 * healthz,
             "floor_starlette_us": 1e6 * floor["starlette"],
             "floor_fastapi_us": 1e6 * floor["fastapi"],

@@ -10,7 +10,9 @@ background onto the answer: about a fifth of the event loop's CPU on ``POST /v1/
 (:func:`recall.service.json_body.read_body`) and builds its own response needs none of
 that. Everything else stays FastAPI's: matching, the OpenAPI document, the error handlers
 (an exception raised by the endpoint reaches them as before) and the middleware. Any
-other endpoint of a router with this route class gets FastAPI's handler as usual.
+other endpoint of a router with this route class gets FastAPI's handler as usual. With
+``RECALL_OPENTELEMETRY=true`` such a route has FastAPI's request span but not the
+handler's inner ``fastapi.dependencies`` and ``fastapi.endpoint`` spans.
 """
 
 from __future__ import annotations
