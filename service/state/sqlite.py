@@ -39,7 +39,9 @@ A served list is written by the search thread that answered the recall (its read
 connection, ``synchronous=NORMAL``: the WAL is appended, not fsynced), so remembering
 costs a recall no hand-off and no fsync; it waits for the write lock at most
 ``timeout_s`` (an events commit holds it through its fsync), else the list is not
-remembered.
+remembered. Those connections leave checkpoints to the checker thread (a passive one
+every :data:`CHECKPOINT_EVERY` lists), so a recall does not copy the WAL into the
+database and fsync it (:data:`SEARCH_AUTOCHECKPOINT` says when one still does).
 """
 
 from __future__ import annotations
@@ -104,6 +106,17 @@ the write path; every write batch checks it too, before its events are acknowled
 PROGRESS_STEPS = 1000
 """SQLite VM steps between two deadline checks of a read in a search thread (a point read
 of one user takes far fewer: the check costs a healthy read nothing)."""
+CHECKPOINT_EVERY = 100
+"""Served lists remembered (by the process's threads) between two passive checkpoints on
+the checker thread. SQLite's automatic checkpoint, run by the commit that takes the WAL
+past ``wal_autocheckpoint`` pages (1000 by default: one in ~250 lists), copied the WAL
+into the database and fsynced both in that recall's search thread, milliseconds long;
+the checker copies and fsyncs instead (docs/performance.md)."""
+SEARCH_AUTOCHECKPOINT = 10_000
+"""``wal_autocheckpoint`` of the connections that remember lists: the bound on the WAL
+(~40 MiB). The WAL starts over only after a checkpoint by a connection's own commit (a
+passive one from elsewhere leaves writes that never pause no moment to): one in ~2,500
+lists, which copies the few pages the checker left and fsyncs."""
 QUICK_CHECK_EVERY_S = 60.0
 """Least time between two ``PRAGMA quick_check`` runs (each reads the whole file)."""
 QUICK_CHECK_SHARE = 0.01
@@ -191,6 +204,8 @@ class SQLiteStore:
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._trim_at = 0.0  # time.monotonic() of the next trim
+        self._uncheckpointed = 0  # lists remembered since the last checkpoint was asked for
+        self._checkpointing = False  # one asked for and not done
         self._closed = False
 
     # -- the thread side -------------------------------------------------------------
@@ -524,20 +539,47 @@ class SQLiteStore:
         """The served lists ``rows`` in one transaction, without an fsync (this connection's
         ``synchronous=NORMAL``: a served list need not survive a power cut)."""
         conn = conn or self._conn()
-        if not getattr(self._local, "relaxed", False):
-            conn.execute("PRAGMA synchronous = NORMAL")  # never the writer's connection
+        if not getattr(self._local, "relaxed", False):  # never the writer's connection
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {SEARCH_AUTOCHECKPOINT}")
             self._local.relaxed = True
         if len(rows) == 1:
             conn.execute(REMEMBER, rows[0])  # its own transaction
-            return
-        conn.execute("BEGIN IMMEDIATE")
+        else:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(REMEMBER, rows)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        self._checkpoint_soon(len(rows))
+
+    def _checkpoint_soon(self, lists: int) -> None:
+        """Every :data:`CHECKPOINT_EVERY` lists remembered, a passive checkpoint on the
+        checker thread (one at a time)."""
+        with self._lock:
+            self._uncheckpointed += lists
+            if self._uncheckpointed < CHECKPOINT_EVERY or self._checkpointing or self._closed:
+                return
+            self._uncheckpointed, self._checkpointing = 0, True
         try:
-            conn.executemany(REMEMBER, rows)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+            self._checker.submit(self._checkpoint)
+        except RuntimeError:  # shut down meanwhile
+            self._checkpointing = False
+
+    def _checkpoint(self) -> None:
+        """``PRAGMA wal_checkpoint(PASSIVE)`` on this (checker) thread's connection: the WAL
+        pages no reader still needs copied into the database, waiting for no lock."""
+        try:
+            self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except (sqlite3.Error, OSError) as e:  # the next one tries again
+            if isinstance(e, sqlite3.Error):
+                self._note(e)
+            logger.debug("state store checkpoint failed: %s", e)
+        finally:
+            self._checkpointing = False
 
     def _served(self, user_ids: list[ExternalId]) -> list[ServedList | None]:
         since = time.time() - self.limits.served_ttl_s
