@@ -7,8 +7,9 @@ Calls run on a small thread pool with one connection per thread; each waits at m
 bound (``asyncio.timeout``), and a write waits for another process's write lock at most
 ``write_timeout_s`` (``busy_timeout``). A recall's read runs in the search thread that
 answers it instead (:meth:`SQLiteStore.read_in_thread`, one connection per search
-thread): no hand-off of its own, and its bound starts when the read does (a busy handler
-and a progress handler end it), so a saturated service never times out a healthy store.
+thread): no hand-off of its own, and its bound starts when the read does (short pauses
+while the file is locked and a progress handler end it), so a saturated service never
+times out a healthy store.
 Ids are stored in columns without a declared type, so SQLite keeps each value's storage
 class: an int comes back an int, ``"7"`` a str.
 
@@ -117,6 +118,12 @@ SEARCH_AUTOCHECKPOINT = 10_000
 (~40 MiB). The WAL starts over only after a checkpoint by a connection's own commit (a
 passive one from elsewhere leaves writes that never pause no moment to): one in ~2,500
 lists, which copies the few pages the checker left and fsyncs."""
+BUSY_PAUSE_S = 50e-6
+"""How long a search thread's store call that found the file locked (another worker's
+write, an events commit's fsync) pauses before it tries again; twice as long each time,
+up to :data:`BUSY_PAUSE_MAX_S`, within the call's bound. SQLite's own busy handler sleeps
+1, 2, 5, 10, 15 ms..., so a list that met another worker's 0.1 ms write waited 1 ms."""
+BUSY_PAUSE_MAX_S = 1e-3
 QUICK_CHECK_EVERY_S = 60.0
 """Least time between two ``PRAGMA quick_check`` runs (each reads the whole file)."""
 QUICK_CHECK_SHARE = 0.01
@@ -470,14 +477,15 @@ class SQLiteStore:
         return [per_user.get(u, []) for u in user_ids]
 
     def _reader(self) -> sqlite3.Connection:
-        """This (search) thread's connection, set up for reads bounded by ``timeout_s`` from
-        their start (``self._local.deadline``, monotonic): opened with a busy handler that
-        waits at most that long for a lock, and a progress handler that interrupts a query
-        running past it."""
+        """This (search) thread's connection, set up for calls bounded by ``timeout_s`` from
+        their start (``self._local.deadline``, monotonic): a progress handler interrupts a
+        query running past it, and a lock found taken fails at once (no busy handler:
+        :meth:`_on_reader` pauses and retries)."""
         conn = self._conn(self.limits.timeout_s)
         local = self._local
         if not getattr(local, "reader", False):
             conn.set_progress_handler(lambda: time.monotonic() > local.deadline, PROGRESS_STEPS)
+            conn.execute("PRAGMA busy_timeout = 0")
             local.reader = True
         return conn
 
@@ -519,11 +527,23 @@ class SQLiteStore:
 
     def _on_reader(self, op: str, work: Callable[[sqlite3.Connection], T]) -> T:
         """``work`` on the calling thread's reading connection, interrupted ``timeout_s``
-        after it starts; SQLite's errors as :class:`StoreTimeout` / :class:`StoreUnavailable`."""
+        after it starts and tried again after a short pause (:data:`BUSY_PAUSE_S`) while
+        the file is locked; SQLite's errors as :class:`StoreTimeout` /
+        :class:`StoreUnavailable`. ``work`` must be all or nothing (one statement, or one
+        transaction)."""
         try:
             conn = self._reader()
-            self._local.deadline = time.monotonic() + self.limits.timeout_s
-            return work(conn)
+            deadline = time.monotonic() + self.limits.timeout_s
+            self._local.deadline = deadline
+            pause = BUSY_PAUSE_S
+            while True:
+                try:
+                    return work(conn)
+                except sqlite3.OperationalError as e:
+                    if not _busy(e) or time.monotonic() + pause > deadline:
+                        raise
+                time.sleep(pause)
+                pause = min(2 * pause, BUSY_PAUSE_MAX_S)
         except sqlite3.Error as e:
             self._note(e)
             if "interrupted" in str(e) or "locked" in str(e):
@@ -838,6 +858,12 @@ class SQLiteStore:
 def _retrieve(done: asyncio.Future[None]) -> None:
     if not done.cancelled():
         done.exception()
+
+
+def _busy(error: sqlite3.Error) -> bool:
+    """Whether ``error`` is SQLite's "database is locked" (SQLITE_BUSY: another connection
+    holds the lock)."""
+    return getattr(error, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
 
 
 def _ids(user_ids: Iterable[object]) -> list[ExternalId]:
