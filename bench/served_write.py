@@ -14,7 +14,7 @@ Versions: this checkout (``new``) and ``--base`` (another source tree, ``old``: 
 archive <commit> | tar -x -C DIR``), alternated round by round, each round in fresh
 processes on a fresh copy of the prefilled file, so both see the same machine::
 
-    git archive HEAD~1 | tar -x -C /tmp/served-base
+    git archive 6005d1e | tar -x -C /tmp/served-base
     .venv/bin/python bench/served_write.py --base /tmp/served-base \\
         --out bench/results/served_write.json
 """
@@ -39,26 +39,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from _machine import machine
+
+# each process imports the `recall` its PYTHONPATH names: this checkout's or --base's
+from recall.service.state.base import Event, ServedList, StoreLimits, StoreUnavailable
+from recall.service.state.served import encode
+from recall.service.state.sqlite import REMEMBER, SQLiteStore
+
 logger = logging.getLogger("bench.served_write")
 
 ITEMS = tuple(range(10**6, 10**6 + 100))  # 100 seven-digit ids, as at 1M items
-
-
-def _limits() -> Any:
-    from recall.service.state.base import StoreLimits
-
-    return StoreLimits(
-        window=50, shown_ttl_s=86400, retention_s=86400, timeout_s=0.05, write_timeout_s=1.0
-    )
+LIMITS = StoreLimits(  # the service's defaults
+    window=50, shown_ttl_s=86400, retention_s=86400, timeout_s=0.05, write_timeout_s=1.0
+)
 
 
 def prefill(path: Path, users: int) -> None:
     """A store file whose ``served`` table holds ``users`` lists (checkpointed)."""
-    from recall.service.state.base import ServedList
-    from recall.service.state.served import encode
-    from recall.service.state.sqlite import REMEMBER, SQLiteStore
-
-    asyncio.run(_open_and_close(SQLiteStore(path, _limits())))
+    asyncio.run(_open_and_close(SQLiteStore(path, LIMITS)))
     now = time.time()
     conn = sqlite3.connect(path, isolation_level=None)
     try:
@@ -73,17 +71,14 @@ def prefill(path: Path, users: int) -> None:
         conn.close()
 
 
-async def _open_and_close(store: Any) -> None:
+async def _open_and_close(store: SQLiteStore) -> None:
     await store.ping()  # creates the file and its tables
     await store.close()
 
 
 def worker(args: argparse.Namespace) -> None:
     """One process: ``--threads`` threads remembering lists; prints its JSON report."""
-    from recall.service.state.base import ServedList, StoreUnavailable
-    from recall.service.state.sqlite import SQLiteStore
-
-    store = SQLiteStore(args.path, _limits())
+    store = SQLiteStore(args.path, LIMITS)
     stop = args.start_at + args.seconds
     results: list[dict[str, Any]] = []
 
@@ -117,11 +112,9 @@ def worker(args: argparse.Namespace) -> None:
 
 def events_writer(args: argparse.Namespace) -> None:
     """One process committing 10 events every ``--events-every-ms`` until the round ends."""
-    from recall.service.state.base import Event
-    from recall.service.state.sqlite import SQLiteStore
 
     async def run() -> None:
-        store = SQLiteStore(args.path, _limits())
+        store = SQLiteStore(args.path, LIMITS)
         rng = random.Random(args.seed)
         await asyncio.sleep(max(0.0, args.start_at - time.time()))
         while time.time() < args.start_at + args.seconds:
@@ -210,8 +203,6 @@ def main(argv: list[str] | None = None) -> int:
         events_writer(args)
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from _machine import machine
-
     versions: list[tuple[str, Path | None]] = [("new", None)]
     if args.base is not None:
         versions.insert(0, ("old", args.base))

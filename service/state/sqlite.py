@@ -115,9 +115,10 @@ into the database and fsynced both in that recall's search thread, milliseconds 
 the checker copies and fsyncs instead (docs/performance.md)."""
 SEARCH_AUTOCHECKPOINT = 10_000
 """``wal_autocheckpoint`` of the connections that remember lists: the bound on the WAL
-(~40 MiB). The WAL starts over only after a checkpoint by a connection's own commit (a
-passive one from elsewhere leaves writes that never pause no moment to): one in ~2,500
-lists, which copies the few pages the checker left and fsyncs."""
+(~40 MiB). The WAL starts over only at a write that finds it all checkpointed, a moment
+the checker's passive checkpoints seldom leave writes that never pause; a connection's
+own automatic checkpoint makes one, once in ~2,500 lists, copying the few pages the
+checker left and fsyncing."""
 BUSY_PAUSE_S = 50e-6
 """How long a search thread's store call that found the file locked (another worker's
 write, an events commit's fsync) pauses before it tries again; twice as long each time,
