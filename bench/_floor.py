@@ -20,7 +20,14 @@ from starlette.routing import Route
 
 def create_app() -> Starlette:
     """The floor app ``BENCH_FLOOR_KIND`` names, answering ``BENCH_FLOOR_BODY``."""
-    body = Path(os.environ["BENCH_FLOOR_BODY"]).read_bytes()
+    return floor_app(
+        os.environ["BENCH_FLOOR_KIND"], Path(os.environ["BENCH_FLOOR_BODY"]).read_bytes()
+    )
+
+
+def floor_app(kind: str, body: bytes) -> Starlette:
+    """A bare ``kind`` (``starlette`` or ``fastapi``) app whose ``POST /v1/recall`` reads
+    the request's body and answers ``body``."""
     headers = {"X-Bundle-Id": "floor"}
 
     async def recall(request: Request) -> Response:
@@ -30,7 +37,7 @@ def create_app() -> Starlette:
     async def ready(request: Request) -> Response:  # what bench/_server.serve waits for
         return Response(b'{"status":"ready"}', media_type="application/json")
 
-    if os.environ["BENCH_FLOOR_KIND"] == "starlette":
+    if kind == "starlette":
         return Starlette(
             routes=[Route("/v1/recall", recall, methods=["POST"]), Route("/readyz", ready)]
         )

@@ -9,6 +9,12 @@ request (``time.process_time``: the loop and the search threads) is set against 
 ``GET /healthz`` through the same app. What uvicorn adds on top (httptools, the sockets)
 is the HTTP floor of ``bench/service_bench.py``.
 
+Beside them: the loop's function calls per recall (``loop_calls``, a count the machine's
+load does not move) and the framework's floor in process, a bare Starlette and a bare
+FastAPI route (``bench/_floor.py``) that read the body and answer a real answer's bytes.
+``--profile FILE``: one run of this checkout with a cProfile of the loop's recalls, on CPU
+time (a wall-clock profile charges the loop for its waits on the GIL).
+
 With ``--base DIR`` (a source tree, e.g. ``git archive <commit> | tar -x -C DIR``) the same
 measurement runs for that tree and for this checkout in fresh processes, alternated for
 ``--rounds`` rounds; the report gives each round and the medians.
@@ -22,9 +28,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import logging
 import os
+import pstats
 import statistics
 import subprocess
 import sys
@@ -39,8 +47,11 @@ logger = logging.getLogger("bench.asgi_cpu")
 Asgi = Callable[..., Coroutine[Any, Any, None]]
 
 
-async def call(app: Asgi, method: str, path: str, body: bytes = b"") -> int:
-    """One request through ``app``'s ASGI interface; its status."""
+async def call(
+    app: Asgi, method: str, path: str, body: bytes = b"", answer: list[bytes] | None = None
+) -> int:
+    """One request through ``app``'s ASGI interface; its status (the body's bytes appended
+    to ``answer``)."""
     headers = [(b"host", b"bench"), (b"content-length", str(len(body)).encode())]
     if body:
         headers.append((b"content-type", b"application/json"))
@@ -73,6 +84,8 @@ async def call(app: Asgi, method: str, path: str, body: bytes = b"") -> int:
         nonlocal status
         if message["type"] == "http.response.start":
             status = message["status"]
+        elif answer is not None:
+            answer.append(message["body"])
 
     await app(scope, receive, send)
     return status
@@ -98,11 +111,33 @@ async def drive(
     return (time.process_time() - cpu) / n, (time.thread_time() - loop) / n
 
 
+async def calls_per_request(
+    app: Asgi, requests: list[tuple[str, str, bytes]], concurrency: int
+) -> float:
+    """Python and C function calls (a coroutine's resumption counts as one) the event
+    loop's thread makes per request: what its CPU figure would be without the machine's
+    noise."""
+    calls = 0
+
+    def count(frame: object, event: str, arg: object) -> None:
+        nonlocal calls
+        if event in ("call", "c_call"):
+            calls += 1
+
+    sys.setprofile(count)  # this thread only: the loop's
+    try:
+        await drive(app, requests, concurrency)
+    finally:
+        sys.setprofile(None)
+    return calls / len(requests)
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """One process's figures (µs of CPU per request) for the code ``recall`` imports."""
     import faiss
     import numpy as np
     import uvloop
+    from _floor import floor_app
 
     from recall.service.app import create_app
     from recall.service.deps import app_state_of
@@ -122,13 +157,28 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     async def run() -> dict[str, float]:
         async with app.router.lifespan_context(app):
             await drive(app, recalls[: args.requests // 10], args.concurrency)  # warm
+            if args.profile is not None:  # the loop's thread only (a profiler is per thread)
+                with cProfile.Profile(time.thread_time) as profile:  # CPU, not GIL waits
+                    await drive(app, recalls, args.concurrency)
+                profile.dump_stats(args.profile)
             recall, recall_loop = await drive(app, recalls, args.concurrency)
             healthz, _ = await drive(app, health, args.concurrency)
-            return {
-                "recall_us": 1e6 * recall,
-                "loop_us": 1e6 * recall_loop,
-                "healthz_us": 1e6 * healthz,
-            }
+            calls = await calls_per_request(app, recalls[:500], args.concurrency)
+            answer: list[bytes] = []
+            await call(app, *recalls[0], answer=answer)
+        # the framework alone: a bare route that reads the body and answers a real answer
+        floor = {
+            kind: (await drive(floor_app(kind, b"".join(answer)), recalls, args.concurrency))[1]
+            for kind in ("starlette", "fastapi")
+        }
+        return {
+            "recall_us": 1e6 * recall,
+            "loop_us": 1e6 * recall_loop,
+            "loop_calls": calls,
+            "healthz_us": 1e6 * healthz,
+            "floor_starlette_us": 1e6 * floor["starlette"],
+            "floor_fastapi_us": 1e6 * floor["fastapi"],
+        }
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         out = runner.run(run())
@@ -174,10 +224,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path)
+    p.add_argument(
+        "--profile",
+        type=Path,
+        help="one run of this checkout, cProfile of its event loop's recalls to this file",
+    )
     args = p.parse_args(argv)
     args.root, args.state = args.root.absolute(), args.state.absolute()
     keep = ("root", "state", "users", "requests", "concurrency", "k", "extra", "seed")
     args.passthrough = [f"--{name}={getattr(args, name)}" for name in keep]
+    if args.profile is not None:
+        args.profile = args.profile.absolute()
+        args.passthrough.append(f"--profile={args.profile}")
     return args
 
 
@@ -191,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     from _machine import machine
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.profile is not None:  # one run of this checkout, and where its loop's time went
+        logger.info("new: %s", json.dumps(one_run(args, None)))
+        pstats.Stats(str(args.profile), stream=sys.stdout).sort_stats("tottime").print_stats(40)
+        return 0
     versions: dict[str, Path | None] = {"new": None}
     if args.base is not None:
         versions = {"old": args.base, "new": None}

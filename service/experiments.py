@@ -24,7 +24,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from recall.index.current import CurrentState, Key
 from recall.index.experiment import CONTROL, Arm, Experiment, ExperimentState, arm_of
@@ -37,7 +37,7 @@ from recall.service.reloader import JITTER, BundleHolder, BundleSource
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ArmSource", "Arms", "Serving"]
+__all__ = ["ArmSource", "Arms", "Route", "Serving"]
 
 
 class ArmSource:
@@ -84,6 +84,17 @@ class Serving:
     missing: Mapping[str, str] = field(default_factory=dict)
 
 
+class Route(NamedTuple):
+    """Which bundle answers a request: the experiment ``arm`` (``control`` included), its
+    ``bundle``, and the id of the experiment that arm is of (``""``: none runs), all from
+    one read of the :class:`Serving`: a list served in an arm is filed under an experiment
+    that has the arm, whatever swap happens meanwhile."""
+
+    arm: str
+    bundle: ServingBundle
+    experiment_id: str
+
+
 class Arms:
     """The experiment served beside ``control`` (the holder of CURRENT), and the one
     place that picks which bundle answers a request."""
@@ -111,32 +122,33 @@ class Arms:
 
     def route(
         self, control: ServingBundle, user_id: ExternalId | None, asked: str | None = None
-    ) -> tuple[str, ServingBundle]:
-        """``(arm, bundle)`` that answers a request on ``control`` (CURRENT's bundle, taken
-        once by the request): a user's arm by :func:`~recall.index.experiment.arm_of`
-        (``user_id`` canonical, as control types it), else the arm ``asked`` for (None:
-        control); :class:`InvalidRequest` for an arm the experiment does not have."""
-        serving = self.serving
+    ) -> Route:
+        """The :class:`Route` of a request on ``control`` (CURRENT's bundle, taken once by
+        the request): a user's arm by :func:`~recall.index.experiment.arm_of` (``user_id``
+        canonical, as control types it), else the arm ``asked`` for (None: control);
+        :class:`InvalidRequest` for an arm the experiment does not have."""
+        serving = self.serving  # read once: the arm and the experiment id agree
         experiment = serving.experiment
+        experiment_id = "" if experiment is None else experiment.id
         if user_id is not None:
             name = arm_of(experiment, user_id)
         elif asked is None or asked == CONTROL:
-            return CONTROL, control
+            return Route(CONTROL, control, experiment_id)
         elif experiment is None or experiment.arm(asked) is None:
             names = [CONTROL] + ([a.name for a in experiment.arms] if experiment else [])
             raise InvalidRequest(f"no arm {asked!r} is served; arms: {', '.join(names)}")
         else:
             name = asked
         if name == CONTROL or experiment is None:
-            return CONTROL, control
+            return Route(CONTROL, control, experiment_id)
         bundle = serving.bundles.get(name)
         if bundle is not None:
-            return name, bundle
+            return Route(name, bundle, experiment_id)
         arm = experiment.arm(name)
         if arm is not None and arm.bundle_id == control.id:  # CURRENT moved to the arm's
-            return name, control
+            return Route(name, control, experiment_id)
         self.metrics.experiment_fallbacks.labels(name).inc()
-        return CONTROL, control
+        return Route(CONTROL, control, experiment_id)
 
     def describe(self) -> dict[str, Any] | None:
         """The experiment and each arm's state here, for ``GET /v1/replica``."""

@@ -18,6 +18,7 @@ __all__ = [
     "BODY_ERRORS",
     "ERRORS",
     "JsonResponse",
+    "RawJsonResponse",
     "error_responses",
     "fresh_after",
     "model_response",
@@ -39,10 +40,29 @@ def model_response(bundle: ServingBundle, content: Any, **kwargs: Any) -> JsonRe
     return JsonResponse(content, headers={"X-Bundle-Id": bundle.id}, **kwargs)
 
 
+class RawJsonResponse(Response):
+    """JSON already serialized (in a search thread) with the answering bundle's
+    ``X-Bundle-Id``: the headers ``Response(content, media_type=..., headers=...)`` gives,
+    in its order, written down at once instead of lower-cased, encoded and searched per
+    response (a twentieth of the event loop's CPU on ``POST /v1/recall``)."""
+
+    media_type = JsonResponse.media_type
+
+    def __init__(self, content: bytes, bundle_id: str) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = content
+        self.raw_headers = [
+            (b"x-bundle-id", bundle_id.encode("latin-1")),
+            (b"content-length", b"%d" % len(content)),
+            (b"content-type", b"application/json"),
+        ]
+
+
 def raw_json_response(bundle: ServingBundle, content: bytes) -> Response:
     """JSON already serialized (in a search thread) with the answering bundle's
     ``X-Bundle-Id``."""
-    return Response(content, media_type=JsonResponse.media_type, headers={"X-Bundle-Id": bundle.id})
+    return RawJsonResponse(content, bundle.id)
 
 
 def fresh_after(bundle: ServingBundle, user_ids: list[ExternalId]) -> float:
@@ -51,9 +71,12 @@ def fresh_after(bundle: ServingBundle, user_ids: list[ExternalId]) -> float:
     bundle cannot tell fresh from trained). :mod:`recall.service.fresh` filters per user."""
     if bundle.trained_until is None or bundle.history is None:
         return -math.inf
-    if (bundle.user_ids.rows(user_ids) < 0).any():
-        return -math.inf
-    return bundle.trained_until
+    known = bundle.user_ids
+    if len(user_ids) == 1:  # a recall's user: no arrays on the event loop
+        unknown = known.row(user_ids[0]) is None
+    else:
+        unknown = bool((known.rows(user_ids) < 0).any())
+    return -math.inf if unknown else bundle.trained_until
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 
 __all__ = ["BODY_MODELS", "body_openapi", "read_body"]
 
@@ -60,10 +61,24 @@ def _is_json(content_type: str | None) -> bool:
     return main == "application" and (sub == "json" or sub.endswith("+json"))
 
 
+async def _body_of(request: Request) -> bytes:
+    """The request's body, from its ASGI messages as ``request.body()`` reads them, without
+    Starlette's stream (an async generator in an ``aclosing``: a twentieth of the event
+    loop's CPU on ``POST /v1/recall``)."""
+    chunks = []
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 async def read_body(request: Request, model: type[M]) -> M:
     """The request's body as ``model``; :class:`RequestValidationError` (422) or a 400
     :class:`HTTPException` as FastAPI's body parameter raises them."""
-    raw = await request.body()
+    raw = await _body_of(request)
     is_json = _is_json(_content_type(request))
     if raw and is_json:
         try:

@@ -9,8 +9,10 @@ timestamp is not before the list was served (what the user did before seeing it 
 its effect). It counts one live event for the list's experiment, arm and bundle, in the
 time bucket of its timestamp, and a hit at each K where the item's rank in the list is
 < K. An item the list lacks, also one the arm's bundle does not know, is a miss: the
-user engaged with something the arm did not recall. Several events in one request each
-count against the same list.
+user engaged with something the arm did not recall. Items are compared as a client spells
+them: an arm's bundle may type ids otherwise than control, which types the events
+(``"42"`` in the list is the event's ``42``). Several events in one request each count
+against the same list.
 
 The intervals treat events as independent trials; repeated events of one user are
 correlated, so the true uncertainty is wider when a few users make many events.
@@ -48,9 +50,10 @@ def count_live(
             continue
         rank_of = ranks.get(event.user_id)
         if rank_of is None:  # first occurrence: a recall lists an item once
-            rank_of = {item: r for r, item in reversed(list(enumerate(served_list.item_ids)))}
+            items = served_list.item_ids
+            rank_of = {str(item): r for r, item in reversed(list(enumerate(items)))}
             ranks[event.user_id] = rank_of
-        rank = rank_of.get(event.item_id, LIVE_KS[-1])
+        rank = rank_of.get(str(event.item_id), LIVE_KS[-1])  # as spelled: 42 is "42"
         bucket = math.floor(event.timestamp / bucket_s) * bucket_s
         key = (served_list.experiment_id, served_list.arm, served_list.bundle_id, bucket)
         total = totals.setdefault(key, [0] * (1 + len(LIVE_KS)))

@@ -168,6 +168,14 @@ class Metrics:
         )
         for reason in ("timeout", "unavailable", "unread"):
             self.live_unremembered.labels(reason)
+        self.live_uncounted = Counter(
+            "recall_live_uncounted",
+            "interaction events stored but counted nowhere in the live numbers, by reason: "
+            "read_failed (their users' served lists could not be read in time)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.live_uncounted.labels("read_failed")
         self.reloads.labels("success")
         for strategy in STRATEGIES:
             self.searches.labels(strategy)

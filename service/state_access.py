@@ -14,6 +14,9 @@ needs it in one hand-off to a search thread when the store reads in the caller's
 that search thread for SQLite, one pipelined write after it for Redis); a list that
 could not be kept never fails the recall: it is counted in
 ``recall_live_unremembered_total{reason}``.
+
+Users are named by the ids the store keys them by (as control's bundle types them); the
+users of a bundle kept in the store (Redis mode) are read as that bundle types them.
 """
 
 from __future__ import annotations
@@ -126,9 +129,10 @@ class StateAccess:
         """:meth:`run_with_state`, and the lists ``fn`` served remembered before this
         returns (so an event posted after the answer finds them): in the search thread
         for a store that writes there (SQLite), else one store call after it. Not tried
-        when the user's state could not be read (the store is down or slow)."""
+        for a user whose state could not be read (the store down or slow; on a cluster,
+        that user's shard): counted as ``unread``."""
         store = self._in_thread
-        work = partial(self._answer_then_remember, fn, store)
+        work = partial(self._answer_then_remember, fn, store, user_ids)
         out, pending = await self.run_with_state(
             pool, user_ids, work, after=after, with_shown=with_shown, bundle=bundle
         )
@@ -137,15 +141,19 @@ class StateAccess:
         return out
 
     def _answer_then_remember(
-        self, fn: Callable[[UserState], Served[T]], store: ReadsInThread | None, state: UserState
+        self,
+        fn: Callable[[UserState], Served[T]],
+        store: ReadsInThread | None,
+        user_ids: Sequence[ExternalId],
+        state: UserState,
     ) -> tuple[T, Sequence[ServedList]]:
-        """In the search thread: ``fn(state)``, its lists remembered here when ``store``
-        writes in this thread; the lists still to remember otherwise."""
+        """In the search thread: ``fn(state)`` (the state of ``user_ids``), the lists of its
+        users that were read remembered here when ``store`` writes in this thread; the
+        lists still to remember otherwise."""
         out, lists = fn(state)
-        if not lists:
-            return out, ()
         if not state.fresh:
-            self.metrics.live_unremembered.labels("unread").inc(len(lists))
+            lists = self._of_read_users(lists, user_ids, state)
+        if not lists:
             return out, ()
         if store is None:
             return out, lists
@@ -154,6 +162,17 @@ class StateAccess:
         except StoreUnavailable as e:
             self._count_unremembered(e, len(lists))
         return out, ()
+
+    def _of_read_users(
+        self, lists: Sequence[ServedList], user_ids: Sequence[ExternalId], state: UserState
+    ) -> Sequence[ServedList]:
+        """The ``lists`` of the users whose state was read (all of ``user_ids`` failed
+        unless ``state.unread`` names some); the others counted as unread."""
+        unread = {user_ids[j] for j in state.unread}
+        kept = [s for s in lists if s.user_id not in unread] if unread else []
+        if len(kept) < len(lists):
+            self.metrics.live_unremembered.labels("unread").inc(len(lists) - len(kept))
+        return kept
 
     async def remember(self, lists: Sequence[ServedList]) -> None:
         """Keep ``lists`` as their users' last served lists; never raises for store
@@ -255,7 +274,8 @@ class StateAccess:
             calls.append(self._bounded("shown", self.store.shown(user_ids, since)))
         shape = None if bundle is None else bundle.store_records
         if shape is not None and bundle is not None and self.users is not None:
-            calls.append(self._bounded("users", self.users.read(bundle.id, shape, user_ids)))
+            typed = [bundle.user_ids.canonical(u) for u in user_ids]  # as its records are keyed
+            calls.append(self._bounded("users", self.users.read(bundle.id, shape, typed)))
         raw = await asyncio.gather(*calls)
         error = next((r for r in raw if isinstance(r, Exception)), None)
         replies = [None if isinstance(r, Exception) else r for r in raw]

@@ -1,6 +1,8 @@
 """``POST /v1/events``: what users did, into the state store, with the live hits it makes
 (:mod:`recall.service.live_quality`): the users' served lists are read first (one store
-read), then the events and their counts written in one go."""
+read), then the events and their counts written in one go. Interactions stored while that
+read failed are counted nowhere in the live numbers: ``recall_live_uncounted_total``
+says how many."""
 
 from __future__ import annotations
 
@@ -41,14 +43,14 @@ async def post_events(
     counts = app.metrics.events
     counts.labels("rejected").inc(len(parsed.rejected))
     if parsed.events:
-        live = await _live_counts(app, state, parsed.events)
+        live, uncounted = await _live_counts(app, state, parsed.events)
         try:
             await state.add(parsed.events, live)
         except StateDown:
             counts.labels("unavailable").inc(len(parsed.events))
             raise
         counts.labels("stored").inc(len(parsed.events))
-        _count_metrics(app.metrics, live)
+        _count_metrics(app.metrics, live, uncounted)
     return model_response(
         bundle,
         {
@@ -59,19 +61,25 @@ async def post_events(
     )
 
 
-async def _live_counts(app: AppState, state: StateAccess, events: list[Event]) -> list[LiveCount]:
-    """The live counts ``events`` make against their users' served lists (none when the
-    lists could not be read: the add that follows then most likely fails too)."""
-    users = list(dict.fromkeys(e.user_id for e in events if e.type == "interaction"))
+async def _live_counts(
+    app: AppState, state: StateAccess, events: list[Event]
+) -> tuple[list[LiveCount], int]:
+    """The live counts ``events`` make against their users' served lists, and how many
+    interactions go uncounted because the lists could not be read (then all of them)."""
+    interactions = [e for e in events if e.type == "interaction"]
+    users = list(dict.fromkeys(e.user_id for e in interactions))
     lists = await state.served(users)
-    if not lists:
-        return []
+    if lists is None:
+        return [], len(interactions)
     served = {user: s for user, s in zip(users, lists, strict=True) if s is not None}
-    return count_live(events, served, app.settings.live_bucket_s)
+    return count_live(interactions, served, app.settings.live_bucket_s), 0
 
 
-def _count_metrics(metrics: Metrics, live: list[LiveCount]) -> None:
-    """``recall_live_events_total`` and ``recall_live_hits_total`` of stored counts."""
+def _count_metrics(metrics: Metrics, live: list[LiveCount], uncounted: int) -> None:
+    """``recall_live_events_total`` and ``recall_live_hits_total`` of stored counts, and
+    ``recall_live_uncounted_total`` of the stored interactions that could not be counted."""
+    if uncounted:
+        metrics.live_uncounted.labels("read_failed").inc(uncounted)
     for count in live:
         metrics.live_events.labels(count.arm).inc(count.events)
         for k, hits in zip(LIVE_KS, count.hits, strict=True):

@@ -6,7 +6,9 @@ makes one hand-off to the search pool, where the state store is read for a user_
 the answer becomes JSON; the event loop only parses the request and sends the bytes.
 Which bundle answers is :meth:`recall.service.experiments.Arms.route`'s choice: a user's
 experiment arm, else the arm asked for, else control (CURRENT's); a batch is answered
-arm by arm, one hand-off each.
+arm by arm, one hand-off each. The state store knows a user by the id as control types
+it (what the events route stores and the arm is hashed from), whatever the arm's bundle
+makes of it: the user's events, impressions and served list are one key in every arm.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from recall.service.core import RecallAnswer, RecallCore
 from recall.service.deps import AppStateDep, BundleDep, StateDep, app_state_of
 from recall.service.domain_errors import InvalidRequest, OverLimit, RecallError
 from recall.service.errors import describe_errors, envelope, error_body
-from recall.service.experiments import Arms
+from recall.service.experiments import Arms, Route
 from recall.service.fresh import UserState
 from recall.service.http_common import (
     BODY_ERRORS,
@@ -41,6 +43,7 @@ from recall.service.http_common import (
 from recall.service.json_body import body_openapi, read_body
 from recall.service.pool import SearchPool
 from recall.service.recaller import RecallQuery, ServingBundle
+from recall.service.request_route import RequestRoute
 from recall.service.schemas import (
     BatchRecallRequest,
     BatchRecallResponse,
@@ -55,17 +58,19 @@ from recall.service.settings import Settings
 from recall.service.state import LIVE_KS, ServedList
 from recall.service.state_access import StateAccess
 
-router = APIRouter(tags=["recall"])
+#: ``POST /v1/recall`` takes the request and builds its response: called without
+#: FastAPI's per-request handler (:mod:`recall.service.request_route`)
+router = APIRouter(tags=["recall"], route_class=RequestRoute)
 
 
 @dataclass(frozen=True)
 class _Entry:
-    """One batch entry, parsed: its arm and that arm's bundle, the query (its user id
-    canonical in that bundle) and its two flags."""
+    """One batch entry, parsed: its route, the query (its user id canonical in the route's
+    bundle), the user's state-store key (None: not a user_id query) and its two flags."""
 
-    arm: str
-    bundle: ServingBundle
+    route: Route
     query: RecallQuery
+    key: ExternalId | None
     exclude_shown: bool
     with_attributes: bool
 
@@ -90,17 +95,17 @@ async def recall(request: Request) -> Response:
     app = app_state_of(request.app)
     control = app.holder.require()
     state = app.state_access()
-    experiment_id = _experiment_id(app)
-    arm, bundle, query = _in_arm(app.core, app.arms, control, _query(body, app.settings), body.arm)
-    answer = partial(_recall_json, app.core, bundle, query, body.with_attributes, arm)
-    if query.user_id is None:
-        content, _ = await app.pool.run(answer, "", None)
+    route, query, key = _in_arm(app.core, app.arms, control, _query(body, app.settings), body.arm)
+    bundle = route.bundle
+    answer = partial(_recall_json, app.core, route, query, key, body.with_attributes)
+    if key is None:
+        content, _ = await app.pool.run(answer, None)
     else:
-        users = [query.user_id]
+        users = [key]
         content = await state.run_and_remember(
             app.pool,
             users,
-            partial(answer, experiment_id),
+            answer,
             after=fresh_after(bundle, users),
             with_shown=body.exclude_shown,
             bundle=bundle,
@@ -127,39 +132,39 @@ async def recall_batch(
             f"(the sum of k over its requests); this one asks for {asked}"
         )
     parsed = {j: e for j, e in enumerate(entries) if isinstance(e, _Entry)}
-    by_arm: dict[tuple[str, str], list[int]] = {}
+    by_route: dict[tuple[str, str, str], list[int]] = {}  # an experiment swap may split a batch
     for j, entry in parsed.items():
-        by_arm.setdefault((entry.arm, entry.bundle.id), []).append(j)
+        route = entry.route
+        by_route.setdefault((route.experiment_id, route.arm, route.bundle.id), []).append(j)
     rows = [b"" if j in parsed else orjson.dumps(e) for j, e in enumerate(entries)]
-    experiment_id = _experiment_id(app)
     answered = await asyncio.gather(
         *(
-            _batch_of_arm(app.core, state, app.pool, [parsed[j] for j in js], experiment_id)
-            for js in by_arm.values()
+            _batch_of_route(app.core, state, app.pool, [parsed[j] for j in js])
+            for js in by_route.values()
         )
     )
-    for js, arm_rows in zip(by_arm.values(), answered, strict=True):
-        for j, row in zip(js, arm_rows, strict=True):
+    for js, route_rows in zip(by_route.values(), answered, strict=True):
+        for j, row in zip(js, route_rows, strict=True):
             rows[j] = row
     content = b'{"bundle_id":' + orjson.dumps(bundle.id) + b',"results":[' + b",".join(rows) + b"]}"
     return raw_json_response(bundle, content)
 
 
-async def _batch_of_arm(
-    core: RecallCore,
-    state: StateAccess,
-    pool: SearchPool,
-    entries: list[_Entry],
-    experiment_id: str,
+async def _batch_of_route(
+    core: RecallCore, state: StateAccess, pool: SearchPool, entries: list[_Entry]
 ) -> list[bytes]:
-    """The rows of a batch's entries of one arm (one bundle): one hand-off, the store
-    read once for their users and written once with the lists they were served."""
-    bundle = entries[0].bundle
-    users = list(dict.fromkeys(e.query.user_id for e in entries if e.query.user_id is not None))
+    """The rows of a batch's entries of one route (one experiment, arm and bundle): one
+    hand-off, the store read once for their users and written once with the lists they
+    were served."""
+    bundle = entries[0].route.bundle
+    # one pair per user: the store's key and the id as the arm's bundle types it
+    pairs = dict.fromkeys((e.key, e.query.user_id) for e in entries if e.key is not None)
+    keys = [key for key, _ in pairs]
+    users = [user for _, user in pairs if user is not None]  # None only where key is
     return await state.run_and_remember(
         pool,
-        users,
-        partial(_batch_rows, core, entries, users, experiment_id),
+        keys,
+        partial(_batch_rows, core, entries, users),
         after=fresh_after(bundle, users),
         with_shown=any(e.exclude_shown for e in entries),
         bundle=bundle,
@@ -232,50 +237,42 @@ def _query(request: RecallRequest, settings: Settings) -> RecallQuery:
     )
 
 
-def _experiment_id(app: AppState) -> str:
-    """The id of the experiment served now (``""``: none): what served lists are counted
-    under."""
-    experiment = app.experiment
-    return "" if experiment is None else experiment.id
-
-
-def _served(query: RecallQuery, answer: RecallAnswer, experiment_id: str) -> list[ServedList]:
-    """The list a user_id query served, to remember (none for other queries)."""
-    if query.user_id is None:
+def _served(key: ExternalId | None, route: Route, answer: RecallAnswer) -> list[ServedList]:
+    """The list a user_id query served to the user of state-store ``key``, to remember
+    under ``route``'s experiment (none for other queries)."""
+    if key is None:
         return []
     result = answer.result
     items = tuple(result.item_ids[: LIVE_KS[-1]])
-    return [
-        ServedList(query.user_id, experiment_id, answer.arm, result.bundle_id, items, time.time())
-    ]
+    return [ServedList(key, route.experiment_id, answer.arm, result.bundle_id, items, time.time())]
 
 
 def _in_arm(
     core: RecallCore, arms: Arms, control: ServingBundle, query: RecallQuery, asked: str | None
-) -> tuple[str, ServingBundle, RecallQuery]:
-    """``(arm, its bundle, query)`` for a request on ``control``: the user id made
-    canonical as control types it (what the arm is hashed from), then as the arm's bundle
-    types it."""
+) -> tuple[Route, RecallQuery, ExternalId | None]:
+    """``(route, query, key)`` for a request on ``control``: the user id made canonical as
+    control types it (``key``: what the arm is hashed from and the state store knows the
+    user by; None without a user id), and the query with it as the arm's bundle types it."""
     query = core.canonical(control, query)
-    arm, bundle = arms.route(control, query.user_id, asked)
-    return arm, bundle, query if bundle is control else core.canonical(bundle, query)
+    route = arms.route(control, query.user_id, asked)
+    if route.bundle is not control:
+        return route, core.canonical(route.bundle, query), query.user_id
+    return route, query, query.user_id
 
 
 def _recall_json(
     core: RecallCore,
-    bundle: ServingBundle,
+    route: Route,
     query: RecallQuery,
+    key: ExternalId | None,
     with_attributes: bool,
-    arm: str,
-    experiment_id: str,
     state: UserState | None,
 ) -> tuple[bytes, list[ServedList]]:
-    """In a search thread: the answer to ``query`` on ``bundle`` (experiment ``arm``'s)
-    with the user's ``state`` (None: not a user_id query), as the JSON body, and the
-    list it served."""
-    answer = core.recall(bundle, query, state, with_attributes=with_attributes, arm=arm)
+    """In a search thread: the answer to ``query`` on ``route``'s bundle with the user's
+    ``state`` (None: not a user_id query), as the JSON body, and the list it served."""
+    answer = core.recall(route.bundle, query, state, with_attributes=with_attributes, arm=route.arm)
     body = orjson.dumps(_recall_body(answer), option=orjson.OPT_SERIALIZE_NUMPY)
-    return body, _served(query, answer, experiment_id)
+    return body, _served(key, route, answer)
 
 
 def _parse_batch(
@@ -291,10 +288,8 @@ def _parse_batch(
     for item in raw:
         try:
             request = RecallRequest.model_validate(item)
-            arm, bundle, query = _in_arm(
-                core, arms, control, _query(request, settings), request.arm
-            )
-            out.append(_Entry(arm, bundle, query, request.exclude_shown, request.with_attributes))
+            route, query, key = _in_arm(core, arms, control, _query(request, settings), request.arm)
+            out.append(_Entry(route, query, key, request.exclude_shown, request.with_attributes))
         except ValidationError as e:
             message = describe_errors(list(e.errors()))
             out.append({"status": 422, **envelope("invalid_input", message)})
@@ -304,24 +299,21 @@ def _parse_batch(
 
 
 def _batch_rows(
-    core: RecallCore,
-    entries: list[_Entry],
-    users: list[ExternalId],
-    experiment_id: str,
-    state: UserState,
+    core: RecallCore, entries: list[_Entry], users: list[ExternalId], state: UserState
 ) -> tuple[list[bytes], list[ServedList]]:
-    """The answers of a batch's entries of one arm, serialized here in the pool, one
+    """The answers of a batch's entries of one route, serialized here in the pool, one
     entry per orjson call: orjson holds the GIL for a whole call, so one call over a 30 MB
     answer would stall the event loop (/healthz) for as long; between entries the loop
-    gets it back. And the lists its user_id entries served."""
-    bundle, arm = entries[0].bundle, entries[0].arm
+    gets it back. And the lists its user_id entries served. ``users``: their distinct
+    ids as the route's bundle types them, ``state`` theirs in that order."""
+    route = entries[0].route
     queries = [(e.query, e.exclude_shown, e.with_attributes) for e in entries]
     rows = []
     served: list[ServedList] = []
-    answers = core.recall_batch(bundle, queries, users, state, arm)
+    answers = core.recall_batch(route.bundle, queries, users, state, route.arm)
     for entry, answer in zip(entries, answers, strict=True):
         if isinstance(answer, RecallAnswer):
-            served += _served(entry.query, answer, experiment_id)
+            served += _served(entry.key, route, answer)
             result: dict[str, Any] = {"status": 200, **_recall_body(answer)}
         elif isinstance(answer, RecallError):
             result = error_body(answer)
@@ -335,17 +327,17 @@ async def _similar(
     app: AppState, control: ServingBundle, item_id: str, body: SimilarRequest
 ) -> Response:
     """Item-to-item neighbours in the arm ``body`` names (default control)."""
-    arm, bundle = app.arms.route(control, None, body.arm)
+    route = app.arms.route(control, None, body.arm)
     answer = await app.pool.run(
         partial(
             app.core.similar,
-            bundle,
+            route.bundle,
             item_id,
             body.k,
             conditions(body.filter),
             body.exclude,
             body.with_attributes,
-            arm,
+            route.arm,
         )
     )
-    return model_response(bundle, _recall_body(answer))
+    return model_response(route.bundle, _recall_body(answer))

@@ -5,6 +5,7 @@ records live there), and after the failover everything answers again with no res
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from tests.live import live_server, settings
 from tests.redis_cluster import RedisCluster
 from tests.redis_server import load_users
 from tests.service.test_events import metric, post_events, recall, unseen_items, user
+from tests.service.test_live_http import served_lists
 
 
 def _users_loaded(published_root: Path, cluster: RedisCluster) -> ServingBundle:
@@ -147,3 +149,36 @@ def test_a_batch_answers_the_live_shards_users(
             assert unfresh == 1  # the one user the store could not give
         finally:
             cluster.restart(port)
+
+
+@pytest.mark.slow
+def test_a_batch_with_a_user_on_a_dead_shard_keeps_the_other_users_lists(
+    published_root: Path, shared_cluster: RedisCluster
+) -> None:
+    """One master of the cluster down: a batch's user on it is not remembered (counted
+    unread), the user on a live master is."""
+    bundle = _users_loaded(published_root, shared_cluster)
+    _, down_user, _, up_user = _two_users(bundle, shared_cluster)
+    port = shared_cluster.master_of(user_key(down_user, b"r"))
+    url = shared_cluster.url()
+    app = create_app(settings(published_root, state_url=url, state_timeout_s=0.05))
+    with live_server(app) as base, httpx.Client(base_url=base, timeout=10) as client:
+        shared_cluster.kill(port)
+        try:
+            requests = [
+                {"user_id": down_user, "k": 100, "fallback": "popular"},
+                {"user_id": up_user, "k": 100},
+            ]
+            answer = client.post("/v1/recall/batch", json={"requests": requests})
+            assert answer.status_code == 200, answer.text
+            down, up = answer.json()["results"]
+            assert (down["status"], down["fresh"]) == (200, False)
+            assert (up["status"], up["fresh"]) == (200, True)
+            unread = 'recall_live_unremembered_total{reason="unread"}'
+            assert metric(client.get("/metrics").text, unread) == 1  # the popular list
+        finally:
+            shared_cluster.restart(port)
+    down_list, up_list = asyncio.run(served_lists(url, [down_user, up_user]))
+    assert down_list is None
+    assert up_list is not None
+    assert list(up_list.item_ids) == [i["item_id"] for i in up["items"]]
