@@ -313,6 +313,7 @@ class EntryPoints:
     def __init__(self, index: Any, rows: npt.NDArray[np.int64]) -> None:
         """``rows``: unique int64 labels in ``[0, index.ntotal)``."""
         self.rows = np.ascontiguousarray(rows, dtype=np.int64)
+        self.labels = self.rows.astype(np.int32)  # FAISS's node ids
         self.vectors = np.vstack([index.reconstruct(int(r)) for r in self.rows]).astype(np.float32)
         self.sq_norms = np.einsum("ij,ij->i", self.vectors, self.vectors)
 
@@ -320,14 +321,15 @@ class EntryPoints:
         self, padded: npt.NDArray[np.float32], probe: int
     ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:
         """The ``probe`` landmarks nearest (L2) each padded query (B, index_dim):
-        ``(labels (B, probe) int32, squared distances (B, probe) float32)``."""
+        ``(labels (B, probe) int32, squared distances (B, probe) float32)``, C-contiguous."""
         probe = min(probe, self.rows.size)
         d = (padded * padded).sum(1)[:, None] + self.sq_norms[None, :] - 2 * padded @ self.vectors.T
-        top = np.argpartition(d, probe - 1, axis=1)[:, :probe] if probe < d.shape[1] else None
-        pick = top if top is not None else np.broadcast_to(np.arange(d.shape[1]), d.shape)
-        labels = np.ascontiguousarray(self.rows[pick], dtype=np.int32)
-        dist = np.ascontiguousarray(np.take_along_axis(d, pick, 1), dtype=np.float32)
-        return labels, dist
+        if probe == d.shape[1]:
+            return np.ascontiguousarray(np.broadcast_to(self.labels, d.shape)), d
+        top = np.argpartition(d, probe - 1, axis=1)[:, :probe]
+        if len(d) == 1:  # one query (the service's): plain indexing, no take_along_axis
+            return self.labels[top], d[:, top[0]]
+        return self.labels[top], np.take_along_axis(d, top, 1)
 
 
 def search_hnsw_from(

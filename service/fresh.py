@@ -152,10 +152,10 @@ def user_vectors(
             )
         else:
             windows = [np.concatenate([user.window, fresh])[-length:] for _, user, fresh in refresh]
-            vectors = bundle.tower.encode_encoded(
+            vectors = bundle.tower.encode_encoded(  # np.array: np.stack's checks cost more
                 windows,
-                np.stack([user.categorical for _, user, _ in refresh]),
-                np.stack([user.numeric for _, user, _ in refresh]),
+                np.array([user.categorical for _, user, _ in refresh]),
+                np.array([user.numeric for _, user, _ in refresh]),
             )
         source = bundle.computed(Source.USER_EVENTS)
         for (j, user, fresh), vector in zip(refresh, vectors, strict=True):

@@ -7,8 +7,9 @@ Calls run on a small thread pool with one connection per thread; each waits at m
 bound (``asyncio.timeout``), and a write waits for another process's write lock at most
 ``write_timeout_s`` (``busy_timeout``). A recall's read runs in the search thread that
 answers it instead (:meth:`SQLiteStore.read_in_thread`, one connection per search
-thread): no hand-off of its own, and its bound starts when the read does (a busy handler
-and a progress handler end it), so a saturated service never times out a healthy store.
+thread): no hand-off of its own, and its bound starts when the read does (short pauses
+while the file is locked and a progress handler end it), so a saturated service never
+times out a healthy store.
 Ids are stored in columns without a declared type, so SQLite keeps each value's storage
 class: an int comes back an int, ``"7"`` a str.
 
@@ -39,7 +40,9 @@ A served list is written by the search thread that answered the recall (its read
 connection, ``synchronous=NORMAL``: the WAL is appended, not fsynced), so remembering
 costs a recall no hand-off and no fsync; it waits for the write lock at most
 ``timeout_s`` (an events commit holds it through its fsync), else the list is not
-remembered.
+remembered. Those connections leave checkpoints to the checker thread (a passive one
+every :data:`CHECKPOINT_EVERY` lists), so a recall does not copy the WAL into the
+database and fsync it (:data:`SEARCH_AUTOCHECKPOINT` says when one still does).
 """
 
 from __future__ import annotations
@@ -104,6 +107,24 @@ the write path; every write batch checks it too, before its events are acknowled
 PROGRESS_STEPS = 1000
 """SQLite VM steps between two deadline checks of a read in a search thread (a point read
 of one user takes far fewer: the check costs a healthy read nothing)."""
+CHECKPOINT_EVERY = 100
+"""Served lists remembered (by the process's threads) between two passive checkpoints on
+the checker thread. SQLite's automatic checkpoint, run by the commit that takes the WAL
+past ``wal_autocheckpoint`` pages (1000 by default: one in ~250 lists), copied the WAL
+into the database and fsynced both in that recall's search thread, milliseconds long;
+the checker copies and fsyncs instead (docs/performance.md)."""
+SEARCH_AUTOCHECKPOINT = 10_000
+"""``wal_autocheckpoint`` of the connections that remember lists: the bound on the WAL
+(~40 MiB). The WAL starts over only at a write that finds it all checkpointed, a moment
+the checker's passive checkpoints seldom leave writes that never pause; a connection's
+own automatic checkpoint makes one, once in ~2,500 lists, copying the few pages the
+checker left and fsyncing."""
+BUSY_PAUSE_S = 50e-6
+"""How long a search thread's store call that found the file locked (another worker's
+write, an events commit's fsync) pauses before it tries again; twice as long each time,
+up to :data:`BUSY_PAUSE_MAX_S`, within the call's bound. SQLite's own busy handler sleeps
+1, 2, 5, 10, 15 ms..., so a list that met another worker's 0.1 ms write waited 1 ms."""
+BUSY_PAUSE_MAX_S = 1e-3
 QUICK_CHECK_EVERY_S = 60.0
 """Least time between two ``PRAGMA quick_check`` runs (each reads the whole file)."""
 QUICK_CHECK_SHARE = 0.01
@@ -191,6 +212,8 @@ class SQLiteStore:
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._trim_at = 0.0  # time.monotonic() of the next trim
+        self._uncheckpointed = 0  # lists remembered since the last checkpoint was asked for
+        self._checkpointing = False  # one asked for and not done
         self._closed = False
 
     # -- the thread side -------------------------------------------------------------
@@ -455,14 +478,15 @@ class SQLiteStore:
         return [per_user.get(u, []) for u in user_ids]
 
     def _reader(self) -> sqlite3.Connection:
-        """This (search) thread's connection, set up for reads bounded by ``timeout_s`` from
-        their start (``self._local.deadline``, monotonic): opened with a busy handler that
-        waits at most that long for a lock, and a progress handler that interrupts a query
-        running past it."""
+        """This (search) thread's connection, set up for calls bounded by ``timeout_s`` from
+        their start (``self._local.deadline``, monotonic): a progress handler interrupts a
+        query running past it, and a lock found taken fails at once (no busy handler:
+        :meth:`_on_reader` pauses and retries)."""
         conn = self._conn(self.limits.timeout_s)
         local = self._local
         if not getattr(local, "reader", False):
             conn.set_progress_handler(lambda: time.monotonic() > local.deadline, PROGRESS_STEPS)
+            conn.execute("PRAGMA busy_timeout = 0")
             local.reader = True
         return conn
 
@@ -504,11 +528,23 @@ class SQLiteStore:
 
     def _on_reader(self, op: str, work: Callable[[sqlite3.Connection], T]) -> T:
         """``work`` on the calling thread's reading connection, interrupted ``timeout_s``
-        after it starts; SQLite's errors as :class:`StoreTimeout` / :class:`StoreUnavailable`."""
+        after it starts and tried again after a short pause (:data:`BUSY_PAUSE_S`) while
+        the file is locked; SQLite's errors as :class:`StoreTimeout` /
+        :class:`StoreUnavailable`. ``work`` must be all or nothing (one statement, or one
+        transaction)."""
         try:
             conn = self._reader()
-            self._local.deadline = time.monotonic() + self.limits.timeout_s
-            return work(conn)
+            deadline = time.monotonic() + self.limits.timeout_s
+            self._local.deadline = deadline
+            pause = BUSY_PAUSE_S
+            while True:
+                try:
+                    return work(conn)
+                except sqlite3.OperationalError as e:
+                    if not _busy(e) or time.monotonic() + pause > deadline:
+                        raise
+                time.sleep(pause)
+                pause = min(2 * pause, BUSY_PAUSE_MAX_S)
         except sqlite3.Error as e:
             self._note(e)
             if "interrupted" in str(e) or "locked" in str(e):
@@ -524,20 +560,47 @@ class SQLiteStore:
         """The served lists ``rows`` in one transaction, without an fsync (this connection's
         ``synchronous=NORMAL``: a served list need not survive a power cut)."""
         conn = conn or self._conn()
-        if not getattr(self._local, "relaxed", False):
-            conn.execute("PRAGMA synchronous = NORMAL")  # never the writer's connection
+        if not getattr(self._local, "relaxed", False):  # never the writer's connection
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {SEARCH_AUTOCHECKPOINT}")
             self._local.relaxed = True
         if len(rows) == 1:
             conn.execute(REMEMBER, rows[0])  # its own transaction
-            return
-        conn.execute("BEGIN IMMEDIATE")
+        else:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(REMEMBER, rows)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        self._checkpoint_soon(len(rows))
+
+    def _checkpoint_soon(self, lists: int) -> None:
+        """Every :data:`CHECKPOINT_EVERY` lists remembered, a passive checkpoint on the
+        checker thread (one at a time)."""
+        with self._lock:
+            self._uncheckpointed += lists
+            if self._uncheckpointed < CHECKPOINT_EVERY or self._checkpointing or self._closed:
+                return
+            self._uncheckpointed, self._checkpointing = 0, True
         try:
-            conn.executemany(REMEMBER, rows)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+            self._checker.submit(self._checkpoint)
+        except RuntimeError:  # shut down meanwhile
+            self._checkpointing = False
+
+    def _checkpoint(self) -> None:
+        """``PRAGMA wal_checkpoint(PASSIVE)`` on this (checker) thread's connection: the WAL
+        pages no reader still needs copied into the database, waiting for no lock."""
+        try:
+            self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except (sqlite3.Error, OSError) as e:  # the next one tries again
+            if isinstance(e, sqlite3.Error):
+                self._note(e)
+            logger.debug("state store checkpoint failed: %s", e)
+        finally:
+            self._checkpointing = False
 
     def _served(self, user_ids: list[ExternalId]) -> list[ServedList | None]:
         since = time.time() - self.limits.served_ttl_s
@@ -796,6 +859,12 @@ class SQLiteStore:
 def _retrieve(done: asyncio.Future[None]) -> None:
     if not done.cancelled():
         done.exception()
+
+
+def _busy(error: sqlite3.Error) -> bool:
+    """Whether ``error`` is SQLite's "database is locked" (SQLITE_BUSY: another connection
+    holds the lock)."""
+    return getattr(error, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
 
 
 def _ids(user_ids: Iterable[object]) -> list[ExternalId]:

@@ -320,3 +320,26 @@ def test_shared_search_parameters_never_carry_a_selector(hnsw: ItemIndex) -> Non
     own = fi.search_parameters("hnsw", use, kept_alive.selector)
     assert own is not shared and own.sel is not None and shared.sel is None
     assert fi.hnsw_queue(use) == 64 and fi.hnsw_queue(fi.SearchSettings()) == 16
+
+
+@pytest.mark.parametrize("queries", [1, 3])
+def test_entry_points_nearest_are_the_probe_closest_landmarks(queries: int) -> None:
+    """What :func:`recall.index.faiss_index.search_hnsw_from` enters level 0 from: the
+    ``probe`` landmarks nearest each query and their squared L2 distances, in the int32
+    and float32 C-contiguous arrays FAISS reads (one query has a path of its own)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2000, 9)).astype(np.float32)
+    index = fi.create_index(fi.IndexSpec("flat", "Flat", "l2", "none", 9, 9, {}), x)
+    rows = np.unique(rng.integers(0, 2000, 64)).astype(np.int64)
+    entries = fi.EntryPoints(index, rows)
+    q = rng.standard_normal((queries, 9)).astype(np.float32)
+    exact = ((q[:, None, :] - x[rows][None]) ** 2).sum(-1)  # (queries, landmarks)
+    for probe in (1, 4, rows.size):
+        labels, dist = entries.nearest(q, probe)
+        assert labels.shape == dist.shape == (queries, probe)
+        assert labels.dtype == np.int32 and dist.dtype == np.float32
+        assert labels.flags.c_contiguous and dist.flags.c_contiguous
+        for j in range(queries):
+            assert sorted(labels[j].tolist()) == sorted(rows[np.argsort(exact[j])[:probe]])
+            at = np.searchsorted(rows, labels[j])
+            np.testing.assert_allclose(dist[j], exact[j, at], rtol=1e-4, atol=1e-4)
