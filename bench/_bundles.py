@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -253,7 +254,25 @@ def serving_v2(v1: Path, root: Path) -> Path:
     manifest = b.read_manifest(v1)
     for name in manifest.files:
         os.link(v1 / name, target / name)
-    seen = np.load(v1 / b.USER_SEEN)
+    b.save_array(target / b.USER_HISTORY, seen_windows(v1).arrays())
+    n_items = manifest.counts.items
+    decile = np.random.default_rng(7).integers(0, 10, n_items).astype(np.float64)
+    attributes = ItemAttributes.from_raw({FILTER_ATTRIBUTE: decile}, n_items, {})
+    b.save_array(target / b.ITEM_ATTRIBUTES, attributes.arrays())
+    upgrade_to_v2(
+        target,
+        manifest,
+        [b.USER_HISTORY, b.ITEM_ATTRIBUTES],
+        item_attributes=attributes.schema(),
+    )
+    publish(target)
+    return target
+
+
+def seen_windows(bundle: Path) -> UserHistory:
+    """Each user's last <= :data:`WINDOW` seen items of ``bundle`` as a training window, in
+    time order, a second apart in the day before :data:`TRAINED_UNTIL`; no features."""
+    seen = np.load(bundle / b.USER_SEEN)
     indptr, indices = seen["indptr"], seen["indices"]
     lengths = np.minimum(np.diff(indptr), WINDOW)
     window_indptr = np.zeros_like(indptr)
@@ -261,32 +280,29 @@ def serving_v2(v1: Path, root: Path) -> Path:
     starts = np.repeat(indptr[1:] - lengths, lengths)  # each user's last `length` items
     position = np.arange(int(lengths.sum())) - np.repeat(window_indptr[:-1], lengths)
     n_users = len(lengths)
-    history = UserHistory(
+    return UserHistory(
         indptr=window_indptr.astype(np.int64),
         items=indices[starts + position].astype(np.int32),
         timestamps=TRAINED_UNTIL - 86_400.0 + position.astype(np.float64),
         categorical=np.zeros((n_users, 0), dtype=np.int64),
         numeric=np.zeros((n_users, 0), dtype=np.float32),
     )
-    b.save_array(target / b.USER_HISTORY, history.arrays())
-    n_items = manifest.counts.items
-    decile = np.random.default_rng(7).integers(0, 10, n_items).astype(np.float64)
-    attributes = ItemAttributes.from_raw({FILTER_ATTRIBUTE: decile}, n_items, {})
-    b.save_array(target / b.ITEM_ATTRIBUTES, attributes.arrays())
-    files = {
-        **manifest.files,
-        b.USER_HISTORY: b.file_entry(target / b.USER_HISTORY),
-        b.ITEM_ATTRIBUTES: b.file_entry(target / b.ITEM_ATTRIBUTES),
-    }
+
+
+def upgrade_to_v2(
+    target: Path, manifest: b.Manifest, written: Sequence[str], **fields: Any
+) -> None:
+    """Rewrite ``target``'s manifest (``manifest``, its v1 one) as schema_version 2, trained
+    until :data:`TRAINED_UNTIL`, with ``fields`` set and the files named in ``written``
+    (just written into ``target``) hashed again."""
+    files = {**manifest.files, **{name: b.file_entry(target / name) for name in written}}
     upgraded = b.Manifest.model_validate(
         {
             **manifest.model_dump(),
             "schema_version": 2,
             "trained_until": TRAINED_UNTIL,
-            "item_attributes": attributes.schema(),
+            **fields,
             "files": files,
         }
     )
     b.write_json_atomic(target / b.MANIFEST, upgraded.model_dump_json())
-    publish(target)
-    return target

@@ -1,5 +1,6 @@
-"""``recall serve`` as a real subprocess on 127.0.0.1: start, wait until ready, measure the
-CPU its process tree uses, stop."""
+"""The ``recall`` command as a real subprocess: ``recall ARGS`` run to its end
+(:func:`recall_cli`), and ``recall serve`` on 127.0.0.1: start, wait until ready, measure
+the CPU its process tree uses, stop."""
 
 from __future__ import annotations
 
@@ -58,6 +59,22 @@ def tree_cpu_seconds(root_pid: int) -> float:
     return total
 
 
+def recall_executable() -> str:
+    """The ``recall`` console script beside this Python (a venv's), else ``recall`` on PATH."""
+    candidate = Path(sys.executable).with_name("recall")
+    return str(candidate) if candidate.exists() else "recall"
+
+
+def recall_cli(*args: str | Path) -> str:
+    """Run ``recall ARGS`` to its end and return its stdout; a failure raises RuntimeError
+    with the end of its stderr."""
+    argv = [recall_executable(), *map(str, args)]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr[-2000:]}")
+    return done.stdout
+
+
 @dataclass
 class Server:
     url: str
@@ -66,11 +83,6 @@ class Server:
 
     def cpu_seconds(self) -> float:
         return tree_cpu_seconds(self.process.pid)
-
-
-def _recall_cli() -> str:
-    candidate = Path(sys.executable).with_name("recall")
-    return str(candidate) if candidate.exists() else "recall"
 
 
 @contextmanager
@@ -90,7 +102,7 @@ def serve(
     listen = ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     if app_factory is None:
         cmd = [
-            _recall_cli(),
+            recall_executable(),
             "--log-level",
             "WARNING",
             "serve",

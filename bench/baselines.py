@@ -156,11 +156,7 @@ def tune_itemknn(
             metrics = evaluate(itemknn_scorer(matrix, keep_top_neighbours(sim, k)), valid)
             grid.append({"neighbours": k, "shrink": shrink, **metrics})
             logger.debug("item-kNN k=%s shrink=%s: valid %s", k, shrink, metrics)
-    best = max(grid, key=lambda row: row[TUNE_METRIC])
-    params = {"neighbours": best["neighbours"], "shrink": best["shrink"]}
-    valid_metrics = {key: v for key, v in best.items() if key not in params}
-    logger.info("item-kNN: chose %s (valid %s %.4f)", params, TUNE_METRIC, best[TUNE_METRIC])
-    return Tuned(params, valid_metrics, grid, round(time.perf_counter() - started, 3))
+    return _chosen("item-kNN", grid, ("neighbours", "shrink"), started)
 
 
 def fit_itemknn(matrix: sp.csr_matrix, neighbours: int | None, shrink: float) -> ScoreFn:
@@ -232,33 +228,18 @@ def tune_als(
     alphas: Sequence[float] = ALS_ALPHA,
     iterations: Sequence[int] = ALS_ITERATIONS,
 ) -> Tuned:
-    """Grid search by validation HR@50. The iteration counts are checkpoints of one run:
-    implicit's ``fit`` resumes from the current factors, so fitting 15 then 5 more
-    iterations equals fitting 20 from scratch."""
+    """Grid search by validation HR@50; iteration counts are checkpoints of one run
+    (:func:`_checkpoints`)."""
     started = time.perf_counter()
-    checkpoints = sorted(iterations)
     grid: list[dict[str, Any]] = []
     for f, reg, alpha in itertools.product(factors, regularizations, alphas):
         confidence = confidence_matrix(matrix, alpha)
         with threadpool_limits(limits=1, user_api="blas"):
-            model = _als(f, reg, checkpoints[0], seed)
-            done = 0
-            for total in checkpoints:
-                model.iterations = total - done
-                model.fit(confidence, show_progress=False)
-                done = total
-                metrics = evaluate(als_scorer(model), valid)
-                row = {"factors": f, "regularization": reg, "alpha": alpha, "iterations": total}
-                grid.append({**row, **metrics})
-                logger.debug("ALS %s: valid %s", row, metrics)
-    best = max(grid, key=lambda row: row[TUNE_METRIC])
+            model = _als(f, reg, min(iterations), seed)
+            row = {"factors": f, "regularization": reg, "alpha": alpha}
+            grid += _checkpoints("ALS", model, confidence, iterations, valid, row)
     keys = ("factors", "regularization", "alpha", "iterations")
-    params = {key: best[key] for key in keys}
-    valid_metrics = {key: v for key, v in best.items() if key not in params}
-    logger.info(
-        "ALS seed %d: chose %s (valid %s %.4f)", seed, params, TUNE_METRIC, best[TUNE_METRIC]
-    )
-    return Tuned(params, valid_metrics, grid, round(time.perf_counter() - started, 3))
+    return _chosen(f"ALS seed {seed}", grid, keys, started)
 
 
 # ---------------------------------------------------------------------------------- BPR
@@ -301,30 +282,17 @@ def tune_bpr(
     regularizations: Sequence[float] = BPR_REGULARIZATION,
     iterations: Sequence[int] = BPR_ITERATIONS,
 ) -> Tuned:
-    """Grid search by validation HR@50; iteration counts are checkpoints of one run."""
+    """Grid search by validation HR@50; iteration counts are checkpoints of one run
+    (:func:`_checkpoints`)."""
     started = time.perf_counter()
-    checkpoints = sorted(iterations)
     grid: list[dict[str, Any]] = []
     for f, lr, reg in itertools.product(factors, learning_rates, regularizations):
         with threadpool_limits(limits=1, user_api="blas"):
             model = _bpr(f, lr, reg, seed)
-            done = 0
-            for total in checkpoints:
-                model.iterations = total - done
-                model.fit(matrix, show_progress=False)
-                done = total
-                metrics = evaluate(als_scorer(model), valid)
-                row = {
-                    "factors": f,
-                    "learning_rate": lr,
-                    "regularization": reg,
-                    "iterations": total,
-                }
-                grid.append({**row, **metrics})
-                logger.debug("BPR %s: valid %s", row, metrics)
-    return _chosen(
-        "BPR", grid, ("factors", "learning_rate", "regularization", "iterations"), started
-    )
+            row = {"factors": f, "learning_rate": lr, "regularization": reg}
+            grid += _checkpoints("BPR", model, matrix, iterations, valid, row)
+    keys = ("factors", "learning_rate", "regularization", "iterations")
+    return _chosen("BPR", grid, keys, started)
 
 
 # ------------------------------------------------------------------------------ PureSVD
@@ -360,3 +328,27 @@ def _chosen(name: str, grid: list[dict[str, Any]], keys: Sequence[str], started:
     valid_metrics = {key: v for key, v in best.items() if key not in params}
     logger.info("%s: chose %s (valid %s %.4f)", name, params, TUNE_METRIC, best[TUNE_METRIC])
     return Tuned(params, valid_metrics, grid, round(time.perf_counter() - started, 3))
+
+
+def _checkpoints(
+    name: str,
+    model: Any,
+    matrix: sp.csr_matrix,
+    iterations: Sequence[int],
+    valid: EvalTask,
+    row: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Fit implicit's ``model`` on ``matrix`` up to each of ``iterations`` in turn (one run:
+    ``fit`` resumes from the current factors, so 15 then 5 more iterations equal 20 from
+    scratch); a grid row per checkpoint: ``row``, the iterations, the validation metrics."""
+    grid: list[dict[str, Any]] = []
+    done = 0
+    for total in sorted(iterations):
+        model.iterations = total - done
+        model.fit(matrix, show_progress=False)
+        done = total
+        metrics = evaluate(als_scorer(model), valid)
+        point = {**row, "iterations": total}
+        grid.append({**point, **metrics})
+        logger.debug("%s %s: valid %s", name, point, metrics)
+    return grid

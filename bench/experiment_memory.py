@@ -19,19 +19,15 @@ It also prints each bundle's bytes (what a second arm maps). Run:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench._machine import machine
-from bench.replica_memory import replica, write_bundle
+from bench.replica_memory import replica, timed_report, write_bundle
 from recall.index import bundle as b
 from recall.index.experiment import Arm, Experiment
 from recall.index.roots import LocalRoot
@@ -103,16 +99,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="recalls before measuring")
     parser.add_argument("--out", type=Path, help="write the report (JSON) here")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    started = datetime.now(UTC)
-    report: dict[str, Any] = {"started": started.isoformat(), "machine": machine()}
-    with tempfile.TemporaryDirectory(prefix="experiment-memory-") as work:
-        report.update(run(args, Path(work)))
-    report["seconds"] = round((datetime.now(UTC) - started).total_seconds(), 1)
-    print(table(report))
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    timed_report("experiment_memory", args, run, table)
 
 
 if __name__ == "__main__":

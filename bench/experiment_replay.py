@@ -38,14 +38,12 @@ import logging
 import math
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,15 +54,15 @@ REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(REPO))
 
-from bench._data import ML100K_ENV, ml100k_dir  # noqa: E402
-from bench._machine import machine  # noqa: E402
-from bench._server import serve  # noqa: E402
-from bench.freshness import (  # noqa: E402
+from bench._data import (  # noqa: E402
+    ML100K_ENV,
     Interaction,
-    read_interactions,
-    split_at_quantile,
+    ml100k_dir,
+    replay_split,
     write_split,
 )
+from bench._results import finish, header  # noqa: E402
+from bench._server import recall_cli, serve  # noqa: E402
 from recall.service.state import sqlite_url  # noqa: E402
 
 logger = logging.getLogger("bench.experiment_replay")
@@ -81,19 +79,6 @@ ARM = "half"
 CONTROL = "control"
 Z95 = 1.959963984540054
 WORKERS = 2
-
-
-def _recall_cli() -> str:
-    candidate = Path(sys.executable).with_name("recall")
-    return str(candidate) if candidate.exists() else "recall"
-
-
-def recall_cli(*args: str) -> str:
-    """Run ``recall ARGS``; its stdout (a failure raises with its stderr logged)."""
-    done = subprocess.run([_recall_cli(), *args], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"recall {' '.join(args)} failed: {done.stderr.strip()}")
-    return done.stdout
 
 
 # ---------------------------------------------------------------- intervals
@@ -133,11 +118,11 @@ def half_of(rows: list[Interaction], seed: int) -> list[Interaction]:
 def train_bundle(split: Path, root: Path, seed: int, epochs: int) -> str:
     """``recall train`` + ``recall build-index`` (Flat) into ``root``; the bundle id."""
     out = recall_cli(
-        "train", "--data", str(split), "--out", str(root), "--seed", str(seed),
+        "train", "--data", split, "--out", root, "--seed", str(seed),
         "--epochs", str(epochs), "--no-progress",
     )  # fmt: skip
     bundle = Path(out.strip().splitlines()[-1])
-    recall_cli("build-index", str(bundle), "--kind", "flat")
+    recall_cli("build-index", bundle, "--kind", "flat")
     return bundle.name
 
 
@@ -173,11 +158,11 @@ def prepare(
 def start_experiment(root: Path, bundles: dict[str, str], share: float, seed: int) -> None:
     """CURRENT names ``full``; a new experiment with ``half`` at ``share`` (one running
     before is stopped: each replay counts under an experiment id of its own)."""
-    recall_cli("publish", str(root / bundles[CONTROL]))
+    recall_cli("publish", root / bundles[CONTROL])
     if (root / "EXPERIMENT").exists():
-        recall_cli("experiment", "stop", str(root))
+        recall_cli("experiment", "stop", root)
     recall_cli(
-        "experiment", "start", str(root), "--arm", f"{ARM}={bundles[ARM]}",
+        "experiment", "start", root, "--arm", f"{ARM}={bundles[ARM]}",
         "--share", str(share), "--salt", f"replay-{seed}",
     )  # fmt: skip
 
@@ -334,23 +319,15 @@ def run_one(
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    head = header("experiment_replay")
     data = args.data or ml100k_dir()
-    rows = read_interactions(data / "interactions.csv")
-    train_rows, later, cut = split_at_quantile(rows, args.quantile)
-    events = later[: args.events]
-    logger.info(
-        "%d interactions: %d up to %s, replaying %d of the %d later",
-        len(rows), len(train_rows), datetime.fromtimestamp(cut, UTC).isoformat(),
-        len(events), len(later),
-    )  # fmt: skip
+    train_rows, later, events, _ = replay_split(data, args.quantile, args.events)
     args.workdir = args.workdir or Path(tempfile.mkdtemp(prefix="recall-experiment-replay-"))
     args.workdir.mkdir(parents=True, exist_ok=True)
     root, bundles, train_s = prepare(args.workdir, data, train_rows, args.seed, args.epochs)
     runs = [run_one(kind, args, root, bundles, events) for kind in args.state]
     return {
-        "benchmark": "experiment_replay",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        **head,
         "data": str(data),
         "protocol": (
             f"train on interactions with timestamp <= the {args.quantile:.0%} time quantile "
@@ -375,17 +352,18 @@ def pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
 
 
-def print_table(report: dict[str, Any], k: int = 50) -> None:
-    print(
+def format_table(report: dict[str, Any], k: int = 50) -> str:
+    """Live HR@k per state store and arm, replayed and served, and each difference."""
+    lines = [
         f"Live HR@{k} per arm, replay of {report['events']} later MovieLens 100K events "
-        f"(% ; 95% interval)"
-    )
-    print(f"{'state':<8}{'arm':<9}{'events':>7}{'replay':>9}{'served':>9}  {'interval':<14}")
+        f"(% ; 95% interval)",
+        f"{'state':<8}{'arm':<9}{'events':>7}{'replay':>9}{'served':>9}  {'interval':<14}",
+    ]
     for r in report["runs"]:
         for name, arm in r["arms"].items():
             hr = arm[f"hr@{k}"]
             served = hr["served"]
-            print(
+            lines.append(
                 f"{r['state']:<8}{name:<9}{arm['events']:>7}{pct(hr['replay']):>9}"
                 f"{pct(served['value']):>9}  {pct(served['low'])} to {pct(served['high'])}"
             )
@@ -393,10 +371,11 @@ def print_table(report: dict[str, Any], k: int = 50) -> None:
             if int(d["k"]) != k:
                 continue
             wins = "excludes 0" if d["low"] > 0 or d["high"] < 0 else "holds 0"
-            print(
+            lines.append(
                 f"{r['state']:<8}{d['arm']} - {d['vs']}: {pct(d['value'])} pp "
                 f"({pct(d['low'])} to {pct(d['high'])}; {wins})"
             )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -423,10 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     report = run(args)
-    print_table(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    logger.info("wrote %s", args.out)
+    finish(args.out, report, format_table(report))
     return 0
 
 

@@ -36,24 +36,26 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import argparse
 import json
 import logging
-import platform
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
-from _bundles import clustered_vectors
-from _machine import cpu_model
 
-from recall.index import faiss_index as fi
-from recall.index.allowed import AllowedItems
-from recall.index.build import tune_filtered
-from recall.index.clusters import build_clusters
-from recall.index.exact import exact_topk, exact_topk_among, recall_at_k
-from recall.index.search import FilterStrategy, ItemIndex
+REPO = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):
+    sys.path.insert(0, str(REPO))
+
+from bench._bundles import clustered_vectors  # noqa: E402
+from bench._results import finish, header  # noqa: E402
+from recall.index import faiss_index as fi  # noqa: E402
+from recall.index.allowed import AllowedItems  # noqa: E402
+from recall.index.build import tune_filtered  # noqa: E402
+from recall.index.clusters import build_clusters  # noqa: E402
+from recall.index.exact import exact_topk, exact_topk_among, recall_at_k  # noqa: E402
+from recall.index.search import FilterStrategy, ItemIndex  # noqa: E402
 
 logger = logging.getLogger("bench.filter")
 
@@ -263,8 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
-    started = datetime.now(UTC)
-    load = os.getloadavg()
+    head = header("filter_bench", numpy=np.__version__, faiss=faiss.__version__)
+    started = time.perf_counter()
     items, users = clustered_vectors(args.items, 2 * args.queries, args.dim, args.seed)
     queries, tune_queries = users[: args.queries], users[args.queries :]
     rows: list[dict[str, Any]] = []
@@ -281,17 +283,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     result = {
-        "benchmark": "bench/filter_bench.py",
-        "date": started.isoformat(timespec="seconds"),
-        "seconds": round((datetime.now(UTC) - started).total_seconds(), 1),
-        "machine": {
-            "cpu": cpu_model(),
-            "cores": os.cpu_count(),
-            "load_average_at_start": load,
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "faiss": faiss.__version__,
-        },
+        **head,
+        "seconds": round(time.perf_counter() - started, 1),
         "data": "bench/_bundles.py clustered_vectors; random masks per selectivity",
         "n_items": args.items,
         "dim": int(items.shape[1]),
@@ -307,11 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "rows": rows,
     }
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        logger.info("wrote %s", args.out)
-    sys.stdout.write(format_table(rows))
+    finish(args.out, result, format_table(rows))
     return 0
 
 

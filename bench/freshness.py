@@ -38,19 +38,14 @@ a second run with the same split and training flags skips training.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
-import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +56,15 @@ REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(REPO))
 
-from bench._data import ML100K_ENV, ml100k_dir  # noqa: E402
-from bench._machine import cpu_model  # noqa: E402
-from bench._server import serve  # noqa: E402
+from bench._data import (  # noqa: E402
+    ML100K_ENV,
+    Interaction,
+    ml100k_dir,
+    replay_split,
+    write_split,
+)
+from bench._results import finish, header  # noqa: E402
+from bench._server import recall_cli, serve  # noqa: E402
 from recall.index.tower import TOWER_KINDS  # noqa: E402
 from recall.service.state import sqlite_url  # noqa: E402
 from recall.trainer.config import TrainConfig  # noqa: E402
@@ -75,62 +76,14 @@ WIDE_WINDOW = 1000
 K = 50
 
 
-@dataclass(frozen=True)
-class Interaction:
-    user_id: int
-    item_id: int
-    timestamp: float
-
-
-def read_interactions(path: Path) -> list[Interaction]:
-    """``interactions.csv`` (user_id, item_id, timestamp, ...) in (timestamp, user, item)
-    order: the replay order, deterministic on ties."""
-    with path.open(newline="") as f:
-        rows = [
-            Interaction(int(r["user_id"]), int(r["item_id"]), float(r["timestamp"]))
-            for r in csv.DictReader(f)
-        ]
-    rows.sort(key=lambda r: (r.timestamp, r.user_id, r.item_id))
-    return rows
-
-
-def split_at_quantile(
-    rows: list[Interaction], quantile: float
-) -> tuple[list[Interaction], list[Interaction], float]:
-    """(training rows: timestamp <= the quantile's timestamp, later rows, that timestamp)."""
-    cut = float(np.quantile(np.array([r.timestamp for r in rows]), quantile))
-    return [r for r in rows if r.timestamp <= cut], [r for r in rows if r.timestamp > cut], cut
-
-
-def write_split(data: Path, train_rows: list[Interaction], out: Path) -> None:
-    """``out``: the training interactions, users.csv and items.csv copied as they are."""
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "interactions.csv").open("w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(["user_id", "item_id", "timestamp"])
-        w.writerows([r.user_id, r.item_id, int(r.timestamp)] for r in train_rows)
-    for side in ("users.csv", "items.csv"):
-        if (data / side).is_file():
-            shutil.copyfile(data / side, out / side)
-
-
-def _recall_cli() -> str:
-    candidate = Path(sys.executable).with_name("recall")
-    return str(candidate) if candidate.exists() else "recall"
-
-
 def train_and_publish(split: Path, root: Path, seed: int, epochs: int | None, tower: str) -> float:
     """``recall train`` + ``recall build-index --publish``; seconds taken."""
     started = time.perf_counter()
-    cmd = [_recall_cli(), "train", "--data", str(split), "--out", str(root), "--seed", str(seed)]
-    cmd += ["--tower", tower, "--no-progress", *(["--epochs", str(epochs)] if epochs else [])]
-    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
-    bundle = out.strip().splitlines()[-1]
-    subprocess.run(
-        [_recall_cli(), "build-index", bundle, "--kind", "flat", "--publish"],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+    out = recall_cli(
+        "train", "--data", split, "--out", root, "--seed", str(seed), "--tower", tower,
+        "--no-progress", *(["--epochs", str(epochs)] if epochs else []),
+    )  # fmt: skip
+    recall_cli("build-index", out.strip().splitlines()[-1], "--kind", "flat", "--publish")
     return time.perf_counter() - started
 
 
@@ -204,19 +157,9 @@ def replay(
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    head = header("freshness")
     data = args.data or ml100k_dir()
-    rows = read_interactions(data / "interactions.csv")
-    train_rows, later, cut = split_at_quantile(rows, args.quantile)
-    events = later[: args.events]
-    logger.info(
-        "%d interactions: %d up to %s (quantile %.2f), replaying %d of the %d later",
-        len(rows),
-        len(train_rows),
-        datetime.fromtimestamp(cut, UTC).isoformat(),
-        args.quantile,
-        len(events),
-        len(later),
-    )
+    train_rows, later, events, cut = replay_split(data, args.quantile, args.events)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="recall-freshness-"))
     split, root = workdir / "data", workdir / "bundles"
     stamp = {
@@ -234,6 +177,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(split, ignore_errors=True)
         shutil.rmtree(root, ignore_errors=True)
         write_split(data, train_rows, split)
+        logger.info("training the %s tower (recall train; its log shows on failure)", args.tower)
         train_s = train_and_publish(split, root, args.seed, args.epochs, args.tower)
         stamp_path.write_text(json.dumps({**stamp, "train_seconds": train_s}))
         logger.info("trained and published in %.0f s", train_s)
@@ -273,8 +217,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results[m]["hr@50"] for m in ("stale", "fresh", "history", "fresh_w1000")
     )
     return {
-        "benchmark": "freshness",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        **head,
         "data": str(data),
         "protocol": (
             f"train on interactions with timestamp <= the {args.quantile:.0%} time quantile; "
@@ -300,31 +243,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "fresh/history": {g: round(fresh[g] / hist[g], 3) for g in fresh if hist[g]},
             "fresh_w1000/history": {g: round(wide[g] / hist[g], 3) for g in wide if hist[g]},
         },
-        "machine": {
-            "cpu": cpu_model(),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-        },
     }
 
 
-def print_table(report: dict[str, Any]) -> None:
-    print(
+def format_table(report: dict[str, Any]) -> str:
+    """HR@50 per mode and user group, the events asked, the ratios."""
+    lines = [
         f"HR@{K} over {report['events']} later events (MovieLens 100K, replay in time order, "
-        f"{report['tower']} tower)"
-    )
-    print(f"{'mode':<13}{'all':>8}{'known':>8}{'new':>8}{'not fresh':>11}")
+        f"{report['tower']} tower)",
+        f"{'mode':<13}{'all':>8}{'known':>8}{'new':>8}{'not fresh':>11}",
+    ]
     for mode in MODES:
         m = report["modes"][mode]
         hr = m["hr@50"]
-        print(
+        lines.append(
             f"{mode:<13}{hr['all']:>8.3f}{hr['known']:>8.3f}{hr['new']:>8.3f}"
             f"{m['not_fresh_answers']:>11}"
         )
     asks = report["modes"]["fresh"]["asks"]
-    print(f"{'events':<13}{asks.get('all', 0):>8}{asks.get('known', 0):>8}{asks.get('new', 0):>8}")
+    lines.append(
+        f"{'events':<13}{asks.get('all', 0):>8}{asks.get('known', 0):>8}{asks.get('new', 0):>8}"
+    )
     for name, ratio in report["ratios"].items():
-        print(f"{name:<20}" + "  ".join(f"{g} {v:.2f}x" for g, v in ratio.items()))
+        lines.append(f"{name:<20}" + "  ".join(f"{g} {v:.2f}x" for g, v in ratio.items()))
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -344,10 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     report = run(args)
-    print_table(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    logger.info("wrote %s", args.out)
+    finish(args.out, report, format_table(report))
     return 0
 
 

@@ -23,7 +23,6 @@ import asyncio
 import json
 import logging
 import os
-import platform
 import shutil
 import time
 from pathlib import Path
@@ -33,10 +32,16 @@ import faiss
 import httpx
 import numpy as np
 
-from bench._bundles import BenchBundle, ensure_bundle
-from bench._machine import cpu_model
+from bench._bundles import (
+    TRAINED_UNTIL,
+    WINDOW,
+    BenchBundle,
+    ensure_bundle,
+    seen_windows,
+    upgrade_to_v2,
+)
+from bench._results import finish, header
 from recall.index import bundle as b
-from recall.index.history import UserHistory
 from recall.index.publish import publish
 from recall.index.tower import UserTower
 from recall.service.app import create_app
@@ -49,8 +54,6 @@ from recall.service.state import open_store, sqlite_url
 logger = logging.getLogger("bench.freshness_overhead")
 
 RESULTS = Path(__file__).resolve().parent / "results" / "freshness_overhead.json"
-WINDOW = 50
-TRAINED_UNTIL = 1_700_000_000.0
 ROUND = 200  # request pairs per round of the overhead estimate
 
 
@@ -65,24 +68,8 @@ def make_v2(v1: Path, root: Path) -> Path:
     for name in manifest.files:
         if name != b.USER_VECTORS:
             os.link(v1 / name, target / name)
-    seen = np.load(v1 / b.USER_SEEN)
-    indptr, indices = seen["indptr"], seen["indices"]
-    lengths = np.minimum(np.diff(indptr), WINDOW)
-    window_indptr = np.zeros_like(indptr)
-    np.cumsum(lengths, out=window_indptr[1:])
-    items = np.concatenate(
-        [indices[indptr[u + 1] - n : indptr[u + 1]] for u, n in enumerate(lengths.tolist())]
-    ).astype(np.int32)
-    position = np.arange(items.size) - np.repeat(window_indptr[:-1], lengths)
-    timestamps = TRAINED_UNTIL - 86_400.0 + position.astype(np.float64)  # in time order
-    n_users = len(lengths)
-    history = UserHistory(
-        indptr=window_indptr.astype(np.int64),
-        items=items,
-        timestamps=timestamps,
-        categorical=np.zeros((n_users, 0), dtype=np.int64),
-        numeric=np.zeros((n_users, 0), dtype=np.float32),
-    )
+    history = seen_windows(v1)
+    n_users = len(history.indptr) - 1
     b.save_array(target / b.USER_HISTORY, history.arrays())
     tower = UserTower.from_arrays(dict(np.load(v1 / b.USER_TOWER)))
     vectors = np.empty((n_users, manifest.dim), dtype=np.float32)
@@ -94,20 +81,7 @@ def make_v2(v1: Path, root: Path) -> Path:
             history.numeric[start : rows.stop],
         )
     b.save_array(target / b.USER_VECTORS, vectors)
-    files = {
-        **manifest.files,
-        b.USER_VECTORS: b.file_entry(target / b.USER_VECTORS),
-        b.USER_HISTORY: b.file_entry(target / b.USER_HISTORY),
-    }
-    upgraded = b.Manifest.model_validate(
-        {
-            **manifest.model_dump(),
-            "schema_version": 2,
-            "trained_until": TRAINED_UNTIL,
-            "files": files,
-        }
-    )
-    b.write_json_atomic(target / b.MANIFEST, upgraded.model_dump_json())
+    upgrade_to_v2(target, manifest, [b.USER_VECTORS, b.USER_HISTORY])
     publish(target)
     return target
 
@@ -254,8 +228,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
-    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    load_start = os.getloadavg()
+    head = header("freshness_overhead", numpy=np.__version__, faiss=faiss.__version__)
     spec = BenchBundle(args.items, args.users, args.kind)
     v1 = ensure_bundle(args.cache, spec)
     root = args.cache / f"{spec.name}-v2"
@@ -270,16 +243,8 @@ def main(argv: list[str] | None = None) -> None:
         logger.info("%s", json.dumps(runs[-1]))
     manifest = b.read_manifest(bundle)
     report = {
-        "date": started,
-        "machine": {
-            "cpu": cpu_model(),
-            "cores": os.cpu_count(),
-            "load_average_start": [round(x, 2) for x in load_start],
-            "load_average_end": [round(x, 2) for x in os.getloadavg()],
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "faiss": faiss.__version__,
-        },
+        **head,
+        "load_average_at_end": round(os.getloadavg()[0], 2),
         "bundle": {
             "items": args.items,
             "users": args.users,
@@ -291,9 +256,7 @@ def main(argv: list[str] | None = None) -> None:
         "k=100, SQLite state store; fresh and stale users alternate",
         "runs": runs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    finish(args.out, report)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(REPO))
 
 from bench._data import ML100K_DEFAULT, ML100K_ENV  # noqa: E402
-from bench._machine import machine  # noqa: E402
+from bench._results import finish, header  # noqa: E402
 
 logger = logging.getLogger("bench.gpu_check")
 
@@ -140,6 +140,8 @@ def main() -> int:
         return 2
     from recall.trainer.synth import SynthConfig, write_synthetic
 
+    head = header("gpu_check", gpu=torch.cuda.get_device_name(0), torch=torch.__version__)
+
     work = Path(tempfile.mkdtemp(prefix="recall-gpu-check-"))
     synth = work / "synth"
     write_synthetic(synth, SynthConfig(n_users=args.users, n_items=args.items, mean_history=20))
@@ -162,18 +164,12 @@ def main() -> int:
         logger.info("no MovieLens 100K at %s (set %s): skipping it", ml100k, ML100K_ENV)
     if torch.cuda.device_count() >= 2:
         rows.append(torchrun_case(synth, work / "nccl", args.steps))
-    for row in rows:
-        sys.stdout.write(
-            f"{row['case']} | bf16 {row.get('bf16', '-')} | {row['examples_per_s']:,.0f} ex/s "
-            f"| verified\n"
-        )
-    report = {
-        "machine": {**machine(), "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__},
-        "results": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    logger.info("wrote %s", args.out)
+    report = {**head, "results": rows}
+    table = [
+        f"{r['case']} | bf16 {r.get('bf16', '-')} | {r['examples_per_s']:,.0f} ex/s | verified"
+        for r in rows
+    ]
+    finish(args.out, report, "\n".join(table))
     return 0
 
 

@@ -26,13 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
 import sys
 import tempfile
 import time
 import zlib
-from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +45,11 @@ from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # n
 
 from bench import baselines  # noqa: E402
 from bench._data import ml100k_dir  # noqa: E402
-from bench._machine import machine  # noqa: E402
-from bench._server import serve  # noqa: E402
+from bench._machine import package_versions  # noqa: E402
+from bench._results import finish, header  # noqa: E402
+from bench._server import recall_cli, serve  # noqa: E402
+from bench.quality import model_method  # noqa: E402
+from recall.trainer.config import TrainConfig  # noqa: E402
 from recall.trainer.data import Dataset, load_dataset  # noqa: E402
 from recall.trainer.evaluate import EvalTask, ScoreFn, evaluate  # noqa: E402
 from recall.trainer.split import Split  # noqa: E402
@@ -160,12 +160,6 @@ def write_training_interactions(path: Path, dataset: Dataset, split: Split) -> N
             f.write(f"{u},{i},{t!r}\n")
 
 
-def recall_cli(*args: str | Path) -> str:
-    command = [str(Path(sys.executable).with_name("recall")), "--log-level", "WARNING"]
-    done = subprocess.run([*command, *map(str, args)], check=True, capture_output=True, text=True)
-    return done.stdout.strip()
-
-
 def http_metrics(url: str, dataset: Dataset, task: EvalTask) -> dict[str, float]:
     """The protocol's metrics from ``POST /v1/recall {"user_id", "k": 100}`` answers."""
     ranks = []
@@ -189,7 +183,7 @@ def served_metrics(
     """Import, index, publish and serve; (metrics over HTTP, seconds of each step)."""
     root = work / "root"
     t0 = time.perf_counter()
-    bundle = recall_cli("import", *import_args, "--out", root)
+    bundle = recall_cli("import", *import_args, "--out", root).strip()
     t1 = time.perf_counter()
     recall_cli("build-index", bundle, "--publish")
     t2 = time.perf_counter()
@@ -222,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("gensim", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    date = datetime.now(UTC).isoformat(timespec="seconds")
+    head = header("import_quality")
     started = time.perf_counter()
 
     data: Path = args.data or ml100k_dir()
@@ -230,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     split, test, valid, matrix = baselines.protocol(dataset)
     quality = json.loads((REPO / "bench" / "results" / "quality.json").read_text())
     als_params = next(s for s in quality["per_seed"] if s["seed"] == args.seed)["als"]["params"]
+    ours = model_method(TrainConfig.model_fields["tower"].default)  # the default tower's row
+    model = quality["summary"][ours]
 
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="import-quality-") as tmp:
@@ -283,11 +279,10 @@ def main(argv: list[str] | None = None) -> int:
             "params": tuned, "offline": offline, "http": served, "seconds": seconds
         }  # fmt: skip
 
-    model = quality["summary"]["model"]
     lines = [
         "| method | served as | HR@10 | HR@50 | HR@100 | NDCG@10 |",
         "|---|---|---|---|---|---|",
-        "| model (ours, 3 seeds, quality.json) | offline | "
+        f"| {ours}, ours, seeds {quality['seeds']} of quality.json | offline | "
         + " | ".join(f"{model[m]['mean']:.4f} ± {model[m]['std']:.4f}" for m in METRICS)
         + " |",
     ]
@@ -295,31 +290,26 @@ def main(argv: list[str] | None = None) -> int:
         for how in ("offline", "http"):
             values = " | ".join(f"{r[how][m]:.4f}" for m in METRICS)
             lines.append(f"| {name} | {'HTTP' if how == 'http' else 'offline'} | {values} |")
-    table = "\n".join(lines)
-    sys.stdout.write(f"MovieLens 100K, leave-last-out, {len(test.users)} test users\n{table}\n")
     for name, r in results.items():
         diff = max(abs(r["offline"][m] - r["http"][m]) for m in METRICS)
         logger.info("%s: largest |offline - HTTP| %.6f", name, diff)
-
-    if args.out:
-        payload = {
-            "benchmark": "import_quality",
-            "date": date,
-            "data": str(data.resolve()),
-            "test_users": len(test.users),
-            "k": K,
-            "history_length": HISTORY_LENGTH,
-            "results": results,
-            "model_from_quality_json": {m: model[m] for m in METRICS},
-            "machine": machine(),
-            "versions": {
-                p: version(p) for p in ("numpy", "faiss-cpu", "implicit", "gensim", "scipy")
-            },
-            "seconds_total": round(time.perf_counter() - started, 1),
-        }
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(payload, indent=2) + "\n")
-        logger.info("wrote %s", args.out)
+    report = {
+        **head,
+        "data": str(data.resolve()),
+        "test_users": len(test.users),
+        "k": K,
+        "history_length": HISTORY_LENGTH,
+        "results": results,
+        "model_from_quality_json": {"method": ours, **{m: model[m] for m in METRICS}},
+        "versions": package_versions("numpy", "faiss-cpu", "implicit", "gensim", "scipy"),
+        "seconds_total": round(time.perf_counter() - started, 1),
+    }
+    table = "\n".join(lines)
+    finish(
+        args.out,
+        report,
+        f"MovieLens 100K, leave-last-out, {len(test.users)} test users\n{table}",
+    )
     return 0
 
 

@@ -19,22 +19,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
-from _machine import cpu_model
 
-from recall.index import bundle as b
-from recall.index import faiss_index as fi
-from recall.index.exact import exact_topk, recall_at_k
-from recall.index.search import ItemIndex
+REPO = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):
+    sys.path.insert(0, str(REPO))
+
+from bench._results import finish, header  # noqa: E402
+from recall.index import bundle as b  # noqa: E402
+from recall.index import faiss_index as fi  # noqa: E402
+from recall.index.exact import exact_topk, recall_at_k  # noqa: E402
+from recall.index.search import ItemIndex  # noqa: E402
 
 logger = logging.getLogger("bench.index")
 
@@ -175,18 +176,6 @@ def bench_kind(
     return rows
 
 
-def _machine() -> dict[str, Any]:
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "omp_threads": faiss.omp_get_max_threads(),
-        "load_average_at_start": os.getloadavg(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "faiss": faiss.__version__,
-    }
-
-
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of the result rows."""
     head = (
@@ -225,7 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
-    started = datetime.now(UTC)
+    head = header(
+        "index_bench",
+        omp_threads=faiss.omp_get_max_threads(),
+        numpy=np.__version__,
+        faiss=faiss.__version__,
+    )
+    started = time.perf_counter()
     rows: list[dict[str, Any]] = []
     sizes = [0] if args.bundle else args.sizes
     for n_items in sizes:
@@ -247,10 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             single = args.single_queries if kind != "flat" else min(args.single_queries, 100)
             rows.extend(bench_kind(kind, items, queries, exact, single, build_opts))
     result = {
-        "benchmark": "bench/index_bench.py",
-        "date": started.isoformat(timespec="seconds"),
-        "seconds": round((datetime.now(UTC) - started).total_seconds(), 1),
-        "machine": _machine(),
+        **head,
+        "seconds": round(time.perf_counter() - started, 1),
         "data": str(args.bundle)
         if args.bundle
         else "structured_vectors (clustered, unequal norms)",
@@ -260,11 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         "k": K,
         "rows": rows,
     }
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        logger.info("wrote %s", args.out)
-    sys.stdout.write(format_table(rows))
+    finish(args.out, result, format_table(rows))
     return 0
 
 

@@ -29,24 +29,29 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import platform
 import random
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import redis
-from _machine import cpu_model
 
-from recall.service.state import Event, open_store, sqlite_url
+REPO = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):
+    sys.path.insert(0, str(REPO))
+
+from bench._bundles import ITEM_ID_OFFSET, BenchBundle, ensure_bundle  # noqa: E402
+from bench._http_ingest import http_ingest  # noqa: E402
+from bench._results import finish, header  # noqa: E402
+from recall.service.state import Event, open_store, sqlite_url  # noqa: E402
+from tests.redis_server import load_users, redis_server  # noqa: E402
 
 logger = logging.getLogger("bench.ingest")
 
@@ -181,29 +186,9 @@ def storage(backend: str, url: str, sqlite_file: Path) -> dict[str, Any]:
     }
 
 
-def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    command = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(directory)]
-    command += ["--save", "", "--appendonly", "yes", "--appendfsync", "everysec"]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    for _ in range(500):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.02)
-    client.close()
-    return proc, url
-
-
-def machine() -> dict[str, Any]:
+def machine_extra() -> dict[str, Any]:
+    """What the results add to bench/_machine.py's machine: the kernel and the stores'
+    versions."""
     redis_version = subprocess.run(
         ["redis-server", "--version"], capture_output=True, text=True, check=False
     ).stdout.split()
@@ -214,12 +199,8 @@ def machine() -> dict[str, Any]:
     except ImportError:
         has_hiredis = False
     return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
         "kernel": platform.release(),
-        "load_average_at_start": list(os.getloadavg()),
         "versions": {
-            "python": platform.python_version(),
             "sqlite": __import__("sqlite3").sqlite_version,
             "redis_server": next((w[2:] for w in redis_version if w.startswith("v=")), "?"),
             "redis_py": redis.__version__,
@@ -228,21 +209,23 @@ def machine() -> dict[str, Any]:
     }
 
 
+@contextmanager
+def compose_redis(directory: Path) -> Iterator[str]:
+    """A ``redis-server`` with the compose file's persistence (AOF, fsync every second)
+    until the block ends: its URL."""
+    with redis_server(directory, appendonly=True, appendfsync="everysec") as server:
+        yield server.url()
+
+
 def http_main(args: argparse.Namespace) -> None:
     """``--http``: events/s through ``POST /v1/events`` per replica, SQLite and Redis."""
-    repo = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(repo))
-    from bench._bundles import ITEM_ID_OFFSET, BenchBundle, ensure_bundle
-    from bench._http_ingest import http_ingest
-
     args.workdir.mkdir(parents=True, exist_ok=True)
     spec = BenchBundle(n_items=10_000, n_users=args.users, kind="flat")
-    root = ensure_bundle(args.workdir / "bench-bundles", spec).parent
+    bundle = ensure_bundle(args.workdir / "bench-bundles", spec)
     item_ids = [ITEM_ID_OFFSET + i for i in range(spec.n_items)]
     configs = [tuple(int(x) for x in c.split("x")) for c in args.http_configs.split(",")]
     report: dict[str, Any] = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        **header("ingest_http", **machine_extra()),
         "path": "POST /v1/events through recall serve on 127.0.0.1, one Python asyncio client "
         "on the same machine",
         "batch": BATCH,
@@ -251,33 +234,31 @@ def http_main(args: argparse.Namespace) -> None:
         "repeats": args.repeats,
         "results": [],
     }
-    with tempfile.TemporaryDirectory(dir=args.workdir, prefix="ingest-http-") as tmp:
-        (Path(tmp) / "redis").mkdir()
-        redis_proc, redis_url = start_redis(Path(tmp) / "redis")
-        try:
-            for backend in ("sqlite", "redis"):
-                for workers, concurrency in configs:
-                    if backend == "redis":
-                        url = redis_url
-                        with redis.Redis.from_url(url) as client:
-                            client.flushdb()
-                    else:
-                        url = sqlite_url(Path(tmp) / f"events-{workers}x{concurrency}.sqlite")
-                    row = {"backend": backend} | http_ingest(
-                        root,
-                        url,
-                        workers=workers,
-                        seconds=args.seconds,
-                        concurrency=concurrency,
-                        users=args.users,
-                        item_ids=item_ids,
-                        repeats=args.repeats,
-                    )
-                    report["results"].append(row)
-                    logger.info("%s", json.dumps(row))
-        finally:
-            redis_proc.terminate()
-            redis_proc.wait(timeout=30)
+    with (
+        tempfile.TemporaryDirectory(dir=args.workdir, prefix="ingest-http-") as tmp,
+        compose_redis(Path(tmp) / "redis") as redis_url,
+    ):
+        for backend in ("sqlite", "redis"):
+            for workers, concurrency in configs:
+                if backend == "redis":
+                    url = redis_url
+                    with redis.Redis.from_url(url) as client:
+                        client.flushdb()
+                    load_users(url, bundle)  # Redis mode: a replica reads its users there
+                else:
+                    url = sqlite_url(Path(tmp) / f"events-{workers}x{concurrency}.sqlite")
+                row = {"backend": backend} | http_ingest(
+                    bundle.parent,
+                    url,
+                    workers=workers,
+                    seconds=args.seconds,
+                    concurrency=concurrency,
+                    users=args.users,
+                    item_ids=item_ids,
+                    repeats=args.repeats,
+                )
+                report["results"].append(row)
+                logger.info("%s", json.dumps(row))
     lines = ["| replica | SQLite events/s | Redis events/s |", "| --- | --- | --- |"]
     cells: dict[str, dict[str, str]] = {}
     for r in report["results"]:
@@ -286,10 +267,7 @@ def http_main(args: argparse.Namespace) -> None:
             f"{r['events_per_s']:,.0f} (p50 {r['batch_p50_ms']} ms)"
         )
     lines += [f"| {k} | {v.get('sqlite', '-')} | {v.get('redis', '-')} |" for k, v in cells.items()]
-    sys.stdout.write("\n".join(lines) + "\n")
-    out = args.out or Path("bench/results/ingest_http.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    finish(args.out or REPO / "bench/results/ingest_http.json", report, "\n".join(lines))
 
 
 def main() -> None:
@@ -318,11 +296,10 @@ def main() -> None:
         logging.getLogger("httpx").setLevel(logging.WARNING)
         http_main(args)
         return
-    args.out = args.out or Path("bench/results/ingest.json")
+    args.out = args.out or REPO / "bench/results/ingest.json"
     configs = [tuple(int(x) for x in c.split("x")) for c in args.configs.split(",")]
     report: dict[str, Any] = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        **header("ingest", **machine_extra()),
         "batch": BATCH,
         "users": args.users,
         "seconds": args.seconds,
@@ -330,54 +307,46 @@ def main() -> None:
         "results": [],
     }
     args.workdir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=args.workdir, prefix="ingest-") as tmp:
-        redis_proc = None
-        redis_url = args.redis_url
-        if redis_url is None:
-            (Path(tmp) / "redis").mkdir()
-            redis_proc, redis_url = start_redis(Path(tmp) / "redis")
-        try:
-            backends = {
-                "sqlite": sqlite_url(Path(tmp) / "events.sqlite"),
-                "redis": redis_url,
-            }
-            for name, url in backends.items():
-                if name == "redis":
-                    with redis.Redis.from_url(url) as client:
-                        client.flushdb()
-                started = time.monotonic()
-                asyncio.run(fill(url, args.users, WINDOW))
-                logger.info(
-                    "%s: filled %d windows in %.0f s", name, args.users, time.monotonic() - started
-                )
-                for processes, in_flight in configs:
-                    rates = [
-                        round(ingest(url, processes, in_flight, args.seconds, args.users))
-                        for _ in range(args.repeats)
-                    ]
-                    row = {
-                        "backend": name,
-                        "processes": processes,
-                        "in_flight": in_flight,
-                        "events_per_s": statistics.median(rates),
-                        "runs": rates,
-                    }
-                    report["results"].append(row)
-                    logger.info("%s", json.dumps(row))
-                latency = asyncio.run(read_latency(url, args.users, 2000))
-                latency |= storage(name, url, Path(tmp) / "events.sqlite")
-                report["results"].append({"backend": name, **latency})
-                logger.info("%s %s", name, json.dumps(latency))
-        finally:
-            if redis_proc is not None:
-                redis_proc.terminate()
-                redis_proc.wait(timeout=30)
-    print_table(report["results"])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    with (
+        tempfile.TemporaryDirectory(dir=args.workdir, prefix="ingest-") as tmp,
+        ExitStack() as stack,
+    ):
+        redis_url = args.redis_url or stack.enter_context(compose_redis(Path(tmp) / "redis"))
+        backends = {
+            "sqlite": sqlite_url(Path(tmp) / "events.sqlite"),
+            "redis": redis_url,
+        }
+        for name, url in backends.items():
+            if name == "redis":
+                with redis.Redis.from_url(url) as client:
+                    client.flushdb()
+            started = time.monotonic()
+            asyncio.run(fill(url, args.users, WINDOW))
+            logger.info(
+                "%s: filled %d windows in %.0f s", name, args.users, time.monotonic() - started
+            )
+            for processes, in_flight in configs:
+                rates = [
+                    round(ingest(url, processes, in_flight, args.seconds, args.users))
+                    for _ in range(args.repeats)
+                ]
+                row = {
+                    "backend": name,
+                    "processes": processes,
+                    "in_flight": in_flight,
+                    "events_per_s": statistics.median(rates),
+                    "runs": rates,
+                }
+                report["results"].append(row)
+                logger.info("%s", json.dumps(row))
+            latency = asyncio.run(read_latency(url, args.users, 2000))
+            latency |= storage(name, url, Path(tmp) / "events.sqlite")
+            report["results"].append({"backend": name, **latency})
+            logger.info("%s %s", name, json.dumps(latency))
+    finish(args.out, report, format_table(report["results"]))
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
+def format_table(rows: list[dict[str, Any]]) -> str:
     """A Markdown table: one line per configuration, SQLite and Redis side by side."""
     cells: dict[str, dict[str, str]] = {}
     for r in rows:
@@ -391,7 +360,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             )
     lines = ["| | SQLite | Redis |", "| --- | --- | --- |"]
     lines += [f"| {k} | {v.get('sqlite', '-')} | {v.get('redis', '-')} |" for k, v in cells.items()]
-    sys.stdout.write("\n".join(lines) + "\n")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -13,14 +13,13 @@ import argparse
 import json
 import logging
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import numpy as np
 
 from bench._bundles import tower_arrays
-from bench._machine import machine
+from bench._results import finish, header
 from bench._server import serve
 from recall.index import bundle as b
 from recall.index.build import BuildOptions, build_index
@@ -75,8 +74,7 @@ def main() -> None:
     parser.add_argument("--short", type=int, default=9_999, help="short ids beside it")
     parser.add_argument("--out", type=Path, help="JSON results file")
     args = parser.parse_args()
-    started = datetime.now(UTC)
-    at_start = machine()
+    head = header("long_id_rss")
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="recall-long-id-") as tmp:
@@ -99,9 +97,7 @@ def main() -> None:
             )
             after = _peak_rss_mb(server.process.pid)
     result = {
-        "benchmark": "bench/long_id_rss.py",
-        "date": started.isoformat(timespec="seconds"),
-        "machine": at_start,
+        **head,
         "long_id_bytes": args.long_bytes,
         "short_ids": args.short,
         "status": response.status_code,
@@ -109,10 +105,7 @@ def main() -> None:
         "peak_rss_mb_after": round(after, 1),
         "answer": response.text[:200],
     }
-    text = json.dumps(result, indent=2)
-    logger.info("%s", text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    finish(args.out, result)
 
 
 if __name__ == "__main__":

@@ -19,18 +19,14 @@ MovieLens 100K is read from ``--data``, else ``$RECALL_ML100K_DIR``, else
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import platform
 import sys
 import time
-from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
@@ -38,7 +34,8 @@ if __package__ in (None, ""):
 
 from bench import baselines  # noqa: E402
 from bench._data import ML100K_ENV, ml100k_dir  # noqa: E402
-from bench._machine import cpu_model  # noqa: E402
+from bench._machine import package_versions  # noqa: E402
+from bench._results import header, write_json  # noqa: E402
 from recall.index import bundle as b  # noqa: E402
 from recall.trainer.config import TrainConfig  # noqa: E402
 from recall.trainer.data import Dataset, load_dataset  # noqa: E402
@@ -47,12 +44,13 @@ from recall.trainer.evaluate import (  # noqa: E402
     HIT_RATE_KS,
     NDCG_K,
     EvalTask,
+    ScoreFn,
     dot_scorer,
     evaluate,
     popularity_scorer,
 )
 from recall.trainer.export import bundle_arrays  # noqa: E402
-from recall.trainer.train import train  # noqa: E402
+from recall.trainer.train import Trained, train  # noqa: E402
 
 logger = logging.getLogger("bench.quality")
 
@@ -66,12 +64,11 @@ def model_method(tower: str) -> str:
     return f"model ({tower})"
 
 
-def run_model(dataset: Dataset, seed: int, tower: str, task: EvalTask) -> dict[str, Any]:
-    """Train with the default config, ``seed`` and ``tower``; evaluate the exported vectors."""
-    started = time.perf_counter()
+def train_model(dataset: Dataset, seed: int, tower: str, task: EvalTask) -> tuple[Trained, ScoreFn]:
+    """Train with the default config, ``seed`` and ``tower``: the model and the scorer of
+    its exported vectors. Raises when the trainer's training items are not ``task``'s."""
     config = TrainConfig.model_validate({"seed": seed, "tower": tower})
     trained = train(dataset, config, progress=False)
-    seconds = time.perf_counter() - started
     arrays = bundle_arrays(trained, dataset)
     seen = arrays[b.USER_SEEN]
     assert isinstance(seen, dict)
@@ -82,7 +79,15 @@ def run_model(dataset: Dataset, seed: int, tower: str, task: EvalTask) -> dict[s
         raise RuntimeError("the trainer's training items differ from the benchmark's split")
     user_vectors, item_vectors = arrays[b.USER_VECTORS], arrays[b.ITEM_VECTORS]
     assert isinstance(user_vectors, np.ndarray) and isinstance(item_vectors, np.ndarray)
-    metrics = evaluate(dot_scorer(user_vectors, item_vectors), task)
+    return trained, dot_scorer(user_vectors, item_vectors)
+
+
+def run_model(dataset: Dataset, seed: int, tower: str, task: EvalTask) -> dict[str, Any]:
+    """Train with the default config, ``seed`` and ``tower``; evaluate the exported vectors."""
+    started = time.perf_counter()
+    trained, scorer = train_model(dataset, seed, tower, task)
+    seconds = time.perf_counter() - started
+    metrics = evaluate(scorer, task)
     m = trained.metrics
     return {
         "metrics": metrics,
@@ -143,32 +148,6 @@ def format_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> dict[str, Any]:
-    """Platform, CPU count and model, load average, thread settings."""
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-    }
-    import torch
-
-    info["torch_threads"] = torch.get_num_threads()
-    return info
-
-
-def versions() -> dict[str, str | None]:
-    """Installed versions of the packages the numbers depend on."""
-    out: dict[str, str | None] = {}
-    for name in ("torch", "numpy", "scipy", "implicit"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -190,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         logging.getLogger("implicit").setLevel(logging.WARNING)
     started = time.perf_counter()
-    date = datetime.now(UTC).isoformat(timespec="seconds")
+    head = header("quality", torch_threads=torch.get_num_threads())
 
     data: Path = args.data or ml100k_dir()
     dataset = load_dataset(data)
@@ -250,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                 "tuning_seconds": tuned.seconds,
             }
         per_seed.append(run)
-        result = report(args, date, data, test, valid, matrix, dataset, methods, per_seed)
+        result = report(head, data, test, valid, matrix, dataset, methods, per_seed)
         result["baselines"] = {
             "item-knn": _deterministic(knn_tuned),
             "puresvd": _deterministic(svd_tuned),
@@ -258,9 +237,8 @@ def main(argv: list[str] | None = None) -> int:
             "bpr": _seeded(seeded["bpr"], baselines.BPR_SEARCH_SPACE),
         }
         result["seconds_total"] = round(time.perf_counter() - started, 1)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        logger.info("seed %d done; wrote %s", seed, args.out)
+        write_json(args.out, result)
+        logger.info("seed %d done", seed)
 
     table = format_table(summarize(per_seed, methods))
     sys.stdout.write(
@@ -272,8 +250,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(
-    args: argparse.Namespace,
-    date: str,
+    head: dict[str, Any],
     data: Path,
     test: EvalTask,
     valid: EvalTask,
@@ -284,8 +261,7 @@ def report(
 ) -> dict[str, Any]:
     """The JSON document for the seeds done so far (baselines' grids added by the caller)."""
     return {
-        "benchmark": "quality",
-        "date": date,
+        **head,
         "data": str(data.resolve()),
         "protocol": "docs/quality.md protocol: leave-last-out on (timestamp, item_id); "
         "rank all items, training items excluded; baselines tuned on the validation item "
@@ -297,8 +273,7 @@ def report(
         "seeds": [run["seed"] for run in per_seed],
         "summary": summarize(per_seed, methods),
         "per_seed": per_seed,
-        "machine": machine(),
-        "versions": versions(),
+        "versions": package_versions("torch", "numpy", "scipy", "implicit"),
     }
 
 

@@ -14,10 +14,8 @@ groups of test users. Prints a table and writes JSON (machine, date).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +27,15 @@ if __package__ in (None, ""):
 
 from bench import baselines  # noqa: E402
 from bench._data import ml100k_dir  # noqa: E402
-from bench._machine import machine  # noqa: E402
-from bench.quality import TOWERS, model_method  # noqa: E402
-from recall.index import bundle as b  # noqa: E402
-from recall.trainer.config import TrainConfig  # noqa: E402
+from bench._results import finish, header  # noqa: E402
+from bench.quality import TOWERS, model_method, train_model  # noqa: E402
 from recall.trainer.data import Dataset, load_dataset  # noqa: E402
 from recall.trainer.evaluate import (  # noqa: E402
     EvalTask,
     ScoreFn,
-    dot_scorer,
     evaluate,
     popularity_scorer,
 )
-from recall.trainer.export import bundle_arrays  # noqa: E402
-from recall.trainer.train import train  # noqa: E402
 
 logger = logging.getLogger("bench.quality_ties")
 
@@ -66,16 +59,6 @@ def subset(task: EvalTask, keep: np.ndarray) -> EvalTask:
     )
 
 
-def model_scorer(dataset: Dataset, seed: int, tower: str) -> ScoreFn:
-    trained = train(
-        dataset, TrainConfig.model_validate({"seed": seed, "tower": tower}), progress=False
-    )
-    arrays = bundle_arrays(trained, dataset)
-    users, items = arrays[b.USER_VECTORS], arrays[b.ITEM_VECTORS]
-    assert isinstance(users, np.ndarray) and isinstance(items, np.ndarray)
-    return dot_scorer(users, items)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path)
@@ -83,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/quality_ties.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    head = header("quality_ties")
     data: Path = args.data or ml100k_dir()
     dataset = load_dataset(data)
     split, test, valid, matrix = baselines.protocol(dataset)
@@ -92,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     scorers: dict[str, ScoreFn] = {}
     for tower in TOWERS:
         logger.info("training the %s tower", tower)
-        scorers[model_method(tower)] = model_scorer(dataset, args.seed, tower)
+        scorers[model_method(tower)] = train_model(dataset, args.seed, tower, test)[1]
     scorers["popularity"] = popularity_scorer(
         np.bincount(split.train_items, minlength=dataset.n_items)
     )
@@ -106,27 +90,23 @@ def main(argv: list[str] | None = None) -> int:
         name: {group: evaluate(score, task) for group, task in groups.items()}
         for name, score in scorers.items()
     }
-    sys.stdout.write(
-        f"seed {args.seed}: {int(tied.sum())} test users with a tie, {int((~tied).sum())} without\n"
-        f"{'method':<20}{'HR@10 tie':>11}{'no tie':>9}{'HR@50 tie':>11}{'no tie':>9}\n"
-    )
+    lines = [
+        f"seed {args.seed}: {int(tied.sum())} test users with a tie, {int((~tied).sum())} without",
+        f"{'method':<20}{'HR@10 tie':>11}{'no tie':>9}{'HR@50 tie':>11}{'no tie':>9}",
+    ]
     for name, r in results.items():
-        sys.stdout.write(
+        lines.append(
             f"{name:<20}{r['tie']['hr@10']:>11.4f}{r['no tie']['hr@10']:>9.4f}"
-            f"{r['tie']['hr@50']:>11.4f}{r['no tie']['hr@50']:>9.4f}\n"
+            f"{r['tie']['hr@50']:>11.4f}{r['no tie']['hr@50']:>9.4f}"
         )
     report = {
-        "benchmark": "quality_ties",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        **head,
         "data": str(data.resolve()),
         "seed": args.seed,
         "users": {"tie": int(tied.sum()), "no tie": int((~tied).sum())},
         "results": results,
-        "machine": machine(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    logger.info("wrote %s", args.out)
+    finish(args.out, report, "\n".join(lines))
     return 0
 
 

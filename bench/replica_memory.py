@@ -22,17 +22,13 @@ stored vectors), then:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import random
 import shutil
-import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +37,14 @@ import numpy as np
 import redis
 
 from bench._bundles import clustered_vectors, seen_lists, tower_arrays
-from bench._machine import machine
+from bench._results import finish, header
 from bench._server import serve
 from recall.index import bundle as b
 from recall.index.build import BuildOptions, build_index
 from recall.index.publish import publish
 from recall.index.verify import verify_bundle
 from recall.service.state.users import USER_FILES, UserLoader
+from tests.redis_server import redis_server
 
 logger = logging.getLogger("bench.replica_memory")
 
@@ -98,42 +95,6 @@ def write_bundle(root: Path, n_items: int, n_users: int, seed: int = 0) -> Path:
     build_index(bundle, BuildOptions(kind="flat", sample_queries=200, latency_queries=5))
     publish(bundle)
     return bundle
-
-
-@contextmanager
-def redis_server(directory: Path) -> Iterator[str]:
-    """One ``redis-server`` on a free port (no persistence): its URL."""
-    from bench._server import free_port
-
-    directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            "redis-server",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--save",
-            "",
-            "--dir",
-            str(directory),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    for _ in range(500):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.02)
-    try:
-        yield url
-    finally:
-        process.kill()
-        process.wait()
 
 
 def used_memory(url: str) -> int:
@@ -213,7 +174,8 @@ def fetch_bytes(bundle: Path, users_in_store: bool) -> int:
 
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
-    with redis_server(work / "redis") as url:
+    with redis_server(work / "redis") as server:
+        url = server.url()
         for n_users in args.users:
             root = work / f"root-{n_users}"
             logger.info("writing a bundle of %d items and %d users", args.items, n_users)
@@ -269,16 +231,25 @@ def main() -> None:
     parser.add_argument("--cluster", action="store_true", help="also load into a Redis Cluster")
     parser.add_argument("--out", type=Path, help="write the report (JSON) here")
     args = parser.parse_args()
+    timed_report("replica_memory", args, run, table)
+
+
+def timed_report(
+    benchmark: str,
+    args: argparse.Namespace,
+    run: Callable[[argparse.Namespace, Path], dict[str, Any]],
+    table: Callable[[dict[str, Any]], str],
+) -> None:
+    """``run(args, work)`` in a temporary ``work`` directory, timed: its ``table`` printed,
+    its report (with machine and date) written to ``args.out``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    started = datetime.now(UTC)
-    report: dict[str, Any] = {"started": started.isoformat(), "machine": machine()}
-    with tempfile.TemporaryDirectory(prefix="replica-memory-") as work:
+    report = header(benchmark)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=f"{benchmark}-") as work:
         report.update(run(args, Path(work)))
-    report["seconds"] = round((datetime.now(UTC) - started).total_seconds(), 1)
-    print(table(report))
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    finish(args.out, report, table(report))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ Against moto's S3 emulator (``moto_server``, a separate process on loopback): th
 the client's costs (hashing, writing, verifying) plus an emulator's, not a real store's
 network (docs/object-store.md says what that leaves out).
 
-1. A small bundle is published to ``s3://bench/recall``; two ``recall serve`` replicas
-   (each with its own ``RECALL_CACHE_DIR``, polling every ``--poll`` s) serve it.
+1. A small bundle is published to ``s3://recall-test/recall`` (tests/moto_server.py's
+   emulator); two ``recall serve`` replicas (each with its own ``RECALL_CACHE_DIR``,
+   polling every ``--poll`` s) serve it.
 2. A ``--items`` bundle (flat index, dim 64 + 1) is published (upload MB/s); then the
    time from that publish's return until both replicas' ``/readyz`` name it.
 3. A fresh cache downloads it (MB/s) and verifies it (``verify_bundle``, MB/s).
@@ -17,73 +18,26 @@ network (docs/object-store.md says what that leaves out).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from datetime import UTC, datetime
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 
 from bench._bundles import BenchBundle, ensure_bundle
-from bench._machine import machine
-from bench._server import free_port, serve
+from bench._results import finish, header
+from bench._server import serve
 from recall.index import bundle as b
 from recall.index.roots import S3Location, S3Root
 from recall.index.verify import verify_bundle
 from recall.service.bundle_cache import S3CachedSource
+from tests.moto_server import BUCKET, moto_server, s3_environment
 
 logger = logging.getLogger("bench.s3_cache")
 
-BUCKET = "bench"
 ROOT = f"s3://{BUCKET}/recall"
-CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "bench",
-    "AWS_SECRET_ACCESS_KEY": "bench",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-
-
-@contextmanager
-def moto_server(log: Path) -> Iterator[dict[str, str]]:
-    """A ``moto_server`` on a free loopback port with the bucket; yields its AWS_* env."""
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("moto_server")),
-                "-H",
-                "127.0.0.1",
-                "-p",
-                str(port),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{endpoint}/moto-api/", timeout=1)
-                break
-            except httpx.HTTPError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto_server did not start") from None
-                time.sleep(0.05)
-        env = {**CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}
-        os.environ.update(env)
-        S3Root(S3Location.parse(ROOT)).client.create_bucket(Bucket=BUCKET)
-        yield env
-    finally:
-        process.kill()
-        process.wait(timeout=10)
 
 
 def _bytes(bundle: Path) -> int:
@@ -118,13 +72,15 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     for noisy in ("httpx", "botocore", "boto3", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    started, at_start = datetime.now(UTC), machine()
+    head = header("s3_cache")
     small = ensure_bundle(args.cache, BenchBundle(10_000, 1_000, "flat"))
     large = ensure_bundle(args.cache, BenchBundle(args.items, args.users, "flat"))
     size_mb = _bytes(large) / 1e6
     with tempfile.TemporaryDirectory(prefix="recall-s3-bench-") as tmp, ExitStack() as stack:
         work = Path(tmp)
-        env = stack.enter_context(moto_server(work / "moto.log"))
+        moto = stack.enter_context(moto_server(work / "moto.log"))
+        stack.enter_context(s3_environment(moto))  # this process's S3Root
+        env = moto.env()
         root = S3Root(S3Location.parse(ROOT))
         root.publish(small, keep=5)
         replicas = []
@@ -152,9 +108,7 @@ def main() -> None:
         verify_bundle(path)
         verify_s = time.perf_counter() - t
     result = {
-        "benchmark": "bench/s3_cache.py",
-        "date": started.isoformat(timespec="seconds"),
-        "machine": at_start,
+        **head,
         "store": "moto_server (S3 emulator) on loopback, in memory",
         "bundle": {"items": args.items, "users": args.users, "index": "flat", "mb": round(size_mb)},
         "upload_s": round(upload_s, 2),
@@ -167,15 +121,12 @@ def main() -> None:
         "poll_interval_s": args.poll,
         "current_to_both_replicas_s": round(both_s, 2),
     }
-    text = json.dumps(result, indent=2)
-    logger.info("%s", text)
-    sys.stdout.write(
+    table = (
         f"| {size_mb:.0f} MB bundle | upload {result['upload_mb_per_s']} MB/s | download "
         f"{result['download_mb_per_s']} MB/s | verify {result['verify_mb_per_s']} MB/s | "
-        f"CURRENT -> both replicas {both_s:.2f} s (poll {args.poll} s) |\n"
+        f"CURRENT -> both replicas {both_s:.2f} s (poll {args.poll} s) |"
     )
-    if args.out:
-        args.out.write_text(text + "\n")
+    finish(args.out, result, table)
 
 
 if __name__ == "__main__":

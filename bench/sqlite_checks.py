@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import math
 import random
@@ -24,13 +23,15 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-from _machine import machine
+REPO = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):
+    sys.path.insert(0, str(REPO))
 
-from recall.service.state.base import Event, StoreLimits
-from recall.service.state.sqlite import SQLiteStore
+from bench._results import finish, header  # noqa: E402
+from recall.service.state.base import Event, StoreLimits  # noqa: E402
+from recall.service.state.sqlite import SQLiteStore  # noqa: E402
 
 logger = logging.getLogger("bench.sqlite_checks")
 
@@ -111,8 +112,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temp dir")
     parser.add_argument("--out", type=Path, help="JSON results file (docs/state.md quotes it)")
     args = parser.parse_args()
-    started = datetime.now(UTC)
-    at_start = machine()
+    head = header("sqlite_checks")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
@@ -121,18 +121,7 @@ def main() -> None:
         logger.info("filled %d users in %.1f s", args.users, time.monotonic() - start)
         report = asyncio.run(compare(work, args.users, args.rounds))
     report.update(users=args.users, rounds=args.rounds)
-    text = json.dumps(
-        {
-            "benchmark": "bench/sqlite_checks.py",
-            "date": started.isoformat(timespec="seconds"),
-            "machine": at_start,
-            "result": report,
-        },
-        indent=2,
-    )
-    sys.stdout.write(text + "\n")
-    if args.out:
-        args.out.write_text(text + "\n")
+    finish(args.out, {**head, "result": report})
 
 
 if __name__ == "__main__":

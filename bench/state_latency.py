@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import math
 import random
@@ -31,7 +30,6 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +40,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench._bundles import ITEM_ID_OFFSET, BenchBundle, ensure_bundle  # noqa: E402
-from bench._machine import machine  # noqa: E402
+from bench._results import finish, header  # noqa: E402
 from bench._server import serve  # noqa: E402
 from recall.service.state import Event, open_store, sqlite_url  # noqa: E402
 from tests.redis_cluster import redis_cluster  # noqa: E402
-from tests.redis_server import redis_server  # noqa: E402
+from tests.redis_server import load_users, redis_server  # noqa: E402
 
 logger = logging.getLogger("bench.state_latency")
 
@@ -145,11 +143,10 @@ def main() -> None:
     if shutil.which("redis-server") is None:
         raise SystemExit("redis-server is not installed (apt-get install redis-server)")
     spec = BenchBundle(n_items=10_000, n_users=10_000, kind="flat")
-    root = ensure_bundle(args.workdir / "bench-bundles", spec).parent
+    bundle = ensure_bundle(args.workdir / "bench-bundles", spec)
     rng = random.Random(0)
     report: dict[str, Any] = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        **header("state_latency"),
         "redis_server": subprocess.run(
             ["redis-server", "--version"], capture_output=True, text=True, check=False
         ).stdout.strip(),
@@ -171,8 +168,12 @@ def main() -> None:
             "cluster": cluster.url(3),
             "cluster, no WAIT": cluster.url(3) + "?wait_replicas=0",
         }
+        for url in (urls["redis"], urls["cluster"]):  # Redis mode: replicas read users there
+            load_users(url, bundle)
         servers = {
-            name: stack.enter_context(serve(root, 1, env={"RECALL_STATE_URL": url, **SLOW_OK}))
+            name: stack.enter_context(
+                serve(bundle.parent, 1, env={"RECALL_STATE_URL": url, **SLOW_OK})
+            )
             for name, url in urls.items()
         }
         clients = {
@@ -244,9 +245,7 @@ def main() -> None:
     )
     report["cluster_minus_redis_p50_ms"] = round(delta, 3)
     lines.append(f"\ncluster - one Redis, recall p50: {delta:+.3f} ms (target <= +0.3 ms)")
-    sys.stdout.write("\n".join(lines) + "\n")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    finish(args.out, report, "\n".join(lines))
 
 
 if __name__ == "__main__":

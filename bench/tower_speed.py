@@ -13,13 +13,10 @@ machine slows both alike. Prints a table and writes JSON (machine, date).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
@@ -28,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(REPO))
 
-from bench._machine import machine  # noqa: E402
+from bench._results import finish, header  # noqa: E402
 from recall.index.attention import PREFIX, weight_shapes  # noqa: E402
 from recall.index.tower import (  # noqa: E402
     SPEC_KEY,
@@ -120,25 +117,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/tower_speed.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    head = header("tower_speed")
     rng = np.random.default_rng(0)
     towers = {kind: ml100k_shaped_tower(kind, rng) for kind in ("mean", "attention")}
     results = measure(towers, args.window, args.calls)
-    sys.stdout.write(f"one user, {args.window}-item window, 1 thread, {args.calls} calls\n")
-    sys.stdout.write(f"{'tower':<11}{'p50 ms':>9}{'p99 ms':>9}{'mean ms':>9}\n")
+    lines = [
+        f"one user, {args.window}-item window, 1 thread, {args.calls} calls",
+        f"{'tower':<11}{'p50 ms':>9}{'p99 ms':>9}{'mean ms':>9}",
+    ]
     for name, r in results.items():
-        sys.stdout.write(f"{name:<11}{r['p50_ms']:>9.4f}{r['p99_ms']:>9.4f}{r['mean_ms']:>9.4f}\n")
-    report: dict[str, Any] = {
-        "benchmark": "tower_speed",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        lines.append(f"{name:<11}{r['p50_ms']:>9.4f}{r['p99_ms']:>9.4f}{r['mean_ms']:>9.4f}")
+    report = {
+        **head,
         "window": args.window,
         "calls": args.calls,
         "n_items": N_ITEMS,
         "results": results,
-        "machine": machine(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    logger.info("wrote %s", args.out)
+    finish(args.out, report, "\n".join(lines))
     return 0
 
 

@@ -23,7 +23,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import resource
 import socket
 import statistics
@@ -31,14 +30,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _data import ml100k_dir
-from _machine import cpu_model
-
 REPO = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):
+    sys.path.insert(0, str(REPO))
+
+from bench._data import ml100k_dir  # noqa: E402
+from bench._results import finish, header  # noqa: E402
+
 SYNTH_1M = Path("/tmp/recall-synth-1m")
 
 logger = logging.getLogger("bench.train_speed")
@@ -220,19 +221,15 @@ def run_ranks_quality(work: Path, seeds: list[int]) -> dict[str, Any]:
     return {"seeds": seeds, "per_seed": per_seed, "summary": summary}
 
 
-def machine() -> dict[str, Any]:
+def torch_info() -> dict[str, Any]:
+    """torch's thread count and version, numpy's version (for the results' machine)."""
     import numpy
     import torch
 
     return {
-        "cpu": cpu_model(),
-        "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": numpy.__version__,
-        "load_average_at_start": os.getloadavg(),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -257,20 +254,22 @@ def main() -> None:
 
     if {"ml-100k", "ml-100k-mean", "ranks", "ranks-quality"} & set(args.cases):
         ml100k_dir()  # fail now, naming RECALL_ML100K_DIR, not after the other cases
-    env_machine = machine()
     results: list[dict[str, Any]] = []
-    report: dict[str, Any] = {"machine": env_machine, "results": results}
+    report: dict[str, Any] = {**header("train_speed", **torch_info()), "results": results}
+    lines: list[str] = []
     work = Path(tempfile.mkdtemp(prefix="recall-train-speed-"))
     if "ranks" in args.cases:
         report["ranks"] = run_ranks(work, args.steps)
-        for r in report["ranks"]:
-            sys.stdout.write(
-                f"{r['case']} | {r['run']} | {r['wall_s']} s | {r['examples_per_s']} ex/s\n"
-            )
+        lines += [
+            f"{r['case']} | {r['run']} | {r['wall_s']} s | {r['examples_per_s']} ex/s"
+            for r in report["ranks"]
+        ]
     if "ranks-quality" in args.cases:
         report["ranks_quality"] = run_ranks_quality(work, args.seeds)
-        for label, row in report["ranks_quality"]["summary"].items():
-            sys.stdout.write(f"{label}: test HR@50 {row['hr@50_mean']} ± {row['hr@50_std']}\n")
+        lines += [
+            f"{label}: test HR@50 {row['hr@50_mean']} ± {row['hr@50_std']}"
+            for label, row in report["ranks_quality"]["summary"].items()
+        ]
     for case in (c for c in args.cases if c in ("ml-100k", "ml-100k-mean", "synth-1m")):
         logger.info("running %s", case)
         child = subprocess.run(
@@ -290,12 +289,9 @@ def main() -> None:
         )
         results.append(json.loads(child.stdout.strip().splitlines()[-1]))
     columns = ["case", "device", "train_s", "examples_per_s", "peak_rss_mb"]
-    sys.stdout.write(" | ".join(columns) + "\n")
-    for r in results:
-        sys.stdout.write(" | ".join(str(r.get(c, "")) for c in columns) + "\n")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    logger.info("wrote %s", args.out)
+    lines.append(" | ".join(columns))
+    lines += [" | ".join(str(r.get(c, "")) for c in columns) for r in results]
+    finish(args.out, report, "\n".join(lines))
 
 
 if __name__ == "__main__":

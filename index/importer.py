@@ -225,27 +225,36 @@ def _interaction_rows(
     they come from the interactions (``users`` None). Unknown items, and unknown users when
     the users are given, are :class:`ImportInputError` naming the first such row."""
     item_of = items.rows(interactions.item_ids.tolist())
-    if (item_of < 0).any():
-        unknown = int(np.flatnonzero(item_of < 0)[0])
-        row = int(np.argmax(interactions.item_rows == unknown))
-        raise ImportInputError(
-            f"{interactions.path}: {interactions.where(row)}: item "
-            f"{interactions.item_ids[unknown].item()!r} has no item vector"
-        )
+    _refuse_unknown(interactions, "item", item_of)
     if users is None:
         user_ids = interactions.user_ids
         user_of = np.arange(len(user_ids), dtype=np.int64)
     else:
         user_ids = users.ids
         user_of = users.rows(interactions.user_ids.tolist())
-        if (user_of < 0).any():
-            unknown = int(np.flatnonzero(user_of < 0)[0])
-            row = int(np.argmax(interactions.user_rows == unknown))
-            raise ImportInputError(
-                f"{interactions.path}: {interactions.where(row)}: user "
-                f"{interactions.user_ids[unknown].item()!r} has no user vector"
-            )
+        _refuse_unknown(interactions, "user", user_of)
     return user_of[interactions.user_rows], item_of[interactions.item_rows], user_ids
+
+
+def _refuse_unknown(
+    interactions: Interactions, side: Literal["item", "user"], bundle_rows: npt.NDArray[np.int64]
+) -> None:
+    """:class:`ImportInputError` naming the first interaction whose ``side`` has no vector:
+    ``bundle_rows`` holds the bundle's row of each of the interactions' distinct ``side``
+    ids, -1 for an id the bundle lacks."""
+    missing = np.flatnonzero(bundle_rows < 0)
+    if missing.size:
+        ids, rows = (
+            (interactions.item_ids, interactions.item_rows)
+            if side == "item"
+            else (interactions.user_ids, interactions.user_rows)
+        )
+        unknown = int(missing[0])
+        row = int(np.argmax(rows == unknown))
+        raise ImportInputError(
+            f"{interactions.path}: {interactions.where(row)}: {side} "
+            f"{ids[unknown].item()!r} has no {side} vector"
+        )
 
 
 def _user_side(

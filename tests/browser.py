@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -126,3 +127,14 @@ def open_browser() -> Iterator[Browser]:
             yield Browser(browser)
         finally:
             browser.close()
+
+
+def run_module(tab: Tab, module: str, script: str, arg: Any) -> Any:
+    """``script`` (a JS function body with ``m`` = the exports of the console's
+    ``/console/assets/<module>``, and ``arg``) run in ``tab``'s page; its return value."""
+    return tab.page.evaluate(
+        "async ([module, script, arg]) => {"
+        " const m = await import(`/console/assets/${module}`);"
+        " return new Function('m', 'arg', script)(m, arg); }",
+        [module, script, arg],
+    )

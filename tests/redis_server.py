@@ -37,18 +37,21 @@ def free_port() -> int:
 
 class RedisServer:
     """One ``redis-server`` with its data in ``directory``; ``kill`` and ``start`` again keep
-    the port (and, with ``appendonly``, the data: AOF fsynced on every write)."""
+    the port (and, with ``appendonly``, the data: AOF fsynced on every write, or once a
+    second with ``appendfsync="everysec"``, the compose file's setting)."""
 
     def __init__(
         self,
         directory: Path,
         *,
         appendonly: bool = False,
+        appendfsync: str = "always",
         port: int | None = None,
         extra: Sequence[str] = (),
     ) -> None:
         self.directory = directory
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
         self.port = free_port() if port is None else port
         self.extra = tuple(extra)  # more redis-server options, e.g. --cluster-enabled yes
         self.process: subprocess.Popen[bytes] | None = None
@@ -58,7 +61,7 @@ class RedisServer:
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else []
+        aof = ["--appendonly", "yes", "--appendfsync", self.appendfsync] if self.appendonly else []
         command = [
             redis_binary(),
             *("--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.directory)),
@@ -91,8 +94,10 @@ class RedisServer:
 
 
 @contextmanager
-def redis_server(directory: Path, *, appendonly: bool = False) -> Iterator[RedisServer]:
-    server = RedisServer(directory, appendonly=appendonly)
+def redis_server(
+    directory: Path, *, appendonly: bool = False, appendfsync: str = "always"
+) -> Iterator[RedisServer]:
+    server = RedisServer(directory, appendonly=appendonly, appendfsync=appendfsync)
     server.start()
     try:
         yield server

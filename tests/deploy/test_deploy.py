@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -523,20 +523,17 @@ def test_retrain_under_traffic_through_nginx(tmp_path: Path, processes: Processe
     old_id = (root / "CURRENT").read_text().strip()
     logger.info("trainer job: published %s in %.1f s", old_id, first_train_s)
 
-    ports = [free_port(), free_port()]
-    replicas = [f"http://127.0.0.1:{p}" for p in ports]
-    for i, port in enumerate(ports):
-        proc = processes.start(f"service-{i + 1}", ["recall", "serve"], _service_env(root, port))
-        url = replicas[i]
-        _wait_until(f"replica {url}", lambda url=url: ready_id(url) == old_id, 120, proc)
+    fleet = replicas_behind_nginx(
+        processes, nginx, tmp_path / "nginx", old_id, lambda _, port: _service_env(root, port)
+    )
+    ports, replicas, lb = fleet.ports, fleet.urls, fleet.lb
+    for port in ports:
         healthcheck = subprocess.run(
             [sys.executable, str(HEALTHCHECK)],
             env={**os.environ, "RECALL_PORT": str(port)},
             timeout=30,
         )
         assert healthcheck.returncode == 0  # the image's HEALTHCHECK command
-
-    lb = _start_nginx(processes, nginx, tmp_path / "nginx", ports, old_id)
 
     with RecallClient(lb, admin_token=TOKEN) as client:
         assert client.reload().bundle_id == old_id  # the admin API passes through nginx
@@ -682,13 +679,44 @@ def _two_replicas_behind_nginx(
             check=True,
             timeout=120,
         )
+    fleet = replicas_behind_nginx(
+        processes,
+        nginx,
+        tmp_path / "nginx",
+        bundle_id,
+        lambda _, port: {**_service_env(root, port), "RECALL_STATE_URL": state_url},
+    )
+    return fleet.urls, fleet.lb
+
+
+@dataclass
+class Fleet:
+    """``recall serve`` replicas on 127.0.0.1 and the nginx in front of them."""
+
+    ports: list[int]
+    urls: list[str]  # the replicas' base URLs
+    procs: list[subprocess.Popen[bytes]]
+    lb: str  # nginx's base URL
+
+
+def replicas_behind_nginx(
+    processes: Processes,
+    nginx: str,
+    prefix: Path,
+    bundle_id: str,
+    env_of: Callable[[int, int], dict[str, str]],
+) -> Fleet:
+    """Two ``recall serve`` replicas (replica ``i`` on a free ``port``, with environment
+    ``env_of(i, port)``), each ready on ``bundle_id``, behind the real nginx (its prefix
+    ``prefix``), ready on it too."""
     ports = [free_port(), free_port()]
-    replicas = [f"http://127.0.0.1:{p}" for p in ports]
-    for i, port in enumerate(ports):
-        env = {**_service_env(root, port), "RECALL_STATE_URL": state_url}
-        proc = processes.start(f"service-{i + 1}", ["recall", "serve"], env)
-        _wait_until(replicas[i], lambda u=replicas[i]: ready_id(u) == bundle_id, 120, proc)
-    return replicas, _start_nginx(processes, nginx, tmp_path / "nginx", ports, bundle_id)
+    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    procs = []
+    for i, (port, url) in enumerate(zip(ports, urls, strict=True)):
+        proc = processes.start(f"service-{i + 1}", ["recall", "serve"], env_of(i, port))
+        _wait_until(f"replica {url}", lambda u=url: ready_id(u) == bundle_id, 120, proc)
+        procs.append(proc)
+    return Fleet(ports, urls, procs, _start_nginx(processes, nginx, prefix, ports, bundle_id))
 
 
 def _start_nginx(

@@ -30,10 +30,10 @@ from tests.deploy.test_deploy import (
     Processes,
     _nginx_binary,
     _service_env,
-    _start_nginx,
     _trainer_env,
     _wait_until,
     processes,
+    replicas_behind_nginx,
 )
 from tests.deploy.traffic import ready_id, recall_traffic, switch_watch
 from tests.index_data import clustered, write_vectors_bundle
@@ -112,18 +112,16 @@ def test_replicas_follow_an_s3_root_through_nginx(tmp_path: Path, processes: Pro
         old_id, first_s = _publish_job(tmp_path, moto, seed=0)
         logger.info("trainer job: published %s to %s in %.1f s", old_id, ROOT_URL, first_s)
 
-        ports = [free_port(), free_port()]
         caches = [tmp_path / f"cache-{i}" for i in (1, 2)]
-        replicas = [f"http://127.0.0.1:{p}" for p in ports]
-        procs = []
-        for i, (port, url) in enumerate(zip(ports, replicas, strict=True)):
-            proc = processes.start(
-                f"service-{i + 1}", ["recall", "serve"], _replica_env(moto, port, caches[i])
-            )
-            procs.append(proc)
-            _wait_until(url, lambda u=url: ready_id(u) == old_id, 120, proc)
+        fleet = replicas_behind_nginx(
+            processes,
+            nginx,
+            tmp_path / "nginx",
+            old_id,
+            lambda i, port: _replica_env(moto, port, caches[i]),
+        )
+        replicas, procs, lb = fleet.urls, fleet.procs, fleet.lb
         assert all((c / "CURRENT").read_text().strip() == old_id for c in caches)
-        lb = _start_nginx(processes, nginx, tmp_path / "nginx", ports, old_id)
 
         built = tmp_path / "built"
         users = np.load(built / old_id / "user_ids.npy", allow_pickle=False)

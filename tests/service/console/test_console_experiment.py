@@ -5,7 +5,6 @@ series, and the page against live servers with a real experiment and real events
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,34 +16,17 @@ from recall.cli import main
 from recall.index.build import BuildOptions, build_index
 from recall.index.current import CURRENT
 from recall.service.app import create_app
-from recall.service.recaller import ServingBundle
 from recall.trainer.config import TrainConfig
 from recall.trainer.data import Dataset
-from tests.browser import TIMEOUT_MS, Browser, Tab
+from tests.browser import TIMEOUT_MS, Tab, run_module
 from tests.index.test_verify import copy_bundle
 from tests.index_data import write_dataset_bundle
 from tests.live import live_server, settings
 
 
-@pytest.fixture
-def module_tab(browser: Browser, server: tuple[str, httpx.Client, ServingBundle]) -> Iterator[Tab]:
-    """A page on the console (so experiment.js imports from the same origin). The page
-    polls /v1/experiment every 5 s: waits for a poll use TIMEOUT_MS (10 s)."""
-    with browser.tab() as opened:
-        opened.page.goto(f"{server[0]}/console#/model")
-        opened.page.get_by_test_id("bundle-id").wait_for()
-        yield opened
-    assert opened.problems() == []
-
-
 def run_js(tab: Tab, script: str, arg: Any) -> Any:
-    """``script`` (a JS function body with ``m`` = experiment.js's exports and ``arg``)."""
-    return tab.page.evaluate(
-        "async ([script, arg]) => {"
-        " const m = await import('/console/assets/experiment.js');"
-        " return new Function('m', 'arg', script)(m, arg); }",
-        [script, arg],
-    )
+    """``script`` with ``m`` = experiment.js's exports (:func:`tests.browser.run_module`)."""
+    return run_module(tab, "experiment.js", script, arg)
 
 
 def test_the_curves_are_cumulative_hit_rates_in_time_order(module_tab: Tab) -> None:

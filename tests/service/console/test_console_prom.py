@@ -6,7 +6,6 @@ linear-in-bucket interpolation of Prometheus's ``histogram_quantile``."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -14,30 +13,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from recall.service.recaller import ServingBundle
-from tests.browser import Browser, Tab
+from tests.browser import Tab, run_module
 
 LATENCY = "recall_http_request_duration_seconds"
 
 
-@pytest.fixture
-def tab(browser: Browser, server: tuple[str, httpx.Client, ServingBundle]) -> Iterator[Tab]:
-    """A page on the console (so prom.js imports from the same origin); the test fails if
-    it logged an error or reached beyond 127.0.0.1."""
-    with browser.tab() as opened:
-        opened.page.goto(f"{server[0]}/console#/model")
-        opened.page.get_by_test_id("bundle-id").wait_for()
-        yield opened
-    assert opened.problems() == []
-
-
 def run_prom(tab: Tab, script: str, arg: Any) -> Any:
-    """``script`` (a JS function body with ``m`` = prom.js's exports and ``arg``) in the page."""
-    return tab.page.evaluate(
-        "async ([script, arg]) => {"
-        " const m = await import('/console/assets/prom.js');"
-        " return new Function('m', 'arg', script)(m, arg); }",
-        [script, arg],
-    )
+    """``script`` with ``m`` = prom.js's exports (:func:`tests.browser.run_module`)."""
+    return run_module(tab, "prom.js", script, arg)
 
 
 def reference_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
@@ -57,7 +40,7 @@ def reference_quantile(q: float, buckets: list[tuple[float, float]]) -> float | 
 
 
 def test_the_js_parser_reads_what_prometheus_client_reads(
-    tab: Tab, server: tuple[str, httpx.Client, ServingBundle]
+    module_tab: Tab, server: tuple[str, httpx.Client, ServingBundle]
 ) -> None:
     _, client, bundle = server
     for user in bundle.user_ids.ids[:5]:
@@ -69,7 +52,7 @@ def test_the_js_parser_reads_what_prometheus_client_reads(
         for family in text_string_to_metric_families(text)
         for s in family.samples
     )
-    parsed = run_prom(tab, "return m.parseProm(arg)", text)
+    parsed = run_prom(module_tab, "return m.parseProm(arg)", text)
     # JSON carries +Inf as null: put it back before comparing
     got = sorted(
         (s["name"], sorted(s["labels"].items()), math.inf if s["value"] is None else s["value"])
@@ -84,25 +67,25 @@ def test_the_js_parser_reads_what_prometheus_client_reads(
 
 
 def test_quantiles_interpolate_in_buckets_like_histogram_quantile(
-    tab: Tab, server: tuple[str, httpx.Client, ServingBundle]
+    module_tab: Tab, server: tuple[str, httpx.Client, ServingBundle]
 ) -> None:
     _, client, bundle = server
     # a hand-made case: 10 observations in (0.1, 0.2] -> p50 at 0.15, p90 at 0.19
     hand = [[0.1, 0], [0.2, 10], [math.inf, 10]]
-    got = run_prom(tab, "return [0.5, 0.9].map((q) => m.quantile(q, arg))", hand)
+    got = run_prom(module_tab, "return [0.5, 0.9].map((q) => m.quantile(q, arg))", hand)
     assert got == pytest.approx([0.15, 0.19])
-    assert run_prom(tab, "return m.quantile(0.5, arg)", [[0.1, 0], [math.inf, 0]]) is None
+    assert run_prom(module_tab, "return m.quantile(0.5, arg)", [[0.1, 0], [math.inf, 0]]) is None
     # the real histogram of /v1/recall after traffic, from the page's own bucket summing
     for user in bundle.user_ids.ids[:40]:
         assert client.post("/v1/recall", json={"user_id": user.item(), "k": 5}).status_code == 200
     text = client.get("/metrics").text
     recall_buckets = f"m.buckets(m.parseProm(arg), '{LATENCY}', '/v1/recall')"
-    buckets = run_prom(tab, f"return {recall_buckets}", text)
+    buckets = run_prom(module_tab, f"return {recall_buckets}", text)
     cumulative = [(math.inf if le is None else le, count) for le, count in buckets]
     assert cumulative[-1][1] >= 40
     qs = [0.5, 0.95, 0.99]
     got = run_prom(
-        tab,
+        module_tab,
         f"const b = {recall_buckets}; return [0.5, 0.95, 0.99].map((q) => m.quantile(q, b));",
         text,
     )
