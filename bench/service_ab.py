@@ -13,6 +13,10 @@ version has no such metric: its ``recall_state_errors_total{op="recent"}`` inste
     .venv/bin/python bench/service_ab.py --base /tmp/base \\
         --root /tmp/recall-bench/1000000-hnsw-v2 \\
         --state /tmp/recall-bench/1000000-hnsw-state/events.sqlite --users 98000
+
+Without ``--base`` both run this checkout, ``old`` with ``--old-env`` and ``new`` with
+``--new-env`` (``NAME=VALUE`` settings, e.g. ``--new-env RECALL_SEARCH_THREADS=0``);
+``--workers`` runs each with that many workers and ``--connections`` per worker.
 """
 
 from __future__ import annotations
@@ -51,10 +55,11 @@ def failed_reads(url: str) -> float:
 
 
 def one_run(root: Path, env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
-    with serve(root, 1, env) as server:
-        run_wrk(server.url, n_users=args.users, seconds=3, connections=4)  # warm
+    connections = args.connections * args.workers
+    with serve(root, args.workers, env) as server:
+        run_wrk(server.url, n_users=args.users, seconds=3, connections=connections)  # warm
         before, cpu0 = failed_reads(server.url), server.cpu_seconds()
-        r = run_wrk(server.url, n_users=args.users, seconds=args.seconds, connections=8)
+        r = run_wrk(server.url, n_users=args.users, seconds=args.seconds, connections=connections)
         cpu = server.cpu_seconds() - cpu0
         return {
             "rps": round(r.rps, 1),
@@ -67,9 +72,18 @@ def one_run(root: Path, env: dict[str, str], args: argparse.Namespace) -> dict[s
         }
 
 
+def _settings(pairs: list[str]) -> dict[str, str]:
+    """``NAME=VALUE`` arguments as an environment."""
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--base", type=Path, required=True, help="the other source tree (old)")
+    p.add_argument("--base", type=Path, help="the other source tree (old; default: this one)")
+    p.add_argument("--old-env", nargs="*", default=[], help="NAME=VALUE settings of old")
+    p.add_argument("--new-env", nargs="*", default=[], help="NAME=VALUE settings of new")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--connections", type=int, default=8, help="per worker")
     p.add_argument("--root", type=Path, required=True, help="a bundle root")
     p.add_argument("--state", type=Path, required=True, help="the SQLite state file")
     p.add_argument("--users", type=int, required=True, help="users 0..N-1 (without events)")
@@ -79,8 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     base_env = {"RECALL_STATE_URL": sqlite_url(args.state)}
-    # `recall` resolves to --base first on the path (run from outside the checkout)
-    versions = {"old": {**base_env, "PYTHONPATH": str(args.base.absolute())}, "new": base_env}
+    # `recall` resolves to the tree named on the path (run from outside the checkout)
+    here = str(Path(__file__).absolute().parent.parent)
+    old_tree = here if args.base is None else str(args.base.absolute())
+    versions = {
+        "old": {**base_env, **_settings(args.old_env), "PYTHONPATH": old_tree},
+        "new": {**base_env, **_settings(args.new_env), "PYTHONPATH": here},
+    }
     os.chdir("/")  # the checkout's own directory must not shadow --base on sys.path
     runs: dict[str, list[dict[str, Any]]] = {"old": [], "new": []}
     for i in range(args.rounds):

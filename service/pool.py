@@ -1,6 +1,11 @@
 """The search thread pool: everything that touches vectors or FAISS runs here, never on
 the event loop (FAISS releases the GIL, so the threads search in parallel).
 
+With ``threads=0`` there is no pool: each call runs on the caller's event loop, so the
+search and the loop never contend for the GIL (a search thread that releases it in FAISS,
+SQLite or numpy waits to get it back while the loop runs Python: bench/gil_contention.py),
+at the price of a worker that does one thing at a time.
+
 One hand-off per call, kept lean on purpose: a job is a tuple on a ``queue.SimpleQueue``
 and its answer comes back through one ``loop.call_soon_threadsafe``. ``run_in_executor``
 on a ``ThreadPoolExecutor`` did the same with a ``concurrent.futures.Future`` (a
@@ -27,19 +32,25 @@ Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any]
 
 class SearchPool:
     """``threads`` search threads (started by the first call), each with one OpenMP
-    thread: concurrency comes from requests, not from inside one search."""
+    thread: concurrency comes from requests, not from inside one search. ``threads=0``:
+    calls run on the calling thread (the event loop), one OpenMP thread there too."""
 
     def __init__(self, threads: int) -> None:
+        if threads < 0:
+            raise ValueError(f"threads must be >= 0, not {threads}")
         self.threads = threads
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._workers: list[threading.Thread] = []
         self._closed = False
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` in a search thread; its exception is raised here. A cancelled
-        caller's call is skipped when it has not started yet."""
+        """``fn(*args)`` in a search thread (or here, with no threads); its exception is
+        raised here. A cancelled caller's call is skipped when it has not started yet."""
         if self._closed:
             raise RuntimeError("the search pool is shut down")
+        if not self.threads:
+            faiss.omp_set_num_threads(1)  # per calling thread (libgomp); ~1 µs
+            return fn(*args)
         if not self._workers:
             self._start()
         loop = asyncio.get_running_loop()
@@ -58,7 +69,7 @@ class SearchPool:
                 break
             if job is not None:
                 _reply(job[0], job[1].cancel)
-        for _ in self._workers:
+        for _ in range(self.threads):
             self._jobs.put(None)
 
     def _start(self) -> None:

@@ -57,7 +57,9 @@ class Settings(EventLogSettings):
         10.0, gt=0, le=600, description="a request's headers must arrive within this"
     )
     reload_interval_s: float = Field(5.0, ge=0, description="CURRENT poll period; 0 = off")
-    search_threads: int = Field(4, ge=1, le=256, description="threads running FAISS")
+    search_threads: int = Field(
+        4, ge=0, le=256, description="threads running FAISS; 0: on each worker's event loop"
+    )
     # FastAPI's native OpenTelemetry looks up the global providers (os.environ) on every
     # request even when none is set: ~8% of the event loop's time (docs/performance.md).
     opentelemetry: bool = Field(

@@ -56,27 +56,28 @@ def _attributes(dataset: Dataset) -> dict[str, np.ndarray]:
 
 
 def _serve(
-    root: Path,
-    dataset: Dataset,
-    config: TrainConfig,
+    root: Path, dataset: Dataset, config: TrainConfig, search_threads: int = 4
 ) -> Iterator[Served]:
     bundle_path = write_dataset_bundle(root, dataset, config, "20260102T000000Z-ffffff")
     build_index(bundle_path, BuildOptions(kind="flat", sample_queries=20, latency_queries=5))
     publish(bundle_path)
     bundle = ServingBundle.load(bundle_path)
-    with live_server(create_app(settings(root))) as url, httpx.Client(base_url=url) as client:
+    app = create_app(settings(root, search_threads=search_threads))
+    with live_server(app) as url, httpx.Client(base_url=url) as client:
         yield client, bundle
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=[4, 0], ids=["search-pool", "on-the-loop"])
 def served(
     synthetic: Dataset,
     small_config: TrainConfig,
     tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
 ) -> Iterator[Served]:
-    """A server on a bundle with item attributes (genres, year, language, title)."""
+    """A server on a bundle with item attributes (genres, year, language, title), its
+    searches in a pool of 4 threads or on its event loop (``search_threads=0``)."""
     data = replace(synthetic, item_attributes=_attributes(synthetic))
-    yield from _serve(tmp_path_factory.mktemp("attrs"), data, small_config)
+    yield from _serve(tmp_path_factory.mktemp("attrs"), data, small_config, request.param)
 
 
 @pytest.fixture(scope="module")

@@ -79,3 +79,24 @@ def test_a_cancelled_caller_is_skipped_and_shutdown_cancels_what_waits() -> None
 
     asyncio.run(main())
     assert ran == ["block", "queued"]
+
+
+def test_no_threads_runs_calls_on_the_callers_thread() -> None:
+    pool = SearchPool(0)
+
+    def where() -> str:
+        return threading.current_thread().name
+
+    def fail() -> None:
+        raise KeyError("boom")
+
+    async def main() -> str:
+        name = await pool.run(where)
+        with pytest.raises(KeyError, match="boom"):
+            await pool.run(fail)
+        pool.shutdown()
+        with pytest.raises(RuntimeError, match="shut down"):
+            await pool.run(where)
+        return name
+
+    assert asyncio.run(main()) == threading.current_thread().name
