@@ -86,7 +86,9 @@ class RecallCore:
         """``query`` with its user id as the bundle's ids type it (``"7"`` -> 7)."""
         if query.user_id is None:
             return query
-        return replace(query, user_id=bundle.user_ids.canonical(query.user_id))
+        user_id = bundle.user_ids.canonical(query.user_id)
+        # `is`, not ==: 7 == 7.0 and True == 1, yet a query must hold the id as typed here
+        return query if user_id is query.user_id else replace(query, user_id=user_id)
 
     def recall(
         self,
