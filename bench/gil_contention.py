@@ -22,7 +22,7 @@ Then the same recall inside the service: the app driven through its ASGI interfa
 beside it with ``--state``) with 1, 2 and 4 search threads, ``RecallCore.recall`` timed
 where it runs (its CPU in the search thread), beside the process CPU per request.
 
-    .venv/bin/python bench/gil_contention.py --root /tmp/recall-bench/100000-hnsw-v2 \\
+    .venv/bin/python -m bench.gil_contention --root /tmp/recall-bench/100000-hnsw-v2 \\
         --out bench/results/gil_contention_100k.json
 
 (the bundle roots are the ones ``bench/service_bench.py`` caches under /tmp/recall-bench).
@@ -40,14 +40,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
-from _machine import machine
 
+from bench._results import finish, header
 from recall.service.core import RecallCore
 from recall.service.fresh import UserState
 from recall.service.recaller import RecallQuery, ServingBundle
@@ -113,8 +112,8 @@ def in_app(args: argparse.Namespace, users: list[int]) -> dict[str, dict[str, fl
     import asyncio
 
     import uvloop
-    from asgi_cpu import drive
 
+    from bench.asgi_cpu import drive
     from recall.service.app import create_app
     from recall.service.settings import Settings
     from recall.service.state import sqlite_url
@@ -179,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    head = header("gil_contention")
 
     bundle = ServingBundle.load(args.root / (args.root / "CURRENT").read_text().strip())
     faiss.omp_set_num_threads(1)
@@ -231,18 +231,15 @@ def main(argv: list[str] | None = None) -> int:
                 for name, m in app_median.items()
             ),
         ]
-    sys.stdout.write("\n".join(lines) + "\n")
-    if args.out is not None:
-        report = {
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": machine(),
-            "settings": {k: str(v) for k, v in vars(args).items()},
-            "n_items": len(bundle.item_ids.ids),
-            "runs": runs,
-            "median": median,
-            "in_app": app_median,
-        }
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    report = {
+        **head,
+        "settings": {k: str(v) for k, v in vars(args).items()},
+        "n_items": len(bundle.item_ids.ids),
+        "runs": runs,
+        "median": median,
+        "in_app": app_median,
+    }
+    finish(args.out, report, "\n".join(lines))
     return 0
 
 
