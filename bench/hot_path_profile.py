@@ -37,7 +37,6 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,7 @@ import faiss
 import numpy as np
 
 from bench._bundles import BenchBundle, ensure_bundle
-from bench._machine import machine
+from bench._results import finish, header
 from bench.freshness_overhead import TRAINED_UNTIL, make_v2
 from recall.index import bundle as b
 from recall.index.attributes import ItemAttributes
@@ -289,14 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     faiss.omp_set_num_threads(1)
     report: dict[str, Any] = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        **header("hot_path_profile"),
         "runs": [measure(spec(n, args.users), args) for n in args.items],
     }
-    sys.stdout.write(table(report) + "\n")
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    finish(args.out, report, table(report))
     return 0
 
 
