@@ -54,9 +54,9 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
@@ -380,8 +380,7 @@ class SQLiteStore:
         interactions = [(u, ts, i) for u, i, ts, kind in rows if kind == "interaction"]
         impressions = [(u, i, ts) for u, i, ts, kind in rows if kind == "impression"]
         users = list(dict.fromkeys(u for u, _, _ in interactions))
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _write_transaction(conn):
             conn.executemany(
                 "INSERT INTO log (received, ts, kind, user, item) VALUES (?, ?, ?, ?, ?)",
                 [(now, ts, KINDS.index(kind), u, i) for u, i, ts, kind in rows],
@@ -405,11 +404,6 @@ class SQLiteStore:
             )
             if time.monotonic() >= self._trim_at:
                 self._trim(conn, now)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         self._check_identity()  # committed to the file a restart opens, or not acknowledged
 
     def _trim(self, conn: sqlite3.Connection, now: float) -> None:
@@ -567,14 +561,8 @@ class SQLiteStore:
         if len(rows) == 1:
             conn.execute(REMEMBER, rows[0])  # its own transaction
         else:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _write_transaction(conn):
                 conn.executemany(REMEMBER, rows)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
         self._checkpoint_soon(len(rows))
 
     def _checkpoint_soon(self, lists: int) -> None:
@@ -640,8 +628,7 @@ class SQLiteStore:
         """One transaction on the writer thread: the rows and the version bump together."""
         conn = self._conn()
         conn.execute(f"PRAGMA busy_timeout = {int(self.limits.write_timeout_s * 1000)}")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _write_transaction(conn):
             conn.executemany(
                 "INSERT OR IGNORE INTO disabled (item) VALUES (?)", [(i,) for i in disable]
             )
@@ -651,11 +638,6 @@ class SQLiteStore:
                 "ON CONFLICT (one) DO UPDATE SET version = version + 1"
             )
             version: int = conn.execute("SELECT version FROM availability").fetchone()[0]
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         return version
 
     def _version(self, conn: sqlite3.Connection) -> int:
@@ -869,6 +851,20 @@ def _busy(error: sqlite3.Error) -> bool:
 
 def _ids(user_ids: Iterable[object]) -> list[ExternalId]:
     return [check_id(u) for u in user_ids]
+
+
+@contextmanager
+def _write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` (the write lock up front, so ``busy_timeout`` applies), then
+    ``COMMIT``; ``ROLLBACK`` on any error, the error raised."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _served_rows(lists: Sequence[ServedList]) -> list[tuple[ExternalId, float, bytes]]:
