@@ -1,5 +1,5 @@
-"""The search thread pool: everything that touches vectors or FAISS runs here, never on
-the event loop (FAISS releases the GIL, so the threads search in parallel).
+"""The search thread pool: everything that touches vectors or FAISS runs here, not on the
+event loop (FAISS releases the GIL, so the threads search in parallel).
 
 With ``threads=0`` there is no pool: each call runs on the caller's event loop, so the
 search and the loop never contend for the GIL (a search thread that releases it in FAISS,
@@ -69,7 +69,7 @@ class SearchPool:
                 break
             if job is not None:
                 _reply(job[0], job[1].cancel)
-        for _ in range(self.threads):
+        for _ in self._workers:
             self._jobs.put(None)
 
     def _start(self) -> None:
