@@ -86,9 +86,12 @@ def test_a_shard_killed_under_traffic(published_root: Path, shared_cluster: Redi
             assert recall(c, vector=[0.1] * bundle.dim, k=3)["fresh"] is True
             event = {"user_id": up_user, "item_id": unseen_items(bundle, up_row, 3)[2]}
             event["timestamp"] = time.time()  # a retry of the same event counts once
-            codes = [c.post("/v1/events", json={"events": [event]}) for _ in range(3)]
-            assert [r.status_code for r in codes].count(200) >= 2  # the log bucket moves on
-            assert all(r.status_code in (200, 503) for r in codes)
+            codes = [c.post("/v1/events", json={"events": [event]}).status_code for _ in range(5)]
+            # the log moves to a live master's stream: accepted within three tries (now and
+            # then a second 503 right after the kill: docs/state.md), and from then on
+            first = codes.index(200) if 200 in codes else len(codes)
+            assert first <= 2, codes
+            assert set(codes[:first]) <= {503} and set(codes[first:]) == {200}, codes
             down = c.post("/v1/events", json={"events": [{"user_id": down_user, "item_id": 1}]})
             assert down.status_code == 503
             assert down.json()["error"]["code"] == "state_unavailable"
