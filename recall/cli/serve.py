@@ -49,6 +49,12 @@ def run_server(
         if value is not None:
             os.environ[f"RECALL_{name}"] = str(value)
     settings = load_settings(SERVE_FLAGS)  # fail fast, before any worker starts
+    if isinstance(settings.root, Path) and not settings.root.is_dir():
+        # A typo would otherwise serve 503 forever and leave a .state/ under the typo.
+        raise ValueError(
+            f"--root or RECALL_ROOT: {settings.root} is not a directory (create it, or "
+            "publish a bundle there: recall build-index ROOT/<id> --publish)"
+        )
     try:  # a cluster client cannot start without a slot map: a wrong URL stops here
         check_reachable(settings.state_url, "RECALL_STATE_URL")
     except StoreUnavailable as e:

@@ -152,6 +152,21 @@ def test_serve_without_a_root_names_the_flag_and_variable(tmp_path: Path) -> Non
     assert "Traceback" not in result.stderr and "Field required" not in result.stderr
 
 
+def test_serve_on_a_root_that_does_not_exist_exits_2_creating_nothing(tmp_path: Path) -> None:
+    """A typo in --root is refused at once, not served as 503 forever with a .state/ made
+    under the typo."""
+    typo = tmp_path / "bundels"
+    result = recall("serve", "--root", typo)
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.endswith(
+        f"recall serve: --root or RECALL_ROOT: {typo} is not a directory (create it, or "
+        "publish a bundle there: recall build-index ROOT/<id> --publish)"
+    )
+    assert "Traceback" not in result.stderr
+    assert not typo.exists()
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
