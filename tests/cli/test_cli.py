@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 from importlib.metadata import version
@@ -205,6 +206,26 @@ def test_faiss_loader_lines_only_at_debug(tmp_path: Path) -> None:
     assert "faiss.loader" not in quiet.stderr and "AVX" not in quiet.stderr
     loud = recall("--log-level", "DEBUG", "publish", tmp_path / "nothing")
     assert "faiss.loader" in loud.stderr  # the lines exist: hidden, not absent
+
+
+def test_ctrl_c_in_training_is_one_line_and_exit_130(tmp_path: Path, synthetic_dir: Path) -> None:
+    """SIGINT once training has started (its first log line about the examples)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECALL_")}
+    train = [str(RECALL), "train", "--data", str(synthetic_dir), "--out", str(tmp_path / "b")]
+    with subprocess.Popen(
+        [*train, "--epochs", "1000", "--no-progress"], env=env, stderr=subprocess.PIPE, text=True
+    ) as process:
+        assert process.stderr is not None
+        seen = []
+        for line in process.stderr:
+            seen.append(line)
+            if "examples;" in line:
+                process.send_signal(signal.SIGINT)
+                break
+        rest = process.stderr.read()
+        assert process.wait(timeout=60) == 130, "".join(seen) + rest
+    assert "Traceback" not in rest
+    assert rest.strip().splitlines()[-1].endswith("ERROR recall: recall train: interrupted")
 
 
 @pytest.mark.slow
