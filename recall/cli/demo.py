@@ -8,7 +8,7 @@ from pathlib import Path
 
 from recall.cli.command import Subcommands, add_command
 from recall.cli.eval import run_eval
-from recall.cli.serve import run_server
+from recall.cli.serve import check_port_free, run_server
 from recall.cli.train import run_training
 
 logger = logging.getLogger("recall")
@@ -32,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
     from recall.trainer.synth import SynthConfig, write_synthetic
 
     work: Path = args.workdir
+    if not args.no_serve:  # before minutes of training, not after
+        check_port_free("127.0.0.1", args.port, "--port")
     data = work / "data"
     if not (data / "interactions.csv").exists():
         logger.info("demo: synthesizing %d users x %d items into %s", args.users, args.items, data)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import socket
 from pathlib import Path
 
 from recall.cli.command import Subcommands, add_command
@@ -55,6 +57,7 @@ def run_server(
             f"--root or RECALL_ROOT: {settings.root} is not a directory (create it, or "
             "publish a bundle there: recall build-index ROOT/<id> --publish)"
         )
+    check_port_free(settings.host, settings.port, "--port or RECALL_PORT")
     try:  # a cluster client cannot start without a slot map: a wrong URL stops here
         check_reachable(settings.state_url, "RECALL_STATE_URL")
     except StoreUnavailable as e:
@@ -81,3 +84,20 @@ def run_server(
             access_log=False,
             log_level="warning",
         )
+
+
+def check_port_free(host: str, port: int, flag: str) -> None:
+    """ValueError (naming ``flag`` when another process listens there) unless ``host:port``
+    can be bound as uvicorn binds it (SO_REUSEADDR); checked before anything loads, as
+    uvicorn would say so only after, and exit 3, the code of a store that did not answer."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        socket.create_server((host, port), family=family).close()
+    except OSError as e:
+        if e.errno != errno.EADDRINUSE:  # a host that is not this machine's, say
+            why = os.strerror(e.errno) if e.errno else str(e)
+            raise ValueError(f"cannot listen on {host}:{port}: {why}") from None
+        raise ValueError(
+            f"{flag}: {host}:{port} is already in use (another recall serve or make demo? "
+            "stop it, or pick another port)"
+        ) from None

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from importlib.metadata import version
@@ -166,6 +167,20 @@ def test_serve_on_a_root_that_does_not_exist_exits_2_creating_nothing(tmp_path: 
     )
     assert "Traceback" not in result.stderr
     assert not typo.exists()
+
+
+def test_serve_and_demo_on_a_port_in_use_exit_2_at_once(tmp_path: Path) -> None:
+    """Before loading a bundle, and before the demo trains for minutes."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        served = recall("serve", "--root", tmp_path, "--port", port)
+        demo = recall("demo", "--workdir", tmp_path / "demo", "--port", port)
+    in_use = f"127.0.0.1:{port} is already in use (another recall serve or make demo? stop it"
+    assert served.returncode == 2
+    assert f"recall serve: --port or RECALL_PORT: {in_use}" in served.stderr.splitlines()[-1]
+    assert demo.returncode == 2
+    assert f"recall demo: --port: {in_use}" in demo.stderr.splitlines()[-1]
+    assert not (tmp_path / "demo").exists()
 
 
 @pytest.mark.parametrize(
