@@ -51,12 +51,8 @@ def run_server(
         if value is not None:
             os.environ[f"RECALL_{name}"] = str(value)
     settings = load_settings(SERVE_FLAGS)  # fail fast, before any worker starts
-    if isinstance(settings.root, Path) and not settings.root.is_dir():
-        # A typo would otherwise serve 503 forever and leave a .state/ under the typo.
-        raise ValueError(
-            f"--root or RECALL_ROOT: {settings.root} is not a directory (create it, or "
-            "publish a bundle there: recall build-index ROOT/<id> --publish)"
-        )
+    if isinstance(settings.root, Path):  # a slip would serve 503 forever
+        check_local_root(settings.root)
     check_port_free(settings.host, settings.port, "--port or RECALL_PORT")
     try:  # a cluster client cannot start without a slot map: a wrong URL stops here
         check_reachable(settings.state_url, "RECALL_STATE_URL")
@@ -83,6 +79,24 @@ def run_server(
             ),
             access_log=False,
             log_level="warning",
+        )
+
+
+def check_local_root(root: Path) -> None:
+    """ValueError unless ``root`` is a directory and not a bundle itself: either slip
+    would serve 503 forever (and a typo leave a .state/ under it)."""
+    from recall.index.bundle import MANIFEST
+
+    flag = "--root or RECALL_ROOT"
+    if not root.is_dir():
+        raise ValueError(
+            f"{flag}: {root} is not a directory (create it, or publish a bundle there: "
+            "recall build-index ROOT/<id> --publish)"
+        )
+    if (root / MANIFEST).exists():
+        raise ValueError(
+            f"{flag}: {root} is a bundle, not a bundle root: serve the directory that holds "
+            f"it and CURRENT (--root {root.parent})"
         )
 
 

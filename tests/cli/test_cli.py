@@ -169,6 +169,28 @@ def test_serve_on_a_root_that_does_not_exist_exits_2_creating_nothing(tmp_path: 
     assert not typo.exists()
 
 
+def test_a_root_given_for_a_bundle_and_a_bundle_for_a_root_are_named(
+    published_root: Path,
+) -> None:
+    current = read_current(published_root)
+    assert current is not None
+    bundle = published_root / current
+    served = recall("serve", "--root", bundle)
+    assert served.returncode == 2
+    line = served.stderr.strip().splitlines()[-1]
+    assert line.endswith(
+        f"recall serve: --root or RECALL_ROOT: {bundle} is a bundle, not a bundle root: serve "
+        f"the directory that holds it and CURRENT (--root {published_root})"
+    )
+    indexed = recall("build-index", published_root)
+    assert indexed.returncode == 2
+    line = indexed.stderr.strip().splitlines()[-1]
+    assert line.endswith(
+        f"recall build-index: {published_root}: no manifest.json (a bundle root: name one of "
+        f"its bundles, {published_root}/<bundle-id>)"
+    )
+
+
 def test_serve_and_demo_on_a_port_in_use_exit_2_at_once(tmp_path: Path) -> None:
     """Before loading a bundle, and before the demo trains for minutes."""
     with socket.create_server(("127.0.0.1", 0)) as taken:
