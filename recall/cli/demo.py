@@ -38,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
     if not (data / "interactions.csv").exists():
         logger.info("demo: synthesizing %d users x %d items into %s", args.users, args.items, data)
         write_synthetic(data, SynthConfig(n_users=args.users, n_items=args.items, seed=args.seed))
+    else:  # --users and --items would otherwise be ignored without a word
+        logger.info("demo: reusing the data in %s (remove it to synthesize new data)", data)
     logger.info("demo: training on %s", data)
     bundle = run_training(data, work / "bundles", None, {"seed": args.seed}, progress=True)
     assert bundle is not None  # one process: rank 0, the writer
