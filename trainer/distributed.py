@@ -185,7 +185,9 @@ def _gather_sparse(grad: Tensor) -> Tensor:
     sizes = [torch.zeros_like(size) for _ in range(world)]
     with _collective("all-gather of sparse gradient sizes"):
         dist.all_gather(sizes, size)
-    longest = int(max(int(s) for s in sizes))
+    longest = max(int(s) for s in sizes)
+    if longest == 0:  # no rank touched a row (the same on every rank): nothing to send
+        return grad
     padded_rows = torch.zeros(longest, dtype=rows.dtype, device=rows.device)
     padded_rows[: len(rows)] = rows
     padded_values = torch.zeros(
