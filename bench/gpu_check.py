@@ -482,7 +482,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: the CPU proxy")
-    parser.add_argument("--cases", nargs="+", choices=CASES, default=CASES)
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=CASES, help="in this order")
     parser.add_argument("--budget", type=float, default=420.0, help="seconds for all cases")
     parser.add_argument("--users", type=int, help="synthetic users (default 50,000; smoke 300)")
     parser.add_argument("--items", type=int, help="synthetic items (default 20,000; smoke 400)")
@@ -520,7 +520,7 @@ def main() -> int:
     args.work = Path(tempfile.mkdtemp(prefix="recall-gpu-check-"))
     logger.info("work directory %s (each case's log: CASE.log)", args.work)
     _write_data(args.work, args)
-    for case in [c for c in CASES if c in args.cases]:
+    for case in dict.fromkeys(args.cases):  # in the order given, once each
         left = args.budget - (time.perf_counter() - started)
         reason = _skip_reason(case, args.device, args.smoke)
         if reason is None and left < 10:

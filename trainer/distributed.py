@@ -88,7 +88,10 @@ def device_for(kind: str, ranks: Ranks) -> torch.device:
     if kind != "cuda":
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+        raise ValueError(
+            f"--device cuda was asked for, but torch {torch.__version__} sees no CUDA device"
+            + ("" if torch.version.cuda else " (a CPU build of torch)")
+        )
     if ranks.local_rank >= torch.cuda.device_count():
         raise ValueError(
             f"local rank {ranks.local_rank} needs GPU {ranks.local_rank}, but this host has "
