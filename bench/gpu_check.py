@@ -30,6 +30,11 @@ The cases, most telling first (``--cases`` picks some):
     .venv/bin/python bench/gpu_check.py --cases nccl resume --out /tmp/again.json
     .venv/bin/python bench/gpu_check.py --device cpu --smoke  # the CPU proxy the tests run
 
+It needs a CUDA build of torch: on a CUDA image whose Python has torch, numpy, pyarrow
+and tqdm, ``pip install --no-deps --target /tmp/site faiss-cpu pydantic pydantic-core
+annotated-types typing-inspection`` and run ``PYTHONPATH=.:/tmp/site python3
+bench/gpu_check.py`` (docs/training.md, "GPU"); every child process runs on that Python.
+
 ``--device cpu --smoke`` runs every case on the CPU (gloo for NCCL, bf16 autocast on
 the CPU) with tiny sizes, so the script and the code paths it drives cannot rot on a
 machine without a GPU. MovieLens 100K is read from ``$RECALL_ML100K_DIR`` (default
@@ -242,12 +247,19 @@ def nccl_case(device: str) -> dict[str, Any]:
     return {"backend": backend, "collectives": "sum_gradients, all_sum, gather_states"}
 
 
+def _child_env() -> dict[str, str]:
+    """This environment, with the repository importable (``recall`` need not be installed:
+    a CUDA image's own Python with the repository on ``PYTHONPATH`` runs it) and one CPU
+    thread (the same float results in every run, docs/training.md)."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+
+
 def _recall_train(
     device: str, data: Path, out: Path, config: Path, *extra: str
 ) -> subprocess.Popen[str]:
     command = [
-        str(Path(sys.executable).parent / "recall"),
-        "train",
+        *(sys.executable, "-m", "recall.cli", "train"),
         "--data",
         str(data),
         "--out",
@@ -259,10 +271,8 @@ def _recall_train(
         "--no-progress",
         *extra,
     ]
-    # one CPU thread: the same float results in every run (docs/training.md)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env()
     )
 
 
@@ -340,19 +350,14 @@ def torchrun_case(device: str, data: Path, work: Path, steps: int) -> dict[str, 
         f'device = "{device}"\nloss = "sampled"\nepochs = 1\nmax_steps_per_epoch = {steps}\n'
         "batch_size = 1024\nvalidation_users = 2000\n"
     )
-    bin_dir = Path(sys.executable).parent
     command = [
-        str(bin_dir / "torchrun"),
-        "--nproc-per-node=2",
-        "--rdzv-backend=c10d",
-        f"--rdzv-endpoint=127.0.0.1:{_free_port()}",
-        "--no-python",
-        str(bin_dir / "recall"),
-        "train",
+        *(sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2"),
+        *("--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{_free_port()}"),
+        *("-m", "recall.cli", "train"),
         *("--data", str(data), "--out", str(work / "torchrun"), "--config", str(config)),
         *("--no-progress", "--collective-timeout", "60"),
     ]
-    child = subprocess.run(command, capture_output=True, text=True)
+    child = subprocess.run(command, capture_output=True, text=True, env=_child_env())
     if child.returncode != 0:
         raise RuntimeError(f"torchrun exited {child.returncode}:\n{child.stderr[-4000:]}")
     bundle = Path(child.stdout.strip().splitlines()[-1])
@@ -470,7 +475,7 @@ def _summary(record: dict[str, Any]) -> str:
     if record["status"] == "skipped":
         return str(record["reason"])
     result = record.get("result", {})
-    keys = ("examples_per_s", "bf16", "gpu_peak_mb", "backend", "bit_for_bit", "gpus")
+    keys = ("torch", "gpus", "examples_per_s", "bf16", "gpu_peak_mb", "backend", "bit_for_bit")
     bits = [f"{k} {result[k]}" for k in keys if k in result]
     if record["status"] in ("failed", "timed out"):
         lines = record["error"].strip().splitlines()
