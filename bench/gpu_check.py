@@ -109,7 +109,7 @@ def environment(device: str) -> dict[str, Any]:
             for i in range(torch.cuda.device_count())
         ]
         out["bf16_native"] = torch.cuda.is_bf16_supported(including_emulation=False)
-        out["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
+        out["nccl"] = str(torch.cuda.nccl.version())
         out["cudnn"] = torch.backends.cudnn.version()
     return out
 

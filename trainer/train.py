@@ -273,6 +273,7 @@ def train(
             torch.manual_seed(rank_seed(config.seed, run.ranks))
         data = DeviceData(prepared, device)
         fit = _Fit(model, data, prepared, config, loss_kind, generator, run, fingerprint)
+        logger.info("training on %s, bf16 autocast %s", device, "on" if fit.bf16 else "off")
         if resumed is not None:
             fit.restore(resumed)
         metrics = fit.run(progress)
