@@ -316,8 +316,10 @@ def resume_case(device: str, data: Path, work: Path, steps: int) -> dict[str, An
     killed.communicate()
     if killed.returncode != -signal.SIGKILL or not checkpoint.exists():
         raise RuntimeError(f"the run to kill ended by itself (exit {killed.returncode})")
-    saved = ckpt.load(checkpoint)
+    saved = ckpt.load(checkpoint)  # onto the CPU, whatever device wrote it
     resumed_from = {"epoch": saved["next_epoch"], "step": saved["next_step"]}
+    if (saved["rank_rng"][0]["cuda"] is None) == (device == "cuda"):
+        raise AssertionError(f"{checkpoint}: a CUDA random state only where CUDA trained")
     resumed = _bundle_of(
         _recall_train(device, data, killed_root, config, *every, "--resume"), "resume"
     )
