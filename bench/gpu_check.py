@@ -469,7 +469,10 @@ def _run_child(case: str, args: argparse.Namespace, limit_s: float) -> dict[str,
         return {**record, "status": "timed out", "error": f"over {limit_s:.0f} s\n{tail}"}
     if child.returncode != 0:
         return {**record, "status": "failed", "error": f"exit {child.returncode}\n{tail}"}
-    return {**record, "status": "ok", "result": json.loads(out.strip().splitlines()[-1])}
+    try:
+        return {**record, "status": "ok", "result": json.loads(out.strip().splitlines()[-1])}
+    except (ValueError, IndexError):
+        return {**record, "status": "failed", "error": f"no result line in {out!r}\n{tail}"}
 
 
 def _summary(record: dict[str, Any]) -> str:
@@ -525,7 +528,15 @@ def main() -> int:
         "cases": [],
     }
     args.work = Path(tempfile.mkdtemp(prefix="recall-gpu-check-"))
-    logger.info("work directory %s (each case's log: CASE.log)", args.work)
+    logger.info(
+        "%d cases on %s, about 3 min on one GPU, at most %.0f s; results in %s after each "
+        "case, each case's log in %s/CASE.log",
+        len(set(args.cases)),
+        args.device,
+        args.budget,
+        args.out,
+        args.work,
+    )
     _write_data(args.work, args)
     for case in dict.fromkeys(args.cases):  # in the order given, once each
         left = args.budget - (time.perf_counter() - started)
