@@ -373,7 +373,12 @@ def read_manifest(bundle: Path) -> Manifest:
         fd = open_bundle_file(bundle, MANIFEST)
     except BundleError:
         if not os.path.lexists(path):
-            raise BundleError(f"{bundle}: no {MANIFEST} (not a bundle, or not finished)") from None
+            why = (  # the root given for one of its bundles: the likeliest slip
+                f"a bundle root: name one of its bundles, {bundle}/<bundle-id>"
+                if os.path.lexists(bundle / "CURRENT")
+                else "not a bundle, or not finished"
+            )
+            raise BundleError(f"{bundle}: no {MANIFEST} ({why})") from None
         raise
     parts: list[bytes] = []
     try:

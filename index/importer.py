@@ -131,6 +131,8 @@ def read_npz(path: Path, ids_key: str = "ids", vectors_key: str = "vectors") -> 
             ids, vectors = npz[ids_key], npz[vectors_key]
     except ImportInputError:
         raise
+    except FileNotFoundError:
+        raise ImportInputError(f"{path}: no such file") from None
     except (OSError, ValueError, EOFError) as e:  # a pickle, an object array, not a zip
         raise ImportInputError(f"{path}: not a plain numpy archive (.npz): {e}") from None
     if vectors.ndim != 2 or vectors.dtype.kind not in "fiu":
@@ -225,23 +227,27 @@ def _interaction_rows(
     they come from the interactions (``users`` None). Unknown items, and unknown users when
     the users are given, are :class:`ImportInputError` naming the first such row."""
     item_of = items.rows(interactions.item_ids.tolist())
-    _refuse_unknown(interactions, "item", item_of)
+    _refuse_unknown(interactions, "item", item_of, items.ids)
     if users is None:
         user_ids = interactions.user_ids
         user_of = np.arange(len(user_ids), dtype=np.int64)
     else:
         user_ids = users.ids
         user_of = users.rows(interactions.user_ids.tolist())
-        _refuse_unknown(interactions, "user", user_of)
+        _refuse_unknown(interactions, "user", user_of, users.ids)
     return user_of[interactions.user_rows], item_of[interactions.item_rows], user_ids
 
 
 def _refuse_unknown(
-    interactions: Interactions, side: Literal["item", "user"], bundle_rows: npt.NDArray[np.int64]
+    interactions: Interactions,
+    side: Literal["item", "user"],
+    bundle_rows: npt.NDArray[np.int64],
+    vector_ids: npt.NDArray[Any],
 ) -> None:
     """:class:`ImportInputError` naming the first interaction whose ``side`` has no vector:
     ``bundle_rows`` holds the bundle's row of each of the interactions' distinct ``side``
-    ids, -1 for an id the bundle lacks."""
+    ids, -1 for an id the bundle lacks; ``vector_ids`` are the vectors' ids, named in the
+    message when they are typed otherwise (integers on one side, strings on the other)."""
     missing = np.flatnonzero(bundle_rows < 0)
     if missing.size:
         ids, rows = (
@@ -251,10 +257,20 @@ def _refuse_unknown(
         )
         unknown = int(missing[0])
         row = int(np.argmax(rows == unknown))
+        file_ids, vectors_ids = _id_type(ids), _id_type(vector_ids)
+        hint = (
+            ""
+            if file_ids == vectors_ids
+            else f" (this file has {file_ids} ids, the {side} vectors {vectors_ids} ids)"
+        )
         raise ImportInputError(
             f"{interactions.path}: {interactions.where(row)}: {side} "
-            f"{ids[unknown].item()!r} has no {side} vector"
+            f"{ids[unknown].item()!r} has no {side} vector{hint}"
         )
+
+
+def _id_type(ids: npt.NDArray[Any]) -> str:
+    return "string" if ids.dtype.kind == "U" else "integer"
 
 
 def _user_side(

@@ -34,6 +34,9 @@ __all__ = ["build_parser", "main"]
 
 logger = logging.getLogger("recall")
 
+INTERRUPTED = 130
+"""The exit code after Ctrl-C (SIGINT), as a shell reports it: 128 + 2."""
+
 COMMANDS = (
     demo,
     synth,
@@ -79,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command ``argv`` names (default ``sys.argv[1:]``); the exit code: the
-    command's own, 2 for bad input, 3 when a store did not answer (one error line each,
-    no traceback)."""
+    command's own, 2 for bad input, 3 when a store did not answer, 130 on Ctrl-C (one
+    error line each, no traceback)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -98,4 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ObjectStoreUnavailable as e:  # an s3:// root's object store, from any command
         logger.error("recall %s: the object store did not answer: %s", args.command, e)
         return STORE_DID_NOT_ANSWER
+    except KeyboardInterrupt:  # Ctrl-C, in a long `recall train` say: no traceback
+        logger.error("recall %s: interrupted", args.command)
+        return INTERRUPTED
     return code

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from recall.cli.command import Subcommands, add_command
 from recall.cli.eval import run_eval
-from recall.cli.serve import run_server
+from recall.cli.serve import check_port_free, run_server
 from recall.cli.train import run_training
 
 logger = logging.getLogger("recall")
@@ -32,10 +32,14 @@ def run(args: argparse.Namespace) -> int:
     from recall.trainer.synth import SynthConfig, write_synthetic
 
     work: Path = args.workdir
+    if not args.no_serve:  # before minutes of training, not after
+        check_port_free("127.0.0.1", args.port, "--port")
     data = work / "data"
     if not (data / "interactions.csv").exists():
         logger.info("demo: synthesizing %d users x %d items into %s", args.users, args.items, data)
         write_synthetic(data, SynthConfig(n_users=args.users, n_items=args.items, seed=args.seed))
+    else:  # --users and --items would otherwise be ignored without a word
+        logger.info("demo: reusing the data in %s (remove it to synthesize new data)", data)
     logger.info("demo: training on %s", data)
     bundle = run_training(data, work / "bundles", None, {"seed": args.seed}, progress=True)
     assert bundle is not None  # one process: rank 0, the writer

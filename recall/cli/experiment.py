@@ -140,15 +140,19 @@ def status_of(root: Root) -> dict[str, Any]:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from recall.index.roots import open_root
+    from recall.index.roots import LocalRoot, open_root
 
-    status = status_of(open_root(args.root))
+    root = open_root(args.root)
+    if isinstance(root, LocalRoot) and not root.path.is_dir():  # a typo, not "no experiment"
+        raise ValueError(f"{root.url}: no such directory")
+    status = status_of(root)
     if args.json:
         sys.stdout.write(json.dumps(status) + "\n")
         return 0
     experiment, control = status["experiment"], status["control"]
     if experiment is None:
-        sys.stdout.write(f"no experiment is running; CURRENT is {control['bundle_id']}\n")
+        current = control["bundle_id"] or "absent"
+        sys.stdout.write(f"no experiment is running; CURRENT is {current}\n")
         return 0
     started = datetime.fromtimestamp(experiment["started_at"], UTC).isoformat(timespec="seconds")
     lines = [f"experiment {experiment['id']} (started {started})"]

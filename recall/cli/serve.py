@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import socket
 from pathlib import Path
 
 from recall.cli.command import Subcommands, add_command
@@ -49,6 +51,9 @@ def run_server(
         if value is not None:
             os.environ[f"RECALL_{name}"] = str(value)
     settings = load_settings(SERVE_FLAGS)  # fail fast, before any worker starts
+    if isinstance(settings.root, Path):  # a slip would serve 503 forever
+        check_local_root(settings.root)
+    check_port_free(settings.host, settings.port, "--port or RECALL_PORT")
     try:  # a cluster client cannot start without a slot map: a wrong URL stops here
         check_reachable(settings.state_url, "RECALL_STATE_URL")
     except StoreUnavailable as e:
@@ -75,3 +80,38 @@ def run_server(
             access_log=False,
             log_level="warning",
         )
+
+
+def check_local_root(root: Path) -> None:
+    """ValueError unless ``root`` is a directory and not a bundle itself: either slip
+    would serve 503 forever (and a typo leave a .state/ under it)."""
+    from recall.index.bundle import MANIFEST
+
+    flag = "--root or RECALL_ROOT"
+    if not root.is_dir():
+        raise ValueError(
+            f"{flag}: {root} is not a directory (create it, or publish a bundle there: "
+            "recall build-index ROOT/<id> --publish)"
+        )
+    if (root / MANIFEST).exists():
+        raise ValueError(
+            f"{flag}: {root} is a bundle, not a bundle root: serve the directory that holds "
+            f"it and CURRENT (--root {root.parent})"
+        )
+
+
+def check_port_free(host: str, port: int, flag: str) -> None:
+    """ValueError (naming ``flag`` when another process listens there) unless ``host:port``
+    can be bound as uvicorn binds it (SO_REUSEADDR); checked before anything loads, as
+    uvicorn would say so only after, and exit 3, the code of a store that did not answer."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        socket.create_server((host, port), family=family).close()
+    except OSError as e:
+        if e.errno != errno.EADDRINUSE:  # a host that is not this machine's, say
+            why = os.strerror(e.errno) if e.errno else str(e)
+            raise ValueError(f"cannot listen on {host}:{port}: {why}") from None
+        raise ValueError(
+            f"{flag}: {host}:{port} is already in use (another recall serve or make demo? "
+            "stop it, or pick another port)"
+        ) from None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 from importlib.metadata import version
@@ -152,6 +154,57 @@ def test_serve_without_a_root_names_the_flag_and_variable(tmp_path: Path) -> Non
     assert "Traceback" not in result.stderr and "Field required" not in result.stderr
 
 
+def test_serve_on_a_root_that_does_not_exist_exits_2_creating_nothing(tmp_path: Path) -> None:
+    """A typo in --root is refused at once, not served as 503 forever with a .state/ made
+    under the typo."""
+    typo = tmp_path / "bundels"
+    result = recall("serve", "--root", typo)
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.endswith(
+        f"recall serve: --root or RECALL_ROOT: {typo} is not a directory (create it, or "
+        "publish a bundle there: recall build-index ROOT/<id> --publish)"
+    )
+    assert "Traceback" not in result.stderr
+    assert not typo.exists()
+
+
+def test_a_root_given_for_a_bundle_and_a_bundle_for_a_root_are_named(
+    published_root: Path,
+) -> None:
+    current = read_current(published_root)
+    assert current is not None
+    bundle = published_root / current
+    served = recall("serve", "--root", bundle)
+    assert served.returncode == 2
+    line = served.stderr.strip().splitlines()[-1]
+    assert line.endswith(
+        f"recall serve: --root or RECALL_ROOT: {bundle} is a bundle, not a bundle root: serve "
+        f"the directory that holds it and CURRENT (--root {published_root})"
+    )
+    indexed = recall("build-index", published_root)
+    assert indexed.returncode == 2
+    line = indexed.stderr.strip().splitlines()[-1]
+    assert line.endswith(
+        f"recall build-index: {published_root}: no manifest.json (a bundle root: name one of "
+        f"its bundles, {published_root}/<bundle-id>)"
+    )
+
+
+def test_serve_and_demo_on_a_port_in_use_exit_2_at_once(tmp_path: Path) -> None:
+    """Before loading a bundle, and before the demo trains for minutes."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        served = recall("serve", "--root", tmp_path, "--port", port)
+        demo = recall("demo", "--workdir", tmp_path / "demo", "--port", port)
+    in_use = f"127.0.0.1:{port} is already in use (another recall serve or make demo? stop it"
+    assert served.returncode == 2
+    assert f"recall serve: --port or RECALL_PORT: {in_use}" in served.stderr.splitlines()[-1]
+    assert demo.returncode == 2
+    assert f"recall demo: --port: {in_use}" in demo.stderr.splitlines()[-1]
+    assert not (tmp_path / "demo").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -190,6 +243,26 @@ def test_faiss_loader_lines_only_at_debug(tmp_path: Path) -> None:
     assert "faiss.loader" not in quiet.stderr and "AVX" not in quiet.stderr
     loud = recall("--log-level", "DEBUG", "publish", tmp_path / "nothing")
     assert "faiss.loader" in loud.stderr  # the lines exist: hidden, not absent
+
+
+def test_ctrl_c_in_training_is_one_line_and_exit_130(tmp_path: Path, synthetic_dir: Path) -> None:
+    """SIGINT once training has started (its first log line about the examples)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECALL_")}
+    train = [str(RECALL), "train", "--data", str(synthetic_dir), "--out", str(tmp_path / "b")]
+    with subprocess.Popen(
+        [*train, "--epochs", "1000", "--no-progress"], env=env, stderr=subprocess.PIPE, text=True
+    ) as process:
+        assert process.stderr is not None
+        seen = []
+        for line in process.stderr:
+            seen.append(line)
+            if "examples;" in line:
+                process.send_signal(signal.SIGINT)
+                break
+        rest = process.stderr.read()
+        assert process.wait(timeout=60) == 130, "".join(seen) + rest
+    assert "Traceback" not in rest
+    assert rest.strip().splitlines()[-1].endswith("ERROR recall: recall train: interrupted")
 
 
 @pytest.mark.slow

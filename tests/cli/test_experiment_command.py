@@ -193,6 +193,17 @@ def test_a_refused_action_exits_2_with_one_line_and_writes_nothing(
     assert len(lines) == 1 and problem in lines[0], lines
 
 
+def test_status_of_a_root_that_does_not_exist_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A typo in the root is an error, not "no experiment is running"."""
+    assert main(["experiment", "status", str(tmp_path / "nowhere")]) == 2
+    assert errors(caplog) == [f"recall experiment: {tmp_path / 'nowhere'}: no such directory"]
+    assert capsys.readouterr().out == ""
+    assert main(["experiment", "status", str(tmp_path)]) == 0  # a root with nothing published
+    assert capsys.readouterr().out == "no experiment is running; CURRENT is absent\n"
+
+
 def test_stop_removes_an_invalid_experiment_file(root: Path) -> None:
     (root / EXPERIMENT).write_text("not json")
     assert main(["experiment", "status", str(root)]) == 2

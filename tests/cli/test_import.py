@@ -223,6 +223,12 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str | Path], str]]:
             [good, "--interactions", unknown_item],
             "interactions.csv: line 3: item 5 has no item vector",
         ),
+        "id type": (
+            [good, "--interactions", write_interactions(tmp / "typed.csv", [("u0", "x7", 1.0)])],
+            "typed.csv: line 2: item 'x7' has no item vector (this file has string ids, "
+            "the item vectors integer ids)",
+        ),
+        "missing file": ([tmp / "nothing.npz"], "nothing.npz: no such file"),
         "interaction user": (
             [good, "--users", users, "--interactions", unknown_user],
             "other.csv: line 3: user 'nobody' has no user vector",
@@ -241,7 +247,8 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str | Path], str]]:
 
 BAD = [
     "nan", "inf", "duplicate", "count", "dims", "object", "pickle", "mixed", "null vector",
-    "attributes", "interactions", "interaction user", "zero for cosine", "format",
+    "attributes", "interactions", "id type", "missing file", "interaction user",
+    "zero for cosine", "format",
 ]  # fmt: skip
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pydantic_core import PydanticUndefined
 
 from recall.index.publish import publish
 from recall.service.app import create_app
@@ -142,6 +143,24 @@ def base_url(demo_root: Path, token: str) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def readme() -> str:
     return README.read_text()
+
+
+def test_the_settings_table_is_every_setting_with_its_default(readme: str) -> None:
+    """README's Settings table lists exactly the fields of Settings, each with the default
+    the code has (a number or word in backticks, or "unset" / "required")."""
+    rows = dict(re.findall(r"^\| `(RECALL_\w+)` \| ([^|]*) \|", section(readme, "Settings"), re.M))
+    fields = {f"RECALL_{name.upper()}": field for name, field in Settings.model_fields.items()}
+    assert set(rows) == set(fields)
+    for name, cell in rows.items():
+        default, shown = fields[name].default, re.match(r"`([^`]*)`", cell.strip())
+        if default is PydanticUndefined:
+            assert cell.startswith("required"), name
+        elif default is None:
+            assert cell.startswith("unset"), name
+        elif isinstance(default, bool | int | float):
+            assert shown is not None and json.loads(shown.group(1)) == default, (name, cell)
+        elif default:  # the empty state URL means "derived from the root", said in words
+            assert shown is not None and shown.group(1) == default, (name, cell)
 
 
 def test_examples_use_what_the_bundle_knows(published_root: Path, readme: str) -> None:
