@@ -23,7 +23,7 @@ import httpx
 import numpy as np
 import pytest
 
-from recall.index.build import BuildOptions, build_index
+from recall.index.build import build_index
 from recall.index.roots import S3Location, S3Root
 from tests.deploy.test_deploy import (
     TRAIN_SCRIPT,
@@ -36,7 +36,7 @@ from tests.deploy.test_deploy import (
     replicas_behind_nginx,
 )
 from tests.deploy.traffic import ready_id, recall_traffic, switch_watch
-from tests.index_data import clustered, write_vectors_bundle
+from tests.index_data import FAST_FLAT, clustered, write_vectors_bundle
 from tests.live import free_port
 from tests.moto_server import BUCKET, MotoServer, moto_server, s3_environment
 
@@ -90,7 +90,7 @@ def _big_bundle(local: Path, n: int, items: int) -> str:
     """A bundle of ``items`` items built locally (not published): a long download."""
     vectors, users = clustered(items, 200, 64, seed=n)
     path = write_vectors_bundle(local, vectors, users, bundle_id=f"20270101T0000{n:02d}Z-big000")
-    build_index(path, BuildOptions(kind="flat", sample_queries=20, latency_queries=5))
+    build_index(path, FAST_FLAT)
     return path.name
 
 
@@ -199,7 +199,7 @@ def test_two_racing_publishes_one_wins(tmp_path: Path) -> None:
         big_id = _big_bundle(tmp_path, 1, items=300_000)
         vectors, users = clustered(300, 50, 8, seed=2)
         small = write_vectors_bundle(tmp_path, vectors, users, bundle_id="20270101T000002Z-sm")
-        build_index(small, BuildOptions(kind="flat", sample_queries=20, latency_queries=5))
+        build_index(small, FAST_FLAT)
         client = moto.client()
         big = _recall(
             moto, tmp_path / "big.log", "publish", str(tmp_path / big_id), "--root", ROOT_URL

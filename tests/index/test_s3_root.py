@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from recall.index import bundle as b
-from recall.index.build import BuildOptions, build_index
+from recall.index.build import build_index
 from recall.index.roots import (
     ObjectStoreUnavailable,
     PublishConflict,
@@ -23,6 +23,7 @@ from recall.index.roots import (
 )
 from recall.index.verify import verify_bundle
 from tests.index_data import (
+    FAST_FLAT,
     clustered,
     flip_a_byte,
     nan_with_fixed_up_sha,
@@ -31,7 +32,6 @@ from tests.index_data import (
 )
 from tests.moto_server import BUCKET, MotoServer, moto_server, s3_environment
 
-FAST = BuildOptions(kind="flat", sample_queries=20, latency_queries=5)
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -53,7 +53,7 @@ def bundle(local: Path, n: int, *, seed: int = 0, items: int = 300) -> Path:
     path = write_vectors_bundle(
         local, item_vectors, user_vectors, bundle_id=f"20260101T0000{n:02d}Z-abcdef"
     )
-    build_index(path, FAST)
+    build_index(path, FAST_FLAT)
     return path
 
 
