@@ -168,7 +168,7 @@ BAD_ACTIONS: list[tuple[str, Callable[[Path], None], list[str], str]] = [
     ),
     (
         "nothing-published",
-        lambda root: (root / CURRENT).unlink(),
+        _unpublished,
         ["start", "--arm", f"b={OTHER_ID}", "--share", "0.1"],
         "nothing is published",
     ),
