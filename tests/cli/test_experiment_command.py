@@ -22,7 +22,7 @@ from recall.index.publish import publish, read_current
 from recall.index.roots import ExperimentConflict, LocalRoot, Root, S3Location, S3Root
 from tests.index.test_verify import copy_bundle, edit_manifest
 from tests.index_data import flip_a_byte
-from tests.moto_server import BUCKET, MotoServer, moto_server, s3_environment
+from tests.moto_server import BUCKET, MotoServer, s3_environment
 
 CONTROL_ID = "20260101T000000Z-aaaaaa"
 CANARY_ID = "20260102T000000Z-cccccc"
@@ -244,12 +244,6 @@ def test_the_temp_file_of_a_start_that_died_goes_with_the_next_publish(root: Pat
 
 
 # -- S3 ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
-    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as server:
-        yield server
 
 
 @pytest.fixture

@@ -30,15 +30,9 @@ from tests.index_data import (
     truncate_the_index,
     write_vectors_bundle,
 )
-from tests.moto_server import BUCKET, MotoServer, moto_server, s3_environment
+from tests.moto_server import BUCKET, MotoServer, s3_environment
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
-    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as server:
-        yield server
 
 
 @pytest.fixture
