@@ -220,12 +220,7 @@ class LocalRoot:
         from recall.index.publish import root_lock
 
         with root_lock(self.path):  # no publish retains an arm's bundle meanwhile
-            _refuse_running(self.url, self.experiment())
-            _require_current(self.url, self.current_id())
-            for arm in experiment.arms:
-                with self.verified(arm.bundle_id) as verified:
-                    if users is not None:
-                        users.load(verified)
+            _check_start(self, experiment, users)
             _create_exclusively(self.path / EXPERIMENT, experiment.to_json())
         logger.info("started experiment %s in %s", experiment.id, self.url)
 
@@ -414,12 +409,7 @@ class S3Root:
         return ExperimentState.parse(("s3", etag), raw, f"{self.url}/{EXPERIMENT}")
 
     def start_experiment(self, experiment: Experiment, *, users: UserSink | None = None) -> None:
-        _refuse_running(self.url, self.experiment())
-        _require_current(self.url, self.current_id())
-        for arm in experiment.arms:
-            with self.verified(arm.bundle_id) as verified:
-                if users is not None:
-                    users.load(verified)
+        _check_start(self, experiment, users)
         key = self.location.key(EXPERIMENT)
         with _S3Errors(f"writing {self.url}/{EXPERIMENT}", conflicts=True) as conflict:
             written = self.client.put_object(
@@ -754,9 +744,19 @@ def _refuse_running(url: str, state: ExperimentState) -> None:
         )
 
 
-def _require_current(url: str, current: str | None) -> None:
-    if current is None:
-        raise b.BundleError(f"{url}: nothing is published: the control arm is CURRENT's bundle")
+def _check_start(root: Root, experiment: Experiment, users: UserSink | None) -> None:
+    """What starting ``experiment`` on ``root`` needs: no experiment running (else
+    ExperimentConflict), a bundle published (the control arm) and every arm's bundle
+    verified, its users loaded into ``users`` when given (else BundleError)."""
+    _refuse_running(root.url, root.experiment())
+    if root.current_id() is None:
+        raise b.BundleError(
+            f"{root.url}: nothing is published: the control arm is CURRENT's bundle"
+        )
+    for arm in experiment.arms:
+        with root.verified(arm.bundle_id) as verified:
+            if users is not None:
+                users.load(verified)
 
 
 def _refuse_changed(url: str, seen: ExperimentState, now: ExperimentState) -> None:
