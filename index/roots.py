@@ -284,7 +284,7 @@ class S3Root:
         etag, raw = got
         if etag is None:
             return RemoteCurrent(None, CurrentState(None))
-        return RemoteCurrent(etag, _parse_current(f"{self.url}/{CURRENT}", ("s3", etag), raw))
+        return RemoteCurrent(etag, CurrentState.parse(("s3", etag), raw, f"{self.url}/{CURRENT}"))
 
     def _read_if_changed(
         self, name: str, limit: int, if_none_match: str | None
@@ -812,16 +812,3 @@ def _object_size(response: dict[str, Any], offset: int) -> int:
     if content_range:  # "bytes start-end/total"
         return int(str(content_range).rpartition("/")[2])
     return int(response["ContentLength"]) + offset
-
-
-def _parse_current(where: str, key: tuple[object, ...], raw: bytes) -> CurrentState:
-    if len(raw) > MAX_CURRENT_BYTES:
-        return CurrentState(key, problem=f"{where}: longer than {MAX_CURRENT_BYTES} bytes")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return CurrentState(key, problem=f"{where}: not UTF-8 text: {raw[:80]!r}")
-    value = text.strip()
-    if not BUNDLE_ID.fullmatch(value):
-        return CurrentState(key, problem=f"{where}: not a bundle id: {text[:80]!r}")
-    return CurrentState(key, bundle_id=value)

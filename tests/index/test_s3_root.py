@@ -14,14 +14,17 @@ import pytest
 
 from recall.index import bundle as b
 from recall.index.build import build_index
+from recall.index.current import CURRENT, CurrentState
 from recall.index.roots import (
     ObjectStoreUnavailable,
     PublishConflict,
+    RemoteCurrent,
     S3Location,
     S3Root,
     open_root,
 )
 from recall.index.verify import verify_bundle
+from tests.index.test_bundle import BAD_CURRENTS
 from tests.index_data import (
     FAST_FLAT,
     clustered,
@@ -68,6 +71,21 @@ def test_locations_parse() -> None:
         with pytest.raises(ValueError):
             S3Location.parse(bad)
     assert isinstance(open_root("s3://bucket/p"), S3Root)
+
+
+def test_current_in_the_bucket_names_a_bundle_id_or_says_why_not(
+    root: S3Root, moto: MotoServer
+) -> None:
+    """The local root's rule (test_bundle.py), over S3: CURRENT is one bundle id of UTF-8."""
+    assert root.current() == RemoteCurrent(None, CurrentState(None))
+    put(moto, root, CURRENT, b"20260101T000000Z-aaaaaa\n")
+    assert root.current_id() == "20260101T000000Z-aaaaaa"
+    for raw, why in BAD_CURRENTS:
+        put(moto, root, CURRENT, raw)
+        now = root.current()
+        assert now is not None and now.etag is not None and now.state.bundle_id is None
+        assert why in (now.state.problem or ""), now.state.problem
+        assert f"{root.url}/{CURRENT}" in (now.state.problem or "")
 
 
 def test_publish_uploads_everything_then_switches_current(
