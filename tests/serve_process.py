@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -35,19 +36,24 @@ def start_serve(
         log.close()
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
-    """Until ``url``'s ``/readyz`` answers 200 (AssertionError when ``proc`` exits or 120 s
-    pass first)."""
+def wait_for(proc: subprocess.Popen[bytes], ready: Callable[[], bool], what: str) -> None:
+    """Until ``ready()`` (an HTTP error counts as not yet); AssertionError when ``proc``
+    exits or 120 s pass first (``what``: what was waited for)."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"recall serve exited with {proc.returncode}"
         try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+            if ready():
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} not ready in time")
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not in time")
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
+    """Until ``url``'s ``/readyz`` answers 200 (:func:`wait_for`)."""
+    wait_for(proc, lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200, f"{url} ready")
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

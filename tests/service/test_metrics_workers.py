@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from recall.service.metrics_dir import MULTIPROC_ENV, PREFIX, multiprocess_metrics_dir
 from tests.live import free_port
-from tests.serve_process import start_serve, stop
+from tests.serve_process import start_serve, stop, wait_for
 
 ROUTE = "/v1/model"
 N_REQUESTS = 60
@@ -73,16 +73,7 @@ def _bundle_workers(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float
 
 def _wait_for_workers(url: str, proc: subprocess.Popen[bytes], workers: int) -> None:
     """Until every worker has loaded the bundle (the live gauge counts them)."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"recall serve exited with {proc.returncode}"
-        try:
-            if _bundle_workers(_scrape(url)) == workers:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url}: {workers} workers not ready in time")
+    wait_for(proc, lambda: _bundle_workers(_scrape(url)) == workers, f"{url}: {workers} workers")
 
 
 def _send(url: str, n: int) -> None:
