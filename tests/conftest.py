@@ -130,11 +130,16 @@ def make_bundle(synthetic: Dataset, small_config: TrainConfig) -> BundleFactory:
     return make
 
 
+PUBLISHED_ID = "20260101T000000Z-aaaaaa"
+"""The id of :func:`published_root`'s bundle."""
+
+
 @pytest.fixture(scope="session")
 def published_root(make_bundle: BundleFactory, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A bundle root whose CURRENT names ``synthetic``'s bundle (read only!)."""
+    """A bundle root whose CURRENT names ``synthetic``'s bundle, :data:`PUBLISHED_ID`
+    (read only!)."""
     root = tmp_path_factory.mktemp("published")
-    make_bundle(root, "20260101T000000Z-aaaaaa", publish=True)
+    make_bundle(root, PUBLISHED_ID, publish=True)
     return root
 
 

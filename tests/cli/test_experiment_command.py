@@ -20,11 +20,12 @@ from recall.index.current import CURRENT
 from recall.index.experiment import EXPERIMENT, parse_experiment
 from recall.index.publish import publish, read_current
 from recall.index.roots import ExperimentConflict, LocalRoot, Root, S3Location, S3Root
+from tests.conftest import PUBLISHED_ID
 from tests.index.test_verify import copy_bundle, edit_manifest
 from tests.index_data import flip_a_byte
 from tests.moto_server import BUCKET, MotoServer, s3_environment
 
-CONTROL_ID = "20260101T000000Z-aaaaaa"
+CONTROL_ID = PUBLISHED_ID  # control is the published test bundle
 CANARY_ID = "20260102T000000Z-cccccc"
 OTHER_ID = "20260103T000000Z-dddddd"
 BROKEN_ID = "20260104T000000Z-eeeeee"

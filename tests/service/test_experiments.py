@@ -30,6 +30,7 @@ from recall.index.roots import S3Location, S3Root
 from recall.service.app import create_app
 from recall.trainer.config import TrainConfig
 from recall.trainer.data import Dataset
+from tests.conftest import PUBLISHED_ID
 from tests.index.test_verify import copy_bundle
 from tests.index_data import FAST_FLAT, flip_a_byte, write_dataset_bundle
 from tests.live import TOKEN, live_server, settings
@@ -38,7 +39,7 @@ from tests.redis_cluster import RedisCluster
 from tests.redis_server import redis_server
 from tests.service.test_reload import wait_until
 
-CONTROL_ID = "20260101T000000Z-aaaaaa"
+CONTROL_ID = PUBLISHED_ID  # control is the published test bundle
 CANARY_ID = "20260102T000000Z-cccccc"
 OTHER_ID = "20260103T000000Z-dddddd"
 BROKEN_ID = "20260104T000000Z-eeeeee"

@@ -28,10 +28,11 @@ from recall.service.metrics import Metrics
 from recall.service.recaller import ServingBundle
 from recall.service.reloader import BundleHolder, LocalSource
 from recall.service.settings import Settings
+from tests.conftest import PUBLISHED_ID
 from tests.index.test_verify import OTHER_ID, copy_bundle, resign
 from tests.live import TOKEN, live_server
 
-GOOD = "20260101T000000Z-aaaaaa"  # the id of the published test bundle
+GOOD = PUBLISHED_ID  # the published test bundle
 POLL_S = 0.05
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 BAD_ID = "20260101T000000Z-cccccc"

@@ -19,6 +19,7 @@ from recall.service.app import create_app
 from recall.trainer.config import TrainConfig
 from recall.trainer.data import Dataset
 from tests.browser import TIMEOUT_MS, Tab, run_module
+from tests.conftest import PUBLISHED_ID
 from tests.index.test_verify import copy_bundle
 from tests.index_data import FAST_FLAT, write_dataset_bundle
 from tests.live import live_server, settings
@@ -62,7 +63,7 @@ def test_a_difference_wins_only_when_its_interval_excludes_zero(
     assert run_js(module_tab, "return m.verdict(arg);", difference) == verdict
 
 
-CONTROL_ID = "20260101T000000Z-aaaaaa"
+CONTROL_ID = PUBLISHED_ID  # control is the published test bundle
 CANARY_ID = "20260102T000000Z-cccccc"
 
 
