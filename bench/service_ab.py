@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "median": summary,
     }
-    # a relative --out is the checkout's (the cwd is / by now); REPO / an absolute path is it
+    # a relative --out is the checkout's (the cwd is / by now); REPO / an absolute --out is --out
     finish(REPO / args.out, report, json.dumps(summary, indent=2))
     return 0
 

@@ -149,9 +149,8 @@ def kmeans_centroids(
 
 
 def build_clusters(vectors: npt.NDArray[np.float32], count: int, *, seed: int = 0) -> ItemClusters:
-    """k-means (FAISS, 10 iterations, on a seeded sample of 64 points per centroid) of the
-    index-space ``vectors`` (n, index_dim) into ``min(count, n)`` clusters; each row joins
-    its nearest centroid (L2)."""
+    """The index-space ``vectors`` (n, index_dim) in ``min(count, n)`` clusters: the
+    :func:`kmeans_centroids`, each row joined to its nearest one (L2)."""
     count = max(1, min(count, vectors.shape[0]))
     centroids = kmeans_centroids(vectors, count, seed=seed)
     _, nearest = faiss.knn(np.ascontiguousarray(vectors, dtype=np.float32), centroids, 1)

@@ -77,7 +77,6 @@ export function clearError() {
   errorBox.replaceChildren();
 }
 
-
 /** Calls `load()` now and every `ms` until `signal` aborts and hands each result to
  * `show`; a failed load is shown in #error (the page keeps its last numbers), the next
  * good one clears it. Resolves after the first poll. */
