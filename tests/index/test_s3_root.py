@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from tests.index_data import (
     write_vectors_bundle,
 )
 from tests.moto_server import BUCKET, MotoServer, s3_environment
+from tests.serve_process import RECALL
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -203,7 +203,7 @@ def test_an_unreachable_store_is_store_unavailable(tmp_path: Path, moto: MotoSer
 
 def _recall(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(Path(sys.executable).with_name("recall")), *args],
+        [str(RECALL), *args],
         env=env,
         capture_output=True,
         text=True,
