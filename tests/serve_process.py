@@ -36,24 +36,26 @@ def start_serve(
         log.close()
 
 
-def wait_for(proc: subprocess.Popen[bytes], ready: Callable[[], bool], what: str) -> None:
-    """Until ``ready()`` (an HTTP error counts as not yet); AssertionError when ``proc``
-    exits or 120 s pass first (``what``: what was waited for)."""
-    deadline = time.monotonic() + 120
+def wait_for(
+    proc: subprocess.Popen[bytes], ready: Callable[[], bool], what: str, timeout_s: float = 120
+) -> None:
+    """Until ``ready()`` (an HTTP error counts as not yet); AssertionError naming ``what``
+    when ``proc`` (the server it waits for) exits or ``timeout_s`` pass first."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        assert proc.poll() is None, f"recall serve exited with {proc.returncode}"
+        assert proc.poll() is None, f"{what}: the process exited with {proc.returncode}"
         try:
             if ready():
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not in time")
+        time.sleep(0.05)
+    raise AssertionError(f"{what}: not ready after {timeout_s} s")
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
     """Until ``url``'s ``/readyz`` answers 200 (:func:`wait_for`)."""
-    wait_for(proc, lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200, f"{url} ready")
+    wait_for(proc, lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200, url)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

@@ -73,7 +73,7 @@ def _bundle_workers(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float
 
 def _wait_for_workers(url: str, proc: subprocess.Popen[bytes], workers: int) -> None:
     """Until every worker has loaded the bundle (the live gauge counts them)."""
-    wait_for(proc, lambda: _bundle_workers(_scrape(url)) == workers, f"{url}: {workers} workers")
+    wait_for(proc, lambda: _bundle_workers(_scrape(url)) == workers, f"{workers} workers of {url}")
 
 
 def _send(url: str, n: int) -> None:
