@@ -38,7 +38,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -245,14 +244,16 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.WARNING)
         sys.stdout.write(json.dumps(measure(args)) + "\n")
         return 0
-    sys.path.insert(0, str(Path(__file__).parent))
-    from _machine import machine
+    # here, not at the top: a worker must find `recall` on its PYTHONPATH (--base), not here
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench._results import finish, header
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.profile is not None:  # one run of this checkout, and where its loop's time went
         logger.info("new: %s", json.dumps(one_run(args, None)))
         pstats.Stats(str(args.profile), stream=sys.stdout).sort_stats("tottime").print_stats(40)
         return 0
+    report = header("asgi_cpu")
     versions: dict[str, Path | None] = {"new": None}
     if args.base is not None:
         versions = {"old": args.base, "new": None}
@@ -268,17 +269,13 @@ def main(argv: list[str] | None = None) -> int:
         for name, rs in runs.items()
     }
     least = {name: {key: min(r[key] for r in rs) for key in rs[0]} for name, rs in runs.items()}
-    report = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+    report |= {
         "settings": {k: str(v) for k, v in vars(args).items() if k != "passthrough"},
         "runs": runs,
         "median": median,
         "least": least,
     }
-    if args.out is not None:
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
-    sys.stdout.write(json.dumps({"median": median, "least": least}, indent=2) + "\n")
+    finish(args.out, report, json.dumps({"median": median, "least": least}, indent=2))
     return 0
 
 

@@ -33,7 +33,6 @@ with the same split and training flags skips training.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import random
@@ -63,6 +62,7 @@ from bench._data import (  # noqa: E402
 )
 from bench._results import finish, header  # noqa: E402
 from bench._server import recall_cli, serve  # noqa: E402
+from bench._training import record_training, train_flat, trained_before  # noqa: E402
 from recall.service.state import sqlite_url  # noqa: E402
 
 logger = logging.getLogger("bench.experiment_replay")
@@ -115,17 +115,6 @@ def half_of(rows: list[Interaction], seed: int) -> list[Interaction]:
     return [rows[i] for i in sorted(keep)]
 
 
-def train_bundle(split: Path, root: Path, seed: int, epochs: int) -> str:
-    """``recall train`` + ``recall build-index`` (Flat) into ``root``; the bundle id."""
-    out = recall_cli(
-        "train", "--data", split, "--out", root, "--seed", str(seed),
-        "--epochs", str(epochs), "--no-progress",
-    )  # fmt: skip
-    bundle = Path(out.strip().splitlines()[-1])
-    recall_cli("build-index", bundle, "--kind", "flat")
-    return bundle.name
-
-
 def prepare(
     workdir: Path, data: Path, train_rows: list[Interaction], seed: int, epochs: int
 ) -> tuple[Path, dict[str, str], float | None]:
@@ -134,11 +123,8 @@ def prepare(
     training seconds)."""
     root = workdir / "bundles"
     stamp = {"data": str(data), "rows": len(train_rows), "seed": seed, "epochs": epochs}
-    stamp_path = workdir / "trained.json"
-    previous = json.loads(stamp_path.read_text()) if stamp_path.is_file() else {}
-    if {k: previous.get(k) for k in stamp} == stamp and all(
-        (root / b).is_dir() for b in previous.get("bundles", {}).values()
-    ):
+    previous = trained_before(workdir, stamp)
+    if previous is not None and all((root / b).is_dir() for b in previous["bundles"].values()):
         logger.info("reusing the bundles in %s", root)
         return root, previous["bundles"], previous.get("train_seconds")
     shutil.rmtree(root, ignore_errors=True)
@@ -148,10 +134,10 @@ def prepare(
         split = workdir / f"data-{name}"
         shutil.rmtree(split, ignore_errors=True)
         write_split(data, rows, split)
-        bundles[name] = train_bundle(split, root, seed, epochs)
+        bundles[name] = train_flat(split, root, "--seed", str(seed), "--epochs", str(epochs)).name
         logger.info("trained %s on %d interactions: %s", name, len(rows), bundles[name])
     seconds = time.perf_counter() - started
-    stamp_path.write_text(json.dumps({**stamp, "bundles": bundles, "train_seconds": seconds}))
+    record_training(workdir, stamp, bundles=bundles, train_seconds=seconds)
     return root, bundles, seconds
 
 

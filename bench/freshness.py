@@ -64,7 +64,8 @@ from bench._data import (  # noqa: E402
     write_split,
 )
 from bench._results import finish, header  # noqa: E402
-from bench._server import recall_cli, serve  # noqa: E402
+from bench._server import serve  # noqa: E402
+from bench._training import record_training, train_flat, trained_before  # noqa: E402
 from recall.index.tower import TOWER_KINDS  # noqa: E402
 from recall.service.state import sqlite_url  # noqa: E402
 from recall.trainer.config import TrainConfig  # noqa: E402
@@ -79,11 +80,8 @@ K = 50
 def train_and_publish(split: Path, root: Path, seed: int, epochs: int | None, tower: str) -> float:
     """``recall train`` + ``recall build-index --publish``; seconds taken."""
     started = time.perf_counter()
-    out = recall_cli(
-        "train", "--data", split, "--out", root, "--seed", str(seed), "--tower", tower,
-        "--no-progress", *(["--epochs", str(epochs)] if epochs else []),
-    )  # fmt: skip
-    recall_cli("build-index", out.strip().splitlines()[-1], "--kind", "flat", "--publish")
+    flags = ["--seed", str(seed), "--tower", tower, *(["--epochs", str(epochs)] if epochs else [])]
+    train_flat(split, root, *flags, publish=True)
     return time.perf_counter() - started
 
 
@@ -168,9 +166,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "epochs": args.epochs,
         "tower": args.tower,
     }
-    stamp_path = workdir / "trained.json"
-    previous = json.loads(stamp_path.read_text()) if stamp_path.is_file() else {}
-    if {k: previous.get(k) for k in stamp} == stamp and (root / "CURRENT").is_file():
+    previous = trained_before(workdir, stamp)
+    if previous is not None and (root / "CURRENT").is_file():
         train_s = previous.get("train_seconds")
         logger.info("reusing the bundle in %s", root)
     else:
@@ -179,7 +176,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         write_split(data, train_rows, split)
         logger.info("training the %s tower (recall train; its log shows on failure)", args.tower)
         train_s = train_and_publish(split, root, args.seed, args.epochs, args.tower)
-        stamp_path.write_text(json.dumps({**stamp, "train_seconds": train_s}))
+        record_training(workdir, stamp, train_seconds=train_s)
         logger.info("trained and published in %.0f s", train_s)
     bundle = root / (root / "CURRENT").read_text().strip()
     manifest = json.loads((bundle / "manifest.json").read_text())

@@ -32,7 +32,7 @@ import numpy as np
 import redis
 
 from bench._bundles import BenchBundle, ensure_bundle
-from bench._machine import machine
+from bench._results import finish, header
 from recall.service.app import create_app
 from recall.service.deps import app_state_of
 from recall.service.fresh import UserState
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     spec = BenchBundle(args.items, args.users, args.kind)
     bundle = ensure_bundle(args.cache, spec)
     root = bundle.parent
-    results: dict[str, Any] = {"machine": machine(), "bundle": spec.name, "stores": {}}
+    results: dict[str, Any] = {**header("live_cost"), "bundle": spec.name, "stores": {}}
     with tempfile.TemporaryDirectory(prefix="recall-live-cost-") as tmp:
         workdir = Path(tmp)
         path = workdir / "events.sqlite"
@@ -196,17 +196,22 @@ def main(argv: list[str] | None = None) -> None:
             users = [json.loads(k.split(b"{u:")[1].split(b"}")[0]) for k in keys]
             measured["bytes_per_user"] = redis_bytes_per_user(url, users)
             results["stores"]["redis"] = measured
-    print(f"{'store':<8}{'remembered':>12}{'without':>10}{'cost':>8}{'write':>8}{'bytes/user':>12}")
-    print(f"{'':<8}{'p50 ms':>12}{'p50 ms':>10}{'p50 ms':>8}{'p50 ms':>8}")
+    finish(args.out, results, table(results))
+
+
+def table(results: dict[str, Any]) -> str:
+    """The stores' p50 latencies (ms) with and without the served list, and bytes per user."""
+    lines = [
+        f"{'store':<8}{'remembered':>12}{'without':>10}{'cost':>8}{'write':>8}{'bytes/user':>12}",
+        f"{'':<8}{'p50 ms':>12}{'p50 ms':>10}{'p50 ms':>8}{'p50 ms':>8}",
+    ]
     for name, r in results["stores"].items():
         on, off = r["remembered"]["p50_ms"], r["not_remembered"]["p50_ms"]
         cost, write = r["p50_cost_ms"], r["write_alone"]["p50_ms"]
-        print(
+        lines.append(
             f"{name:<8}{on:>12.3f}{off:>10.3f}{cost:>8.3f}{write:>8.3f}{r['bytes_per_user']:>12.0f}"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    logger.info("wrote %s", args.out)
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -35,11 +35,8 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-from _machine import machine
 
 # each process imports the `recall` its PYTHONPATH names: this checkout's or --base's
 from recall.service.state.base import Event, ServedList, StoreLimits, StoreUnavailable
@@ -202,7 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.role == "events":
         events_writer(args)
         return 0
+    # here, not at the top: a worker must find `recall` on its PYTHONPATH (--base), not here
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench._results import finish, header
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    report = header("served_write")
     versions: list[tuple[str, Path | None]] = [("new", None)]
     if args.base is not None:
         versions.insert(0, ("old", args.base))
@@ -214,9 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             for version, tree in versions:
                 rounds.append(one_round(version, tree, prefilled, args, j))
                 logger.info("%s", json.dumps(rounds[-1]))
-    report = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+    report |= {
         "settings": {k: v for k, v in vars(args).items() if k not in ("role", "path", "out")},
         "rounds": rounds,
     }
@@ -231,10 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             f" | {r['p99_ms']:.3f} | {r['max_ms']:.1f} | {r['over_1ms']:.2%}"
             f" | {r['failed']} of {r['writes']:,} |"
         )
-    sys.stdout.write("\n".join(lines) + "\n")
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    finish(args.out, report, "\n".join(lines))
     return 0
 
 

@@ -27,16 +27,19 @@ import logging
 import os
 import statistics
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-from _machine import machine
-from _server import serve
-from _wrk import run_wrk
 
-from recall.service.state import sqlite_url
+REPO = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):
+    sys.path.insert(0, str(REPO))  # this process only: a server's `recall` is its tree's
+
+from bench._results import finish, header  # noqa: E402
+from bench._server import serve  # noqa: E402
+from bench._wrk import run_wrk  # noqa: E402
+from recall.service.state import sqlite_url  # noqa: E402
 
 logger = logging.getLogger("bench.service_ab")
 
@@ -92,9 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("bench/results/service_ab.json"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    report = header("service_ab")
     base_env = {"RECALL_STATE_URL": sqlite_url(args.state)}
     # `recall` resolves to the tree named on the path (run from outside the checkout)
-    here = str(Path(__file__).absolute().parent.parent)
+    here = str(REPO)
     old_tree = here if args.base is None else str(args.base.absolute())
     versions = {
         "old": {**base_env, **_settings(args.old_env), "PYTHONPATH": old_tree},
@@ -114,16 +118,13 @@ def main(argv: list[str] | None = None) -> int:
         | {"unfresh": sum(r["unfresh"] for r in rs), "requests": sum(r["requests"] for r in rs)}
         for name, rs in runs.items()
     }
-    report = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+    report |= {
         "settings": {k: str(v) for k, v in vars(args).items()},
         "runs": runs,
         "median": summary,
     }
-    args.out = args.out if args.out.is_absolute() else Path(__file__).parent.parent / args.out
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    # a relative --out is the checkout's (the cwd is / by now); REPO / an absolute --out is --out
+    finish(REPO / args.out, report, json.dumps(summary, indent=2))
     return 0
 
 

@@ -52,7 +52,6 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +61,12 @@ import httpx
 import numpy as np
 import orjson
 import uvicorn
-from _bundles import (
+
+REPO = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):
+    sys.path.insert(0, str(REPO))
+
+from bench._bundles import (  # noqa: E402
     FILTER_ATTRIBUTE,
     TRAINED_UNTIL,
     BenchBundle,
@@ -70,16 +74,15 @@ from _bundles import (
     serving_v2,
     summary,
 )
-from _machine import machine as bench_machine
-from _server import Server, serve
-from _wrk import WrkResult, run_wrk
-
-from recall.index import bundle as b
-from recall.index.ids import ExternalId
-from recall.service.core import RecallCore
-from recall.service.fresh import UserState
-from recall.service.recaller import RecallQuery, ServingBundle
-from recall.service.state import Event, ReadsInThread, open_store, sqlite_url
+from bench._results import finish, header, write_json  # noqa: E402
+from bench._server import Server, serve  # noqa: E402
+from bench._wrk import WrkResult, run_wrk  # noqa: E402
+from recall.index import bundle as b  # noqa: E402
+from recall.index.ids import ExternalId  # noqa: E402
+from recall.service.core import RecallCore  # noqa: E402
+from recall.service.fresh import UserState  # noqa: E402
+from recall.service.recaller import RecallQuery, ServingBundle  # noqa: E402
+from recall.service.state import Event, ReadsInThread, open_store, sqlite_url  # noqa: E402
 
 logger = logging.getLogger("bench.service")
 
@@ -410,15 +413,15 @@ def vector_fetch(server: Server, item_ids: np.ndarray, sizes: list[int], repeats
 # --------------------------------------------------------------------------- report
 
 
-def machine() -> dict[str, Any]:
-    """``bench/_machine.machine()`` plus memory, kernel and the versions that matter here."""
+def machine_extra() -> dict[str, Any]:
+    """What the report's machine records beyond ``bench/_machine.machine()``: memory,
+    kernel and the versions that matter here."""
     mem = next(
         (x.split()[1] for x in Path("/proc/meminfo").read_text().splitlines() if "MemTotal" in x),
         "0",
     )
     wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
     return {
-        **bench_machine(),
         "memory_gib": round(int(mem) / 2**20, 1),
         "kernel": platform.release(),
         "versions": {
@@ -576,8 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     report: dict[str, Any] = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        **header("service_bench", **machine_extra()),
         "load_average_start": [round(x, 2) for x in os.getloadavg()],
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "recall": [],
@@ -617,12 +619,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows_v = vector_fetch(server, item_ids, args.vector_sizes, args.vector_repeats)
             report["vectors"].append({"n_items": spec.n_items, "rows": rows_v})
         report["recall"].append(entry)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")  # partial results survive
+        write_json(args.out, report)  # partial results survive
     report["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    sys.stdout.write(tables(report) + "\n")
-    logger.info("wrote %s", args.out)
+    finish(args.out, report, tables(report))
     return 0
 
 

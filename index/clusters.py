@@ -26,7 +26,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["ARRAYS", "ClusterGroups", "ItemClusters", "build_clusters"]
+__all__ = ["ARRAYS", "ClusterGroups", "ItemClusters", "build_clusters", "kmeans_centroids"]
 
 ARRAYS = ("centroids", "rows", "offsets")
 
@@ -133,19 +133,26 @@ class ItemClusters:
         return taken_rows
 
 
-def build_clusters(vectors: npt.NDArray[np.float32], count: int, *, seed: int = 0) -> ItemClusters:
-    """k-means (FAISS, 10 iterations, on a seeded sample of 64 points per centroid) of the
-    index-space ``vectors`` (n, index_dim) into ``min(count, n)`` clusters; each row joins
-    its nearest centroid (L2)."""
+def kmeans_centroids(
+    vectors: npt.NDArray[np.float32], count: int, *, seed: int = 0
+) -> npt.NDArray[np.float32]:
+    """``count`` k-means centroids (count, dim) float32 of ``vectors`` (n, dim), ``n >=
+    count``: FAISS, 10 iterations, on a seeded sample of at most 64 points per centroid."""
     n, dim = vectors.shape
-    count = max(1, min(count, n))
-    rng = np.random.default_rng(seed)
     sample = vectors
     if n > 64 * count:
+        rng = np.random.default_rng(seed)
         sample = vectors[np.sort(rng.choice(n, 64 * count, replace=False))]
     kmeans: Any = faiss.Kmeans(dim, count, niter=10, seed=seed)
     kmeans.train(np.ascontiguousarray(sample, dtype=np.float32))
-    centroids = np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
+    return np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
+
+
+def build_clusters(vectors: npt.NDArray[np.float32], count: int, *, seed: int = 0) -> ItemClusters:
+    """The index-space ``vectors`` (n, index_dim) in ``min(count, n)`` clusters: the
+    :func:`kmeans_centroids`, each row joined to its nearest one (L2)."""
+    count = max(1, min(count, vectors.shape[0]))
+    centroids = kmeans_centroids(vectors, count, seed=seed)
     _, nearest = faiss.knn(np.ascontiguousarray(vectors, dtype=np.float32), centroids, 1)
     assignment = nearest[:, 0]
     offsets = np.zeros(count + 1, dtype=np.int64)

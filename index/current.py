@@ -56,6 +56,20 @@ class CurrentState:
     bundle_id: str | None = None
     problem: str | None = None
 
+    @classmethod
+    def parse(cls, key: Key, raw: bytes, where: str) -> CurrentState:
+        """The state of a CURRENT file ``where`` whose bytes are ``raw``; never raises."""
+        if len(raw) > MAX_CURRENT_BYTES:
+            return cls(key, problem=f"{where}: longer than {MAX_CURRENT_BYTES} bytes")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return cls(key, problem=f"{where}: not UTF-8 text: {raw[:80]!r}")
+        value = text.strip()
+        if not BUNDLE_ID.fullmatch(value):
+            return cls(key, problem=f"{where}: not a bundle id: {text[:80]!r}")
+        return cls(key, bundle_id=value)
+
 
 @dataclass(frozen=True)
 class SmallFile:
@@ -111,17 +125,11 @@ def inspect_current(root: Path) -> CurrentState:
     """Read ``root/CURRENT`` without following symlinks or blocking on odd files."""
     path = root / CURRENT
     found = read_small_file(path, MAX_CURRENT_BYTES)
+    if found.key is None:
+        return CurrentState(None)
     if found.raw is None:
         return CurrentState(found.key, problem=found.problem)
-    raw = found.raw
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return CurrentState(found.key, problem=f"{path}: not UTF-8 text: {raw[:80]!r}")
-    value = text.strip()
-    if not BUNDLE_ID.fullmatch(value):
-        return CurrentState(found.key, problem=f"{path}: not a bundle id: {text[:80]!r}")
-    return CurrentState(found.key, bundle_id=value)
+    return CurrentState.parse(found.key, found.raw, str(path))
 
 
 def read_current(root: Path) -> str | None:

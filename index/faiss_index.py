@@ -44,6 +44,7 @@ import numpy as np
 import numpy.typing as npt
 
 from recall.index import bundle as b
+from recall.index.clusters import kmeans_centroids
 
 logger = logging.getLogger(__name__)
 
@@ -296,13 +297,7 @@ def choose_entry_points(spec: IndexSpec, vectors: npt.NDArray[np.float32], *, se
     count = spec.entry_points
     if count >= n:
         return np.arange(n, dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    sample = vectors
-    if n > 64 * count:
-        sample = vectors[np.sort(rng.choice(n, 64 * count, replace=False))]
-    kmeans = faiss.Kmeans(spec.index_dim, count, niter=10, seed=seed)
-    kmeans.train(np.ascontiguousarray(sample))
-    centroids: Any = kmeans.centroids
+    centroids = kmeans_centroids(vectors, count, seed=seed)
     _, nearest = faiss.knn(centroids, vectors, 1)
     return np.unique(nearest[:, 0]).astype(np.int64)
 

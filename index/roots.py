@@ -220,12 +220,7 @@ class LocalRoot:
         from recall.index.publish import root_lock
 
         with root_lock(self.path):  # no publish retains an arm's bundle meanwhile
-            _refuse_running(self.url, self.experiment())
-            _require_current(self.url, self.current_id())
-            for arm in experiment.arms:
-                with self.verified(arm.bundle_id) as verified:
-                    if users is not None:
-                        users.load(verified)
+            _check_start(self, experiment, users)
             _create_exclusively(self.path / EXPERIMENT, experiment.to_json())
         logger.info("started experiment %s in %s", experiment.id, self.url)
 
@@ -289,7 +284,7 @@ class S3Root:
         etag, raw = got
         if etag is None:
             return RemoteCurrent(None, CurrentState(None))
-        return RemoteCurrent(etag, _parse_current(f"{self.url}/{CURRENT}", ("s3", etag), raw))
+        return RemoteCurrent(etag, CurrentState.parse(("s3", etag), raw, f"{self.url}/{CURRENT}"))
 
     def _read_if_changed(
         self, name: str, limit: int, if_none_match: str | None
@@ -414,12 +409,7 @@ class S3Root:
         return ExperimentState.parse(("s3", etag), raw, f"{self.url}/{EXPERIMENT}")
 
     def start_experiment(self, experiment: Experiment, *, users: UserSink | None = None) -> None:
-        _refuse_running(self.url, self.experiment())
-        _require_current(self.url, self.current_id())
-        for arm in experiment.arms:
-            with self.verified(arm.bundle_id) as verified:
-                if users is not None:
-                    users.load(verified)
+        _check_start(self, experiment, users)
         key = self.location.key(EXPERIMENT)
         with _S3Errors(f"writing {self.url}/{EXPERIMENT}", conflicts=True) as conflict:
             written = self.client.put_object(
@@ -754,9 +744,19 @@ def _refuse_running(url: str, state: ExperimentState) -> None:
         )
 
 
-def _require_current(url: str, current: str | None) -> None:
-    if current is None:
-        raise b.BundleError(f"{url}: nothing is published: the control arm is CURRENT's bundle")
+def _check_start(root: Root, experiment: Experiment, users: UserSink | None) -> None:
+    """What starting ``experiment`` on ``root`` needs: no experiment running (else
+    ExperimentConflict), a bundle published (the control arm) and every arm's bundle
+    verified, its users loaded into ``users`` when given (else BundleError)."""
+    _refuse_running(root.url, root.experiment())
+    if root.current_id() is None:
+        raise b.BundleError(
+            f"{root.url}: nothing is published: the control arm is CURRENT's bundle"
+        )
+    for arm in experiment.arms:
+        with root.verified(arm.bundle_id) as verified:
+            if users is not None:
+                users.load(verified)
 
 
 def _refuse_changed(url: str, seen: ExperimentState, now: ExperimentState) -> None:
@@ -812,16 +812,3 @@ def _object_size(response: dict[str, Any], offset: int) -> int:
     if content_range:  # "bytes start-end/total"
         return int(str(content_range).rpartition("/")[2])
     return int(response["ContentLength"]) + offset
-
-
-def _parse_current(where: str, key: tuple[object, ...], raw: bytes) -> CurrentState:
-    if len(raw) > MAX_CURRENT_BYTES:
-        return CurrentState(key, problem=f"{where}: longer than {MAX_CURRENT_BYTES} bytes")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return CurrentState(key, problem=f"{where}: not UTF-8 text: {raw[:80]!r}")
-    value = text.strip()
-    if not BUNDLE_ID.fullmatch(value):
-        return CurrentState(key, problem=f"{where}: not a bundle id: {text[:80]!r}")
-    return CurrentState(key, bundle_id=value)

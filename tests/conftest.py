@@ -22,6 +22,7 @@ from recall.trainer.synth import SynthConfig, write_synthetic
 from tests.browser import READ_ONLY_POST, TIMEOUT_MS, Browser, Tab, open_browser
 from tests.index_data import write_dataset_bundle
 from tests.live import live_server, settings
+from tests.moto_server import MotoServer, moto_server
 from tests.redis_cluster import RedisCluster, redis_cluster
 
 if TYPE_CHECKING:
@@ -50,6 +51,13 @@ def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCl
     kills a node restarts it (``RedisCluster.restart``) before it ends."""
     with redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """A real moto_server (S3), shared by the tests of one module."""
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -122,11 +130,16 @@ def make_bundle(synthetic: Dataset, small_config: TrainConfig) -> BundleFactory:
     return make
 
 
+PUBLISHED_ID = "20260101T000000Z-aaaaaa"
+"""The id of :func:`published_root`'s bundle."""
+
+
 @pytest.fixture(scope="session")
 def published_root(make_bundle: BundleFactory, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A bundle root whose CURRENT names ``synthetic``'s bundle (read only!)."""
+    """A bundle root whose CURRENT names ``synthetic``'s bundle, :data:`PUBLISHED_ID`
+    (read only!)."""
     root = tmp_path_factory.mktemp("published")
-    make_bundle(root, "20260101T000000Z-aaaaaa", publish=True)
+    make_bundle(root, PUBLISHED_ID, publish=True)
     return root
 
 

@@ -12,6 +12,7 @@ import numpy as np
 from recall.index import attention
 from recall.index import bundle as b
 from recall.index.attributes import ItemAttributes
+from recall.index.build import BuildOptions
 from recall.index.history import UserHistory
 from recall.index.tower import SPEC_KEY, TowerSpec, UserTower, fold_user, pad_histories
 from recall.trainer.config import TrainConfig
@@ -19,6 +20,10 @@ from recall.trainer.data import Dataset
 from recall.trainer.examples import full_histories, window_positions
 from recall.trainer.features import build_spec, encode_users, item_genre_rows
 from recall.trainer.split import leave_last_out
+
+FAST_FLAT = BuildOptions(kind="flat", sample_queries=20, latency_queries=5)
+"""An exact index tuned on few queries: for the tests that serve or publish a bundle, not
+the ones that measure its index."""
 
 
 def clustered(

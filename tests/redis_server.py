@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.live import free_port
+
 
 def redis_binary() -> str:
     found = shutil.which("redis-server") or (
@@ -26,13 +28,6 @@ def redis_binary() -> str:
             "this in CI)."
         )
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class RedisServer:

@@ -1,6 +1,6 @@
 // The console's HTTP access, the only module that calls fetch: JSON from the public API
-// (its error envelope as ApiError), the text of /metrics, and the #error box every page
-// reports failures in.
+// (its error envelope as ApiError), the text of /metrics, the polling of the live pages,
+// and the #error box every page reports failures in.
 
 const errorBox = document.getElementById("error");
 
@@ -77,3 +77,25 @@ export function clearError() {
   errorBox.replaceChildren();
 }
 
+/** Calls `load()` now and every `ms` until `signal` aborts and hands each result to
+ * `show`; a failed load is shown in #error (the page keeps its last numbers), the next
+ * good one clears it. Resolves after the first poll. */
+export async function poll(signal, ms, load, show) {
+  const once = async () => {
+    let data;
+    try {
+      data = await load();
+    } catch (e) {
+      showError(e);
+      return;
+    }
+    clearError();
+    show(data);
+  };
+  await once();
+  const timer = setInterval(() => {
+    if (signal.aborted) clearInterval(timer);
+    else once();
+  }, ms);
+  signal.addEventListener("abort", () => clearInterval(timer));
+}

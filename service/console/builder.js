@@ -2,7 +2,7 @@
 // POST /v1/recall {"history": [...]} answers for it.
 
 import { api, clearError, showError } from "./api.js";
-import { attrText, card, h, itemTitle, loading, table } from "./dom.js";
+import { attrText, card, h, itemTitle, table } from "./dom.js";
 import { controls, newestAnswer, userIdForm } from "./recall-panel.js";
 
 const view = document.getElementById("view");
@@ -15,9 +15,8 @@ export async function builderPage() {
   const recBox = h("div", {}, h("p", { class: "muted" }, "Pick a few items to see what a user with that history gets."));
   const answers = newestAnswer(recBox);
   const run = async (opts) => {
-    clearError();
-    recBox.replaceChildren(loading());
     if (picked.size === 0) {
+      clearError();
       answers.cancel(); // an answer still on its way is not shown
       recBox.replaceChildren(h("p", { class: "muted" }, "Pick a few items to see what a user with that history gets."));
       return;

@@ -12,7 +12,7 @@ export function svgEl(tag, attrs = {}, text) {
 }
 
 /** About `count` round tick values covering [lo, hi]. */
-export function ticks(lo, hi, count = 5) {
+function ticks(lo, hi, count = 5) {
   if (!Number.isFinite(lo) || !Number.isFinite(hi)) return [];
   if (hi === lo) return [lo];
   const raw = (hi - lo) / count;

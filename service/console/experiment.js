@@ -3,7 +3,7 @@
 // control, and the cumulative live HR@K of each arm over time (K picked on the page).
 // With no experiment running it shows control's live hit rate alone.
 
-import { api, clearError, showError } from "./api.js";
+import { api, poll } from "./api.js";
 import { chart } from "./charts.js";
 import { ago, card, h, pct, table, when } from "./dom.js";
 
@@ -38,15 +38,7 @@ export async function experimentPage(signal) {
     diffCard,
     card("Live HR@K over time (cumulative)", h("form", { class: "controls", onsubmit: (e) => e.preventDefault() }, h("label", {}, "K", picker)), chartBox),
   );
-  const poll = async () => {
-    let data;
-    try {
-      data = await api("/v1/experiment");
-    } catch (e) {
-      showError(e);
-      return;
-    }
-    clearError();
+  await poll(signal, POLL_MS, () => api("/v1/experiment"), (data) => {
     last = data;
     const ks = data.ks.map(String);
     if (picker.options.length !== ks.length) {
@@ -59,13 +51,7 @@ export async function experimentPage(signal) {
     diffBox.replaceChildren(differencesTable(data));
     chartBox.replaceChildren(curves(data, k));
     stamp.textContent = `polling /v1/experiment every ${POLL_MS / 1000} s; last ${when(Date.now() / 1000)}`;
-  };
-  await poll();
-  const timer = setInterval(() => {
-    if (signal.aborted) clearInterval(timer);
-    else poll();
-  }, POLL_MS);
-  signal.addEventListener("abort", () => clearInterval(timer));
+  });
 }
 
 const totalEvents = (data) => data.arms.reduce((s, a) => s + a.events, 0);

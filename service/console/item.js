@@ -1,7 +1,7 @@
 // Item page (#/item/<id>): the item and its nearest items by item vector
 // (POST /v1/items/{id}/similar), with the recall controls less the user-only ones.
 
-import { api, clearError } from "./api.js";
+import { api } from "./api.js";
 import { attrText, card, h, idPath, itemTitle, loading, parseId } from "./dom.js";
 import { controls, newestAnswer } from "./recall-panel.js";
 
@@ -10,12 +10,10 @@ const view = document.getElementById("view");
 /** Renders #/item/<rawId> in #view; the item's own attributes arrive when they do. */
 export async function itemPage(rawId) {
   const id = parseId(rawId);
-  const recBox = h("div", {}, h("p", { class: "muted" }, "loading…"));
+  const recBox = h("div", {}, loading());
   const about = h("p", { class: "muted" }, "");
   const answers = newestAnswer(recBox);
   const run = async (opts) => {
-    clearError();
-    recBox.replaceChildren(loading());
     const body = { k: opts.k, with_attributes: true };
     if (opts.filter !== undefined) body.filter = opts.filter;
     await answers.show(`/v1/items/${idPath(id)}/similar`, body);

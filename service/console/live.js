@@ -1,7 +1,7 @@
 // Live page (#/live): polls this replica's /metrics and shows request rates, latency
 // quantiles, error rates and reloads between the last two scrapes.
 
-import { apiText, clearError, showError } from "./api.js";
+import { apiText, poll } from "./api.js";
 import { chart } from "./charts.js";
 import { card, h, table, when } from "./dom.js";
 import { bucketDelta, buckets, parseProm, quantile, statusClass, sumBy } from "./prom.js";
@@ -25,15 +25,7 @@ export async function livePage(signal) {
   const history = [];
   let prev = null;
   const t0 = Date.now();
-  const poll = async () => {
-    let text;
-    try {
-      text = await apiText("/metrics");
-    } catch (e) {
-      showError(e);
-      return;
-    }
-    clearError();
+  await poll(signal, POLL_MS, () => apiText("/metrics"), (text) => {
     const now = { t: Date.now() / 1000, samples: parseProm(text) };
     if (prev) {
       const stats = liveStats(prev, now);
@@ -45,13 +37,7 @@ export async function livePage(signal) {
     reloadBox.replaceChildren(reloadTable(now.samples));
     stamp.textContent = `polling /metrics every ${POLL_MS / 1000} s; last ${when(now.t)}; this page's own /metrics polls are counted too`;
     prev = now;
-  };
-  await poll();
-  const timer = setInterval(() => {
-    if (signal.aborted) clearInterval(timer);
-    else poll();
-  }, POLL_MS);
-  signal.addEventListener("abort", () => clearInterval(timer));
+  });
 }
 
 const REQUESTS = "recall_http_requests_total";

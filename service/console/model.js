@@ -3,12 +3,12 @@
 
 import { api, showError } from "./api.js";
 import { chart, fmt, svgEl } from "./charts.js";
-import { ago, card, h, num, pct, table, when } from "./dom.js";
+import { ago, card, h, loading, num, pct, table, when } from "./dom.js";
 
 const view = document.getElementById("view");
 
 export async function modelPage() {
-  view.replaceChildren(h("h1", {}, "Model"), h("p", { class: "muted" }, "loading…"));
+  view.replaceChildren(h("h1", {}, "Model"), loading());
   const [model, replica] = await Promise.all([
     api("/v1/model"),
     api("/v1/replica").catch((e) => e),

@@ -2,8 +2,8 @@
 // JSON filter; kept across navigation), the answer in rank order with only the newest
 // request's answer shown, and the user id box.
 
-import { api, showError } from "./api.js";
-import { attrText, h, idPath, itemTitle, num, table } from "./dom.js";
+import { api, clearError, showError } from "./api.js";
+import { attrText, h, idPath, itemTitle, loading, num, table } from "./dom.js";
 
 /** Recall options shared by the User, New-user and Item pages (kept across navigation). */
 const options = { k: 20, exclude_seen: true, exclude_shown: false, filterText: "" };
@@ -107,14 +107,16 @@ function recalledTable(answer) {
   );
 }
 
-/** Show recall answers (POST `path` with `body`) in `box`. When requests overlap (the
- * controls changed quickly) only the newest answer is shown; `cancel()` drops those still
- * on their way. */
+/** Show recall answers (POST `path` with `body`) in `box`: each ask clears #error and
+ * shows "loading…" at once. When requests overlap (the controls changed quickly) only the
+ * newest answer is shown; `cancel()` drops those still on their way. */
 export function newestAnswer(box) {
   let asked = 0;
   return {
     async show(path, body) {
       const mine = ++asked;
+      clearError();
+      box.replaceChildren(loading());
       try {
         const answer = await api(path, body);
         if (mine === asked) box.replaceChildren(recalledTable(answer));

@@ -1,7 +1,7 @@
 // User page (#/user/<id>): a user's history (fresh events first) beside what
 // POST /v1/recall answers for them, with the recall controls.
 
-import { api, clearError } from "./api.js";
+import { api } from "./api.js";
 import { attrText, card, h, idPath, itemTitle, loading, parseId, table, when } from "./dom.js";
 import { controls, newestAnswer, userIdForm } from "./recall-panel.js";
 
@@ -30,12 +30,10 @@ function historyTable(hist) {
 /** Renders #/user/<rawId> in #view; resolves once the history is shown (or throws its error). */
 export async function userPage(rawId) {
   const id = parseId(rawId);
-  const histBox = h("div", {}, h("p", { class: "muted" }, "loading…"));
-  const recBox = h("div", {}, h("p", { class: "muted" }, "loading…"));
+  const histBox = h("div", {}, loading());
+  const recBox = h("div", {}, loading());
   const answers = newestAnswer(recBox);
   const run = async (opts) => {
-    clearError();
-    recBox.replaceChildren(loading());
     const body = { user_id: id, k: opts.k, exclude_seen: opts.exclude_seen, exclude_shown: opts.exclude_shown, with_attributes: true };
     if (opts.filter !== undefined) body.filter = opts.filter;
     await answers.show("/v1/recall", body);

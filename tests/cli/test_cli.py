@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from importlib.metadata import version
 from pathlib import Path
 
@@ -18,9 +17,9 @@ from recall.cli import build_parser, main
 from recall.index import bundle as b
 from recall.index.publish import read_current
 from tests.conftest import BundleFactory
+from tests.serve_process import RECALL
 
 REPO = Path(__file__).resolve().parents[2]
-RECALL = Path(sys.executable).with_name("recall")  # the console script of this venv
 
 
 def recall(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

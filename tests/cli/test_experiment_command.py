@@ -20,11 +20,12 @@ from recall.index.current import CURRENT
 from recall.index.experiment import EXPERIMENT, parse_experiment
 from recall.index.publish import publish, read_current
 from recall.index.roots import ExperimentConflict, LocalRoot, Root, S3Location, S3Root
+from tests.conftest import PUBLISHED_ID
 from tests.index.test_verify import copy_bundle, edit_manifest
 from tests.index_data import flip_a_byte
-from tests.moto_server import BUCKET, MotoServer, moto_server, s3_environment
+from tests.moto_server import BUCKET, MotoServer, s3_environment
 
-CONTROL_ID = "20260101T000000Z-aaaaaa"
+CONTROL_ID = PUBLISHED_ID  # control is the published test bundle
 CANARY_ID = "20260102T000000Z-cccccc"
 OTHER_ID = "20260103T000000Z-dddddd"
 BROKEN_ID = "20260104T000000Z-eeeeee"
@@ -168,7 +169,7 @@ BAD_ACTIONS: list[tuple[str, Callable[[Path], None], list[str], str]] = [
     ),
     (
         "nothing-published",
-        lambda root: (root / CURRENT).unlink(),
+        _unpublished,
         ["start", "--arm", f"b={OTHER_ID}", "--share", "0.1"],
         "nothing is published",
     ),
@@ -255,12 +256,6 @@ def test_the_temp_file_of_a_start_that_died_goes_with_the_next_publish(root: Pat
 
 
 # -- S3 ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
-    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as server:
-        yield server
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +19,7 @@ from recall.index.current import read_current
 from recall.index.experiment import EXPERIMENT
 from tests.cli.test_readme_import import section_blocks
 from tests.live import free_port
-
-RECALL = Path(sys.executable).with_name("recall")
+from tests.serve_process import RECALL
 
 
 def recall(cwd: Path, *args: str) -> str:

@@ -40,6 +40,7 @@ from recall.service.state import Event, open_store, sqlite_url
 from tests.deploy.traffic import MAX_TRAFFIC_S, ready_id, recall_traffic, switch_watch
 from tests.live import free_port
 from tests.redis_cluster import RedisCluster
+from tests.serve_process import wait_for
 
 logger = logging.getLogger(__name__)
 
@@ -346,20 +347,6 @@ def test_nginx_never_replays_an_event_batch(tmp_path: Path, processes: Processes
 
 
 # -- the slow test: trainer job, two replicas, nginx, a retrain under traffic ------------
-
-
-def _wait_until(what: str, check: Any, timeout: float, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"{what}: process exited with {proc.returncode}")
-        try:
-            if check():
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not ready after {timeout} s")
 
 
 class Processes:
@@ -714,7 +701,7 @@ def replicas_behind_nginx(
     procs = []
     for i, (port, url) in enumerate(zip(ports, urls, strict=True)):
         proc = processes.start(f"service-{i + 1}", ["recall", "serve"], env_of(i, port))
-        _wait_until(f"replica {url}", lambda u=url: ready_id(u) == bundle_id, 120, proc)
+        wait_for(proc, lambda u=url: ready_id(u) == bundle_id, f"replica {url}")
         procs.append(proc)
     return Fleet(ports, urls, procs, _start_nginx(processes, nginx, prefix, ports, bundle_id))
 
@@ -732,7 +719,7 @@ def _start_nginx(
     )
     lb = f"http://127.0.0.1:{lb_port}"
     nginx_proc = processes.start("nginx", [nginx, "-c", str(conf), "-p", f"{prefix}/"], {})
-    _wait_until("nginx", lambda: ready_id(lb) == bundle_id, 60, nginx_proc)
+    wait_for(nginx_proc, lambda: ready_id(lb) == bundle_id, "nginx", timeout_s=60)
     return lb
 
 

@@ -23,7 +23,7 @@ import httpx
 import numpy as np
 import pytest
 
-from recall.index.build import BuildOptions, build_index
+from recall.index.build import build_index
 from recall.index.roots import S3Location, S3Root
 from tests.deploy.test_deploy import (
     TRAIN_SCRIPT,
@@ -31,14 +31,14 @@ from tests.deploy.test_deploy import (
     _nginx_binary,
     _service_env,
     _trainer_env,
-    _wait_until,
     processes,
     replicas_behind_nginx,
 )
 from tests.deploy.traffic import ready_id, recall_traffic, switch_watch
-from tests.index_data import clustered, write_vectors_bundle
+from tests.index_data import FAST_FLAT, clustered, write_vectors_bundle
 from tests.live import free_port
 from tests.moto_server import BUCKET, MotoServer, moto_server, s3_environment
+from tests.serve_process import wait_for
 
 __all__ = ["processes"]  # the fixture, used by name
 
@@ -90,7 +90,7 @@ def _big_bundle(local: Path, n: int, items: int) -> str:
     """A bundle of ``items`` items built locally (not published): a long download."""
     vectors, users = clustered(items, 200, 64, seed=n)
     path = write_vectors_bundle(local, vectors, users, bundle_id=f"20270101T0000{n:02d}Z-big000")
-    build_index(path, BuildOptions(kind="flat", sample_queries=20, latency_queries=5))
+    build_index(path, FAST_FLAT)
     return path.name
 
 
@@ -174,7 +174,7 @@ def test_replicas_follow_an_s3_root_through_nginx(tmp_path: Path, processes: Pro
         proc = processes.start(
             "service-3", ["recall", "serve"], _replica_env(moto, fresh_port, fresh_cache)
         )
-        _wait_until(fresh, lambda: ready_id(fresh) == new_id, 120, proc)
+        wait_for(proc, lambda: ready_id(fresh) == new_id, fresh)
         info = _replica(fresh)
         assert info["serving_from_cache"] is True and info["store_reachable"] is False
         assert "serving the cached bundle" in (tmp_path / "service-3.log").read_text()
@@ -184,7 +184,7 @@ def test_replicas_follow_an_s3_root_through_nginx(tmp_path: Path, processes: Pro
         republish = _recall(moto, log, "publish", big_path, "--root", ROOT_URL)
         assert republish.wait(timeout=300) == 0, log.read_text()[-2000:]
         for url, p in zip([*replicas, fresh], [*procs, proc], strict=True):
-            _wait_until(url, lambda u=url: ready_id(u) == big_id, 120, p)
+            wait_for(p, lambda u=url: ready_id(u) == big_id, url)
         info = _replica(fresh)
         assert info["serving_from_cache"] is False and info["store_reachable"] is True
         assert "resuming the download" in (tmp_path / "service-1.log").read_text()
@@ -199,7 +199,7 @@ def test_two_racing_publishes_one_wins(tmp_path: Path) -> None:
         big_id = _big_bundle(tmp_path, 1, items=300_000)
         vectors, users = clustered(300, 50, 8, seed=2)
         small = write_vectors_bundle(tmp_path, vectors, users, bundle_id="20270101T000002Z-sm")
-        build_index(small, BuildOptions(kind="flat", sample_queries=20, latency_queries=5))
+        build_index(small, FAST_FLAT)
         client = moto.client()
         big = _recall(
             moto, tmp_path / "big.log", "publish", str(tmp_path / big_id), "--root", ROOT_URL

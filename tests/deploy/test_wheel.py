@@ -20,7 +20,7 @@ from recall.index.build import BuildOptions, build_index
 from recall.index.publish import publish
 from tests.index_data import clustered, write_vectors_bundle
 from tests.live import free_port
-from tests.service.test_orphan_workers import stop, wait_ready
+from tests.serve_process import stop, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

@@ -99,6 +99,15 @@ def test_pickled_npy_is_refused(tmp_path: Path) -> None:
         b.load_array(bundle, forged, b.ITEM_IDS)
 
 
+BAD_CURRENTS = [
+    (b"\xff\n", "not UTF-8"),
+    (b"a/b\n", "not a bundle id"),
+    (b"", "not a bundle id"),
+    (b"a" * 5000, "longer than 4096 bytes"),
+]
+"""CURRENT contents that name no bundle, and what the problem says (local and S3 roots)."""
+
+
 def test_current_names_a_bundle_id_or_says_why_not(tmp_path: Path) -> None:
     from recall.index.current import CURRENT, inspect_current, read_current
 
@@ -106,12 +115,7 @@ def test_current_names_a_bundle_id_or_says_why_not(tmp_path: Path) -> None:
     current = tmp_path / CURRENT
     current.write_text("20260101T000000Z-aaaaaa\n")
     assert read_current(tmp_path) == "20260101T000000Z-aaaaaa"
-    for raw, why in [
-        (b"\xff\n", "not UTF-8"),
-        (b"a/b\n", "not a bundle id"),
-        (b"", "not a bundle id"),
-        (b"a" * 5000, "longer than 4096 bytes"),
-    ]:
+    for raw, why in BAD_CURRENTS:
         current.write_bytes(raw)
         state = inspect_current(tmp_path)
         assert state.bundle_id is None and state.problem is not None and why in state.problem

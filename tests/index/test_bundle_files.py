@@ -28,7 +28,7 @@ from recall.service.app import create_app
 from recall.service.recaller import ServingBundle
 from tests.cli.test_cli import recall
 from tests.index.test_publish import _bundle
-from tests.index.test_verify import OTHER_ID, copy_bundle, edit_manifest
+from tests.index.test_verify import OTHER_ID, edit_manifest
 from tests.live import live_server
 from tests.service.test_reload import (
     AUTH,
@@ -36,6 +36,7 @@ from tests.service.test_reload import (
     _settings,
     reloads,
     served_id,
+    serving_root,
     wait_until,
     write_current,
 )
@@ -124,13 +125,7 @@ def _unblocking(fifo: Path) -> Iterator[None]:
 @pytest.fixture
 def root(tmp_path: Path, published_root: Path) -> Path:
     """A root serving GOOD, holding OTHER_ID and THIRD_ID (both good, unpublished)."""
-    root = tmp_path / "root"
-    root.mkdir()
-    copy_bundle(published_root, root)
-    copy_bundle(published_root, root, OTHER_ID)
-    copy_bundle(published_root, root, THIRD_ID)
-    write_current(root, f"{GOOD}\n".encode())
-    return root
+    return serving_root(tmp_path, published_root, OTHER_ID, THIRD_ID)
 
 
 def test_a_fifo_in_the_current_bundle_neither_hangs_the_reloader_nor_admin_reload(

@@ -16,12 +16,13 @@ import pytest
 from recall.cli import main
 from recall.index import bundle as b
 from recall.index.attributes import ItemAttributes
-from recall.index.build import BuildOptions, build_index
+from recall.index.build import build_index
 from recall.index.publish import publish
 from recall.service.app import create_app
 from recall.trainer.config import ConfigError, load_config
 from recall.trainer.data import DataError, load_dataset
 from recall.trainer.export import item_attributes
+from tests.index_data import FAST_FLAT
 from tests.live import live_server, settings
 
 INTERACTIONS = "user_id,item_id,timestamp\n" + "".join(
@@ -217,7 +218,7 @@ def test_movielens_year_range_filter_over_http(
     args = ["train", "--data", str(ml100k_dir), "--out", str(root), "--epochs", "1"]
     assert main([*args, "--hidden", "8", "--max-examples-per-user", "5", "--no-progress"]) == 0
     bundle = Path(capsys.readouterr().out.strip())
-    build_index(bundle, BuildOptions(kind="flat", sample_queries=20, latency_queries=5))
+    build_index(bundle, FAST_FLAT)
     publish(bundle)
     given = _movielens_years(ml100k_dir)
     junk = sorted(i for i, y in given.items() if not y.strip().isdigit())

@@ -17,24 +17,23 @@ from recall import cli
 from recall.cli import build_index as build_index_command
 from recall.index import bundle as b
 from recall.index import faiss_index as fi
-from recall.index.build import BuildOptions, build_index
+from recall.index.build import build_index
 from recall.index.publish import CURRENT, publish, read_current, retain, verify_bundle
 from recall.index.search import ItemIndex
 from recall.trainer.config import TrainConfig
 from recall.trainer.data import Dataset
 from recall.trainer.export import export_bundle
 from recall.trainer.train import Trained
-from tests.index_data import clustered, write_vectors_bundle
+from tests.index_data import FAST_FLAT, clustered, write_vectors_bundle
 
 REPO = Path(__file__).resolve().parents[2]
-FAST = BuildOptions(kind="flat", sample_queries=20, latency_queries=5)
 
 
 def _bundle(root: Path, n: int, *, built: bool = True, seed: int = 0) -> Path:
     items, users = clustered(300, 50, 8, seed=seed)
     bundle = write_vectors_bundle(root, items, users, bundle_id=f"20260101T0000{n:02d}Z-abcdef")
     if built:
-        build_index(bundle, FAST)
+        build_index(bundle, FAST_FLAT)
     return bundle
 
 
@@ -92,7 +91,7 @@ def test_a_bundle_without_index_is_refused(tmp_path: Path) -> None:
 def test_nan_rows_are_refused_even_when_checksums_match(tmp_path: Path) -> None:
     items, users = clustered(300, 50, 8)
     bundle = write_vectors_bundle(tmp_path, items, users)
-    build_index(bundle, FAST)
+    build_index(bundle, FAST_FLAT)
     users[3, 0] = np.nan  # a trainer bug, faithfully checksummed
     b.save_array(bundle / b.USER_VECTORS, users)
     manifest = b.read_manifest(bundle)
@@ -121,7 +120,7 @@ def test_building_into_the_current_bundle_is_refused(tmp_path: Path) -> None:
     publish(bundle)
     before = (bundle / b.MANIFEST).read_bytes(), (bundle / b.INDEX).read_bytes()
     with pytest.raises(b.BundleError, match="CURRENT bundle; published bundles are immutable"):
-        build_index(bundle, FAST)
+        build_index(bundle, FAST_FLAT)
     assert ((bundle / b.MANIFEST).read_bytes(), (bundle / b.INDEX).read_bytes()) == before
 
 
@@ -213,7 +212,7 @@ def test_a_build_killed_half_way_leaves_current_unchanged(tmp_path: Path, where:
         with pytest.raises(b.BundleError, match=r"index\.faiss (has \d+ bytes|fails its sha256)"):
             publish(victim)
         assert read_current(tmp_path) == good.name
-    build_index(victim, FAST)  # a rebuild repairs the bundle and removes leftovers
+    build_index(victim, FAST_FLAT)  # a rebuild repairs the bundle and removes leftovers
     assert not [p for p in victim.iterdir() if p.name.startswith(".")]
     publish(victim)
     assert read_current(tmp_path) == victim.name
@@ -347,7 +346,7 @@ def test_manifest_temp_files_of_a_killed_build_are_removed_by_the_next(tmp_path:
     assert len(_temps(bundle, b.MANIFEST)) == 1
     with pytest.raises(b.BundleError, match="no index"):
         publish(bundle)  # index.faiss written, the manifest not: not publishable
-    build_index(bundle, FAST)
+    build_index(bundle, FAST_FLAT)
     assert not [p.name for p in bundle.iterdir() if p.name.startswith(".")]
     publish(bundle)
     assert read_current(tmp_path) == bundle.name

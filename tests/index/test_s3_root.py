@@ -6,39 +6,36 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from recall.index import bundle as b
-from recall.index.build import BuildOptions, build_index
+from recall.index.build import build_index
+from recall.index.current import CURRENT, CurrentState
 from recall.index.roots import (
     ObjectStoreUnavailable,
     PublishConflict,
+    RemoteCurrent,
     S3Location,
     S3Root,
     open_root,
 )
 from recall.index.verify import verify_bundle
+from tests.index.test_bundle import BAD_CURRENTS
 from tests.index_data import (
+    FAST_FLAT,
     clustered,
     flip_a_byte,
     nan_with_fixed_up_sha,
     truncate_the_index,
     write_vectors_bundle,
 )
-from tests.moto_server import BUCKET, MotoServer, moto_server, s3_environment
+from tests.moto_server import BUCKET, MotoServer, s3_environment
+from tests.serve_process import RECALL
 
-FAST = BuildOptions(kind="flat", sample_queries=20, latency_queries=5)
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
-    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as server:
-        yield server
 
 
 @pytest.fixture
@@ -53,7 +50,7 @@ def bundle(local: Path, n: int, *, seed: int = 0, items: int = 300) -> Path:
     path = write_vectors_bundle(
         local, item_vectors, user_vectors, bundle_id=f"20260101T0000{n:02d}Z-abcdef"
     )
-    build_index(path, FAST)
+    build_index(path, FAST_FLAT)
     return path
 
 
@@ -74,6 +71,21 @@ def test_locations_parse() -> None:
         with pytest.raises(ValueError):
             S3Location.parse(bad)
     assert isinstance(open_root("s3://bucket/p"), S3Root)
+
+
+def test_current_in_the_bucket_names_a_bundle_id_or_says_why_not(
+    root: S3Root, moto: MotoServer
+) -> None:
+    """The local root's rule (test_bundle.py), over S3: CURRENT is one bundle id of UTF-8."""
+    assert root.current() == RemoteCurrent(None, CurrentState(None))
+    put(moto, root, CURRENT, b"20260101T000000Z-aaaaaa\n")
+    assert root.current_id() == "20260101T000000Z-aaaaaa"
+    for raw, why in BAD_CURRENTS:
+        put(moto, root, CURRENT, raw)
+        now = root.current()
+        assert now is not None and now.etag is not None and now.state.bundle_id is None
+        assert why in (now.state.problem or ""), now.state.problem
+        assert f"{root.url}/{CURRENT}" in (now.state.problem or "")
 
 
 def test_publish_uploads_everything_then_switches_current(
@@ -191,7 +203,7 @@ def test_an_unreachable_store_is_store_unavailable(tmp_path: Path, moto: MotoSer
 
 def _recall(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(Path(sys.executable).with_name("recall")), *args],
+        [str(RECALL), *args],
         env=env,
         capture_output=True,
         text=True,

@@ -29,6 +29,7 @@ from tests.index.test_verify import copy_bundle
 from tests.live import TOKEN, fresh_state_url, live_server, settings
 from tests.redis_server import load_users, redis_server
 from tests.service.test_metrics_workers import recall_serve
+from tests.service.test_reload import serving_root
 
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 PATH = "/v1/admin/items/availability"
@@ -192,9 +193,7 @@ def test_a_new_bundle_keeps_the_disabled_items(
     published_root: Path, bundle: ServingBundle, tmp_path: Path
 ) -> None:
     """Keyed by external id: a bundle published after the change still honours it."""
-    root = tmp_path / "root"
-    root.mkdir()
-    publish(copy_bundle(published_root, root))
+    root = serving_root(tmp_path, published_root)
     item, probe = target_item(bundle)
     with (
         live_server(create_app(settings(root))) as url,
@@ -271,9 +270,7 @@ def test_every_worker_of_a_replica_applies_a_change_written_to_the_store(
     """``recall serve --workers 2`` on the default SQLite store: a change written to the
     store by another process (no worker took a POST) reaches whichever worker answers,
     each by its own poll, within 1 s."""
-    root = tmp_path / "root"
-    root.mkdir()
-    publish(copy_bundle(published_root, root))
+    root = serving_root(tmp_path, published_root)
     item, _ = target_item(bundle)
     query = {"user_id": "nobody-at-all", "fallback": "popular", "k": 5}
 

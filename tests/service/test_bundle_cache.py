@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 
 from recall.index import bundle as b
-from recall.index.build import BuildOptions, build_index
+from recall.index.build import build_index
 from recall.index.roots import S3Location, S3Root
 from recall.service.bundle_cache import DOWNLOAD_PREFIX, S3CachedSource
 from recall.service.domain_errors import BundleNotReady, ReloadRefused
 from recall.service.metrics import Metrics
 from recall.service.reloader import BundleHolder
 from tests.index_data import (
+    FAST_FLAT,
     clustered,
     flip_a_byte,
     nan_with_fixed_up_sha,
@@ -28,8 +29,6 @@ from tests.index_data import (
     write_vectors_bundle,
 )
 from tests.moto_server import BUCKET, MotoServer, moto_server, s3_environment
-
-FAST = BuildOptions(kind="flat", sample_queries=20, latency_queries=5)
 
 
 @pytest.fixture
@@ -48,7 +47,7 @@ def bundle(local: Path, n: int, *, items: int = 300) -> Path:
     path = write_vectors_bundle(
         local, item_vectors, user_vectors, bundle_id=f"20260101T0000{n:02d}Z-abcdef"
     )
-    build_index(path, FAST)
+    build_index(path, FAST_FLAT)
     return path
 
 

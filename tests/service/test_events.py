@@ -40,6 +40,7 @@ from tests.index.test_verify import copy_bundle
 from tests.live import live_server, settings
 from tests.redis_server import load_users, redis_server
 from tests.service.test_metrics_workers import recall_serve
+from tests.service.test_reload import serving_root
 
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
 
@@ -645,9 +646,7 @@ def test_the_workers_of_a_replica_share_the_default_sqlite_store(
 ) -> None:
     """``recall serve --workers 2`` with the default store (``<root>/.state/``): an event
     posted to one worker moves the recall of whichever worker answers next."""
-    root = tmp_path / "root"
-    root.mkdir()
-    publish(copy_bundle(published_root, root))
+    root = serving_root(tmp_path, published_root)
     row = 16
     user_id = user(bundle, row)
     items = unseen_items(bundle, row, 3)

@@ -23,22 +23,23 @@ import pytest
 
 from recall.cli import main
 from recall.index import bundle as b
-from recall.index.build import BuildOptions, build_index
+from recall.index.build import build_index
 from recall.index.current import CURRENT
 from recall.index.experiment import CONTROL, EXPERIMENT, arm_of, parse_experiment
 from recall.index.roots import S3Location, S3Root
 from recall.service.app import create_app
 from recall.trainer.config import TrainConfig
 from recall.trainer.data import Dataset
+from tests.conftest import PUBLISHED_ID
 from tests.index.test_verify import copy_bundle
-from tests.index_data import flip_a_byte, write_dataset_bundle
+from tests.index_data import FAST_FLAT, flip_a_byte, write_dataset_bundle
 from tests.live import TOKEN, live_server, settings
 from tests.moto_server import BUCKET, moto_server, s3_environment
 from tests.redis_cluster import RedisCluster
 from tests.redis_server import redis_server
 from tests.service.test_reload import wait_until
 
-CONTROL_ID = "20260101T000000Z-aaaaaa"
+CONTROL_ID = PUBLISHED_ID  # control is the published test bundle
 CANARY_ID = "20260102T000000Z-cccccc"
 OTHER_ID = "20260103T000000Z-dddddd"
 BROKEN_ID = "20260104T000000Z-eeeeee"
@@ -56,7 +57,7 @@ def bundles(
     where = tmp_path_factory.mktemp("arm-bundles")
     for seed, bundle_id in ((3, CANARY_ID), (5, OTHER_ID), (7, BROKEN_ID)):
         bundle = write_dataset_bundle(where, synthetic, small_config, bundle_id, seed=seed)
-        build_index(bundle, BuildOptions(kind="flat", sample_queries=20, latency_queries=5))
+        build_index(bundle, FAST_FLAT)
     flip_a_byte(where / BROKEN_ID)
     return where
 

@@ -23,7 +23,7 @@ import pytest
 
 from recall.client import InvalidInput, Item, NotFound, Query, RecallClient
 from recall.client import RecallResult as ClientResult
-from recall.index.build import BuildOptions, build_index
+from recall.index.build import build_index
 from recall.index.filters import compile_filter
 from recall.index.publish import publish
 from recall.index.search import STRATEGIES
@@ -32,7 +32,7 @@ from recall.service.app import create_app
 from recall.service.recaller import ServingBundle
 from recall.trainer.config import TrainConfig
 from recall.trainer.data import Dataset
-from tests.index_data import write_dataset_bundle
+from tests.index_data import FAST_FLAT, write_dataset_bundle
 from tests.live import TOKEN, live_server, settings
 
 Served = tuple[httpx.Client, ServingBundle]
@@ -59,7 +59,7 @@ def _serve(
     root: Path, dataset: Dataset, config: TrainConfig, search_threads: int = 4
 ) -> Iterator[Served]:
     bundle_path = write_dataset_bundle(root, dataset, config, "20260102T000000Z-ffffff")
-    build_index(bundle_path, BuildOptions(kind="flat", sample_queries=20, latency_queries=5))
+    build_index(bundle_path, FAST_FLAT)
     publish(bundle_path)
     bundle = ServingBundle.load(bundle_path)
     app = create_app(settings(root, search_threads=search_threads))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -18,6 +16,7 @@ from recall.service.core import RecallCore
 from recall.service.recaller import RecallQuery, RecallResult, ServingBundle
 from tests.conftest import BundleFactory
 from tests.live import TOKEN, live_server, settings
+from tests.service.test_reload import wait_until
 
 
 def recall(bundle: ServingBundle, query: RecallQuery, max_k: int) -> RecallResult:
@@ -204,14 +203,6 @@ def test_no_bundle_means_503_but_alive(tmp_path: Path) -> None:
             assert response.json()["error"]["code"] == "not_ready"
 
 
-def _wait_until(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        time.sleep(0.02)
-
-
 @pytest.mark.slow
 def test_hot_reload_under_load_fails_no_request(tmp_path: Path, make_bundle: BundleFactory) -> None:
     root = tmp_path / "root"
@@ -236,7 +227,7 @@ def test_hot_reload_under_load_fails_no_request(tmp_path: Path, make_bundle: Bun
             client.start()
         for n in range(2, 5):
             ids.append(make_bundle(root, f"20260101T000000Z-00000{n}", publish=True))
-            _wait_until(lambda: all(s and s[-1] == ids[-1] for s in seen_by_client))
+            wait_until(lambda: all(s and s[-1] == ids[-1] for s in seen_by_client))
         stop.set()
         for client in clients:
             client.join()

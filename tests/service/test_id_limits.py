@@ -12,12 +12,12 @@ import httpx
 import numpy as np
 import pytest
 
-from recall.index.build import BuildOptions, build_index
+from recall.index.build import build_index
 from recall.index.publish import publish
 from recall.service.app import create_app
 from recall.trainer.config import TrainConfig
 from recall.trainer.data import Dataset
-from tests.index_data import write_dataset_bundle
+from tests.index_data import FAST_FLAT, write_dataset_bundle
 from tests.live import TOKEN, live_server, settings
 
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -43,7 +43,7 @@ def client(
         user_ids=np.array([f"u{int(u):05d}" for u in synthetic.user_ids]),
     )
     bundle = write_dataset_bundle(root, labelled, small_config, "20260101T000000Z-5751d5")
-    build_index(bundle, BuildOptions(kind="flat", sample_queries=20, latency_queries=5))
+    build_index(bundle, FAST_FLAT)
     publish(bundle)
     app = create_app(settings(root, max_body_bytes=1 << 20, max_vector_ids=2000))
     with live_server(app) as url, httpx.Client(base_url=url, timeout=60) as http:

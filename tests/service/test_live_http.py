@@ -22,7 +22,7 @@ import httpx
 import pytest
 import redis
 
-from recall.index.build import BuildOptions, build_index
+from recall.index.build import build_index
 from recall.index.current import CURRENT
 from recall.index.experiment import CONTROL, EXPERIMENT, Experiment, arm_of, parse_experiment
 from recall.service.app import create_app
@@ -30,7 +30,7 @@ from recall.service.live_quality import wilson
 from recall.service.state import ServedList, open_store, sqlite_url
 from recall.trainer.config import TrainConfig
 from recall.trainer.data import Dataset
-from tests.index_data import write_dataset_bundle
+from tests.index_data import FAST_FLAT, write_dataset_bundle
 from tests.live import TOKEN, live_server, settings
 from tests.redis_cluster import RedisCluster
 from tests.redis_server import RedisServer, load_users, redis_server
@@ -217,7 +217,7 @@ def text_ids_bundle(
     bundle = write_dataset_bundle(
         tmp_path_factory.mktemp("text-ids"), as_text, small_config, TEXT_ID, seed=11
     )
-    build_index(bundle, BuildOptions(kind="flat", sample_queries=20, latency_queries=5))
+    build_index(bundle, FAST_FLAT)
     return bundle
 
 

@@ -27,8 +27,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from recall.service.metrics_dir import MULTIPROC_ENV, PREFIX, multiprocess_metrics_dir
 from tests.live import free_port
+from tests.serve_process import start_serve, stop, wait_for
 
-RECALL = Path(sys.executable).parent / "recall"  # the console script of this venv
 ROUTE = "/v1/model"
 N_REQUESTS = 60
 
@@ -37,26 +37,16 @@ N_REQUESTS = 60
 def recall_serve(
     root: Path, tmp: Path, workers: int
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """``recall serve --workers N`` until the block ends; yields (base URL, process)."""
+    """``recall serve --workers N`` until the block ends, once every worker has loaded the
+    bundle; yields (base URL, process)."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECALL_")}
-    env.pop(MULTIPROC_ENV, None)
-    env.update({"TMPDIR": str(tmp), "RECALL_RELOAD_INTERVAL_S": "0"})
-    argv = [str(RECALL), "serve", "--root", str(root), "--port", str(port)]
-    log = (tmp / f"serve-{port}.log").open("wb")
-    proc = subprocess.Popen([*argv, "--workers", str(workers)], env=env, stdout=log, stderr=log)
-    log.close()
+    proc = start_serve(root, tmp, port, workers)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_for_workers(url, proc, workers)
         yield url, proc
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop(proc)
 
 
 def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -83,16 +73,7 @@ def _bundle_workers(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float
 
 def _wait_for_workers(url: str, proc: subprocess.Popen[bytes], workers: int) -> None:
     """Until every worker has loaded the bundle (the live gauge counts them)."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"recall serve exited with {proc.returncode}"
-        try:
-            if _bundle_workers(_scrape(url)) == workers:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url}: {workers} workers not ready in time")
+    wait_for(proc, lambda: _bundle_workers(_scrape(url)) == workers, f"{workers} workers of {url}")
 
 
 def _send(url: str, n: int) -> None:

@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from recall.service.metrics_dir import MULTIPROC_ENV
 from tests.live import free_port
+from tests.serve_process import start_serve, stop, wait_ready
 
-RECALL = Path(sys.executable).parent / "recall"
 WORKERS_GONE_S = 10.0  # PR_SET_PDEATHSIG is immediate; the poll fallback takes 1 s
 
 
@@ -50,44 +47,6 @@ def _running(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state not in ("Z", "X")
-
-
-def start_serve(
-    root: Path, tmp: Path, port: int, workers: int = 2, **variables: str
-) -> subprocess.Popen[bytes]:
-    """``recall serve`` in its own process (``variables``: more ``RECALL_*`` settings)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECALL_")}
-    env.pop(MULTIPROC_ENV, None)
-    env.update({"TMPDIR": str(tmp), "RECALL_RELOAD_INTERVAL_S": "0", **variables})
-    argv = [str(RECALL), "serve", "--root", str(root), "--port", str(port)]
-    argv += ["--workers", str(workers)]
-    log = (tmp / f"serve-{time.monotonic_ns()}.log").open("wb")
-    try:
-        return subprocess.Popen(argv, env=env, stdout=log, stderr=log)
-    finally:
-        log.close()
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"recall serve exited with {proc.returncode}"
-        try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} not ready in time")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 @pytest.mark.slow

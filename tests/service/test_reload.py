@@ -28,10 +28,11 @@ from recall.service.metrics import Metrics
 from recall.service.recaller import ServingBundle
 from recall.service.reloader import BundleHolder, LocalSource
 from recall.service.settings import Settings
+from tests.conftest import PUBLISHED_ID
 from tests.index.test_verify import OTHER_ID, copy_bundle, resign
 from tests.live import TOKEN, live_server
 
-GOOD = "20260101T000000Z-aaaaaa"  # the id of the published test bundle
+GOOD = PUBLISHED_ID  # the published test bundle
 POLL_S = 0.05
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 BAD_ID = "20260101T000000Z-cccccc"
@@ -76,15 +77,21 @@ def served_id(client: httpx.Client) -> str | None:
     return str(response.json()["bundle_id"]) if response.status_code == 200 else None
 
 
+def serving_root(tmp_path: Path, published_root: Path, *also: str) -> Path:
+    """``tmp_path/root``: a root serving GOOD (the published test bundle), holding copies
+    of it as the bundles ``also`` (good, unpublished) too."""
+    root = tmp_path / "root"
+    root.mkdir()
+    for bundle_id in (None, *also):
+        copy_bundle(published_root, root, bundle_id)
+    write_current(root, f"{GOOD}\n".encode())
+    return root
+
+
 @pytest.fixture
 def root(tmp_path: Path, published_root: Path) -> Path:
     """A root serving GOOD, holding OTHER_ID (good, unpublished) too."""
-    root = tmp_path / "root"
-    root.mkdir()
-    copy_bundle(published_root, root)
-    copy_bundle(published_root, root, OTHER_ID)
-    write_current(root, f"{GOOD}\n".encode())
-    return root
+    return serving_root(tmp_path, published_root, OTHER_ID)
 
 
 def _nan_bundle(root: Path) -> None:

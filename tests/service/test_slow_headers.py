@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.live import free_port
-from tests.service.test_orphan_workers import start_serve, stop, wait_ready
+from tests.serve_process import start_serve, stop, wait_ready
 
 TIMEOUT_S = 1.0
 

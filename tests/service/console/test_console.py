@@ -39,6 +39,20 @@ def ids_of(answer: dict[str, Any]) -> list[str]:
     return [str(item["item_id"]) for item in answer["items"]]
 
 
+def shows_the_apis_recall(
+    page: Page, client: httpx.Client, query: dict[str, Any]
+) -> dict[str, Any]:
+    """Once the page shows as many recalled items as its k asks, they are the API's answer
+    to ``query`` with the page's k and exclude_seen; that answer."""
+    recalled = element(page, "recalled-items").locator("[data-item-id]")
+    k = int(element(page, "k-input").input_value())
+    expect(recalled).to_have_count(k)
+    options = {"k": k, "exclude_seen": element(page, "exclude-seen").is_checked()}
+    expected: dict[str, Any] = client.post("/v1/recall", json={**query, **options}).json()
+    assert row_ids(element(page, "recalled-items")) == ids_of(expected)
+    return expected
+
+
 def open_console(tab: Tab, url: str, route: str) -> Page:
     tab.page.goto(f"{url}/console#{route}")
     return tab.page
@@ -84,15 +98,11 @@ def test_a_typed_user_id_shows_history_and_the_apis_recall(
     assert row_ids(element(page, "user-history")) == [
         str(h["item_id"]) for h in history["fresh_events"] + history["history"]
     ]
-    recalled = element(page, "recalled-items").locator("[data-item-id]")
-    k = int(element(page, "k-input").input_value())
-    expect(recalled).to_have_count(k)
-    options = {"k": k, "exclude_seen": element(page, "exclude-seen").is_checked()}
-    expected = client.post("/v1/recall", json={"user_id": user_id, **options}).json()
-    assert row_ids(element(page, "recalled-items")) == ids_of(expected)
+    shows_the_apis_recall(page, client, {"user_id": user_id})
     # other options: the page asks again, still the API's answer
     element(page, "k-input").fill("7")
     element(page, "exclude-seen").uncheck()
+    recalled = element(page, "recalled-items").locator("[data-item-id]")
     expect(recalled).to_have_count(7)
     expected = client.post("/v1/recall", json={"user_id": user_id, "k": 7, "exclude_seen": False})
     expect(recalled.first).to_have_attribute("data-item-id", ids_of(expected.json())[0])
@@ -190,10 +200,4 @@ def test_the_new_user_builder_recalls_for_the_picked_items(
         element(page, "item-search").press("Enter")
         element(page, "search-results").locator(f"[data-item-id='{item_id}']").click()
     expect(element(page, "picked-items").locator("[data-item-id]")).to_have_count(2)
-    recalled = element(page, "recalled-items").locator("[data-item-id]")
-    k = int(element(page, "k-input").input_value())
-    expect(recalled).to_have_count(k)
-    options = {"k": k, "exclude_seen": element(page, "exclude-seen").is_checked()}
-    expected = client.post("/v1/recall", json={"history": picked, **options}).json()
-    assert expected["source"] == "history"
-    assert row_ids(element(page, "recalled-items")) == ids_of(expected)
+    assert shows_the_apis_recall(page, client, {"history": picked})["source"] == "history"

@@ -16,10 +16,10 @@ from recall.service.app import create_app
 from recall.service.recaller import ServingBundle
 from recall.service.routes.console import CONSOLE_DIR
 from recall.trainer.config import TrainConfig
-from tests.index.test_verify import OTHER_ID, copy_bundle
+from tests.index.test_verify import OTHER_ID
 from tests.index_data import FIXTURE_METRICS
 from tests.live import TOKEN, live_server, settings
-from tests.service.test_reload import GOOD, write_current
+from tests.service.test_reload import GOOD, serving_root, write_current
 
 Served = tuple[httpx.Client, ServingBundle]
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -149,11 +149,7 @@ def test_search_route_is_not_taken_for_an_item_id(served: Served) -> None:
 
 
 def test_replica_lists_its_reload_attempts_by_id_only(tmp_path: Path, published_root: Path) -> None:
-    root = tmp_path / "root"
-    root.mkdir()
-    copy_bundle(published_root, root)
-    copy_bundle(published_root, root, OTHER_ID)
-    write_current(root, f"{GOOD}\n".encode())
+    root = serving_root(tmp_path, published_root, OTHER_ID)
     before = time.time()
     with (
         live_server(create_app(settings(root))) as url,

@@ -13,14 +13,15 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from recall.cli import main
-from recall.index.build import BuildOptions, build_index
+from recall.index.build import build_index
 from recall.index.current import CURRENT
 from recall.service.app import create_app
 from recall.trainer.config import TrainConfig
 from recall.trainer.data import Dataset
 from tests.browser import TIMEOUT_MS, Tab, run_module
+from tests.conftest import PUBLISHED_ID
 from tests.index.test_verify import copy_bundle
-from tests.index_data import write_dataset_bundle
+from tests.index_data import FAST_FLAT, write_dataset_bundle
 from tests.live import live_server, settings
 
 
@@ -62,7 +63,7 @@ def test_a_difference_wins_only_when_its_interval_excludes_zero(
     assert run_js(module_tab, "return m.verdict(arg);", difference) == verdict
 
 
-CONTROL_ID = "20260101T000000Z-aaaaaa"
+CONTROL_ID = PUBLISHED_ID  # control is the published test bundle
 CANARY_ID = "20260102T000000Z-cccccc"
 
 
@@ -77,7 +78,7 @@ def experiment_root(
     copy_bundle(published_root, root)
     (root / CURRENT).write_text(f"{CONTROL_ID}\n")
     canary = write_dataset_bundle(root, synthetic, small_config, CANARY_ID, seed=3)
-    build_index(canary, BuildOptions(kind="flat", sample_queries=20, latency_queries=5))
+    build_index(canary, FAST_FLAT)
     flags = ["--arm", f"canary={CANARY_ID}", "--share", "0.5", "--salt", "console"]
     assert main(["experiment", "start", str(root), *flags]) == 0
     return root
