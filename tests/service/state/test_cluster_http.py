@@ -159,18 +159,22 @@ def test_a_batch_answers_the_live_shards_users(
             ]
             started = time.perf_counter()
             batch = c.post("/v1/recall/batch", json={"requests": requests})
-            assert time.perf_counter() - started < 1.0  # within the read bounds
+            took = time.perf_counter() - started
+            assert took < 1.0, f"{took:.3f} s"  # within the read bounds
             assert batch.status_code == 200, batch.text
-            down, up, popular, by_vector = batch.json()["results"]
-            assert down["status"] == 503 and down["error"]["code"] == "state_unavailable"
-            assert up["status"] == 200 and up["fresh"] is True and up["fresh_events"] == 2
-            assert popular["status"] == 200 and popular["source"] == "popular"
-            assert popular["fresh"] is False
-            assert by_vector["status"] == 200 and by_vector["fresh"] is True
-            unfresh = metric(
-                c.get("/metrics").text, 'recall_unfresh_answers_total{reason="unavailable"}'
-            )
-            assert unfresh == 1  # the one user the store could not give
+            down, up, popular, by_vector = results = batch.json()["results"]
+            # (the answers in the messages: this test failed once in 22 runs, unexplained)
+            assert down["status"] == 503, results
+            assert down["error"]["code"] == "state_unavailable", results
+            assert up["status"] == 200 and up["fresh"] is True, results
+            assert up["fresh_events"] == 2, results
+            assert popular["status"] == 200 and popular["source"] == "popular", results
+            assert popular["fresh"] is False, results
+            assert by_vector["status"] == 200 and by_vector["fresh"] is True, results
+            text = c.get("/metrics").text
+            unfresh = metric(text, 'recall_unfresh_answers_total{reason="unavailable"}')
+            timeouts = metric(text, 'recall_unfresh_answers_total{reason="timeout"}')
+            assert (unfresh, timeouts) == (1, 0)  # the one user the store could not give
         finally:
             cluster.restart(port)
 
