@@ -61,7 +61,11 @@ class TrainConfig(BaseModel):
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     max_steps_per_epoch: int | None = Field(None, ge=1, description="for benchmarks")
-    bf16: bool = Field(True, description="bf16 autocast of the training forward pass on CUDA")
+    bf16: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="bf16 autocast of the training forward pass and loss: auto = on GPUs "
+        "with native bf16 (Ampere and later), on = on any device (the CPU too), off",
+    )
 
     # Validation (early stopping): HR@k of the validation item over a user sample.
     validation_users: int = Field(5000, ge=1)

@@ -88,7 +88,10 @@ def device_for(kind: str, ranks: Ranks) -> torch.device:
     if kind != "cuda":
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+        raise ValueError(
+            f"--device cuda was asked for, but torch {torch.__version__} sees no CUDA device"
+            + ("" if torch.version.cuda else " (a CPU build of torch)")
+        )
     if ranks.local_rank >= torch.cuda.device_count():
         raise ValueError(
             f"local rank {ranks.local_rank} needs GPU {ranks.local_rank}, but this host has "
@@ -185,7 +188,9 @@ def _gather_sparse(grad: Tensor) -> Tensor:
     sizes = [torch.zeros_like(size) for _ in range(world)]
     with _collective("all-gather of sparse gradient sizes"):
         dist.all_gather(sizes, size)
-    longest = int(max(int(s) for s in sizes))
+    longest = max(int(s) for s in sizes)
+    if longest == 0:  # no rank touched a row (the same on every rank): nothing to send
+        return grad
     padded_rows = torch.zeros(longest, dtype=rows.dtype, device=rows.device)
     padded_rows[: len(rows)] = rows
     padded_values = torch.zeros(

@@ -161,11 +161,14 @@ def sampled_softmax_loss(
     expected count of each item among the S draws (``log(S * q_i)``). Every logit,
     positive and negative, is corrected by subtracting the log expected count, so the
     sampled loss estimates the full softmax without favouring popular items.
+
+    Under bf16 autocast the (B, S) product runs in bf16; the logits, the correction and
+    the cross entropy are float32.
     """
-    pos = model.logits(u, labels) - log_q[labels]
+    pos = model.logits(u, labels).float() - log_q[labels]
     neg_w = model.output(negatives)  # (S, dim)
     neg_b = model.output_bias(negatives).squeeze(1)
-    neg = u @ neg_w.T + neg_b - log_q[negatives]
+    neg = (u @ neg_w.T).float() + neg_b - log_q[negatives]
     neg = neg.masked_fill(negatives.unsqueeze(0) == labels.unsqueeze(1), float("-inf"))
     logits = torch.cat([pos.unsqueeze(1), neg], dim=1)
     target = torch.zeros(len(labels), dtype=torch.int64, device=u.device)
@@ -173,5 +176,6 @@ def sampled_softmax_loss(
 
 
 def full_softmax_loss(model: CandidateModel, u: Tensor, labels: Tensor) -> Tensor:
-    """Cross entropy over the whole catalog: u (B, dim), labels (B,)."""
-    return nn.functional.cross_entropy(model.logits(u), labels)
+    """Cross entropy over the whole catalog: u (B, dim), labels (B,). Under bf16 autocast
+    the (B, n_items) product runs in bf16, the cross entropy in float32."""
+    return nn.functional.cross_entropy(model.logits(u).float(), labels)

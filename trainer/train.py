@@ -211,6 +211,17 @@ def _optimizers(model: CandidateModel, config: TrainConfig, sparse: bool) -> lis
     ]
 
 
+def bf16_autocast(setting: str, device: torch.device) -> bool:
+    """Whether the training forward pass and loss run under bf16 autocast on ``device``,
+    for the config's ``bf16`` setting: "auto" only on a GPU with native bf16 (emulated
+    bf16 on older GPUs is slower than float32), "on" on any device (on the CPU it is the
+    proxy of the GPU path that tests run), "off" never. Weights, gradients, optimizer
+    state, validation and export stay float32 either way."""
+    if setting == "auto":
+        return device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    return setting == "on"
+
+
 def sampling_distribution(item_counts: np.ndarray, alpha: float) -> np.ndarray:
     """Negative sampling probabilities q ~ (count + 1)^alpha: (n_items,) float64."""
     weights: np.ndarray = (item_counts.astype(np.float64) + 1.0) ** alpha
@@ -262,6 +273,7 @@ def train(
             torch.manual_seed(rank_seed(config.seed, run.ranks))
         data = DeviceData(prepared, device)
         fit = _Fit(model, data, prepared, config, loss_kind, generator, run, fingerprint)
+        logger.info("training on %s, bf16 autocast %s", device, "on" if fit.bf16 else "off")
         if resumed is not None:
             fit.restore(resumed)
         metrics = fit.run(progress)
@@ -269,6 +281,8 @@ def train(
     metrics["loss"] = loss_kind
     metrics["examples"] = len(prepared.examples)
     metrics["ranks"] = run.ranks.world
+    metrics["device"] = str(device)
+    metrics["bf16"] = fit.bf16
     return Trained(model=model, prepared=prepared, metrics=metrics)
 
 
@@ -347,7 +361,7 @@ class _Fit:
         )
         owners = shard_owners(prepared.examples.users, prepared.split.n_users, self.ranks.world)
         self.example_owner = torch.as_tensor(owners[prepared.examples.users], device=data.device)
-        self.bf16 = config.bf16 and data.device.type == "cuda"
+        self.bf16 = bf16_autocast(config.bf16, data.device)
         self.state = FitState()
         self.best_model: dict[str, Tensor] | None = None
         self.epoch_start: Tensor | None = None  # generator state before this epoch's shuffle
@@ -419,23 +433,28 @@ class _Fit:
             mininterval=1.0,
             disable=None if progress and self.ranks.is_writer else True,  # None: a terminal
         )
+        # Summed on the device (float64, the same sum as in Python floats): reading a loss
+        # back every step would make the host wait for the GPU at every step.
+        loss_sum = torch.tensor(state.loss_sum, dtype=torch.float64, device=self.data.device)
         for step in bar:
             idx = order[step * config.batch_size : (step + 1) * config.batch_size]
             batch_loss = self._step(idx)
-            state.loss_sum += batch_loss * len(idx)
+            loss_sum += batch_loss.double() * len(idx)
             state.examples += len(idx)
             state.next_step = step + 1
-            if step % 20 == 0:
+            if step % 20 == 0 and not bar.disable:
                 rate = (state.examples - examples_before) / (time.perf_counter() - t0)
-                bar.set_postfix(loss=f"{batch_loss:.3f}", ex_s=f"{rate:,.0f}")
+                bar.set_postfix(loss=f"{float(batch_loss):.3f}", ex_s=f"{rate:,.0f}")
             every = self.options.checkpoint_steps
             if (
                 every
                 and ((epoch - 1) * self.steps + step + 1) % every == 0
                 and step + 1 < self.steps
             ):
+                state.loss_sum = float(loss_sum)
                 self._checkpoint()
         bar.close()
+        state.loss_sum = float(loss_sum)  # waits for the epoch's last step: then the clock
         train_seconds = time.perf_counter() - t0
         valid_hr = self._valid_hr()
         record = {
@@ -468,9 +487,10 @@ class _Fit:
         state.loss_sum, state.examples = 0.0, 0
         self._checkpoint()
 
-    def _step(self, idx: Tensor) -> float:
+    def _step(self, idx: Tensor) -> Tensor:
         """One optimizer step on the global batch ``idx`` (example positions); this rank
-        computes the examples it owns. The batch's mean loss, over all ranks."""
+        computes the examples it owns. The batch's mean loss over all ranks, a float32
+        scalar on the device (not read back: no wait for the GPU)."""
         config, data, model, ranks = self.config, self.data, self.model, self.ranks
         n_batch = len(idx)
         if ranks.distributed:
@@ -499,11 +519,9 @@ class _Fit:
             if len(idx) != n_batch:  # this rank's share of the batch's mean loss
                 loss = loss * (len(idx) / n_batch)
             loss.backward()  # type: ignore[no-untyped-call]
+        batch_loss = loss.detach().float()
         if ranks.distributed:
-            total = sum_gradients(self.dense, self.sparse, loss.detach().float().reshape(1))
-            batch_loss = float(total[0])
-        else:
-            batch_loss = float(loss.detach())
+            batch_loss = sum_gradients(self.dense, self.sparse, batch_loss.reshape(1))[0]
         for opt in self.optimizers:
             opt.step()
         return batch_loss

@@ -408,11 +408,15 @@ def _users_down_checks(
     within ``budget_s`` (the popular list when asked for), vector lookups of users 503,
     history and vector recalls answer; events 503; each failure counted."""
     user_id = user(bundle, user_row)
+    seconds = []
     for _ in range(3):
         started = time.perf_counter()
         down = c.post("/v1/recall", json={"user_id": user_id, "k": 5})
-        assert time.perf_counter() - started < budget_s
+        seconds.append(time.perf_counter() - started)
         assert down.status_code == 503 and down.json()["error"]["code"] == "state_unavailable"
+    # the median: one answer late under a loaded machine's scheduling is not the bound
+    # failing; a store call that is not bounded makes all three late
+    assert sorted(seconds)[1] < budget_s, seconds
     popular = recall(c, user_id=user_id, k=5, fallback="popular")
     assert popular["source"] == "popular" and popular["fresh"] is False
     assert c.get(f"/v1/users/{user_id}/vector").status_code == 503
