@@ -171,11 +171,14 @@ class Metrics:
         self.live_uncounted = Counter(
             "recall_live_uncounted",
             "interaction events stored but counted nowhere in the live numbers, by reason: "
-            "read_failed (their users' served lists could not be read in time)",
+            "read_failed (their users' served lists could not be read in time), "
+            "write_failed (the counts alone could not be stored: a Redis Cluster whose "
+            "master of the counts is down)",
             ["reason"],
             registry=self.registry,
         )
-        self.live_uncounted.labels("read_failed")
+        for reason in ("read_failed", "write_failed"):
+            self.live_uncounted.labels(reason)
         self.reloads.labels("success")
         for strategy in STRATEGIES:
             self.searches.labels(strategy)

@@ -291,12 +291,13 @@ class StateAccess:
         )
         return state, error
 
-    async def add(self, events: Sequence[Event], live: Sequence[LiveCount] = ()) -> None:
+    async def add(self, events: Sequence[Event], live: Sequence[LiveCount] = ()) -> bool:
         """Store ``events`` and the ``live`` counts they make (durable when this returns),
-        or raise :class:`StateDown`."""
+        or raise :class:`StateDown`; whether the counts were stored too (the store's
+        ``add``)."""
         try:
             async with asyncio.timeout(WRITE_GUARD_S):
-                await self.store.add(events, live)
+                return await self.store.add(events, live)
         except (StoreUnavailable, TimeoutError) as e:
             self.failed("add", e)
             raise StateDown(

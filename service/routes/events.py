@@ -1,8 +1,9 @@
 """``POST /v1/events``: what users did, into the state store, with the live hits it makes
 (:mod:`recall.service.live_quality`): the users' served lists are read first (one store
 read), then the events and their counts written in one go. Interactions stored while that
-read failed are counted nowhere in the live numbers: ``recall_live_uncounted_total``
-says how many."""
+read failed, or whose counts alone could not be written (a Redis Cluster whose master of
+the counts is down), are counted nowhere in the live numbers:
+``recall_live_uncounted_total`` says how many."""
 
 from __future__ import annotations
 
@@ -43,14 +44,14 @@ async def post_events(
     counts = app.metrics.events
     counts.labels("rejected").inc(len(parsed.rejected))
     if parsed.events:
-        live, uncounted = await _live_counts(app, state, parsed.events)
+        live, unread = await _live_counts(app, state, parsed.events)
         try:
-            await state.add(parsed.events, live)
+            counted = await state.add(parsed.events, live)
         except StateDown:
             counts.labels("unavailable").inc(len(parsed.events))
             raise
         counts.labels("stored").inc(len(parsed.events))
-        _count_metrics(app.metrics, live, uncounted)
+        _count_metrics(app.metrics, live, unread, counted)
     return model_response(
         bundle,
         {
@@ -75,11 +76,16 @@ async def _live_counts(
     return count_live(interactions, served, app.settings.live_bucket_s), 0
 
 
-def _count_metrics(metrics: Metrics, live: list[LiveCount], uncounted: int) -> None:
-    """``recall_live_events_total`` and ``recall_live_hits_total`` of stored counts, and
-    ``recall_live_uncounted_total`` of the stored interactions that could not be counted."""
-    if uncounted:
-        metrics.live_uncounted.labels("read_failed").inc(uncounted)
+def _count_metrics(metrics: Metrics, live: list[LiveCount], unread: int, counted: bool) -> None:
+    """``recall_live_events_total`` and ``recall_live_hits_total`` of the stored counts
+    (``live``, unless ``counted`` is False: the events were stored, their counts not), and
+    ``recall_live_uncounted_total`` of the stored interactions that could not be counted
+    (``unread``: their served lists could not be read)."""
+    if unread:
+        metrics.live_uncounted.labels("read_failed").inc(unread)
+    if not counted:
+        metrics.live_uncounted.labels("write_failed").inc(sum(count.events for count in live))
+        return
     for count in live:
         metrics.live_events.labels(count.arm).inc(count.events)
         for k, hits in zip(LIVE_KS, count.hits, strict=True):

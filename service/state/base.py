@@ -115,12 +115,13 @@ class StateStore(Protocol):
     ``asyncio.timeout``) and redis-py 8.1 return the answer then instead, and a poller
     stopped by ``cancel()`` kept polling, hanging its worker's shutdown."""
 
-    async def add(self, events: Sequence[Event], live: Sequence[LiveCount] = ()) -> None:
+    async def add(self, events: Sequence[Event], live: Sequence[LiveCount] = ()) -> bool:
         """Store ``events`` and add ``live`` to the live counts (the same transaction on
         SQLite and one Redis server; on a cluster per slot); durable when this returns
         (SQLite: committed and fsynced; Redis: per the server's AOF policy). Bounded by
         the write timeout. A call that raised may still have stored its events (the write
-        finished after the deadline)."""
+        finished after the deadline). True, or False when the events were stored but the
+        live counts could not be (a cluster whose master of the counts is down)."""
         ...
 
     async def remember(self, lists: Sequence[ServedList]) -> None:

@@ -34,14 +34,20 @@ per user, server-side).
 **A cluster** refuses a script whose keys are in several slots, so every script call is
 one user's (their ``{u:...}`` keys), and a call's commands go in one cluster pipeline,
 which redis-py groups by node and sends to the nodes concurrently: an ``add`` or a read of
-several users is one round trip per node. The store instance appends its batches to one
-log bucket of its own (picked at random when it opens, so writers spread over the
-masters; the next bucket after a failed add), and ``export`` merges the buckets by entry
-id (arrival time). An ``add`` on a cluster is applied per user, not whole: one that
-raised may have stored some users' events (the contract allows it; an exact repeat is
-kept once). After the writes, ``WAIT <replicas> <ms>`` on each node written
-(``?wait_replicas=1&wait_ms=100`` in the URL, the default): the add returns once a
-replica has the events or the wait passed (docs/state.md, "Durability").
+several users is one round trip per node. An ``add`` writes the users' keys first, then,
+once they all are, the batch to the retraining log and the live counts (concurrently), so
+a refused add leaves nothing in the log and a retry with the same timestamps stores every
+event once (an exact repeat is kept once in a window): an ``add`` that raised may have
+stored some users' windows, never the log entry. The store instance appends its batches
+to one log bucket of its own (picked at random when it opens, so writers spread over the
+masters); a connection error on its bucket moves the writer to a bucket on another
+master, and the entry is written there in the same call. The live counts of an
+experiment are one hash, on one master: when it is down the add still stores the events
+and answers that the counts were not kept (``add`` returns False), rather than refusing
+events over a statistic. ``export`` merges the buckets by entry id (arrival time). After
+the writes, ``WAIT <replicas> <ms>`` on each node written (``?wait_replicas=1&wait_ms=100``
+in the URL, the default): the add returns once a replica has the events or the wait
+passed (docs/state.md, "Durability").
 
 Every call is bounded (``asyncio.timeout``): reads by ``timeout_s``, writes, ``ping`` and
 each page of ``export`` by ``write_timeout_s``; a timeout or a connection error raises
@@ -63,6 +69,7 @@ from typing import Any, TypeVar, cast
 
 import orjson
 from redis.asyncio import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from recall.index.ids import ExternalId
@@ -243,12 +250,12 @@ class RedisStore:
             raise asyncio.CancelledError
         return reply
 
-    async def add(self, events: Sequence[Event], live: Sequence[LiveCount] = ()) -> None:
+    async def add(self, events: Sequence[Event], live: Sequence[LiveCount] = ()) -> bool:
         rows = [check_event(e) for e in events]
         if not rows:
             if live:
                 await self._bounded(self._count(live), self.limits.write_timeout_s, "add")
-            return
+            return True
         now = time.time()
         recent: dict[ExternalId, dict[bytes, float]] = {}
         shown: dict[ExternalId, dict[bytes, float]] = {}
@@ -275,11 +282,13 @@ class RedisStore:
             repr(now - self.limits.shown_ttl_s),
         ]
         if self._cluster:
-            call: Awaitable[object] = self._add_per_user(batch, header, writes, live)
-        else:
-            keys, args = _script_call([log_key(0)], [batch, *header[1:]], writes.values())
-            call = self._add_script(keys, args) if not live else self._add_counted(keys, args, live)
+            return await self._bounded(
+                self._add_per_user(batch, header, writes, live), self.limits.write_timeout_s, "add"
+            )
+        keys, args = _script_call([log_key(0)], [batch, *header[1:]], writes.values())
+        call = self._add_script(keys, args) if not live else self._add_counted(keys, args, live)
         await self._bounded(call, self.limits.write_timeout_s, "add")
+        return True
 
     async def _add_counted(
         self, keys: list[bytes], args: list[bytes | str | int], live: Sequence[LiveCount]
@@ -314,18 +323,26 @@ class RedisStore:
         header: list[bytes | str | int],
         writes: dict[ExternalId, UserWrites],
         live: Sequence[LiveCount],
-    ) -> None:
+    ) -> bool:
         """The cluster's add: a script call per user in one pipeline (a round trip per
-        node) beside the log entry in this writer's bucket and the live counts (their
-        hash's node), each then WAITs on its nodes."""
+        node); once every user's is applied, the log entry in this writer's bucket beside
+        the live counts (their hash's node); each pipeline then WAITs on its nodes. Whether
+        the live counts were stored (a failure of theirs alone fails nothing else)."""
         calls = [_script_call([], header, [user_writes]) for user_writes in writes.values()]
-        writing = [self._add_users(calls), self._append_log(batch, header[1])]
-        if live:
-            writing.append(self._count(live))
-        outcomes = await asyncio.gather(*writing, return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
+        await self._add_users(calls)
+        if not live:
+            await self._append_log(batch, header[1])
+            return True
+        logged, counted = await asyncio.gather(
+            self._append_log(batch, header[1]), self._count(live), return_exceptions=True
+        )
+        if isinstance(logged, BaseException):
+            raise logged
+        if isinstance(counted, STORE_ERRORS):
+            return False
+        if isinstance(counted, BaseException):
+            raise counted
+        return True
 
     async def _add_users(self, calls: list[tuple[list[bytes], list[bytes | str | int]]]) -> None:
         replies = await self._run(calls)
@@ -348,17 +365,27 @@ class RedisStore:
         return replies
 
     async def _append_log(self, batch: bytes, min_id: object) -> None:
-        """The batch as one entry of this writer's log bucket; a failure moves the writer
-        to a bucket on another node (its master may be down) and raises."""
-        log = log_key(self._bucket)
+        """The batch as one entry of this writer's log bucket. A failure moves the writer
+        to a bucket on another master (this one may be down); after a connection error
+        (the master is gone, or the connection broke) the entry is sent there at once,
+        which risks no more than the client's own retry of a refused add would: a second
+        entry when the first had been applied after all. Other failures are raised."""
+        for attempt in range(2):
+            log = log_key(self._bucket)
+            try:
+                await self._xadd(log, batch, min_id)
+                return
+            except BaseException as e:
+                self._bucket = self._bucket_elsewhere(log)
+                if attempt or not isinstance(e, RedisConnectionError):
+                    raise
+
+    async def _xadd(self, log: bytes, batch: bytes, min_id: object) -> None:
+        """The batch as one entry of the stream ``log``, then WAIT on its node."""
         pipe = await self._pipeline()
         pipe.xadd(log, {b"e": batch}, minid=cast(int, min_id), approximate=True)
         self._wait_for_replicas(pipe, [log])
-        try:
-            await pipe.execute()
-        except BaseException:
-            self._bucket = self._bucket_elsewhere(log)
-            raise
+        await pipe.execute()
 
     def _bucket_elsewhere(self, log: bytes) -> int:
         """The next bucket after this writer's whose slot another master serves."""

@@ -53,6 +53,11 @@ __all__ = [
     "user_tag",
 ]
 
+TOPOLOGY_REFRESH_S = 0.25
+"""Least time between two slot-map reads a failing call asks for (redis-py's default is
+1 s): a replica promoted after a master died is found within 0.25 s, not up to a second
+later, at the cost of one ``CLUSTER SLOTS`` a quarter second per client while calls fail
+(docs/state.md, "The first seconds after a master dies")."""
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 CLUSTER_URL_FORM = "redis+cluster://host:port[,host:port...]"
 PREFIX = b"recall:"
@@ -134,7 +139,9 @@ def connect(url: str, *, timeout_s: float = 1.0) -> AsyncClient:
     if not nodes:
         return redis.asyncio.Redis.from_url(url, **options)
     return redis.asyncio.RedisCluster(
-        startup_nodes=[ClusterNode(host, port) for host, port in nodes], **options
+        startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+        topology_refresh_min_interval=TOPOLOGY_REFRESH_S,
+        **options,
     )
 
 

@@ -683,12 +683,12 @@ class SQLiteStore:
         except RuntimeError as e:  # the executor shut down under us
             raise StoreUnavailable(f"SQLite {op} failed: {e}") from e
 
-    async def add(self, events: Sequence[Event], live: Sequence[LiveCount] = ()) -> None:
+    async def add(self, events: Sequence[Event], live: Sequence[LiveCount] = ()) -> bool:
         """Group commit: batches that arrive while a commit runs wait for the next one, which
         writes them all in one transaction (one fsync for many concurrent requests)."""
         rows = [check_event(e) for e in events]
         if not rows and not live:
-            return
+            return True
         if self._closed:
             raise StoreUnavailable("the state store is closed")
         if self._broken is not None:
@@ -708,6 +708,7 @@ class SQLiteStore:
             raise StoreUnavailable(
                 f"SQLite add took longer than {self.limits.write_timeout_s:g} s"
             ) from None
+        return True
 
     async def _commit_pending(self) -> None:
         """Commit what is pending, in arrival order, until nothing is; then exit. Adds whose

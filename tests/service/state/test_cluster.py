@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,16 @@ import pytest
 import redis
 from redis.cluster import key_slot
 
-from recall.service.state import Event, StoreUnavailable, check_url, open_store
+from recall.service.state import (
+    LIVE_KS,
+    Event,
+    LiveCount,
+    StoreTimeout,
+    StoreUnavailable,
+    check_url,
+    open_store,
+)
+from recall.service.state.redis import live_key
 from recall.service.state.redis_client import (
     ClusterUrl,
     check_reachable,
@@ -153,27 +163,49 @@ def test_scripts_a_node_forgot_are_loaded_again(cluster: RedisCluster) -> None:
     asyncio.run(body())
 
 
-def _users_on_two_masters(cluster: RedisCluster) -> tuple[int, int]:
-    """A user whose slot is on one master and a user whose slot is on another."""
-    first = cluster.master_of(user_key(0, b"r"))
-    other = next(u for u in range(1, 1000) if cluster.master_of(user_key(u, b"r")) != first)
-    return 0, other
+def _users_on_two_masters(cluster: RedisCluster, port: int) -> tuple[int, int]:
+    """A user whose slot is on the master at ``port`` and a user whose slot is not."""
+    masters = [cluster.master_of(user_key(u, b"r")) for u in range(1000)]
+    return masters.index(port), next(u for u, m in enumerate(masters) if m != port)
+
+
+def _log_master(cluster: RedisCluster) -> int:
+    """The port of the one master whose log bucket holds entries."""
+    holding = []
+    for port in cluster.masters():
+        with cluster.client(port) as client:
+            if next(client.scan_iter(match="recall:{log:*}"), None) is not None:
+                holding.append(port)
+    (port,) = holding
+    return port
+
+
+def _live_count(port: int, cluster: RedisCluster) -> LiveCount:
+    """One live event (a hit at every K) of an experiment whose counts are on ``port``."""
+    experiment = next(f"e{n}" for n in range(1000) if cluster.master_of(live_key(f"e{n}")) == port)
+    return LiveCount(experiment, "control", "b", 0.0, 1, (1,) * len(LIVE_KS))
 
 
 @pytest.mark.slow
 def test_a_master_killed_under_traffic(cluster: RedisCluster) -> None:
-    """SIGKILL the master of one user's slot while writers and readers run: that user's
-    reads fail within their bound, the other user's keep answering, writes of the other
-    user succeed (after at most one refused add per writer whose log bucket was there);
-    once the replica is promoted everything answers again on the same store, and every
-    event acknowledged before the kill is there (WAIT 1: it had reached the replica)."""
-    down_user, up_user = _users_on_two_masters(cluster)
-    port = cluster.master_of(user_key(down_user, b"r"))
+    """SIGKILL the master holding the writer's log bucket, one user's slot and an
+    experiment's live counts while writers and readers run: that user's reads fail within
+    their bound, the other user's keep answering, and the other user's adds are all
+    accepted (the log entry goes to a bucket on another master in the same call; the live
+    counts alone are not kept: ``add`` says so). Once the replica is promoted everything
+    answers again on the same store; every event acknowledged before the kill is there
+    (WAIT 1: it had reached the replica), and the log holds each acknowledged add once and
+    no refused add."""
+    killed: list[int] = []
 
     async def body() -> None:
         # a window that keeps every event: a refused add may have stored part of it
         store = open_store(cluster.url(), window=10_000, timeout_s=0.05, write_timeout_s=0.5)
-        acked: list[Event] = []
+        await store.add([Event(-1, 0, T0)])  # the writer's log bucket, found next
+        port = _log_master(cluster)
+        down_user, up_user = _users_on_two_masters(cluster, port)
+        acked: list[Event] = [Event(-1, 0, T0)]
+        late: list[Event] = []  # adds that ran past their bound: stored or not
         stop = asyncio.Event()
 
         async def writer() -> None:
@@ -183,6 +215,8 @@ def test_a_master_killed_under_traffic(cluster: RedisCluster) -> None:
                 try:
                     await store.add(batch)
                     acked.extend(batch)
+                except StoreTimeout:
+                    late.extend(batch)
                 except StoreUnavailable:
                     pass
                 n += 1
@@ -192,21 +226,20 @@ def test_a_master_killed_under_traffic(cluster: RedisCluster) -> None:
         try:
             await asyncio.sleep(0.3)
             cluster.kill(port)
+            killed.append(port)
             killed_at = time.monotonic()
-            # Before the failover: the dead shard's user fails fast, the other answers.
+            live = [_live_count(port, cluster)]
+            # Before the failover: the other user's adds are accepted, the counts not kept.
+            for n in range(3):
+                event = Event(up_user, -1 - n, T0 - 1 - n)
+                assert await store.add([event], live) is False
+                acked.append(event)
+            # The dead shard's user fails fast, the other answers.
             started = time.perf_counter()
             with pytest.raises(StoreUnavailable):
                 await store.recent([down_user], after=-math.inf)
             assert time.perf_counter() - started < 0.5
             assert (await store.recent([up_user], after=-math.inf))[0]
-            ok = 0
-            for n in range(3):
-                try:
-                    await store.add([Event(up_user, -1 - n, T0 - 1 - n)])
-                    ok += 1
-                except StoreUnavailable:
-                    pass
-            assert ok >= 2  # one refusal at most: the log bucket moves on
             # After the failover: the same store answers for the user again.
             while True:
                 try:
@@ -216,6 +249,8 @@ def test_a_master_killed_under_traffic(cluster: RedisCluster) -> None:
                     assert time.monotonic() - killed_at < 20, "no failover within 20 s"
                     await asyncio.sleep(0.1)
             await asyncio.sleep(0.3)
+            assert await store.add([Event(up_user, -9, T0 - 9)], live) is True
+            acked.append(Event(up_user, -9, T0 - 9))
         finally:
             stop.set()
             await task
@@ -224,13 +259,17 @@ def test_a_master_killed_under_traffic(cluster: RedisCluster) -> None:
                 mine = {(e.item_id, e.timestamp) for e in acked if e.user_id == user}
                 stored = set((await store.recent([user], after=-math.inf))[0])
                 assert mine <= stored, f"acknowledged events of user {user} were lost"
+            logged = Counter([e async for e in store.export()])
+            assert set(acked) <= set(logged) <= set(acked) | set(late)
+            assert set(logged.values()) == {1}, "an event is in the log twice"
         finally:
             await store.close()
 
     try:
         asyncio.run(body())
     finally:
-        cluster.restart(port)  # it rejoins as a replica of its promoted replica
+        for port in killed:
+            cluster.restart(port)  # it rejoins as a replica of its promoted replica
 
 
 def test_a_plain_server_is_not_mistaken_for_a_cluster(plain_redis: RedisServer) -> None:

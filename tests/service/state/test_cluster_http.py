@@ -1,7 +1,8 @@
 """A shard of the Redis Cluster killed under HTTP traffic (a real uvicorn server on the
 session's six-node cluster, the bundle's users loaded into it): recall keeps answering,
 only the dead shard's users are unavailable (503, or the popular list when asked: their
-records live there), and after the failover everything answers again with no restart."""
+records live there), the other users' events are accepted, and after the failover
+everything answers again with no restart."""
 
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ import httpx
 import pytest
 
 from recall.index.current import CURRENT
+from recall.index.ids import ExternalId
 from recall.service.app import create_app
 from recall.service.recaller import ServingBundle
+from recall.service.state import open_store
+from recall.service.state.redis import live_key
 from recall.service.state.redis_client import user_key
 from tests.live import live_server, settings
 from tests.redis_cluster import RedisCluster
@@ -32,24 +36,36 @@ def _users_loaded(published_root: Path, cluster: RedisCluster) -> ServingBundle:
     return bundle
 
 
-def _two_users(bundle: ServingBundle, cluster: RedisCluster) -> tuple[int, int, int, int]:
-    """Rows and ids of two bundle users whose slots are on different masters."""
-    first = user(bundle, 0)
-    port = cluster.master_of(user_key(first, b"r"))
-    row = next(
-        r
-        for r in range(1, len(bundle.user_ids))
-        if cluster.master_of(user_key(user(bundle, r), b"r")) != port
-    )
-    return 0, first, row, user(bundle, row)
+def _two_users(
+    bundle: ServingBundle, cluster: RedisCluster, port: int | None = None
+) -> tuple[int, int, int, int]:
+    """Rows and ids of two bundle users whose slots are on different masters, the first
+    on the master at ``port`` (default: the first user's master)."""
+    rows = range(len(bundle.user_ids))
+    masters = [cluster.master_of(user_key(user(bundle, r), b"r")) for r in rows]
+    port = masters[0] if port is None else port
+    down = masters.index(port)
+    up = next(r for r in rows if masters[r] != port)
+    return down, user(bundle, down), up, user(bundle, up)
+
+
+async def _logged(url: str, user_id: ExternalId) -> list[tuple[ExternalId, float]]:
+    """(item, timestamp) of every event of ``user_id`` in the retraining log at ``url``."""
+    store = open_store(url, write_timeout_s=30)
+    try:
+        return [(e.item_id, e.timestamp) async for e in store.export() if e.user_id == user_id]
+    finally:
+        await store.close()
 
 
 @pytest.mark.slow
 def test_a_shard_killed_under_traffic(published_root: Path, shared_cluster: RedisCluster) -> None:
+    """The master killed holds the live counts too (``recall:{live:}``, one slot): the
+    other users' events are still accepted at the first try, each stored once."""
     cluster = shared_cluster
     bundle = _users_loaded(published_root, cluster)
-    down_row, down_user, up_row, up_user = _two_users(bundle, cluster)
-    port = cluster.master_of(user_key(down_user, b"r"))
+    port = cluster.master_of(live_key(""))
+    down_row, down_user, up_row, up_user = _two_users(bundle, cluster, port)
     app = create_app(settings(published_root, state_url=cluster.url(), state_timeout_s=0.05))
     statuses: list[int] = []
     stop = threading.Event()
@@ -71,6 +87,16 @@ def test_a_shard_killed_under_traffic(published_root: Path, shared_cluster: Redi
             time.sleep(0.3)
             cluster.kill(port)
             killed_at = time.monotonic()
+            # Events of a live master's user, each counting against the user's served list
+            # (a minute ahead: later than any list the traffic serves meanwhile), whose
+            # counts' master is down: stored, the counts not.
+            new_items = unseen_items(bundle, up_row, 5)[2:]
+            ahead = time.time() + 60
+            events = [{"user_id": up_user, "item_id": i, "timestamp": ahead} for i in new_items]
+            codes = [c.post("/v1/events", json={"events": [e]}).status_code for e in events]
+            assert codes == [200, 200, 200]
+            uncounted = 'recall_live_uncounted_total{reason="write_failed"}'
+            assert metric(c.get("/metrics").text, uncounted) == 3
             for _ in range(3):
                 started = time.perf_counter()
                 down = c.post("/v1/recall", json={"user_id": down_user, "k": 5})
@@ -80,18 +106,10 @@ def test_a_shard_killed_under_traffic(published_root: Path, shared_cluster: Redi
                 body = recall(c, user_id=down_user, k=5, fallback="popular")
                 assert body["fresh"] is False and body["source"] == "popular"
                 other = recall(c, user_id=up_user, k=5)
-                assert other["fresh"] is True and other["fresh_events"] == 2
+                assert other["fresh"] is True and other["fresh_events"] == 5
             similar = c.get(f"/v1/items/{bundle.item_ids.ids[0].item()}/similar")
             assert similar.status_code == 200
             assert recall(c, vector=[0.1] * bundle.dim, k=3)["fresh"] is True
-            event = {"user_id": up_user, "item_id": unseen_items(bundle, up_row, 3)[2]}
-            event["timestamp"] = time.time()  # a retry of the same event counts once
-            codes = [c.post("/v1/events", json={"events": [event]}).status_code for _ in range(5)]
-            # the log moves to a live master's stream: accepted within three tries (now and
-            # then a second 503 right after the kill: docs/state.md), and from then on
-            first = codes.index(200) if 200 in codes else len(codes)
-            assert first <= 2, codes
-            assert set(codes[:first]) <= {503} and set(codes[first:]) == {200}, codes
             down = c.post("/v1/events", json={"events": [{"user_id": down_user, "item_id": 1}]})
             assert down.status_code == 503
             assert down.json()["error"]["code"] == "state_unavailable"
@@ -105,12 +123,15 @@ def test_a_shard_killed_under_traffic(published_root: Path, shared_cluster: Redi
                 assert time.monotonic() - killed_at < 20, "no failover within 20 s"
                 time.sleep(0.1)
             assert body["fresh_events"] == 2  # acknowledged before the kill: on the replica
-            assert recall(c, user_id=up_user, k=5)["fresh_events"] == 3
+            assert recall(c, user_id=up_user, k=5)["fresh_events"] == 5
         finally:
             stop.set()
             thread.join()
             cluster.restart(port)
     assert statuses and set(statuses) == {200}, "a recall failed while the shard was down"
+    # in the retraining log once each: the two posted before the kill and the three after
+    logged = asyncio.run(_logged(cluster.url(), up_user))
+    assert sorted(item for item, _ in logged) == sorted(unseen_items(bundle, up_row, 5))
 
 
 @pytest.mark.slow
@@ -138,18 +159,22 @@ def test_a_batch_answers_the_live_shards_users(
             ]
             started = time.perf_counter()
             batch = c.post("/v1/recall/batch", json={"requests": requests})
-            assert time.perf_counter() - started < 1.0  # within the read bounds
+            took = time.perf_counter() - started
+            assert took < 1.0, f"{took:.3f} s"  # within the read bounds
             assert batch.status_code == 200, batch.text
-            down, up, popular, by_vector = batch.json()["results"]
-            assert down["status"] == 503 and down["error"]["code"] == "state_unavailable"
-            assert up["status"] == 200 and up["fresh"] is True and up["fresh_events"] == 2
-            assert popular["status"] == 200 and popular["source"] == "popular"
-            assert popular["fresh"] is False
-            assert by_vector["status"] == 200 and by_vector["fresh"] is True
-            unfresh = metric(
-                c.get("/metrics").text, 'recall_unfresh_answers_total{reason="unavailable"}'
-            )
-            assert unfresh == 1  # the one user the store could not give
+            down, up, popular, by_vector = results = batch.json()["results"]
+            # (the answers in the messages: this test failed once in 22 runs, unexplained)
+            assert down["status"] == 503, results
+            assert down["error"]["code"] == "state_unavailable", results
+            assert up["status"] == 200 and up["fresh"] is True, results
+            assert up["fresh_events"] == 2, results
+            assert popular["status"] == 200 and popular["source"] == "popular", results
+            assert popular["fresh"] is False, results
+            assert by_vector["status"] == 200 and by_vector["fresh"] is True, results
+            text = c.get("/metrics").text
+            unfresh = metric(text, 'recall_unfresh_answers_total{reason="unavailable"}')
+            timeouts = metric(text, 'recall_unfresh_answers_total{reason="timeout"}')
+            assert (unfresh, timeouts) == (1, 0)  # the one user the store could not give
         finally:
             cluster.restart(port)
 
