@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -64,19 +64,41 @@ class _Interactions:
                 yield event.user_id, event.item_id, event.timestamp
 
 
+def _sqlite_exists(path: Path) -> bool:
+    """Whether the SQLite store at ``path`` has been created. Not yet (the service has
+    not run): nothing to export, and nothing is created; no such directory: exit 2 (a
+    typo, which the store would otherwise create); a directory that cannot hold it is
+    left to the store to report (exit 3)."""
+    if path.exists():
+        return True
+    if not path.parent.exists():
+        raise ValueError(f"--state-url: no such directory: {path.parent}")
+    if path.parent.is_dir():
+        logger.warning("events export: no state store at %s yet: no events to export", path)
+        return False
+    return True
+
+
+def _no_events() -> Generator[list[Event], None, None]:
+    yield from ()
+
+
 def export(args: argparse.Namespace) -> int:
     from recall.service.settings import load_event_log_settings
-    from recall.service.state import StoreUnavailable, check_url
+    from recall.service.state import StoreUnavailable, check_url, sqlite_path
     from recall.service.state.redis_client import check_reachable
     from recall.service.state.retraining_log import read_events
     from recall.trainer.input_files import write_interactions
 
     retention_s = load_event_log_settings().events_retention_s
     try:
-        check_url(args.state_url)
+        backend = check_url(args.state_url)
     except ValueError as e:
         raise ValueError(f"--state-url: {e}") from None
-    events = read_events(args.state_url, since=args.since, retention_s=retention_s)
+    if backend == "sqlite" and not _sqlite_exists(sqlite_path(args.state_url)):
+        events = _no_events()
+    else:
+        events = read_events(args.state_url, since=args.since, retention_s=retention_s)
     try:
         check_reachable(args.state_url, "--state-url")  # not a cluster: 2; no node up: 3
         with closing(events):

@@ -45,6 +45,7 @@ __all__ = [
     "StoreUnavailable",
     "check_url",
     "open_store",
+    "sqlite_path",
     "sqlite_url",
 ]
 
@@ -63,7 +64,7 @@ def check_url(url: str) -> str:
             "redis+cluster://host:port[,host:port...]"
         )
     if scheme.lower() == "sqlite":
-        _sqlite_path(url)
+        sqlite_path(url)
         return "sqlite"
     if scheme.lower() in CLUSTER_SCHEMES:
         parse_cluster_url(url)
@@ -78,7 +79,8 @@ def sqlite_url(path: Path) -> str:
     return "sqlite://" + str(path.absolute())
 
 
-def _sqlite_path(url: str) -> Path:
+def sqlite_path(url: str) -> Path:
+    """The database file a ``sqlite:`` URL names, or ValueError."""
     rest = url.partition(":")[2]
     if rest.startswith("//"):  # sqlite:///abs/path: an empty host, then the path
         rest = rest[2:]
@@ -118,7 +120,7 @@ def open_store(
     if check_url(url) == "sqlite":
         from recall.service.state.sqlite import SQLiteStore
 
-        return SQLiteStore(_sqlite_path(url), limits)
+        return SQLiteStore(sqlite_path(url), limits)
     from recall.service.state.redis import RedisStore
 
     return RedisStore(url, limits)

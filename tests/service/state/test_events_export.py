@@ -208,3 +208,21 @@ def test_export_from_a_cluster_merges_every_writers_log(
     assert "--state-url: no Redis Cluster node answered" in errors
     assert "--state-url: each node of a cluster state URL is host:port" in errors
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_a_store_not_created_yet_exports_none_and_creates_nothing(tmp_path: Path) -> None:
+    """Before the service first ran there is no database: nothing to export, and the
+    export creates none; a directory that does not exist (a typo) is exit 2."""
+    data = tmp_path / "data"
+    write_synthetic(data, SynthConfig(n_users=60, n_items=40, seed=3))
+    state = tmp_path / "state"
+    state.mkdir()
+    out = tmp_path / "out"
+    url = sqlite_url(state / "events.sqlite")
+    argv = ["events", "export", "--state-url", url, "--out", str(out)]
+    assert main([*argv, "--with-data", str(data)]) == 0
+    assert list(state.iterdir()) == []
+    assert _rows(out / "interactions.csv") == _rows(data / "interactions.csv")
+    typo = sqlite_url(tmp_path / "typo" / "events.sqlite")
+    assert main(["events", "export", "--state-url", typo, "--out", str(out)]) == 2
+    assert not (tmp_path / "typo").exists()
