@@ -212,7 +212,7 @@ def test_export_from_a_cluster_merges_every_writers_log(
 
 def test_a_store_not_created_yet_exports_none_and_creates_nothing(tmp_path: Path) -> None:
     """Before the service first ran there is no database: nothing to export, and the
-    export creates none; a directory that does not exist (a typo) is exit 2."""
+    export creates none, nor the directories above it."""
     data = tmp_path / "data"
     write_synthetic(data, SynthConfig(n_users=60, n_items=40, seed=3))
     state = tmp_path / "state"
@@ -223,6 +223,7 @@ def test_a_store_not_created_yet_exports_none_and_creates_nothing(tmp_path: Path
     assert main([*argv, "--with-data", str(data)]) == 0
     assert list(state.iterdir()) == []
     assert _rows(out / "interactions.csv") == _rows(data / "interactions.csv")
-    typo = sqlite_url(tmp_path / "typo" / "events.sqlite")
-    assert main(["events", "export", "--state-url", typo, "--out", str(out)]) == 2
-    assert not (tmp_path / "typo").exists()
+    not_yet = sqlite_url(tmp_path / "root" / ".state" / "events.sqlite")  # nor its directory
+    assert main(["events", "export", "--state-url", not_yet, "--out", str(out)]) == 0
+    assert not (tmp_path / "root").exists()
+    assert _rows(out / "interactions.csv") == [["user_id", "item_id", "timestamp"]]
