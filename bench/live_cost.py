@@ -92,7 +92,7 @@ async def measure(
                 assert response.json()["fresh"], response.text
                 return elapsed
 
-            for j in range(50):  # warm-up
+            for j in range(min(50, len(users_list))):  # warm-up
                 await recall(users_list[j], j % 2 == 0)
             on_lat, off_lat = [], []
             for j in range(requests):  # pairs; which goes first alternates
@@ -168,7 +168,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--users", type=int, default=100_000)
     p.add_argument("--kind", default="hnsw")
     p.add_argument("--cache", type=Path, default=Path("/tmp/recall-bench"))
-    p.add_argument("--requests", type=int, default=1000, help="request pairs per store")
+    p.add_argument("--requests", type=int, default=1000, help="request pairs per store (>= 1)")
     p.add_argument("--out", type=Path, default=RESULTS)
     return p.parse_args(argv)
 
