@@ -76,6 +76,15 @@ class TrainConfig(BaseModel):
     item_schema: dict[str, Kind] = Field(default_factory=dict)
     user_schema: dict[str, Literal["categorical", "numeric"]] = Field(default_factory=dict)
 
+    @field_validator("bf16", mode="before")
+    @classmethod
+    def _bf16(cls, value: Any) -> Any:
+        """``true``/``false``, what the setting took before it had three values: true was
+        "on CUDA", now "auto"; false is "off"."""
+        if isinstance(value, bool):
+            return "auto" if value else "off"
+        return value
+
     @field_validator("item_schema", mode="before")
     @classmethod
     def _item_schema(cls, value: Any) -> dict[str, Kind]:

@@ -16,7 +16,7 @@ import torch
 from recall.index import bundle as b
 from recall.index.build import BuildOptions, build_index
 from recall.index.verify import verify_bundle
-from recall.trainer.config import TrainConfig
+from recall.trainer.config import ConfigError, TrainConfig, load_config
 from recall.trainer.data import Dataset
 from recall.trainer.export import export_bundle
 from recall.trainer.model import CandidateModel, full_softmax_loss, sampled_softmax_loss
@@ -38,6 +38,16 @@ def test_the_bf16_setting_decides_autocast_per_device() -> None:
     assert not bf16_autocast("off", cpu) and not bf16_autocast("off", cuda)
     # auto on a GPU: only where bf16 is native, never emulated
     assert bf16_autocast("auto", cuda) == torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def test_the_bf16_setting_of_older_configs_still_reads(tmp_path: Path) -> None:
+    """``bf16 = true`` / ``false`` (the setting's values before "auto"/"on"/"off")."""
+    config = tmp_path / "train.toml"
+    config.write_text("bf16 = true\n")
+    assert load_config(config, {}).bf16 == "auto"
+    assert TrainConfig(bf16=False).bf16 == "off"  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="bf16"):
+        load_config(None, {"bf16": "yes"})
 
 
 def test_under_autocast_only_the_products_are_bf16(
