@@ -65,17 +65,6 @@ Outage = tuple[str, float, float, str, bool]
 """A record and whether it started between the kill and the failover."""
 
 
-def _log_master(cluster: RedisCluster) -> int:
-    """The port of the one master holding log entries (the cluster was flushed first)."""
-    holding = []
-    for port in cluster.masters():
-        with cluster.client(port) as client:
-            if next(client.scan_iter(match="recall:{log:*}"), None) is not None:
-                holding.append(port)
-    (port,) = holding
-    return port
-
-
 def _users(cluster: RedisCluster, port: int) -> tuple[int, int]:
     """A user on the master at ``port`` and one on another master."""
     masters = [cluster.master_of(user_key(u, b"r")) for u in range(1000)]
@@ -128,7 +117,7 @@ async def _round(cluster: RedisCluster) -> tuple[list[Outage], dict[str, float],
     cluster.flush()
     store: StateStore = open_store(cluster.url(3), timeout_s=0.05, write_timeout_s=1.0)
     await store.add([Event(-1, 0, T0)])  # the store's log bucket, found next
-    port = _log_master(cluster)
+    (port,) = cluster.masters_with_keys("recall:{log:*}")  # flushed before: one
     down, up = _users(cluster, port)
     experiment = next(f"e{n}" for n in range(1000) if cluster.master_of(live_key(f"e{n}")) == port)
     live = [LiveCount(experiment, "control", "b", 0.0, 1, (1,) * len(LIVE_KS))]

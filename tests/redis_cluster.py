@@ -101,6 +101,16 @@ class RedisCluster:
                 return port
         raise RuntimeError(f"slot {slot} is served by no master")
 
+    def masters_with_keys(self, pattern: str) -> list[int]:
+        """The ports of the live masters holding a key that matches ``pattern`` (a SCAN
+        pattern, e.g. ``recall:{log:*}``)."""
+        holding = []
+        for port in self.masters():
+            with self.client(port) as client:
+                if next(client.scan_iter(match=pattern), None) is not None:
+                    holding.append(port)
+        return holding
+
     def node(self, port: int) -> RedisServer:
         return next(n for n in self.nodes if n.port == port)
 

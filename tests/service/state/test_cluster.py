@@ -169,17 +169,6 @@ def _users_on_two_masters(cluster: RedisCluster, port: int) -> tuple[int, int]:
     return masters.index(port), next(u for u, m in enumerate(masters) if m != port)
 
 
-def _log_master(cluster: RedisCluster) -> int:
-    """The port of the one master whose log bucket holds entries."""
-    holding = []
-    for port in cluster.masters():
-        with cluster.client(port) as client:
-            if next(client.scan_iter(match="recall:{log:*}"), None) is not None:
-                holding.append(port)
-    (port,) = holding
-    return port
-
-
 def _live_count(port: int, cluster: RedisCluster) -> LiveCount:
     """One live event (a hit at every K) of an experiment whose counts are on ``port``."""
     experiment = next(f"e{n}" for n in range(1000) if cluster.master_of(live_key(f"e{n}")) == port)
@@ -202,7 +191,7 @@ def test_a_master_killed_under_traffic(cluster: RedisCluster) -> None:
         # a window that keeps every event: a refused add may have stored part of it
         store = open_store(cluster.url(), window=10_000, timeout_s=0.05, write_timeout_s=0.5)
         await store.add([Event(-1, 0, T0)])  # the writer's log bucket, found next
-        port = _log_master(cluster)
+        (port,) = cluster.masters_with_keys("recall:{log:*}")  # flushed before: one
         down_user, up_user = _users_on_two_masters(cluster, port)
         acked: list[Event] = [Event(-1, 0, T0)]
         late: list[Event] = []  # adds that ran past their bound: stored or not
