@@ -29,6 +29,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -191,15 +192,13 @@ class UserLoader:
         """One MSET per chunk on one connection, each sent before the previous one's reply
         is read, so the server stores a chunk while the client encodes the next; ``next``
         moves only past chunks the server acknowledged."""
-        pool = client.connection_pool
-        connection = pool.get_connection()
         acked_upto: int | None = None
-        try:
+        with _connection(client.connection_pool) as connection:
             for last, keys, records in chunks:
                 parts = [b"MSET"]
                 for pair in zip(keys, records, strict=True):
                     parts.extend(pair)
-                connection.send_packed_command([_command(parts)])  # type: ignore[no-untyped-call]
+                connection.send_packed_command([_command(parts)])
                 if acked_upto is not None:
                     connection.read_response()
                     client.hset(key, "next", acked_upto)
@@ -207,11 +206,6 @@ class UserLoader:
             if acked_upto is not None:
                 connection.read_response()
                 client.hset(key, "next", acked_upto)
-        except BaseException:
-            connection.disconnect()  # type: ignore[no-untyped-call]
-            raise
-        finally:
-            pool.release(connection)
 
     def _meta(self, verified: VerifiedBundle, fingerprint: str) -> dict[FieldT, EncodableT]:
         spec, history = verified.tower.spec, verified.history
@@ -275,10 +269,8 @@ def _mset_by_node(
         node = node_of(slot)
         by_node.setdefault(node.name, (node, []))[1].append(_command(parts))
     for node, commands in by_node.values():
-        pool = cluster.get_redis_connection(node).connection_pool
-        connection = pool.get_connection()
-        try:
-            connection.send_packed_command([b"".join(commands)])  # type: ignore[no-untyped-call]
+        with _connection(cluster.get_redis_connection(node).connection_pool) as connection:
+            connection.send_packed_command([b"".join(commands)])
             errors = []
             for _ in commands:  # every reply read, so the connection stays in step
                 try:
@@ -287,11 +279,20 @@ def _mset_by_node(
                     errors.append(e)
             if errors:
                 raise errors[0]
-        except BaseException:
-            connection.disconnect()  # type: ignore[no-untyped-call]
-            raise
-        finally:
-            pool.release(connection)
+
+
+@contextmanager
+def _connection(pool: Any) -> Iterator[Any]:
+    """A connection of ``pool`` for raw commands, back to the pool after; dropped on any
+    error, since its replies may be out of step with its commands."""
+    connection = pool.get_connection()
+    try:
+        yield connection
+    except BaseException:
+        connection.disconnect()
+        raise
+    finally:
+        pool.release(connection)
 
 
 def _command(parts: list[bytes]) -> bytes:
