@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import logging
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +47,7 @@ from recall.service.state import (  # noqa: E402
 from recall.service.state.redis import live_key  # noqa: E402
 from recall.service.state.redis_client import user_key  # noqa: E402
 from tests.redis_cluster import RedisCluster, redis_cluster  # noqa: E402
+from tests.redis_server import server_version  # noqa: E402
 
 logger = logging.getLogger("bench.failover")
 
@@ -232,9 +232,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     report: dict[str, Any] = {
         **header("failover"),
-        "redis_server": subprocess.run(
-            ["redis-server", "--version"], capture_output=True, text=True, check=False
-        ).stdout.strip(),
+        "redis_server": server_version(),
         "method": __doc__.split("\n\n")[1].replace("\n", " "),
         "rounds": args.rounds,
     }

@@ -51,7 +51,7 @@ from bench._bundles import ITEM_ID_OFFSET, BenchBundle, ensure_bundle  # noqa: E
 from bench._http_ingest import http_ingest  # noqa: E402
 from bench._results import finish, header  # noqa: E402
 from recall.service.state import Event, open_store, sqlite_url  # noqa: E402
-from tests.redis_server import load_users, redis_server  # noqa: E402
+from tests.redis_server import load_users, redis_server, server_version  # noqa: E402
 
 logger = logging.getLogger("bench.ingest")
 
@@ -189,9 +189,7 @@ def storage(backend: str, url: str, sqlite_file: Path) -> dict[str, Any]:
 def machine_extra() -> dict[str, Any]:
     """What the results add to bench/_machine.py's machine: the kernel and the stores'
     versions."""
-    redis_version = subprocess.run(
-        ["redis-server", "--version"], capture_output=True, text=True, check=False
-    ).stdout.split()
+    redis_version = server_version().split()
     try:
         import hiredis  # noqa: F401
 

@@ -25,7 +25,6 @@ import logging
 import math
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +43,11 @@ from bench._results import finish, header  # noqa: E402
 from bench._server import serve  # noqa: E402
 from recall.service.state import Event, open_store, sqlite_url  # noqa: E402
 from tests.redis_cluster import redis_cluster  # noqa: E402
-from tests.redis_server import load_users, redis_server  # noqa: E402
+from tests.redis_server import (  # noqa: E402
+    load_users,
+    redis_server,
+    server_version,
+)
 
 logger = logging.getLogger("bench.state_latency")
 
@@ -147,9 +150,7 @@ def main() -> None:
     rng = random.Random(0)
     report: dict[str, Any] = {
         **header("state_latency"),
-        "redis_server": subprocess.run(
-            ["redis-server", "--version"], capture_output=True, text=True, check=False
-        ).stdout.strip(),
+        "redis_server": server_version(),
         "method": __doc__.split("\n\n")[1].replace("\n", " "),
         "rate_per_s": args.rate,
         "requests_per_round": args.requests,

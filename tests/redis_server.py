@@ -30,6 +30,14 @@ def redis_binary() -> str:
     return found
 
 
+def server_version() -> str:
+    """What ``redis-server --version`` prints (``Redis server v=7.0.15 sha=...``), for
+    benchmark results."""
+    return subprocess.run(
+        [redis_binary(), "--version"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
 class RedisServer:
     """One ``redis-server`` with its data in ``directory``; ``kill`` and ``start`` again keep
     the port (and, with ``appendonly``, the data: AOF fsynced on every write, or once a
