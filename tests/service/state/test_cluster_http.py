@@ -145,7 +145,9 @@ def test_a_batch_answers_the_live_shards_users(
     bundle = _users_loaded(published_root, cluster)
     down_row, down_user, up_row, up_user = _two_users(bundle, cluster)
     port = cluster.master_of(user_key(down_user, b"r"))
-    app = create_app(settings(published_root, state_url=cluster.url(), state_timeout_s=0.05))
+    # a dead node refuses at once; a read bound above the default 50 ms keeps the live
+    # user's read from timing out on a loaded machine, which this test is not about
+    app = create_app(settings(published_root, state_url=cluster.url(), state_timeout_s=0.25))
     with live_server(app) as base, httpx.Client(base_url=base, timeout=10) as c:
         for row, u in ((down_row, down_user), (up_row, up_user)):
             post_events(c, [{"user_id": u, "item_id": i} for i in unseen_items(bundle, row, 2)])
@@ -163,7 +165,7 @@ def test_a_batch_answers_the_live_shards_users(
             assert took < 1.0, f"{took:.3f} s"  # within the read bounds
             assert batch.status_code == 200, batch.text
             down, up, popular, by_vector = results = batch.json()["results"]
-            # (the answers in the messages: this test failed once in 22 runs, unexplained)
+            # (the answers in the messages: with a 50 ms read bound this failed once in 22 runs)
             assert down["status"] == 503, results
             assert down["error"]["code"] == "state_unavailable", results
             assert up["status"] == 200 and up["fresh"] is True, results
