@@ -21,6 +21,7 @@ from recall.trainer.data import Dataset
 from recall.trainer.export import export_bundle
 from recall.trainer.model import CandidateModel, full_softmax_loss, sampled_softmax_loss
 from recall.trainer.train import Trained, bf16_autocast, prepare, train
+from tests.conftest import SMALL
 
 FIRST_EPOCH_RTOL = 0.005
 """How far (relative) the first epoch's training loss under bf16 may be from float32's;
@@ -88,18 +89,8 @@ def test_under_autocast_only_the_products_are_bf16(
 @pytest.fixture(scope="module", params=["sampled", "full"])
 def runs(request: pytest.FixtureRequest, synthetic: Dataset) -> dict[str, Trained]:
     """The same 3-epoch training in float32 and under bf16 autocast, by softmax kind."""
-    config = TrainConfig(
-        item_dim=16,
-        genre_dim=4,
-        categorical_dim=4,
-        hidden=[32, 16],
-        epochs=3,
-        patience=3,
-        batch_size=256,
-        lr=1e-2,
-        validation_users=300,
-        loss=request.param,
-        negatives=64,
+    config = SMALL.model_copy(
+        update={"epochs": 3, "patience": 3, "loss": request.param, "negatives": 64}
     )
     return {
         setting: train(synthetic, config.model_copy(update={"bf16": setting}), progress=False)
